@@ -1,0 +1,202 @@
+//! The stable error codes. GDScript matches on these strings, so a code is
+//! never renamed or reused; new codes may be added.
+
+use std::fmt;
+
+/// Every error code the system produces, on the server or in the client.
+///
+/// | code | HTTP | produced by | definitive? |
+/// |---|---|---|---|
+/// | `invalid_request` | 400 | server | yes |
+/// | `unauthorized` | 401 | server | no (log in again, then retry) |
+/// | `forbidden` | 403 | server | yes |
+/// | `own_listing` | 403 | server | yes |
+/// | `not_found` | 404 | server | yes |
+/// | `already_sold` | 409 | server | yes |
+/// | `price_changed` | 409 | server | yes |
+/// | `listing_cancelled` | 409 | server | yes |
+/// | `already_claimed` | 409 | server | yes |
+/// | `idempotency_key_reused` | 409 | server | yes |
+/// | `request_in_progress` | 409 | server | no (retry) |
+/// | `payload_too_large` | 413 | server | yes |
+/// | `rate_limited` | 429 | server | no (retry after `Retry-After`) |
+/// | `internal` | 500 | server | no (retry) |
+/// | `unavailable` | 503 | server | no (retry) |
+/// | `offline` | – | client: connection refused or reset | no (retry) |
+/// | `timeout` | – | client: no answer in time | no (retry) |
+/// | `bad_response` | – | client: the answer could not be understood | no (retry) |
+/// | `purchase_in_progress` | – | client: this listing is already being bought | yes (nothing sent) |
+/// | `insufficient_credits` | – | client: not enough available credits | yes (nothing sent) |
+/// | `insufficient_items` | – | client: not enough items to sell | yes (nothing sent) |
+/// | `not_logged_in` | – | client: call `login` first | yes (nothing sent) |
+/// | `invalid_argument` | – | client: refused before sending | yes (nothing sent) |
+/// | `shutting_down` | – | client: the node is leaving; the operation stays journaled | no |
+///
+/// *Definitive* means the server decided and will decide the same on a retry:
+/// a hold is released only on a definitive failure (invariant I4). A
+/// non-definitive failure leaves the hold pending and the request is retried
+/// with the same idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    OwnListing,
+    NotFound,
+    AlreadySold,
+    PriceChanged,
+    ListingCancelled,
+    AlreadyClaimed,
+    IdempotencyKeyReused,
+    RequestInProgress,
+    PayloadTooLarge,
+    RateLimited,
+    Internal,
+    Unavailable,
+    Offline,
+    Timeout,
+    BadResponse,
+    PurchaseInProgress,
+    InsufficientCredits,
+    InsufficientItems,
+    NotLoggedIn,
+    InvalidArgument,
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and exhaustive tests.
+    pub const ALL: [ErrorCode; 24] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::OwnListing,
+        ErrorCode::NotFound,
+        ErrorCode::AlreadySold,
+        ErrorCode::PriceChanged,
+        ErrorCode::ListingCancelled,
+        ErrorCode::AlreadyClaimed,
+        ErrorCode::IdempotencyKeyReused,
+        ErrorCode::RequestInProgress,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+        ErrorCode::Unavailable,
+        ErrorCode::Offline,
+        ErrorCode::Timeout,
+        ErrorCode::BadResponse,
+        ErrorCode::PurchaseInProgress,
+        ErrorCode::InsufficientCredits,
+        ErrorCode::InsufficientItems,
+        ErrorCode::NotLoggedIn,
+        ErrorCode::InvalidArgument,
+        ErrorCode::ShuttingDown,
+    ];
+
+    /// The stable string GDScript matches on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::OwnListing => "own_listing",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadySold => "already_sold",
+            ErrorCode::PriceChanged => "price_changed",
+            ErrorCode::ListingCancelled => "listing_cancelled",
+            ErrorCode::AlreadyClaimed => "already_claimed",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::RequestInProgress => "request_in_progress",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Offline => "offline",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::BadResponse => "bad_response",
+            ErrorCode::PurchaseInProgress => "purchase_in_progress",
+            ErrorCode::InsufficientCredits => "insufficient_credits",
+            ErrorCode::InsufficientItems => "insufficient_items",
+            ErrorCode::NotLoggedIn => "not_logged_in",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// The HTTP status the server answers with, for server codes.
+    pub fn http_status(self) -> Option<u16> {
+        Some(match self {
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden | ErrorCode::OwnListing => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::AlreadySold
+            | ErrorCode::PriceChanged
+            | ErrorCode::ListingCancelled
+            | ErrorCode::AlreadyClaimed
+            | ErrorCode::IdempotencyKeyReused
+            | ErrorCode::RequestInProgress => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+            _ => return None,
+        })
+    }
+
+    /// True when the outcome is final: retrying the same request cannot
+    /// succeed, so a hold may be released (invariant I4).
+    pub fn is_definitive(self) -> bool {
+        !matches!(
+            self,
+            ErrorCode::Unauthorized
+                | ErrorCode::RequestInProgress
+                | ErrorCode::RateLimited
+                | ErrorCode::Internal
+                | ErrorCode::Unavailable
+                | ErrorCode::Offline
+                | ErrorCode::Timeout
+                | ErrorCode::BadResponse
+                | ErrorCode::ShuttingDown
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate {code}");
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::parse("nope"), None);
+    }
+
+    #[test]
+    fn ambiguous_outcomes_are_not_definitive() {
+        for code in [ErrorCode::Timeout, ErrorCode::Offline, ErrorCode::Internal] {
+            assert!(!code.is_definitive());
+        }
+        for code in [
+            ErrorCode::AlreadySold,
+            ErrorCode::PriceChanged,
+            ErrorCode::OwnListing,
+        ] {
+            assert!(code.is_definitive());
+        }
+    }
+}

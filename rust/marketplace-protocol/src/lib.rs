@@ -1,0 +1,267 @@
+//! Wire types of the marketplace HTTP API, version 1.
+//!
+//! This crate is the single description of what crosses the network: request
+//! and response bodies, the error envelope and the stable error codes. The
+//! server serialises these types, the client core deserialises them, and the
+//! Godot adapter turns them into `Dictionary`s with the same field names.
+//!
+//! Nothing here performs I/O; validation limits live here so that the client
+//! can refuse a request locally with the same rule the server applies.
+//!
+//! # Conventions
+//! - Ids are positive 64-bit integers assigned by the server.
+//! - Prices, quantities and credits are `i64`; prices and quantities are ≥ 1.
+//! - Timestamps are Unix seconds (UTC).
+//! - Every error answer is `{"error": {"code": "...", "message": "..."}}`,
+//!   with `current_price` added for `price_changed`.
+
+use serde::{Deserialize, Serialize};
+
+mod codes;
+pub use codes::ErrorCode;
+
+/// Longest accepted `item_id`, `device_id`, player name and idempotency key, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+/// Longest accepted player name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+/// Largest request body the server reads, in bytes; larger bodies get 413.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Default and maximum page size of `GET /v1/listings`.
+pub const DEFAULT_PAGE_LIMIT: u32 = 50;
+pub const MAX_PAGE_LIMIT: u32 = 200;
+/// Header carrying the client's idempotency key on every mutating call.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Header the server sets on every answer (and accepts from the client) to
+/// correlate logs and ledger rows.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// `POST /v1/sessions`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub device_id: String,
+    pub name: String,
+}
+
+/// Answer of `POST /v1/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub player_id: i64,
+    pub name: String,
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// Lifecycle of a listing. Only `Active` listings can be bought, repriced or
+/// cancelled; `Sold` and `Cancelled` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListingStatus {
+    Active,
+    Sold,
+    Cancelled,
+}
+
+impl ListingStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListingStatus::Active => "active",
+            ListingStatus::Sold => "sold",
+            ListingStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(ListingStatus::Active),
+            "sold" => Some(ListingStatus::Sold),
+            "cancelled" => Some(ListingStatus::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    pub id: i64,
+    pub seller_id: i64,
+    pub item_id: String,
+    pub quantity: i64,
+    pub price: i64,
+    pub status: ListingStatus,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// `POST /v1/listings`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateListingRequest {
+    pub item_id: String,
+    pub quantity: i64,
+    pub price: i64,
+}
+
+/// `PATCH /v1/listings/{id}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepriceRequest {
+    pub price: i64,
+}
+
+/// `POST /v1/listings/{id}/purchase`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseRequest {
+    pub expected_price: i64,
+}
+
+/// Answer of `POST /v1/listings`, `PATCH` and `DELETE /v1/listings/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListingEnvelope {
+    pub listing: Listing,
+}
+
+/// Answer of `GET /v1/listings`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListingPage {
+    pub listings: Vec<Listing>,
+    /// Pass back as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A completed purchase. The buyer sees it as a purchase, the seller as a
+/// sale (same id) until the proceeds are claimed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purchase {
+    pub id: i64,
+    pub listing_id: i64,
+    pub buyer_id: i64,
+    pub seller_id: i64,
+    pub item_id: String,
+    pub quantity: i64,
+    pub price: i64,
+    pub created_at: i64,
+}
+
+/// Answer of `POST /v1/listings/{id}/purchase`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseEnvelope {
+    pub purchase: Purchase,
+}
+
+/// A sale as the seller sees it in `GET /v1/me/sales`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sale {
+    pub id: i64,
+    pub listing_id: i64,
+    pub buyer_id: i64,
+    pub item_id: String,
+    pub quantity: i64,
+    pub price: i64,
+    pub sold_at: i64,
+    /// Unix seconds of the claim, `None` while the proceeds are unclaimed.
+    pub claimed_at: Option<i64>,
+}
+
+/// Answer of `GET /v1/me/sales`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SalesPage {
+    pub sales: Vec<Sale>,
+}
+
+/// Answer of `POST /v1/sales/{id}/claim`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub sale_id: i64,
+    pub amount: i64,
+}
+
+/// The error envelope: `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One of [`ErrorCode`]'s strings. Kept as a string so that a newer
+    /// server's code still parses on an older client.
+    pub code: String,
+    /// A sentence a player can read.
+    pub message: String,
+    /// Present with `price_changed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_price: Option<i64>,
+}
+
+/// Checks an item id, device id or idempotency key: 1..=[`MAX_ID_LEN`] bytes of
+/// ASCII letters, digits, `_`, `-`, `.` or `:`.
+pub fn check_id(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(format!("{what} is longer than {MAX_ID_LEN} bytes"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    {
+        return Err(format!(
+            "{what} may contain only letters, digits, '_', '-', '.' and ':'"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a price or quantity: at least 1.
+pub fn check_positive(what: &str, value: i64) -> Result<(), String> {
+    if value < 1 {
+        return Err(format!("{what} must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Checks a player name: 1..=[`MAX_NAME_LEN`] bytes, no control characters.
+pub fn check_name(value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err("name must not be empty".into());
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(format!("name is longer than {MAX_NAME_LEN} bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("name must not contain control characters".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(check_id("item_id", "plasma_cutter-2").is_ok());
+        assert!(check_id("item_id", "").is_err());
+        assert!(check_id("item_id", &"x".repeat(MAX_ID_LEN + 1)).is_err());
+        assert!(check_id("item_id", &"x".repeat(MAX_ID_LEN)).is_ok());
+        assert!(check_id("item_id", "a b").is_err());
+        assert!(check_id("item_id", "é").is_err());
+    }
+
+    #[test]
+    fn error_envelope_round_trips() {
+        let json = r#"{"error":{"code":"price_changed","message":"Price changed to 120","current_price":120}}"#;
+        let env: ErrorEnvelope = serde_json::from_str(json).unwrap();
+        assert_eq!(env.error.current_price, Some(120));
+        assert_eq!(serde_json::to_string(&env).unwrap(), json);
+    }
+
+    #[test]
+    fn unknown_fields_in_requests_are_refused() {
+        let r = serde_json::from_str::<PurchaseRequest>(r#"{"expected_price":1,"buyer_id":7}"#);
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! Server configuration: one struct, every field a flag with an environment
+//! variable and a documented default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Durability of SQLite commits (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqliteSync {
+    /// fsync the write-ahead log on every commit: an answered purchase
+    /// survives a power cut. The default.
+    Full,
+    /// fsync only at checkpoints: an answered purchase survives a killed
+    /// process but the last commits may be lost on a power cut.
+    Normal,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "marketplace-server",
+    version,
+    about = "The reference marketplace server: atomic purchases, idempotent retries, SQLite by default, PostgreSQL at scale."
+)]
+pub struct Config {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "MARKET_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Database URL: `sqlite://FILE` (created on first run, WAL mode) or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB`. Any number of server replicas
+    /// may share one PostgreSQL database; a SQLite file belongs to one server.
+    #[arg(
+        long,
+        env = "MARKET_DATABASE_URL",
+        default_value = "sqlite://marketplace.sqlite"
+    )]
+    pub database: String,
+
+    /// Secret that signs session tokens (at least 32 bytes). When absent, one
+    /// is generated on first start and stored in the database, so every
+    /// replica sharing the database agrees on it.
+    #[arg(long, env = "MARKET_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+
+    /// Lifetime of a session token, in seconds.
+    #[arg(long, env = "MARKET_TOKEN_TTL_SECS", default_value_t = 24 * 3600)]
+    pub token_ttl_secs: u64,
+
+    /// Sustained requests per second allowed per player (and per client
+    /// address for `POST /v1/sessions`); 0 turns rate limiting off.
+    #[arg(long, env = "MARKET_RATE_LIMIT_PER_SEC", default_value_t = 20.0)]
+    pub rate_limit_per_sec: f64,
+
+    /// Requests a player may burst above the sustained rate.
+    #[arg(long, env = "MARKET_RATE_LIMIT_BURST", default_value_t = 40)]
+    pub rate_limit_burst: u32,
+
+    /// How long a stored idempotent answer is kept, in hours (at least 24).
+    #[arg(long, env = "MARKET_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 7 * 24)]
+    pub idempotency_retention_hours: u64,
+
+    /// Connections to PostgreSQL per replica (SQLite always uses one writer
+    /// and this many readers, capped at 8).
+    #[arg(long, env = "MARKET_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// SQLite commit durability.
+    #[arg(long, env = "MARKET_SQLITE_SYNC", value_enum, default_value_t = SqliteSync::Full)]
+    pub sqlite_sync: SqliteSync,
+
+    /// Seconds to let in-flight requests finish after SIGTERM / Ctrl-C.
+    #[arg(long, env = "MARKET_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Config {
+    /// The defaults, as `marketplace-server` with no arguments and no
+    /// environment would use them.
+    pub fn defaults() -> Config {
+        Config::parse_from(["marketplace-server"])
+    }
+
+    /// Defaults for an in-process server: port 0, the given database, no rate
+    /// limit unless the caller sets one.
+    pub fn for_tests(database: impl Into<String>) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database: database.into(),
+            token_secret: Some("test-secret-test-secret-test-secret".into()),
+            token_ttl_secs: 3600,
+            rate_limit_per_sec: 0.0,
+            rate_limit_burst: 40,
+            idempotency_retention_hours: 24,
+            db_max_connections: 16,
+            sqlite_sync: SqliteSync::Normal,
+            shutdown_grace_secs: 5,
+        }
+    }
+
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_secs)
+    }
+
+    pub fn idempotency_retention(&self) -> Duration {
+        Duration::from_secs(self.idempotency_retention_hours.max(24) * 3600)
+    }
+
+    /// Checks what clap cannot: returns a message for the operator.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(secret) = &self.token_secret {
+            if secret.len() < 32 {
+                return Err("--token-secret must be at least 32 bytes".into());
+            }
+        }
+        if self.rate_limit_per_sec < 0.0 || !self.rate_limit_per_sec.is_finite() {
+            return Err("--rate-limit-per-sec must be a finite number ≥ 0".into());
+        }
+        if self.db_max_connections == 0 {
+            return Err("--db-max-connections must be at least 1".into());
+        }
+        if self.token_ttl_secs == 0 {
+            return Err("--token-ttl-secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,269 @@
+//! The database layer: one set of queries for SQLite and PostgreSQL.
+//!
+//! # Why `sqlx::Any`
+//! The server's queries are plain SQL that both engines accept (`$1`
+//! placeholders, `RETURNING`, `ON CONFLICT DO NOTHING`), so the `Any` driver
+//! runs the same query text on either backend and the business logic exists
+//! once. The price is a narrower type set (integers, text), which is all this
+//! schema uses: timestamps are Unix seconds in `BIGINT`, every integer column
+//! is `BIGINT` so it decodes as `i64` on both engines. Only the schema
+//! (`migrations/*.{sqlite,postgres}.sql`) differs per backend.
+//!
+//! # SQLite: one writer
+//! SQLite allows one writer at a time. Several pooled writers would fight over
+//! the lock (`SQLITE_BUSY`) and a deferred transaction that reads before it
+//! writes can fail to upgrade its lock. So the SQLite writer pool has exactly
+//! one connection, every write transaction starts with `BEGIN IMMEDIATE`, and
+//! reads use a separate pool of read-only connections that WAL mode lets run
+//! beside the writer. PostgreSQL uses one pool for both; its row locks order
+//! concurrent conditional updates.
+
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
+
+use crate::config::{Config, SqliteSync};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    backend: Backend,
+    write: AnyPool,
+    read: AnyPool,
+}
+
+/// A migration: the same version on both backends, each with its own SQL.
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sqlite: include_str!("migrations/0001_initial.sqlite.sql"),
+    postgres: include_str!("migrations/0001_initial.postgres.sql"),
+}];
+
+/// Arbitrary constant: the PostgreSQL advisory lock that serialises migrations
+/// when several replicas start at once.
+const MIGRATION_LOCK_ID: i64 = 0x6d61_726b_6574;
+
+impl Db {
+    /// Connects, applies pending migrations and returns the handle.
+    pub async fn connect(config: &Config) -> Result<Db, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let url = config.database.as_str();
+        let db = if url.starts_with("sqlite:") {
+            Self::connect_sqlite(url, config).await?
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = AnyPoolOptions::new()
+                .max_connections(config.db_max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            Db {
+                backend: Backend::Postgres,
+                write: pool.clone(),
+                read: pool,
+            }
+        } else {
+            return Err(sqlx::Error::Configuration(
+                "database URL must start with sqlite:// or postgres://".into(),
+            ));
+        };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn connect_sqlite(url: &str, config: &Config) -> Result<Db, sqlx::Error> {
+        // Create the file on first run unless the URL says otherwise.
+        let url = if url.contains("mode=") {
+            url.to_string()
+        } else if url.contains('?') {
+            format!("{url}&mode=rwc")
+        } else {
+            format!("{url}?mode=rwc")
+        };
+        let sync = match config.sqlite_sync {
+            SqliteSync::Full => "FULL",
+            SqliteSync::Normal => "NORMAL",
+        };
+        let options: AnyConnectOptions = url.parse()?;
+        let write = AnyPoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute(format!("PRAGMA synchronous = {sync}").as_str())
+                        .await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options.clone())
+            .await?;
+        let read = AnyPoolOptions::new()
+            .max_connections(config.db_max_connections.clamp(1, 8))
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA query_only = ON").await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Db {
+            backend: Backend::Sqlite,
+            write,
+            read,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Pool for reads that need no transaction.
+    pub fn reader(&self) -> &AnyPool {
+        &self.read
+    }
+
+    /// Starts a write transaction. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so the transaction never fails half-way to upgrade.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.write.begin().await,
+        }
+    }
+
+    /// Closes both pools, waiting for checked-out connections to return.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
+    async fn migrate(&self) -> Result<(), sqlx::Error> {
+        let mut conn = self.write.acquire().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(MIGRATION_LOCK_ID)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let result = async {
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (\
+                 version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+            )
+            .await?;
+            for m in MIGRATIONS {
+                let done: Option<(i64,)> =
+                    sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
+                        .bind(m.version)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                if done.is_some() {
+                    continue;
+                }
+                let sql = match self.backend {
+                    Backend::Sqlite => m.sqlite,
+                    Backend::Postgres => m.postgres,
+                };
+                let mut tx = conn.begin().await?;
+                for statement in split_statements(sql) {
+                    tx.execute(statement).await?;
+                }
+                sqlx::query(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                )
+                .bind(m.version)
+                .bind(m.name)
+                .bind(crate::now_secs())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                tracing::info!(version = m.version, name = m.name, "applied migration");
+            }
+            Ok::<(), sqlx::Error>(())
+        }
+        .await;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(MIGRATION_LOCK_ID)
+                .execute(&mut *conn)
+                .await?;
+        }
+        result
+    }
+
+    /// Returns the token-signing secret stored in the database, generating it
+    /// on first use. Every replica sharing the database gets the same one.
+    pub async fn stored_token_secret(&self) -> Result<String, sqlx::Error> {
+        let candidate = crate::auth::generate_secret();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value) VALUES ('token', $1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&candidate)
+        .execute(&mut *tx)
+        .await?;
+        let (secret,): (String,) =
+            sqlx::query_as("SELECT value FROM server_secrets WHERE name = 'token'")
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(secret)
+    }
+
+    /// Deletes stored idempotent answers older than `cutoff` (Unix seconds).
+    pub async fn prune_idempotency_keys(&self, cutoff: i64) -> Result<u64, sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Splits a migration file into statements: they are separated by blank
+/// lines, because trigger bodies contain semicolons. Comment-only chunks are
+/// skipped.
+fn split_statements(sql: &str) -> impl Iterator<Item = &str> {
+    sql.split("\n\n").map(str::trim).filter(|chunk| {
+        chunk
+            .lines()
+            .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with("--"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_on_blank_lines() {
+        let sql =
+            "-- comment\nCREATE TABLE a (x INT)\n\nCREATE TRIGGER t BEGIN\n SELECT 1;\nEND\n\n";
+        let parts: Vec<_> = split_statements(sql).collect();
+        assert_eq!(parts.len(), 2);
+        assert!(parts[1].contains("SELECT 1;"));
+    }
+}

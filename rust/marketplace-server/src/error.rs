@@ -1,0 +1,174 @@
+//! One error type for every handler; it becomes the HTTP answer.
+//!
+//! Definitive business outcomes (`already_sold`, `price_changed`, …) are
+//! errors here too, because to the client they are: they are stored as the
+//! idempotent answer of the request like a success would be. `Internal` is
+//! the only variant whose details are logged rather than sent.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use marketplace_protocol::{ErrorBody, ErrorCode, ErrorEnvelope, MAX_BODY_BYTES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("Missing, invalid or expired session token")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("You cannot buy your own listing")]
+    OwnListing,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("Item sold to another player")]
+    AlreadySold,
+    #[error("Price changed to {current_price}")]
+    PriceChanged { current_price: i64 },
+    #[error("The seller cancelled this listing")]
+    ListingCancelled,
+    #[error("These proceeds were already claimed")]
+    AlreadyClaimed,
+    #[error("This Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    #[error("A request with this Idempotency-Key is still running; retry shortly")]
+    RequestInProgress,
+    #[error("Request body is larger than {MAX_BODY_BYTES} bytes")]
+    PayloadTooLarge,
+    #[error("Too many requests; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("The server is busy; retry shortly")]
+    Unavailable,
+    #[error("Internal server error")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AppError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            AppError::Unauthorized => ErrorCode::Unauthorized,
+            AppError::Forbidden(_) => ErrorCode::Forbidden,
+            AppError::OwnListing => ErrorCode::OwnListing,
+            AppError::NotFound(_) => ErrorCode::NotFound,
+            AppError::AlreadySold => ErrorCode::AlreadySold,
+            AppError::PriceChanged { .. } => ErrorCode::PriceChanged,
+            AppError::ListingCancelled => ErrorCode::ListingCancelled,
+            AppError::AlreadyClaimed => ErrorCode::AlreadyClaimed,
+            AppError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
+            AppError::RequestInProgress => ErrorCode::RequestInProgress,
+            AppError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
+            AppError::RateLimited { .. } => ErrorCode::RateLimited,
+            AppError::Unavailable => ErrorCode::Unavailable,
+            AppError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.code()
+            .http_status()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// True for outcomes the server decided and will decide the same way again:
+    /// these are stored as the idempotent answer. Infrastructure failures are
+    /// not, so a retry runs the request afresh.
+    pub fn is_business_outcome(&self) -> bool {
+        !matches!(
+            self,
+            AppError::Internal(_)
+                | AppError::Unavailable
+                | AppError::RateLimited { .. }
+                | AppError::RequestInProgress
+                | AppError::Unauthorized
+        )
+    }
+
+    /// The JSON error envelope.
+    pub fn body(&self) -> String {
+        let current_price = match self {
+            AppError::PriceChanged { current_price } => Some(*current_price),
+            _ => None,
+        };
+        let envelope = ErrorEnvelope {
+            error: ErrorBody {
+                code: self.code().as_str().to_string(),
+                message: self.to_string(),
+                current_price,
+            },
+        };
+        serde_json::to_string(&envelope).unwrap_or_else(|_| {
+            r#"{"error":{"code":"internal","message":"Internal server error"}}"#.into()
+        })
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> AppError {
+        match e {
+            sqlx::Error::PoolTimedOut => AppError::Unavailable,
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if let AppError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let mut response = Answer {
+            status: self.status().as_u16(),
+            body: self.body(),
+        }
+        .into_response();
+        if let AppError::RateLimited { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}
+
+/// A finished answer: status and JSON body, exactly as stored for replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Result<Answer, AppError> {
+        let body = serde_json::to_string(value).map_err(|e| AppError::Internal(e.to_string()))?;
+        Ok(Answer {
+            status: status.as_u16(),
+            body,
+        })
+    }
+}
+
+impl From<&AppError> for Answer {
+    fn from(e: &AppError) -> Answer {
+        Answer {
+            status: e.status().as_u16(),
+            body: e.body(),
+        }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.body,
+        )
+            .into_response()
+    }
+}

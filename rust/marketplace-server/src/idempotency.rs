@@ -1,0 +1,247 @@
+//! Idempotent execution of every mutating request.
+//!
+//! A client sends each operation with an `Idempotency-Key` and retries it with
+//! the same key until it gets an answer. The server must apply the operation
+//! once and give every retry the first answer, byte for byte. So the key is
+//! claimed, the operation applied and the answer stored **in one
+//! transaction**: either all of it commits or none of it does, and a retry
+//! after a rollback simply runs again.
+//!
+//! Concurrency with the same key:
+//! - inside one server process, a second request while the first runs gets
+//!   409 `request_in_progress` at once ([`InFlight`]);
+//! - across PostgreSQL replicas, the second transaction's insert of the key
+//!   waits on the first's uncommitted row, then finds it committed and
+//!   replays the stored answer. Either way the operation happens once.
+//!
+//! The operation runs in its own task, so a client that hangs up mid-request
+//! cannot cancel a transaction half-way; its retry finds the stored answer.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use marketplace_protocol::ErrorCode;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Answer, AppError};
+use crate::market::{self, OpContext};
+use crate::AppState;
+
+/// A state change a player asks for. Its canonical JSON, hashed, is what a
+/// replayed key is compared against.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Mutation {
+    CreateListing {
+        item_id: String,
+        quantity: i64,
+        price: i64,
+    },
+    Reprice {
+        listing_id: i64,
+        price: i64,
+    },
+    Cancel {
+        listing_id: i64,
+    },
+    Purchase {
+        listing_id: i64,
+        expected_price: i64,
+    },
+    Claim {
+        sale_id: i64,
+    },
+}
+
+impl Mutation {
+    fn request_hash(&self) -> String {
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        let digest = Sha256::digest(&canonical);
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The answer to a mutation and how it came about.
+pub struct Outcome {
+    pub answer: Answer,
+    /// The error code of a refused operation, `None` on success.
+    pub code: Option<ErrorCode>,
+    /// True when this is the stored answer of an earlier request.
+    pub replayed: bool,
+}
+
+/// Keys being executed in this process right now.
+#[derive(Default)]
+pub struct InFlight {
+    keys: Mutex<HashSet<(i64, String)>>,
+}
+
+pub struct InFlightGuard {
+    owner: Arc<crate::Inner>,
+    entry: (i64, String),
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut keys) = self.owner.in_flight.keys.lock() {
+            keys.remove(&self.entry);
+        }
+    }
+}
+
+fn claim_in_flight(state: &AppState, player_id: i64, key: &str) -> Option<InFlightGuard> {
+    let entry = (player_id, key.to_string());
+    let mut keys = state.0.in_flight.keys.lock().ok()?;
+    if !keys.insert(entry.clone()) {
+        return None;
+    }
+    Some(InFlightGuard {
+        owner: state.0.clone(),
+        entry,
+    })
+}
+
+/// Runs `mutation` for `player_id` exactly once per `key`.
+pub async fn run(
+    state: &AppState,
+    player_id: i64,
+    key: String,
+    request_id: String,
+    mutation: Mutation,
+) -> Result<Outcome, AppError> {
+    let guard = claim_in_flight(state, player_id, &key).ok_or(AppError::RequestInProgress)?;
+    let state = state.clone();
+    let task = tokio::spawn(async move {
+        let _guard = guard;
+        execute(&state, player_id, &key, &request_id, &mutation).await
+    });
+    task.await
+        .map_err(|e| AppError::Internal(format!("mutation task failed: {e}")))?
+}
+
+async fn execute(
+    state: &AppState,
+    player_id: i64,
+    key: &str,
+    request_id: &str,
+    mutation: &Mutation,
+) -> Result<Outcome, AppError> {
+    let hash = mutation.request_hash();
+    let now = crate::now_secs();
+    let mut tx = state.0.db.begin_write().await?;
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (player_id, idem_key, request_hash, status_code, response_body, created_at) \
+         VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (player_id, idem_key) DO NOTHING",
+    )
+    .bind(player_id)
+    .bind(key)
+    .bind(&hash)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !claimed {
+        let (stored_hash, status, body): (String, i64, String) = sqlx::query_as(
+            "SELECT request_hash, status_code, response_body FROM idempotency_keys \
+             WHERE player_id = $1 AND idem_key = $2",
+        )
+        .bind(player_id)
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        if stored_hash != hash {
+            return Err(AppError::IdempotencyKeyReused);
+        }
+        let status = u16::try_from(status).unwrap_or(500);
+        if status == 0 {
+            return Err(AppError::RequestInProgress);
+        }
+        return Ok(Outcome {
+            code: stored_code(status, &body),
+            answer: Answer { status, body },
+            replayed: true,
+        });
+    }
+
+    let ctx = OpContext {
+        player_id,
+        request_id,
+        idem_key: key,
+        now,
+    };
+    let result = match mutation {
+        Mutation::CreateListing {
+            item_id,
+            quantity,
+            price,
+        } => market::create_listing(&mut tx, &ctx, item_id, *quantity, *price).await,
+        Mutation::Reprice { listing_id, price } => {
+            market::reprice_listing(&mut tx, &ctx, *listing_id, *price).await
+        }
+        Mutation::Cancel { listing_id } => market::cancel_listing(&mut tx, &ctx, *listing_id).await,
+        Mutation::Purchase {
+            listing_id,
+            expected_price,
+        } => market::purchase(&mut tx, &ctx, *listing_id, *expected_price).await,
+        Mutation::Claim { sale_id } => market::claim(&mut tx, &ctx, *sale_id).await,
+    };
+    let (answer, code) = match result {
+        Ok(answer) => (answer, None),
+        Err(e) if e.is_business_outcome() => (Answer::from(&e), Some(e.code())),
+        // Infrastructure failure: dropping `tx` rolls everything back,
+        // including the key, so the client's retry runs the operation anew.
+        Err(e) => return Err(e),
+    };
+    sqlx::query(
+        "UPDATE idempotency_keys SET status_code = $1, response_body = $2 \
+         WHERE player_id = $3 AND idem_key = $4",
+    )
+    .bind(i64::from(answer.status))
+    .bind(&answer.body)
+    .bind(player_id)
+    .bind(key)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Outcome {
+        answer,
+        code,
+        replayed: false,
+    })
+}
+
+fn stored_code(status: u16, body: &str) -> Option<ErrorCode> {
+    if status < 400 {
+        return None;
+    }
+    serde_json::from_str::<marketplace_protocol::ErrorEnvelope>(body)
+        .ok()
+        .and_then(|e| ErrorCode::parse(&e.error.code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tells_bodies_apart() {
+        let a = Mutation::Purchase {
+            listing_id: 1,
+            expected_price: 100,
+        };
+        let b = Mutation::Purchase {
+            listing_id: 1,
+            expected_price: 101,
+        };
+        let c = Mutation::Reprice {
+            listing_id: 1,
+            price: 100,
+        };
+        assert_eq!(a.request_hash(), a.clone().request_hash());
+        assert_ne!(a.request_hash(), b.request_hash());
+        assert_ne!(a.request_hash(), c.request_hash());
+    }
+}

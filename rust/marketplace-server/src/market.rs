@@ -1,0 +1,312 @@
+//! The marketplace's state changes, each run inside the caller's write
+//! transaction (see [`crate::idempotency`]).
+//!
+//! Every change is a *conditional* update: the `WHERE` clause states what must
+//! still be true (`status = 'active'`, the expected price, the seller), and
+//! zero affected rows means another request got there first. Only then is the
+//! row read again, to tell the caller *why*. No code path reads a row, decides
+//! in Rust, and writes it back — that read-modify-write is the double sale of
+//! the old backend (invariant I1).
+
+use axum::http::StatusCode;
+use marketplace_protocol::{
+    Claim, Listing, ListingEnvelope, ListingStatus, Purchase, PurchaseEnvelope, Sale,
+};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::error::{Answer, AppError};
+
+/// Who is asking, and the identifiers recorded in the ledger.
+pub struct OpContext<'a> {
+    pub player_id: i64,
+    pub request_id: &'a str,
+    pub idem_key: &'a str,
+    pub now: i64,
+}
+
+pub const LISTING_COLUMNS: &str =
+    "id, seller_id, item_id, quantity, price, status, created_at, updated_at";
+
+pub fn listing_from_row(row: &AnyRow) -> Result<Listing, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    Ok(Listing {
+        id: row.try_get("id")?,
+        seller_id: row.try_get("seller_id")?,
+        item_id: row.try_get("item_id")?,
+        quantity: row.try_get("quantity")?,
+        price: row.try_get("price")?,
+        status: ListingStatus::parse(&status).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "status".into(),
+            source: format!("unknown listing status {status:?}").into(),
+        })?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+pub const SALE_COLUMNS: &str =
+    "id, listing_id, buyer_id, item_id, quantity, price, created_at, claimed_at";
+
+pub fn sale_from_row(row: &AnyRow) -> Result<Sale, sqlx::Error> {
+    Ok(Sale {
+        id: row.try_get("id")?,
+        listing_id: row.try_get("listing_id")?,
+        buyer_id: row.try_get("buyer_id")?,
+        item_id: row.try_get("item_id")?,
+        quantity: row.try_get("quantity")?,
+        price: row.try_get("price")?,
+        sold_at: row.try_get("created_at")?,
+        claimed_at: row.try_get("claimed_at")?,
+    })
+}
+
+async fn ledger(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    action: &str,
+    listing_id: Option<i64>,
+    purchase_id: Option<i64>,
+    amount: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO ledger (at, player_id, action, listing_id, purchase_id, amount, idempotency_key, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(ctx.now)
+    .bind(ctx.player_id)
+    .bind(action)
+    .bind(listing_id)
+    .bind(purchase_id)
+    .bind(amount)
+    .bind(ctx.idem_key)
+    .bind(ctx.request_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn fetch_listing(
+    conn: &mut AnyConnection,
+    listing_id: i64,
+) -> Result<Option<Listing>, sqlx::Error> {
+    let sql = format!("SELECT {LISTING_COLUMNS} FROM listings WHERE id = $1");
+    match sqlx::query(&sql)
+        .bind(listing_id)
+        .fetch_optional(conn)
+        .await?
+    {
+        Some(row) => Ok(Some(listing_from_row(&row)?)),
+        None => Ok(None),
+    }
+}
+
+/// Why a seller's conditional update on a listing matched nothing.
+fn seller_refusal(listing: Option<Listing>, player_id: i64) -> AppError {
+    match listing {
+        None => AppError::NotFound("Listing"),
+        Some(l) if l.seller_id != player_id => {
+            AppError::Forbidden("Only the seller can change this listing")
+        }
+        Some(l) if l.status == ListingStatus::Sold => AppError::AlreadySold,
+        Some(l) if l.status == ListingStatus::Cancelled => AppError::ListingCancelled,
+        Some(_) => {
+            AppError::Internal("listing update matched nothing but the listing is active".into())
+        }
+    }
+}
+
+pub async fn create_listing(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    item_id: &str,
+    quantity: i64,
+    price: i64,
+) -> Result<Answer, AppError> {
+    let sql = format!(
+        "INSERT INTO listings (seller_id, item_id, quantity, price, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 'active', $5, $5) RETURNING {LISTING_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(ctx.player_id)
+        .bind(item_id)
+        .bind(quantity)
+        .bind(price)
+        .bind(ctx.now)
+        .fetch_one(&mut *conn)
+        .await?;
+    let listing = listing_from_row(&row)?;
+    ledger(conn, ctx, "list", Some(listing.id), None, Some(price)).await?;
+    Answer::json(StatusCode::CREATED, &ListingEnvelope { listing })
+}
+
+pub async fn reprice_listing(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    listing_id: i64,
+    price: i64,
+) -> Result<Answer, AppError> {
+    let sql = format!(
+        "UPDATE listings SET price = $1, updated_at = $2 \
+         WHERE id = $3 AND seller_id = $4 AND status = 'active' RETURNING {LISTING_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(price)
+        .bind(ctx.now)
+        .bind(listing_id)
+        .bind(ctx.player_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else {
+        return Err(seller_refusal(
+            fetch_listing(conn, listing_id).await?,
+            ctx.player_id,
+        ));
+    };
+    let listing = listing_from_row(&row)?;
+    ledger(conn, ctx, "reprice", Some(listing_id), None, Some(price)).await?;
+    Answer::json(StatusCode::OK, &ListingEnvelope { listing })
+}
+
+pub async fn cancel_listing(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    listing_id: i64,
+) -> Result<Answer, AppError> {
+    let sql = format!(
+        "UPDATE listings SET status = 'cancelled', updated_at = $1 \
+         WHERE id = $2 AND seller_id = $3 AND status = 'active' RETURNING {LISTING_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(ctx.now)
+        .bind(listing_id)
+        .bind(ctx.player_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else {
+        return Err(seller_refusal(
+            fetch_listing(conn, listing_id).await?,
+            ctx.player_id,
+        ));
+    };
+    let listing = listing_from_row(&row)?;
+    ledger(conn, ctx, "cancel", Some(listing_id), None, None).await?;
+    Answer::json(StatusCode::OK, &ListingEnvelope { listing })
+}
+
+/// The purchase: one conditional update flips the listing to `sold` only if it
+/// is still active, at the price the buyer saw, and not the buyer's own. The
+/// purchase row (unique per listing), the ledger entry and — in the caller —
+/// the idempotent answer commit in the same transaction.
+pub async fn purchase(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    listing_id: i64,
+    expected_price: i64,
+) -> Result<Answer, AppError> {
+    let row = sqlx::query(
+        "UPDATE listings SET status = 'sold', updated_at = $1 \
+         WHERE id = $2 AND status = 'active' AND price = $3 AND seller_id <> $4 \
+         RETURNING seller_id, item_id, quantity, price",
+    )
+    .bind(ctx.now)
+    .bind(listing_id)
+    .bind(expected_price)
+    .bind(ctx.player_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Err(match fetch_listing(conn, listing_id).await? {
+            None => AppError::NotFound("Listing"),
+            Some(l) if l.seller_id == ctx.player_id => AppError::OwnListing,
+            Some(l) if l.status == ListingStatus::Sold => AppError::AlreadySold,
+            Some(l) if l.status == ListingStatus::Cancelled => AppError::ListingCancelled,
+            Some(l) if l.price != expected_price => AppError::PriceChanged {
+                current_price: l.price,
+            },
+            Some(_) => {
+                AppError::Internal("purchase matched nothing but the listing is buyable".into())
+            }
+        });
+    };
+    let seller_id: i64 = row.try_get("seller_id")?;
+    let item_id: String = row.try_get("item_id")?;
+    let quantity: i64 = row.try_get("quantity")?;
+    let price: i64 = row.try_get("price")?;
+    let (purchase_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO purchases (listing_id, buyer_id, seller_id, item_id, quantity, price, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(listing_id)
+    .bind(ctx.player_id)
+    .bind(seller_id)
+    .bind(&item_id)
+    .bind(quantity)
+    .bind(price)
+    .bind(ctx.now)
+    .fetch_one(&mut *conn)
+    .await?;
+    ledger(
+        conn,
+        ctx,
+        "purchase",
+        Some(listing_id),
+        Some(purchase_id),
+        Some(price),
+    )
+    .await?;
+    let purchase = Purchase {
+        id: purchase_id,
+        listing_id,
+        buyer_id: ctx.player_id,
+        seller_id,
+        item_id,
+        quantity,
+        price,
+        created_at: ctx.now,
+    };
+    Answer::json(StatusCode::OK, &PurchaseEnvelope { purchase })
+}
+
+/// Pays out a sale once: the conditional update on `claimed_at IS NULL` lets
+/// exactly one of any number of concurrent claims through.
+pub async fn claim(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    sale_id: i64,
+) -> Result<Answer, AppError> {
+    let row = sqlx::query(
+        "UPDATE purchases SET claimed_at = $1 \
+         WHERE id = $2 AND seller_id = $3 AND claimed_at IS NULL RETURNING listing_id, price",
+    )
+    .bind(ctx.now)
+    .bind(sale_id)
+    .bind(ctx.player_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        let found: Option<(i64,)> = sqlx::query_as("SELECT seller_id FROM purchases WHERE id = $1")
+            .bind(sale_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        return Err(match found {
+            None => AppError::NotFound("Sale"),
+            Some((seller,)) if seller != ctx.player_id => {
+                AppError::Forbidden("Only the seller can claim these proceeds")
+            }
+            Some(_) => AppError::AlreadyClaimed,
+        });
+    };
+    let listing_id: i64 = row.try_get("listing_id")?;
+    let amount: i64 = row.try_get("price")?;
+    ledger(
+        conn,
+        ctx,
+        "claim",
+        Some(listing_id),
+        Some(sale_id),
+        Some(amount),
+    )
+    .await?;
+    Answer::json(StatusCode::OK, &Claim { sale_id, amount })
+}

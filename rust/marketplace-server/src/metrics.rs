@@ -1,0 +1,128 @@
+//! Prometheus metrics, kept by hand: a few counters and one latency histogram
+//! per route do not justify a metrics framework.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: BTreeMap<(String, String, u16), u64>,
+    latency: BTreeMap<String, Histogram>,
+    purchases: BTreeMap<&'static str, u64>,
+    replays: u64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Metrics {
+    pub fn record_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        *inner
+            .requests
+            .entry((method.to_string(), route.to_string(), status))
+            .or_default() += 1;
+        let h = inner.latency.entry(route.to_string()).or_default();
+        let secs = elapsed.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += secs;
+        h.count += 1;
+    }
+
+    /// `outcome` is `"success"` or an error code.
+    pub fn record_purchase(&self, outcome: &'static str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            *inner.purchases.entry(outcome).or_default() += 1;
+        }
+    }
+
+    pub fn record_replay(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.replays += 1;
+        }
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let Ok(inner) = self.inner.lock() else {
+            return String::new();
+        };
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP market_http_requests_total HTTP requests by route and status."
+        );
+        let _ = writeln!(out, "# TYPE market_http_requests_total counter");
+        for ((method, route, status), n) in &inner.requests {
+            let _ = writeln!(
+                out,
+                "market_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP market_http_request_duration_seconds Request latency by route."
+        );
+        let _ = writeln!(out, "# TYPE market_http_request_duration_seconds histogram");
+        for (route, h) in &inner.latency {
+            for (bound, count) in BUCKETS.iter().zip(h.counts) {
+                let _ = writeln!(
+                    out,
+                    "market_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "market_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "market_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "market_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                h.count
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP market_purchases_total Purchase attempts by outcome."
+        );
+        let _ = writeln!(out, "# TYPE market_purchases_total counter");
+        for (outcome, n) in &inner.purchases {
+            let _ = writeln!(out, "market_purchases_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP market_idempotent_replays_total Answers served from the idempotency store."
+        );
+        let _ = writeln!(out, "# TYPE market_idempotent_replays_total counter");
+        let _ = writeln!(out, "market_idempotent_replays_total {}", inner.replays);
+        out
+    }
+}

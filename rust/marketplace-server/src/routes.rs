@@ -1,0 +1,488 @@
+//! HTTP routes: small handlers over explicit state. Each handler validates
+//! its input, then either reads through the reader pool or hands a
+//! [`Mutation`] to [`idempotency::run`].
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query,
+    Request, State,
+};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use marketplace_protocol::{
+    check_id, check_name, check_positive, CreateListingRequest, ListingPage, PurchaseRequest,
+    RepriceRequest, SalesPage, Session, SessionRequest, DEFAULT_PAGE_LIMIT, IDEMPOTENCY_HEADER,
+    MAX_BODY_BYTES, MAX_PAGE_LIMIT, REQUEST_ID_HEADER,
+};
+use serde::Deserialize;
+
+use crate::error::{Answer, AppError};
+use crate::idempotency::{self, Mutation, Outcome};
+use crate::market::{listing_from_row, sale_from_row, LISTING_COLUMNS, SALE_COLUMNS};
+use crate::rate_limit::Caller;
+use crate::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/sessions", post(create_session))
+        .route("/v1/listings", get(list_listings).post(create_listing))
+        .route(
+            "/v1/listings/{id}",
+            get(get_listing)
+                .patch(reprice_listing)
+                .delete(cancel_listing),
+        )
+        .route("/v1/listings/{id}/purchase", post(purchase))
+        .route("/v1/me/sales", get(my_sales))
+        .route("/v1/sales/{id}/claim", post(claim))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// The request id: taken from `X-Request-Id` when the client sent a sane one,
+/// otherwise generated. Echoed on the answer and written to the ledger.
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+/// Request id, tracing span, metrics and an access log line for every request.
+async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| check_id("request id", v).is_ok())
+        .map(str::to_string)
+        .unwrap_or_else(crate::random_id);
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let span = tracing::info_span!("request", %method, %route, request_id = %request_id);
+    let mut response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    state
+        .0
+        .metrics
+        .record_request(method.as_str(), &route, status, elapsed);
+    span.in_scope(|| {
+        tracing::debug!(status, latency_ms = elapsed.as_secs_f64() * 1e3, "answered");
+    });
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// The authenticated, rate-limited player. Identity comes from the bearer
+/// token only.
+pub struct AuthPlayer(pub i64);
+
+impl FromRequestParts<AppState> for AuthPlayer {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(AppError::Unauthorized)?;
+        let player_id = state
+            .0
+            .signer
+            .verify(token.trim(), crate::now_secs())
+            .ok_or(AppError::Unauthorized)?;
+        state
+            .0
+            .limiter
+            .check(Caller::Player(player_id), Instant::now())
+            .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+        Ok(AuthPlayer(player_id))
+    }
+}
+
+/// The `Idempotency-Key` header, required on every mutating call.
+pub struct IdemKey(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdemKey {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        let key = parts
+            .headers
+            .get(IDEMPOTENCY_HEADER)
+            .ok_or_else(|| {
+                AppError::InvalidRequest("the Idempotency-Key header is required".into())
+            })?
+            .to_str()
+            .map_err(|_| AppError::InvalidRequest("Idempotency-Key must be ASCII".into()))?;
+        check_id("Idempotency-Key", key).map_err(AppError::InvalidRequest)?;
+        Ok(IdemKey(key.to_string()))
+    }
+}
+
+/// A positive integer id from the path.
+pub struct PathId(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| AppError::InvalidRequest(e.body_text()))?;
+        match raw.parse::<i64>() {
+            Ok(id) if id > 0 => Ok(PathId(id)),
+            _ => Err(AppError::InvalidRequest(
+                "id in the path must be a positive integer".into(),
+            )),
+        }
+    }
+}
+
+/// `axum::Json` with its rejections turned into our error envelope.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> AppError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return AppError::PayloadTooLarge;
+    }
+    AppError::InvalidRequest(rejection.body_text())
+}
+
+fn mutation_response(state: &AppState, outcome: Outcome) -> Response {
+    if outcome.replayed {
+        state.0.metrics.record_replay();
+    }
+    let replayed = outcome.replayed;
+    let mut response = outcome.answer.into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+async fn create_session(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    ApiJson(req): ApiJson<SessionRequest>,
+) -> Result<Answer, AppError> {
+    state
+        .0
+        .limiter
+        .check(Caller::Address(peer.ip()), Instant::now())
+        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+    check_id("device_id", &req.device_id).map_err(AppError::InvalidRequest)?;
+    check_name(&req.name).map_err(AppError::InvalidRequest)?;
+    let now = crate::now_secs();
+    let mut tx = state.0.db.begin_write().await?;
+    let (player_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO players (device_id, name, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (device_id) DO UPDATE SET name = excluded.name RETURNING id",
+    )
+    .bind(&req.device_id)
+    .bind(&req.name)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO ledger (at, player_id, action, request_id) VALUES ($1, $2, 'session', $3)",
+    )
+    .bind(now)
+    .bind(player_id)
+    .bind(&request_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let expires_at = now.saturating_add(state.0.config.token_ttl_secs as i64);
+    Answer::json(
+        StatusCode::OK,
+        &Session {
+            player_id,
+            name: req.name,
+            token: state.0.signer.issue(player_id, expires_at),
+            expires_at,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct ListingQuery {
+    status: Option<String>,
+    item_id: Option<String>,
+    seller_id: Option<i64>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_listings(
+    State(state): State<AppState>,
+    _player: AuthPlayer,
+    query: Result<Query<ListingQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Answer, AppError> {
+    let Query(q) = query.map_err(|e| AppError::InvalidRequest(e.body_text()))?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE_LIMIT);
+    if limit == 0 || limit > MAX_PAGE_LIMIT {
+        return Err(AppError::InvalidRequest(format!(
+            "limit must be between 1 and {MAX_PAGE_LIMIT}"
+        )));
+    }
+    let after: i64 = match q.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(c) => c.parse().ok().filter(|n: &i64| *n >= 0).ok_or_else(|| {
+            AppError::InvalidRequest("cursor is not one this server issued".into())
+        })?,
+    };
+    let status = q.status.as_deref().unwrap_or("active");
+    let mut sql = format!("SELECT {LISTING_COLUMNS} FROM listings WHERE id > $1");
+    let mut next_param = 2;
+    if status != "all" {
+        marketplace_protocol::ListingStatus::parse(status).ok_or_else(|| {
+            AppError::InvalidRequest("status must be active, sold, cancelled or all".into())
+        })?;
+        sql.push_str(&format!(" AND status = ${next_param}"));
+        next_param += 1;
+    }
+    if let Some(item_id) = &q.item_id {
+        check_id("item_id", item_id).map_err(AppError::InvalidRequest)?;
+        sql.push_str(&format!(" AND item_id = ${next_param}"));
+        next_param += 1;
+    }
+    if q.seller_id.is_some() {
+        sql.push_str(&format!(" AND seller_id = ${next_param}"));
+        next_param += 1;
+    }
+    sql.push_str(&format!(" ORDER BY id LIMIT ${next_param}"));
+    let mut query = sqlx::query(&sql).bind(after);
+    if status != "all" {
+        query = query.bind(status);
+    }
+    if let Some(item_id) = &q.item_id {
+        query = query.bind(item_id);
+    }
+    if let Some(seller_id) = q.seller_id {
+        query = query.bind(seller_id);
+    }
+    let rows = query
+        .bind(i64::from(limit))
+        .fetch_all(state.0.db.reader())
+        .await?;
+    let listings = rows
+        .iter()
+        .map(listing_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if listings.len() == limit as usize {
+        listings.last().map(|l| l.id.to_string())
+    } else {
+        None
+    };
+    Answer::json(
+        StatusCode::OK,
+        &ListingPage {
+            listings,
+            next_cursor,
+        },
+    )
+}
+
+async fn get_listing(
+    State(state): State<AppState>,
+    _player: AuthPlayer,
+    PathId(id): PathId,
+) -> Result<Answer, AppError> {
+    let sql = format!("SELECT {LISTING_COLUMNS} FROM listings WHERE id = $1");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(state.0.db.reader())
+        .await?
+        .ok_or(AppError::NotFound("Listing"))?;
+    Answer::json(
+        StatusCode::OK,
+        &marketplace_protocol::ListingEnvelope {
+            listing: listing_from_row(&row)?,
+        },
+    )
+}
+
+async fn create_listing(
+    State(state): State<AppState>,
+    AuthPlayer(player_id): AuthPlayer,
+    IdemKey(key): IdemKey,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    ApiJson(req): ApiJson<CreateListingRequest>,
+) -> Result<Response, AppError> {
+    check_id("item_id", &req.item_id).map_err(AppError::InvalidRequest)?;
+    check_positive("quantity", req.quantity).map_err(AppError::InvalidRequest)?;
+    check_positive("price", req.price).map_err(AppError::InvalidRequest)?;
+    let mutation = Mutation::CreateListing {
+        item_id: req.item_id,
+        quantity: req.quantity,
+        price: req.price,
+    };
+    let outcome = idempotency::run(&state, player_id, key, request_id, mutation).await?;
+    Ok(mutation_response(&state, outcome))
+}
+
+async fn reprice_listing(
+    State(state): State<AppState>,
+    AuthPlayer(player_id): AuthPlayer,
+    IdemKey(key): IdemKey,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    PathId(listing_id): PathId,
+    ApiJson(req): ApiJson<RepriceRequest>,
+) -> Result<Response, AppError> {
+    check_positive("price", req.price).map_err(AppError::InvalidRequest)?;
+    let mutation = Mutation::Reprice {
+        listing_id,
+        price: req.price,
+    };
+    let outcome = idempotency::run(&state, player_id, key, request_id, mutation).await?;
+    Ok(mutation_response(&state, outcome))
+}
+
+async fn cancel_listing(
+    State(state): State<AppState>,
+    AuthPlayer(player_id): AuthPlayer,
+    IdemKey(key): IdemKey,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    PathId(listing_id): PathId,
+) -> Result<Response, AppError> {
+    let outcome = idempotency::run(
+        &state,
+        player_id,
+        key,
+        request_id,
+        Mutation::Cancel { listing_id },
+    )
+    .await?;
+    Ok(mutation_response(&state, outcome))
+}
+
+async fn purchase(
+    State(state): State<AppState>,
+    AuthPlayer(player_id): AuthPlayer,
+    IdemKey(key): IdemKey,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    PathId(listing_id): PathId,
+    ApiJson(req): ApiJson<PurchaseRequest>,
+) -> Result<Response, AppError> {
+    check_positive("expected_price", req.expected_price).map_err(AppError::InvalidRequest)?;
+    let mutation = Mutation::Purchase {
+        listing_id,
+        expected_price: req.expected_price,
+    };
+    let outcome = idempotency::run(&state, player_id, key, request_id, mutation).await;
+    let label = match &outcome {
+        Ok(o) => o.code.map_or("success", |c| c.as_str()),
+        Err(e) => e.code().as_str(),
+    };
+    state.0.metrics.record_purchase(label);
+    Ok(mutation_response(&state, outcome?))
+}
+
+#[derive(Deserialize)]
+struct SalesQuery {
+    claimed: Option<bool>,
+}
+
+async fn my_sales(
+    State(state): State<AppState>,
+    AuthPlayer(player_id): AuthPlayer,
+    query: Result<Query<SalesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Answer, AppError> {
+    let Query(q) = query.map_err(|e| AppError::InvalidRequest(e.body_text()))?;
+    let filter = match q.claimed {
+        None => "",
+        Some(false) => " AND claimed_at IS NULL",
+        Some(true) => " AND claimed_at IS NOT NULL",
+    };
+    let sql = format!(
+        "SELECT {SALE_COLUMNS} FROM purchases WHERE seller_id = $1{filter} ORDER BY id LIMIT 1000"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(player_id)
+        .fetch_all(state.0.db.reader())
+        .await?;
+    let sales = rows
+        .iter()
+        .map(sale_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Answer::json(StatusCode::OK, &SalesPage { sales })
+}
+
+async fn claim(
+    State(state): State<AppState>,
+    AuthPlayer(player_id): AuthPlayer,
+    IdemKey(key): IdemKey,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    PathId(sale_id): PathId,
+) -> Result<Response, AppError> {
+    let outcome = idempotency::run(
+        &state,
+        player_id,
+        key,
+        request_id,
+        Mutation::Claim { sale_id },
+    )
+    .await?;
+    Ok(mutation_response(&state, outcome))
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    match sqlx::query("SELECT 1").execute(state.0.db.reader()).await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        state.0.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("Route")
+}
