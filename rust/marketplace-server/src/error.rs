@@ -85,6 +85,12 @@ impl AppError {
         )
     }
 
+    /// True for failures of the database or the server itself: the
+    /// transaction they happened in must be rolled back.
+    pub fn is_infrastructure(&self) -> bool {
+        matches!(self, AppError::Internal(_) | AppError::Unavailable)
+    }
+
     /// The JSON error envelope.
     pub fn body(&self) -> String {
         let current_price = match self {

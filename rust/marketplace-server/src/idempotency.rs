@@ -14,11 +14,14 @@
 //!   waits on the first's uncommitted row, then finds it committed and
 //!   replays the stored answer. Either way the operation happens once.
 //!
-//! The operation runs in its own task, so a client that hangs up mid-request
-//! cannot cancel a transaction half-way; its retry finds the stored answer.
+//! The operation runs in a task of its own (or in the SQLite writer, see
+//! [`GroupCommit`]), so a client that hangs up mid-request cannot cancel a
+//! transaction half-way; its retry finds the stored answer.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
 
 use marketplace_protocol::ErrorCode;
 use serde::Serialize;
@@ -102,6 +105,14 @@ fn claim_in_flight(state: &AppState, player_id: i64, key: &str) -> Option<InFlig
     })
 }
 
+/// One mutation on its way to the database.
+pub struct Job {
+    player_id: i64,
+    key: String,
+    request_id: String,
+    mutation: Mutation,
+}
+
 /// Runs `mutation` for `player_id` exactly once per `key`.
 pub async fn run(
     state: &AppState,
@@ -111,34 +122,54 @@ pub async fn run(
     mutation: Mutation,
 ) -> Result<Outcome, AppError> {
     let guard = claim_in_flight(state, player_id, &key).ok_or(AppError::RequestInProgress)?;
-    let state = state.clone();
-    let task = tokio::spawn(async move {
-        let _guard = guard;
-        execute(&state, player_id, &key, &request_id, &mutation).await
-    });
-    task.await
-        .map_err(|e| AppError::Internal(format!("mutation task failed: {e}")))?
+    let job = Job {
+        player_id,
+        key,
+        request_id,
+        mutation,
+    };
+    let result = match &state.0.group_commit {
+        Some(writer) => writer.submit(job).await,
+        None => {
+            let db = state.0.db.clone();
+            tokio::spawn(async move { run_alone(&db, &job).await })
+                .await
+                .map_err(|e| AppError::Internal(format!("mutation task failed: {e}")))?
+        }
+    };
+    drop(guard);
+    result
 }
 
-async fn execute(
-    state: &AppState,
-    player_id: i64,
-    key: &str,
-    request_id: &str,
-    mutation: &Mutation,
+/// One job in its own transaction (PostgreSQL: many of these run at once,
+/// ordered by row locks).
+async fn run_alone(db: &crate::Db, job: &Job) -> Result<Outcome, AppError> {
+    let mut tx = db.begin_write().await?;
+    let outcome = execute_in(&mut tx, job, crate::now_secs()).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Claims the key, applies the mutation and stores its answer, inside the
+/// caller's transaction. Returns
+/// - `Ok` with the answer to send (new or replayed);
+/// - `Err` of a refusal that wrote nothing (`idempotency_key_reused`);
+/// - `Err` of an infrastructure failure: the caller must roll back.
+async fn execute_in(
+    conn: &mut sqlx::AnyConnection,
+    job: &Job,
+    now: i64,
 ) -> Result<Outcome, AppError> {
-    let hash = mutation.request_hash();
-    let now = crate::now_secs();
-    let mut tx = state.0.db.begin_write().await?;
+    let hash = job.mutation.request_hash();
     let claimed = sqlx::query(
         "INSERT INTO idempotency_keys (player_id, idem_key, request_hash, status_code, response_body, created_at) \
          VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (player_id, idem_key) DO NOTHING",
     )
-    .bind(player_id)
-    .bind(key)
+    .bind(job.player_id)
+    .bind(&job.key)
     .bind(&hash)
     .bind(now)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?
     .rows_affected()
         == 1;
@@ -147,11 +178,10 @@ async fn execute(
             "SELECT request_hash, status_code, response_body FROM idempotency_keys \
              WHERE player_id = $1 AND idem_key = $2",
         )
-        .bind(player_id)
-        .bind(key)
-        .fetch_one(&mut *tx)
+        .bind(job.player_id)
+        .bind(&job.key)
+        .fetch_one(&mut *conn)
         .await?;
-        tx.rollback().await?;
         if stored_hash != hash {
             return Err(AppError::IdempotencyKeyReused);
         }
@@ -167,32 +197,34 @@ async fn execute(
     }
 
     let ctx = OpContext {
-        player_id,
-        request_id,
-        idem_key: key,
+        player_id: job.player_id,
+        request_id: &job.request_id,
+        idem_key: &job.key,
         now,
     };
-    let result = match mutation {
+    let result = match &job.mutation {
         Mutation::CreateListing {
             item_id,
             quantity,
             price,
-        } => market::create_listing(&mut tx, &ctx, item_id, *quantity, *price).await,
+        } => market::create_listing(conn, &ctx, item_id, *quantity, *price).await,
         Mutation::Reprice { listing_id, price } => {
-            market::reprice_listing(&mut tx, &ctx, *listing_id, *price).await
+            market::reprice_listing(conn, &ctx, *listing_id, *price).await
         }
-        Mutation::Cancel { listing_id } => market::cancel_listing(&mut tx, &ctx, *listing_id).await,
+        Mutation::Cancel { listing_id } => market::cancel_listing(conn, &ctx, *listing_id).await,
         Mutation::Purchase {
             listing_id,
             expected_price,
-        } => market::purchase(&mut tx, &ctx, *listing_id, *expected_price).await,
-        Mutation::Claim { sale_id } => market::claim(&mut tx, &ctx, *sale_id).await,
+        } => market::purchase(conn, &ctx, *listing_id, *expected_price).await,
+        Mutation::Claim { sale_id } => market::claim(conn, &ctx, *sale_id).await,
     };
+    // A business refusal is decided before the operation writes anything, so
+    // it is stored as the answer like a success. An infrastructure failure
+    // may leave partial writes: it goes up and the transaction rolls back,
+    // key included, so the client's retry runs the operation anew.
     let (answer, code) = match result {
         Ok(answer) => (answer, None),
         Err(e) if e.is_business_outcome() => (Answer::from(&e), Some(e.code())),
-        // Infrastructure failure: dropping `tx` rolls everything back,
-        // including the key, so the client's retry runs the operation anew.
         Err(e) => return Err(e),
     };
     sqlx::query(
@@ -201,16 +233,93 @@ async fn execute(
     )
     .bind(i64::from(answer.status))
     .bind(&answer.body)
-    .bind(player_id)
-    .bind(key)
-    .execute(&mut *tx)
+    .bind(job.player_id)
+    .bind(&job.key)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await?;
     Ok(Outcome {
         answer,
         code,
         replayed: false,
     })
+}
+
+/// Group commit for SQLite's single writer.
+///
+/// SQLite commits one transaction at a time, and with `synchronous=FULL`
+/// every commit waits for an fsync. So one writer task takes every mutation
+/// waiting in its queue (up to [`MAX_BATCH`]), runs them one after another in
+/// **one** transaction and commits once; only then does any of them get its
+/// answer (I3: nothing is acknowledged before it is durable). Mutations are
+/// still applied strictly one at a time, so each sees the effects of those
+/// before it exactly as with separate transactions.
+///
+/// If the batch hits an infrastructure error, it is rolled back and each of
+/// its jobs is retried in a transaction of its own, so one failing job cannot
+/// fail its neighbours.
+pub struct GroupCommit {
+    queue: mpsc::Sender<(Job, oneshot::Sender<Result<Outcome, AppError>>)>,
+}
+
+/// Most mutations committed together.
+pub const MAX_BATCH: usize = 128;
+
+impl GroupCommit {
+    /// Starts the writer task on the current runtime. It ends when the last
+    /// `GroupCommit` handle is dropped.
+    pub fn start(db: crate::Db) -> GroupCommit {
+        let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(writer(db, rx));
+        GroupCommit { queue }
+    }
+
+    async fn submit(&self, job: Job) -> Result<Outcome, AppError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((job, reply))
+            .await
+            .map_err(|_| AppError::Unavailable)?;
+        answer.await.map_err(|_| AppError::Unavailable)?
+    }
+}
+
+type Pending = (Job, oneshot::Sender<Result<Outcome, AppError>>);
+
+async fn writer(db: crate::Db, mut rx: mpsc::Receiver<Pending>) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let jobs: Vec<&Job> = batch.iter().map(|(job, _)| job).collect();
+        match commit_batch(&db, &jobs).await {
+            Ok(results) => {
+                for ((_, reply), result) in batch.drain(..).zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = batch.len(), "batch failed; retrying its jobs one by one");
+                for (job, reply) in batch.drain(..) {
+                    let _ = reply.send(run_alone(&db, &job).await);
+                }
+            }
+        }
+    }
+}
+
+async fn commit_batch(
+    db: &crate::Db,
+    jobs: &[&Job],
+) -> Result<Vec<Result<Outcome, AppError>>, AppError> {
+    let now = crate::now_secs();
+    let mut tx = db.begin_write().await?;
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match execute_in(&mut tx, job, now).await {
+            Err(e) if e.is_infrastructure() => return Err(e),
+            other => results.push(other),
+        }
+    }
+    tx.commit().await?;
+    Ok(results)
 }
 
 fn stored_code(status: u16, body: &str) -> Option<ErrorCode> {

@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     pub(crate) limiter: rate_limit::RateLimiter,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) in_flight: idempotency::InFlight,
+    /// The SQLite writer; `None` on PostgreSQL.
+    pub(crate) group_commit: Option<idempotency::GroupCommit>,
 }
 
 /// Why the server could not start.
@@ -115,6 +117,8 @@ impl BoundServer {
             signer: auth::TokenSigner::new(&secret),
             metrics: metrics::Metrics::default(),
             in_flight: idempotency::InFlight::default(),
+            group_commit: (db.backend() == Backend::Sqlite)
+                .then(|| idempotency::GroupCommit::start(db.clone())),
             db,
             config,
         }));
