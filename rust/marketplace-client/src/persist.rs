@@ -1,0 +1,228 @@
+//! Crash-safe files: whole old or whole new, never partial (invariant I5).
+//!
+//! A save is, in order:
+//! 1. write the document to `NAME.tmp` in the same directory and fsync it;
+//! 2. make `NAME.bak` a hard link to the current `NAME` (the previous good
+//!    version; a copy where links are not supported);
+//! 3. rename `NAME.tmp` over `NAME` — atomic on POSIX file systems;
+//! 4. fsync the directory, so the rename itself is durable.
+//!
+//! At every instant `NAME` is a complete old or new document, and `NAME.bak`
+//! is a complete previous one. Loading falls back to the backup when the main
+//! file is missing or unreadable — and says so; both unreadable is an error
+//! that leaves the files alone for the player to rescue.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::state::{PlayerState, SCHEMA_VERSION};
+
+/// The file operations a save uses. Tests wrap the real file system to fail
+/// a step on purpose (disk full, read-only); the game uses [`RealFs`].
+pub trait SaveFs: Send + 'static {
+    fn write_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    fn link_or_copy(&mut self, from: &Path, to: &Path) -> io::Result<()>;
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()>;
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealFs;
+
+impl SaveFs for RealFs {
+    fn write_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    }
+
+    fn link_or_copy(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        match fs::remove_file(to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match fs::hard_link(from, to) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(e),
+            Err(_) => fs::copy(from, to).map(|_| ()),
+        }
+    }
+
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            File::open(dir)?.sync_all()
+        }
+        #[cfg(not(unix))]
+        {
+            // Windows cannot open a directory for syncing; its rename is
+            // already durable once it returns.
+            let _ = dir;
+            Ok(())
+        }
+    }
+}
+
+pub fn backup_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".bak")
+}
+
+pub fn temp_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".tmp")
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` as the new version of `path` (steps 1–4 above).
+pub fn save_atomically(fs: &mut dyn SaveFs, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = temp_path(path);
+    fs.write_synced(&tmp, bytes)?;
+    if path.exists() {
+        fs.link_or_copy(path, &backup_path(path))?;
+    }
+    fs.rename(&tmp, path)?;
+    fs.sync_dir(&dir)
+}
+
+/// Why a save file could not be loaded. Files are left as they are.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "{path} was written by a newer version of the game (save format {found}, this build reads up to {supported}); it was left untouched"
+    )]
+    NewerVersion {
+        path: PathBuf,
+        found: u64,
+        supported: u32,
+    },
+    #[error("both {main} ({main_error}) and its backup ({backup_error}) are unreadable; they were left untouched for rescue")]
+    BothUnreadable {
+        main: PathBuf,
+        main_error: String,
+        backup_error: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// What loading found.
+#[derive(Debug)]
+pub struct Loaded {
+    /// `None`: no save exists yet (a new player).
+    pub state: Option<PlayerState>,
+    /// Set when the main file was missing or unreadable and the backup was
+    /// used: the message for the player / the log.
+    pub recovered_from_backup: Option<String>,
+}
+
+enum Attempt {
+    Missing,
+    Good(PlayerState),
+    Bad(String),
+}
+
+fn read_one(path: &Path) -> Result<Attempt, LoadError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Missing),
+        Err(source) => {
+            return Err(LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    // Look at the version before the shape: a newer file must be refused
+    // even if this build could not parse the rest of it.
+    let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => return Ok(Attempt::Bad(format!("not valid JSON: {e}"))),
+    };
+    match value.get("version").and_then(serde_json::Value::as_u64) {
+        Some(v) if v > u64::from(SCHEMA_VERSION) => {
+            return Err(LoadError::NewerVersion {
+                path: path.to_path_buf(),
+                found: v,
+                supported: SCHEMA_VERSION,
+            })
+        }
+        Some(_) => {}
+        None => return Ok(Attempt::Bad("no schema version".into())),
+    }
+    let state: PlayerState = match serde_json::from_value(value) {
+        Ok(s) => s,
+        Err(e) => return Ok(Attempt::Bad(format!("unexpected content: {e}"))),
+    };
+    if let Err(problems) = state.validate() {
+        return Ok(Attempt::Bad(format!("inconsistent: {}", problems.join("; "))));
+    }
+    Ok(Attempt::Good(state))
+}
+
+/// Loads `path`, falling back to its backup.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let backup = backup_path(path);
+    let main_error = match read_one(path)? {
+        Attempt::Good(state) => {
+            return Ok(Loaded {
+                state: Some(state),
+                recovered_from_backup: None,
+            })
+        }
+        Attempt::Missing => None,
+        Attempt::Bad(e) => Some(e),
+    };
+    match read_one(&backup)? {
+        Attempt::Good(state) => {
+            let why = main_error.as_deref().unwrap_or("missing");
+            if main_error.is_some() {
+                // Keep the damaged file for inspection; the next save writes
+                // a fresh main file.
+                let _ = fs::rename(path, with_suffix(path, ".corrupt"));
+            }
+            Ok(Loaded {
+                state: Some(state),
+                recovered_from_backup: Some(format!(
+                    "{} was {why}; loaded the previous save from {}",
+                    path.display(),
+                    backup.display()
+                )),
+            })
+        }
+        Attempt::Missing => match main_error {
+            None => Ok(Loaded {
+                state: None,
+                recovered_from_backup: None,
+            }),
+            Some(main_error) => Err(LoadError::BothUnreadable {
+                main: path.to_path_buf(),
+                main_error,
+                backup_error: "missing".into(),
+            }),
+        },
+        Attempt::Bad(backup_error) => Err(LoadError::BothUnreadable {
+            main: path.to_path_buf(),
+            main_error: main_error.unwrap_or_else(|| "missing".into()),
+            backup_error,
+        }),
+    }
+}
