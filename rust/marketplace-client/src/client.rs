@@ -94,15 +94,36 @@ pub struct BrowseQuery {
 /// Everything the marketplace API offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Login { device_id: String, name: String },
+    Login {
+        device_id: String,
+        name: String,
+    },
     Browse(BrowseQuery),
-    GetListing { listing_id: i64 },
-    CreateListing { item_id: String, quantity: i64, price: i64 },
-    Reprice { listing_id: i64, price: i64 },
-    Cancel { listing_id: i64 },
-    Buy { listing_id: i64, expected_price: i64 },
-    ListSales { unclaimed_only: bool },
-    Claim { sale_id: i64 },
+    GetListing {
+        listing_id: i64,
+    },
+    CreateListing {
+        item_id: String,
+        quantity: i64,
+        price: i64,
+    },
+    Reprice {
+        listing_id: i64,
+        price: i64,
+    },
+    Cancel {
+        listing_id: i64,
+    },
+    Buy {
+        listing_id: i64,
+        expected_price: i64,
+    },
+    ListSales {
+        unclaimed_only: bool,
+    },
+    Claim {
+        sale_id: i64,
+    },
 }
 
 impl Command {
@@ -256,11 +277,17 @@ impl MarketClient {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 let _ = thread.join();
-                return Err(ClientError::new(ErrorCode::InvalidArgument, format!("runtime: {e}")));
+                return Err(ClientError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("runtime: {e}"),
+                ));
             }
             Err(_) => {
                 let _ = thread.join();
-                return Err(ClientError::new(ErrorCode::InvalidArgument, "runtime thread died"));
+                return Err(ClientError::new(
+                    ErrorCode::InvalidArgument,
+                    "runtime thread died",
+                ));
             }
         }
         Ok(MarketClient {
@@ -296,10 +323,16 @@ impl MarketClient {
         key: Option<String>,
     ) -> Result<(), ClientError> {
         if *self.shared.stopping.borrow() {
-            return Err(ClientError::new(ErrorCode::ShuttingDown, "The marketplace is shutting down"));
+            return Err(ClientError::new(
+                ErrorCode::ShuttingDown,
+                "The marketplace is shutting down",
+            ));
         }
         if command.is_mutation() && key.is_none() {
-            return Err(ClientError::new(ErrorCode::InvalidArgument, "a mutation needs an idempotency key"));
+            return Err(ClientError::new(
+                ErrorCode::InvalidArgument,
+                "a mutation needs an idempotency key",
+            ));
         }
         if let Command::Buy { listing_id, .. } = &command {
             let mut buying = self.shared.buying.lock().map_err(|_| poisoned())?;
@@ -311,14 +344,25 @@ impl MarketClient {
             }
         }
         self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        if self.commands.send(Envelope { id, command: command.clone(), key }).is_err() {
+        if self
+            .commands
+            .send(Envelope {
+                id,
+                command: command.clone(),
+                key,
+            })
+            .is_err()
+        {
             self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
             if let Command::Buy { listing_id, .. } = command {
                 if let Ok(mut buying) = self.shared.buying.lock() {
                     buying.remove(&listing_id);
                 }
             }
-            return Err(ClientError::new(ErrorCode::ShuttingDown, "The marketplace client has stopped"));
+            return Err(ClientError::new(
+                ErrorCode::ShuttingDown,
+                "The marketplace client has stopped",
+            ));
         }
         Ok(())
     }
@@ -397,7 +441,11 @@ fn poisoned() -> ClientError {
 
 /// A new random idempotency key.
 pub fn new_idempotency_key() -> String {
-    format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+    format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
 }
 
 /// Receives commands until told to stop; returns the grace period for the
@@ -434,7 +482,10 @@ async fn dispatch(
 }
 
 fn shutting_down() -> ClientError {
-    ClientError::new(ErrorCode::ShuttingDown, "The marketplace client is shutting down")
+    ClientError::new(
+        ErrorCode::ShuttingDown,
+        "The marketplace client is shutting down",
+    )
 }
 
 /// Sends the final event of a request and forgets it.
@@ -561,7 +612,10 @@ async fn bearer(shared: &Shared, command: &Command) -> Result<Option<String>, Cl
             }
         }
         if !command.is_mutation() {
-            return Err(ClientError::new(ErrorCode::NotLoggedIn, "Log in to the marketplace first"));
+            return Err(ClientError::new(
+                ErrorCode::NotLoggedIn,
+                "Log in to the marketplace first",
+            ));
         }
         notified.await;
     }
@@ -585,7 +639,10 @@ async fn relogin(shared: &Shared, stale: Option<&str>) -> Result<(), ClientError
         s.credentials.clone()
     };
     let Some((device_id, name)) = credentials else {
-        return Err(ClientError::new(ErrorCode::NotLoggedIn, "Log in to the marketplace first"));
+        return Err(ClientError::new(
+            ErrorCode::NotLoggedIn,
+            "Log in to the marketplace first",
+        ));
     };
     let login = Envelope {
         id: RequestId(0),
@@ -601,7 +658,10 @@ async fn relogin(shared: &Shared, stale: Option<&str>) -> Result<(), ClientError
             remember_session(shared, &session, &device_id, &name);
             Ok(())
         }
-        _ => Err(ClientError::new(ErrorCode::BadResponse, "unexpected answer to login")),
+        _ => Err(ClientError::new(
+            ErrorCode::BadResponse,
+            "unexpected answer to login",
+        )),
     }
 }
 
@@ -647,9 +707,11 @@ async fn exchange(
             };
             (Method::GET, url, None)
         }
-        Command::GetListing { listing_id } => {
-            (Method::GET, format!("{base}/v1/listings/{listing_id}"), None)
-        }
+        Command::GetListing { listing_id } => (
+            Method::GET,
+            format!("{base}/v1/listings/{listing_id}"),
+            None,
+        ),
         Command::CreateListing {
             item_id,
             quantity,
@@ -664,9 +726,11 @@ async fn exchange(
             format!("{base}/v1/listings/{listing_id}"),
             Some(serde_json::json!({ "price": price })),
         ),
-        Command::Cancel { listing_id } => {
-            (Method::DELETE, format!("{base}/v1/listings/{listing_id}"), None)
-        }
+        Command::Cancel { listing_id } => (
+            Method::DELETE,
+            format!("{base}/v1/listings/{listing_id}"),
+            None,
+        ),
         Command::Buy {
             listing_id,
             expected_price,
@@ -684,7 +748,11 @@ async fn exchange(
             },
             None,
         ),
-        Command::Claim { sale_id } => (Method::POST, format!("{base}/v1/sales/{sale_id}/claim"), None),
+        Command::Claim { sale_id } => (
+            Method::POST,
+            format!("{base}/v1/sales/{sale_id}/claim"),
+            None,
+        ),
     };
     let mut request = shared
         .http
@@ -710,7 +778,10 @@ async fn exchange(
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
         if bytes.len() + chunk.len() > shared.config.max_response_bytes {
-            return Err(ClientError::new(ErrorCode::BadResponse, "The server's answer was too large"));
+            return Err(ClientError::new(
+                ErrorCode::BadResponse,
+                "The server's answer was too large",
+            ));
         }
         bytes.extend_from_slice(&chunk);
     }
@@ -729,7 +800,10 @@ fn transport_error(e: reqwest::Error) -> ClientError {
     } else if e.is_connect() {
         ClientError::new(ErrorCode::Offline, "Cannot reach the marketplace")
     } else {
-        ClientError::new(ErrorCode::Offline, format!("Connection to the marketplace lost ({e})"))
+        ClientError::new(
+            ErrorCode::Offline,
+            format!("Connection to the marketplace lost ({e})"),
+        )
     }
 }
 
@@ -737,14 +811,19 @@ fn encode_query(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
 }
 
 fn bad_response(what: &str) -> ClientError {
-    ClientError::new(ErrorCode::BadResponse, format!("The marketplace sent an answer that makes no sense ({what})"))
+    ClientError::new(
+        ErrorCode::BadResponse,
+        format!("The marketplace sent an answer that makes no sense ({what})"),
+    )
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {
@@ -783,7 +862,11 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             price,
         } => {
             let ListingEnvelope { listing } = decode(bytes)?;
-            if &listing.item_id != item_id || listing.quantity != *quantity || listing.price != *price || !listing_is_sane(&listing) {
+            if &listing.item_id != item_id
+                || listing.quantity != *quantity
+                || listing.price != *price
+                || !listing_is_sane(&listing)
+            {
                 return Err(bad_response("the listing does not match the request"));
             }
             Ok(Reply::Listing(listing))
@@ -797,7 +880,10 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
         }
         Command::Cancel { listing_id } => {
             let ListingEnvelope { listing } = decode(bytes)?;
-            if listing.id != *listing_id || listing.status != ListingStatus::Cancelled || !listing_is_sane(&listing) {
+            if listing.id != *listing_id
+                || listing.status != ListingStatus::Cancelled
+                || !listing_is_sane(&listing)
+            {
                 return Err(bad_response("the listing was not cancelled"));
             }
             Ok(Reply::Listing(listing))
@@ -861,7 +947,11 @@ fn parse_failure(status: u16, bytes: &[u8], retry_after: Option<Duration>) -> Cl
                 .unwrap_or(fallback);
             // A known code must come with a status that fits it; otherwise
             // trust the status, which is harder to get wrong.
-            let code = if code.http_status() == Some(status) { code } else { fallback };
+            let code = if code.http_status() == Some(status) {
+                code
+            } else {
+                fallback
+            };
             let mut e = ClientError::new(code, env.error.message);
             e.current_price = env.error.current_price.filter(|p| *p > 0);
             e
@@ -896,11 +986,14 @@ impl TokenBucket {
         }
         loop {
             let wait = {
-                let Ok(mut state) = self.state.lock() else { return };
+                let Ok(mut state) = self.state.lock() else {
+                    return;
+                };
                 let now = Instant::now();
                 let burst = self.per_sec.max(1.0);
                 let (tokens, last) = *state;
-                let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.per_sec).min(burst);
+                let tokens =
+                    (tokens + now.duration_since(last).as_secs_f64() * self.per_sec).min(burst);
                 if tokens >= 1.0 {
                     *state = (tokens - 1.0, now);
                     return;
@@ -931,22 +1024,34 @@ mod tests {
         assert_eq!(e.code, ErrorCode::Internal);
         assert!(!e.is_definitive());
         let e = parse_failure(429, b"", Some(Duration::from_secs(3)));
-        assert_eq!((e.code, e.retry_after), (ErrorCode::RateLimited, Some(Duration::from_secs(3))));
+        assert_eq!(
+            (e.code, e.retry_after),
+            (ErrorCode::RateLimited, Some(Duration::from_secs(3)))
+        );
         let e = parse_failure(418, br#"{"error":{"code":"teapot","message":"no"}}"#, None);
         assert_eq!(e.code, ErrorCode::InvalidRequest);
     }
 
     #[test]
     fn success_must_match_the_request() {
-        let buy = Command::Buy { listing_id: 7, expected_price: 100 };
+        let buy = Command::Buy {
+            listing_id: 7,
+            expected_price: 100,
+        };
         let ok = br#"{"purchase":{"id":1,"listing_id":7,"buyer_id":2,"seller_id":1,"item_id":"ore","quantity":1,"price":100,"created_at":0}}"#;
         assert!(matches!(parse_success(&buy, ok), Ok(Reply::Purchased(_))));
         let wrong_price = br#"{"purchase":{"id":1,"listing_id":7,"buyer_id":2,"seller_id":1,"item_id":"ore","quantity":1,"price":1000,"created_at":0}}"#;
-        assert_eq!(parse_success(&buy, wrong_price).unwrap_err().code, ErrorCode::BadResponse);
+        assert_eq!(
+            parse_success(&buy, wrong_price).unwrap_err().code,
+            ErrorCode::BadResponse
+        );
         for junk in [&b"not json"[..], b"{}", b"[]", b"null", b""] {
             let e = parse_success(&buy, junk).unwrap_err();
             assert_eq!(e.code, ErrorCode::BadResponse);
-            assert!(!e.is_definitive(), "a garbled success must not release a hold");
+            assert!(
+                !e.is_definitive(),
+                "a garbled success must not release a hold"
+            );
         }
     }
 

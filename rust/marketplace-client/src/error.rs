@@ -74,7 +74,10 @@ mod tests {
 
     #[test]
     fn messages_are_bounded_and_printable() {
-        let e = ClientError::new(ErrorCode::BadResponse, format!("a\nb\u{7}{}", "x".repeat(500)));
+        let e = ClientError::new(
+            ErrorCode::BadResponse,
+            format!("a\nb\u{7}{}", "x".repeat(500)),
+        );
         assert!(e.message.chars().count() <= MAX_MESSAGE_CHARS);
         assert!(!e.message.chars().any(char::is_control));
         assert!(e.message.starts_with("a b"));

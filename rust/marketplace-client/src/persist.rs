@@ -173,7 +173,10 @@ fn read_one(path: &Path) -> Result<Attempt, LoadError> {
         Err(e) => return Ok(Attempt::Bad(format!("unexpected content: {e}"))),
     };
     if let Err(problems) = state.validate() {
-        return Ok(Attempt::Bad(format!("inconsistent: {}", problems.join("; "))));
+        return Ok(Attempt::Bad(format!(
+            "inconsistent: {}",
+            problems.join("; ")
+        )));
     }
     Ok(Attempt::Good(state))
 }

@@ -38,25 +38,65 @@ use crate::store::{OpOutcome, PlayerStore};
 /// signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
-    LoggedIn { request_id: RequestId, player_id: i64, name: String },
-    ListingsUpdated { request_id: RequestId, page: ListingPage },
-    ListingFetched { request_id: RequestId, listing: Listing },
-    ListingCreated { request_id: RequestId, listing: Listing },
-    ListingRepriced { request_id: RequestId, listing: Listing },
-    ListingCancelled { request_id: RequestId, listing: Listing },
-    PurchaseSucceeded { request_id: RequestId, purchase: Purchase },
+    LoggedIn {
+        request_id: RequestId,
+        player_id: i64,
+        name: String,
+    },
+    ListingsUpdated {
+        request_id: RequestId,
+        page: ListingPage,
+    },
+    ListingFetched {
+        request_id: RequestId,
+        listing: Listing,
+    },
+    ListingCreated {
+        request_id: RequestId,
+        listing: Listing,
+    },
+    ListingRepriced {
+        request_id: RequestId,
+        listing: Listing,
+    },
+    ListingCancelled {
+        request_id: RequestId,
+        listing: Listing,
+    },
+    PurchaseSucceeded {
+        request_id: RequestId,
+        purchase: Purchase,
+    },
     /// The hold was released: `error.code` is `already_sold`,
     /// `price_changed`, `listing_cancelled`, `own_listing`, `not_found`, …
-    PurchaseFailed { request_id: RequestId, listing_id: i64, error: ClientError },
-    SalesListed { request_id: RequestId, sales: Vec<Sale> },
+    PurchaseFailed {
+        request_id: RequestId,
+        listing_id: i64,
+        error: ClientError,
+    },
+    SalesListed {
+        request_id: RequestId,
+        sales: Vec<Sale>,
+    },
     /// One sale's proceeds were credited (`amount` 0 with `sale_id` 0: there
     /// was nothing to claim).
-    ProceedsClaimed { request_id: RequestId, sale_id: i64, amount: i64 },
+    ProceedsClaimed {
+        request_id: RequestId,
+        sale_id: i64,
+        amount: i64,
+    },
     /// Any other request failed for good (a refused sale, cancel, reprice or
     /// read). A refused sale's items are back in the inventory.
-    RequestFailed { request_id: RequestId, error: ClientError },
+    RequestFailed {
+        request_id: RequestId,
+        error: ClientError,
+    },
     /// A request failed in a way that is not definitive and is retried.
-    RequestRetrying { request_id: RequestId, attempt: u32, error: ClientError },
+    RequestRetrying {
+        request_id: RequestId,
+        attempt: u32,
+        error: ClientError,
+    },
     /// Requests went from none to some in flight, or back.
     BusyChanged { busy: bool },
 }
@@ -70,7 +110,10 @@ enum Tracked {
     Sales,
     /// `claim_proceeds`: the sales list, then one claim per sale.
     ClaimAll,
-    Op { op: OpId, origin: RequestId },
+    Op {
+        op: OpId,
+        origin: RequestId,
+    },
 }
 
 struct Unsent {
@@ -95,7 +138,10 @@ pub const DEFAULT_EVENTS_PER_POLL: usize = 256;
 impl TradingSession {
     /// Starts the client and re-sends every operation left in the journal
     /// (with its original key), so a trade interrupted by a crash settles.
-    pub fn new(config: ClientConfig, store: &mut PlayerStore) -> Result<TradingSession, ClientError> {
+    pub fn new(
+        config: ClientConfig,
+        store: &mut PlayerStore,
+    ) -> Result<TradingSession, ClientError> {
         let client = MarketClient::start(config)?;
         let mut session = TradingSession {
             client,
@@ -110,7 +156,11 @@ impl TradingSession {
             let id = session.client.next_request_id();
             session.tracked.insert(id, Tracked::Op { op, origin: id });
             // Loaded from disk: already durable.
-            session.unsent.push_back(Unsent { id, op, generation: 0 });
+            session.unsent.push_back(Unsent {
+                id,
+                op,
+                generation: 0,
+            });
         }
         Ok(session)
     }
@@ -138,13 +188,23 @@ impl TradingSession {
     }
 
     pub fn list_sales(&mut self) -> Result<RequestId, ClientError> {
-        self.send_now(Command::ListSales { unclaimed_only: true }, Tracked::Sales)
+        self.send_now(
+            Command::ListSales {
+                unclaimed_only: true,
+            },
+            Tracked::Sales,
+        )
     }
 
     /// Lists the unclaimed sales and claims each; every claim credits its
     /// amount once ([`SessionEvent::ProceedsClaimed`]).
     pub fn claim_proceeds(&mut self) -> Result<RequestId, ClientError> {
-        self.send_now(Command::ListSales { unclaimed_only: true }, Tracked::ClaimAll)
+        self.send_now(
+            Command::ListSales {
+                unclaimed_only: true,
+            },
+            Tracked::ClaimAll,
+        )
     }
 
     fn send_now(&mut self, command: Command, tracked: Tracked) -> Result<RequestId, ClientError> {
@@ -234,7 +294,10 @@ impl TradingSession {
         listing_id: i64,
     ) -> Result<RequestId, ClientError> {
         if listing_id < 1 {
-            return Err(ClientError::new(ErrorCode::InvalidArgument, "listing id must be positive"));
+            return Err(ClientError::new(
+                ErrorCode::InvalidArgument,
+                "listing id must be positive",
+            ));
         }
         Ok(self.journal(store, JournalOp::Cancel { listing_id }, None, None))
     }
@@ -266,9 +329,11 @@ impl TradingSession {
 
     /// True while a purchase of this listing is journaled and unsettled.
     pub fn is_purchase_pending(&self, store: &PlayerStore, listing_id: i64) -> bool {
-        store.state().journal.values().any(
-            |p| matches!(p.op, JournalOp::Buy { listing_id: l, .. } if l == listing_id),
-        )
+        store
+            .state()
+            .journal
+            .values()
+            .any(|p| matches!(p.op, JournalOp::Buy { listing_id: l, .. } if l == listing_id))
     }
 
     /// Requests not finished: sent and in flight, or waiting for their
@@ -320,7 +385,9 @@ impl TradingSession {
             store.durable_generation()
         };
         while self.unsent.front().is_some_and(|u| u.generation <= durable) {
-            let Some(u) = self.unsent.pop_front() else { break };
+            let Some(u) = self.unsent.pop_front() else {
+                break;
+            };
             let Some(pending) = store.state().journal.get(&u.op) else {
                 self.tracked.remove(&u.id);
                 continue;
@@ -351,7 +418,10 @@ impl TradingSession {
                 },
                 JournalOp::Claim { sale_id } => Command::Claim { sale_id: *sale_id },
             };
-            if let Err(e) = self.client.submit_with(u.id, command, Some(pending.key.clone())) {
+            if let Err(e) = self
+                .client
+                .submit_with(u.id, command, Some(pending.key.clone()))
+            {
                 // Stopping: the operation stays journaled for the next start.
                 tracing::debug!(error = %e, "journaled operation not sent");
                 self.tracked.remove(&u.id);
@@ -370,21 +440,43 @@ impl TradingSession {
                 Some(Tracked::Op { origin, .. }) => *origin,
                 _ => request_id,
             };
-            self.emit(store, SessionEvent::RequestRetrying { request_id: origin, attempt, error });
+            self.emit(
+                store,
+                SessionEvent::RequestRetrying {
+                    request_id: origin,
+                    attempt,
+                    error,
+                },
+            );
             return;
         }
-        let Some(tracked) = self.tracked.remove(&request_id) else { return };
+        let Some(tracked) = self.tracked.remove(&request_id) else {
+            return;
+        };
         match (tracked, event.kind) {
             (_, EventKind::Retrying { .. }) => {}
             (Tracked::Login, EventKind::Done(Reply::LoggedIn(s))) => {
                 store.set_player(s.player_id, &s.name);
-                self.emit(store, SessionEvent::LoggedIn { request_id, player_id: s.player_id, name: s.name });
+                self.emit(
+                    store,
+                    SessionEvent::LoggedIn {
+                        request_id,
+                        player_id: s.player_id,
+                        name: s.name,
+                    },
+                );
             }
             (Tracked::Browse, EventKind::Done(Reply::Listings(page))) => {
                 self.emit(store, SessionEvent::ListingsUpdated { request_id, page });
             }
             (Tracked::GetListing, EventKind::Done(Reply::Listing(listing))) => {
-                self.emit(store, SessionEvent::ListingFetched { request_id, listing });
+                self.emit(
+                    store,
+                    SessionEvent::ListingFetched {
+                        request_id,
+                        listing,
+                    },
+                );
             }
             (Tracked::Sales, EventKind::Done(Reply::Sales(sales))) => {
                 self.emit(store, SessionEvent::SalesListed { request_id, sales });
@@ -400,12 +492,27 @@ impl TradingSession {
                     })
                     .collect();
                 let mut claimed_any = false;
-                for sale in sales.iter().filter(|s| s.claimed_at.is_none() && !already.contains(&s.id)) {
-                    self.journal(store, JournalOp::Claim { sale_id: sale.id }, None, Some(request_id));
+                for sale in sales
+                    .iter()
+                    .filter(|s| s.claimed_at.is_none() && !already.contains(&s.id))
+                {
+                    self.journal(
+                        store,
+                        JournalOp::Claim { sale_id: sale.id },
+                        None,
+                        Some(request_id),
+                    );
                     claimed_any = true;
                 }
                 if !claimed_any {
-                    self.emit(store, SessionEvent::ProceedsClaimed { request_id, sale_id: 0, amount: 0 });
+                    self.emit(
+                        store,
+                        SessionEvent::ProceedsClaimed {
+                            request_id,
+                            sale_id: 0,
+                            amount: 0,
+                        },
+                    );
                 }
             }
             (Tracked::Op { op, origin }, kind) => self.settle(store, op, origin, kind),
@@ -421,7 +528,9 @@ impl TradingSession {
 
     /// Applies a journaled operation's final answer.
     fn settle(&mut self, store: &mut PlayerStore, op_id: OpId, origin: RequestId, kind: EventKind) {
-        let Some(pending) = store.state().journal.get(&op_id).cloned() else { return };
+        let Some(pending) = store.state().journal.get(&op_id).cloned() else {
+            return;
+        };
         let (outcome, event) = match (&pending.op, kind) {
             (_, EventKind::Retrying { .. }) => return,
             (_, EventKind::Failed(error)) if !error.is_definitive() => {
@@ -433,34 +542,70 @@ impl TradingSession {
                     items_in: Some((purchase.item_id.clone(), purchase.quantity)),
                     credits_in: 0,
                 },
-                SessionEvent::PurchaseSucceeded { request_id: origin, purchase },
+                SessionEvent::PurchaseSucceeded {
+                    request_id: origin,
+                    purchase,
+                },
             ),
             (JournalOp::Buy { listing_id, .. }, EventKind::Failed(error)) => (
-                OpOutcome::Rejected { reason: error.code.as_str().to_string() },
-                SessionEvent::PurchaseFailed { request_id: origin, listing_id: *listing_id, error },
+                OpOutcome::Rejected {
+                    reason: error.code.as_str().to_string(),
+                },
+                SessionEvent::PurchaseFailed {
+                    request_id: origin,
+                    listing_id: *listing_id,
+                    error,
+                },
             ),
             (JournalOp::Sell { .. }, EventKind::Done(Reply::Listing(listing))) => (
-                OpOutcome::Applied { items_in: None, credits_in: 0 },
-                SessionEvent::ListingCreated { request_id: origin, listing },
+                OpOutcome::Applied {
+                    items_in: None,
+                    credits_in: 0,
+                },
+                SessionEvent::ListingCreated {
+                    request_id: origin,
+                    listing,
+                },
             ),
             (JournalOp::Reprice { .. }, EventKind::Done(Reply::Listing(listing))) => (
-                OpOutcome::Applied { items_in: None, credits_in: 0 },
-                SessionEvent::ListingRepriced { request_id: origin, listing },
+                OpOutcome::Applied {
+                    items_in: None,
+                    credits_in: 0,
+                },
+                SessionEvent::ListingRepriced {
+                    request_id: origin,
+                    listing,
+                },
             ),
             (JournalOp::Cancel { .. }, EventKind::Done(Reply::Listing(listing))) => (
                 OpOutcome::Applied {
                     items_in: Some((listing.item_id.clone(), listing.quantity)),
                     credits_in: 0,
                 },
-                SessionEvent::ListingCancelled { request_id: origin, listing },
+                SessionEvent::ListingCancelled {
+                    request_id: origin,
+                    listing,
+                },
             ),
             (JournalOp::Claim { sale_id }, EventKind::Done(Reply::Claimed(claim))) => (
-                OpOutcome::Applied { items_in: None, credits_in: claim.amount },
-                SessionEvent::ProceedsClaimed { request_id: origin, sale_id: *sale_id, amount: claim.amount },
+                OpOutcome::Applied {
+                    items_in: None,
+                    credits_in: claim.amount,
+                },
+                SessionEvent::ProceedsClaimed {
+                    request_id: origin,
+                    sale_id: *sale_id,
+                    amount: claim.amount,
+                },
             ),
             (_, EventKind::Failed(error)) => (
-                OpOutcome::Rejected { reason: error.code.as_str().to_string() },
-                SessionEvent::RequestFailed { request_id: origin, error },
+                OpOutcome::Rejected {
+                    reason: error.code.as_str().to_string(),
+                },
+                SessionEvent::RequestFailed {
+                    request_id: origin,
+                    error,
+                },
             ),
             (_, EventKind::Done(_)) => {
                 // A reply of the wrong kind cannot settle anything; the

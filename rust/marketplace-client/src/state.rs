@@ -53,11 +53,25 @@ pub struct PendingOp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum JournalOp {
-    Buy { listing_id: i64, expected_price: i64 },
-    Sell { item_id: String, quantity: i64, price: i64 },
-    Reprice { listing_id: i64, price: i64 },
-    Cancel { listing_id: i64 },
-    Claim { sale_id: i64 },
+    Buy {
+        listing_id: i64,
+        expected_price: i64,
+    },
+    Sell {
+        item_id: String,
+        quantity: i64,
+        price: i64,
+    },
+    Reprice {
+        listing_id: i64,
+        price: i64,
+    },
+    Cancel {
+        listing_id: i64,
+    },
+    Claim {
+        sale_id: i64,
+    },
 }
 
 /// Why a change was refused. The document is unchanged.
@@ -136,7 +150,10 @@ impl PlayerState {
         self.holds
             .values()
             .map(|h| match &h.kind {
-                HoldKind::Items { item_id: i, quantity } if i == item_id => *quantity,
+                HoldKind::Items {
+                    item_id: i,
+                    quantity,
+                } if i == item_id => *quantity,
                 _ => 0,
             })
             .fold(0i64, i64::saturating_add)
@@ -151,7 +168,10 @@ impl PlayerState {
     /// Changes available credits by `delta` (may be negative); refuses to go
     /// below zero or to overflow.
     pub fn add_credits(&mut self, delta: i64) -> Result<i64, StateError> {
-        let next = self.credits.checked_add(delta).ok_or(StateError::Overflow)?;
+        let next = self
+            .credits
+            .checked_add(delta)
+            .ok_or(StateError::Overflow)?;
         if next < 0 {
             return Err(StateError::InsufficientCredits {
                 available: self.credits,
@@ -258,7 +278,9 @@ impl PlayerState {
         // Check before changing anything, so a refusal leaves no trace.
         match &h.kind {
             HoldKind::Credits { amount } => {
-                self.credits.checked_add(*amount).ok_or(StateError::Overflow)?;
+                self.credits
+                    .checked_add(*amount)
+                    .ok_or(StateError::Overflow)?;
             }
             HoldKind::Items { item_id, quantity } => {
                 self.item_count(item_id)
@@ -298,7 +320,10 @@ impl PlayerState {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if self.version != SCHEMA_VERSION {
-            problems.push(format!("schema version {} is not {SCHEMA_VERSION}", self.version));
+            problems.push(format!(
+                "schema version {} is not {SCHEMA_VERSION}",
+                self.version
+            ));
         }
         if self.credits < 0 {
             problems.push(format!("available credits are negative ({})", self.credits));
@@ -314,7 +339,10 @@ impl PlayerState {
         let mut total = self.credits as i128;
         for (id, hold) in &self.holds {
             if *id >= self.next_hold_id {
-                problems.push(format!("hold {id} is not below next_hold_id {}", self.next_hold_id));
+                problems.push(format!(
+                    "hold {id} is not below next_hold_id {}",
+                    self.next_hold_id
+                ));
             }
             match &hold.kind {
                 HoldKind::Credits { amount } => {
@@ -337,7 +365,10 @@ impl PlayerState {
         let mut keys = std::collections::BTreeSet::new();
         for (id, op) in &self.journal {
             if *id >= self.next_op_id {
-                problems.push(format!("operation {id} is not below next_op_id {}", self.next_op_id));
+                problems.push(format!(
+                    "operation {id} is not below next_op_id {}",
+                    self.next_op_id
+                ));
             }
             if !keys.insert(op.key.as_str()) {
                 problems.push(format!("idempotency key {:?} is used twice", op.key));
@@ -347,7 +378,9 @@ impl PlayerState {
                     problems.push(format!("operation {id} refers to missing hold {hold}"));
                 }
                 if let Some(other) = hold_owners.insert(hold, *id) {
-                    problems.push(format!("hold {hold} is owned by operations {other} and {id}"));
+                    problems.push(format!(
+                        "hold {hold} is owned by operations {other} and {id}"
+                    ));
                 }
             }
         }
@@ -389,7 +422,10 @@ mod tests {
         assert_eq!((s.credits, s.held_credits()), (0, 1_000));
         assert!(matches!(
             s.reserve_credits(1),
-            Err(StateError::InsufficientCredits { available: 0, requested: 1 })
+            Err(StateError::InsufficientCredits {
+                available: 0,
+                requested: 1
+            })
         ));
         s.commit_hold(a).unwrap();
         s.release_hold(b).unwrap();
@@ -433,7 +469,14 @@ mod tests {
     fn journaled_holds_are_settled_only_by_their_operation() {
         let mut s = rich();
         let h = s.reserve_credits(10).unwrap();
-        s.journal_op("k1".into(), JournalOp::Buy { listing_id: 1, expected_price: 10 }, Some(h));
+        s.journal_op(
+            "k1".into(),
+            JournalOp::Buy {
+                listing_id: 1,
+                expected_price: 10,
+            },
+            Some(h),
+        );
         assert_eq!(s.release_hold(h), Err(StateError::HoldInUse(h)));
         assert_eq!(s.commit_hold(h), Err(StateError::HoldInUse(h)));
         s.validate().unwrap();

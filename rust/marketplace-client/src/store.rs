@@ -27,19 +27,41 @@ use crate::state::{HoldId, HoldKind, JournalOp, OpId, PlayerState, StateError};
 /// [`PlayerStore::drain_events`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
-    InventoryChanged { item_id: String, count: i64 },
-    CreditsChanged { available: i64, held: i64 },
-    HoldPlaced { hold_id: HoldId, kind: HoldKind },
-    HoldReleased { hold_id: HoldId, reason: String },
-    HoldCommitted { hold_id: HoldId },
+    InventoryChanged {
+        item_id: String,
+        count: i64,
+    },
+    CreditsChanged {
+        available: i64,
+        held: i64,
+    },
+    HoldPlaced {
+        hold_id: HoldId,
+        kind: HoldKind,
+    },
+    HoldReleased {
+        hold_id: HoldId,
+        reason: String,
+    },
+    HoldCommitted {
+        hold_id: HoldId,
+    },
     /// Everything up to `generation` is on disk.
-    Saved { generation: u64 },
+    Saved {
+        generation: u64,
+    },
     /// A write failed; the state in memory is intact and the save is retried.
-    SaveFailed { message: String },
+    SaveFailed {
+        message: String,
+    },
     /// The main save file was unreadable or missing; the backup was loaded.
-    RecoveredFromBackup { message: String },
+    RecoveredFromBackup {
+        message: String,
+    },
     /// A mutation sent through a [`StoreRemote`] was refused.
-    RemoteRejected { message: String },
+    RemoteRejected {
+        message: String,
+    },
 }
 
 /// How an operation in the journal ended.
@@ -102,10 +124,14 @@ pub struct StoreRemote {
 
 impl StoreRemote {
     pub fn add_item(&self, item_id: &str, quantity: i64) {
-        let _ = self.tx.send(RemoteOp::AddItem(item_id.to_string(), quantity));
+        let _ = self
+            .tx
+            .send(RemoteOp::AddItem(item_id.to_string(), quantity));
     }
     pub fn remove_item(&self, item_id: &str, quantity: i64) {
-        let _ = self.tx.send(RemoteOp::RemoveItem(item_id.to_string(), quantity));
+        let _ = self
+            .tx
+            .send(RemoteOp::RemoveItem(item_id.to_string(), quantity));
     }
     pub fn add_credits(&self, delta: i64) {
         let _ = self.tx.send(RemoteOp::AddCredits(delta));
@@ -485,7 +511,9 @@ impl PlayerStore {
         self.state = next;
         if let Some((hold_id, kind)) = &settled_hold {
             match outcome {
-                OpOutcome::Applied { .. } => self.events.push_back(StoreEvent::HoldCommitted { hold_id: *hold_id }),
+                OpOutcome::Applied { .. } => self
+                    .events
+                    .push_back(StoreEvent::HoldCommitted { hold_id: *hold_id }),
                 OpOutcome::Rejected { reason } => self.events.push_back(StoreEvent::HoldReleased {
                     hold_id: *hold_id,
                     reason: reason.clone(),
@@ -515,7 +543,9 @@ impl PlayerStore {
     /// hands a dirty state to the writer. Call once per frame.
     pub fn poll(&mut self) {
         for _ in 0..REMOTE_PER_POLL {
-            let Ok(op) = self.remote_rx.try_recv() else { break };
+            let Ok(op) = self.remote_rx.try_recv() else {
+                break;
+            };
             let result = match op {
                 RemoteOp::AddItem(item, n) => self.add_item(&item, n).map(drop),
                 RemoteOp::RemoveItem(item, n) => self.remove_item(&item, n).map(drop),
@@ -526,8 +556,9 @@ impl PlayerStore {
                 }
             };
             if let Err(e) = result {
-                self.events
-                    .push_back(StoreEvent::RemoteRejected { message: e.to_string() });
+                self.events.push_back(StoreEvent::RemoteRejected {
+                    message: e.to_string(),
+                });
             }
         }
         self.collect_results();
@@ -634,5 +665,9 @@ impl PlayerStore {
 }
 
 fn new_device_id() -> String {
-    format!("dev-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+    format!(
+        "dev-{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
 }

@@ -125,9 +125,14 @@ fn main() {
             Ok(url) => {
                 std::env::set_var("MARKET_TEST_POSTGRES_URL", url);
                 let db = TestDb::postgres().await.expect("postgres database");
-                print("postgres, 64 in flight", &round(&db, SqliteSync::Full, 64).await);
+                print(
+                    "postgres, 64 in flight",
+                    &round(&db, SqliteSync::Full, 64).await,
+                );
             }
-            Err(_) => println!("postgres: SKIPPED (set MARKET_BENCH_POSTGRES_URL or use `cargo xtask bench`)"),
+            Err(_) => println!(
+                "postgres: SKIPPED (set MARKET_BENCH_POSTGRES_URL or use `cargo xtask bench`)"
+            ),
         }
     });
 }

@@ -1,0 +1,229 @@
+//! Test support: a real marketplace server in-process (SQLite in a temp dir,
+//! or PostgreSQL when `MARKET_TEST_POSTGRES_URL` is set and asked for), the
+//! fault-injecting proxy in front of it, and simulated players.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::time::{Duration, Instant};
+
+use marketplace_client::client::ClientConfig;
+use marketplace_client::{PlayerState, PlayerStore, SessionEvent, StoreOptions, TradingSession};
+use marketplace_server::{Config, RunningServer};
+use proxy::Proxy;
+
+pub struct World {
+    pub rt: tokio::runtime::Runtime,
+    pub server: Option<RunningServer>,
+    pub config: Config,
+    pub proxy: Proxy,
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    pub fn start() -> World {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/market.sqlite", dir.path().display());
+        Self::start_on(Config::for_tests(url), dir)
+    }
+
+    pub fn start_on(config: Config, dir: tempfile::TempDir) -> World {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let server = rt
+            .block_on(marketplace_server::spawn(config.clone()))
+            .expect("server starts");
+        let proxy = rt.block_on(Proxy::start(server.addr()));
+        World {
+            rt,
+            server: Some(server),
+            config,
+            proxy,
+            dir,
+        }
+    }
+
+    /// Client settings pointing at the proxy, with short timeouts and retry
+    /// delays so tests run fast.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            server_url: self.proxy.url(),
+            request_timeout: Duration::from_millis(1500),
+            retry_base_delay: Duration::from_millis(20),
+            retry_max_delay: Duration::from_millis(200),
+            max_requests_per_second: 0.0,
+            worker_threads: 1,
+            drop_grace: Duration::from_millis(200),
+            ..ClientConfig::default()
+        }
+    }
+
+    /// Stops the server (gracefully) and starts it again on the same
+    /// database, pointing the proxy at it.
+    pub fn restart_server(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.rt.block_on(server.shutdown());
+        }
+        let server = self
+            .rt
+            .block_on(marketplace_server::spawn(self.config.clone()))
+            .expect("server restarts");
+        self.proxy.set_upstream(server.addr());
+        self.server = Some(server);
+    }
+
+    /// Counts rows in the server's database.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.rt.block_on(async {
+            sqlx::any::install_default_drivers();
+            let pool = sqlx::any::AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&self.config.database)
+                .await
+                .expect("connect");
+            let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await.expect(sql);
+            pool.close().await;
+            n
+        })
+    }
+}
+
+/// A player: store plus session, polled by the test as a game would each frame.
+pub struct Player {
+    pub store: PlayerStore,
+    pub session: Option<TradingSession>,
+    pub events: Vec<SessionEvent>,
+}
+
+impl Player {
+    pub fn in_memory(world: &World, device: &str, credits: i64) -> Player {
+        let mut state = PlayerState::new(device, device);
+        state.credits = credits;
+        let store = PlayerStore::in_memory(state);
+        Self::with_store(world.client_config(), store)
+    }
+
+    pub fn on_disk(config: ClientConfig, path: &std::path::Path, name: &str) -> Player {
+        let store = PlayerStore::open(path, name, StoreOptions::default()).expect("store opens");
+        Self::with_store(config, store)
+    }
+
+    pub fn with_store(config: ClientConfig, mut store: PlayerStore) -> Player {
+        let session = TradingSession::new(config, &mut store).expect("session starts");
+        Player {
+            store,
+            session: Some(session),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn session(&mut self) -> &mut TradingSession {
+        self.session.as_mut().expect("session running")
+    }
+
+    /// One frame.
+    pub fn frame(&mut self) {
+        if let Some(session) = self.session.as_mut() {
+            session.poll(&mut self.store, 256, &mut self.events);
+        }
+    }
+
+    /// Polls until `done` holds for the events seen so far (panics after `timeout`).
+    pub fn pump_until(&mut self, timeout: Duration, mut done: impl FnMut(&[SessionEvent]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.frame();
+            if done(&self.events) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out; events so far: {:#?}",
+                self.events
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    pub fn login(&mut self) {
+        let store = &self.store;
+        let session = self.session.as_mut().expect("session");
+        session.login(store).expect("login submitted");
+        self.pump_until(Duration::from_secs(10), |e| {
+            e.iter().any(|e| matches!(e, SessionEvent::LoggedIn { .. }))
+        });
+    }
+
+    /// Polls until nothing is pending and every settlement is reported.
+    pub fn settle(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.frame();
+            let idle = self
+                .session
+                .as_ref()
+                .map_or(true, |s| s.pending_count() == 0);
+            if idle && self.store.state().journal.is_empty() {
+                self.frame();
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not settle; journal {:?}",
+                self.store.state().journal
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    pub fn total_credits(&self) -> i64 {
+        self.store.state().total_credits()
+    }
+}
+
+/// A seller with one listing per price, created directly on the server.
+pub fn list_items(world: &World, seller: &mut Player, prices: &[i64]) -> Vec<i64> {
+    for (i, _) in prices.iter().enumerate() {
+        seller
+            .store
+            .add_item(&format!("item-{i}"), 1)
+            .expect("add item");
+    }
+    for (i, price) in prices.iter().enumerate() {
+        let store = &mut seller.store;
+        seller
+            .session
+            .as_mut()
+            .expect("session")
+            .create_listing(store, &format!("item-{i}"), 1, *price)
+            .expect("listing submitted");
+    }
+    let _ = world;
+    let want = prices.len();
+    seller.pump_until(Duration::from_secs(20), |e| {
+        e.iter()
+            .filter(|e| matches!(e, SessionEvent::ListingCreated { .. }))
+            .count()
+            == want
+    });
+    let mut ids: Vec<(String, i64)> = seller
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::ListingCreated { listing, .. } => {
+                Some((listing.item_id.clone(), listing.id))
+            }
+            _ => None,
+        })
+        .collect();
+    ids.sort_by_key(|(item, _)| {
+        item.trim_start_matches("item-")
+            .parse::<usize>()
+            .unwrap_or(0)
+    });
+    seller.events.clear();
+    ids.into_iter().map(|(_, id)| id).collect()
+}
