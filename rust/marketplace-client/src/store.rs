@@ -185,17 +185,22 @@ impl Writer {
                 let (generation, bytes) = job;
                 let result = persist::save_atomically(fs.as_mut(), &path, &bytes)
                     .map_err(|e| format!("saving {} failed: {e}", path.display()));
+                // Report on the channel first, so that whoever wakes up on
+                // the condition variable finds the result there too.
+                let _ = tx.send(result.clone().map(|()| generation));
                 let Ok(mut slot) = lock.lock() else { return };
                 match &result {
                     Ok(()) => {
                         slot.durable = slot.durable.max(generation);
                         slot.writes += 1;
+                        if slot.failed.as_ref().is_some_and(|(g, _)| *g <= generation) {
+                            slot.failed = None;
+                        }
                     }
                     Err(e) => slot.failed = Some((generation, e.clone())),
                 }
                 drop(slot);
                 cv.notify_all();
-                let _ = tx.send(result.map(|()| generation));
             })?;
         Ok(Writer {
             shared,
@@ -208,6 +213,8 @@ impl Writer {
         let (lock, cv) = &*self.shared;
         if let Ok(mut slot) = lock.lock() {
             slot.pending = Some((generation, bytes));
+            // A new attempt supersedes an older failure.
+            slot.failed = None;
         }
         cv.notify_all();
     }
@@ -629,7 +636,7 @@ impl PlayerStore {
             return Ok(());
         };
         let target = self.generation;
-        if self.durable < target || self.failing.is_some() {
+        if self.handed < target || self.failing.is_some() {
             self.hand_to_writer(true);
         }
         let (lock, cv) = &*shared;
