@@ -342,6 +342,12 @@ impl TradingSession {
         self.client.pending_count() + self.unsent.len()
     }
 
+    /// True when nothing is in flight, nothing waits to be sent and every
+    /// event has been reported.
+    pub fn is_idle(&self) -> bool {
+        self.pending_count() == 0 && self.deferred.is_empty()
+    }
+
     /// Does one frame's work: sends journaled operations that are durable,
     /// settles answered ones, and moves up to `max_client_events` answers
     /// into events. Returns the events that are now safe to report.

@@ -162,12 +162,8 @@ impl Player {
         let deadline = Instant::now() + timeout;
         loop {
             self.frame();
-            let idle = self
-                .session
-                .as_ref()
-                .map_or(true, |s| s.pending_count() == 0);
+            let idle = self.session.as_ref().is_none_or(TradingSession::is_idle);
             if idle && self.store.state().journal.is_empty() {
-                self.frame();
                 return;
             }
             assert!(

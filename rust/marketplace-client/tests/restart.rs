@@ -1,0 +1,226 @@
+//! A game that crashes or quits mid-trade: the journal on disk re-sends the
+//! operation with its original key, and the hold settles exactly once
+//! (I2, I3, I4 across restarts).
+
+mod support;
+
+use std::time::Duration;
+
+use marketplace_client::{PlayerStore, SessionEvent, StoreOptions};
+use support::proxy::Fault;
+use support::{list_items, Player, World};
+
+fn open_player(world: &World, path: &std::path::Path) -> Player {
+    let store = PlayerStore::open(path, "buyer", StoreOptions::default()).expect("opens");
+    Player::with_store(world.client_config(), store)
+}
+
+#[test]
+fn crash_after_the_server_committed_settles_once_on_restart() {
+    let world = World::start();
+    let mut seller = Player::in_memory(&world, "seller", 0);
+    seller.login();
+    let listing = list_items(&world, &mut seller, &[250])[0];
+    let path = world.dir.path().join("buyer.json");
+    let mut buyer = open_player(&world, &path);
+    buyer.store.add_credits(1_000).unwrap();
+    buyer.login();
+    // The server commits; the answer is lost every time until the "crash".
+    world.proxy.fault("/purchase", Fault::LoseResponse, 1_000);
+    let s = &mut buyer.store;
+    buyer
+        .session
+        .as_mut()
+        .unwrap()
+        .buy(s, listing, 250)
+        .unwrap();
+    buyer.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::RequestRetrying { .. }))
+    });
+    assert_eq!(
+        world.count("SELECT COUNT(*) FROM purchases"),
+        1,
+        "the server has it"
+    );
+    // Crash: what is on disk now is all that survives.
+    let on_disk = std::fs::read(&path).unwrap();
+    drop(buyer);
+    std::fs::write(&path, &on_disk).unwrap();
+    world.proxy.clear();
+
+    let mut buyer = open_player(&world, &path);
+    let st = buyer.store.state();
+    assert_eq!(
+        (st.credits, st.held_credits(), st.journal.len()),
+        (750, 250, 1),
+        "hold and journal survived"
+    );
+    buyer.login();
+    buyer.settle(Duration::from_secs(10));
+    let st = buyer.store.state();
+    assert_eq!((st.credits, st.held_credits()), (750, 0), "debited once");
+    assert_eq!(st.item_count("item-0"), 1, "delivered once");
+    assert!(
+        buyer
+            .events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::PurchaseSucceeded { .. })),
+        "{:#?}",
+        buyer.events
+    );
+    assert_eq!(world.count("SELECT COUNT(*) FROM purchases"), 1);
+    // And once more: a restart after settling changes nothing.
+    buyer.store.flush(Duration::from_secs(5)).unwrap();
+    drop(buyer);
+    let again = open_player(&world, &path);
+    assert_eq!(again.store.state().credits, 750);
+    assert!(again.store.state().journal.is_empty());
+}
+
+#[test]
+fn quitting_mid_trade_keeps_the_operation_for_next_time() {
+    let world = World::start();
+    let mut seller = Player::in_memory(&world, "seller", 0);
+    seller.login();
+    let listing = list_items(&world, &mut seller, &[40])[0];
+    let path = world.dir.path().join("buyer.json");
+    let mut buyer = open_player(&world, &path);
+    buyer.store.add_credits(100).unwrap();
+    buyer.login();
+    world.proxy.fault("/purchase", Fault::Stall, 1);
+    let s = &mut buyer.store;
+    buyer.session.as_mut().unwrap().buy(s, listing, 40).unwrap();
+    buyer.pump_until(Duration::from_secs(5), |_| true);
+    std::thread::sleep(Duration::from_millis(100));
+    let session = buyer.session.take().unwrap();
+    let started = std::time::Instant::now();
+    let last = session.shutdown(&mut buyer.store, Duration::from_millis(200));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown is bounded"
+    );
+    assert!(
+        !last
+            .iter()
+            .any(|e| matches!(e, SessionEvent::PurchaseFailed { .. })),
+        "nothing released on quit"
+    );
+    drop(buyer);
+
+    let mut buyer = open_player(&world, &path);
+    assert_eq!(
+        buyer.store.state().journal.len(),
+        1,
+        "the purchase is still journaled"
+    );
+    assert_eq!(buyer.store.state().held_credits(), 40);
+    buyer.login();
+    buyer.settle(Duration::from_secs(10));
+    assert_eq!(buyer.store.state().credits, 60);
+    assert_eq!(buyer.store.state().item_count("item-0"), 1);
+    assert_eq!(world.count("SELECT COUNT(*) FROM purchases"), 1);
+}
+
+#[test]
+fn selling_cancelling_and_claiming_move_items_and_credits_once() {
+    let world = World::start();
+    let mut seller = Player::in_memory(&world, "seller", 0);
+    seller.login();
+    seller.store.add_item("laser", 3).unwrap();
+    let s = &mut seller.store;
+    seller
+        .session
+        .as_mut()
+        .unwrap()
+        .create_listing(s, "laser", 2, 90)
+        .unwrap();
+    assert_eq!(
+        seller.store.state().item_count("laser"),
+        1,
+        "escrowed at once"
+    );
+    assert_eq!(seller.store.state().escrowed_items("laser"), 2);
+    // A refused listing (price too high for i64 is caught locally; use an
+    // impossible item count instead): nothing escrowed.
+    let s = &mut seller.store;
+    assert!(seller
+        .session
+        .as_mut()
+        .unwrap()
+        .create_listing(s, "laser", 5, 10)
+        .is_err());
+    seller.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::ListingCreated { .. }))
+    });
+    let listing = seller
+        .events
+        .iter()
+        .find_map(|e| match e {
+            SessionEvent::ListingCreated { listing, .. } => Some(listing.id),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        seller.store.state().escrowed_items("laser"),
+        0,
+        "items now live in the listing"
+    );
+    // Cancel with a lost answer: the items come back exactly once.
+    world.proxy.fault("/v1/listings/", Fault::LoseResponse, 1);
+    let s = &mut seller.store;
+    seller
+        .session
+        .as_mut()
+        .unwrap()
+        .cancel_listing(s, listing)
+        .unwrap();
+    seller.settle(Duration::from_secs(10));
+    assert_eq!(seller.store.state().item_count("laser"), 3);
+    // Sell again, someone buys, the seller claims with a lost answer.
+    let s = &mut seller.store;
+    seller
+        .session
+        .as_mut()
+        .unwrap()
+        .create_listing(s, "laser", 1, 90)
+        .unwrap();
+    seller.events.clear();
+    seller.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::ListingCreated { .. }))
+    });
+    let listing = seller
+        .events
+        .iter()
+        .find_map(|e| match e {
+            SessionEvent::ListingCreated { listing, .. } => Some(listing.id),
+            _ => None,
+        })
+        .unwrap();
+    let mut buyer = Player::in_memory(&world, "buyer", 100);
+    buyer.login();
+    let s = &mut buyer.store;
+    buyer.session.as_mut().unwrap().buy(s, listing, 90).unwrap();
+    buyer.settle(Duration::from_secs(10));
+    world.proxy.fault("/claim", Fault::LoseResponse, 1);
+    seller.session.as_mut().unwrap().claim_proceeds().unwrap();
+    seller.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::ProceedsClaimed { amount: 90, .. }))
+    });
+    seller.settle(Duration::from_secs(10));
+    assert_eq!(seller.store.state().credits, 90, "paid once");
+    // Nothing left to claim: the answer says so.
+    seller.events.clear();
+    seller.session.as_mut().unwrap().claim_proceeds().unwrap();
+    seller.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::ProceedsClaimed { amount: 0, .. }))
+    });
+    assert_eq!(seller.store.state().credits, 90);
+    assert_eq!(seller.store.state().item_count("laser"), 2);
+    assert_eq!(buyer.store.state().item_count("laser"), 1);
+    assert_eq!(buyer.store.state().credits, 10);
+}
