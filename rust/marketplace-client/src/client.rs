@@ -38,7 +38,7 @@ use crate::error::ClientError;
 pub struct ClientConfig {
     /// Base URL of the marketplace. Default `http://127.0.0.1:8080`.
     pub server_url: String,
-    /// Requests on the wire at once. Default 8.
+    /// Requests on the wire at once. Default 16.
     pub max_concurrent_requests: usize,
     /// Timeout of one HTTP exchange. Default 10 s.
     pub request_timeout: Duration,
@@ -63,7 +63,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             server_url: "http://127.0.0.1:8080".into(),
-            max_concurrent_requests: 8,
+            max_concurrent_requests: 16,
             request_timeout: Duration::from_secs(10),
             max_requests_per_second: 20.0,
             retry_base_delay: Duration::from_millis(200),
