@@ -17,7 +17,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use marketplace_client::client::{BrowseQuery, ClientConfig, Command, EventKind, MarketClient, Reply};
+use marketplace_client::client::{
+    BrowseQuery, ClientConfig, Command, EventKind, MarketClient, Reply,
+};
 use marketplace_client::{PlayerState, PlayerStore, TradingSession};
 use support::proxy::Fault;
 use support::{list_items, Player, World};
@@ -26,7 +28,10 @@ const PURCHASES: usize = 200;
 
 fn login(client: &MarketClient, device: &str) {
     client
-        .submit(Command::Login { device_id: device.into(), name: device.into() })
+        .submit(Command::Login {
+            device_id: device.into(),
+            name: device.into(),
+        })
         .expect("login");
     wait_all(client, 1);
 }
@@ -49,14 +54,25 @@ fn wait_all(client: &MarketClient, n: usize) -> Vec<EventKind> {
     done
 }
 
-fn purchases(world: &World, listings: &[i64], config: ClientConfig, device: &str, one_at_a_time: bool) -> Duration {
+fn purchases(
+    world: &World,
+    listings: &[i64],
+    config: ClientConfig,
+    device: &str,
+    one_at_a_time: bool,
+) -> Duration {
     let client = MarketClient::start(config).expect("client");
     login(&client, device);
     let started = Instant::now();
     let mut ok = 0;
     if one_at_a_time {
         for &listing in listings {
-            client.submit(Command::Buy { listing_id: listing, expected_price: 10 }).unwrap();
+            client
+                .submit(Command::Buy {
+                    listing_id: listing,
+                    expected_price: 10,
+                })
+                .unwrap();
             ok += wait_all(&client, 1)
                 .iter()
                 .filter(|k| matches!(k, EventKind::Done(Reply::Purchased(_))))
@@ -64,7 +80,12 @@ fn purchases(world: &World, listings: &[i64], config: ClientConfig, device: &str
         }
     } else {
         for &listing in listings {
-            client.submit(Command::Buy { listing_id: listing, expected_price: 10 }).unwrap();
+            client
+                .submit(Command::Buy {
+                    listing_id: listing,
+                    expected_price: 10,
+                })
+                .unwrap();
         }
         ok = wait_all(&client, listings.len())
             .iter()
@@ -85,16 +106,33 @@ fn main() {
     let mut seller = Player::in_memory(&world, "seller", 0);
     seller.login();
     let listings = list_items(&world, &mut seller, &vec![10; 2 * PURCHASES]);
-    world.proxy.fault_randomly("/purchase", Fault::Delay(Duration::from_millis(20)), 1.0);
+    world
+        .proxy
+        .fault_randomly("/purchase", Fault::Delay(Duration::from_millis(20)), 1.0);
     let config = ClientConfig {
         server_url: world.proxy.url(),
         max_requests_per_second: 0.0,
         ..ClientConfig::default()
     };
-    let sequential = purchases(&world, &listings[..PURCHASES], config.clone(), "sequential", true);
-    let queued = purchases(&world, &listings[PURCHASES..], config.clone(), "queued", false);
+    let sequential = purchases(
+        &world,
+        &listings[..PURCHASES],
+        config.clone(),
+        "sequential",
+        true,
+    );
+    let queued = purchases(
+        &world,
+        &listings[PURCHASES..],
+        config.clone(),
+        "queued",
+        false,
+    );
     println!("{PURCHASES} purchases, 20 ms injected latency each:");
-    println!("  one at a time (HTTPRequest pattern): {:>8.1} ms", sequential.as_secs_f64() * 1e3);
+    println!(
+        "  one at a time (HTTPRequest pattern): {:>8.1} ms",
+        sequential.as_secs_f64() * 1e3
+    );
     println!(
         "  queued, {} concurrent (default):   {:>8.1} ms   ({:.1}x faster)",
         config.max_concurrent_requests,
@@ -104,7 +142,12 @@ fn main() {
     world.proxy.clear();
 
     // poll() with nothing ready.
-    let client = MarketClient::start(ClientConfig { server_url: world.proxy.url(), max_requests_per_second: 0.0, ..ClientConfig::default() }).unwrap();
+    let client = MarketClient::start(ClientConfig {
+        server_url: world.proxy.url(),
+        max_requests_per_second: 0.0,
+        ..ClientConfig::default()
+    })
+    .unwrap();
     login(&client, "poller");
     let mut out = Vec::with_capacity(2048);
     let rounds = 2_000_000;
@@ -113,13 +156,21 @@ fn main() {
         client.poll(&mut out, 64);
     }
     let idle = started.elapsed() / rounds;
-    println!("MarketClient::poll, nothing ready:      {:>8.1} ns", idle.as_nanos() as f64);
+    println!(
+        "MarketClient::poll, nothing ready:      {:>8.1} ns",
+        idle.as_nanos() as f64
+    );
 
     // poll() with 1,000 events ready.
     let mut samples = Vec::new();
     for _ in 0..5 {
         for _ in 0..1_000 {
-            client.submit(Command::Browse(BrowseQuery { limit: Some(1), ..BrowseQuery::default() })).unwrap();
+            client
+                .submit(Command::Browse(BrowseQuery {
+                    limit: Some(1),
+                    ..BrowseQuery::default()
+                }))
+                .unwrap();
         }
         while client.pending_count() > 0 {
             std::thread::sleep(Duration::from_millis(1));
@@ -131,14 +182,24 @@ fn main() {
         assert_eq!(n, 1_000);
     }
     samples.sort();
-    println!("MarketClient::poll, 1,000 events ready: {:>8.1} µs (median of 5)", samples[2].as_secs_f64() * 1e6);
+    println!(
+        "MarketClient::poll, 1,000 events ready: {:>8.1} µs (median of 5)",
+        samples[2].as_secs_f64() * 1e6
+    );
 
     // A TradingSession frame with nothing to do (what the Godot node pays
     // every frame while idle).
     let mut state = PlayerState::new("idle", "idle");
     state.credits = 10;
     let mut store = PlayerStore::in_memory(state);
-    let mut session = TradingSession::new(ClientConfig { server_url: world.proxy.url(), ..ClientConfig::default() }, &mut store).unwrap();
+    let mut session = TradingSession::new(
+        ClientConfig {
+            server_url: world.proxy.url(),
+            ..ClientConfig::default()
+        },
+        &mut store,
+    )
+    .unwrap();
     let mut events = Vec::new();
     let started = Instant::now();
     let frames = 1_000_000;

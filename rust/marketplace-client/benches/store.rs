@@ -19,7 +19,15 @@ fn main() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("player.json");
-    let mut store = PlayerStore::open(&path, "bench", StoreOptions { autosave: false, ..StoreOptions::default() }).unwrap();
+    let mut store = PlayerStore::open(
+        &path,
+        "bench",
+        StoreOptions {
+            autosave: false,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
     for i in 0..10_000 {
         store.add_item(&format!("item_{i:05}"), 1 + i % 50).unwrap();
     }
@@ -77,7 +85,9 @@ fn main() {
     let saved_events = {
         let mut ev = Vec::new();
         store.drain_events(&mut ev);
-        ev.iter().filter(|e| matches!(e, StoreEvent::Saved { .. })).count()
+        ev.iter()
+            .filter(|e| matches!(e, StoreEvent::Saved { .. }))
+            .count()
     };
     println!(
         "1,000 save() calls in one frame -> {} snapshot(s), {} file write(s) ({} Saved event(s))",

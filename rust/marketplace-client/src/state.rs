@@ -87,6 +87,7 @@ pub enum StateError {
     },
     #[error("amount must be at least 1 (got {0})")]
     InvalidAmount(i64),
+    /// An item id, device id or name that is not acceptable; the message says why.
     #[error("{0}")]
     InvalidItemId(String),
     #[error("the amount would overflow")]

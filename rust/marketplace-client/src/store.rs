@@ -470,6 +470,20 @@ impl PlayerStore {
         self.changed();
     }
 
+    /// Sets the identity used to log in (kept in the save file, so restarts
+    /// log in as the same player and can settle its pending trades).
+    pub fn set_identity(&mut self, device_id: &str, name: &str) -> Result<(), StateError> {
+        marketplace_protocol::check_id("device_id", device_id)
+            .map_err(StateError::InvalidItemId)?;
+        marketplace_protocol::check_name(name).map_err(StateError::InvalidItemId)?;
+        if self.state.device_id != device_id || self.state.player_name != name {
+            self.state.device_id = device_id.to_string();
+            self.state.player_name = name.to_string();
+            self.changed();
+        }
+        Ok(())
+    }
+
     /// Records who the server says we are.
     pub fn set_player(&mut self, player_id: i64, name: &str) {
         if self.state.player_id != Some(player_id) || self.state.player_name != name {

@@ -1,1 +1,30 @@
+//! The Godot 4 adapter: `TradingMarketplace` and `LocalPlayerData` nodes.
+//!
+//! A thin shell over `marketplace-client`: the nodes own a
+//! [`TradingSession`](marketplace_client::TradingSession) and a
+//! [`PlayerStore`](marketplace_client::PlayerStore), call them from the main
+//! thread, and turn their events into signals in `process()`. Nothing here
+//! touches the network or the disk directly, and no Godot type crosses a
+//! thread: the client core's threads only ever see plain Rust values.
+//!
+//! # Layout
+//! - [`player_data`]: the `LocalPlayerData` node (credits, inventory, holds, saves).
+//! - [`marketplace`]: the `TradingMarketplace` node (requests, trades, signals).
+//! - [`convert`]: listings, purchases and errors as `Dictionary`s and codes —
+//!   the only place that knows both the wire types and Godot's.
+//!
+//! # Panics
+//! None on purpose: every failure of a request becomes a `*_failed` signal
+//! with a stable code, every misuse a `push_error`; gdext turns a panic (a
+//! bug) into an engine error rather than a crash.
 
+use godot::prelude::*;
+
+pub mod convert;
+pub mod marketplace;
+pub mod player_data;
+
+struct TradingMarketplaceExtension;
+
+#[gdextension]
+unsafe impl ExtensionLibrary for TradingMarketplaceExtension {}
