@@ -34,7 +34,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use crate::error::ClientError;
 
 /// Client settings. Every field has a default ([`ClientConfig::default`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
     /// Base URL of the marketplace. Default `http://127.0.0.1:8080`.
     pub server_url: String,

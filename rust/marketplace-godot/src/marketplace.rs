@@ -68,6 +68,8 @@ pub struct TradingMarketplace {
     #[export]
     shutdown_grace_sec: f64,
     session: Option<TradingSession>,
+    /// The settings `session` was started with.
+    session_config: Option<ClientConfig>,
     data: Option<Gd<LocalPlayerData>>,
     /// Requests refused locally, reported on the next frame (so the caller
     /// has its request id before the signal arrives).
@@ -95,6 +97,7 @@ impl INode for TradingMarketplace {
             max_events_per_frame: 64,
             shutdown_grace_sec: 1.0,
             session: None,
+            session_config: None,
             data: None,
             local_failures: VecDeque::new(),
             next_local_id: LOCAL_ID_BASE,
@@ -344,8 +347,25 @@ impl TradingMarketplace {
                 "LocalPlayerData could not load its save file",
             )
         })?;
+        if self.session.is_some() && self.session_config.as_ref() != Some(&config) {
+            // A property changed (say `server_url`, set by a parent's
+            // `_ready` after ours): start over with the new settings. Safe at
+            // any moment: the journal re-sends whatever was in flight, with
+            // the same keys. A logged-in session logs in again by itself.
+            let was_logged_in = self
+                .session
+                .take()
+                .is_some_and(|s| s.client().is_logged_in());
+            let mut session = TradingSession::new(config.clone(), store)?;
+            if was_logged_in {
+                session.login(store)?;
+            }
+            self.session = Some(session);
+            self.session_config = Some(config.clone());
+        }
         if self.session.is_none() {
-            self.session = Some(TradingSession::new(config, store)?);
+            self.session = Some(TradingSession::new(config.clone(), store)?);
+            self.session_config = Some(config);
         }
         match self.session.as_mut() {
             Some(session) => f(session, store),

@@ -1,0 +1,114 @@
+//! The Godot check suite (`godot/tests/test_runner.tscn`) run headless in a
+//! real Godot 4 against a real marketplace server started here on port 0.
+//!
+//! Runs when `GDRUST_GODOT_BIN` names a Godot 4.3+ binary (an editor build, or
+//! a template build: the project's `.godot/extension_list.cfg` is written
+//! here); otherwise prints a SKIPPED line. The project and the freshly built
+//! library are copied to a temporary directory, so the repository is not
+//! touched.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[cfg(target_os = "linux")]
+const LIB: (&str, &str) = ("linux-x86_64", "libtrading_marketplace.so");
+#[cfg(target_os = "macos")]
+const LIB: (&str, &str) = ("macos", "libtrading_marketplace.dylib");
+#[cfg(target_os = "windows")]
+const LIB: (&str, &str) = ("windows-x86_64", "trading_marketplace.dll");
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_name() == ".godot" || entry.file_name() == "bin" {
+            continue;
+        }
+        // `godot/addons` is a link to the addon folder: follow it.
+        let meta = std::fs::metadata(entry.path()).unwrap();
+        if meta.is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The cdylib cargo built next to this test's profile directory.
+fn built_library() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let lib = profile_dir.join(LIB.1);
+    assert!(
+        lib.exists(),
+        "{} not built (cargo builds it with this test)",
+        lib.display()
+    );
+    lib
+}
+
+#[test]
+fn godot_check_suite() {
+    let Some(godot) = std::env::var_os("GDRUST_GODOT_BIN") else {
+        let line = "SKIPPED: Godot headless check suite (set GDRUST_GODOT_BIN to a Godot 4.3+ binary to run it)";
+        println!("{line}");
+        eprintln!("{line}");
+        return;
+    };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join("project");
+    copy_dir(&repo.join("godot"), &project);
+    let bin = project.join("addons/trading_marketplace/bin").join(LIB.0);
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(built_library(), bin.join(LIB.1)).unwrap();
+    std::fs::create_dir_all(project.join(".godot")).unwrap();
+    std::fs::write(
+        project.join(".godot/extension_list.cfg"),
+        "res://addons/trading_marketplace/trading_marketplace.gdextension\n",
+    )
+    .unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("sqlite://{}/market.sqlite", work.path().display());
+    let server = rt
+        .block_on(marketplace_server::spawn(
+            marketplace_server::Config::for_tests(url),
+        ))
+        .expect("server starts");
+
+    let mut child = Command::new(&godot)
+        .args(["--headless", "--path"])
+        .arg(&project)
+        .arg("res://tests/test_runner.tscn")
+        .env("MARKET_SERVER_URL", server.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("GDRUST_GODOT_BIN runs");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    rt.block_on(server.shutdown());
+    let status = status.expect("Godot finished within 180 s (a clean quit)");
+    assert!(status.success(), "the check suite failed: {status}");
+    assert!(stdout.contains("ALL CHECKS PASSED"));
+    assert!(
+        !stderr.contains("[panic"),
+        "a Rust panic reached the engine"
+    );
+}
