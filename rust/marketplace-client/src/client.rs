@@ -397,6 +397,14 @@ impl MarketClient {
             .unwrap_or(false)
     }
 
+    /// Remembers who to log in as, so that mutations can log in by
+    /// themselves (after a restart, or when a token expires).
+    pub fn set_credentials(&self, device_id: &str, name: &str) {
+        if let Ok(mut s) = self.shared.session.lock() {
+            s.credentials = Some((device_id.to_string(), name.to_string()));
+        }
+    }
+
     /// True once a login succeeded (the token may still expire; requests
     /// then log in again by themselves).
     pub fn is_logged_in(&self) -> bool {
@@ -519,25 +527,30 @@ async fn attempts(shared: &Shared, envelope: &Envelope) -> EventKind {
             return EventKind::Failed(shutting_down());
         }
         let token = tokio::select! {
-            token = bearer(shared, &envelope.command) => match token {
-                Ok(token) => token,
-                Err(e) => return EventKind::Failed(e),
-            },
+            token = bearer(shared, &envelope.command) => token,
             _ = stopping.wait_for(|s| *s) => return EventKind::Failed(shutting_down()),
         };
-        tokio::select! {
-            _ = shared.bucket.acquire() => {}
-            _ = stopping.wait_for(|s| *s) => return EventKind::Failed(shutting_down()),
-        }
-        let permit = tokio::select! {
-            permit = shared.gate.acquire() => match permit {
-                Ok(p) => p,
-                Err(_) => return EventKind::Failed(shutting_down()),
-            },
-            _ = stopping.wait_for(|s| *s) => return EventKind::Failed(shutting_down()),
+        let result = match &token {
+            Ok(token) => {
+                tokio::select! {
+                    _ = shared.bucket.acquire() => {}
+                    _ = stopping.wait_for(|s| *s) => return EventKind::Failed(shutting_down()),
+                }
+                let permit = tokio::select! {
+                    permit = shared.gate.acquire() => match permit {
+                        Ok(p) => p,
+                        Err(_) => return EventKind::Failed(shutting_down()),
+                    },
+                    _ = stopping.wait_for(|s| *s) => return EventKind::Failed(shutting_down()),
+                };
+                let result = exchange(shared, envelope, token.as_deref()).await;
+                drop(permit);
+                result
+            }
+            // No session yet and logging in failed: handled like any failure.
+            Err(e) => Err(e.clone()),
         };
-        let result = exchange(shared, envelope, token.as_deref()).await;
-        drop(permit);
+        let token = token.ok().flatten();
         let error = match result {
             Ok(reply) => {
                 if let (Reply::LoggedIn(session), Command::Login { device_id, name }) =
@@ -596,26 +609,43 @@ fn backoff(config: &ClientConfig, attempt: u32, retry_after: Option<Duration>) -
     }
 }
 
-/// The token for a request. Mutations wait for a login (a journaled
-/// operation re-sent after a restart must not fail for lack of one); reads
-/// fail with `not_logged_in`.
+/// The token for a request. Without one, a mutation logs in by itself with
+/// the remembered credentials (a journaled operation re-sent after a restart
+/// must not wait for the game to log in), and waits for a login if there are
+/// none yet; a read fails with `not_logged_in`.
 async fn bearer(shared: &Shared, command: &Command) -> Result<Option<String>, ClientError> {
     if matches!(command, Command::Login { .. }) {
         return Ok(None);
     }
     loop {
         let notified = shared.logged_in.notified();
-        {
+        let has_credentials = {
             let session = shared.session.lock().map_err(|_| poisoned())?;
             if let Some(token) = &session.token {
                 return Ok(Some(token.clone()));
             }
-        }
+            session.credentials.is_some()
+        };
         if !command.is_mutation() {
             return Err(ClientError::new(
                 ErrorCode::NotLoggedIn,
                 "Log in to the marketplace first",
             ));
+        }
+        if has_credentials {
+            // A failed login never settles the operation: whatever the server
+            // said about logging in says nothing about this request.
+            relogin(shared, None).await.map_err(|e| {
+                if e.is_definitive() {
+                    ClientError::new(
+                        ErrorCode::Unauthorized,
+                        format!("Cannot log in: {}", e.message),
+                    )
+                } else {
+                    e
+                }
+            })?;
+            continue;
         }
         notified.await;
     }

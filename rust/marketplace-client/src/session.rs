@@ -151,6 +151,12 @@ impl TradingSession {
             busy: false,
             scratch: Vec::new(),
         };
+        // Journaled operations must be able to settle even before the game
+        // logs in: the client may log in by itself as the saved identity.
+        let state = store.state();
+        session
+            .client
+            .set_credentials(&state.device_id, &state.player_name);
         let pending: Vec<OpId> = store.state().journal.keys().copied().collect();
         for op in pending {
             let id = session.client.next_request_id();

@@ -115,7 +115,8 @@ fn quitting_mid_trade_keeps_the_operation_for_next_time() {
         "the purchase is still journaled"
     );
     assert_eq!(buyer.store.state().held_credits(), 40);
-    buyer.login();
+    // No login call: the journaled purchase logs in by itself as the saved
+    // identity and settles.
     buyer.settle(Duration::from_secs(10));
     assert_eq!(buyer.store.state().credits, 60);
     assert_eq!(buyer.store.state().item_count("item-0"), 1);

@@ -334,7 +334,7 @@ impl TradingMarketplace {
             })?);
         }
         let config = self.config();
-        let Some(mut data) = self.data.as_ref().map(|d| d.clone()) else {
+        let Some(mut data) = self.data.clone() else {
             return Err(ClientError::new(
                 ErrorCode::InvalidArgument,
                 "player_data is not set",

@@ -3,7 +3,7 @@
 //! fault-injecting proxy in front of it, and simulated players.
 #![allow(dead_code)]
 
-pub mod proxy;
+pub use fault_proxy as proxy;
 
 use std::time::{Duration, Instant};
 

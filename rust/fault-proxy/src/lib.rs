@@ -1,4 +1,4 @@
-//! A fault-injecting HTTP/1.1 proxy for tests.
+//! A fault-injecting HTTP/1.1 proxy for tests and the chaos simulation.
 //!
 //! It reads each request from the client, and — according to the first
 //! matching [`Rule`] — forwards it to the server and relays the answer, or

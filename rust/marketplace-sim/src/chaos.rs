@@ -1,0 +1,588 @@
+//! The chaos simulation.
+//!
+//! N players trade at random — list, buy (sometimes at a stale price),
+//! reprice, cancel, browse, claim — against a real server through the fault
+//! proxy, which loses answers after the server committed, resets
+//! connections, answers 500 and adds delays. Players crash (only what is on
+//! disk survives; the journal is replayed on restart) and the server is
+//! restarted mid-run. A fixed seed reproduces the same sequence of player
+//! actions (timing, and so the faults' victims, vary).
+//!
+//! At the end, with the faults off and every player settled, it checks:
+//! - **I1** every listing sold at most once; sold ⇔ exactly one purchase;
+//! - **I2** credits (available + held, plus unclaimed proceeds) and items
+//!   (inventories + escrow + active listings) equal what the players started with;
+//! - **I3** every acknowledged purchase, sale and claim is on the server and in
+//!   the player's data after all the crashes: each player's credits and items
+//!   equal what the server's records say they must be;
+//! - **I4** every released purchase hold had a definitive answer, and the
+//!   server has no purchase by that player of that listing;
+//! - **I5** every save file loads as a whole, without falling back to its backup.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use fault_proxy::Fault;
+use marketplace_client::persist;
+use marketplace_client::SessionEvent;
+use marketplace_server::Config;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::world::{fresh_postgres_database, sim_client_config, Market, SimPlayer};
+
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    pub players: usize,
+    pub ops: usize,
+    pub seed: u64,
+    /// `None`: a temporary SQLite file. `Some(postgres://…/postgres)`: a
+    /// fresh database on that cluster.
+    pub postgres_admin_url: Option<String>,
+    /// Probability that a request meets a fault.
+    pub fault_rate: f64,
+    /// A random player crashes every this many operations (0 = never).
+    pub crash_every: usize,
+    /// How many times the server is restarted during the run.
+    pub server_restarts: usize,
+}
+
+impl Default for ChaosConfig {
+    fn default() -> Self {
+        ChaosConfig {
+            players: 8,
+            ops: 400,
+            seed: 7,
+            postgres_admin_url: None,
+            fault_rate: 0.15,
+            crash_every: 40,
+            server_restarts: 2,
+        }
+    }
+}
+
+const ITEMS: [(&str, i64); 3] = [("ore", 6), ("gem", 3), ("fuel", 4)];
+const START_CREDITS: i64 = 2_000;
+
+/// The invariant report.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub lines: Vec<String>,
+    pub failures: Vec<String>,
+    pub stats: BTreeMap<&'static str, i64>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    fn check(&mut self, name: &str, ok: bool, detail: String) {
+        let line = format!("{} {name}: {detail}", if ok { "PASS" } else { "FAIL" });
+        if !ok {
+            self.failures.push(line.clone());
+        }
+        self.lines.push(line);
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "chaos run:")?;
+        for (k, v) in &self.stats {
+            writeln!(f, "  {k:<28} {v}")?;
+        }
+        writeln!(f, "invariants:")?;
+        for line in &self.lines {
+            writeln!(f, "  {line}")?;
+        }
+        write!(
+            f,
+            "{}",
+            if self.ok() {
+                "ALL INVARIANTS HOLD"
+            } else {
+                "INVARIANTS VIOLATED"
+            }
+        )
+    }
+}
+
+/// What a player was told, kept across its crashes.
+#[derive(Default)]
+struct Told {
+    /// listing id → purchase id, from `PurchaseSucceeded`.
+    bought: Vec<(i64, i64)>,
+    /// listing ids whose purchase hold was released, with the code.
+    released: Vec<(i64, String, bool)>,
+    claimed: Vec<i64>,
+}
+
+pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let database = match &cfg.postgres_admin_url {
+        Some(admin) => fresh_postgres_database(
+            admin,
+            &format!("chaos_{}_{}", cfg.seed, rand::random::<u32>()),
+        )?,
+        None => format!("sqlite://{}/market.sqlite", dir.path().display()),
+    };
+    let mut config = Config::for_tests(database);
+    config.rate_limit_per_sec = 0.0;
+    let mut market = Market::start(config)?;
+    let client_config = sim_client_config(&market.url());
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut report = Report::default();
+    let started = Instant::now();
+
+    // Players start with credits and items.
+    let mut players = Vec::new();
+    for i in 0..cfg.players {
+        let label = format!("p{i}");
+        let mut p = SimPlayer::open(
+            &label,
+            &dir.path().join(format!("{label}.json")),
+            client_config.clone(),
+        )?;
+        p.store
+            .set_identity(
+                &format!("chaos-{}-{i}-{}", cfg.seed, rand::random::<u32>()),
+                &label,
+            )
+            .map_err(|e| e.to_string())?;
+        p.store
+            .add_credits(START_CREDITS)
+            .map_err(|e| e.to_string())?;
+        for (item, n) in ITEMS {
+            p.store.add_item(item, n).map_err(|e| e.to_string())?;
+        }
+        p.login().map_err(|e| e.to_string())?;
+        players.push(p);
+    }
+    let logged_in = crate::world::pump_until(&mut players, Duration::from_secs(30), |ps| {
+        ps.iter().all(|p| p.player_id().is_some())
+    });
+    if !logged_in {
+        return Err("players could not log in".into());
+    }
+
+    // Faults on.
+    let r = cfg.fault_rate;
+    market
+        .proxy
+        .fault_randomly("/v1/", Fault::LoseResponse, r * 0.4);
+    market
+        .proxy
+        .fault_randomly("/v1/", Fault::Answer500, r * 0.2);
+    market.proxy.fault_randomly("/v1/", Fault::Reset, r * 0.2);
+    market
+        .proxy
+        .fault_randomly("/v1/", Fault::Delay(Duration::from_millis(15)), r * 0.2);
+
+    let mut told: Vec<Told> = (0..cfg.players).map(|_| Told::default()).collect();
+    // What players have seen on the market: listing id → (price, seller id).
+    let mut known: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    let mut stats: HashMap<&'static str, i64> = HashMap::new();
+    let restart_at: Vec<usize> = (1..=cfg.server_restarts)
+        .map(|k| k * cfg.ops / (cfg.server_restarts + 1))
+        .collect();
+
+    for op in 0..cfg.ops {
+        if restart_at.contains(&op) {
+            market.restart_server()?;
+            *stats.entry("server restarts").or_default() += 1;
+        }
+        if cfg.crash_every > 0 && op > 0 && op % cfg.crash_every == 0 {
+            let victim = rng.gen_range(0..players.len());
+            crash(&mut players, victim, &client_config)?;
+            *stats.entry("player crashes").or_default() += 1;
+        }
+        let i = rng.gen_range(0..players.len());
+        let me = players[i].player_id().unwrap_or(0);
+        let roll = rng.gen_range(0..100);
+        let p = &mut players[i];
+        let result = if roll < 35 {
+            // Buy something seen on the market, sometimes at a stale price.
+            let candidates: Vec<(i64, i64)> = known
+                .iter()
+                .filter(|(_, (_, seller))| *seller != me)
+                .map(|(id, (price, _))| (*id, *price))
+                .collect();
+            if candidates.is_empty() {
+                p.session.browse(Default::default()).map(drop)
+            } else {
+                let (id, price) = candidates[rng.gen_range(0..candidates.len())];
+                let price = if rng.gen_bool(0.1) { price + 1 } else { price };
+                *stats.entry("buys attempted").or_default() += 1;
+                p.session.buy(&mut p.store, id, price).map(drop)
+            }
+        } else if roll < 60 {
+            let owned: Vec<(String, i64)> = p
+                .store
+                .state()
+                .inventory
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            if owned.is_empty() {
+                Ok(())
+            } else {
+                let (item, have) = owned[rng.gen_range(0..owned.len())].clone();
+                let qty = rng.gen_range(1..=have.min(2));
+                *stats.entry("listings attempted").or_default() += 1;
+                p.session
+                    .create_listing(&mut p.store, &item, qty, rng.gen_range(10..300))
+                    .map(drop)
+            }
+        } else if roll < 75 {
+            let mine: Vec<i64> = known
+                .iter()
+                .filter(|(_, (_, s))| *s == me)
+                .map(|(id, _)| *id)
+                .collect();
+            if mine.is_empty() {
+                Ok(())
+            } else {
+                let id = mine[rng.gen_range(0..mine.len())];
+                if rng.gen_bool(0.5) {
+                    p.session
+                        .reprice_listing(&mut p.store, id, rng.gen_range(10..300))
+                        .map(drop)
+                } else {
+                    p.session.cancel_listing(&mut p.store, id).map(drop)
+                }
+            }
+        } else if roll < 88 {
+            p.session
+                .browse(marketplace_client::client::BrowseQuery {
+                    limit: Some(200),
+                    ..Default::default()
+                })
+                .map(drop)
+        } else {
+            p.session.claim_proceeds().map(drop)
+        };
+        if let Err(e) = result {
+            *stats.entry("refused locally").or_default() += 1;
+            let _ = e;
+        }
+        frame_all(&mut players, &mut told, &mut known, &mut stats);
+        // Back-pressure: keep the backlog bounded so the run measures faults,
+        // not an ever-growing queue.
+        while players
+            .iter()
+            .map(|p| p.session.pending_count())
+            .sum::<usize>()
+            > 4 * players.len()
+        {
+            std::thread::sleep(Duration::from_millis(1));
+            frame_all(&mut players, &mut told, &mut known, &mut stats);
+        }
+    }
+
+    // Faults off; everyone settles.
+    market.proxy.clear();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !players.iter().all(SimPlayer::is_settled) {
+        if Instant::now() > deadline {
+            let stuck: Vec<_> = players
+                .iter()
+                .filter(|p| !p.is_settled())
+                .map(|p| {
+                    format!(
+                        "{} (journal {:?}, {} requests pending)",
+                        p.label,
+                        p.store.state().journal,
+                        p.session.pending_count()
+                    )
+                })
+                .collect();
+            return Err(format!("players did not settle: {stuck:?}"));
+        }
+        frame_all(&mut players, &mut told, &mut known, &mut stats);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for p in &mut players {
+        p.store
+            .flush(Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+    }
+
+    check_invariants(&market, &players, &told, cfg, &mut report)?;
+    let faults = market
+        .proxy
+        .stats
+        .faults
+        .load(std::sync::atomic::Ordering::Relaxed) as i64;
+    stats.insert("faults injected", faults);
+    stats.insert("operations", cfg.ops as i64);
+    stats.insert("players", cfg.players as i64);
+    stats.insert("seconds", started.elapsed().as_secs() as i64);
+    report.stats = stats.into_iter().collect();
+    if let Some(server) = market.server.take() {
+        market.rt.block_on(server.shutdown());
+    }
+    Ok(report)
+}
+
+fn frame_all(
+    players: &mut [SimPlayer],
+    told: &mut [Told],
+    known: &mut BTreeMap<i64, (i64, i64)>,
+    stats: &mut HashMap<&'static str, i64>,
+) {
+    for (i, p) in players.iter_mut().enumerate() {
+        let new: Vec<SessionEvent> = p.frame().to_vec();
+        p.events.clear();
+        for e in new {
+            match e {
+                SessionEvent::ListingsUpdated { page, .. } => {
+                    known.clear();
+                    for l in page.listings {
+                        known.insert(l.id, (l.price, l.seller_id));
+                    }
+                }
+                SessionEvent::ListingCreated { listing, .. }
+                | SessionEvent::ListingRepriced { listing, .. } => {
+                    known.insert(listing.id, (listing.price, listing.seller_id));
+                }
+                SessionEvent::ListingCancelled { listing, .. } => {
+                    known.remove(&listing.id);
+                    *stats.entry("listings cancelled").or_default() += 1;
+                }
+                SessionEvent::PurchaseSucceeded { purchase, .. } => {
+                    known.remove(&purchase.listing_id);
+                    told[i].bought.push((purchase.listing_id, purchase.id));
+                    *stats.entry("purchases committed").or_default() += 1;
+                }
+                SessionEvent::PurchaseFailed {
+                    listing_id, error, ..
+                } => {
+                    known.remove(&listing_id);
+                    told[i].released.push((
+                        listing_id,
+                        error.code.as_str().to_string(),
+                        error.is_definitive(),
+                    ));
+                    *stats.entry("purchase holds released").or_default() += 1;
+                }
+                SessionEvent::ProceedsClaimed {
+                    sale_id, amount, ..
+                } if amount > 0 => {
+                    told[i].claimed.push(sale_id);
+                    *stats.entry("proceeds claimed").or_default() += 1;
+                }
+                SessionEvent::RequestRetrying { .. } => {
+                    *stats.entry("retries (ambiguous answers)").or_default() += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Simulates a crash: only what is on disk survives. The player restarts
+/// from its file and its session re-sends the journal.
+fn crash(
+    players: &mut [SimPlayer],
+    i: usize,
+    config: &marketplace_client::client::ClientConfig,
+) -> Result<(), String> {
+    let path = players[i].path.clone();
+    let label = players[i].label.clone();
+    let on_disk = std::fs::read(&path).ok();
+    let backup = std::fs::read(persist::backup_path(&path)).ok();
+    // Replace the player (dropping the old one stops its threads) and put the
+    // files back as they were at the instant of the crash.
+    let placeholder = SimPlayer::open(
+        &format!("{label}-tmp"),
+        &path.with_extension("crashing"),
+        config.clone(),
+    )?;
+    drop(std::mem::replace(&mut players[i], placeholder));
+    match on_disk {
+        Some(bytes) => std::fs::write(&path, bytes).map_err(|e| e.to_string())?,
+        None => {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    if let Some(bytes) = backup {
+        std::fs::write(persist::backup_path(&path), bytes).map_err(|e| e.to_string())?;
+    }
+    let mut p = SimPlayer::open(&label, &path, config.clone())?;
+    p.login().map_err(|e| e.to_string())?;
+    players[i] = p;
+    Ok(())
+}
+
+fn check_invariants(
+    market: &Market,
+    players: &[SimPlayer],
+    told: &[Told],
+    cfg: &ChaosConfig,
+    report: &mut Report,
+) -> Result<(), String> {
+    let q = |sql: &str| market.query_i64(sql);
+    let qb = |sql: &str, b: &[i64]| market.query_i64_bind(sql, b);
+
+    // I1
+    let sold = q("SELECT COUNT(*) FROM listings WHERE status = 'sold'")?;
+    let purchases = q("SELECT COUNT(*) FROM purchases")?;
+    let doubled = q("SELECT COUNT(*) FROM (SELECT listing_id FROM purchases GROUP BY listing_id HAVING COUNT(*) > 1) d")?;
+    let orphan = q("SELECT COUNT(*) FROM listings l WHERE l.status = 'sold' AND NOT EXISTS (SELECT 1 FROM purchases p WHERE p.listing_id = l.id)")?;
+    let unsold = q("SELECT COUNT(*) FROM purchases p JOIN listings l ON l.id = p.listing_id WHERE l.status <> 'sold'")?;
+    report.check(
+        "I1 exactly-once sale",
+        doubled == 0 && orphan == 0 && unsold == 0 && sold == purchases,
+        format!("{sold} listings sold, {purchases} purchase records, {doubled} sold twice, {orphan} sold without a purchase, {unsold} purchases of unsold listings"),
+    );
+
+    // I2
+    let local_credits: i64 = players
+        .iter()
+        .map(|p| p.store.state().total_credits())
+        .sum();
+    let unclaimed = q(
+        "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NULL",
+    )?;
+    let start_credits = START_CREDITS * cfg.players as i64;
+    report.check(
+        "I2 credits conserved",
+        local_credits + unclaimed == start_credits,
+        format!("players {local_credits} + unclaimed proceeds {unclaimed} = {} (started with {start_credits})", local_credits + unclaimed),
+    );
+    let mut items_ok = true;
+    let mut detail = Vec::new();
+    for (item, per_player) in ITEMS {
+        let local: i64 = players
+            .iter()
+            .map(|p| p.store.state().item_count(item) + p.store.state().escrowed_items(item))
+            .sum();
+        let listed = market.rt.block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::AnyConnection::connect(&market.config.database).await.map_err(|e| e.to_string())?;
+            let (n,): (i64,) = sqlx::query_as("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM listings WHERE status = 'active' AND item_id = $1")
+                .bind(item)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<i64, String>(n)
+        })?;
+        let start = per_player * cfg.players as i64;
+        items_ok &= local + listed == start;
+        detail.push(format!(
+            "{item}: {local} held + {listed} listed = {} of {start}",
+            local + listed
+        ));
+    }
+    report.check("I2 items conserved", items_ok, detail.join("; "));
+
+    // I3: each player's data equals what the server's records imply, and
+    // everything the player was told is on the server.
+    let mut mismatches = Vec::new();
+    let mut acknowledged = 0;
+    for (p, t) in players.iter().zip(told) {
+        let Some(id) = p.player_id() else { continue };
+        let spent = qb(
+            "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE buyer_id = $1",
+            &[id],
+        )?;
+        let earned = qb("SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE seller_id = $1 AND claimed_at IS NOT NULL", &[id])?;
+        let expected = START_CREDITS - spent + earned;
+        if p.store.state().total_credits() != expected {
+            mismatches.push(format!(
+                "{}: credits {} but the server implies {expected}",
+                p.label,
+                p.store.state().total_credits()
+            ));
+        }
+        for (listing, purchase) in &t.bought {
+            acknowledged += 1;
+            let found = qb("SELECT COUNT(*) FROM purchases WHERE id = $1 AND listing_id = $2 AND buyer_id = $3", &[*purchase, *listing, id])?;
+            if found != 1 {
+                mismatches.push(format!(
+                    "{}: acknowledged purchase {purchase} is not on the server",
+                    p.label
+                ));
+            }
+        }
+        for sale in &t.claimed {
+            acknowledged += 1;
+            let found = qb("SELECT COUNT(*) FROM purchases WHERE id = $1 AND seller_id = $2 AND claimed_at IS NOT NULL", &[*sale, id])?;
+            if found != 1 {
+                mismatches.push(format!(
+                    "{}: acknowledged claim of sale {sale} is not on the server",
+                    p.label
+                ));
+            }
+        }
+    }
+    report.check(
+        "I3 acknowledged operations durable",
+        mismatches.is_empty(),
+        if mismatches.is_empty() {
+            format!("{acknowledged} acknowledged purchases and claims found; every player's credits match the server's records")
+        } else {
+            mismatches.join("; ")
+        },
+    );
+
+    // I4: a released purchase hold must not hide a purchase the server made
+    // for that player: if the server sold listing L to p, p must have been
+    // told so (a second, separate attempt at L may still be refused).
+    let mut bad = Vec::new();
+    let mut released = 0;
+    for (p, t) in players.iter().zip(told) {
+        let Some(id) = p.player_id() else { continue };
+        for (listing, code, definitive) in &t.released {
+            released += 1;
+            if !definitive {
+                bad.push(format!("{}: released on non-definitive {code}", p.label));
+            }
+            let has = qb(
+                "SELECT COUNT(*) FROM purchases WHERE listing_id = $1 AND buyer_id = $2",
+                &[*listing, id],
+            )?;
+            let told_success = t.bought.iter().any(|(l, _)| l == listing);
+            if has != 0 && !told_success {
+                bad.push(format!(
+                    "{}: released the hold for listing {listing}, which the server sold to it",
+                    p.label
+                ));
+            }
+        }
+    }
+    report.check(
+        "I4 no rollback on ambiguity",
+        bad.is_empty(),
+        if bad.is_empty() {
+            format!("{released} purchase holds released, each on a definitive answer, none hiding a purchase the server made")
+        } else {
+            bad.join("; ")
+        },
+    );
+
+    // I5
+    let mut broken = Vec::new();
+    for p in players {
+        match persist::load(&p.path) {
+            Ok(loaded) if loaded.recovered_from_backup.is_none() && loaded.state.is_some() => {}
+            Ok(loaded) => broken.push(format!("{}: {:?}", p.label, loaded.recovered_from_backup)),
+            Err(e) => broken.push(format!("{}: {e}", p.label)),
+        }
+    }
+    report.check(
+        "I5 whole save files",
+        broken.is_empty(),
+        if broken.is_empty() {
+            format!(
+                "all {} save files load and validate without their backups",
+                players.len()
+            )
+        } else {
+            broken.join("; ")
+        },
+    );
+    Ok(())
+}
