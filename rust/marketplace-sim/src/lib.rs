@@ -7,7 +7,9 @@
 //!   500s and delays, with player crashes and server restarts; checks and
 //!   prints invariants I1–I5 at the end.
 //! - [`world`]: the server-plus-proxy and the simulated player they share.
+//! - [`baseline`]: the old read-modify-write JSON backend, for benchmarks.
 
+pub mod baseline;
 pub mod chaos;
 pub mod seed;
 pub mod world;
