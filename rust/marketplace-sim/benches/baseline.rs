@@ -168,8 +168,8 @@ fn main() {
         let gate = Arc::new(Semaphore::new(32));
         let mut tasks = Vec::new();
         for (i, &listing) in listings.iter().enumerate() {
-            for b in 0..BUYERS_PER_LISTING {
-                let (http, base, gate, token) = (http.clone(), base.clone(), gate.clone(), buyers[b].clone());
+            for (b, token) in buyers.iter().take(BUYERS_PER_LISTING).enumerate() {
+                let (http, base, gate, token) = (http.clone(), base.clone(), gate.clone(), token.clone());
                 tasks.push(tokio::spawn(async move {
                     let _permit = gate.acquire_owned().await.expect("gate");
                     buy_new(&http, &base, &token, listing, &format!("big-{i}-{b}")).await
