@@ -189,6 +189,14 @@ func run_all() -> void:
 		relics += p.data.get_item_count("relic")
 	check(relics == 3, "items conserved across players")
 
+	# Changing a setting restarts the client; a logged-in session logs in again
+	var logins_before := events("alice", "logged_in").size()
+	alice.market.max_requests_per_second = 50.0
+	var after_change: int = alice.market.refresh_listings({})
+	await until(func(): return events("alice", "logged_in").size() > logins_before and events("alice", "listings_updated").size() >= 2)
+	check(events("alice", "logged_in").size() > logins_before, "a changed setting restarts the client and logs in again")
+	check(not events("alice", "request_failed").any(func(f): return f[0] == after_change), "requests keep working after the restart")
+
 	# Save and reload
 	check(alice.data.flush(), "flush writes the save")
 	var reloaded := LocalPlayerData.new()
