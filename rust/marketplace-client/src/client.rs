@@ -609,10 +609,10 @@ fn backoff(config: &ClientConfig, attempt: u32, retry_after: Option<Duration>) -
     }
 }
 
-/// The token for a request. Without one, a mutation logs in by itself with
+/// The token for a request. Without one, a request logs in by itself with
 /// the remembered credentials (a journaled operation re-sent after a restart
-/// must not wait for the game to log in), and waits for a login if there are
-/// none yet; a read fails with `not_logged_in`.
+/// must not wait for the game to log in). With no credentials yet, a
+/// mutation waits for a login and a read fails with `not_logged_in`.
 async fn bearer(shared: &Shared, command: &Command) -> Result<Option<String>, ClientError> {
     if matches!(command, Command::Login { .. }) {
         return Ok(None);
@@ -626,12 +626,6 @@ async fn bearer(shared: &Shared, command: &Command) -> Result<Option<String>, Cl
             }
             session.credentials.is_some()
         };
-        if !command.is_mutation() {
-            return Err(ClientError::new(
-                ErrorCode::NotLoggedIn,
-                "Log in to the marketplace first",
-            ));
-        }
         if has_credentials {
             // A failed login never settles the operation: whatever the server
             // said about logging in says nothing about this request.
@@ -646,6 +640,12 @@ async fn bearer(shared: &Shared, command: &Command) -> Result<Option<String>, Cl
                 }
             })?;
             continue;
+        }
+        if !command.is_mutation() {
+            return Err(ClientError::new(
+                ErrorCode::NotLoggedIn,
+                "Log in to the marketplace first",
+            ));
         }
         notified.await;
     }

@@ -85,13 +85,20 @@ fn test(args: &[String]) -> Result<()> {
         eprintln!("xtask: SKIPPED PostgreSQL tests (--no-postgres)");
         None
     };
+    let godot_note = match std::env::var_os("GDRUST_GODOT_BIN") {
+        Some(bin) => format!("xtask: Godot headless suite runs with {}", bin.to_string_lossy()),
+        None => "xtask: SKIPPED Godot headless suite: GDRUST_GODOT_BIN is not set (point it at a Godot 4.3+ binary to run it)".into(),
+    };
+    eprintln!("{godot_note}");
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--release"]);
     if let Some(pg) = &pg {
         cmd.env("MARKET_TEST_POSTGRES_URL", pg.url())
             .env("MARKET_REQUIRE_POSTGRES", "1");
     }
-    run(&mut cmd)
+    run(&mut cmd)?;
+    eprintln!("{godot_note}");
+    Ok(())
 }
 
 fn postgres_shell(args: &[String]) -> Result<()> {
