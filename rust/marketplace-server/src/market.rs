@@ -140,30 +140,51 @@ pub async fn create_listing(
     Answer::json(StatusCode::CREATED, &ListingEnvelope { listing })
 }
 
+/// A seller's change to one of their active listings.
+enum SellerChange {
+    Reprice(i64),
+    Cancel,
+}
+
+/// Applies `change` to the caller's listing if it is still active; otherwise
+/// says why not (not found, not the seller, sold, cancelled).
+async fn change_own_listing(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    listing_id: i64,
+    change: SellerChange,
+) -> Result<Listing, AppError> {
+    let set = match change {
+        SellerChange::Reprice(_) => "price = $4",
+        SellerChange::Cancel => "status = 'cancelled'",
+    };
+    let sql = format!(
+        "UPDATE listings SET {set}, updated_at = $1 \
+         WHERE id = $2 AND seller_id = $3 AND status = 'active' RETURNING {LISTING_COLUMNS}"
+    );
+    let mut query = sqlx::query(&sql)
+        .bind(ctx.now)
+        .bind(listing_id)
+        .bind(ctx.player_id);
+    if let SellerChange::Reprice(price) = change {
+        query = query.bind(price);
+    }
+    match query.fetch_optional(&mut *conn).await? {
+        Some(row) => Ok(listing_from_row(&row)?),
+        None => Err(seller_refusal(
+            fetch_listing(conn, listing_id).await?,
+            ctx.player_id,
+        )),
+    }
+}
+
 pub async fn reprice_listing(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
     listing_id: i64,
     price: i64,
 ) -> Result<Answer, AppError> {
-    let sql = format!(
-        "UPDATE listings SET price = $1, updated_at = $2 \
-         WHERE id = $3 AND seller_id = $4 AND status = 'active' RETURNING {LISTING_COLUMNS}"
-    );
-    let row = sqlx::query(&sql)
-        .bind(price)
-        .bind(ctx.now)
-        .bind(listing_id)
-        .bind(ctx.player_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(row) = row else {
-        return Err(seller_refusal(
-            fetch_listing(conn, listing_id).await?,
-            ctx.player_id,
-        ));
-    };
-    let listing = listing_from_row(&row)?;
+    let listing = change_own_listing(conn, ctx, listing_id, SellerChange::Reprice(price)).await?;
     ledger(conn, ctx, "reprice", Some(listing_id), None, Some(price)).await?;
     Answer::json(StatusCode::OK, &ListingEnvelope { listing })
 }
@@ -173,23 +194,7 @@ pub async fn cancel_listing(
     ctx: &OpContext<'_>,
     listing_id: i64,
 ) -> Result<Answer, AppError> {
-    let sql = format!(
-        "UPDATE listings SET status = 'cancelled', updated_at = $1 \
-         WHERE id = $2 AND seller_id = $3 AND status = 'active' RETURNING {LISTING_COLUMNS}"
-    );
-    let row = sqlx::query(&sql)
-        .bind(ctx.now)
-        .bind(listing_id)
-        .bind(ctx.player_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(row) = row else {
-        return Err(seller_refusal(
-            fetch_listing(conn, listing_id).await?,
-            ctx.player_id,
-        ));
-    };
-    let listing = listing_from_row(&row)?;
+    let listing = change_own_listing(conn, ctx, listing_id, SellerChange::Cancel).await?;
     ledger(conn, ctx, "cancel", Some(listing_id), None, None).await?;
     Answer::json(StatusCode::OK, &ListingEnvelope { listing })
 }
