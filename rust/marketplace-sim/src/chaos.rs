@@ -157,6 +157,10 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         for (item, n) in ITEMS {
             p.store.add_item(item, n).map_err(|e| e.to_string())?;
         }
+        // The starting grant is on disk before anything can crash: what the
+        // game never saved, a crash may take back, and the books below
+        // count the grant as given.
+        p.store.flush(Duration::from_secs(10)).map_err(|e| e.to_string())?;
         p.login().map_err(|e| e.to_string())?;
         players.push(p);
     }
