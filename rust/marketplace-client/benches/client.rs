@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use marketplace_client::client::{
     BrowseQuery, ClientConfig, Command, EventKind, MarketClient, Reply,
 };
+use marketplace_client::protocol::MarketChange;
 use marketplace_client::{PlayerState, PlayerStore, TradingSession};
 use support::proxy::Fault;
 use support::{list_items, Player, World};
@@ -68,10 +69,10 @@ fn purchases(
     if one_at_a_time {
         for &listing in listings {
             client
-                .submit(Command::Buy {
+                .submit(Command::Change(MarketChange::Purchase {
                     listing_id: listing,
                     expected_price: 10,
-                })
+                }))
                 .unwrap();
             ok += wait_all(&client, 1)
                 .iter()
@@ -81,10 +82,10 @@ fn purchases(
     } else {
         for &listing in listings {
             client
-                .submit(Command::Buy {
+                .submit(Command::Change(MarketChange::Purchase {
                     listing_id: listing,
                     expected_price: 10,
-                })
+                }))
                 .unwrap();
         }
         ok = wait_all(&client, listings.len())

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use marketplace_protocol::{
     Claim, ErrorCode, ErrorEnvelope, Listing, ListingEnvelope, ListingPage, ListingStatus,
-    Purchase, PurchaseEnvelope, Sale, SalesPage, Session, IDEMPOTENCY_HEADER,
+    MarketChange, Purchase, PurchaseEnvelope, Sale, SalesPage, Session, IDEMPOTENCY_HEADER,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify, Semaphore};
@@ -102,42 +102,25 @@ pub enum Command {
     GetListing {
         listing_id: i64,
     },
-    CreateListing {
-        item_id: String,
-        quantity: i64,
-        price: i64,
-    },
-    Reprice {
-        listing_id: i64,
-        price: i64,
-    },
-    Cancel {
-        listing_id: i64,
-    },
-    Buy {
-        listing_id: i64,
-        expected_price: i64,
-    },
     ListSales {
         unclaimed_only: bool,
     },
-    Claim {
-        sale_id: i64,
-    },
+    /// A change of the market: carries an idempotency key and is retried
+    /// until a definitive answer.
+    Change(MarketChange),
 }
 
 impl Command {
-    /// Mutations change the market: they carry an idempotency key and are
-    /// retried until a definitive answer.
     pub fn is_mutation(&self) -> bool {
-        matches!(
-            self,
-            Command::CreateListing { .. }
-                | Command::Reprice { .. }
-                | Command::Cancel { .. }
-                | Command::Buy { .. }
-                | Command::Claim { .. }
-        )
+        matches!(self, Command::Change(_))
+    }
+
+    /// The listing a purchase is for.
+    fn purchase_of(&self) -> Option<i64> {
+        match self {
+            Command::Change(MarketChange::Purchase { listing_id, .. }) => Some(*listing_id),
+            _ => None,
+        }
     }
 }
 
@@ -334,9 +317,9 @@ impl MarketClient {
                 "a mutation needs an idempotency key",
             ));
         }
-        if let Command::Buy { listing_id, .. } = &command {
+        if let Some(listing_id) = command.purchase_of() {
             let mut buying = self.shared.buying.lock().map_err(|_| poisoned())?;
-            if !buying.insert(*listing_id) {
+            if !buying.insert(listing_id) {
                 return Err(ClientError::new(
                     ErrorCode::PurchaseInProgress,
                     "This item is already being bought",
@@ -354,7 +337,7 @@ impl MarketClient {
             .is_err()
         {
             self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-            if let Command::Buy { listing_id, .. } = command {
+            if let Some(listing_id) = command.purchase_of() {
                 if let Ok(mut buying) = self.shared.buying.lock() {
                     buying.remove(&listing_id);
                 }
@@ -498,9 +481,9 @@ fn shutting_down() -> ClientError {
 
 /// Sends the final event of a request and forgets it.
 fn finish(shared: &Shared, envelope: &Envelope, kind: EventKind) {
-    if let Command::Buy { listing_id, .. } = &envelope.command {
+    if let Some(listing_id) = envelope.command.purchase_of() {
         if let Ok(mut buying) = shared.buying.lock() {
-            buying.remove(listing_id);
+            buying.remove(&listing_id);
         }
     }
     let _ = shared.events.send(Event {
@@ -742,29 +725,29 @@ async fn exchange(
             format!("{base}/v1/listings/{listing_id}"),
             None,
         ),
-        Command::CreateListing {
+        Command::Change(MarketChange::CreateListing {
             item_id,
             quantity,
             price,
-        } => (
+        }) => (
             Method::POST,
             format!("{base}/v1/listings"),
             Some(serde_json::json!({ "item_id": item_id, "quantity": quantity, "price": price })),
         ),
-        Command::Reprice { listing_id, price } => (
+        Command::Change(MarketChange::Reprice { listing_id, price }) => (
             Method::PATCH,
             format!("{base}/v1/listings/{listing_id}"),
             Some(serde_json::json!({ "price": price })),
         ),
-        Command::Cancel { listing_id } => (
+        Command::Change(MarketChange::Cancel { listing_id }) => (
             Method::DELETE,
             format!("{base}/v1/listings/{listing_id}"),
             None,
         ),
-        Command::Buy {
+        Command::Change(MarketChange::Purchase {
             listing_id,
             expected_price,
-        } => (
+        }) => (
             Method::POST,
             format!("{base}/v1/listings/{listing_id}/purchase"),
             Some(serde_json::json!({ "expected_price": expected_price })),
@@ -778,7 +761,7 @@ async fn exchange(
             },
             None,
         ),
-        Command::Claim { sale_id } => (
+        Command::Change(MarketChange::Claim { sale_id }) => (
             Method::POST,
             format!("{base}/v1/sales/{sale_id}/claim"),
             None,
@@ -886,11 +869,11 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             }
             Ok(Reply::Listing(listing))
         }
-        Command::CreateListing {
+        Command::Change(MarketChange::CreateListing {
             item_id,
             quantity,
             price,
-        } => {
+        }) => {
             let ListingEnvelope { listing } = decode(bytes)?;
             if &listing.item_id != item_id
                 || listing.quantity != *quantity
@@ -901,14 +884,14 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             }
             Ok(Reply::Listing(listing))
         }
-        Command::Reprice { listing_id, price } => {
+        Command::Change(MarketChange::Reprice { listing_id, price }) => {
             let ListingEnvelope { listing } = decode(bytes)?;
             if listing.id != *listing_id || listing.price != *price {
                 return Err(bad_response("the listing does not match the request"));
             }
             Ok(Reply::Listing(listing))
         }
-        Command::Cancel { listing_id } => {
+        Command::Change(MarketChange::Cancel { listing_id }) => {
             let ListingEnvelope { listing } = decode(bytes)?;
             if listing.id != *listing_id
                 || listing.status != ListingStatus::Cancelled
@@ -918,10 +901,10 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             }
             Ok(Reply::Listing(listing))
         }
-        Command::Buy {
+        Command::Change(MarketChange::Purchase {
             listing_id,
             expected_price,
-        } => {
+        }) => {
             let PurchaseEnvelope { purchase } = decode(bytes)?;
             if purchase.listing_id != *listing_id
                 || purchase.price != *expected_price
@@ -939,7 +922,7 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             }
             Ok(Reply::Sales(sales))
         }
-        Command::Claim { sale_id } => {
+        Command::Change(MarketChange::Claim { sale_id }) => {
             let claim: Claim = decode(bytes)?;
             if claim.sale_id != *sale_id || claim.amount < 1 {
                 return Err(bad_response("the claim does not match the request"));
@@ -1064,10 +1047,10 @@ mod tests {
 
     #[test]
     fn success_must_match_the_request() {
-        let buy = Command::Buy {
+        let buy = Command::Change(MarketChange::Purchase {
             listing_id: 7,
             expected_price: 100,
-        };
+        });
         let ok = br#"{"purchase":{"id":1,"listing_id":7,"buyer_id":2,"seller_id":1,"item_id":"ore","quantity":1,"price":100,"created_at":0}}"#;
         assert!(matches!(parse_success(&buy, ok), Ok(Reply::Purchased(_))));
         let wrong_price = br#"{"purchase":{"id":1,"listing_id":7,"buyer_id":2,"seller_id":1,"item_id":"ore","quantity":1,"price":1000,"created_at":0}}"#;

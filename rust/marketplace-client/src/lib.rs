@@ -24,7 +24,8 @@ pub mod store;
 
 pub use client::{ClientConfig, Command, Event, EventKind, MarketClient, Reply, RequestId};
 pub use error::ClientError;
+pub use marketplace_protocol::MarketChange;
 pub use marketplace_protocol::{self as protocol, ErrorCode};
 pub use session::{SessionEvent, TradingSession};
-pub use state::{HoldId, HoldKind, JournalOp, PlayerState, StateError};
+pub use state::{HoldId, HoldKind, PlayerState, StateError};
 pub use store::{OpOutcome, PlayerStore, StoreEvent, StoreOptions, StoreRemote};

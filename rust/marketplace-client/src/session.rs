@@ -25,13 +25,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use marketplace_protocol::{ErrorCode, Listing, ListingPage, Purchase, Sale};
+use marketplace_protocol::{ErrorCode, Listing, ListingPage, MarketChange, Purchase, Sale};
 
 use crate::client::{
     BrowseQuery, ClientConfig, Command, Event, EventKind, MarketClient, Reply, RequestId,
 };
 use crate::error::ClientError;
-use crate::state::{JournalOp, OpId};
+use crate::state::OpId;
 use crate::store::{OpOutcome, PlayerStore};
 
 /// What the game hears about, in order. The Godot layer turns each into a
@@ -243,7 +243,7 @@ impl TradingSession {
         let hold = store.reserve_credits(expected_price)?;
         Ok(self.journal(
             store,
-            JournalOp::Buy {
+            MarketChange::Purchase {
                 listing_id,
                 expected_price,
             },
@@ -268,7 +268,7 @@ impl TradingSession {
         let hold = store.escrow_items(item_id, quantity)?;
         Ok(self.journal(
             store,
-            JournalOp::Sell {
+            MarketChange::CreateListing {
                 item_id: item_id.to_string(),
                 quantity,
                 price,
@@ -290,7 +290,12 @@ impl TradingSession {
                 "listing id and price must be positive",
             ));
         }
-        Ok(self.journal(store, JournalOp::Reprice { listing_id, price }, None, None))
+        Ok(self.journal(
+            store,
+            MarketChange::Reprice { listing_id, price },
+            None,
+            None,
+        ))
     }
 
     /// Cancels one of the player's listings; its items come back on success.
@@ -305,13 +310,13 @@ impl TradingSession {
                 "listing id must be positive",
             ));
         }
-        Ok(self.journal(store, JournalOp::Cancel { listing_id }, None, None))
+        Ok(self.journal(store, MarketChange::Cancel { listing_id }, None, None))
     }
 
     fn journal(
         &mut self,
         store: &mut PlayerStore,
-        op: JournalOp,
+        op: MarketChange,
         hold: Option<crate::state::HoldId>,
         origin: Option<RequestId>,
     ) -> RequestId {
@@ -335,11 +340,9 @@ impl TradingSession {
 
     /// True while a purchase of this listing is journaled and unsettled.
     pub fn is_purchase_pending(&self, store: &PlayerStore, listing_id: i64) -> bool {
-        store
-            .state()
-            .journal
-            .values()
-            .any(|p| matches!(p.op, JournalOp::Buy { listing_id: l, .. } if l == listing_id))
+        store.state().journal.values().any(
+            |p| matches!(p.op, MarketChange::Purchase { listing_id: l, .. } if l == listing_id),
+        )
     }
 
     /// Requests not finished: sent and in flight, or waiting for their
@@ -404,32 +407,7 @@ impl TradingSession {
                 self.tracked.remove(&u.id);
                 continue;
             };
-            let command = match &pending.op {
-                JournalOp::Buy {
-                    listing_id,
-                    expected_price,
-                } => Command::Buy {
-                    listing_id: *listing_id,
-                    expected_price: *expected_price,
-                },
-                JournalOp::Sell {
-                    item_id,
-                    quantity,
-                    price,
-                } => Command::CreateListing {
-                    item_id: item_id.clone(),
-                    quantity: *quantity,
-                    price: *price,
-                },
-                JournalOp::Reprice { listing_id, price } => Command::Reprice {
-                    listing_id: *listing_id,
-                    price: *price,
-                },
-                JournalOp::Cancel { listing_id } => Command::Cancel {
-                    listing_id: *listing_id,
-                },
-                JournalOp::Claim { sale_id } => Command::Claim { sale_id: *sale_id },
-            };
+            let command = Command::Change(pending.op.clone());
             if let Err(e) = self
                 .client
                 .submit_with(u.id, command, Some(pending.key.clone()))
@@ -499,7 +477,7 @@ impl TradingSession {
                     .journal
                     .values()
                     .filter_map(|p| match p.op {
-                        JournalOp::Claim { sale_id } => Some(sale_id),
+                        MarketChange::Claim { sale_id } => Some(sale_id),
                         _ => None,
                     })
                     .collect();
@@ -510,7 +488,7 @@ impl TradingSession {
                 {
                     self.journal(
                         store,
-                        JournalOp::Claim { sale_id: sale.id },
+                        MarketChange::Claim { sale_id: sale.id },
                         None,
                         Some(request_id),
                     );
@@ -549,7 +527,7 @@ impl TradingSession {
                 // Shutting down: leave it journaled for the next start (I4).
                 return;
             }
-            (JournalOp::Buy { .. }, EventKind::Done(Reply::Purchased(purchase))) => (
+            (MarketChange::Purchase { .. }, EventKind::Done(Reply::Purchased(purchase))) => (
                 OpOutcome::Applied {
                     items_in: Some((purchase.item_id.clone(), purchase.quantity)),
                     credits_in: 0,
@@ -559,7 +537,7 @@ impl TradingSession {
                     purchase,
                 },
             ),
-            (JournalOp::Buy { listing_id, .. }, EventKind::Failed(error)) => (
+            (MarketChange::Purchase { listing_id, .. }, EventKind::Failed(error)) => (
                 OpOutcome::Rejected {
                     reason: error.code.as_str().to_string(),
                 },
@@ -569,7 +547,7 @@ impl TradingSession {
                     error,
                 },
             ),
-            (JournalOp::Sell { .. }, EventKind::Done(Reply::Listing(listing))) => (
+            (MarketChange::CreateListing { .. }, EventKind::Done(Reply::Listing(listing))) => (
                 OpOutcome::Applied {
                     items_in: None,
                     credits_in: 0,
@@ -579,7 +557,7 @@ impl TradingSession {
                     listing,
                 },
             ),
-            (JournalOp::Reprice { .. }, EventKind::Done(Reply::Listing(listing))) => (
+            (MarketChange::Reprice { .. }, EventKind::Done(Reply::Listing(listing))) => (
                 OpOutcome::Applied {
                     items_in: None,
                     credits_in: 0,
@@ -589,7 +567,7 @@ impl TradingSession {
                     listing,
                 },
             ),
-            (JournalOp::Cancel { .. }, EventKind::Done(Reply::Listing(listing))) => (
+            (MarketChange::Cancel { .. }, EventKind::Done(Reply::Listing(listing))) => (
                 OpOutcome::Applied {
                     items_in: Some((listing.item_id.clone(), listing.quantity)),
                     credits_in: 0,
@@ -599,7 +577,7 @@ impl TradingSession {
                     listing,
                 },
             ),
-            (JournalOp::Claim { sale_id }, EventKind::Done(Reply::Claimed(claim))) => (
+            (MarketChange::Claim { sale_id }, EventKind::Done(Reply::Claimed(claim))) => (
                 OpOutcome::Applied {
                     items_in: None,
                     credits_in: claim.amount,

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 
+use marketplace_protocol::MarketChange;
 use serde::{Deserialize, Serialize};
 
 /// Version of the save document this build writes. A file with a higher
@@ -45,33 +46,9 @@ pub struct Hold {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingOp {
     pub key: String,
-    pub op: JournalOp,
+    pub op: MarketChange,
     /// The hold this operation settles, if any.
     pub hold: Option<HoldId>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum JournalOp {
-    Buy {
-        listing_id: i64,
-        expected_price: i64,
-    },
-    Sell {
-        item_id: String,
-        quantity: i64,
-        price: i64,
-    },
-    Reprice {
-        listing_id: i64,
-        price: i64,
-    },
-    Cancel {
-        listing_id: i64,
-    },
-    Claim {
-        sale_id: i64,
-    },
 }
 
 /// Why a change was refused. The document is unchanged.
@@ -309,7 +286,7 @@ impl PlayerState {
     }
 
     /// Records a pending marketplace operation; returns its id.
-    pub fn journal_op(&mut self, key: String, op: JournalOp, hold: Option<HoldId>) -> OpId {
+    pub fn journal_op(&mut self, key: String, op: MarketChange, hold: Option<HoldId>) -> OpId {
         let id = self.next_op_id;
         self.next_op_id += 1;
         self.journal.insert(id, PendingOp { key, op, hold });
@@ -472,7 +449,7 @@ mod tests {
         let h = s.reserve_credits(10).unwrap();
         s.journal_op(
             "k1".into(),
-            JournalOp::Buy {
+            MarketChange::Purchase {
                 listing_id: 1,
                 expected_price: 10,
             },
@@ -488,7 +465,7 @@ mod tests {
         let mut s = rich();
         s.inventory.insert("ghost".into(), 0);
         s.credits = -5;
-        s.journal_op("k".into(), JournalOp::Claim { sale_id: 1 }, Some(99));
+        s.journal_op("k".into(), MarketChange::Claim { sale_id: 1 }, Some(99));
         let problems = s.validate().unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
     }

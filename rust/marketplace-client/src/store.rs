@@ -21,7 +21,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::persist::{self, LoadError, RealFs, SaveFs};
-use crate::state::{HoldId, HoldKind, JournalOp, OpId, PlayerState, StateError};
+use crate::state::{HoldId, HoldKind, OpId, PlayerState, StateError};
+use marketplace_protocol::MarketChange;
 
 /// Something the game may want to show or log; drained with
 /// [`PlayerStore::drain_events`].
@@ -494,7 +495,7 @@ impl PlayerStore {
     }
 
     /// Journals a marketplace operation (with the hold it settles).
-    pub fn begin_op(&mut self, key: String, op: JournalOp, hold: Option<HoldId>) -> OpId {
+    pub fn begin_op(&mut self, key: String, op: MarketChange, hold: Option<HoldId>) -> OpId {
         let id = self.state.journal_op(key, op, hold);
         self.changed();
         id

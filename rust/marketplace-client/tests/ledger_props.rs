@@ -2,7 +2,7 @@
 //! release / duplicate settlement keeps available credits ≥ 0, never lets two
 //! holds spend the same credits, and conserves credits and items (I2).
 
-use marketplace_client::{HoldKind, JournalOp, OpOutcome, PlayerState, PlayerStore};
+use marketplace_client::{HoldKind, MarketChange, OpOutcome, PlayerState, PlayerStore};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -76,10 +76,10 @@ proptest! {
                 Step::Trade { amount, buy } => {
                     if buy {
                         if let Ok(h) = store.reserve_credits(amount) {
-                            store.begin_op(format!("k{}", store.generation()), JournalOp::Buy { listing_id: 1, expected_price: amount }, Some(h));
+                            store.begin_op(format!("k{}", store.generation()), MarketChange::Purchase { listing_id: 1, expected_price: amount }, Some(h));
                         }
                     } else if let Ok(h) = store.escrow_items("ore", 1 + amount % 3) {
-                        store.begin_op(format!("k{}", store.generation()), JournalOp::Sell { item_id: "ore".into(), quantity: 1 + amount % 3, price: amount }, Some(h));
+                        store.begin_op(format!("k{}", store.generation()), MarketChange::CreateListing { item_id: "ore".into(), quantity: 1 + amount % 3, price: amount }, Some(h));
                     }
                 }
                 Step::Settle { pick, applied } => {

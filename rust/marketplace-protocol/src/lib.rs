@@ -35,6 +35,34 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// correlate logs and ledger rows.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// A request that changes the market: the five idempotent operations.
+///
+/// One type for one concept, wherever it appears: the server hashes its JSON
+/// to recognise a replayed `Idempotency-Key` with a different body, the
+/// client sends it, and the player's journal stores it (so its serialised
+/// form is part of the save format: variants and fields are only ever added).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MarketChange {
+    /// `POST /v1/listings`
+    CreateListing {
+        item_id: String,
+        quantity: i64,
+        price: i64,
+    },
+    /// `PATCH /v1/listings/{listing_id}`
+    Reprice { listing_id: i64, price: i64 },
+    /// `DELETE /v1/listings/{listing_id}`
+    Cancel { listing_id: i64 },
+    /// `POST /v1/listings/{listing_id}/purchase`
+    Purchase {
+        listing_id: i64,
+        expected_price: i64,
+    },
+    /// `POST /v1/sales/{sale_id}/claim`
+    Claim { sale_id: i64 },
+}
+
 /// `POST /v1/sessions`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

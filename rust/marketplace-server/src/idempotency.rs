@@ -23,46 +23,18 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use marketplace_protocol::ErrorCode;
-use serde::Serialize;
+use marketplace_protocol::{ErrorCode, MarketChange};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Answer, AppError};
 use crate::market::{self, OpContext};
 use crate::AppState;
 
-/// A state change a player asks for. Its canonical JSON, hashed, is what a
-/// replayed key is compared against.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Mutation {
-    CreateListing {
-        item_id: String,
-        quantity: i64,
-        price: i64,
-    },
-    Reprice {
-        listing_id: i64,
-        price: i64,
-    },
-    Cancel {
-        listing_id: i64,
-    },
-    Purchase {
-        listing_id: i64,
-        expected_price: i64,
-    },
-    Claim {
-        sale_id: i64,
-    },
-}
-
-impl Mutation {
-    fn request_hash(&self) -> String {
-        let canonical = serde_json::to_vec(self).unwrap_or_default();
-        let digest = Sha256::digest(&canonical);
-        digest.iter().map(|b| format!("{b:02x}")).collect()
-    }
+/// The canonical JSON of a change, hashed: what a replayed key is compared against.
+fn request_hash(change: &MarketChange) -> String {
+    let canonical = serde_json::to_vec(change).unwrap_or_default();
+    let digest = Sha256::digest(&canonical);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The answer to a mutation and how it came about.
@@ -110,7 +82,7 @@ pub struct Job {
     player_id: i64,
     key: String,
     request_id: String,
-    mutation: Mutation,
+    mutation: MarketChange,
 }
 
 /// Runs `mutation` for `player_id` exactly once per `key`.
@@ -119,7 +91,7 @@ pub async fn run(
     player_id: i64,
     key: String,
     request_id: String,
-    mutation: Mutation,
+    mutation: MarketChange,
 ) -> Result<Outcome, AppError> {
     let guard = claim_in_flight(state, player_id, &key).ok_or(AppError::RequestInProgress)?;
     let job = Job {
@@ -160,7 +132,7 @@ async fn execute_in(
     job: &Job,
     now: i64,
 ) -> Result<Outcome, AppError> {
-    let hash = job.mutation.request_hash();
+    let hash = request_hash(&job.mutation);
     let claimed = sqlx::query(
         "INSERT INTO idempotency_keys (player_id, idem_key, request_hash, status_code, response_body, created_at) \
          VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (player_id, idem_key) DO NOTHING",
@@ -203,20 +175,22 @@ async fn execute_in(
         now,
     };
     let result = match &job.mutation {
-        Mutation::CreateListing {
+        MarketChange::CreateListing {
             item_id,
             quantity,
             price,
         } => market::create_listing(conn, &ctx, item_id, *quantity, *price).await,
-        Mutation::Reprice { listing_id, price } => {
+        MarketChange::Reprice { listing_id, price } => {
             market::reprice_listing(conn, &ctx, *listing_id, *price).await
         }
-        Mutation::Cancel { listing_id } => market::cancel_listing(conn, &ctx, *listing_id).await,
-        Mutation::Purchase {
+        MarketChange::Cancel { listing_id } => {
+            market::cancel_listing(conn, &ctx, *listing_id).await
+        }
+        MarketChange::Purchase {
             listing_id,
             expected_price,
         } => market::purchase(conn, &ctx, *listing_id, *expected_price).await,
-        Mutation::Claim { sale_id } => market::claim(conn, &ctx, *sale_id).await,
+        MarketChange::Claim { sale_id } => market::claim(conn, &ctx, *sale_id).await,
     };
     // A business refusal is decided before the operation writes anything, so
     // it is stored as the answer like a success. An infrastructure failure
@@ -337,20 +311,20 @@ mod tests {
 
     #[test]
     fn hash_tells_bodies_apart() {
-        let a = Mutation::Purchase {
+        let a = MarketChange::Purchase {
             listing_id: 1,
             expected_price: 100,
         };
-        let b = Mutation::Purchase {
+        let b = MarketChange::Purchase {
             listing_id: 1,
             expected_price: 101,
         };
-        let c = Mutation::Reprice {
+        let c = MarketChange::Reprice {
             listing_id: 1,
             price: 100,
         };
-        assert_eq!(a.request_hash(), a.clone().request_hash());
-        assert_ne!(a.request_hash(), b.request_hash());
-        assert_ne!(a.request_hash(), c.request_hash());
+        assert_eq!(request_hash(&a), request_hash(&a.clone()));
+        assert_ne!(request_hash(&a), request_hash(&b));
+        assert_ne!(request_hash(&a), request_hash(&c));
     }
 }

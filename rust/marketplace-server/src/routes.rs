@@ -1,6 +1,6 @@
 //! HTTP routes: small handlers over explicit state. Each handler validates
 //! its input, then either reads through the reader pool or hands a
-//! [`Mutation`] to [`idempotency::run`].
+//! [`MarketChange`] to [`idempotency::run`].
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -17,14 +17,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use marketplace_protocol::{
-    check_id, check_name, check_positive, CreateListingRequest, ListingPage, PurchaseRequest,
-    RepriceRequest, SalesPage, Session, SessionRequest, DEFAULT_PAGE_LIMIT, IDEMPOTENCY_HEADER,
-    MAX_BODY_BYTES, MAX_PAGE_LIMIT, REQUEST_ID_HEADER,
+    check_id, check_name, check_positive, CreateListingRequest, ListingPage, MarketChange,
+    PurchaseRequest, RepriceRequest, SalesPage, Session, SessionRequest, DEFAULT_PAGE_LIMIT,
+    IDEMPOTENCY_HEADER, MAX_BODY_BYTES, MAX_PAGE_LIMIT, REQUEST_ID_HEADER,
 };
 use serde::Deserialize;
 
 use crate::error::{Answer, AppError};
-use crate::idempotency::{self, Mutation, Outcome};
+use crate::idempotency::{self, Outcome};
 use crate::market::{listing_from_row, sale_from_row, LISTING_COLUMNS, SALE_COLUMNS};
 use crate::rate_limit::Caller;
 use crate::AppState;
@@ -348,7 +348,7 @@ async fn create_listing(
     check_id("item_id", &req.item_id).map_err(AppError::InvalidRequest)?;
     check_positive("quantity", req.quantity).map_err(AppError::InvalidRequest)?;
     check_positive("price", req.price).map_err(AppError::InvalidRequest)?;
-    let mutation = Mutation::CreateListing {
+    let mutation = MarketChange::CreateListing {
         item_id: req.item_id,
         quantity: req.quantity,
         price: req.price,
@@ -366,7 +366,7 @@ async fn reprice_listing(
     ApiJson(req): ApiJson<RepriceRequest>,
 ) -> Result<Response, AppError> {
     check_positive("price", req.price).map_err(AppError::InvalidRequest)?;
-    let mutation = Mutation::Reprice {
+    let mutation = MarketChange::Reprice {
         listing_id,
         price: req.price,
     };
@@ -386,7 +386,7 @@ async fn cancel_listing(
         player_id,
         key,
         request_id,
-        Mutation::Cancel { listing_id },
+        MarketChange::Cancel { listing_id },
     )
     .await?;
     Ok(mutation_response(&state, outcome))
@@ -401,7 +401,7 @@ async fn purchase(
     ApiJson(req): ApiJson<PurchaseRequest>,
 ) -> Result<Response, AppError> {
     check_positive("expected_price", req.expected_price).map_err(AppError::InvalidRequest)?;
-    let mutation = Mutation::Purchase {
+    let mutation = MarketChange::Purchase {
         listing_id,
         expected_price: req.expected_price,
     };
@@ -456,7 +456,7 @@ async fn claim(
         player_id,
         key,
         request_id,
-        Mutation::Claim { sale_id },
+        MarketChange::Claim { sale_id },
     )
     .await?;
     Ok(mutation_response(&state, outcome))

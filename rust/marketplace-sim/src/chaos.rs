@@ -160,7 +160,9 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         // The starting grant is on disk before anything can crash: what the
         // game never saved, a crash may take back, and the books below
         // count the grant as given.
-        p.store.flush(Duration::from_secs(10)).map_err(|e| e.to_string())?;
+        p.store
+            .flush(Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
         p.login().map_err(|e| e.to_string())?;
         players.push(p);
     }
