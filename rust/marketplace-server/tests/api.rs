@@ -396,36 +396,11 @@ async fn seller_operations(db: TestDb) {
     let seller = t.login("seller").await;
     let buyer = t.login("buyer").await;
     let listing = t.create_listing(&seller, "ore", 100).await;
-    let path = format!("/v1/listings/{listing}");
-    let r = t
-        .send(
-            Method::PATCH,
-            &path,
-            Some(&buyer.token),
-            Some(&key()),
-            Some(r#"{"price":1}"#.into()),
-        )
-        .await;
+    let r = t.reprice(&buyer, listing, 1).await;
     assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "forbidden"));
-    let r = t
-        .send(
-            Method::DELETE,
-            &path,
-            Some(&buyer.token),
-            Some(&key()),
-            None,
-        )
-        .await;
+    let r = t.cancel(&buyer, listing).await;
     assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "forbidden"));
-    let r = t
-        .send(
-            Method::PATCH,
-            &path,
-            Some(&seller.token),
-            Some(&key()),
-            Some(r#"{"price":120}"#.into()),
-        )
-        .await;
+    let r = t.reprice(&seller, listing, 120).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["listing"]["price"], 120);
     // The buyer saw the old price: refused with the new one.
@@ -437,36 +412,12 @@ async fn seller_operations(db: TestDb) {
     let r = t.purchase(&buyer, listing, 120, &key()).await;
     assert_eq!(r.status, StatusCode::OK);
     let sale = r.body["purchase"]["id"].as_i64().unwrap();
-    let r = t
-        .send(
-            Method::PATCH,
-            &path,
-            Some(&seller.token),
-            Some(&key()),
-            Some(r#"{"price":1}"#.into()),
-        )
-        .await;
+    let r = t.reprice(&seller, listing, 1).await;
     assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "already_sold"));
-    let r = t
-        .send(
-            Method::DELETE,
-            &path,
-            Some(&seller.token),
-            Some(&key()),
-            None,
-        )
-        .await;
+    let r = t.cancel(&seller, listing).await;
     assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "already_sold"));
     // Sales: the buyer cannot claim, the seller claims once.
-    let r = t
-        .send(
-            Method::GET,
-            "/v1/me/sales?claimed=false",
-            Some(&seller.token),
-            None,
-            None,
-        )
-        .await;
+    let r = t.get(&seller, "/v1/me/sales?claimed=false").await;
     assert_eq!(r.body["sales"].as_array().unwrap().len(), 1);
     assert_eq!(r.body["sales"][0]["price"], 120);
     let r = t.claim(&buyer, sale, &key()).await;
@@ -487,28 +438,12 @@ async fn seller_operations(db: TestDb) {
         (r.status, r.code()),
         (StatusCode::CONFLICT, "already_claimed")
     );
-    let r = t
-        .send(
-            Method::GET,
-            "/v1/me/sales?claimed=false",
-            Some(&seller.token),
-            None,
-            None,
-        )
-        .await;
+    let r = t.get(&seller, "/v1/me/sales?claimed=false").await;
     assert!(r.body["sales"].as_array().unwrap().is_empty());
     // Cancelling twice: the second is refused.
     let other = t.create_listing(&seller, "gem", 3).await;
-    let p = format!("/v1/listings/{other}");
-    assert_eq!(
-        t.send(Method::DELETE, &p, Some(&seller.token), Some(&key()), None)
-            .await
-            .status,
-        StatusCode::OK
-    );
-    let r = t
-        .send(Method::DELETE, &p, Some(&seller.token), Some(&key()), None)
-        .await;
+    assert_eq!(t.cancel(&seller, other).await.status, StatusCode::OK);
+    let r = t.cancel(&seller, other).await;
     assert_eq!(
         (r.status, r.code()),
         (StatusCode::CONFLICT, "listing_cancelled")

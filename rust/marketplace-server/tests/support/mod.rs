@@ -232,6 +232,33 @@ impl TestServer {
         .await
     }
 
+    pub async fn reprice(&self, who: &Player, listing: i64, price: i64) -> Reply {
+        self.send(
+            reqwest::Method::PATCH,
+            &format!("/v1/listings/{listing}"),
+            Some(&who.token),
+            Some(&key()),
+            Some(json!({ "price": price }).to_string()),
+        )
+        .await
+    }
+
+    pub async fn cancel(&self, who: &Player, listing: i64) -> Reply {
+        self.send(
+            reqwest::Method::DELETE,
+            &format!("/v1/listings/{listing}"),
+            Some(&who.token),
+            Some(&key()),
+            None,
+        )
+        .await
+    }
+
+    pub async fn get(&self, who: &Player, path: &str) -> Reply {
+        self.send(reqwest::Method::GET, path, Some(&who.token), None, None)
+            .await
+    }
+
     pub async fn claim(&self, seller: &Player, sale: i64, key: &str) -> Reply {
         self.send(
             reqwest::Method::POST,
