@@ -24,13 +24,7 @@ fn lost_response_then_retry_commits_exactly_once() {
     buyer.login();
     // The server commits the purchase; the answer never arrives, twice.
     world.proxy.fault("/purchase", Fault::LoseResponse, 2);
-    let store = &mut buyer.store;
-    let id = buyer
-        .session
-        .as_mut()
-        .unwrap()
-        .buy(store, listing, 150)
-        .unwrap();
+    let id = buyer.buy(listing, 150).unwrap();
     assert_eq!(
         (
             buyer.store.state().credits,
@@ -76,13 +70,7 @@ fn timeouts_resets_and_500s_never_release_a_hold() {
         .proxy
         .fault(&format!("/{}/purchase", listings[2]), Fault::Answer500, 4);
     for (listing, price) in listings.iter().zip([10, 20, 30]) {
-        let store = &mut buyer.store;
-        buyer
-            .session
-            .as_mut()
-            .unwrap()
-            .buy(store, *listing, price)
-            .unwrap();
+        buyer.buy(*listing, price).unwrap();
     }
     // While failures keep coming, every hold stays placed.
     let deadline = std::time::Instant::now() + Duration::from_millis(1200);
@@ -134,36 +122,18 @@ fn already_sold_always_releases_the_hold() {
     let mut second = Player::in_memory(&world, "second", 500);
     first.login();
     second.login();
-    let s = &mut first.store;
-    first
-        .session
-        .as_mut()
-        .unwrap()
-        .buy(s, listing, 100)
-        .unwrap();
+    first.buy(listing, 100).unwrap();
     first.settle(Duration::from_secs(10));
     // The second buyer's answer is lost once, then it is a definitive refusal.
     world.proxy.fault("/purchase", Fault::LoseResponse, 1);
-    let s = &mut second.store;
-    let id = second
-        .session
-        .as_mut()
-        .unwrap()
-        .buy(s, listing, 100)
-        .unwrap();
+    let id = second.buy(listing, 100).unwrap();
     assert!(second
         .session
         .as_ref()
         .unwrap()
         .is_purchase_pending(&second.store, listing));
     // A second buy of the same listing is refused locally while pending.
-    let s = &mut second.store;
-    let again = second
-        .session
-        .as_mut()
-        .unwrap()
-        .buy(s, listing, 100)
-        .unwrap_err();
+    let again = second.buy(listing, 100).unwrap_err();
     assert_eq!(again.code, ErrorCode::PurchaseInProgress);
     second.pump_until(Duration::from_secs(10), |e| {
         e.iter()
@@ -203,23 +173,11 @@ fn price_changed_releases_with_the_new_price() {
     let mut seller = Player::in_memory(&world, "seller", 0);
     seller.login();
     let listing = list_items(&world, &mut seller, &[100])[0];
-    let s = &mut seller.store;
-    seller
-        .session
-        .as_mut()
-        .unwrap()
-        .reprice_listing(s, listing, 120)
-        .unwrap();
+    seller.reprice(listing, 120).unwrap();
     seller.settle(Duration::from_secs(10));
     let mut buyer = Player::in_memory(&world, "buyer", 500);
     buyer.login();
-    let s = &mut buyer.store;
-    buyer
-        .session
-        .as_mut()
-        .unwrap()
-        .buy(s, listing, 100)
-        .unwrap();
+    buyer.buy(listing, 100).unwrap();
     buyer.settle(Duration::from_secs(10));
     let error = buyer
         .events
@@ -259,12 +217,7 @@ fn fifty_clients_ten_listings_conserve_credits() {
         .proxy
         .fault_randomly("/purchase", Fault::Answer500, 0.1);
     for (i, b) in buyers.iter_mut().enumerate() {
-        let s = &mut b.store;
-        b.session
-            .as_mut()
-            .unwrap()
-            .buy(s, listings[i % 10], prices[i % 10])
-            .unwrap();
+        b.buy(listings[i % 10], prices[i % 10]).unwrap();
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -334,13 +287,7 @@ fn hostile_answers_leave_the_hold_pending() {
     ] {
         world.proxy.fault("/purchase", Fault::Garbage(garbage), 1);
     }
-    let s = &mut buyer.store;
-    buyer
-        .session
-        .as_mut()
-        .unwrap()
-        .buy(s, listing, 100)
-        .unwrap();
+    buyer.buy(listing, 100).unwrap();
     buyer.pump_until(Duration::from_secs(20), |e| {
         e.iter()
             .any(|e| matches!(e, SessionEvent::PurchaseSucceeded { .. }))
@@ -367,8 +314,7 @@ fn server_restart_mid_purchase_settles_once() {
     let mut buyer = Player::in_memory(&world, "buyer", 100);
     buyer.login();
     world.proxy.fault("/purchase", Fault::LoseResponse, 1);
-    let s = &mut buyer.store;
-    buyer.session.as_mut().unwrap().buy(s, listing, 70).unwrap();
+    buyer.buy(listing, 70).unwrap();
     buyer.pump_until(Duration::from_secs(10), |e| {
         e.iter()
             .any(|e| matches!(e, SessionEvent::RequestRetrying { .. }))

@@ -27,13 +27,7 @@ fn crash_after_the_server_committed_settles_once_on_restart() {
     buyer.login();
     // The server commits; the answer is lost every time until the "crash".
     world.proxy.fault("/purchase", Fault::LoseResponse, 1_000);
-    let s = &mut buyer.store;
-    buyer
-        .session
-        .as_mut()
-        .unwrap()
-        .buy(s, listing, 250)
-        .unwrap();
+    buyer.buy(listing, 250).unwrap();
     buyer.pump_until(Duration::from_secs(10), |e| {
         e.iter()
             .any(|e| matches!(e, SessionEvent::RequestRetrying { .. }))
@@ -89,8 +83,7 @@ fn quitting_mid_trade_keeps_the_operation_for_next_time() {
     buyer.store.add_credits(100).unwrap();
     buyer.login();
     world.proxy.fault("/purchase", Fault::Stall, 1);
-    let s = &mut buyer.store;
-    buyer.session.as_mut().unwrap().buy(s, listing, 40).unwrap();
+    buyer.buy(listing, 40).unwrap();
     buyer.pump_until(Duration::from_secs(5), |_| true);
     std::thread::sleep(Duration::from_millis(100));
     let session = buyer.session.take().unwrap();
@@ -129,28 +122,16 @@ fn selling_cancelling_and_claiming_move_items_and_credits_once() {
     let mut seller = Player::in_memory(&world, "seller", 0);
     seller.login();
     seller.store.add_item("laser", 3).unwrap();
-    let s = &mut seller.store;
-    seller
-        .session
-        .as_mut()
-        .unwrap()
-        .create_listing(s, "laser", 2, 90)
-        .unwrap();
+    seller.sell("laser", 2, 90).unwrap();
     assert_eq!(
         seller.store.state().item_count("laser"),
         1,
         "escrowed at once"
     );
     assert_eq!(seller.store.state().escrowed_items("laser"), 2);
-    // A refused listing (price too high for i64 is caught locally; use an
-    // impossible item count instead): nothing escrowed.
-    let s = &mut seller.store;
-    assert!(seller
-        .session
-        .as_mut()
-        .unwrap()
-        .create_listing(s, "laser", 5, 10)
-        .is_err());
+    // Selling more than is owned is refused locally: nothing escrowed.
+    assert!(seller.sell("laser", 5, 10).is_err());
+    assert_eq!(seller.store.state().item_count("laser"), 1);
     seller.pump_until(Duration::from_secs(10), |e| {
         e.iter()
             .any(|e| matches!(e, SessionEvent::ListingCreated { .. }))
@@ -170,23 +151,11 @@ fn selling_cancelling_and_claiming_move_items_and_credits_once() {
     );
     // Cancel with a lost answer: the items come back exactly once.
     world.proxy.fault("/v1/listings/", Fault::LoseResponse, 1);
-    let s = &mut seller.store;
-    seller
-        .session
-        .as_mut()
-        .unwrap()
-        .cancel_listing(s, listing)
-        .unwrap();
+    seller.cancel(listing).unwrap();
     seller.settle(Duration::from_secs(10));
     assert_eq!(seller.store.state().item_count("laser"), 3);
     // Sell again, someone buys, the seller claims with a lost answer.
-    let s = &mut seller.store;
-    seller
-        .session
-        .as_mut()
-        .unwrap()
-        .create_listing(s, "laser", 1, 90)
-        .unwrap();
+    seller.sell("laser", 1, 90).unwrap();
     seller.events.clear();
     seller.pump_until(Duration::from_secs(10), |e| {
         e.iter()
@@ -202,11 +171,10 @@ fn selling_cancelling_and_claiming_move_items_and_credits_once() {
         .unwrap();
     let mut buyer = Player::in_memory(&world, "buyer", 100);
     buyer.login();
-    let s = &mut buyer.store;
-    buyer.session.as_mut().unwrap().buy(s, listing, 90).unwrap();
+    buyer.buy(listing, 90).unwrap();
     buyer.settle(Duration::from_secs(10));
     world.proxy.fault("/claim", Fault::LoseResponse, 1);
-    seller.session.as_mut().unwrap().claim_proceeds().unwrap();
+    seller.session().claim_proceeds().unwrap();
     seller.pump_until(Duration::from_secs(10), |e| {
         e.iter()
             .any(|e| matches!(e, SessionEvent::ProceedsClaimed { amount: 90, .. }))
@@ -215,7 +183,7 @@ fn selling_cancelling_and_claiming_move_items_and_credits_once() {
     assert_eq!(seller.store.state().credits, 90, "paid once");
     // Nothing left to claim: the answer says so.
     seller.events.clear();
-    seller.session.as_mut().unwrap().claim_proceeds().unwrap();
+    seller.session().claim_proceeds().unwrap();
     seller.pump_until(Duration::from_secs(10), |e| {
         e.iter()
             .any(|e| matches!(e, SessionEvent::ProceedsClaimed { amount: 0, .. }))

@@ -8,7 +8,9 @@ pub use fault_proxy as proxy;
 use std::time::{Duration, Instant};
 
 use marketplace_client::client::ClientConfig;
-use marketplace_client::{PlayerState, PlayerStore, SessionEvent, StoreOptions, TradingSession};
+use marketplace_client::{
+    ClientError, PlayerState, PlayerStore, RequestId, SessionEvent, StoreOptions, TradingSession,
+};
 use marketplace_server::{Config, RunningServer};
 use proxy::Proxy;
 
@@ -124,6 +126,36 @@ impl Player {
         self.session.as_mut().expect("session running")
     }
 
+    pub fn buy(&mut self, listing: i64, price: i64) -> Result<RequestId, ClientError> {
+        let session = self.session.as_mut().expect("session running");
+        session.buy(&mut self.store, listing, price)
+    }
+
+    pub fn sell(
+        &mut self,
+        item: &str,
+        quantity: i64,
+        price: i64,
+    ) -> Result<RequestId, ClientError> {
+        let session = self.session.as_mut().expect("session running");
+        session.create_listing(&mut self.store, item, quantity, price)
+    }
+
+    pub fn reprice(&mut self, listing: i64, price: i64) -> Result<RequestId, ClientError> {
+        let session = self.session.as_mut().expect("session running");
+        session.reprice_listing(&mut self.store, listing, price)
+    }
+
+    pub fn cancel(&mut self, listing: i64) -> Result<RequestId, ClientError> {
+        let session = self.session.as_mut().expect("session running");
+        session.cancel_listing(&mut self.store, listing)
+    }
+
+    /// The first event `f` picks out (panics if none).
+    pub fn find<T>(&self, f: impl FnMut(&SessionEvent) -> Option<T>) -> T {
+        self.events.iter().find_map(f).expect("the expected event")
+    }
+
     /// One frame.
     pub fn frame(&mut self) {
         if let Some(session) = self.session.as_mut() {
@@ -189,12 +221,8 @@ pub fn list_items(world: &World, seller: &mut Player, prices: &[i64]) -> Vec<i64
             .expect("add item");
     }
     for (i, price) in prices.iter().enumerate() {
-        let store = &mut seller.store;
         seller
-            .session
-            .as_mut()
-            .expect("session")
-            .create_listing(store, &format!("item-{i}"), 1, *price)
+            .sell(&format!("item-{i}"), 1, *price)
             .expect("listing submitted");
     }
     let _ = world;
