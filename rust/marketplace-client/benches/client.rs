@@ -205,7 +205,11 @@ fn main() {
     let started = Instant::now();
     let frames = 1_000_000;
     for _ in 0..frames {
-        session.poll(&mut store, 256, &mut events);
+        session.poll(
+            &mut store,
+            marketplace_client::session::DEFAULT_EVENTS_PER_POLL,
+            &mut events,
+        );
     }
     println!(
         "TradingSession::poll, idle frame:      {:>8.1} ns",

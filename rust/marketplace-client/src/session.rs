@@ -135,6 +135,17 @@ pub struct TradingSession {
 /// Client events handled per `poll` by default: bounds one frame's work.
 pub const DEFAULT_EVENTS_PER_POLL: usize = 256;
 
+/// The newest generation whose requests may be sent and whose events may be
+/// reported: what is on disk — or everything while saves fail, since the
+/// game has been told (`SaveFailed`) and trading should not freeze.
+fn go_ahead_up_to(store: &PlayerStore) -> u64 {
+    if store.is_failing() {
+        u64::MAX
+    } else {
+        store.durable_generation()
+    }
+}
+
 impl TradingSession {
     /// Starts the client and re-sends every operation left in the journal
     /// (with its original key), so a trade interrupted by a crash settles.
@@ -376,11 +387,7 @@ impl TradingSession {
         self.scratch = events;
         // Settlements are saved at the next poll; report what is durable.
         store.poll();
-        let durable = if store.is_failing() {
-            u64::MAX
-        } else {
-            store.durable_generation()
-        };
+        let durable = go_ahead_up_to(store);
         while self.deferred.front().is_some_and(|(g, _)| *g <= durable) {
             if let Some((_, e)) = self.deferred.pop_front() {
                 out.push(e);
@@ -394,11 +401,7 @@ impl TradingSession {
     }
 
     fn send_durable(&mut self, store: &PlayerStore) {
-        let durable = if store.is_failing() {
-            u64::MAX
-        } else {
-            store.durable_generation()
-        };
+        let durable = go_ahead_up_to(store);
         while self.unsent.front().is_some_and(|u| u.generation <= durable) {
             let Some(u) = self.unsent.pop_front() else {
                 break;

@@ -347,9 +347,9 @@ impl TradingMarketplace {
                 "LocalPlayerData could not load its save file",
             )
         })?;
-        if self.session.is_some() && self.session_config.as_ref() != Some(&config) {
-            // A property changed (say `server_url`, set by a parent's
-            // `_ready` after ours): start over with the new settings. Safe at
+        if self.session.is_none() || self.session_config.as_ref() != Some(&config) {
+            // First use, or a property changed (say `server_url`, set by a
+            // parent's `_ready` after ours): start with these settings. Safe at
             // any moment: the journal re-sends whatever was in flight, with
             // the same keys. A logged-in session logs in again by itself.
             let was_logged_in = self
@@ -361,10 +361,6 @@ impl TradingMarketplace {
                 session.login(store)?;
             }
             self.session = Some(session);
-            self.session_config = Some(config.clone());
-        }
-        if self.session.is_none() {
-            self.session = Some(TradingSession::new(config.clone(), store)?);
             self.session_config = Some(config);
         }
         match self.session.as_mut() {

@@ -143,7 +143,11 @@ impl SimPlayer {
     /// One frame; returns the new events (also kept in `events`).
     pub fn frame(&mut self) -> &[SessionEvent] {
         let start = self.events.len();
-        self.session.poll(&mut self.store, 256, &mut self.events);
+        self.session.poll(
+            &mut self.store,
+            marketplace_client::session::DEFAULT_EVENTS_PER_POLL,
+            &mut self.events,
+        );
         &self.events[start..]
     }
 

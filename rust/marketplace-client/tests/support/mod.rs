@@ -159,7 +159,11 @@ impl Player {
     /// One frame.
     pub fn frame(&mut self) {
         if let Some(session) = self.session.as_mut() {
-            session.poll(&mut self.store, 256, &mut self.events);
+            session.poll(
+                &mut self.store,
+                marketplace_client::session::DEFAULT_EVENTS_PER_POLL,
+                &mut self.events,
+            );
         }
     }
 
