@@ -9,6 +9,19 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use marketplace_protocol::{ErrorBody, ErrorCode, ErrorEnvelope, MAX_BODY_BYTES};
 
+/// What a failure means for the request's `Idempotency-Key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The server decided; the refusal is stored as the key's answer and a
+    /// replay gets it again. The client may release its hold (definitive).
+    Refusal,
+    /// Nothing was decided and nothing written; the client retries.
+    Retry,
+    /// The database or the server failed: the transaction rolls back, key
+    /// included, and the client's retry runs the request anew.
+    Infrastructure,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{0}")]
@@ -71,24 +84,37 @@ impl AppError {
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
+    /// How the idempotency layer treats this failure. One exhaustive match,
+    /// so a new variant cannot be added without deciding.
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            AppError::InvalidRequest(_)
+            | AppError::Forbidden(_)
+            | AppError::OwnListing
+            | AppError::NotFound(_)
+            | AppError::AlreadySold
+            | AppError::PriceChanged { .. }
+            | AppError::ListingCancelled
+            | AppError::AlreadyClaimed
+            | AppError::IdempotencyKeyReused
+            | AppError::PayloadTooLarge => Disposition::Refusal,
+            AppError::Unauthorized | AppError::RequestInProgress | AppError::RateLimited { .. } => {
+                Disposition::Retry
+            }
+            AppError::Unavailable | AppError::Internal(_) => Disposition::Infrastructure,
+        }
+    }
+
     /// True for outcomes the server decided and will decide the same way again:
-    /// these are stored as the idempotent answer. Infrastructure failures are
-    /// not, so a retry runs the request afresh.
+    /// these are stored as the idempotent answer.
     pub fn is_business_outcome(&self) -> bool {
-        !matches!(
-            self,
-            AppError::Internal(_)
-                | AppError::Unavailable
-                | AppError::RateLimited { .. }
-                | AppError::RequestInProgress
-                | AppError::Unauthorized
-        )
+        self.disposition() == Disposition::Refusal
     }
 
     /// True for failures of the database or the server itself: the
     /// transaction they happened in must be rolled back.
     pub fn is_infrastructure(&self) -> bool {
-        matches!(self, AppError::Internal(_) | AppError::Unavailable)
+        self.disposition() == Disposition::Infrastructure
     }
 
     /// The JSON error envelope.
@@ -176,5 +202,75 @@ impl IntoResponse for Answer {
             self.body,
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of every variant. The match makes this list fail to compile when a
+    /// variant is added without being added here.
+    fn every_variant() -> Vec<AppError> {
+        let all = vec![
+            AppError::InvalidRequest("x".into()),
+            AppError::Unauthorized,
+            AppError::Forbidden("x"),
+            AppError::OwnListing,
+            AppError::NotFound("Listing"),
+            AppError::AlreadySold,
+            AppError::PriceChanged { current_price: 5 },
+            AppError::ListingCancelled,
+            AppError::AlreadyClaimed,
+            AppError::IdempotencyKeyReused,
+            AppError::RequestInProgress,
+            AppError::PayloadTooLarge,
+            AppError::RateLimited {
+                retry_after_secs: 1,
+            },
+            AppError::Unavailable,
+            AppError::Internal("x".into()),
+        ];
+        for e in &all {
+            match e {
+                AppError::InvalidRequest(_)
+                | AppError::Unauthorized
+                | AppError::Forbidden(_)
+                | AppError::OwnListing
+                | AppError::NotFound(_)
+                | AppError::AlreadySold
+                | AppError::PriceChanged { .. }
+                | AppError::ListingCancelled
+                | AppError::AlreadyClaimed
+                | AppError::IdempotencyKeyReused
+                | AppError::RequestInProgress
+                | AppError::PayloadTooLarge
+                | AppError::RateLimited { .. }
+                | AppError::Unavailable
+                | AppError::Internal(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_variant_is_classified_the_way_clients_read_it() {
+        for e in every_variant() {
+            let code = e.code();
+            let status = e.status().as_u16();
+            assert_eq!(code.http_status(), Some(status), "{e:?}");
+            // What the server stores as a decision is exactly what the
+            // client may settle a hold on (invariant I4).
+            assert_eq!(
+                e.disposition() == Disposition::Refusal,
+                code.is_definitive(),
+                "{e:?}"
+            );
+            if e.disposition() == Disposition::Infrastructure {
+                assert!(status >= 500, "{e:?}");
+            }
+            let body: ErrorEnvelope = serde_json::from_str(&e.body()).expect("envelope");
+            assert_eq!(body.error.code, code.as_str());
+        }
     }
 }

@@ -17,6 +17,10 @@
 //! The operation runs in a task of its own (or in the SQLite writer, see
 //! [`GroupCommit`]), so a client that hangs up mid-request cannot cancel a
 //! transaction half-way; its retry finds the stored answer.
+//!
+//! Stored answers are pruned after the retention period; the operation is
+//! still recognised after that, from its key in the domain rows
+//! ([`market::recall`]): exactly once has no expiry.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -83,6 +87,8 @@ pub struct Job {
     key: String,
     request_id: String,
     mutation: MarketChange,
+    /// The server clock when the request arrived: the time the change is recorded at.
+    now: i64,
 }
 
 /// Runs `mutation` for `player_id` exactly once per `key`.
@@ -99,6 +105,7 @@ pub async fn run(
         key,
         request_id,
         mutation,
+        now: state.0.clock.now(),
     };
     let result = match &state.0.group_commit {
         Some(writer) => writer.submit(job).await,
@@ -117,7 +124,7 @@ pub async fn run(
 /// ordered by row locks).
 async fn run_alone(db: &crate::Db, job: &Job) -> Result<Outcome, AppError> {
     let mut tx = db.begin_write().await?;
-    let outcome = execute_in(&mut tx, job, crate::now_secs()).await?;
+    let outcome = execute_in(&mut tx, job).await?;
     tx.commit().await?;
     Ok(outcome)
 }
@@ -127,33 +134,43 @@ async fn run_alone(db: &crate::Db, job: &Job) -> Result<Outcome, AppError> {
 /// - `Ok` with the answer to send (new or replayed);
 /// - `Err` of a refusal that wrote nothing (`idempotency_key_reused`);
 /// - `Err` of an infrastructure failure: the caller must roll back.
-async fn execute_in(
-    conn: &mut sqlx::AnyConnection,
-    job: &Job,
-    now: i64,
-) -> Result<Outcome, AppError> {
+async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome, AppError> {
     let hash = request_hash(&job.mutation);
-    let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (player_id, idem_key, request_hash, status_code, response_body, created_at) \
-         VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (player_id, idem_key) DO NOTHING",
-    )
-    .bind(job.player_id)
-    .bind(&job.key)
-    .bind(&hash)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if !claimed {
-        let (stored_hash, status, body): (String, i64, String) = sqlx::query_as(
+    // Claim the key. If another request holds it, replay its stored answer —
+    // unless the pruner deleted it between our insert and our read, in which
+    // case the key is free again and the next round claims it.
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (player_id, idem_key, request_hash, status_code, response_body, created_at) \
+             VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (player_id, idem_key) DO NOTHING",
+        )
+        .bind(job.player_id)
+        .bind(&job.key)
+        .bind(&hash)
+        .bind(job.now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+            == 1;
+        if claimed {
+            break;
+        }
+        let stored: Option<(String, i64, String)> = sqlx::query_as(
             "SELECT request_hash, status_code, response_body FROM idempotency_keys \
              WHERE player_id = $1 AND idem_key = $2",
         )
         .bind(job.player_id)
         .bind(&job.key)
-        .fetch_one(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await?;
+        let Some((stored_hash, status, body)) = stored else {
+            if rounds < 3 {
+                continue;
+            }
+            return Err(AppError::Unavailable);
+        };
         if stored_hash != hash {
             return Err(AppError::IdempotencyKeyReused);
         }
@@ -172,25 +189,14 @@ async fn execute_in(
         player_id: job.player_id,
         request_id: &job.request_id,
         idem_key: &job.key,
-        now,
+        now: job.now,
     };
-    let result = match &job.mutation {
-        MarketChange::CreateListing {
-            item_id,
-            quantity,
-            price,
-        } => market::create_listing(conn, &ctx, item_id, *quantity, *price).await,
-        MarketChange::Reprice { listing_id, price } => {
-            market::reprice_listing(conn, &ctx, *listing_id, *price).await
-        }
-        MarketChange::Cancel { listing_id } => {
-            market::cancel_listing(conn, &ctx, *listing_id).await
-        }
-        MarketChange::Purchase {
-            listing_id,
-            expected_price,
-        } => market::purchase(conn, &ctx, *listing_id, *expected_price).await,
-        MarketChange::Claim { sale_id } => market::claim(conn, &ctx, *sale_id).await,
+    // The stored answer may have been pruned: the domain rows still know
+    // whether this key already changed something.
+    let (result, replayed) = match market::recall(conn, &ctx, &job.mutation).await {
+        Ok(Some(answer)) => (Ok(answer), true),
+        Ok(None) => (apply(conn, &ctx, &job.mutation).await, false),
+        Err(e) => (Err(e), false),
     };
     // A business refusal is decided before the operation writes anything, so
     // it is stored as the answer like a success. An infrastructure failure
@@ -214,8 +220,32 @@ async fn execute_in(
     Ok(Outcome {
         answer,
         code,
-        replayed: false,
+        replayed,
     })
+}
+
+/// Runs one change of the market.
+async fn apply(
+    conn: &mut sqlx::AnyConnection,
+    ctx: &OpContext<'_>,
+    change: &MarketChange,
+) -> Result<Answer, AppError> {
+    match change {
+        MarketChange::CreateListing {
+            item_id,
+            quantity,
+            price,
+        } => market::create_listing(conn, ctx, item_id, *quantity, *price).await,
+        MarketChange::Reprice { listing_id, price } => {
+            market::reprice_listing(conn, ctx, *listing_id, *price).await
+        }
+        MarketChange::Cancel { listing_id } => market::cancel_listing(conn, ctx, *listing_id).await,
+        MarketChange::Purchase {
+            listing_id,
+            expected_price,
+        } => market::purchase(conn, ctx, *listing_id, *expected_price).await,
+        MarketChange::Claim { sale_id } => market::claim(conn, ctx, *sale_id).await,
+    }
 }
 
 /// Group commit for SQLite's single writer.
@@ -283,11 +313,10 @@ async fn commit_batch(
     db: &crate::Db,
     jobs: &[&Job],
 ) -> Result<Vec<Result<Outcome, AppError>>, AppError> {
-    let now = crate::now_secs();
     let mut tx = db.begin_write().await?;
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
-        match execute_in(&mut tx, job, now).await {
+        match execute_in(&mut tx, job).await {
             Err(e) if e.is_infrastructure() => return Err(e),
             other => results.push(other),
         }

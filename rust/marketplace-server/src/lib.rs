@@ -51,6 +51,7 @@ pub struct AppState(pub(crate) Arc<Inner>);
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
+    pub(crate) clock: Arc<Clock>,
     pub(crate) db: Db,
     pub(crate) signer: auth::TokenSigner,
     pub(crate) limiter: rate_limit::RateLimiter,
@@ -74,12 +75,33 @@ pub enum StartError {
     },
 }
 
-/// Unix time in seconds.
+/// Unix time in seconds, by the system clock.
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// The server's "now", in Unix seconds: the system clock plus an offset that
+/// only tests move (to show what a replay looks like after the idempotency
+/// retention has passed). Every timestamp the server writes or compares —
+/// rows, token expiry, pruning — comes from here.
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset_secs: std::sync::atomic::AtomicI64,
+}
+
+impl Clock {
+    pub fn now(&self) -> i64 {
+        now_secs().saturating_add(self.offset_secs.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Moves this server's clock forward (tests only).
+    pub fn advance(&self, secs: i64) {
+        self.offset_secs
+            .fetch_add(secs, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// 16 random hex characters, for request ids.
@@ -109,6 +131,7 @@ impl BoundServer {
                 addr: config.listen,
                 source,
             })?;
+        let clock = Arc::new(Clock::default());
         let state = AppState(Arc::new(Inner {
             limiter: rate_limit::RateLimiter::new(
                 config.rate_limit_per_sec,
@@ -119,6 +142,7 @@ impl BoundServer {
             in_flight: idempotency::InFlight::default(),
             group_commit: (db.backend() == Backend::Sqlite)
                 .then(|| idempotency::GroupCommit::start(db.clone())),
+            clock,
             db,
             config,
         }));
@@ -182,7 +206,7 @@ impl BoundServer {
 async fn prune_idempotency_keys(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let retention = state.0.config.idempotency_retention().as_secs() as i64;
     loop {
-        let cutoff = now_secs() - retention;
+        let cutoff = state.0.clock.now() - retention;
         match state.0.db.prune_idempotency_keys(cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "pruned expired idempotency keys"),
@@ -199,6 +223,7 @@ async fn prune_idempotency_keys(state: AppState, mut stop: tokio::sync::watch::R
 /// without waiting; [`RunningServer::shutdown`] waits for a clean stop.
 pub struct RunningServer {
     addr: SocketAddr,
+    state: AppState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -210,6 +235,19 @@ impl RunningServer {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// This server's clock (tests move it forward).
+    pub fn clock(&self) -> &Clock {
+        &self.state.0.clock
+    }
+
+    /// Deletes the stored answers older than the retention now, as the hourly
+    /// pruner would; returns how many went.
+    pub async fn prune_now(&self) -> Result<u64, sqlx::Error> {
+        let retention = self.state.0.config.idempotency_retention().as_secs() as i64;
+        let cutoff = self.state.0.clock.now() - retention;
+        self.state.0.db.prune_idempotency_keys(cutoff).await
     }
 
     /// Graceful stop: in-flight requests finish, the database closes.
@@ -235,12 +273,14 @@ impl Drop for RunningServer {
 pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     let bound = BoundServer::bind(config).await?;
     let addr = bound.local_addr();
+    let state = bound.state.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(bound.serve(async move {
         let _ = stop_rx.await;
     }));
     Ok(RunningServer {
         addr,
+        state,
         stop: Some(stop_tx),
         task: Some(task),
     })

@@ -7,10 +7,22 @@
 //! row read again, to tell the caller *why*. No code path reads a row, decides
 //! in Rust, and writes it back — that read-modify-write is the double sale of
 //! the old backend (invariant I1).
+//!
+//! # Exactly once, forever
+//! Each change writes its `Idempotency-Key` into the row it creates or
+//! changes (`listings.create_key`, `listings.cancel_key`,
+//! `listing_reprices.idem_key`, `purchases.buy_key`, `purchases.claim_key`),
+//! under a unique index per requester. The stored answers of
+//! [`crate::idempotency`] are pruned after the retention period; these rows
+//! are not. [`recall`] finds the change a key already made and rebuilds its
+//! answer from those rows, so a replay after any delay gets the outcome the
+//! first request had — never a fresh, different one. A key whose request was
+//! *refused* is not recalled: a refusal changed nothing, so running it again
+//! can only produce a consistent answer.
 
 use axum::http::StatusCode;
 use marketplace_protocol::{
-    Claim, Listing, ListingEnvelope, ListingStatus, Purchase, PurchaseEnvelope, Sale,
+    Claim, Listing, ListingEnvelope, ListingStatus, MarketChange, Purchase, PurchaseEnvelope, Sale,
 };
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -124,8 +136,8 @@ pub async fn create_listing(
     price: i64,
 ) -> Result<Answer, AppError> {
     let sql = format!(
-        "INSERT INTO listings (seller_id, item_id, quantity, price, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, 'active', $5, $5) RETURNING {LISTING_COLUMNS}"
+        "INSERT INTO listings (seller_id, item_id, quantity, price, status, created_at, updated_at, create_key, listed_price) \
+         VALUES ($1, $2, $3, $4, 'active', $5, $5, $6, $4) RETURNING {LISTING_COLUMNS}"
     );
     let row = sqlx::query(&sql)
         .bind(ctx.player_id)
@@ -133,6 +145,7 @@ pub async fn create_listing(
         .bind(quantity)
         .bind(price)
         .bind(ctx.now)
+        .bind(ctx.idem_key)
         .fetch_one(&mut *conn)
         .await?;
     let listing = listing_from_row(&row)?;
@@ -156,7 +169,7 @@ async fn change_own_listing(
 ) -> Result<Listing, AppError> {
     let set = match change {
         SellerChange::Reprice(_) => "price = $4",
-        SellerChange::Cancel => "status = 'cancelled'",
+        SellerChange::Cancel => "status = 'cancelled', cancel_key = $4",
     };
     let sql = format!(
         "UPDATE listings SET {set}, updated_at = $1 \
@@ -166,9 +179,10 @@ async fn change_own_listing(
         .bind(ctx.now)
         .bind(listing_id)
         .bind(ctx.player_id);
-    if let SellerChange::Reprice(price) = change {
-        query = query.bind(price);
-    }
+    query = match change {
+        SellerChange::Reprice(price) => query.bind(price),
+        SellerChange::Cancel => query.bind(ctx.idem_key),
+    };
     match query.fetch_optional(&mut *conn).await? {
         Some(row) => Ok(listing_from_row(&row)?),
         None => Err(seller_refusal(
@@ -185,6 +199,16 @@ pub async fn reprice_listing(
     price: i64,
 ) -> Result<Answer, AppError> {
     let listing = change_own_listing(conn, ctx, listing_id, SellerChange::Reprice(price)).await?;
+    sqlx::query(
+        "INSERT INTO listing_reprices (listing_id, seller_id, idem_key, price, at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(listing_id)
+    .bind(ctx.player_id)
+    .bind(ctx.idem_key)
+    .bind(price)
+    .bind(ctx.now)
+    .execute(&mut *conn)
+    .await?;
     ledger(conn, ctx, "reprice", Some(listing_id), None, Some(price)).await?;
     Answer::json(StatusCode::OK, &ListingEnvelope { listing })
 }
@@ -239,8 +263,8 @@ pub async fn purchase(
     let quantity: i64 = row.try_get("quantity")?;
     let price: i64 = row.try_get("price")?;
     let (purchase_id,): (i64,) = sqlx::query_as(
-        "INSERT INTO purchases (listing_id, buyer_id, seller_id, item_id, quantity, price, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        "INSERT INTO purchases (listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, buy_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
     .bind(listing_id)
     .bind(ctx.player_id)
@@ -249,6 +273,7 @@ pub async fn purchase(
     .bind(quantity)
     .bind(price)
     .bind(ctx.now)
+    .bind(ctx.idem_key)
     .fetch_one(&mut *conn)
     .await?;
     ledger(
@@ -281,12 +306,13 @@ pub async fn claim(
     sale_id: i64,
 ) -> Result<Answer, AppError> {
     let row = sqlx::query(
-        "UPDATE purchases SET claimed_at = $1 \
+        "UPDATE purchases SET claimed_at = $1, claim_key = $4 \
          WHERE id = $2 AND seller_id = $3 AND claimed_at IS NULL RETURNING listing_id, price",
     )
     .bind(ctx.now)
     .bind(sale_id)
     .bind(ctx.player_id)
+    .bind(ctx.idem_key)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
@@ -314,4 +340,152 @@ pub async fn claim(
     )
     .await?;
     Answer::json(StatusCode::OK, &Claim { sale_id, amount })
+}
+
+/// The change `ctx.idem_key` already made for `ctx.player_id`, if any, with
+/// the answer it had: found in the domain rows, not in the (prunable) answer
+/// store. `Err(IdempotencyKeyReused)` when the key made a different change.
+///
+/// The rebuilt answer is the first one semantically: the same status, the
+/// same object as it was right after the change (a listing that was repriced
+/// or sold since is shown as the change left it).
+pub async fn recall(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    change: &MarketChange,
+) -> Result<Option<Answer>, AppError> {
+    let mismatch = || Err(AppError::IdempotencyKeyReused);
+    match change {
+        MarketChange::CreateListing {
+            item_id,
+            quantity,
+            price,
+        } => {
+            let sql = format!(
+                "SELECT {LISTING_COLUMNS}, listed_price FROM listings WHERE seller_id = $1 AND create_key = $2"
+            );
+            let Some(row) = keyed_row(conn, &sql, ctx).await? else {
+                return Ok(None);
+            };
+            let mut listing = listing_from_row(&row)?;
+            listing.price = row
+                .try_get::<Option<i64>, _>("listed_price")?
+                .unwrap_or(listing.price);
+            listing.status = ListingStatus::Active;
+            listing.updated_at = listing.created_at;
+            if &listing.item_id != item_id
+                || listing.quantity != *quantity
+                || listing.price != *price
+            {
+                return mismatch();
+            }
+            Answer::json(StatusCode::CREATED, &ListingEnvelope { listing }).map(Some)
+        }
+        MarketChange::Reprice { listing_id, price } => {
+            let Some(row) = keyed_row(
+                conn,
+                "SELECT listing_id, price, at FROM listing_reprices WHERE seller_id = $1 AND idem_key = $2",
+                ctx,
+            )
+            .await?
+            else {
+                return Ok(None);
+            };
+            let (id, new_price, at): (i64, i64, i64) = (
+                row.try_get("listing_id")?,
+                row.try_get("price")?,
+                row.try_get("at")?,
+            );
+            if id != *listing_id || new_price != *price {
+                return mismatch();
+            }
+            let Some(mut listing) = fetch_listing(conn, id).await? else {
+                return Err(AppError::Internal(format!(
+                    "reprice of missing listing {id}"
+                )));
+            };
+            listing.price = new_price;
+            listing.status = ListingStatus::Active;
+            listing.updated_at = at;
+            Answer::json(StatusCode::OK, &ListingEnvelope { listing }).map(Some)
+        }
+        MarketChange::Cancel { listing_id } => {
+            let sql = format!(
+                "SELECT {LISTING_COLUMNS} FROM listings WHERE seller_id = $1 AND cancel_key = $2"
+            );
+            let Some(row) = keyed_row(conn, &sql, ctx).await? else {
+                return Ok(None);
+            };
+            let listing = listing_from_row(&row)?;
+            if listing.id != *listing_id {
+                return mismatch();
+            }
+            Answer::json(StatusCode::OK, &ListingEnvelope { listing }).map(Some)
+        }
+        MarketChange::Purchase {
+            listing_id,
+            expected_price,
+        } => {
+            let Some(row) = keyed_row(
+                conn,
+                "SELECT id, listing_id, buyer_id, seller_id, item_id, quantity, price, created_at \
+                 FROM purchases WHERE buyer_id = $1 AND buy_key = $2",
+                ctx,
+            )
+            .await?
+            else {
+                return Ok(None);
+            };
+            let purchase = Purchase {
+                id: row.try_get("id")?,
+                listing_id: row.try_get("listing_id")?,
+                buyer_id: row.try_get("buyer_id")?,
+                seller_id: row.try_get("seller_id")?,
+                item_id: row.try_get("item_id")?,
+                quantity: row.try_get("quantity")?,
+                price: row.try_get("price")?,
+                created_at: row.try_get("created_at")?,
+            };
+            if purchase.listing_id != *listing_id || purchase.price != *expected_price {
+                return mismatch();
+            }
+            Answer::json(StatusCode::OK, &PurchaseEnvelope { purchase }).map(Some)
+        }
+        MarketChange::Claim { sale_id } => {
+            let Some(row) = keyed_row(
+                conn,
+                "SELECT id, price FROM purchases WHERE seller_id = $1 AND claim_key = $2",
+                ctx,
+            )
+            .await?
+            else {
+                return Ok(None);
+            };
+            let (id, amount): (i64, i64) = (row.try_get("id")?, row.try_get("price")?);
+            if id != *sale_id {
+                return mismatch();
+            }
+            Answer::json(
+                StatusCode::OK,
+                &Claim {
+                    sale_id: id,
+                    amount,
+                },
+            )
+            .map(Some)
+        }
+    }
+}
+
+/// The row `sql` finds for `($1, $2) = (player, key)`.
+async fn keyed_row(
+    conn: &mut AnyConnection,
+    sql: &str,
+    ctx: &OpContext<'_>,
+) -> Result<Option<AnyRow>, sqlx::Error> {
+    sqlx::query(sql)
+        .bind(ctx.player_id)
+        .bind(ctx.idem_key)
+        .fetch_optional(conn)
+        .await
 }

@@ -106,7 +106,7 @@ impl FromRequestParts<AppState> for AuthPlayer {
         let player_id = state
             .0
             .signer
-            .verify(token.trim(), crate::now_secs())
+            .verify(token.trim(), state.0.clock.now())
             .ok_or(AppError::Unauthorized)?;
         state
             .0
@@ -208,7 +208,7 @@ async fn create_session(
         .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
     check_id("device_id", &req.device_id).map_err(AppError::InvalidRequest)?;
     check_name(&req.name).map_err(AppError::InvalidRequest)?;
-    let now = crate::now_secs();
+    let now = state.0.clock.now();
     let mut tx = state.0.db.begin_write().await?;
     let (player_id,): (i64,) = sqlx::query_as(
         "INSERT INTO players (device_id, name, created_at) VALUES ($1, $2, $3) \

@@ -47,12 +47,20 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sqlite: include_str!("migrations/0001_initial.sqlite.sql"),
-    postgres: include_str!("migrations/0001_initial.postgres.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sqlite: include_str!("migrations/0001_initial.sqlite.sql"),
+        postgres: include_str!("migrations/0001_initial.postgres.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "keys_in_domain_rows",
+        sqlite: include_str!("migrations/0002_keys_in_domain_rows.sqlite.sql"),
+        postgres: include_str!("migrations/0002_keys_in_domain_rows.postgres.sql"),
+    },
+];
 
 /// Arbitrary constant: the PostgreSQL advisory lock that serialises migrations
 /// when several replicas start at once.
