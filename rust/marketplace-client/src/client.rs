@@ -20,7 +20,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,44 @@ impl Default for ClientConfig {
             drop_grace: Duration::from_secs(2),
         }
     }
+}
+
+impl ClientConfig {
+    /// The settings with every number made usable: NaN, infinite, negative
+    /// or absurd values are replaced by the nearest sane one (a setting typed
+    /// into an inspector must never stop the client). Refuses only a
+    /// `server_url` that is not http(s).
+    pub fn checked(mut self) -> Result<ClientConfig, ClientError> {
+        let url = self.server_url.trim().trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
+            return Err(ClientError::new(
+                ErrorCode::InvalidArgument,
+                "server_url must start with http:// or https://",
+            ));
+        }
+        self.server_url = url.to_string();
+        self.max_concurrent_requests = self.max_concurrent_requests.clamp(1, 1024);
+        let clamp = |d: Duration, lo: Duration, hi: Duration| d.clamp(lo, hi);
+        self.request_timeout = clamp(self.request_timeout, Duration::from_millis(100), Duration::from_secs(600));
+        self.retry_base_delay = clamp(self.retry_base_delay, Duration::from_millis(1), Duration::from_secs(60));
+        self.retry_max_delay = clamp(self.retry_max_delay, self.retry_base_delay, Duration::from_secs(3600));
+        self.drop_grace = clamp(self.drop_grace, Duration::ZERO, Duration::from_secs(30));
+        if !self.max_requests_per_second.is_finite() || self.max_requests_per_second < 0.0 {
+            self.max_requests_per_second = 0.0;
+        }
+        self.read_attempts = self.read_attempts.max(1);
+        self.max_response_bytes = self.max_response_bytes.max(1024);
+        Ok(self)
+    }
+}
+
+/// Seconds from a setting that may be NaN, infinite or negative, clamped to
+/// `lo..=hi` (NaN → `default`).
+pub fn duration_from_secs(secs: f64, default: Duration, lo: f64, hi: f64) -> Duration {
+    if secs.is_nan() {
+        return default;
+    }
+    Duration::from_secs_f64(secs.clamp(lo, hi))
 }
 
 /// Identifies one submitted command in the events it produces.
@@ -165,9 +203,12 @@ struct Envelope {
 
 /// State shared by the handle and the runtime.
 struct Shared {
-    config: ClientConfig,
+    /// The settings in force; [`MarketClient::reconfigure`] changes them
+    /// while requests run (each attempt reads them afresh).
+    config: RwLock<ClientConfig>,
+    /// Permits of `gate` the configuration currently allows.
+    concurrency: Mutex<usize>,
     http: reqwest::Client,
-    base: String,
     events: mpsc::Sender<Event>,
     in_flight: AtomicUsize,
     buying: Mutex<HashSet<i64>>,
@@ -201,28 +242,22 @@ impl MarketClient {
     /// Starts the runtime thread. Fails (without leaving a thread behind) if
     /// the runtime or the HTTP client cannot be built or the URL is not http(s).
     pub fn start(config: ClientConfig) -> Result<MarketClient, ClientError> {
-        let base = config.server_url.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::new(
-                ErrorCode::InvalidArgument,
-                "server_url must start with http:// or https://",
-            ));
-        }
+        let config = config.checked()?;
         let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(config.max_concurrent_requests.max(1))
-            .connect_timeout(config.request_timeout)
+            .pool_max_idle_per_host(config.max_concurrent_requests.clamp(1, 64))
             .build()
             .map_err(|e| {
                 ClientError::new(ErrorCode::InvalidArgument, format!("HTTP client: {e}"))
             })?;
         let (event_tx, events) = mpsc::channel();
         let (stopping, _) = watch::channel(false);
+        let worker_threads = config.worker_threads.max(1);
         let shared = Arc::new(Shared {
             bucket: TokenBucket::new(config.max_requests_per_second),
-            gate: Semaphore::new(config.max_concurrent_requests.max(1)),
-            config,
+            gate: Semaphore::new(config.max_concurrent_requests),
+            concurrency: Mutex::new(config.max_concurrent_requests),
+            config: RwLock::new(config),
             http,
-            base,
             events: event_tx,
             in_flight: AtomicUsize::new(0),
             buying: Mutex::new(HashSet::new()),
@@ -238,7 +273,7 @@ impl MarketClient {
             .name("marketplace-client".into())
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(for_thread.config.worker_threads.max(1))
+                    .worker_threads(worker_threads)
                     .thread_name("marketplace-client-worker")
                     .enable_all()
                     .build()
@@ -380,10 +415,47 @@ impl MarketClient {
             .unwrap_or(false)
     }
 
+    /// Applies new settings to a running client: the server, timeouts,
+    /// concurrency and rate take effect for every attempt from now on (one
+    /// already on the wire finishes as it started). `worker_threads` keeps
+    /// its first value.
+    pub fn reconfigure(&self, config: ClientConfig) -> Result<(), ClientError> {
+        let config = config.checked()?;
+        let server_changed = self.shared.settings().server_url != config.server_url;
+        self.shared.bucket.set_rate(config.max_requests_per_second);
+        self.shared.resize_gate(config.max_concurrent_requests);
+        if let Ok(mut c) = self.shared.config.write() {
+            *c = config;
+        }
+        if server_changed {
+            // Another server knows nothing of this token.
+            self.forget_token();
+        }
+        Ok(())
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> ClientConfig {
+        self.shared.settings()
+    }
+
+    /// Forgets the session token (the next request logs in again).
+    pub fn forget_token(&self) {
+        if let Ok(mut s) = self.shared.session.lock() {
+            s.token = None;
+            s.epoch += 1;
+        }
+    }
+
     /// Remembers who to log in as, so that mutations can log in by
     /// themselves (after a restart, or when a token expires).
+    /// A different device id is a different player: its token is forgotten.
     pub fn set_credentials(&self, device_id: &str, name: &str) {
         if let Ok(mut s) = self.shared.session.lock() {
+            if s.credentials.as_ref().is_some_and(|(d, _)| d != device_id) {
+                s.token = None;
+                s.epoch += 1;
+            }
             s.credentials = Some((device_id.to_string(), name.to_string()));
         }
     }
@@ -421,8 +493,44 @@ impl MarketClient {
 
 impl Drop for MarketClient {
     fn drop(&mut self) {
-        let grace = self.shared.config.drop_grace;
+        let grace = self.shared.settings().drop_grace;
         self.stop(grace);
+    }
+}
+
+impl Shared {
+    fn settings(&self) -> ClientConfig {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Grows or shrinks the number of requests on the wire at once. Growing
+    /// adds permits; shrinking takes permits out as they come back.
+    fn resize_gate(self: &Arc<Self>, want: usize) {
+        let Ok(mut have) = self.concurrency.lock() else {
+            return;
+        };
+        if want > *have {
+            self.gate.add_permits(want - *have);
+        } else if want < *have {
+            let excess = (*have - want) as u32;
+            let shared = self.clone();
+            // Runs on the client's runtime if there is one; a permit taken
+            // later is as good as one taken now.
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().build();
+                if let Ok(rt) = rt {
+                    rt.block_on(async move {
+                        if let Ok(p) = shared.gate.acquire_many(excess).await {
+                            p.forget();
+                        }
+                    });
+                }
+            });
+        }
+        *have = want;
     }
 }
 
@@ -558,10 +666,11 @@ async fn attempts(shared: &Shared, envelope: &Envelope) -> EventKind {
         if error.is_definitive() {
             return EventKind::Failed(error);
         }
-        if !envelope.command.is_mutation() && attempt >= shared.config.read_attempts {
+        let config = shared.settings();
+        if !envelope.command.is_mutation() && attempt >= config.read_attempts {
             return EventKind::Failed(error);
         }
-        let delay = backoff(&shared.config, attempt, error.retry_after);
+        let delay = backoff(&config, attempt, error.retry_after);
         let _ = shared.events.send(Event {
             request_id: envelope.id,
             kind: EventKind::Retrying {
@@ -685,7 +794,8 @@ async fn exchange(
     token: Option<&str>,
 ) -> Result<Reply, ClientError> {
     use reqwest::Method;
-    let base = &shared.base;
+    let config = shared.settings();
+    let base = config.server_url.trim_end_matches('/');
     let (method, url, body) = match &envelope.command {
         Command::Login { device_id, name } => (
             Method::POST,
@@ -770,7 +880,7 @@ async fn exchange(
     let mut request = shared
         .http
         .request(method, url)
-        .timeout(shared.config.request_timeout);
+        .timeout(config.request_timeout);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -790,7 +900,7 @@ async fn exchange(
         .map(|s| Duration::from_secs(s.min(3600)));
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-        if bytes.len() + chunk.len() > shared.config.max_response_bytes {
+        if bytes.len() + chunk.len() > config.max_response_bytes {
             return Err(ClientError::new(
                 ErrorCode::BadResponse,
                 "The server's answer was too large",
@@ -886,7 +996,7 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
         }
         Command::Change(MarketChange::Reprice { listing_id, price }) => {
             let ListingEnvelope { listing } = decode(bytes)?;
-            if listing.id != *listing_id || listing.price != *price {
+            if listing.id != *listing_id || listing.price != *price || !listing_is_sane(&listing) {
                 return Err(bad_response("the listing does not match the request"));
             }
             Ok(Reply::Listing(listing))
@@ -908,7 +1018,7 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             let PurchaseEnvelope { purchase } = decode(bytes)?;
             if purchase.listing_id != *listing_id
                 || purchase.price != *expected_price
-                || purchase.quantity < 1
+                || marketplace_protocol::check_quantity(purchase.quantity).is_err()
                 || marketplace_protocol::check_id("item_id", &purchase.item_id).is_err()
             {
                 return Err(bad_response("the purchase does not match the request"));
@@ -917,14 +1027,18 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
         }
         Command::ListSales { .. } => {
             let SalesPage { sales } = decode(bytes)?;
-            if sales.iter().any(|s| s.price < 1 || s.id < 1) {
+            if sales.iter().any(|s| {
+                s.id < 1 || marketplace_protocol::check_price("price", s.price).is_err()
+            }) {
                 return Err(bad_response("invalid sale"));
             }
             Ok(Reply::Sales(sales))
         }
         Command::Change(MarketChange::Claim { sale_id }) => {
             let claim: Claim = decode(bytes)?;
-            if claim.sale_id != *sale_id || claim.amount < 1 {
+            if claim.sale_id != *sale_id
+                || marketplace_protocol::check_price("amount", claim.amount).is_err()
+            {
                 return Err(bad_response("the claim does not match the request"));
             }
             Ok(Reply::Claimed(claim))
@@ -934,42 +1048,49 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
 
 fn listing_is_sane(l: &Listing) -> bool {
     l.id > 0
-        && l.quantity > 0
-        && l.price > 0
+        && marketplace_protocol::check_quantity(l.quantity).is_ok()
+        && marketplace_protocol::check_price("price", l.price).is_ok()
         && marketplace_protocol::check_id("item_id", &l.item_id).is_ok()
 }
 
-/// Classifies a non-2xx answer. A known code keeps its meaning; an unknown
-/// one is judged by the status: 5xx, 408 and 429 are worth retrying, other
-/// 4xx are definitive refusals.
+/// Classifies a non-2xx answer.
+///
+/// Only the marketplace's own error envelope, with a status that fits its
+/// code, can be definitive — and so release a hold. Anything else is what a
+/// proxy, CDN, load balancer or WAF says (an HTML 403 or 404 page, a bare
+/// 502): it tells nothing about whether the server applied the request, so
+/// it is classified by its status as one of the retryable codes (invariant
+/// I4). A well-formed envelope with a code this client does not know is
+/// treated the same way: a newer server's refusal is not guessed at.
 fn parse_failure(status: u16, bytes: &[u8], retry_after: Option<Duration>) -> ClientError {
-    let envelope = serde_json::from_slice::<ErrorEnvelope>(bytes).ok();
-    let fallback = match status {
+    let ambiguous = match status {
         401 => ErrorCode::Unauthorized,
         408 => ErrorCode::Timeout,
         429 => ErrorCode::RateLimited,
         500 => ErrorCode::Internal,
         s if s >= 500 => ErrorCode::Unavailable,
-        404 => ErrorCode::NotFound,
-        _ => ErrorCode::InvalidRequest,
+        _ => ErrorCode::BadResponse,
     };
+    let envelope = serde_json::from_slice::<ErrorEnvelope>(bytes).ok();
     let mut error = match envelope {
-        Some(env) => {
-            let code = ErrorCode::parse(&env.error.code)
-                .filter(|c| c.http_status().is_some())
-                .unwrap_or(fallback);
-            // A known code must come with a status that fits it; otherwise
-            // trust the status, which is harder to get wrong.
-            let code = if code.http_status() == Some(status) {
-                code
-            } else {
-                fallback
-            };
-            let mut e = ClientError::new(code, env.error.message);
-            e.current_price = env.error.current_price.filter(|p| *p > 0);
-            e
-        }
-        None => ClientError::new(fallback, format!("The marketplace answered HTTP {status}")),
+        Some(env) => match ErrorCode::parse(&env.error.code) {
+            Some(code) if code.http_status() == Some(status) => {
+                let mut e = ClientError::new(code, env.error.message);
+                e.current_price = env.error.current_price.filter(|p| *p > 0);
+                e
+            }
+            _ => ClientError::new(
+                ambiguous,
+                format!(
+                    "The marketplace answered HTTP {status} with a code this game does not know ({})",
+                    env.error.code
+                ),
+            ),
+        },
+        None => ClientError::new(
+            ambiguous,
+            format!("HTTP {status} from something between the game and the marketplace"),
+        ),
     };
     if error.message.is_empty() {
         error.message = format!("The marketplace answered HTTP {status}");
@@ -978,41 +1099,46 @@ fn parse_failure(status: u16, bytes: &[u8], retry_after: Option<Duration>) -> Cl
     error
 }
 
-/// A token bucket shared by all requests of one client.
+/// A token bucket shared by all requests of one client; its rate can
+/// change while requests wait.
 struct TokenBucket {
-    per_sec: f64,
-    state: Mutex<(f64, Instant)>,
+    /// (rate per second, tokens, last refill)
+    state: Mutex<(f64, f64, Instant)>,
 }
 
 impl TokenBucket {
     fn new(per_sec: f64) -> TokenBucket {
-        let burst = per_sec.max(1.0);
         TokenBucket {
-            per_sec,
-            state: Mutex::new((burst, Instant::now())),
+            state: Mutex::new((per_sec, per_sec.max(1.0), Instant::now())),
+        }
+    }
+
+    fn set_rate(&self, per_sec: f64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = per_sec;
         }
     }
 
     async fn acquire(&self) {
-        if self.per_sec <= 0.0 || !self.per_sec.is_finite() {
-            return;
-        }
         loop {
             let wait = {
                 let Ok(mut state) = self.state.lock() else {
                     return;
                 };
-                let now = Instant::now();
-                let burst = self.per_sec.max(1.0);
-                let (tokens, last) = *state;
-                let tokens =
-                    (tokens + now.duration_since(last).as_secs_f64() * self.per_sec).min(burst);
-                if tokens >= 1.0 {
-                    *state = (tokens - 1.0, now);
+                let (per_sec, tokens, last) = *state;
+                if per_sec <= 0.0 || !per_sec.is_finite() {
                     return;
                 }
-                *state = (tokens, now);
-                Duration::from_secs_f64((1.0 - tokens) / self.per_sec)
+                let now = Instant::now();
+                let burst = per_sec.max(1.0);
+                let tokens = (tokens + now.duration_since(last).as_secs_f64() * per_sec).min(burst);
+                if tokens >= 1.0 {
+                    *state = (per_sec, tokens - 1.0, now);
+                    return;
+                }
+                *state = (per_sec, tokens, now);
+                // Wake up at least every second: the rate may change meanwhile.
+                Duration::from_secs_f64(((1.0 - tokens) / per_sec).min(1.0))
             };
             tokio::time::sleep(wait).await;
         }
@@ -1042,7 +1168,28 @@ mod tests {
             (ErrorCode::RateLimited, Some(Duration::from_secs(3)))
         );
         let e = parse_failure(418, br#"{"error":{"code":"teapot","message":"no"}}"#, None);
-        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert_eq!(e.code, ErrorCode::BadResponse);
+        assert!(!e.is_definitive(), "an unknown code settles nothing");
+    }
+
+    #[test]
+    fn a_proxy_page_is_never_definitive() {
+        for status in [400u16, 403, 404, 409, 410, 413, 418, 451] {
+            let page = b"<html><body><h1>403 Forbidden</h1>nginx</body></html>";
+            let e = parse_failure(status, page, None);
+            assert!(!e.is_definitive(), "{status}: {e:?}");
+            // Our envelope with a status that does not fit its code neither.
+            let body = br#"{"error":{"code":"already_sold","message":"x"}}"#;
+            let e = parse_failure(status, body, None);
+            assert_eq!(
+                e.is_definitive(),
+                status == 409,
+                "{status}: only 409 fits already_sold"
+            );
+        }
+        let e = parse_failure(404, br#"{"error":{"code":"not_found","message":"Listing not found"}}"#, None);
+        assert_eq!(e.code, ErrorCode::NotFound);
+        assert!(e.is_definitive());
     }
 
     #[test]

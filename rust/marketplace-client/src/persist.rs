@@ -82,6 +82,39 @@ pub fn temp_path(path: &Path) -> PathBuf {
     with_suffix(path, ".tmp")
 }
 
+/// The file whose OS lock says "this save is open": `NAME.lock`. (The save
+/// itself cannot carry the lock: every save replaces it with a new file.)
+pub fn lock_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".lock")
+}
+
+/// Takes the exclusive OS lock of `path`'s save for as long as the returned
+/// file is open: a second game instance, or a second store in this one,
+/// gets [`LoadError::Locked`] and touches nothing. The lock is advisory
+/// (`flock` on Unix, `LockFileEx` on Windows) and dies with the process, so a
+/// crash never leaves a save locked.
+pub fn lock(path: &Path) -> Result<File, LoadError> {
+    let lock_file = lock_path(path);
+    let io_error = |source| LoadError::Io {
+        path: lock_file.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_file)
+        .map_err(io_error)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LoadError::Locked {
+            path: path.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error(e)),
+    }
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
@@ -122,6 +155,8 @@ pub enum LoadError {
     },
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{path} is open in another instance of the game (or another LocalPlayerData node uses the same save_path); close that one first. Nothing was read or written")]
+    Locked { path: PathBuf },
 }
 
 /// What loading found.
@@ -168,10 +203,15 @@ fn read_one(path: &Path) -> Result<Attempt, LoadError> {
         Some(_) => {}
         None => return Ok(Attempt::Bad("no schema version".into())),
     }
-    let state: PlayerState = match serde_json::from_value(value) {
+    let mut state: PlayerState = match serde_json::from_value(value) {
         Ok(s) => s,
         Err(e) => return Ok(Attempt::Bad(format!("unexpected content: {e}"))),
     };
+    // Older versions are read and upgraded in memory; the next save writes
+    // the current version. (1 → 2: journal entries gained `created_at`,
+    // which defaults to 0.)
+    state.version = SCHEMA_VERSION;
+    state.reindex();
     if let Err(problems) = state.validate() {
         return Ok(Attempt::Bad(format!(
             "inconsistent: {}",

@@ -10,20 +10,31 @@
 //!    the new balance at once.
 //! 2. **Send once durable**: the request leaves only after the save holding
 //!    its journal entry is on disk, so a crash can never forget a request the
-//!    server may have applied (I2 across crashes).
+//!    server may have applied (I2 across crashes). While saves fail (disk
+//!    full, a file another program holds) trades wait — the game has been
+//!    told with `SaveFailed` and sees them in [`TradingSession::pending_trades`]
+//!    — and go as soon as a save succeeds. Reads go on.
 //! 3. **Settle on a definitive answer**: success commits the hold and credits
 //!    what came in; `already_sold`, `price_changed`, … release it. Timeouts,
-//!    lost connections and 5xx settle nothing: the client retries with the
-//!    same key (I4). After a restart, [`TradingSession::new`] re-sends every
-//!    journaled operation with its original key.
+//!    lost connections, 5xx and anything a proxy says settle nothing: the
+//!    client retries with the same key (I4). After a restart,
+//!    [`TradingSession::new`] re-sends every journaled operation with its
+//!    original key. A trade retrying for longer than the stall threshold is
+//!    reported once ([`SessionEvent::TradeStalled`]) — its hold stays.
 //! 4. **Report once durable**: the event telling the game about a settlement
 //!    is released only after the save holding the settlement is on disk (I3).
 //!
-//! While saves fail (disk full), steps 2 and 4 go ahead anyway — the game has
-//! been told with `SaveFailed` — rather than freezing every trade.
+//! # Living with a game
+//! Settings change while the session runs ([`TradingSession::set_config`]);
+//! request ids are unique for the session's life. Switching to another
+//! player or another server is refused with `trades_pending` while trades
+//! wait, because a journaled trade belongs to the player and server it was
+//! made with. Requests refused locally are reported on the *next* poll, and
+//! one poll reports only what was queued before it began — a handler that
+//! answers every failure with a new request cannot make a frame endless.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use marketplace_protocol::{ErrorCode, Listing, ListingPage, MarketChange, Purchase, Sale};
 
@@ -31,7 +42,7 @@ use crate::client::{
     BrowseQuery, ClientConfig, Command, Event, EventKind, MarketClient, Reply, RequestId,
 };
 use crate::error::ClientError;
-use crate::state::OpId;
+use crate::state::{HoldKind, OpId};
 use crate::store::{OpOutcome, PlayerStore};
 
 /// What the game hears about, in order. The Godot layer turns each into a
@@ -97,8 +108,39 @@ pub enum SessionEvent {
         attempt: u32,
         error: ClientError,
     },
+    /// A trade has waited longer than the stall threshold and its last
+    /// attempt failed (`error`); it keeps being retried and its hold stays.
+    /// Reported once per trade per session.
+    TradeStalled {
+        request_id: RequestId,
+        trade: PendingTrade,
+        error: ClientError,
+    },
     /// Requests went from none to some in flight, or back.
     BusyChanged { busy: bool },
+}
+
+/// A trade waiting for its definitive answer, as
+/// [`TradingSession::pending_trades`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingTrade {
+    pub request_id: RequestId,
+    /// `purchase`, `create_listing`, `reprice`, `cancel` or `claim`.
+    pub kind: &'static str,
+    pub listing_id: Option<i64>,
+    pub sale_id: Option<i64>,
+    pub item_id: Option<String>,
+    pub quantity: Option<i64>,
+    /// The price (purchase, listing, reprice), else 0.
+    pub amount: i64,
+    /// Unix seconds when the player made the trade.
+    pub created_at: i64,
+    pub age: Duration,
+    /// Attempts that failed without a definitive answer (this session).
+    pub attempts: u32,
+    pub last_error: Option<ErrorCode>,
+    /// Not sent yet: its journal entry is not on disk (saves are failing).
+    pub waiting_for_save: bool,
 }
 
 /// What a request id stands for.
@@ -122,28 +164,55 @@ struct Unsent {
     generation: u64,
 }
 
+/// How a journaled operation is doing in this session.
+struct Progress {
+    request_id: RequestId,
+    attempts: u32,
+    last_error: Option<ErrorCode>,
+    stalled: bool,
+    /// For entries with no creation time (files from before schema 2).
+    seen_since: Instant,
+}
+
 pub struct TradingSession {
     client: MarketClient,
     tracked: HashMap<RequestId, Tracked>,
+    progress: HashMap<OpId, Progress>,
     unsent: VecDeque<Unsent>,
+    /// Client events taken but not handled yet (a frame's time ran out).
+    backlog: VecDeque<Event>,
+    /// Events that wait for nothing (reads, notices), in order.
+    ready: VecDeque<SessionEvent>,
     /// Events waiting for the save that makes them true.
     deferred: VecDeque<(u64, SessionEvent)>,
+    /// Requests refused locally, reported on the next poll.
+    refusals: VecDeque<SessionEvent>,
     busy: bool,
-    scratch: Vec<Event>,
+    stall_after: Duration,
 }
 
 /// Client events handled per `poll` by default: bounds one frame's work.
 pub const DEFAULT_EVENTS_PER_POLL: usize = 256;
 
-/// The newest generation whose requests may be sent and whose events may be
-/// reported: what is on disk — or everything while saves fail, since the
-/// game has been told (`SaveFailed`) and trading should not freeze.
-fn go_ahead_up_to(store: &PlayerStore) -> u64 {
-    if store.is_failing() {
-        u64::MAX
-    } else {
-        store.durable_generation()
-    }
+/// How long a trade may retry before [`SessionEvent::TradeStalled`].
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(60);
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn invalid(message: impl Into<String>) -> ClientError {
+    ClientError::new(ErrorCode::InvalidArgument, message)
+}
+
+fn trades_pending(n: usize, what: &str) -> ClientError {
+    ClientError::new(
+        ErrorCode::TradesPending,
+        format!("Cannot {what} while {n} trade(s) wait for the marketplace's answer; they belong to this player and server"),
+    )
 }
 
 impl TradingSession {
@@ -157,10 +226,14 @@ impl TradingSession {
         let mut session = TradingSession {
             client,
             tracked: HashMap::new(),
+            progress: HashMap::new(),
             unsent: VecDeque::new(),
+            backlog: VecDeque::new(),
+            ready: VecDeque::new(),
             deferred: VecDeque::new(),
+            refusals: VecDeque::new(),
             busy: false,
-            scratch: Vec::new(),
+            stall_after: DEFAULT_STALL_AFTER,
         };
         // Journaled operations must be able to settle even before the game
         // logs in: the client may log in by itself as the saved identity.
@@ -169,26 +242,78 @@ impl TradingSession {
             .client
             .set_credentials(&state.device_id, &state.player_name);
         let pending: Vec<OpId> = store.state().journal.keys().copied().collect();
+        // They may be newer than the last save (a store that outlived an
+        // earlier session): sent once everything up to now is on disk.
+        let generation = store.generation();
         for op in pending {
             let id = session.client.next_request_id();
-            session.tracked.insert(id, Tracked::Op { op, origin: id });
-            // Loaded from disk: already durable.
-            session.unsent.push_back(Unsent {
-                id,
-                op,
-                generation: 0,
-            });
+            session.track_op(id, op, id, generation);
         }
         Ok(session)
+    }
+
+    fn track_op(&mut self, id: RequestId, op: OpId, origin: RequestId, generation: u64) {
+        self.tracked.insert(id, Tracked::Op { op, origin });
+        self.progress.insert(
+            op,
+            Progress {
+                request_id: origin,
+                attempts: 0,
+                last_error: None,
+                stalled: false,
+                seen_since: Instant::now(),
+            },
+        );
+        self.unsent.push_back(Unsent { id, op, generation });
     }
 
     pub fn client(&self) -> &MarketClient {
         &self.client
     }
 
+    /// How long a trade may go without a definitive answer before
+    /// [`SessionEvent::TradeStalled`]. Default 60 s.
+    pub fn set_stall_after(&mut self, after: Duration) {
+        self.stall_after = after;
+    }
+
+    /// Applies new settings at once, without restarting anything: request
+    /// ids, the journal and events in flight are untouched. Changing the
+    /// server is refused with `trades_pending` while trades wait.
+    pub fn set_config(&mut self, store: &PlayerStore, config: ClientConfig) -> Result<(), ClientError> {
+        let config = config.checked()?;
+        let pending = store.state().journal.len();
+        if config.server_url != self.client.config().server_url && pending > 0 {
+            return Err(trades_pending(pending, "switch to another server"));
+        }
+        self.client.reconfigure(config)
+    }
+
+    /// Switches the identity the session logs in as (saved in the store).
+    /// Refused with `trades_pending` for another device while trades of the
+    /// current one wait: their keys belong to the player who made them.
+    pub fn set_identity(
+        &mut self,
+        store: &mut PlayerStore,
+        device_id: &str,
+        name: &str,
+    ) -> Result<(), ClientError> {
+        let pending = store.state().journal.len();
+        if device_id != store.state().device_id && pending > 0 {
+            return Err(trades_pending(pending, "log in as another player"));
+        }
+        store
+            .set_identity(device_id, name)
+            .map_err(|e| invalid(e.to_string()))?;
+        self.client.set_credentials(device_id, name);
+        Ok(())
+    }
+
     /// Logs in as the store's device and name.
     pub fn login(&mut self, store: &PlayerStore) -> Result<RequestId, ClientError> {
         let state = store.state();
+        self.client
+            .set_credentials(&state.device_id, &state.player_name);
         let command = Command::Login {
             device_id: state.device_id.clone(),
             name: state.player_name.clone(),
@@ -230,6 +355,23 @@ impl TradingSession {
         Ok(id)
     }
 
+    /// Records a request refused before anything was sent and returns its
+    /// id; the failure is reported on the next poll (so the caller has the
+    /// id first) as `PurchaseFailed` when `listing_id` is given, else
+    /// `RequestFailed`.
+    pub fn refuse(&mut self, listing_id: Option<i64>, error: ClientError) -> RequestId {
+        let request_id = self.client.next_request_id();
+        self.refusals.push_back(match listing_id {
+            Some(listing_id) => SessionEvent::PurchaseFailed {
+                request_id,
+                listing_id,
+                error,
+            },
+            None => SessionEvent::RequestFailed { request_id, error },
+        });
+        request_id
+    }
+
     /// Buys a listing at the price the player saw. Reserves the credits at
     /// once; refuses locally (nothing sent, nothing held) with
     /// `purchase_in_progress`, `insufficient_credits` or `invalid_argument`.
@@ -239,28 +381,27 @@ impl TradingSession {
         listing_id: i64,
         expected_price: i64,
     ) -> Result<RequestId, ClientError> {
-        if listing_id < 1 || expected_price < 1 {
-            return Err(ClientError::new(
-                ErrorCode::InvalidArgument,
-                "listing id and price must be positive",
-            ));
+        if listing_id < 1 {
+            return Err(invalid("listing id must be positive"));
         }
+        marketplace_protocol::check_price("price", expected_price).map_err(invalid)?;
         if self.is_purchase_pending(store, listing_id) {
             return Err(ClientError::new(
                 ErrorCode::PurchaseInProgress,
                 "This item is already being bought",
             ));
         }
-        let hold = store.reserve_credits(expected_price)?;
-        Ok(self.journal(
+        self.journal(
             store,
             MarketChange::Purchase {
                 listing_id,
                 expected_price,
             },
-            Some(hold),
+            Some(HoldKind::Credits {
+                amount: expected_price,
+            }),
             None,
-        ))
+        )
     }
 
     /// Lists items for sale. Escrows them at once; they return to the
@@ -272,21 +413,22 @@ impl TradingSession {
         quantity: i64,
         price: i64,
     ) -> Result<RequestId, ClientError> {
-        marketplace_protocol::check_id("item_id", item_id)
-            .map_err(|m| ClientError::new(ErrorCode::InvalidArgument, m))?;
-        marketplace_protocol::check_positive("price", price)
-            .map_err(|m| ClientError::new(ErrorCode::InvalidArgument, m))?;
-        let hold = store.escrow_items(item_id, quantity)?;
-        Ok(self.journal(
+        marketplace_protocol::check_id("item_id", item_id).map_err(invalid)?;
+        marketplace_protocol::check_quantity(quantity).map_err(invalid)?;
+        marketplace_protocol::check_price("price", price).map_err(invalid)?;
+        self.journal(
             store,
             MarketChange::CreateListing {
                 item_id: item_id.to_string(),
                 quantity,
                 price,
             },
-            Some(hold),
+            Some(HoldKind::Items {
+                item_id: item_id.to_string(),
+                quantity,
+            }),
             None,
-        ))
+        )
     }
 
     pub fn reprice_listing(
@@ -295,18 +437,16 @@ impl TradingSession {
         listing_id: i64,
         price: i64,
     ) -> Result<RequestId, ClientError> {
-        if listing_id < 1 || price < 1 {
-            return Err(ClientError::new(
-                ErrorCode::InvalidArgument,
-                "listing id and price must be positive",
-            ));
+        if listing_id < 1 {
+            return Err(invalid("listing id must be positive"));
         }
-        Ok(self.journal(
+        marketplace_protocol::check_price("price", price).map_err(invalid)?;
+        self.journal(
             store,
             MarketChange::Reprice { listing_id, price },
             None,
             None,
-        ))
+        )
     }
 
     /// Cancels one of the player's listings; its items come back on success.
@@ -316,44 +456,95 @@ impl TradingSession {
         listing_id: i64,
     ) -> Result<RequestId, ClientError> {
         if listing_id < 1 {
-            return Err(ClientError::new(
-                ErrorCode::InvalidArgument,
-                "listing id must be positive",
-            ));
+            return Err(invalid("listing id must be positive"));
         }
-        Ok(self.journal(store, MarketChange::Cancel { listing_id }, None, None))
+        self.journal(store, MarketChange::Cancel { listing_id }, None, None)
     }
 
     fn journal(
         &mut self,
         store: &mut PlayerStore,
         op: MarketChange,
-        hold: Option<crate::state::HoldId>,
+        hold: Option<HoldKind>,
         origin: Option<RequestId>,
-    ) -> RequestId {
+    ) -> Result<RequestId, ClientError> {
         let key = crate::client::new_idempotency_key();
-        let op_id = store.begin_op(key, op, hold);
+        let op_id = store.begin_trade(key, op, hold, unix_now())?;
         let id = self.client.next_request_id();
-        self.tracked.insert(
-            id,
-            Tracked::Op {
-                op: op_id,
-                origin: origin.unwrap_or(id),
-            },
-        );
-        self.unsent.push_back(Unsent {
-            id,
-            op: op_id,
-            generation: store.generation(),
-        });
-        id
+        self.track_op(id, op_id, origin.unwrap_or(id), store.generation());
+        Ok(id)
     }
 
     /// True while a purchase of this listing is journaled and unsettled.
     pub fn is_purchase_pending(&self, store: &PlayerStore, listing_id: i64) -> bool {
-        store.state().journal.values().any(
-            |p| matches!(p.op, MarketChange::Purchase { listing_id: l, .. } if l == listing_id),
-        )
+        store.state().is_buying(listing_id)
+    }
+
+    /// Every trade waiting for its definitive answer, oldest first.
+    pub fn pending_trades(&self, store: &PlayerStore) -> Vec<PendingTrade> {
+        let now = unix_now();
+        store
+            .state()
+            .journal
+            .iter()
+            .map(|(op_id, pending)| {
+                let progress = self.progress.get(op_id);
+                self.describe(*op_id, pending, progress, now)
+            })
+            .collect()
+    }
+
+    fn describe(
+        &self,
+        op_id: OpId,
+        pending: &crate::state::PendingOp,
+        progress: Option<&Progress>,
+        now: i64,
+    ) -> PendingTrade {
+        let (kind, listing_id, sale_id, item_id, quantity, amount) = match &pending.op {
+            MarketChange::Purchase {
+                listing_id,
+                expected_price,
+            } => ("purchase", Some(*listing_id), None, None, None, *expected_price),
+            MarketChange::CreateListing {
+                item_id,
+                quantity,
+                price,
+            } => (
+                "create_listing",
+                None,
+                None,
+                Some(item_id.clone()),
+                Some(*quantity),
+                *price,
+            ),
+            MarketChange::Reprice { listing_id, price } => {
+                ("reprice", Some(*listing_id), None, None, None, *price)
+            }
+            MarketChange::Cancel { listing_id } => {
+                ("cancel", Some(*listing_id), None, None, None, 0)
+            }
+            MarketChange::Claim { sale_id } => ("claim", None, Some(*sale_id), None, None, 0),
+        };
+        let age = if pending.created_at > 0 {
+            Duration::from_secs(now.saturating_sub(pending.created_at).max(0) as u64)
+        } else {
+            progress.map_or(Duration::ZERO, |p| p.seen_since.elapsed())
+        };
+        PendingTrade {
+            request_id: progress.map_or(RequestId(0), |p| p.request_id),
+            kind,
+            listing_id,
+            sale_id,
+            item_id,
+            quantity,
+            amount,
+            created_at: pending.created_at,
+            age,
+            attempts: progress.map_or(0, |p| p.attempts),
+            last_error: progress.and_then(|p| p.last_error),
+            waiting_for_save: self.unsent.iter().any(|u| u.op == op_id),
+        }
     }
 
     /// Requests not finished: sent and in flight, or waiting for their
@@ -365,29 +556,62 @@ impl TradingSession {
     /// True when nothing is in flight, nothing waits to be sent and every
     /// event has been reported.
     pub fn is_idle(&self) -> bool {
-        self.pending_count() == 0 && self.deferred.is_empty()
+        self.pending_count() == 0
+            && self.deferred.is_empty()
+            && self.ready.is_empty()
+            && self.refusals.is_empty()
+            && self.backlog.is_empty()
     }
 
     /// Does one frame's work: sends journaled operations that are durable,
     /// settles answered ones, and moves up to `max_client_events` answers
-    /// into events. Returns the events that are now safe to report.
+    /// into events. Appends the events that are now safe to report.
     pub fn poll(
         &mut self,
         store: &mut PlayerStore,
         max_client_events: usize,
         out: &mut Vec<SessionEvent>,
     ) {
+        self.poll_within(store, max_client_events, None, out)
+    }
+
+    /// [`TradingSession::poll`] that also stops handling answers once
+    /// `budget` has passed (the rest wait for the next frame): a frame's work
+    /// is bounded by time as well as by count.
+    pub fn poll_within(
+        &mut self,
+        store: &mut PlayerStore,
+        max_client_events: usize,
+        budget: Option<Duration>,
+        out: &mut Vec<SessionEvent>,
+    ) {
+        let started = Instant::now();
+        // Only what was refused before this poll began: handlers that refuse
+        // again while these are reported are heard next frame.
+        out.extend(self.refusals.drain(..));
         store.poll();
         self.send_durable(store);
-        let mut events = std::mem::take(&mut self.scratch);
-        self.client.poll(&mut events, max_client_events);
-        for event in events.drain(..) {
-            self.handle(store, event);
+        if self.backlog.len() < max_client_events {
+            let mut fresh = Vec::new();
+            self.client
+                .poll(&mut fresh, max_client_events - self.backlog.len());
+            self.backlog.extend(fresh);
         }
-        self.scratch = events;
-        // Settlements are saved at the next poll; report what is durable.
+        let mut handled = 0;
+        while handled < max_client_events {
+            if budget.is_some_and(|b| handled > 0 && started.elapsed() >= b) {
+                break;
+            }
+            let Some(event) = self.backlog.pop_front() else {
+                break;
+            };
+            self.handle(store, event);
+            handled += 1;
+        }
+        // Settlements are handed to the writer now; reported once durable.
         store.poll();
-        let durable = go_ahead_up_to(store);
+        out.extend(self.ready.drain(..));
+        let durable = store.durable_generation();
         while self.deferred.front().is_some_and(|(g, _)| *g <= durable) {
             if let Some((_, e)) = self.deferred.pop_front() {
                 out.push(e);
@@ -401,7 +625,7 @@ impl TradingSession {
     }
 
     fn send_durable(&mut self, store: &PlayerStore) {
-        let durable = go_ahead_up_to(store);
+        let durable = store.durable_generation();
         while self.unsent.front().is_some_and(|u| u.generation <= durable) {
             let Some(u) = self.unsent.pop_front() else {
                 break;
@@ -422,25 +646,15 @@ impl TradingSession {
         }
     }
 
-    fn emit(&mut self, store: &PlayerStore, event: SessionEvent) {
+    /// An event that is true once the store's current state is on disk.
+    fn emit_durable(&mut self, store: &PlayerStore, event: SessionEvent) {
         self.deferred.push_back((store.generation(), event));
     }
 
     fn handle(&mut self, store: &mut PlayerStore, event: Event) {
         let request_id = event.request_id;
         if let EventKind::Retrying { attempt, error, .. } = event.kind {
-            let origin = match self.tracked.get(&request_id) {
-                Some(Tracked::Op { origin, .. }) => *origin,
-                _ => request_id,
-            };
-            self.emit(
-                store,
-                SessionEvent::RequestRetrying {
-                    request_id: origin,
-                    attempt,
-                    error,
-                },
-            );
+            self.retrying(store, request_id, attempt, error);
             return;
         }
         let Some(tracked) = self.tracked.remove(&request_id) else {
@@ -450,29 +664,25 @@ impl TradingSession {
             (_, EventKind::Retrying { .. }) => {}
             (Tracked::Login, EventKind::Done(Reply::LoggedIn(s))) => {
                 store.set_player(s.player_id, &s.name);
-                self.emit(
-                    store,
-                    SessionEvent::LoggedIn {
-                        request_id,
-                        player_id: s.player_id,
-                        name: s.name,
-                    },
-                );
+                self.ready.push_back(SessionEvent::LoggedIn {
+                    request_id,
+                    player_id: s.player_id,
+                    name: s.name,
+                });
             }
             (Tracked::Browse, EventKind::Done(Reply::Listings(page))) => {
-                self.emit(store, SessionEvent::ListingsUpdated { request_id, page });
+                self.ready
+                    .push_back(SessionEvent::ListingsUpdated { request_id, page });
             }
             (Tracked::GetListing, EventKind::Done(Reply::Listing(listing))) => {
-                self.emit(
-                    store,
-                    SessionEvent::ListingFetched {
-                        request_id,
-                        listing,
-                    },
-                );
+                self.ready.push_back(SessionEvent::ListingFetched {
+                    request_id,
+                    listing,
+                });
             }
             (Tracked::Sales, EventKind::Done(Reply::Sales(sales))) => {
-                self.emit(store, SessionEvent::SalesListed { request_id, sales });
+                self.ready
+                    .push_back(SessionEvent::SalesListed { request_id, sales });
             }
             (Tracked::ClaimAll, EventKind::Done(Reply::Sales(sales))) => {
                 let already: Vec<i64> = store
@@ -489,39 +699,87 @@ impl TradingSession {
                     .iter()
                     .filter(|s| s.claimed_at.is_none() && !already.contains(&s.id))
                 {
-                    self.journal(
+                    match self.journal(
                         store,
                         MarketChange::Claim { sale_id: sale.id },
                         None,
                         Some(request_id),
-                    );
-                    claimed_any = true;
+                    ) {
+                        Ok(_) => claimed_any = true,
+                        Err(error) => {
+                            self.ready
+                                .push_back(SessionEvent::RequestFailed { request_id, error });
+                        }
+                    }
                 }
                 if !claimed_any {
-                    self.emit(
-                        store,
-                        SessionEvent::ProceedsClaimed {
-                            request_id,
-                            sale_id: 0,
-                            amount: 0,
-                        },
-                    );
+                    self.ready.push_back(SessionEvent::ProceedsClaimed {
+                        request_id,
+                        sale_id: 0,
+                        amount: 0,
+                    });
                 }
             }
             (Tracked::Op { op, origin }, kind) => self.settle(store, op, origin, kind),
             (_, EventKind::Failed(error)) => {
-                self.emit(store, SessionEvent::RequestFailed { request_id, error });
+                self.ready
+                    .push_back(SessionEvent::RequestFailed { request_id, error });
             }
             (_, EventKind::Done(_)) => {
                 let error = ClientError::new(ErrorCode::BadResponse, "unexpected answer");
-                self.emit(store, SessionEvent::RequestFailed { request_id, error });
+                self.ready
+                    .push_back(SessionEvent::RequestFailed { request_id, error });
             }
+        }
+    }
+
+    /// A failed attempt that will be retried: counted, reported, and — once a
+    /// trade has waited too long — reported as stalled.
+    fn retrying(
+        &mut self,
+        store: &PlayerStore,
+        request_id: RequestId,
+        attempt: u32,
+        error: ClientError,
+    ) {
+        let (origin, op) = match self.tracked.get(&request_id) {
+            Some(Tracked::Op { origin, op }) => (*origin, Some(*op)),
+            _ => (request_id, None),
+        };
+        self.ready.push_back(SessionEvent::RequestRetrying {
+            request_id: origin,
+            attempt,
+            error: error.clone(),
+        });
+        let Some(op) = op else { return };
+        let Some(progress) = self.progress.get_mut(&op) else {
+            return;
+        };
+        progress.attempts = attempt;
+        progress.last_error = Some(error.code);
+        if progress.stalled {
+            return;
+        }
+        let Some(pending) = store.state().journal.get(&op) else {
+            return;
+        };
+        let trade = self.describe(op, pending, self.progress.get(&op), unix_now());
+        if trade.age >= self.stall_after {
+            if let Some(p) = self.progress.get_mut(&op) {
+                p.stalled = true;
+            }
+            self.ready.push_back(SessionEvent::TradeStalled {
+                request_id: origin,
+                trade,
+                error,
+            });
         }
     }
 
     /// Applies a journaled operation's final answer.
     fn settle(&mut self, store: &mut PlayerStore, op_id: OpId, origin: RequestId, kind: EventKind) {
-        let Some(pending) = store.state().journal.get(&op_id).cloned() else {
+        let Some(pending) = store.state().journal.get(&op_id) else {
+            self.progress.remove(&op_id);
             return;
         };
         let (outcome, event) = match (&pending.op, kind) {
@@ -608,26 +866,37 @@ impl TradingSession {
             }
         };
         if let Err(e) = store.settle_op(op_id, &outcome) {
+            // Cannot happen within the protocol's limits (see state.rs); if
+            // it does, the trade stays journaled and shows as stalled.
             tracing::error!(op = op_id, error = %e, "cannot settle operation; it stays journaled");
+            if let Some(p) = self.progress.get_mut(&op_id) {
+                p.last_error = Some(ErrorCode::Internal);
+            }
             return;
         }
-        self.emit(store, event);
+        self.progress.remove(&op_id);
+        self.emit_durable(store, event);
     }
 
-    /// Leaving: stops the client (in-flight exchanges get up to `grace`),
-    /// settles what was answered, and flushes the store so the journal of
-    /// what is still pending is on disk for the next start. Blocks for at
-    /// most about `grace` plus the save.
+    /// Leaving for good (the game quits): stops the client (in-flight
+    /// exchanges get up to `grace`), settles what was answered, and flushes
+    /// the store so the journal of what is still pending is on disk for the
+    /// next start. Blocks for at most about `grace` plus the save. Returns
+    /// the events not reported yet.
     pub fn shutdown(mut self, store: &mut PlayerStore, grace: Duration) -> Vec<SessionEvent> {
         self.client.stop(grace);
         let mut events = Vec::new();
         self.client.poll(&mut events, usize::MAX);
-        for event in events {
+        self.backlog.extend(events);
+        while let Some(event) = self.backlog.pop_front() {
             self.handle(store, event);
         }
         if let Err(e) = store.flush(Duration::from_secs(5)) {
             tracing::warn!(error = %e, "final save failed");
         }
-        self.deferred.drain(..).map(|(_, e)| e).collect()
+        let mut out: Vec<SessionEvent> = self.refusals.drain(..).collect();
+        out.extend(self.ready.drain(..));
+        out.extend(self.deferred.drain(..).map(|(_, e)| e));
+        out
     }
 }

@@ -4,6 +4,9 @@
 //! inventory, holds, and the journal of marketplace operations sent but not
 //! yet settled. Every method either applies a whole change or refuses it and
 //! changes nothing, so the document is always consistent ([`PlayerState::validate`]).
+//! Methods check everything first and only then change anything: no method
+//! copies the document to be able to undo (a settlement costs the same with
+//! ten or ten thousand trades pending).
 //!
 //! # Holds
 //! Buying reserves credits ([`HoldKind::Credits`]); selling escrows items
@@ -12,15 +15,22 @@
 //! else touches held amounts, so for every player
 //! `credits + held credits` and `inventory + escrowed items` only change by
 //! deliberate credit/debit — the client's half of invariant I2.
+//!
+//! # Limits
+//! The game's own changes may bring a count or a balance up to
+//! [`MAX_HOLDING`]; settlements of trades may go beyond it, and `i64` leaves
+//! room for millions of them (see the protocol crate), so a trade the server
+//! made is never stuck on arithmetic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use marketplace_protocol::MarketChange;
+use marketplace_protocol::{MarketChange, MAX_HOLDING};
 use serde::{Deserialize, Serialize};
 
 /// Version of the save document this build writes. A file with a higher
-/// version is refused, never overwritten.
-pub const SCHEMA_VERSION: u32 = 1;
+/// version is refused, never overwritten. Version 2 added `created_at` to
+/// journal entries (version 1 files are read; their entries count as new).
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub type HoldId = u64;
 pub type OpId = u64;
@@ -49,6 +59,33 @@ pub struct PendingOp {
     pub op: MarketChange,
     /// The hold this operation settles, if any.
     pub hold: Option<HoldId>,
+    /// Unix seconds when the player made the trade (0 in files written
+    /// before schema version 2). Only for showing how long it has waited: the
+    /// server recognises the key however old it is.
+    #[serde(default)]
+    pub created_at: i64,
+}
+
+/// How a journaled operation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpOutcome {
+    /// The server applied it: commit the hold, then credit what came in.
+    Applied {
+        items_in: Option<(String, i64)>,
+        credits_in: i64,
+    },
+    /// The server refused it definitively: release the hold.
+    Rejected { reason: String },
+}
+
+/// What a settlement changed, for events and the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub op: PendingOp,
+    /// The hold and whether it was committed (`true`) or released.
+    pub hold: Option<(HoldId, HoldKind, bool)>,
+    pub items_in: Option<(String, i64)>,
+    pub credits_in: i64,
 }
 
 /// Why a change was refused. The document is unchanged.
@@ -67,7 +104,7 @@ pub enum StateError {
     /// An item id, device id or name that is not acceptable; the message says why.
     #[error("{0}")]
     InvalidItemId(String),
-    #[error("the amount would overflow")]
+    #[error("the amount would go beyond the limit of {MAX_HOLDING}")]
     Overflow,
     #[error("no hold {0}")]
     UnknownHold(HoldId),
@@ -75,7 +112,20 @@ pub enum StateError {
     HoldInUse(HoldId),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Figures derived from the document, kept up to date by every method so
+/// that no question costs a walk over every hold or trade. Not saved; built
+/// by [`PlayerState::reindex`] after loading.
+#[derive(Debug, Clone, Default)]
+struct Index {
+    held_credits: i64,
+    escrow: HashMap<String, i64>,
+    /// Hold → the journaled operation that owns it.
+    hold_owner: HashMap<HoldId, OpId>,
+    /// Listing → journaled purchases of it.
+    purchases: HashMap<i64, u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlayerState {
     pub version: u32,
     /// Identifies this installation to the server (`POST /v1/sessions`).
@@ -86,11 +136,33 @@ pub struct PlayerState {
     pub credits: i64,
     /// Item id → count; counts are always ≥ 1 (an item at 0 is removed).
     pub inventory: BTreeMap<String, i64>,
+    /// Read freely; change only through the methods (they keep the index).
     pub holds: BTreeMap<HoldId, Hold>,
     pub next_hold_id: HoldId,
+    /// Read freely; change only through the methods (they keep the index).
     pub journal: BTreeMap<OpId, PendingOp>,
     pub next_op_id: OpId,
+    #[serde(skip)]
+    index: Index,
 }
+
+/// Two states are equal when their documents are (the index follows).
+impl PartialEq for PlayerState {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version
+            && self.device_id == other.device_id
+            && self.player_id == other.player_id
+            && self.player_name == other.player_name
+            && self.credits == other.credits
+            && self.inventory == other.inventory
+            && self.holds == other.holds
+            && self.next_hold_id == other.next_hold_id
+            && self.journal == other.journal
+            && self.next_op_id == other.next_op_id
+    }
+}
+
+impl Eq for PlayerState {}
 
 impl PlayerState {
     pub fn new(device_id: impl Into<String>, player_name: impl Into<String>) -> PlayerState {
@@ -105,7 +177,35 @@ impl PlayerState {
             next_hold_id: 1,
             journal: BTreeMap::new(),
             next_op_id: 1,
+            index: Index::default(),
         }
+    }
+
+    /// Rebuilds the derived figures from the document (after loading, or
+    /// after a test edited the public fields directly).
+    pub fn reindex(&mut self) {
+        let mut index = Index::default();
+        for (id, hold) in &self.holds {
+            match &hold.kind {
+                HoldKind::Credits { amount } => {
+                    index.held_credits = index.held_credits.saturating_add(*amount)
+                }
+                HoldKind::Items { item_id, quantity } => {
+                    let e = index.escrow.entry(item_id.clone()).or_insert(0);
+                    *e = e.saturating_add(*quantity);
+                }
+            }
+            let _ = id;
+        }
+        for (op_id, op) in &self.journal {
+            if let Some(h) = op.hold {
+                index.hold_owner.insert(h, *op_id);
+            }
+            if let MarketChange::Purchase { listing_id, .. } = op.op {
+                *index.purchases.entry(listing_id).or_insert(0) += 1;
+            }
+        }
+        self.index = index;
     }
 
     pub fn item_count(&self, item_id: &str) -> i64 {
@@ -114,27 +214,12 @@ impl PlayerState {
 
     /// Credits reserved by holds.
     pub fn held_credits(&self) -> i64 {
-        self.holds
-            .values()
-            .map(|h| match h.kind {
-                HoldKind::Credits { amount } => amount,
-                HoldKind::Items { .. } => 0,
-            })
-            .fold(0i64, i64::saturating_add)
+        self.index.held_credits
     }
 
     /// Items of one kind in escrow.
     pub fn escrowed_items(&self, item_id: &str) -> i64 {
-        self.holds
-            .values()
-            .map(|h| match &h.kind {
-                HoldKind::Items {
-                    item_id: i,
-                    quantity,
-                } if i == item_id => *quantity,
-                _ => 0,
-            })
-            .fold(0i64, i64::saturating_add)
+        self.index.escrow.get(item_id).copied().unwrap_or(0)
     }
 
     /// Available plus held credits: what a purchase cannot create or destroy
@@ -143,8 +228,14 @@ impl PlayerState {
         self.credits.saturating_add(self.held_credits())
     }
 
-    /// Changes available credits by `delta` (may be negative); refuses to go
-    /// below zero or to overflow.
+    /// True while a purchase of this listing is journaled.
+    pub fn is_buying(&self, listing_id: i64) -> bool {
+        self.index.purchases.contains_key(&listing_id)
+    }
+
+    /// Changes available credits by `delta` (may be negative): the game's own
+    /// change. Refuses to go below zero or to bring the total beyond
+    /// [`MAX_HOLDING`].
     pub fn add_credits(&mut self, delta: i64) -> Result<i64, StateError> {
         let next = self
             .credits
@@ -156,13 +247,14 @@ impl PlayerState {
                 requested: delta.saturating_neg(),
             });
         }
-        // Held credits count too: the total must stay representable.
-        next.checked_add(self.held_credits())
-            .ok_or(StateError::Overflow)?;
+        if delta > 0 && next.saturating_add(self.held_credits()) > MAX_HOLDING {
+            return Err(StateError::Overflow);
+        }
         self.credits = next;
         Ok(next)
     }
 
+    /// Adds items: the game's own change, up to [`MAX_HOLDING`] with escrow.
     pub fn add_item(&mut self, item_id: &str, quantity: i64) -> Result<i64, StateError> {
         check_item(item_id)?;
         check_amount(quantity)?;
@@ -170,8 +262,9 @@ impl PlayerState {
             .item_count(item_id)
             .checked_add(quantity)
             .ok_or(StateError::Overflow)?;
-        next.checked_add(self.escrowed_items(item_id))
-            .ok_or(StateError::Overflow)?;
+        if next.saturating_add(self.escrowed_items(item_id)) > MAX_HOLDING {
+            return Err(StateError::Overflow);
+        }
         self.inventory.insert(item_id.to_string(), next);
         Ok(next)
     }
@@ -187,19 +280,47 @@ impl PlayerState {
             });
         }
         let next = owned - quantity;
-        if next == 0 {
-            self.inventory.remove(item_id);
-        } else {
-            self.inventory.insert(item_id.to_string(), next);
-        }
+        self.set_count(item_id, next);
         Ok(next)
+    }
+
+    fn set_count(&mut self, item_id: &str, count: i64) {
+        if count == 0 {
+            self.inventory.remove(item_id);
+        } else if let Some(c) = self.inventory.get_mut(item_id) {
+            *c = count;
+        } else {
+            self.inventory.insert(item_id.to_string(), count);
+        }
     }
 
     fn new_hold(&mut self, kind: HoldKind) -> HoldId {
         let id = self.next_hold_id;
         self.next_hold_id += 1;
+        match &kind {
+            HoldKind::Credits { amount } => self.index.held_credits += amount,
+            HoldKind::Items { item_id, quantity } => {
+                *self.index.escrow.entry(item_id.clone()).or_insert(0) += quantity
+            }
+        }
         self.holds.insert(id, Hold { kind });
         id
+    }
+
+    fn remove_hold(&mut self, hold: HoldId) -> Option<HoldKind> {
+        let h = self.holds.remove(&hold)?;
+        match &h.kind {
+            HoldKind::Credits { amount } => self.index.held_credits -= amount,
+            HoldKind::Items { item_id, quantity } => {
+                if let Some(e) = self.index.escrow.get_mut(item_id) {
+                    *e -= quantity;
+                    if *e == 0 {
+                        self.index.escrow.remove(item_id);
+                    }
+                }
+            }
+        }
+        Some(h.kind)
     }
 
     /// Moves `amount` available credits into a new hold. Two holds can never
@@ -230,67 +351,167 @@ impl PlayerState {
     /// marketplace operation owns (only its definitive answer may release it).
     pub fn release_hold(&mut self, hold: HoldId) -> Result<HoldKind, StateError> {
         self.check_free(hold)?;
-        self.release_hold_unchecked(hold)
+        self.check_release(hold)?;
+        self.release_checked(hold)
     }
 
     /// Spends a hold: its credits or items are gone for good.
     pub fn commit_hold(&mut self, hold: HoldId) -> Result<HoldKind, StateError> {
         self.check_free(hold)?;
-        self.commit_hold_unchecked(hold)
+        self.remove_hold(hold).ok_or(StateError::UnknownHold(hold))
     }
 
     fn check_free(&self, hold: HoldId) -> Result<(), StateError> {
         if !self.holds.contains_key(&hold) {
             return Err(StateError::UnknownHold(hold));
         }
-        if self.journal.values().any(|op| op.hold == Some(hold)) {
+        if self.index.hold_owner.contains_key(&hold) {
             return Err(StateError::HoldInUse(hold));
         }
         Ok(())
     }
 
-    pub(crate) fn release_hold_unchecked(&mut self, hold: HoldId) -> Result<HoldKind, StateError> {
-        let Some(h) = self.holds.get(&hold) else {
-            return Err(StateError::UnknownHold(hold));
-        };
-        // Check before changing anything, so a refusal leaves no trace.
+    /// Would releasing `hold` fit? (Checked before anything changes.)
+    fn check_release(&self, hold: HoldId) -> Result<(), StateError> {
+        let h = self.holds.get(&hold).ok_or(StateError::UnknownHold(hold))?;
         match &h.kind {
-            HoldKind::Credits { amount } => {
-                self.credits
-                    .checked_add(*amount)
-                    .ok_or(StateError::Overflow)?;
-            }
+            HoldKind::Credits { amount } => self.credits.checked_add(*amount).map(drop),
             HoldKind::Items { item_id, quantity } => {
-                self.item_count(item_id)
-                    .checked_add(*quantity)
-                    .ok_or(StateError::Overflow)?;
+                self.item_count(item_id).checked_add(*quantity).map(drop)
             }
         }
-        let Some(h) = self.holds.remove(&hold) else {
-            return Err(StateError::UnknownHold(hold));
-        };
-        match &h.kind {
-            HoldKind::Credits { amount } => self.credits += amount,
-            HoldKind::Items { item_id, quantity } => {
-                *self.inventory.entry(item_id.clone()).or_insert(0) += quantity;
-            }
-        }
-        Ok(h.kind)
+        .ok_or(StateError::Overflow)
     }
 
-    pub(crate) fn commit_hold_unchecked(&mut self, hold: HoldId) -> Result<HoldKind, StateError> {
-        self.holds
-            .remove(&hold)
-            .map(|h| h.kind)
-            .ok_or(StateError::UnknownHold(hold))
+    fn release_checked(&mut self, hold: HoldId) -> Result<HoldKind, StateError> {
+        let kind = self.remove_hold(hold).ok_or(StateError::UnknownHold(hold))?;
+        match &kind {
+            HoldKind::Credits { amount } => self.credits += amount,
+            HoldKind::Items { item_id, quantity } => {
+                let next = self.item_count(item_id) + quantity;
+                self.set_count(item_id, next);
+            }
+        }
+        Ok(kind)
     }
 
     /// Records a pending marketplace operation; returns its id.
-    pub fn journal_op(&mut self, key: String, op: MarketChange, hold: Option<HoldId>) -> OpId {
+    pub fn journal_op(
+        &mut self,
+        key: String,
+        op: MarketChange,
+        hold: Option<HoldId>,
+        created_at: i64,
+    ) -> OpId {
         let id = self.next_op_id;
         self.next_op_id += 1;
-        self.journal.insert(id, PendingOp { key, op, hold });
+        if let Some(h) = hold {
+            self.index.hold_owner.insert(h, id);
+        }
+        if let MarketChange::Purchase { listing_id, .. } = op {
+            *self.index.purchases.entry(listing_id).or_insert(0) += 1;
+        }
+        self.journal.insert(
+            id,
+            PendingOp {
+                key,
+                op,
+                hold,
+                created_at,
+            },
+        );
         id
+    }
+
+    /// Applies the definitive outcome of a journaled operation: the hold is
+    /// committed or released, what came in is credited, and the operation
+    /// leaves the journal — all or nothing, checked before anything changes.
+    /// `Ok(None)`: the operation was settled already.
+    pub fn settle(&mut self, op_id: OpId, outcome: &OpOutcome) -> Result<Option<Settled>, StateError> {
+        let Some(op) = self.journal.get(&op_id) else {
+            return Ok(None);
+        };
+        let hold = op.hold;
+        // Check: every addition below must fit in i64 (settlements may go
+        // beyond MAX_HOLDING on purpose; see the module docs).
+        match outcome {
+            OpOutcome::Applied {
+                items_in,
+                credits_in,
+            } => {
+                if let Some((item_id, quantity)) = items_in {
+                    check_item(item_id)?;
+                    check_amount(*quantity)?;
+                    self.item_count(item_id)
+                        .checked_add(*quantity)
+                        .and_then(|n| n.checked_add(self.escrowed_items(item_id)))
+                        .ok_or(StateError::Overflow)?;
+                }
+                if *credits_in < 0 {
+                    return Err(StateError::InvalidAmount(*credits_in));
+                }
+                self.credits
+                    .checked_add(*credits_in)
+                    .and_then(|n| n.checked_add(self.held_credits()))
+                    .ok_or(StateError::Overflow)?;
+                if let Some(h) = hold {
+                    if !self.holds.contains_key(&h) {
+                        return Err(StateError::UnknownHold(h));
+                    }
+                }
+            }
+            OpOutcome::Rejected { .. } => {
+                if let Some(h) = hold {
+                    self.check_release(h)?;
+                }
+            }
+        }
+        // Apply.
+        let Some(op) = self.journal.remove(&op_id) else {
+            return Ok(None);
+        };
+        if let Some(h) = op.hold {
+            self.index.hold_owner.remove(&h);
+        }
+        if let MarketChange::Purchase { listing_id, .. } = op.op {
+            if let Some(n) = self.index.purchases.get_mut(&listing_id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.index.purchases.remove(&listing_id);
+                }
+            }
+        }
+        let mut settled = Settled {
+            op,
+            hold: None,
+            items_in: None,
+            credits_in: 0,
+        };
+        match outcome {
+            OpOutcome::Applied {
+                items_in,
+                credits_in,
+            } => {
+                if let Some(h) = hold {
+                    let kind = self.remove_hold(h).ok_or(StateError::UnknownHold(h))?;
+                    settled.hold = Some((h, kind, true));
+                }
+                if let Some((item_id, quantity)) = items_in {
+                    let next = self.item_count(item_id) + quantity;
+                    self.set_count(item_id, next);
+                    settled.items_in = Some((item_id.clone(), *quantity));
+                }
+                self.credits += credits_in;
+                settled.credits_in = *credits_in;
+            }
+            OpOutcome::Rejected { .. } => {
+                if let Some(h) = hold {
+                    let kind = self.release_checked(h)?;
+                    settled.hold = Some((h, kind, false));
+                }
+            }
+        }
+        Ok(Some(settled))
     }
 
     /// Checks the document's internal consistency (the "inventory integrity
@@ -363,6 +584,18 @@ impl PlayerState {
             }
         }
         if problems.is_empty() {
+            // The derived figures must agree with the document.
+            let mut fresh = self.clone();
+            fresh.reindex();
+            if fresh.index.held_credits != self.index.held_credits
+                || fresh.index.escrow != self.index.escrow
+                || fresh.index.hold_owner != self.index.hold_owner
+                || fresh.index.purchases != self.index.purchases
+            {
+                problems.push("derived figures disagree with the document (a bug)".into());
+            }
+        }
+        if problems.is_empty() {
             Ok(())
         } else {
             Err(problems)
@@ -390,6 +623,19 @@ mod tests {
         s.add_credits(1_000).unwrap();
         s.add_item("ore", 5).unwrap();
         s
+    }
+
+    fn buy(s: &mut PlayerState, listing_id: i64, price: i64) -> OpId {
+        let h = s.reserve_credits(price).unwrap();
+        s.journal_op(
+            format!("k{listing_id}"),
+            MarketChange::Purchase {
+                listing_id,
+                expected_price: price,
+            },
+            Some(h),
+            0,
+        )
     }
 
     #[test]
@@ -420,11 +666,13 @@ mod tests {
         assert!(s.remove_item("ore", -1).is_err());
         assert!(s.add_item("ore", -1).is_err());
         assert!(s.add_item("ore", i64::MAX).is_err());
+        assert!(s.add_item("ore", MAX_HOLDING).is_err(), "beyond the holding limit");
         assert!(s.add_item("", 1).is_err());
         assert_eq!(s.item_count("ore"), 5);
         assert_eq!(s.remove_item("ore", 5), Ok(0));
         assert!(!s.inventory.contains_key("ore"));
         assert!(s.add_credits(i64::MAX).is_err());
+        assert!(s.add_credits(MAX_HOLDING).is_err());
         assert!(s.add_credits(-1_001).is_err());
         assert_eq!(s.credits, 1_000);
         s.validate().unwrap();
@@ -440,23 +688,69 @@ mod tests {
         let h = s.escrow_items("ore", 5).unwrap();
         assert!(!s.inventory.contains_key("ore"));
         s.commit_hold(h).unwrap();
-        assert_eq!(s.item_count("ore"), 0);
+        assert_eq!((s.item_count("ore"), s.escrowed_items("ore")), (0, 0));
+        s.validate().unwrap();
     }
 
     #[test]
     fn journaled_holds_are_settled_only_by_their_operation() {
         let mut s = rich();
-        let h = s.reserve_credits(10).unwrap();
-        s.journal_op(
-            "k1".into(),
-            MarketChange::Purchase {
-                listing_id: 1,
-                expected_price: 10,
-            },
-            Some(h),
-        );
+        let op = buy(&mut s, 1, 10);
+        let h = s.journal[&op].hold.unwrap();
+        assert!(s.is_buying(1));
         assert_eq!(s.release_hold(h), Err(StateError::HoldInUse(h)));
         assert_eq!(s.commit_hold(h), Err(StateError::HoldInUse(h)));
+        s.validate().unwrap();
+        let done = s
+            .settle(
+                op,
+                &OpOutcome::Applied {
+                    items_in: Some(("gem".into(), 1)),
+                    credits_in: 0,
+                },
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.hold, Some((h, HoldKind::Credits { amount: 10 }, true)));
+        assert!(!s.is_buying(1));
+        assert_eq!((s.credits, s.held_credits(), s.item_count("gem")), (990, 0, 1));
+        assert_eq!(s.settle(op, &OpOutcome::Rejected { reason: "x".into() }), Ok(None));
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn a_settlement_that_does_not_fit_changes_nothing() {
+        let mut s = rich();
+        let op = buy(&mut s, 1, 10);
+        s.credits = i64::MAX - 20; // only a test can do this
+        let before = s.clone();
+        let r = s.settle(
+            op,
+            &OpOutcome::Applied {
+                items_in: None,
+                credits_in: 100,
+            },
+        );
+        assert_eq!(r, Err(StateError::Overflow));
+        assert_eq!(s, before);
+        assert!(s.is_buying(1) && s.held_credits() == 10);
+    }
+
+    #[test]
+    fn settlements_may_go_beyond_the_holding_limit() {
+        let mut s = PlayerState::new("dev", "Ann");
+        s.add_credits(MAX_HOLDING - 10).unwrap();
+        let op = s.journal_op("k".into(), MarketChange::Claim { sale_id: 1 }, None, 0);
+        s.settle(
+            op,
+            &OpOutcome::Applied {
+                items_in: None,
+                credits_in: marketplace_protocol::MAX_PRICE,
+            },
+        )
+        .unwrap();
+        assert!(s.credits > MAX_HOLDING);
+        assert!(s.add_credits(1).is_err(), "the game itself cannot add more");
         s.validate().unwrap();
     }
 
@@ -465,7 +759,7 @@ mod tests {
         let mut s = rich();
         s.inventory.insert("ghost".into(), 0);
         s.credits = -5;
-        s.journal_op("k".into(), MarketChange::Claim { sale_id: 1 }, Some(99));
+        s.journal_op("k".into(), MarketChange::Claim { sale_id: 1 }, Some(99), 0);
         let problems = s.validate().unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
     }

@@ -6,12 +6,28 @@
 //! other threads send theirs through a [`StoreRemote`], applied in order at
 //! the next [`PlayerStore::poll`].
 //!
-//! Saving never blocks the caller: [`PlayerStore::save`] only marks the state
-//! dirty. Once per `poll` (once per frame) a dirty state is serialised and
-//! handed to the writer thread, replacing any snapshot it has not started yet
-//! — so a thousand saves in one frame are one write. The writer writes with
-//! [`persist::save_atomically`]. [`PlayerStore::flush`] waits for the write
-//! (for quitting the game).
+//! # Saving without costing the frame
+//! Every mutation records what it changed as a small [`Delta`] (an item's new
+//! count, a hold put or removed, …). Once per `poll` (once per frame) the
+//! frame's deltas are handed to the writer thread, which keeps its own copy
+//! of the document, applies them, serialises and writes with
+//! [`persist::save_atomically`]. The game's thread never serialises the
+//! document and never copies it: a trade's settlement costs the same with a
+//! ten-item or a ten-thousand-item inventory. Deltas that pile up while the
+//! writer is busy are applied together and written once, so a thousand saves
+//! in one frame — or in ten frames of a slow disk — are one write.
+//!
+//! # What is saved when
+//! Trades (journal entries, holds for trades, settlements, the identity) are
+//! always saved: a trade may not be sent before its journal entry is on
+//! disk. `autosave` governs only the game's own changes (`add_item`, …);
+//! with it off they wait for [`PlayerStore::save`] — or ride along with the
+//! next trade, since there is one file.
+//!
+//! # One store per file
+//! Opening takes an OS lock on the save ([`persist::lock`]); a second store
+//! on the same file — another game instance, another node — is refused
+//! before anything is read or written.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -21,8 +37,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::persist::{self, LoadError, RealFs, SaveFs};
-use crate::state::{HoldId, HoldKind, OpId, PlayerState, StateError};
+use crate::state::{Hold, HoldId, HoldKind, OpId, PendingOp, PlayerState, Settled, StateError};
 use marketplace_protocol::MarketChange;
+
+pub use crate::state::OpOutcome;
 
 /// Something the game may want to show or log; drained with
 /// [`PlayerStore::drain_events`].
@@ -47,7 +65,7 @@ pub enum StoreEvent {
     HoldCommitted {
         hold_id: HoldId,
     },
-    /// Everything up to `generation` is on disk.
+    /// Everything the game has changed is on disk (nothing newer waits).
     Saved {
         generation: u64,
     },
@@ -65,24 +83,12 @@ pub enum StoreEvent {
     },
 }
 
-/// How an operation in the journal ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OpOutcome {
-    /// The server applied it: commit the hold, then credit what came in.
-    Applied {
-        items_in: Option<(String, i64)>,
-        credits_in: i64,
-    },
-    /// The server refused it definitively: release the hold.
-    Rejected { reason: String },
-}
-
 /// Counters for tests and benchmarks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SaveStats {
     /// Calls of [`PlayerStore::save`] (explicit or by autosave).
     pub save_calls: u64,
-    /// Snapshots handed to the writer.
+    /// Batches of changes handed to the writer.
     pub snapshots: u64,
     /// Files actually written.
     pub writes: u64,
@@ -90,7 +96,8 @@ pub struct SaveStats {
 
 /// Options of [`PlayerStore::open`].
 pub struct StoreOptions {
-    /// Save after every mutation (still one write per frame). Default: true.
+    /// Save the game's own changes as they happen (still one write per
+    /// frame). Trades are saved whatever this says. Default: true.
     pub autosave: bool,
     /// The file operations; tests inject failures here. Default: [`RealFs`].
     pub fs: Box<dyn SaveFs>,
@@ -104,6 +111,62 @@ impl Default for StoreOptions {
             autosave: true,
             fs: Box::new(RealFs),
             retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One change of the document, as the writer's copy applies it: the new
+/// value of what changed (so applying it can never fail).
+#[derive(Debug, Clone)]
+enum Delta {
+    Credits(i64),
+    /// An item's new count; 0 removes it.
+    Item(String, i64),
+    Hold(HoldId, Option<Hold>),
+    Op(OpId, Option<PendingOp>),
+    Counters(HoldId, OpId),
+    Identity {
+        device_id: String,
+        player_name: String,
+        player_id: Option<i64>,
+    },
+}
+
+impl Delta {
+    fn apply(self, s: &mut PlayerState) {
+        match self {
+            Delta::Credits(n) => s.credits = n,
+            Delta::Item(item, 0) => {
+                s.inventory.remove(&item);
+            }
+            Delta::Item(item, n) => {
+                s.inventory.insert(item, n);
+            }
+            Delta::Hold(id, Some(h)) => {
+                s.holds.insert(id, h);
+            }
+            Delta::Hold(id, None) => {
+                s.holds.remove(&id);
+            }
+            Delta::Op(id, Some(op)) => {
+                s.journal.insert(id, op);
+            }
+            Delta::Op(id, None) => {
+                s.journal.remove(&id);
+            }
+            Delta::Counters(hold, op) => {
+                s.next_hold_id = hold;
+                s.next_op_id = op;
+            }
+            Delta::Identity {
+                device_id,
+                player_name,
+                player_id,
+            } => {
+                s.device_id = device_id;
+                s.player_name = player_name;
+                s.player_id = player_id;
+            }
         }
     }
 }
@@ -142,9 +205,13 @@ impl StoreRemote {
     }
 }
 
+/// What the owner and the writer thread share.
 #[derive(Default)]
 struct Slot {
-    pending: Option<(u64, Vec<u8>)>,
+    /// Batches of changes not yet applied to the writer's copy, by generation.
+    batches: Vec<(u64, Vec<Delta>)>,
+    /// Write the copy again even without new changes (a retry).
+    rewrite: bool,
     stop: bool,
     /// Highest generation written.
     durable: u64,
@@ -160,48 +227,67 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(path: PathBuf, mut fs: Box<dyn SaveFs>) -> std::io::Result<Writer> {
+    /// Starts the writer with its own copy of the document. It holds the
+    /// save's OS lock until its last write is done.
+    fn start(
+        path: PathBuf,
+        mut fs: Box<dyn SaveFs>,
+        mut copy: PlayerState,
+        lock: std::fs::File,
+    ) -> std::io::Result<Writer> {
         let shared = Arc::new((Mutex::new(Slot::default()), Condvar::new()));
         let (tx, results) = mpsc::channel();
         let inner = shared.clone();
         let thread = std::thread::Builder::new()
             .name("player-store-writer".into())
-            .spawn(move || loop {
-                let (lock, cv) = &*inner;
-                let job = {
+            .spawn(move || {
+                let _lock = lock;
+                let mut copy_generation = 0;
+                loop {
+                    let (lock, cv) = &*inner;
+                    let batches = {
+                        let Ok(mut slot) = lock.lock() else { return };
+                        loop {
+                            if !slot.batches.is_empty() || slot.rewrite {
+                                slot.rewrite = false;
+                                break std::mem::take(&mut slot.batches);
+                            }
+                            if slot.stop {
+                                return;
+                            }
+                            slot = match cv.wait(slot) {
+                                Ok(s) => s,
+                                Err(_) => return,
+                            };
+                        }
+                    };
+                    for (generation, deltas) in batches {
+                        for delta in deltas {
+                            delta.apply(&mut copy);
+                        }
+                        copy_generation = generation;
+                    }
+                    let result = serde_json::to_vec(&copy)
+                        .map_err(std::io::Error::other)
+                        .and_then(|bytes| persist::save_atomically(fs.as_mut(), &path, &bytes))
+                        .map_err(|e| format!("saving {} failed: {e}", path.display()));
+                    // Report on the channel first, so that whoever wakes up on
+                    // the condition variable finds the result there too.
+                    let _ = tx.send(result.clone().map(|()| copy_generation));
                     let Ok(mut slot) = lock.lock() else { return };
-                    loop {
-                        if let Some(job) = slot.pending.take() {
-                            break job;
+                    match &result {
+                        Ok(()) => {
+                            slot.durable = slot.durable.max(copy_generation);
+                            slot.writes += 1;
+                            if slot.failed.as_ref().is_some_and(|(g, _)| *g <= copy_generation) {
+                                slot.failed = None;
+                            }
                         }
-                        if slot.stop {
-                            return;
-                        }
-                        slot = match cv.wait(slot) {
-                            Ok(s) => s,
-                            Err(_) => return,
-                        };
+                        Err(e) => slot.failed = Some((copy_generation, e.clone())),
                     }
-                };
-                let (generation, bytes) = job;
-                let result = persist::save_atomically(fs.as_mut(), &path, &bytes)
-                    .map_err(|e| format!("saving {} failed: {e}", path.display()));
-                // Report on the channel first, so that whoever wakes up on
-                // the condition variable finds the result there too.
-                let _ = tx.send(result.clone().map(|()| generation));
-                let Ok(mut slot) = lock.lock() else { return };
-                match &result {
-                    Ok(()) => {
-                        slot.durable = slot.durable.max(generation);
-                        slot.writes += 1;
-                        if slot.failed.as_ref().is_some_and(|(g, _)| *g <= generation) {
-                            slot.failed = None;
-                        }
-                    }
-                    Err(e) => slot.failed = Some((generation, e.clone())),
+                    drop(slot);
+                    cv.notify_all();
                 }
-                drop(slot);
-                cv.notify_all();
             })?;
         Ok(Writer {
             shared,
@@ -210,10 +296,13 @@ impl Writer {
         })
     }
 
-    fn hand_over(&self, generation: u64, bytes: Vec<u8>) {
+    fn hand_over(&self, generation: u64, deltas: Vec<Delta>, rewrite: bool) {
         let (lock, cv) = &*self.shared;
         if let Ok(mut slot) = lock.lock() {
-            slot.pending = Some((generation, bytes));
+            if !deltas.is_empty() || rewrite {
+                slot.batches.push((generation, deltas));
+            }
+            slot.rewrite |= rewrite;
             // A new attempt supersedes an older failure.
             slot.failed = None;
         }
@@ -235,18 +324,21 @@ impl Drop for Writer {
     }
 }
 
-/// The player's data, its save file and its writer.
+/// The single owner of the player's data.
 pub struct PlayerStore {
     state: PlayerState,
     path: Option<PathBuf>,
     autosave: bool,
     retry_after: Duration,
+    /// Bumped by every change of the state.
     generation: u64,
+    /// Changes since the last hand-over.
+    deltas: Vec<Delta>,
     save_wanted: bool,
     /// Highest generation handed to the writer.
     handed: u64,
     durable: u64,
-    /// Generation of the last failed write, until a later write succeeds.
+    /// The generation whose write failed, while no later one succeeded.
     failing: Option<u64>,
     retry_at: Option<Instant>,
     writer: Option<Writer>,
@@ -256,26 +348,39 @@ pub struct PlayerStore {
     stats: SaveStats,
 }
 
-/// Most remote mutations applied per `poll`, so one frame does bounded work.
+/// Remote mutations applied per `poll`, so one frame does bounded work.
 const REMOTE_PER_POLL: usize = 10_000;
+
+/// Who asked for a change: the game's own changes are saved only with
+/// `autosave`; trades always.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Game,
+    Trade,
+}
 
 impl PlayerStore {
     /// Opens (or creates on first save) the save file at `path`. A new
-    /// player gets a random device id and `default_name`.
+    /// player gets a random device id and `default_name`. Refused with
+    /// [`LoadError::Locked`] while another store has the file open.
     pub fn open(
         path: impl AsRef<Path>,
         default_name: &str,
         options: StoreOptions,
     ) -> Result<PlayerStore, LoadError> {
         let path = path.as_ref().to_path_buf();
+        let lock = persist::lock(&path)?;
         let loaded = persist::load(&path)?;
-        let state = loaded
+        let mut state = loaded
             .state
             .unwrap_or_else(|| PlayerState::new(new_device_id(), default_name));
-        let writer = Writer::start(path.clone(), options.fs).map_err(|source| LoadError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        state.reindex();
+        let writer = Writer::start(path.clone(), options.fs, state.clone(), lock).map_err(
+            |source| LoadError::Io {
+                path: path.clone(),
+                source,
+            },
+        )?;
         let mut store = Self::build(state, Some(path), Some(writer), options.autosave);
         store.retry_after = options.retry_after;
         if let Some(message) = loaded.recovered_from_backup {
@@ -284,13 +389,16 @@ impl PlayerStore {
                 .events
                 .push_back(StoreEvent::RecoveredFromBackup { message });
             // Write a good main file again at once.
-            store.save();
+            if let Some(w) = &store.writer {
+                w.hand_over(0, Vec::new(), true);
+            }
         }
         Ok(store)
     }
 
     /// A store without a file (tests, tools, a game that saves elsewhere).
-    pub fn in_memory(state: PlayerState) -> PlayerStore {
+    pub fn in_memory(mut state: PlayerState) -> PlayerStore {
+        state.reindex();
         Self::build(state, None, None, true)
     }
 
@@ -307,6 +415,7 @@ impl PlayerStore {
             autosave,
             retry_after: Duration::from_secs(1),
             generation: 0,
+            deltas: Vec::new(),
             save_wanted: false,
             handed: 0,
             durable: 0,
@@ -334,8 +443,15 @@ impl PlayerStore {
         }
     }
 
+    pub fn autosave(&self) -> bool {
+        self.autosave
+    }
+
     pub fn set_autosave(&mut self, on: bool) {
         self.autosave = on;
+        if on && self.generation > self.handed {
+            self.save();
+        }
     }
 
     pub fn stats(&self) -> SaveStats {
@@ -368,119 +484,137 @@ impl PlayerStore {
         self.failing.is_some()
     }
 
-    fn changed(&mut self) {
+    fn changed(&mut self, origin: Origin) {
         self.generation += 1;
-        if self.autosave {
+        if self.autosave || origin == Origin::Trade {
             self.save();
         }
     }
 
-    fn credits_event(&mut self) {
+    fn credits_changed(&mut self) {
+        self.deltas.push(Delta::Credits(self.state.credits));
         self.events.push_back(StoreEvent::CreditsChanged {
             available: self.state.credits,
             held: self.state.held_credits(),
         });
     }
 
-    fn item_event(&mut self, item_id: &str) {
+    fn item_changed(&mut self, item_id: &str) {
+        let count = self.state.item_count(item_id);
+        self.deltas.push(Delta::Item(item_id.to_string(), count));
         self.events.push_back(StoreEvent::InventoryChanged {
             item_id: item_id.to_string(),
-            count: self.state.item_count(item_id),
+            count,
         });
     }
 
-    fn hold_kind_events(&mut self, kind: &HoldKind) {
+    fn hold_changed(&mut self, hold_id: HoldId) {
+        let hold = self.state.holds.get(&hold_id).cloned();
+        self.deltas.push(Delta::Hold(hold_id, hold));
+    }
+
+    fn counters_changed(&mut self) {
+        self.deltas.push(Delta::Counters(
+            self.state.next_hold_id,
+            self.state.next_op_id,
+        ));
+    }
+
+    fn kind_changed(&mut self, kind: &HoldKind) {
         match kind {
-            HoldKind::Credits { .. } => self.credits_event(),
-            HoldKind::Items { item_id, .. } => self.item_event(item_id),
+            HoldKind::Credits { .. } => self.credits_changed(),
+            HoldKind::Items { item_id, .. } => self.item_changed(item_id),
         }
     }
 
     pub fn add_credits(&mut self, delta: i64) -> Result<i64, StateError> {
         let n = self.state.add_credits(delta)?;
-        self.credits_event();
-        self.changed();
+        self.credits_changed();
+        self.changed(Origin::Game);
         Ok(n)
     }
 
     pub fn add_item(&mut self, item_id: &str, quantity: i64) -> Result<i64, StateError> {
         let n = self.state.add_item(item_id, quantity)?;
-        self.item_event(item_id);
-        self.changed();
+        self.item_changed(item_id);
+        self.changed(Origin::Game);
         Ok(n)
     }
 
     pub fn remove_item(&mut self, item_id: &str, quantity: i64) -> Result<i64, StateError> {
         let n = self.state.remove_item(item_id, quantity)?;
-        self.item_event(item_id);
-        self.changed();
+        self.item_changed(item_id);
+        self.changed(Origin::Game);
         Ok(n)
     }
 
     pub fn reserve_credits(&mut self, amount: i64) -> Result<HoldId, StateError> {
-        let hold_id = self.state.reserve_credits(amount)?;
-        self.events.push_back(StoreEvent::HoldPlaced {
-            hold_id,
-            kind: HoldKind::Credits { amount },
-        });
-        self.credits_event();
-        self.changed();
-        Ok(hold_id)
+        self.hold(HoldKind::Credits { amount }, Origin::Game)
     }
 
     pub fn escrow_items(&mut self, item_id: &str, quantity: i64) -> Result<HoldId, StateError> {
-        let hold_id = self.state.escrow_items(item_id, quantity)?;
-        self.events.push_back(StoreEvent::HoldPlaced {
-            hold_id,
-            kind: HoldKind::Items {
+        self.hold(
+            HoldKind::Items {
                 item_id: item_id.to_string(),
                 quantity,
             },
-        });
-        self.item_event(item_id);
-        self.changed();
+            Origin::Game,
+        )
+    }
+
+    fn hold(&mut self, kind: HoldKind, origin: Origin) -> Result<HoldId, StateError> {
+        let hold_id = match &kind {
+            HoldKind::Credits { amount } => self.state.reserve_credits(*amount)?,
+            HoldKind::Items { item_id, quantity } => {
+                self.state.escrow_items(item_id, *quantity)?
+            }
+        };
+        self.hold_changed(hold_id);
+        self.counters_changed();
+        self.kind_changed(&kind);
+        self.events
+            .push_back(StoreEvent::HoldPlaced { hold_id, kind });
+        self.changed(origin);
         Ok(hold_id)
     }
 
     /// Releases a hold the game placed itself (not one of a pending trade).
     pub fn release_hold(&mut self, hold_id: HoldId, reason: &str) -> Result<(), StateError> {
         let kind = self.state.release_hold(hold_id)?;
-        self.after_release(hold_id, &kind, reason);
+        self.hold_changed(hold_id);
+        self.events.push_back(StoreEvent::HoldReleased {
+            hold_id,
+            reason: reason.to_string(),
+        });
+        self.kind_changed(&kind);
+        self.changed(Origin::Game);
         Ok(())
     }
 
     /// Commits a hold the game placed itself (not one of a pending trade).
     pub fn commit_hold(&mut self, hold_id: HoldId) -> Result<(), StateError> {
         let kind = self.state.commit_hold(hold_id)?;
-        self.after_commit(hold_id, &kind);
+        self.hold_changed(hold_id);
+        self.events.push_back(StoreEvent::HoldCommitted { hold_id });
+        self.kind_changed(&kind);
+        self.changed(Origin::Game);
         Ok(())
     }
 
-    fn after_release(&mut self, hold_id: HoldId, kind: &HoldKind, reason: &str) {
-        self.events.push_back(StoreEvent::HoldReleased {
-            hold_id,
-            reason: reason.to_string(),
-        });
-        self.hold_kind_events(kind);
-        self.changed();
-    }
-
-    fn after_commit(&mut self, hold_id: HoldId, kind: &HoldKind) {
-        self.events.push_back(StoreEvent::HoldCommitted { hold_id });
-        self.hold_kind_events(kind);
-        self.changed();
-    }
-
     /// Sets the identity used to log in (kept in the save file, so restarts
-    /// log in as the same player and can settle its pending trades).
+    /// log in as the same player and can settle its pending trades). A new
+    /// device forgets the server's player id until the next login.
     pub fn set_identity(&mut self, device_id: &str, name: &str) -> Result<(), StateError> {
         marketplace_protocol::check_id("device_id", device_id)
             .map_err(StateError::InvalidItemId)?;
         marketplace_protocol::check_name(name).map_err(StateError::InvalidItemId)?;
         if self.state.device_id != device_id || self.state.player_name != name {
+            if self.state.device_id != device_id {
+                self.state.player_id = None;
+            }
             self.state.device_id = device_id.to_string();
             self.state.player_name = name.to_string();
-            self.changed();
+            self.identity_changed();
         }
         Ok(())
     }
@@ -490,67 +624,100 @@ impl PlayerStore {
         if self.state.player_id != Some(player_id) || self.state.player_name != name {
             self.state.player_id = Some(player_id);
             self.state.player_name = name.to_string();
-            self.changed();
+            self.identity_changed();
         }
     }
 
+    fn identity_changed(&mut self) {
+        self.deltas.push(Delta::Identity {
+            device_id: self.state.device_id.clone(),
+            player_name: self.state.player_name.clone(),
+            player_id: self.state.player_id,
+        });
+        self.changed(Origin::Trade);
+    }
+
+    /// Places a trade's hold (reserved credits or escrowed items) and
+    /// journals the operation that will settle it, in one change. The
+    /// operation may be sent once [`PlayerStore::durable_generation`] reaches
+    /// the generation this returns.
+    pub fn begin_trade(
+        &mut self,
+        key: String,
+        op: MarketChange,
+        hold: Option<HoldKind>,
+        created_at: i64,
+    ) -> Result<OpId, StateError> {
+        let hold_id = match hold {
+            Some(kind) => Some(self.hold(kind, Origin::Trade)?),
+            None => None,
+        };
+        Ok(self.begin_op(key, op, hold_id, created_at))
+    }
+
     /// Journals a marketplace operation (with the hold it settles).
-    pub fn begin_op(&mut self, key: String, op: MarketChange, hold: Option<HoldId>) -> OpId {
-        let id = self.state.journal_op(key, op, hold);
-        self.changed();
+    pub fn begin_op(
+        &mut self,
+        key: String,
+        op: MarketChange,
+        hold: Option<HoldId>,
+        created_at: i64,
+    ) -> OpId {
+        let id = self.state.journal_op(key, op, hold, created_at);
+        self.deltas
+            .push(Delta::Op(id, self.state.journal.get(&id).cloned()));
+        self.counters_changed();
+        self.changed(Origin::Trade);
         id
     }
 
     /// Applies the definitive outcome of a journaled operation exactly once:
     /// the hold is committed or released, what came in is credited, and the
-    /// operation leaves the journal — all or nothing.
+    /// operation leaves the journal — all or nothing. Costs the same however
+    /// many trades are pending.
     pub fn settle_op(&mut self, op_id: OpId, outcome: &OpOutcome) -> Result<(), StateError> {
-        let Some(op) = self.state.journal.get(&op_id).cloned() else {
-            return Ok(()); // settled already
-        };
-        // Work on a copy so that a refusal half-way changes nothing.
-        let mut next = self.state.clone();
-        next.journal.remove(&op_id);
-        let mut touched_items = Vec::new();
-        let settled_hold = match (outcome, op.hold) {
-            (OpOutcome::Applied { .. }, Some(h)) => Some((h, next.commit_hold_unchecked(h)?)),
-            (OpOutcome::Rejected { .. }, Some(h)) => Some((h, next.release_hold_unchecked(h)?)),
-            (_, None) => None,
-        };
-        if let OpOutcome::Applied {
+        let Some(Settled {
+            hold,
             items_in,
             credits_in,
-        } = outcome
-        {
-            if let Some((item_id, quantity)) = items_in {
-                next.add_item(item_id, *quantity)?;
-                touched_items.push(item_id.clone());
-            }
-            if *credits_in != 0 {
-                next.add_credits(*credits_in)?;
+            ..
+        }) = self.state.settle(op_id, outcome)?
+        else {
+            return Ok(()); // settled already
+        };
+        self.deltas.push(Delta::Op(op_id, None));
+        let mut credits = credits_in != 0;
+        let mut items: Vec<String> = Vec::new();
+        if let Some((hold_id, kind, committed)) = hold {
+            self.hold_changed(hold_id);
+            self.events.push_back(if committed {
+                StoreEvent::HoldCommitted { hold_id }
+            } else {
+                StoreEvent::HoldReleased {
+                    hold_id,
+                    reason: match outcome {
+                        OpOutcome::Rejected { reason } => reason.clone(),
+                        OpOutcome::Applied { .. } => String::new(),
+                    },
+                }
+            });
+            match kind {
+                HoldKind::Credits { .. } => credits = true,
+                HoldKind::Items { item_id, .. } => items.push(item_id),
             }
         }
-        self.state = next;
-        if let Some((hold_id, kind)) = &settled_hold {
-            match outcome {
-                OpOutcome::Applied { .. } => self
-                    .events
-                    .push_back(StoreEvent::HoldCommitted { hold_id: *hold_id }),
-                OpOutcome::Rejected { reason } => self.events.push_back(StoreEvent::HoldReleased {
-                    hold_id: *hold_id,
-                    reason: reason.clone(),
-                }),
-            }
-            if let HoldKind::Items { item_id, .. } = kind {
-                touched_items.push(item_id.clone());
+        if let Some((item_id, _)) = items_in {
+            if !items.contains(&item_id) {
+                items.push(item_id);
             }
         }
-        touched_items.dedup();
-        for item in touched_items {
-            self.item_event(&item);
+        for item in &items {
+            self.item_changed(item);
         }
-        self.credits_event();
-        self.changed();
+        if credits {
+            self.credits_changed();
+        }
+        self.changed(Origin::Trade);
         Ok(())
     }
 
@@ -562,7 +729,7 @@ impl PlayerStore {
     }
 
     /// Applies queued remote mutations, collects the writer's results and
-    /// hands a dirty state to the writer. Call once per frame.
+    /// hands the frame's changes to the writer. Call once per frame.
     pub fn poll(&mut self) {
         for _ in 0..REMOTE_PER_POLL {
             let Ok(op) = self.remote_rx.try_recv() else {
@@ -601,7 +768,10 @@ impl PlayerStore {
                         self.failing = None;
                         self.retry_at = None;
                     }
-                    self.events.push_back(StoreEvent::Saved { generation });
+                    // True to its word: only when nothing newer waits.
+                    if self.durable >= self.generation {
+                        self.events.push_back(StoreEvent::Saved { generation });
+                    }
                 }
                 Err(message) => {
                     tracing::warn!(%message, "save failed");
@@ -620,27 +790,23 @@ impl PlayerStore {
         }
         let Some(writer) = &self.writer else {
             self.save_wanted = false;
+            self.deltas.clear();
             return;
         };
         if !force && self.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        if self.handed == self.generation && self.failing.is_none() && !force {
-            // Nothing new since the last snapshot.
+        let retry = self.failing.is_some();
+        if self.deltas.is_empty() && !retry && !force {
+            // Nothing new since the last hand-over.
             self.save_wanted = false;
             return;
         }
-        match serde_json::to_vec(&self.state) {
-            Ok(bytes) => {
-                writer.hand_over(self.generation, bytes);
-                self.handed = self.generation;
-                self.stats.snapshots += 1;
-                self.save_wanted = false;
-            }
-            Err(e) => self.events.push_back(StoreEvent::SaveFailed {
-                message: format!("cannot serialise player data: {e}"),
-            }),
-        }
+        let deltas = std::mem::take(&mut self.deltas);
+        writer.hand_over(self.generation, deltas, retry || force);
+        self.handed = self.generation;
+        self.stats.snapshots += 1;
+        self.save_wanted = false;
     }
 
     /// Writes the current state now and waits until it is on disk (or the
@@ -651,7 +817,7 @@ impl PlayerStore {
             return Ok(());
         };
         let target = self.generation;
-        if self.handed < target || self.failing.is_some() {
+        if self.handed < target || self.failing.is_some() || !self.deltas.is_empty() {
             self.hand_to_writer(true);
         }
         let (lock, cv) = &*shared;
@@ -683,6 +849,24 @@ impl PlayerStore {
     /// Moves pending events into `out`.
     pub fn drain_events(&mut self, out: &mut Vec<StoreEvent>) {
         out.extend(self.events.drain(..));
+    }
+
+    /// Takes the oldest pending event (for emitting one at a time while
+    /// handlers may cause new ones).
+    pub fn next_event(&mut self) -> Option<StoreEvent> {
+        self.events.pop_front()
+    }
+}
+
+impl Drop for PlayerStore {
+    /// Hands the changes that asked to be saved to the writer; the writer's
+    /// own drop finishes the write before the thread ends and the lock is
+    /// released. (With `autosave` off, game changes nobody saved are not
+    /// written: the game decides when its progress is kept.)
+    fn drop(&mut self) {
+        if self.writer.is_some() && (self.save_wanted || self.failing.is_some()) {
+            self.hand_to_writer(true);
+        }
     }
 }
 

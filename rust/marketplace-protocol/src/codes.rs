@@ -31,6 +31,7 @@ use std::fmt;
 /// | `not_logged_in` | – | client: call `login` first | yes (nothing sent) |
 /// | `invalid_argument` | – | client: refused before sending | yes (nothing sent) |
 /// | `shutting_down` | – | client: the node is leaving; the operation stays journaled | no |
+/// | `trades_pending` | – | client: refused while trades wait for their answer (switching player, server or save file) | yes (nothing changed) |
 ///
 /// *Definitive* means the server decided and will decide the same on a retry:
 /// a hold is released only on a definitive failure (invariant I4). A
@@ -62,11 +63,12 @@ pub enum ErrorCode {
     NotLoggedIn,
     InvalidArgument,
     ShuttingDown,
+    TradesPending,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -91,6 +93,7 @@ impl ErrorCode {
         ErrorCode::NotLoggedIn,
         ErrorCode::InvalidArgument,
         ErrorCode::ShuttingDown,
+        ErrorCode::TradesPending,
     ];
 
     /// The stable string GDScript matches on.
@@ -120,6 +123,7 @@ impl ErrorCode {
             ErrorCode::NotLoggedIn => "not_logged_in",
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::TradesPending => "trades_pending",
         }
     }
 
@@ -144,25 +148,49 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
-            _ => return None,
+            ErrorCode::Offline
+            | ErrorCode::Timeout
+            | ErrorCode::BadResponse
+            | ErrorCode::PurchaseInProgress
+            | ErrorCode::InsufficientCredits
+            | ErrorCode::InsufficientItems
+            | ErrorCode::NotLoggedIn
+            | ErrorCode::InvalidArgument
+            | ErrorCode::ShuttingDown
+            | ErrorCode::TradesPending => return None,
         })
     }
 
     /// True when the outcome is final: retrying the same request cannot
     /// succeed, so a hold may be released (invariant I4).
     pub fn is_definitive(self) -> bool {
-        !matches!(
-            self,
+        match self {
+            ErrorCode::InvalidRequest
+            | ErrorCode::Forbidden
+            | ErrorCode::OwnListing
+            | ErrorCode::NotFound
+            | ErrorCode::AlreadySold
+            | ErrorCode::PriceChanged
+            | ErrorCode::ListingCancelled
+            | ErrorCode::AlreadyClaimed
+            | ErrorCode::IdempotencyKeyReused
+            | ErrorCode::PayloadTooLarge
+            | ErrorCode::PurchaseInProgress
+            | ErrorCode::InsufficientCredits
+            | ErrorCode::InsufficientItems
+            | ErrorCode::NotLoggedIn
+            | ErrorCode::InvalidArgument
+            | ErrorCode::TradesPending => true,
             ErrorCode::Unauthorized
-                | ErrorCode::RequestInProgress
-                | ErrorCode::RateLimited
-                | ErrorCode::Internal
-                | ErrorCode::Unavailable
-                | ErrorCode::Offline
-                | ErrorCode::Timeout
-                | ErrorCode::BadResponse
-                | ErrorCode::ShuttingDown
-        )
+            | ErrorCode::RequestInProgress
+            | ErrorCode::RateLimited
+            | ErrorCode::Internal
+            | ErrorCode::Unavailable
+            | ErrorCode::Offline
+            | ErrorCode::Timeout
+            | ErrorCode::BadResponse
+            | ErrorCode::ShuttingDown => false,
+        }
     }
 }
 

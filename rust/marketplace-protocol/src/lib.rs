@@ -26,6 +26,16 @@ pub const MAX_ID_LEN: usize = 64;
 pub const MAX_NAME_LEN: usize = 64;
 /// Largest request body the server reads, in bytes; larger bodies get 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Largest quantity of one listing.
+pub const MAX_QUANTITY: i64 = 1_000_000;
+/// Largest price of one listing, in credits.
+pub const MAX_PRICE: i64 = 1_000_000_000_000;
+/// Largest amount a player's own game may bring a count or a balance to
+/// (10^15). Settlements of trades may go beyond it: each adds at most
+/// [`MAX_QUANTITY`] items or [`MAX_PRICE`] credits, and `i64` has room for
+/// more than nine million of those above this line, so arithmetic can never
+/// leave a trade stuck.
+pub const MAX_HOLDING: i64 = 1_000_000_000_000_000;
 /// Default and maximum page size of `GET /v1/listings`.
 pub const DEFAULT_PAGE_LIMIT: u32 = 50;
 pub const MAX_PAGE_LIMIT: u32 = 200;
@@ -251,6 +261,24 @@ pub fn check_positive(what: &str, value: i64) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a listing's quantity: 1..=[`MAX_QUANTITY`].
+pub fn check_quantity(value: i64) -> Result<(), String> {
+    check_range("quantity", value, MAX_QUANTITY)
+}
+
+/// Checks a price (also an expected price): 1..=[`MAX_PRICE`].
+pub fn check_price(what: &str, value: i64) -> Result<(), String> {
+    check_range(what, value, MAX_PRICE)
+}
+
+fn check_range(what: &str, value: i64, max: i64) -> Result<(), String> {
+    check_positive(what, value)?;
+    if value > max {
+        return Err(format!("{what} must be at most {max}"));
+    }
+    Ok(())
+}
+
 /// Checks a player name: 1..=[`MAX_NAME_LEN`] bytes, no control characters.
 pub fn check_name(value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
@@ -277,6 +305,17 @@ mod tests {
         assert!(check_id("item_id", &"x".repeat(MAX_ID_LEN)).is_ok());
         assert!(check_id("item_id", "a b").is_err());
         assert!(check_id("item_id", "é").is_err());
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        assert!(check_quantity(1).is_ok() && check_quantity(MAX_QUANTITY).is_ok());
+        assert!(check_quantity(0).is_err() && check_quantity(MAX_QUANTITY + 1).is_err());
+        assert!(check_quantity(i64::MAX).is_err());
+        assert!(check_price("price", MAX_PRICE).is_ok());
+        assert!(check_price("price", MAX_PRICE + 1).is_err());
+        // Millions of settlements above the holding limit still fit in i64.
+        assert!((i64::MAX - MAX_HOLDING) / MAX_PRICE > 9_000_000);
     }
 
     #[test]
