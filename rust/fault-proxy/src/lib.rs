@@ -30,6 +30,10 @@ pub enum Fault {
     Stall,
     /// Answer 200 with this garbage body without forwarding.
     Garbage(&'static str),
+    /// Forward (the server commits), then answer with this HTTP status and
+    /// an HTML error page of the proxy's own, as a CDN, WAF or load balancer
+    /// does: the marketplace's answer is lost behind it.
+    ProxyPage(u16),
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +246,16 @@ async fn serve_connection(
             Some(Fault::Stall) => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return Ok(());
+            }
+            Some(Fault::ProxyPage(status)) => {
+                let body = format!(
+                    "<html><head><title>{status}</title></head><body><center><h1>{status}</h1></center><hr><center>edge-proxy</center></body></html>"
+                );
+                let answer = format!(
+                    "HTTP/1.1 {status} Proxy Says No\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                client.write_all(answer.as_bytes()).await?;
             }
             _ => client.write_all(&answer).await?,
         }

@@ -83,7 +83,9 @@ impl ClientConfig {
     /// `server_url` that is not http(s).
     pub fn checked(mut self) -> Result<ClientConfig, ClientError> {
         let url = self.server_url.trim().trim_end_matches('/');
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.contains(char::is_whitespace)
+        {
             return Err(ClientError::new(
                 ErrorCode::InvalidArgument,
                 "server_url must start with http:// or https://",
@@ -92,9 +94,21 @@ impl ClientConfig {
         self.server_url = url.to_string();
         self.max_concurrent_requests = self.max_concurrent_requests.clamp(1, 1024);
         let clamp = |d: Duration, lo: Duration, hi: Duration| d.clamp(lo, hi);
-        self.request_timeout = clamp(self.request_timeout, Duration::from_millis(100), Duration::from_secs(600));
-        self.retry_base_delay = clamp(self.retry_base_delay, Duration::from_millis(1), Duration::from_secs(60));
-        self.retry_max_delay = clamp(self.retry_max_delay, self.retry_base_delay, Duration::from_secs(3600));
+        self.request_timeout = clamp(
+            self.request_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        );
+        self.retry_base_delay = clamp(
+            self.retry_base_delay,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        );
+        self.retry_max_delay = clamp(
+            self.retry_max_delay,
+            self.retry_base_delay,
+            Duration::from_secs(3600),
+        );
         self.drop_grace = clamp(self.drop_grace, Duration::ZERO, Duration::from_secs(30));
         if !self.max_requests_per_second.is_finite() || self.max_requests_per_second < 0.0 {
             self.max_requests_per_second = 0.0;
@@ -1027,9 +1041,10 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
         }
         Command::ListSales { .. } => {
             let SalesPage { sales } = decode(bytes)?;
-            if sales.iter().any(|s| {
-                s.id < 1 || marketplace_protocol::check_price("price", s.price).is_err()
-            }) {
+            if sales
+                .iter()
+                .any(|s| s.id < 1 || marketplace_protocol::check_price("price", s.price).is_err())
+            {
                 return Err(bad_response("invalid sale"));
             }
             Ok(Reply::Sales(sales))
@@ -1187,7 +1202,11 @@ mod tests {
                 "{status}: only 409 fits already_sold"
             );
         }
-        let e = parse_failure(404, br#"{"error":{"code":"not_found","message":"Listing not found"}}"#, None);
+        let e = parse_failure(
+            404,
+            br#"{"error":{"code":"not_found","message":"Listing not found"}}"#,
+            None,
+        );
         assert_eq!(e.code, ErrorCode::NotFound);
         assert!(e.is_definitive());
     }

@@ -14,9 +14,11 @@
 //!   holds, journals operations, sends them once journaled and settles holds
 //!   only on definitive answers (invariant I4).
 //! - [`error`]: [`ClientError`] with its stable [`ErrorCode`].
+//! - [`paths`]: where a save file goes (`user://`, never `res://`).
 
 pub mod client;
 pub mod error;
+pub mod paths;
 pub mod persist;
 pub mod session;
 pub mod state;

@@ -280,7 +280,11 @@ impl TradingSession {
     /// Applies new settings at once, without restarting anything: request
     /// ids, the journal and events in flight are untouched. Changing the
     /// server is refused with `trades_pending` while trades wait.
-    pub fn set_config(&mut self, store: &PlayerStore, config: ClientConfig) -> Result<(), ClientError> {
+    pub fn set_config(
+        &mut self,
+        store: &PlayerStore,
+        config: ClientConfig,
+    ) -> Result<(), ClientError> {
         let config = config.checked()?;
         let pending = store.state().journal.len();
         if config.server_url != self.client.config().server_url && pending > 0 {
@@ -505,7 +509,14 @@ impl TradingSession {
             MarketChange::Purchase {
                 listing_id,
                 expected_price,
-            } => ("purchase", Some(*listing_id), None, None, None, *expected_price),
+            } => (
+                "purchase",
+                Some(*listing_id),
+                None,
+                None,
+                None,
+                *expected_price,
+            ),
             MarketChange::CreateListing {
                 item_id,
                 quantity,

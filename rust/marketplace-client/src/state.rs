@@ -384,7 +384,9 @@ impl PlayerState {
     }
 
     fn release_checked(&mut self, hold: HoldId) -> Result<HoldKind, StateError> {
-        let kind = self.remove_hold(hold).ok_or(StateError::UnknownHold(hold))?;
+        let kind = self
+            .remove_hold(hold)
+            .ok_or(StateError::UnknownHold(hold))?;
         match &kind {
             HoldKind::Credits { amount } => self.credits += amount,
             HoldKind::Items { item_id, quantity } => {
@@ -427,7 +429,11 @@ impl PlayerState {
     /// committed or released, what came in is credited, and the operation
     /// leaves the journal — all or nothing, checked before anything changes.
     /// `Ok(None)`: the operation was settled already.
-    pub fn settle(&mut self, op_id: OpId, outcome: &OpOutcome) -> Result<Option<Settled>, StateError> {
+    pub fn settle(
+        &mut self,
+        op_id: OpId,
+        outcome: &OpOutcome,
+    ) -> Result<Option<Settled>, StateError> {
         let Some(op) = self.journal.get(&op_id) else {
             return Ok(None);
         };
@@ -666,7 +672,10 @@ mod tests {
         assert!(s.remove_item("ore", -1).is_err());
         assert!(s.add_item("ore", -1).is_err());
         assert!(s.add_item("ore", i64::MAX).is_err());
-        assert!(s.add_item("ore", MAX_HOLDING).is_err(), "beyond the holding limit");
+        assert!(
+            s.add_item("ore", MAX_HOLDING).is_err(),
+            "beyond the holding limit"
+        );
         assert!(s.add_item("", 1).is_err());
         assert_eq!(s.item_count("ore"), 5);
         assert_eq!(s.remove_item("ore", 5), Ok(0));
@@ -713,8 +722,14 @@ mod tests {
             .unwrap();
         assert_eq!(done.hold, Some((h, HoldKind::Credits { amount: 10 }, true)));
         assert!(!s.is_buying(1));
-        assert_eq!((s.credits, s.held_credits(), s.item_count("gem")), (990, 0, 1));
-        assert_eq!(s.settle(op, &OpOutcome::Rejected { reason: "x".into() }), Ok(None));
+        assert_eq!(
+            (s.credits, s.held_credits(), s.item_count("gem")),
+            (990, 0, 1)
+        );
+        assert_eq!(
+            s.settle(op, &OpOutcome::Rejected { reason: "x".into() }),
+            Ok(None)
+        );
         s.validate().unwrap();
     }
 

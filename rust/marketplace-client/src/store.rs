@@ -279,7 +279,11 @@ impl Writer {
                         Ok(()) => {
                             slot.durable = slot.durable.max(copy_generation);
                             slot.writes += 1;
-                            if slot.failed.as_ref().is_some_and(|(g, _)| *g <= copy_generation) {
+                            if slot
+                                .failed
+                                .as_ref()
+                                .is_some_and(|(g, _)| *g <= copy_generation)
+                            {
                                 slot.failed = None;
                             }
                         }
@@ -375,12 +379,13 @@ impl PlayerStore {
             .state
             .unwrap_or_else(|| PlayerState::new(new_device_id(), default_name));
         state.reindex();
-        let writer = Writer::start(path.clone(), options.fs, state.clone(), lock).map_err(
-            |source| LoadError::Io {
-                path: path.clone(),
-                source,
-            },
-        )?;
+        let writer =
+            Writer::start(path.clone(), options.fs, state.clone(), lock).map_err(|source| {
+                LoadError::Io {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
         let mut store = Self::build(state, Some(path), Some(writer), options.autosave);
         store.retry_after = options.retry_after;
         if let Some(message) = loaded.recovered_from_backup {
@@ -565,9 +570,7 @@ impl PlayerStore {
     fn hold(&mut self, kind: HoldKind, origin: Origin) -> Result<HoldId, StateError> {
         let hold_id = match &kind {
             HoldKind::Credits { amount } => self.state.reserve_credits(*amount)?,
-            HoldKind::Items { item_id, quantity } => {
-                self.state.escrow_items(item_id, *quantity)?
-            }
+            HoldKind::Items { item_id, quantity } => self.state.escrow_items(item_id, *quantity)?,
         };
         self.hold_changed(hold_id);
         self.counters_changed();

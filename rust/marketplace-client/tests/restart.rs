@@ -193,3 +193,74 @@ fn selling_cancelling_and_claiming_move_items_and_credits_once() {
     assert_eq!(buyer.store.state().item_count("laser"), 1);
     assert_eq!(buyer.store.state().credits, 10);
 }
+
+/// Exactly once has no expiry: the answer is lost, the player quits and
+/// comes back eight days later, after the server pruned its stored answers
+/// (retention 7 days). The replay is recognised from the purchase row.
+#[test]
+fn a_week_away_with_a_lost_answer_still_settles_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/market.sqlite", dir.path().display());
+    let mut config = marketplace_server::Config::for_tests(url);
+    config.idempotency_retention_hours = 7 * 24;
+    let world = World::start_on(config, dir);
+    let mut seller = Player::in_memory(&world, "seller", 0);
+    seller.login();
+    let listing = list_items(&world, &mut seller, &[300])[0];
+    let path = world.dir.path().join("buyer.json");
+    let mut buyer = open_player(&world, &path);
+    buyer.store.add_credits(1_000).unwrap();
+    buyer.login();
+    world.proxy.fault("/purchase", Fault::LoseResponse, 1_000);
+    buyer.buy(listing, 300).unwrap();
+    buyer.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::RequestRetrying { .. }))
+    });
+    assert_eq!(
+        world.count("SELECT COUNT(*) FROM purchases"),
+        1,
+        "the server has it"
+    );
+    // The player quits (the journal is on disk) and is away for 8 days.
+    drop(buyer);
+    world.proxy.clear();
+    let server = world.server.as_ref().unwrap();
+    server.clock().advance(8 * 24 * 3600);
+    let pruned = world.rt.block_on(server.prune_now()).unwrap();
+    assert!(pruned >= 1, "the stored answer is gone");
+    assert_eq!(world.count("SELECT COUNT(*) FROM idempotency_keys"), 0);
+
+    let mut buyer = open_player(&world, &path);
+    let created_at = buyer
+        .store
+        .state()
+        .journal
+        .values()
+        .next()
+        .unwrap()
+        .created_at;
+    assert!(created_at > 0, "the journal knows when the trade was made");
+    buyer.settle(Duration::from_secs(20));
+    let st = buyer.store.state();
+    assert_eq!(
+        (st.credits, st.held_credits()),
+        (700, 0),
+        "one debit, not a refund"
+    );
+    assert_eq!(st.item_count("item-0"), 1, "the item arrived");
+    assert!(buyer
+        .events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::PurchaseSucceeded { .. })));
+    assert_eq!(
+        world.count("SELECT COUNT(*) FROM purchases"),
+        1,
+        "one purchase"
+    );
+    // I2: the seller's proceeds equal the buyer's debit.
+    assert_eq!(
+        world.count("SELECT COALESCE(SUM(price), 0) FROM purchases WHERE claimed_at IS NULL"),
+        300
+    );
+}

@@ -187,9 +187,10 @@ impl Player {
     pub fn login(&mut self) {
         let store = &self.store;
         let session = self.session.as_mut().expect("session");
-        session.login(store).expect("login submitted");
+        let id = session.login(store).expect("login submitted");
         self.pump_until(Duration::from_secs(10), |e| {
-            e.iter().any(|e| matches!(e, SessionEvent::LoggedIn { .. }))
+            e.iter()
+                .any(|e| matches!(e, SessionEvent::LoggedIn { request_id, .. } if *request_id == id))
         });
     }
 
@@ -254,4 +255,60 @@ pub fn list_items(world: &World, seller: &mut Player, prices: &[i64]) -> Vec<i64
     });
     seller.events.clear();
     ids.into_iter().map(|(_, id)| id).collect()
+}
+
+/// A file system for the store that can fail every write (a full disk) or
+/// make each write slow, switched from the test while the store runs.
+#[derive(Clone, Default)]
+pub struct TestFs {
+    pub failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub write_delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl marketplace_client::persist::SaveFs for TestFs {
+    fn write_synced(&mut self, path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        let delay = self.write_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        marketplace_client::persist::RealFs.write_synced(path, bytes)
+    }
+    fn link_or_copy(
+        &mut self,
+        from: &std::path::Path,
+        to: &std::path::Path,
+    ) -> std::io::Result<()> {
+        marketplace_client::persist::RealFs.link_or_copy(from, to)
+    }
+    fn rename(&mut self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        marketplace_client::persist::RealFs.rename(from, to)
+    }
+    fn sync_dir(&mut self, dir: &std::path::Path) -> std::io::Result<()> {
+        marketplace_client::persist::RealFs.sync_dir(dir)
+    }
+}
+
+impl TestFs {
+    pub fn set_failing(&self, on: bool) {
+        self.failing.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn set_write_delay(&self, ms: u64) {
+        self.write_delay_ms
+            .store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Opens a store on `path` with these options and starts a session for it.
+pub fn player_with(world: &World, path: &std::path::Path, options: StoreOptions) -> Player {
+    let store = PlayerStore::open(path, "player", options).expect("store opens");
+    Player::with_store(world.client_config(), store)
+}
+
+/// Counts events of one kind.
+pub fn count(events: &[SessionEvent], f: impl Fn(&SessionEvent) -> bool) -> usize {
+    events.iter().filter(|e| f(e)).count()
 }

@@ -1,0 +1,507 @@
+//! The promises in ordinary game life, not only a tidy run: autosave off,
+//! settings changed mid-trade, another identity, a proxy's error page, a
+//! full disk, a second instance on the same save, handlers that call back,
+//! trades that cannot finish, and what `Saved` means.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use marketplace_client::client::ClientConfig;
+use marketplace_client::persist::LoadError;
+use marketplace_client::session::DEFAULT_EVENTS_PER_POLL;
+use marketplace_client::{
+    ClientError, ErrorCode, PlayerState, PlayerStore, SessionEvent, StoreEvent, StoreOptions,
+};
+use support::proxy::Fault;
+use support::{count, list_items, player_with, Player, TestFs, World};
+
+fn purchase_succeeded(e: &SessionEvent) -> bool {
+    matches!(e, SessionEvent::PurchaseSucceeded { .. })
+}
+
+fn seller_with_listings(world: &World, prices: &[i64]) -> (Player, Vec<i64>) {
+    let mut seller = Player::in_memory(world, "seller", 0);
+    seller.login();
+    let ids = list_items(world, &mut seller, prices);
+    (seller, ids)
+}
+
+#[test]
+fn autosave_off_still_saves_and_sends_trades() {
+    let world = World::start();
+    let (_seller, listings) = seller_with_listings(&world, &[100]);
+    let path = world.dir.path().join("buyer.json");
+    let mut buyer = player_with(
+        &world,
+        &path,
+        StoreOptions {
+            autosave: false,
+            ..StoreOptions::default()
+        },
+    );
+    buyer.store.add_credits(1_000).unwrap();
+    buyer.store.flush(Duration::from_secs(5)).unwrap();
+    buyer.login();
+    // The game's own change waits for an explicit save…
+    buyer.store.add_credits(5).unwrap();
+    for _ in 0..5 {
+        buyer.frame();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let on_disk: PlayerState = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(on_disk.credits, 1_000, "autosave off: not written yet");
+    // …but a trade is saved, sent and settled.
+    buyer.buy(listings[0], 100).unwrap();
+    buyer.pump_until(Duration::from_secs(10), |e| {
+        e.iter().any(purchase_succeeded)
+    });
+    buyer.store.flush(Duration::from_secs(5)).unwrap();
+    let on_disk: PlayerState = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!((on_disk.credits, on_disk.item_count("item-0")), (905, 1));
+    assert!(on_disk.journal.is_empty());
+}
+
+#[test]
+fn settings_change_mid_trade_loses_nothing_and_ids_stay_unique() {
+    let world = World::start();
+    let (_seller, listings) = seller_with_listings(&world, &[10, 20, 30]);
+    let mut buyer = Player::in_memory(&world, "buyer", 1_000);
+    buyer.login();
+    world
+        .proxy
+        .fault("/purchase", Fault::Delay(Duration::from_millis(300)), 1);
+    let first = buyer.buy(listings[0], 10).unwrap();
+    buyer.frame(); // sent
+                   // Every setting changes while the purchase is on the wire.
+    let mut config = world.client_config();
+    config.request_timeout = Duration::from_secs(3);
+    config.max_concurrent_requests = 2;
+    config.max_requests_per_second = 100.0;
+    let store = &buyer.store;
+    buyer
+        .session
+        .as_mut()
+        .unwrap()
+        .set_config(store, config)
+        .unwrap();
+    let second = buyer.buy(listings[1], 20).unwrap();
+    assert!(second.0 > first.0, "request ids never restart");
+    buyer.pump_until(Duration::from_secs(10), |e| {
+        count(e, purchase_succeeded) == 2
+    });
+    let ids: Vec<u64> = buyer
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::PurchaseSucceeded { request_id, .. } => Some(request_id.0),
+            _ => None,
+        })
+        .collect();
+    assert!(ids.contains(&first.0) && ids.contains(&second.0), "{ids:?}");
+    // Another server while a trade waits: refused; once settled: allowed.
+    world.proxy.fault("/purchase", Fault::LoseResponse, 1_000);
+    buyer.buy(listings[2], 30).unwrap();
+    buyer.frame();
+    let other = ClientConfig {
+        server_url: world.server.as_ref().unwrap().url(),
+        ..world.client_config()
+    };
+    let store = &buyer.store;
+    let err = buyer
+        .session
+        .as_mut()
+        .unwrap()
+        .set_config(store, other.clone())
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::TradesPending);
+    world.proxy.clear();
+    buyer.settle(Duration::from_secs(10));
+    let store = &buyer.store;
+    buyer
+        .session
+        .as_mut()
+        .unwrap()
+        .set_config(store, other)
+        .unwrap();
+    let browse = buyer.session().browse(Default::default()).unwrap();
+    buyer.pump_until(Duration::from_secs(10), |e| {
+        e.iter().any(|e| matches!(e, SessionEvent::ListingsUpdated { request_id, .. } if *request_id == browse))
+    });
+    assert_eq!(buyer.store.state().total_credits(), 940);
+    assert_eq!(world.count("SELECT COUNT(*) FROM purchases"), 3);
+}
+
+#[test]
+fn another_identity_cannot_take_over_pending_trades() {
+    let world = World::start();
+    let (_seller, listings) = seller_with_listings(&world, &[50]);
+    let mut buyer = Player::in_memory(&world, "buyer", 500);
+    buyer.login();
+    world.proxy.fault("/purchase", Fault::LoseResponse, 1_000);
+    buyer.buy(listings[0], 50).unwrap();
+    buyer.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::RequestRetrying { .. }))
+    });
+    let store = &mut buyer.store;
+    let err = buyer
+        .session
+        .as_mut()
+        .unwrap()
+        .set_identity(store, "dev-someone-else", "Eve")
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::TradesPending);
+    assert_eq!(buyer.store.state().device_id, "buyer", "identity unchanged");
+    world.proxy.clear();
+    buyer.settle(Duration::from_secs(10));
+    assert_eq!(
+        buyer.store.state().item_count("item-0"),
+        1,
+        "settled as its owner"
+    );
+    let store = &mut buyer.store;
+    buyer
+        .session
+        .as_mut()
+        .unwrap()
+        .set_identity(store, "dev-someone-else", "Eve")
+        .unwrap();
+    assert_eq!(
+        buyer.store.state().player_id,
+        None,
+        "a new player until logged in"
+    );
+    buyer.login();
+    let new_id = buyer.store.state().player_id.unwrap();
+    assert_eq!(world.count("SELECT COUNT(*) FROM purchases"), 1);
+    assert_eq!(
+        world.count(&format!(
+            "SELECT COUNT(*) FROM purchases WHERE buyer_id = {new_id}"
+        )),
+        0
+    );
+}
+
+#[test]
+fn a_proxy_error_page_after_a_lost_answer_keeps_the_hold() {
+    let world = World::start();
+    let statuses = [400u16, 403, 404, 410, 413];
+    let prices: Vec<i64> = (1..=statuses.len() as i64).map(|p| p * 10).collect();
+    let (_seller, listings) = seller_with_listings(&world, &prices);
+    let mut buyer = Player::in_memory(&world, "buyer", 1_000);
+    buyer.login();
+    for (i, status) in statuses.iter().enumerate() {
+        // The server commits; a CDN in front answers with its own page.
+        world.proxy.fault("/purchase", Fault::ProxyPage(*status), 1);
+        buyer.buy(listings[i], prices[i]).unwrap();
+        buyer.pump_until(Duration::from_secs(10), |e| {
+            count(e, purchase_succeeded) == i + 1
+        });
+        assert!(
+            !buyer
+                .events
+                .iter()
+                .any(|e| matches!(e, SessionEvent::PurchaseFailed { .. })),
+            "HTTP {status} released a hold: {:#?}",
+            buyer.events
+        );
+    }
+    let spent: i64 = prices.iter().sum();
+    let st = buyer.store.state();
+    assert_eq!(
+        (st.credits, st.held_credits()),
+        (1_000 - spent, 0),
+        "debited once each"
+    );
+    assert_eq!(
+        world.count("SELECT COUNT(*) FROM purchases"),
+        statuses.len() as i64
+    );
+}
+
+#[test]
+fn trades_wait_while_saves_fail_and_go_once_one_succeeds() {
+    let world = World::start();
+    let (_seller, listings) = seller_with_listings(&world, &[70]);
+    let fs = TestFs::default();
+    let path = world.dir.path().join("buyer.json");
+    let mut buyer = player_with(
+        &world,
+        &path,
+        StoreOptions {
+            fs: Box::new(fs.clone()),
+            retry_after: Duration::from_millis(50),
+            ..StoreOptions::default()
+        },
+    );
+    buyer.store.add_credits(500).unwrap();
+    buyer.store.flush(Duration::from_secs(5)).unwrap();
+    buyer.login();
+    fs.set_failing(true);
+    let request = buyer.buy(listings[0], 70).unwrap();
+    let browse = buyer.session().browse(Default::default()).unwrap();
+    let mut store_events = Vec::new();
+    let deadline = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < deadline {
+        buyer.frame();
+        buyer.store.drain_events(&mut store_events);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        store_events
+            .iter()
+            .any(|e| matches!(e, StoreEvent::SaveFailed { .. })),
+        "the game is told"
+    );
+    assert_eq!(
+        world.count("SELECT COUNT(*) FROM purchases"),
+        0,
+        "nothing sent without its journal on disk"
+    );
+    assert!(
+        buyer.events.iter().any(|e| matches!(e, SessionEvent::ListingsUpdated { request_id, .. } if *request_id == browse)),
+        "reads go on"
+    );
+    let pending = buyer.session.as_ref().unwrap().pending_trades(&buyer.store);
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (
+            pending[0].kind,
+            pending[0].listing_id,
+            pending[0].waiting_for_save,
+            pending[0].request_id
+        ),
+        ("purchase", Some(listings[0]), true, request)
+    );
+    fs.set_failing(false);
+    buyer.pump_until(Duration::from_secs(10), |e| {
+        e.iter().any(purchase_succeeded)
+    });
+    assert_eq!(world.count("SELECT COUNT(*) FROM purchases"), 1);
+    drop(buyer);
+    let reloaded = PlayerStore::open(&path, "x", StoreOptions::default()).unwrap();
+    assert_eq!(reloaded.state().credits, 430);
+    assert!(reloaded.state().journal.is_empty());
+}
+
+#[test]
+fn one_save_file_one_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slot.json");
+    let mut first = PlayerStore::open(&path, "Ann", StoreOptions::default()).unwrap();
+    first.add_credits(10).unwrap();
+    first.flush(Duration::from_secs(5)).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let err = PlayerStore::open(&path, "Bob", StoreOptions::default())
+        .err()
+        .expect("a second store on the same file is refused");
+    assert!(matches!(err, LoadError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("another instance"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing written");
+    drop(first);
+    let again = PlayerStore::open(&path, "Bob", StoreOptions::default()).unwrap();
+    assert_eq!(again.state().credits, 10);
+}
+
+const LOCK_CHILD: &str = "MARKET_LOCK_CHILD";
+
+/// Runs only as the child of `a_second_game_instance_is_refused`: holds
+/// the save open until killed.
+#[test]
+fn lock_child() {
+    let Some(path) = std::env::var_os(LOCK_CHILD) else {
+        return;
+    };
+    let _store = PlayerStore::open(path, "child", StoreOptions::default()).unwrap();
+    println!("holding");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_second_game_instance_is_refused() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.json");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "lock_child", "--nocapture", "--test-threads=1"])
+        .env(LOCK_CHILD, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("holding"))));
+    let err = PlayerStore::open(&path, "parent", StoreOptions::default())
+        .err()
+        .expect("refused while the other instance runs");
+    assert!(matches!(err, LoadError::Locked { .. }), "{err}");
+    child.kill().unwrap();
+    let _ = child.wait();
+    // A killed instance leaves no lock behind.
+    PlayerStore::open(&path, "parent", StoreOptions::default()).expect("free again");
+}
+
+#[test]
+fn a_handler_that_keeps_failing_cannot_make_a_frame_endless() {
+    let world = World::start();
+    let mut player = Player::in_memory(&world, "p", 100);
+    let first = player.session().refuse(
+        None,
+        ClientError::new(ErrorCode::InvalidArgument, "bad filter"),
+    );
+    let mut reported = Vec::new();
+    for _ in 0..50 {
+        let mut out = Vec::new();
+        let session = player.session.as_mut().unwrap();
+        session.poll(&mut player.store, DEFAULT_EVENTS_PER_POLL, &mut out);
+        let failures = count(&out, |e| matches!(e, SessionEvent::RequestFailed { .. }));
+        assert!(
+            failures <= 1,
+            "one frame reports only what was refused before it"
+        );
+        for e in &out {
+            if let SessionEvent::RequestFailed { request_id, .. } = e {
+                reported.push(*request_id);
+                // The handler asks again, and is refused again.
+                session.refuse(
+                    None,
+                    ClientError::new(ErrorCode::InvalidArgument, "bad filter"),
+                );
+            }
+        }
+    }
+    assert_eq!(reported.len(), 50);
+    assert_eq!(reported[0], first);
+    assert!(reported.windows(2).all(|w| w[0].0 < w[1].0), "fresh ids");
+}
+
+#[test]
+fn handlers_changing_data_leave_the_newest_state_last() {
+    let mut store = PlayerStore::in_memory(PlayerState::new("d", "n"));
+    store.add_credits(100).unwrap();
+    let hold = store.reserve_credits(40).unwrap();
+    store.commit_hold(hold).unwrap();
+    let mut last_credits = None;
+    let mut handled = 0;
+    // Emit one event at a time; a hold_committed handler adds credits.
+    while let Some(event) = store.next_event() {
+        handled += 1;
+        assert!(handled < 100);
+        match event {
+            StoreEvent::HoldCommitted { .. } => {
+                store.add_credits(7).unwrap();
+            }
+            StoreEvent::CreditsChanged { available, held } => {
+                last_credits = Some((available, held))
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        last_credits,
+        Some((67, 0)),
+        "the UI ends on the current balance"
+    );
+}
+
+#[test]
+fn long_waiting_trades_are_visible_and_stall_without_releasing() {
+    let world = World::start();
+    let (_seller, listings) = seller_with_listings(&world, &[25]);
+    let path = world.dir.path().join("buyer.json");
+    let mut buyer = player_with(&world, &path, StoreOptions::default());
+    buyer.store.add_credits(100).unwrap();
+    buyer.login();
+    world.proxy.fault("/purchase", Fault::LoseResponse, 1_000);
+    buyer.session().set_stall_after(Duration::from_millis(300));
+    let request = buyer.buy(listings[0], 25).unwrap();
+    buyer.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::TradeStalled { .. }))
+    });
+    let stalled = buyer.find(|e| match e {
+        SessionEvent::TradeStalled {
+            request_id,
+            trade,
+            error,
+        } => Some((*request_id, trade.clone(), error.code)),
+        _ => None,
+    });
+    assert_eq!(stalled.0, request);
+    assert_eq!((stalled.1.kind, stalled.1.amount), ("purchase", 25));
+    assert!(stalled.1.attempts >= 1 && stalled.1.age >= Duration::from_millis(300));
+    assert!(!stalled.2.is_definitive());
+    let pending = buyer.session.as_ref().unwrap().pending_trades(&buyer.store);
+    assert_eq!(pending.len(), 1);
+    assert!(pending[0].last_error.is_some() && !pending[0].waiting_for_save);
+    assert_eq!(
+        buyer.store.state().held_credits(),
+        25,
+        "a stalled trade keeps its hold (I4)"
+    );
+    // Restart where logging in is refused for good by something in the way:
+    // still retried, still visible, still held.
+    buyer.store.flush(Duration::from_secs(5)).unwrap();
+    drop(buyer);
+    world.proxy.clear();
+    world
+        .proxy
+        .fault("/v1/sessions", Fault::ProxyPage(403), 1_000_000);
+    let mut buyer = player_with(&world, &path, StoreOptions::default());
+    buyer.session().set_stall_after(Duration::ZERO);
+    buyer.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::TradeStalled { .. }))
+    });
+    let pending = buyer.session.as_ref().unwrap().pending_trades(&buyer.store);
+    assert_eq!(pending[0].last_error, Some(ErrorCode::BadResponse));
+    assert_eq!(buyer.store.state().held_credits(), 25);
+    world.proxy.clear();
+    buyer.settle(Duration::from_secs(40));
+    assert_eq!(buyer.store.state().item_count("item-0"), 1);
+    assert_eq!(world.count("SELECT COUNT(*) FROM purchases"), 1);
+}
+
+#[test]
+fn saved_means_nothing_newer_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.json");
+    let fs = TestFs::default();
+    let mut store = PlayerStore::open(
+        &path,
+        "Ann",
+        StoreOptions {
+            fs: Box::new(fs.clone()),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    fs.set_write_delay(150);
+    store.add_item("ore", 1).unwrap();
+    store.poll(); // the first write starts
+    std::thread::sleep(Duration::from_millis(20));
+    store.add_item("ore", 1).unwrap(); // newer than what is being written
+    let mut saved_at = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && saved_at.is_empty() {
+        store.poll();
+        let mut events = Vec::new();
+        store.drain_events(&mut events);
+        for e in events {
+            if let StoreEvent::Saved { generation } = e {
+                saved_at.push(generation);
+                let on_disk: PlayerState =
+                    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                assert_eq!(
+                    on_disk.item_count("ore"),
+                    2,
+                    "saved() came with everything on disk"
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(saved_at, vec![store.generation()]);
+}
