@@ -247,7 +247,6 @@ pub struct MarketClient {
     shared: Arc<Shared>,
     commands: tokio::sync::mpsc::UnboundedSender<Envelope>,
     events: mpsc::Receiver<Event>,
-    next_id: AtomicU64,
     thread: Option<JoinHandle<()>>,
     stop: Option<tokio::sync::oneshot::Sender<Duration>>,
 }
@@ -326,15 +325,17 @@ impl MarketClient {
             shared,
             commands,
             events,
-            next_id: AtomicU64::new(1),
             thread: Some(thread),
             stop: Some(stop),
         })
     }
 
     /// A fresh request id (for callers that decide when to send later).
+    /// Unique in the process: a game that switches save files or servers
+    /// never sees an id twice.
     pub fn next_request_id(&self) -> RequestId {
-        RequestId(self.next_id.fetch_add(1, Ordering::Relaxed))
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        RequestId(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Sends `command` (a mutation gets a fresh idempotency key).

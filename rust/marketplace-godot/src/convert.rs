@@ -5,7 +5,7 @@
 use godot::prelude::*;
 use marketplace_client::client::BrowseQuery;
 use marketplace_client::protocol::{Listing, Purchase, Sale};
-use marketplace_client::{ClientError, ErrorCode};
+use marketplace_client::{ClientError, ErrorCode, PendingTrade};
 
 fn put(d: &mut VarDictionary, key: &str, value: impl ToGodot) {
     d.set(key, &value.to_variant());
@@ -61,6 +61,36 @@ pub fn sales(ss: &[Sale]) -> VarArray {
     let mut a = VarArray::new();
     for s in ss {
         a.push(&sale(s).to_variant());
+    }
+    a
+}
+
+/// A trade waiting for its answer, as `get_pending_trades()` shows it.
+pub fn pending_trade(t: &PendingTrade) -> VarDictionary {
+    let mut d = VarDictionary::new();
+    put(&mut d, "request_id", t.request_id.0 as i64);
+    put(&mut d, "kind", t.kind);
+    put(&mut d, "listing_id", t.listing_id.unwrap_or(0));
+    put(&mut d, "sale_id", t.sale_id.unwrap_or(0));
+    put(&mut d, "item_id", t.item_id.as_deref().unwrap_or(""));
+    put(&mut d, "quantity", t.quantity.unwrap_or(0));
+    put(&mut d, "amount", t.amount);
+    put(&mut d, "created_at", t.created_at);
+    put(&mut d, "age_sec", t.age.as_secs_f64());
+    put(&mut d, "attempts", i64::from(t.attempts));
+    put(
+        &mut d,
+        "last_error",
+        t.last_error.map_or("", |c| c.as_str()),
+    );
+    put(&mut d, "waiting_for_save", t.waiting_for_save);
+    d
+}
+
+pub fn pending_trades(ts: &[PendingTrade]) -> VarArray {
+    let mut a = VarArray::new();
+    for t in ts {
+        a.push(&pending_trade(t).to_variant());
     }
     a
 }

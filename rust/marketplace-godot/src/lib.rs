@@ -12,19 +12,33 @@
 //! - [`marketplace`]: the `TradingMarketplace` node (requests, trades, signals).
 //! - [`convert`]: listings, purchases and errors as `Dictionary`s and codes —
 //!   the only place that knows both the wire types and Godot's.
+//! - [`save_slot`]: one save file's store and trading session, which outlive
+//!   the nodes attached to them (scene changes never wait).
 //!
 //! # Panics
 //! None on purpose: every failure of a request becomes a `*_failed` signal
 //! with a stable code, every misuse a `push_error`; gdext turns a panic (a
 //! bug) into an engine error rather than a crash.
 
+use godot::init::InitStage;
 use godot::prelude::*;
 
 pub mod convert;
 pub mod marketplace;
 pub mod player_data;
+pub mod save_slot;
 
 struct TradingMarketplaceExtension;
 
 #[gdextension]
-unsafe impl ExtensionLibrary for TradingMarketplaceExtension {}
+unsafe impl ExtensionLibrary for TradingMarketplaceExtension {
+    /// The game is quitting (or the extension unloads): every open save is
+    /// shut down — requests in flight get their grace period, what is still
+    /// pending is flushed to disk for the next start. The only place that
+    /// waits, and only here.
+    fn on_stage_deinit(stage: InitStage) {
+        if stage == InitStage::Scene {
+            save_slot::shutdown_all();
+        }
+    }
+}

@@ -1,17 +1,19 @@
 //! `TradingMarketplace`: the marketplace, without ever blocking a frame.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use godot::classes::node::ProcessMode;
 use godot::classes::{INode, Node};
 use godot::prelude::*;
-use marketplace_client::client::ClientConfig;
+use marketplace_client::client::{duration_from_secs, ClientConfig};
 use marketplace_client::{
     ClientError, ErrorCode, PlayerStore, RequestId, SessionEvent, TradingSession,
 };
 
 use crate::convert;
-use crate::player_data::LocalPlayerData;
+use crate::player_data::{tick_slots, LocalPlayerData};
+use crate::save_slot::{self, SlotRef};
 
 /// The player-to-player marketplace.
 ///
@@ -21,8 +23,16 @@ use crate::player_data::LocalPlayerData;
 /// (see `LocalPlayerData.get_held_credits()`); the hold is spent when the
 /// server confirms (`purchase_succeeded`) and given back only when the server
 /// definitively refuses (`purchase_failed` with `"already_sold"`,
-/// `"price_changed"`, …). Timeouts and lost connections are retried with the
-/// same idempotency key (`request_retrying`), also after a restart.
+/// `"price_changed"`, …). Timeouts, lost connections and a proxy's error
+/// pages are retried with the same idempotency key (`request_retrying`),
+/// also after a restart; a trade that keeps failing is reported once with
+/// `trade_stalled` and stays in `get_pending_trades()`.
+///
+/// Settings may change at any time and apply at once; trades in flight
+/// carry on. The node keeps working while the tree is paused. Trades belong
+/// to the save of `player_data`, not to this node: freeing it (a scene
+/// change) never waits, and trades go on settling while any marketplace
+/// node exists — the recommended set-up is an autoload that owns both nodes.
 ///
 /// ```gdscript
 /// @onready var market: TradingMarketplace = $TradingMarketplace
@@ -45,38 +55,56 @@ use crate::player_data::LocalPlayerData;
 #[derive(GodotClass)]
 #[class(base=Node)]
 pub struct TradingMarketplace {
-    /// Base URL of the marketplace server.
+    /// Base URL of the marketplace server (`http://` or `https://`).
+    /// Changing it is refused while trades wait for their answer.
+    #[var(set = set_server_url)]
     #[export]
     server_url: GString,
     /// The `LocalPlayerData` node holding this player's credits and items.
-    #[export]
+    #[var(set = set_player_data)]
+    #[export(node_path = ("LocalPlayerData"))]
     player_data: NodePath,
-    /// Requests on the wire at once.
-    #[export]
+    /// Requests on the wire at once (1–1024).
+    #[var(set = set_max_concurrent_requests)]
+    #[export(range = (1.0, 1024.0, 1.0))]
     max_concurrent_requests: i64,
     /// Timeout of one HTTP exchange, in seconds (a timed-out trade is retried,
     /// never rolled back).
-    #[export]
+    #[var(set = set_request_timeout_sec)]
+    #[export(range = (0.1, 600.0, 0.1))]
     request_timeout_sec: f64,
-    /// Client-side rate limit; 0 = none.
-    #[export]
+    /// Client-side rate limit in requests per second; 0 = none.
+    #[var(set = set_max_requests_per_second)]
+    #[export(range = (0.0, 1000.0, 0.5, or_greater))]
     max_requests_per_second: f64,
     /// Most answers turned into signals per frame.
-    #[export]
+    #[var(set = set_max_events_per_frame)]
+    #[export(range = (1.0, 10000.0, 1.0))]
     max_events_per_frame: i64,
-    /// How long in-flight requests may finish when the node leaves the tree.
-    #[export]
+    /// Most time per frame spent turning answers into signals, in
+    /// milliseconds; the rest wait for the next frame.
+    #[var(set = set_max_frame_time_msec)]
+    #[export(range = (0.1, 100.0, 0.1))]
+    max_frame_time_msec: f64,
+    /// How long requests in flight may finish when the game quits, in seconds.
+    #[var(set = set_shutdown_grace_sec)]
+    #[export(range = (0.0, 30.0, 0.1))]
     shutdown_grace_sec: f64,
-    session: Option<TradingSession>,
-    /// The settings `session` was started with.
-    session_config: Option<ClientConfig>,
-    data: Option<Gd<LocalPlayerData>>,
-    /// Requests refused locally, reported on the next frame (so the caller
-    /// has its request id before the signal arrives).
+    /// A trade without a definitive answer for this long is reported with
+    /// `trade_stalled`, in seconds.
+    #[var(set = set_stall_after_sec)]
+    #[export(range = (1.0, 86400.0, 1.0, or_greater))]
+    stall_after_sec: f64,
+    /// The save this node trades on, and its listener id there.
+    slot: Option<(SlotRef, u64)>,
+    /// The `LocalPlayerData` node `slot` came from.
+    data_id: Option<InstanceId>,
+    /// Settings changed since they were last applied.
+    config_dirty: bool,
+    /// Requests refused before any save was reachable, for the next frame.
     local_failures: VecDeque<(i64, Option<i64>, ClientError)>,
     next_local_id: i64,
     next_cursor: Option<String>,
-    events: Vec<SessionEvent>,
     base: Base<Node>,
 }
 
@@ -87,6 +115,7 @@ const LOCAL_ID_BASE: i64 = 1 << 40;
 #[godot_api]
 impl INode for TradingMarketplace {
     fn init(base: Base<Node>) -> Self {
+        base.to_init_gd().set_process_mode(ProcessMode::ALWAYS);
         let defaults = ClientConfig::default();
         TradingMarketplace {
             server_url: defaults.server_url.as_str().into(),
@@ -95,66 +124,42 @@ impl INode for TradingMarketplace {
             request_timeout_sec: defaults.request_timeout.as_secs_f64(),
             max_requests_per_second: defaults.max_requests_per_second,
             max_events_per_frame: 64,
+            max_frame_time_msec: 1.0,
             shutdown_grace_sec: 1.0,
-            session: None,
-            session_config: None,
-            data: None,
+            stall_after_sec: marketplace_client::session::DEFAULT_STALL_AFTER.as_secs_f64(),
+            slot: None,
+            data_id: None,
+            config_dirty: true,
             local_failures: VecDeque::new(),
             next_local_id: LOCAL_ID_BASE,
             next_cursor: None,
-            events: Vec::new(),
             base,
         }
     }
 
-    fn ready(&mut self) {
-        // Start at once when configured, so that trades left pending by a
-        // crash are re-sent (they wait for `login`).
+    fn process(&mut self, _delta: f64) {
+        // Starts the session in the first frame — after every `_ready`, so
+        // settings made there count — and re-sends trades a crash left.
         if !self.player_data.is_empty() {
-            if let Err(e) = self.with_session(|_, _| Ok(())) {
-                godot_error!("TradingMarketplace: {e}");
+            if let Err(e) = self.attach() {
+                if self.slot.is_none() && self.config_dirty {
+                    godot_error!("TradingMarketplace: {}", e.message);
+                    self.config_dirty = false;
+                }
             }
         }
+        tick_slots();
+        self.emit_pending();
     }
+}
 
-    fn process(&mut self, _delta: f64) {
-        let mut events = std::mem::take(&mut self.events);
-        if self.session.is_some() {
-            let max = usize::try_from(self.max_events_per_frame)
-                .unwrap_or(64)
-                .max(1);
-            let _ = self.with_session(|session, store| {
-                session.poll(store, max, &mut events);
-                Ok(())
-            });
-        }
-        while let Some((id, listing_id, error)) = self.local_failures.pop_front() {
-            self.emit_failure(id, listing_id, &error);
-        }
-        for event in events.drain(..) {
-            self.emit(event);
-        }
-        self.events = events;
-    }
-
-    fn exit_tree(&mut self) {
-        let Some(session) = self.session.take() else {
-            return;
-        };
-        let grace = Duration::from_secs_f64(self.shutdown_grace_sec.clamp(0.0, 30.0));
-        // If the LocalPlayerData left first, it already saved the journal;
-        // dropping the session stops the client within its grace period.
-        let Some(mut data) = self.data.take().filter(|d| d.is_instance_valid()) else {
-            return;
-        };
-        let mut guard = data.bind_mut();
-        if let Some(store) = guard.store_mut() {
-            let unreported = session.shutdown(store, grace);
-            if !unreported.is_empty() {
-                godot_print!(
-                    "TradingMarketplace: {} answers arrived while leaving; their effects are saved",
-                    unreported.len()
-                );
+impl Drop for TradingMarketplace {
+    /// Freed: stop listening; the session stays with the save and keeps
+    /// settling trades.
+    fn drop(&mut self) {
+        if let Some((slot, listener)) = self.slot.take() {
+            if let Ok(mut s) = slot.try_borrow_mut() {
+                s.unlisten(listener);
             }
         }
     }
@@ -193,15 +198,23 @@ impl TradingMarketplace {
     #[signal]
     fn request_failed(request_id: i64, code: GString, message: GString);
     /// A request failed in a way that may have reached the server (`reason`:
-    /// `"timeout"`, `"offline"`, `"internal"`, …); it is retried with the same key.
+    /// `"timeout"`, `"offline"`, `"internal"`, `"bad_response"`, …); it is
+    /// retried with the same key.
     #[signal]
     fn request_retrying(request_id: i64, attempt: i64, reason: GString);
+    /// A trade has gone `stall_after_sec` without a definitive answer and is
+    /// still being retried; its hold stays (the server may have applied it).
+    /// `trade` is as in `get_pending_trades()`. Reported once per trade.
+    #[signal]
+    fn trade_stalled(request_id: i64, trade: VarDictionary);
     /// Requests went from none to some in flight, or back.
     #[signal]
     fn busy_changed(busy: bool);
 
     /// Logs in. Empty arguments use the identity saved in `LocalPlayerData`
     /// (a new player gets a random device id); given ones are saved there.
+    /// Logging in as another device is refused with `trades_pending` while
+    /// the current player's trades wait for their answer.
     #[func]
     fn login(&mut self, device_id: GString, player_name: GString) -> i64 {
         let (device_id, player_name) = (device_id.to_string(), player_name.to_string());
@@ -217,7 +230,7 @@ impl TradingMarketplace {
                 } else {
                     player_name
                 };
-                store.set_identity(&device, &name)?;
+                session.set_identity(store, &device, &name)?;
             }
             session.login(store)
         })
@@ -273,16 +286,27 @@ impl TradingMarketplace {
     /// True while a purchase of this listing waits for its definitive answer.
     #[func]
     fn is_purchase_pending(&mut self, listing_id: i64) -> bool {
-        self.with_session(|session, store| Ok(session.is_purchase_pending(store, listing_id)))
+        self.with_slot(|session, store| Ok(session.is_purchase_pending(store, listing_id)))
             .unwrap_or(false)
+    }
+
+    /// Every trade waiting for its definitive answer, oldest first. Each is
+    /// a Dictionary: `request_id`, `kind` (`"purchase"`, `"create_listing"`,
+    /// `"reprice"`, `"cancel"`, `"claim"`), `listing_id`, `sale_id`,
+    /// `item_id`, `quantity`, `amount`, `created_at` (Unix seconds),
+    /// `age_sec`, `attempts`, `last_error` (a code, or ""),
+    /// `waiting_for_save` (not sent: saving fails).
+    #[func]
+    fn get_pending_trades(&mut self) -> VarArray {
+        self.with_slot(|session, store| Ok(convert::pending_trades(&session.pending_trades(store))))
+            .unwrap_or_default()
     }
 
     /// Requests not finished yet.
     #[func]
-    fn pending_count(&self) -> i64 {
-        self.session
-            .as_ref()
-            .map_or(0, |s| s.pending_count() as i64)
+    fn pending_count(&mut self) -> i64 {
+        self.with_slot(|session, _| Ok(session.pending_count() as i64))
+            .unwrap_or(0)
     }
 
     /// The cursor of the next listings page, or "" after the last page.
@@ -292,79 +316,192 @@ impl TradingMarketplace {
     }
 
     #[func]
-    fn is_logged_in(&self) -> bool {
-        self.session
-            .as_ref()
-            .is_some_and(|s| s.client().is_logged_in())
+    fn is_logged_in(&mut self) -> bool {
+        self.with_slot(|session, _| Ok(session.client().is_logged_in()))
+            .unwrap_or(false)
     }
+
+    #[func]
+    fn set_server_url(&mut self, url: GString) {
+        self.server_url = url;
+        self.settings_changed();
+    }
+
+    #[func]
+    fn set_player_data(&mut self, path: NodePath) {
+        self.player_data = path;
+        self.config_dirty = true;
+    }
+
+    #[func]
+    fn set_max_concurrent_requests(&mut self, n: i64) {
+        self.max_concurrent_requests = sane_int("max_concurrent_requests", n, 1, 1024);
+        self.settings_changed();
+    }
+
+    #[func]
+    fn set_request_timeout_sec(&mut self, secs: f64) {
+        self.request_timeout_sec = sane_f64("request_timeout_sec", secs, 10.0, 0.1, 600.0);
+        self.settings_changed();
+    }
+
+    #[func]
+    fn set_max_requests_per_second(&mut self, rate: f64) {
+        self.max_requests_per_second = sane_f64("max_requests_per_second", rate, 20.0, 0.0, 1e6);
+        self.settings_changed();
+    }
+
+    #[func]
+    fn set_max_events_per_frame(&mut self, n: i64) {
+        self.max_events_per_frame = sane_int("max_events_per_frame", n, 1, 10_000);
+    }
+
+    #[func]
+    fn set_max_frame_time_msec(&mut self, ms: f64) {
+        self.max_frame_time_msec = sane_f64("max_frame_time_msec", ms, 1.0, 0.1, 100.0);
+    }
+
+    #[func]
+    fn set_shutdown_grace_sec(&mut self, secs: f64) {
+        self.shutdown_grace_sec = sane_f64("shutdown_grace_sec", secs, 1.0, 0.0, 30.0);
+        self.settings_changed();
+    }
+
+    #[func]
+    fn set_stall_after_sec(&mut self, secs: f64) {
+        self.stall_after_sec = sane_f64("stall_after_sec", secs, 60.0, 1.0, 1e9);
+        self.settings_changed();
+    }
+}
+
+/// A number typed into the inspector or set by a script, made usable: NaN
+/// and infinities become the default, the rest is clamped — with a warning.
+fn sane_f64(name: &str, value: f64, default: f64, lo: f64, hi: f64) -> f64 {
+    let sane = if value.is_nan() {
+        default
+    } else {
+        value.clamp(lo, hi)
+    };
+    if sane != value {
+        godot_warn!("TradingMarketplace.{name} = {value} is not usable; using {sane}");
+    }
+    sane
+}
+
+fn sane_int(name: &str, value: i64, lo: i64, hi: i64) -> i64 {
+    let sane = value.clamp(lo, hi);
+    if sane != value {
+        godot_warn!("TradingMarketplace.{name} = {value} is out of range; using {sane}");
+    }
+    sane
 }
 
 impl TradingMarketplace {
     fn config(&self) -> ClientConfig {
         ClientConfig {
             server_url: self.server_url.to_string(),
-            max_concurrent_requests: usize::try_from(self.max_concurrent_requests)
-                .unwrap_or(1)
-                .max(1),
-            request_timeout: Duration::from_secs_f64(self.request_timeout_sec.clamp(0.1, 600.0)),
+            max_concurrent_requests: self.max_concurrent_requests.clamp(1, 1024) as usize,
+            request_timeout: duration_from_secs(
+                self.request_timeout_sec,
+                Duration::from_secs(10),
+                0.1,
+                600.0,
+            ),
             max_requests_per_second: self.max_requests_per_second.max(0.0),
             ..ClientConfig::default()
         }
     }
 
-    /// Runs `f` with the session and the player store, starting the session
-    /// on first use.
-    fn with_session<R>(
+    fn settings_changed(&mut self) {
+        self.config_dirty = true;
+        if self.slot.is_some() {
+            if let Err(e) = self.apply_config() {
+                godot_error!("TradingMarketplace: {}", e.message);
+            }
+        }
+    }
+
+    /// Gives the attached save's session this node's settings (starting it
+    /// if needed). A refused change (another server while trades wait) puts
+    /// back the setting in force.
+    fn apply_config(&mut self) -> Result<(), ClientError> {
+        let Some((slot, _)) = &self.slot else {
+            return Ok(());
+        };
+        let config = self.config();
+        let grace = duration_from_secs(self.shutdown_grace_sec, Duration::from_secs(1), 0.0, 30.0);
+        let stall = duration_from_secs(self.stall_after_sec, Duration::from_secs(60), 1.0, 1e9);
+        let mut s = slot.borrow_mut();
+        s.shutdown_grace = grace;
+        let result = s.configure(config);
+        if let Some(session) = s.session.as_mut() {
+            session.set_stall_after(stall);
+            if result.is_err() {
+                self.server_url = session.client().config().server_url.as_str().into();
+            }
+        }
+        self.config_dirty = false;
+        result
+    }
+
+    /// Attaches to the save of `player_data` (again, if it changed: another
+    /// node, or the node switched files), with this node's settings.
+    fn attach(&mut self) -> Result<SlotRef, ClientError> {
+        let node = self
+            .base()
+            .try_get_node_as::<LocalPlayerData>(&self.player_data);
+        let Some(mut node) = node else {
+            // The data node is gone (freed with its scene): keep trading on
+            // the save last used until `player_data` names another node.
+            if let Some((slot, _)) = &self.slot {
+                if !slot.borrow().closed {
+                    return Ok(slot.clone());
+                }
+            }
+            return Err(ClientError::new(
+                ErrorCode::InvalidArgument,
+                "TradingMarketplace.player_data must point to a LocalPlayerData node",
+            ));
+        };
+        let id = node.instance_id();
+        let current = save_slot::slot_of(id).or_else(|| node.bind_mut().slot());
+        let Some(current) = current else {
+            return Err(ClientError::new(
+                ErrorCode::InvalidArgument,
+                "LocalPlayerData could not load its save file (see its load_failed signal)",
+            ));
+        };
+        let same = self
+            .slot
+            .as_ref()
+            .is_some_and(|(s, _)| std::rc::Rc::ptr_eq(s, &current));
+        if !same {
+            // Another save: stop listening to the old one (its trades stay
+            // with it), listen to the new one, give it our settings.
+            if let Some((old, listener)) = self.slot.take() {
+                old.borrow_mut().unlisten(listener);
+            }
+            let listener = current.borrow_mut().listen();
+            self.slot = Some((current.clone(), listener));
+            self.data_id = Some(id);
+            self.config_dirty = true;
+        }
+        if self.config_dirty {
+            self.apply_config()?;
+        }
+        Ok(current)
+    }
+
+    /// Runs `f` with the session and the player store, attaching first.
+    fn with_slot<R>(
         &mut self,
         f: impl FnOnce(&mut TradingSession, &mut PlayerStore) -> Result<R, ClientError>,
     ) -> Result<R, ClientError> {
-        if self.data.as_ref().is_some_and(|d| !d.is_instance_valid()) {
-            // The LocalPlayerData node was freed; look it up again.
-            self.data = None;
-        }
-        if self.data.is_none() {
-            let node = self
-                .base()
-                .try_get_node_as::<LocalPlayerData>(&self.player_data);
-            self.data = Some(node.ok_or_else(|| {
-                ClientError::new(
-                    ErrorCode::InvalidArgument,
-                    "TradingMarketplace.player_data must point to a LocalPlayerData node",
-                )
-            })?);
-        }
-        let config = self.config();
-        let Some(mut data) = self.data.clone() else {
-            return Err(ClientError::new(
-                ErrorCode::InvalidArgument,
-                "player_data is not set",
-            ));
-        };
-        let mut guard = data.bind_mut();
-        let store = guard.store_mut().ok_or_else(|| {
-            ClientError::new(
-                ErrorCode::InvalidArgument,
-                "LocalPlayerData could not load its save file",
-            )
-        })?;
-        if self.session.is_none() || self.session_config.as_ref() != Some(&config) {
-            // First use, or a property changed (say `server_url`, set by a
-            // parent's `_ready` after ours): start with these settings. Safe at
-            // any moment: the journal re-sends whatever was in flight, with
-            // the same keys. A logged-in session logs in again by itself.
-            let was_logged_in = self
-                .session
-                .take()
-                .is_some_and(|s| s.client().is_logged_in());
-            let mut session = TradingSession::new(config.clone(), store)?;
-            if was_logged_in {
-                session.login(store)?;
-            }
-            self.session = Some(session);
-            self.session_config = Some(config);
-        }
-        match self.session.as_mut() {
-            Some(session) => f(session, store),
+        let slot = self.attach()?;
+        let mut guard = slot.borrow_mut();
+        let s = &mut *guard;
+        match s.session.as_mut() {
+            Some(session) => f(session, &mut s.store),
             None => Err(ClientError::new(ErrorCode::Internal, "no session")),
         }
     }
@@ -376,19 +513,48 @@ impl TradingMarketplace {
         listing_id: Option<i64>,
         f: impl FnOnce(&mut TradingSession, &mut PlayerStore) -> Result<RequestId, ClientError>,
     ) -> i64 {
-        match self.with_session(f) {
-            Ok(RequestId(id)) => id as i64,
-            Err(error) => {
-                let id = match self.session.as_ref() {
-                    Some(s) => s.client().next_request_id().0 as i64,
-                    None => {
-                        self.next_local_id += 1;
-                        self.next_local_id
-                    }
-                };
-                self.local_failures.push_back((id, listing_id, error));
-                id
+        let error = match self.attach() {
+            Ok(slot) => {
+                let mut guard = slot.borrow_mut();
+                let s = &mut *guard;
+                match s.session.as_mut() {
+                    Some(session) => match f(session, &mut s.store) {
+                        Ok(RequestId(id)) => return id as i64,
+                        Err(error) => return session.refuse(listing_id, error).0 as i64,
+                    },
+                    None => ClientError::new(ErrorCode::Internal, "no session"),
+                }
             }
+            Err(error) => error,
+        };
+        self.next_local_id += 1;
+        let id = self.next_local_id;
+        self.local_failures.push_back((id, listing_id, error));
+        id
+    }
+
+    /// Turns waiting events into signals, one at a time, holding nothing
+    /// while a handler runs; bounded per frame by count and by time.
+    fn emit_pending(&mut self) {
+        let started = Instant::now();
+        let budget = Duration::from_secs_f64(self.max_frame_time_msec.clamp(0.1, 100.0) / 1e3);
+        let max = self.max_events_per_frame.clamp(1, 10_000);
+        // Only the refusals made before this frame's signals began.
+        let refused: Vec<_> = self.local_failures.drain(..).collect();
+        for (id, listing_id, error) in refused {
+            self.emit_failure(id, listing_id, &error);
+        }
+        for n in 0..max {
+            if n > 0 && started.elapsed() >= budget {
+                break;
+            }
+            let Some((slot, listener)) = self.slot.clone() else {
+                return;
+            };
+            let Some(event) = slot.borrow_mut().next_for(listener) else {
+                return;
+            };
+            self.emit(event);
         }
     }
 
@@ -463,8 +629,14 @@ impl TradingMarketplace {
             } => self.signals().request_retrying().emit(
                 id(request_id),
                 i64::from(attempt),
-                &GString::from(error.code.as_str()),
+                error.code.as_str(),
             ),
+            SessionEvent::TradeStalled {
+                request_id, trade, ..
+            } => self
+                .signals()
+                .trade_stalled()
+                .emit(id(request_id), &convert::pending_trade(&trade)),
             SessionEvent::BusyChanged { busy } => self.signals().busy_changed().emit(busy),
         }
     }

@@ -1,82 +1,124 @@
 //! `LocalPlayerData`: the player's credits, inventory and holds, saved
 //! crash-safely by one writer thread.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use godot::classes::{INode, Node, ProjectSettings};
+use godot::classes::node::ProcessMode;
+use godot::classes::{Engine, INode, Node, ProjectSettings};
 use godot::prelude::*;
-use marketplace_client::{HoldKind, PlayerStore, StoreEvent, StoreOptions};
+use marketplace_client::paths::resolve_save_path;
+use marketplace_client::{HoldKind, PlayerStore, StoreEvent};
+
+use crate::save_slot::{self, SlotRef};
+
+/// Store events turned into signals per frame, at most; the rest wait.
+const SIGNALS_PER_FRAME: usize = 1024;
 
 /// The player's local data: credits (available and held), inventory, and
 /// the journal of marketplace trades in progress, in one save file.
 ///
-/// Every change goes through this node on the main thread; saving never
-/// blocks a frame (many changes in one frame make one write), and the file on
-/// disk is always a whole old or new version. `flush()` waits for the write —
-/// call it before quitting if you quit without leaving the tree.
+/// The file is opened on first use or, at the latest, right after the
+/// scene's `_ready` calls — so a parent may set `save_path`, `autosave` and
+/// `default_player_name` in its own `_ready` (save slots), and signals about
+/// loading (`load_failed`, `recovered_from_backup`) reach connections made
+/// there. Saving never blocks a frame (many changes in one frame make one
+/// write, done on a thread of its own), and the file on disk is always a
+/// whole old or new version. The node keeps working while the tree is
+/// paused (`process_mode` is `ALWAYS` unless you change it).
+///
+/// One save file is open in one place: a second `LocalPlayerData` on the
+/// same file, or a second instance of the game, gets `load_failed` and
+/// touches nothing. Freeing the node (a scene change) never waits on the
+/// disk; a node created later on the same file carries on where it was.
 ///
 /// ```gdscript
 /// @onready var data: LocalPlayerData = $LocalPlayerData
 ///
 /// func _ready():
+///     data.save_path = "user://slot_%d.json" % slot   # before first use
 ///     data.inventory_changed.connect(func(item_id, count): inventory_ui.set_count(item_id, count))
 ///     data.credits_changed.connect(func(available, held): credits_label.text = "%d (+%d held)" % [available, held])
 ///     data.save_failed.connect(func(message): push_warning(message))
-///     data.add_item("scrap_metal", 3)
+///     data.recovered_from_backup.connect(func(message): toast("Your save was damaged; the previous one was loaded"))
 /// ```
 #[derive(GodotClass)]
 #[class(base=Node)]
 pub struct LocalPlayerData {
-    /// Where the save file lives; `user://` paths are resolved by Godot.
+    /// Where the save file lives: `user://…` (the default,
+    /// `user://player_data.json`), a path relative to `user://`, or an
+    /// absolute path. `res://` is refused: it is read-only in an exported
+    /// game. Changing it switches files — refused (the old value stays)
+    /// while trades wait for their answer.
+    #[var(set = set_save_path)]
     #[export]
     save_path: GString,
-    /// Save after every change (still at most one write per frame).
+    /// Save the game's own changes (`add_item`, …) as they happen, at most
+    /// once per frame. Marketplace trades are saved whatever this says.
+    #[var(set = set_autosave)]
     #[export]
     autosave: bool,
-    /// The name a brand-new player starts with.
+    /// The name a brand-new player starts with (read when the file is
+    /// opened).
     #[export]
     default_player_name: GString,
-    store: Option<PlayerStore>,
+    slot: Option<SlotRef>,
     /// Why the save file could not be opened (the file is left untouched).
     load_error: Option<String>,
-    events: Vec<StoreEvent>,
+    /// `load_failed` messages for the next frame.
+    unsent_load_failures: VecDeque<String>,
     base: Base<Node>,
 }
 
 #[godot_api]
 impl INode for LocalPlayerData {
     fn init(base: Base<Node>) -> Self {
+        // Keep saving and trading while the game is paused (a shop in a
+        // pause menu). A value set in the inspector or by a script wins.
+        base.to_init_gd().set_process_mode(ProcessMode::ALWAYS);
         LocalPlayerData {
             save_path: "user://player_data.json".into(),
             autosave: true,
             default_player_name: "Pilot".into(),
-            store: None,
+            slot: None,
             load_error: None,
-            events: Vec::new(),
+            unsent_load_failures: VecDeque::new(),
             base,
         }
     }
 
     fn ready(&mut self) {
-        self.ensure_open();
-        self.emit_pending();
+        // After every `_ready` of this frame, the parent's included.
+        self.base_mut().call_deferred("_open_if_unused", &[]);
     }
 
     fn process(&mut self, _delta: f64) {
-        if let Some(store) = self.store.as_mut() {
-            store.poll();
-        }
+        tick_slots();
         self.emit_pending();
     }
+}
 
-    fn exit_tree(&mut self) {
-        // Leaving the tree (or quitting): make sure the last changes are on disk.
-        if let Some(store) = self.store.as_mut() {
-            if let Err(message) = store.flush(Duration::from_secs(5)) {
-                godot_error!("LocalPlayerData: final save failed: {message}");
+/// Ticks every open save once this frame (whichever of our nodes comes first).
+pub fn tick_slots() {
+    let frame = Engine::singleton().get_process_frames();
+    save_slot::tick_all(
+        frame,
+        marketplace_client::session::DEFAULT_EVENTS_PER_POLL,
+        Duration::from_micros(500),
+    );
+}
+
+impl Drop for LocalPlayerData {
+    /// Freed (a scene change, or quitting): let go of the save without
+    /// waiting. It stays open in the registry, where trades go on settling;
+    /// quitting flushes it.
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            if let Ok(mut s) = slot.try_borrow_mut() {
+                s.data_attached = false;
             }
+            save_slot::detach_data(&slot);
         }
-        self.emit_pending();
     }
 }
 
@@ -85,7 +127,8 @@ impl LocalPlayerData {
     /// An item's count changed (0 when the last one left).
     #[signal]
     fn inventory_changed(item_id: GString, count: i64);
-    /// Available or held credits changed.
+    /// Available or held credits changed. Within a frame the newest values
+    /// come last, also when a handler changes credits again.
     #[signal]
     fn credits_changed(available: i64, held: i64);
     /// A hold was placed: credits reserved (`amount` credits) or items escrowed
@@ -98,46 +141,47 @@ impl LocalPlayerData {
     /// A hold was spent for good.
     #[signal]
     fn hold_committed(hold_id: i64);
-    /// Everything up to now is on disk.
+    /// Everything changed so far is on disk (nothing newer waits).
     #[signal]
     fn saved();
-    /// A save failed (disk full, read-only, …); nothing in memory was lost and
-    /// the save is retried.
+    /// A save failed (disk full, read-only, …); nothing in memory was lost,
+    /// the save is retried, and trades wait until a save succeeds.
     #[signal]
     fn save_failed(message: GString);
     /// The save file was unreadable; the previous save (backup) was loaded.
     #[signal]
     fn recovered_from_backup(message: GString);
-    /// The save file (and its backup) could not be loaded; they were left
-    /// untouched and this node holds no data until the problem is fixed.
+    /// The save file (and its backup) could not be loaded, or another node or
+    /// game instance has it open; the files were left untouched and this node
+    /// holds no data until the problem is fixed.
     #[signal]
     fn load_failed(message: GString);
 
     /// The server's id for this player, or -1 before the first login.
     #[func]
     fn get_player_id(&mut self) -> i64 {
-        self.with_store(-1, |s| s.state().player_id.unwrap_or(-1))
+        self.read(-1, |s| s.state().player_id.unwrap_or(-1))
     }
 
     #[func]
     fn get_player_name(&mut self) -> GString {
-        self.with_store(GString::new(), |s| s.state().player_name.as_str().into())
+        self.read(GString::new(), |s| s.state().player_name.as_str().into())
     }
 
     /// Credits available to spend (held credits are not included).
     #[func]
     fn get_credits(&mut self) -> i64 {
-        self.with_store(0, |s| s.state().credits)
+        self.read(0, |s| s.state().credits)
     }
 
     /// Credits reserved by holds (purchases waiting for the server).
     #[func]
     fn get_held_credits(&mut self) -> i64 {
-        self.with_store(0, |s| s.state().held_credits())
+        self.read(0, |s| s.state().held_credits())
     }
 
     /// Adds (or with a negative `n`, removes) credits. Returns false, changing
-    /// nothing, if the balance would go below zero or overflow.
+    /// nothing, if the balance would go below zero or beyond 10^15.
     #[func]
     fn add_credits(&mut self, n: i64) -> bool {
         self.mutate("add_credits", |s| s.add_credits(n).map(drop))
@@ -145,19 +189,16 @@ impl LocalPlayerData {
 
     #[func]
     fn get_item_count(&mut self, item_id: GString) -> i64 {
-        self.with_store(0, |s| s.state().item_count(&item_id.to_string()))
+        self.read(0, |s| s.state().item_count(&item_id.to_string()))
     }
 
     /// Item id → count.
     #[func]
     fn get_inventory(&mut self) -> VarDictionary {
-        self.with_store(VarDictionary::new(), |s| {
+        self.read(VarDictionary::new(), |s| {
             let mut d = VarDictionary::new();
             for (item, count) in &s.state().inventory {
-                d.set(
-                    &GString::from(item.as_str()).to_variant(),
-                    &count.to_variant(),
-                );
+                d.set(item.as_str(), *count);
             }
             d
         })
@@ -183,12 +224,12 @@ impl LocalPlayerData {
     /// enough are available.
     #[func]
     fn reserve_credits(&mut self, amount: i64) -> i64 {
-        let id = self.with_store(Err(None), |s| s.reserve_credits(amount).map_err(Some));
-        self.emit_pending();
-        match id {
-            Ok(id) => i64::try_from(id).unwrap_or(-1),
-            Err(_) => -1,
-        }
+        self.read(-1, |s| {
+            s.reserve_credits(amount)
+                .ok()
+                .and_then(|id| i64::try_from(id).ok())
+                .unwrap_or(-1)
+        })
     }
 
     /// Gives a hold's credits back. Holds of marketplace trades in progress
@@ -210,21 +251,20 @@ impl LocalPlayerData {
         self.mutate("commit_credits_hold", |s| s.commit_hold(id))
     }
 
-    /// Asks for a save. Never blocks; the write happens after this frame.
+    /// Asks for a save of the game's own changes (with `autosave` off).
+    /// Never blocks; the write happens after this frame.
     #[func]
     fn save_inventory(&mut self) {
-        if let Some(s) = self.store_mut() {
-            s.save();
-        }
+        self.read((), |s| s.save());
     }
 
-    /// Writes now and waits (up to 5 s) until it is on disk. For quitting.
+    /// Writes now and waits (up to 5 s) until it is on disk. For quitting
+    /// with `OS.kill()`-style exits; `get_tree().quit()` saves by itself.
     #[func]
     fn flush(&mut self) -> bool {
-        let result = self.with_store(Err("player data is not loaded".to_string()), |s| {
+        let result = self.read(Err("player data is not loaded".to_string()), |s| {
             s.flush(Duration::from_secs(5))
         });
-        self.emit_pending();
         match result {
             Ok(()) => true,
             Err(message) => {
@@ -238,7 +278,7 @@ impl LocalPlayerData {
     /// every trade's hold present, …); problems are printed as errors.
     #[func]
     fn validate_inventory(&mut self) -> bool {
-        match self.with_store(Err(vec!["player data is not loaded".to_string()]), |s| {
+        match self.read(Err(vec!["player data is not loaded".to_string()]), |s| {
             s.state().validate()
         }) {
             Ok(()) => true,
@@ -254,70 +294,150 @@ impl LocalPlayerData {
     /// True once the save file was loaded (or a new player created).
     #[func]
     fn is_loaded(&mut self) -> bool {
-        self.store_mut().is_some()
+        self.slot().is_some()
     }
 
     /// Why loading failed, or "".
     #[func]
-    fn get_load_error(&self) -> GString {
+    fn get_load_error(&mut self) -> GString {
+        let _ = self.slot();
         self.load_error.as_deref().unwrap_or("").into()
     }
 
-    /// The save file's absolute path.
+    /// The save file's absolute path ("" when `save_path` is not usable).
     #[func]
     fn get_save_file_path(&self) -> GString {
-        self.resolved_path().as_str().into()
+        match self.resolved_path() {
+            Ok(p) => p.to_string_lossy().as_ref().into(),
+            Err(_) => GString::new(),
+        }
+    }
+
+    /// Trades of this save waiting for the marketplace's answer.
+    #[func]
+    fn get_pending_trade_count(&mut self) -> i64 {
+        self.slot()
+            .map_or(0, |slot| slot.borrow().pending_trades() as i64)
+    }
+
+    /// Switches to another save file (a save slot). Returns "" when done, or
+    /// a code: `"trades_pending"` (trades of the current file wait for their
+    /// answer; nothing changed) or `"invalid_argument"` (a `res://` path, …).
+    /// The new file opens on first use. Setting `save_path` does the same.
+    #[func]
+    fn change_save_path(&mut self, path: GString) -> GString {
+        if path == self.save_path {
+            return GString::new();
+        }
+        if let Err(message) = resolve_save_path(&path.to_string(), &user_dir()) {
+            godot_error!("LocalPlayerData: {message}");
+            return "invalid_argument".into();
+        }
+        if let Some(slot) = &self.slot {
+            let pending = slot.borrow().pending_trades();
+            if pending > 0 {
+                godot_error!(
+                    "LocalPlayerData: save_path stays {}: {pending} trade(s) of this save wait for the marketplace's answer",
+                    self.save_path
+                );
+                return "trades_pending".into();
+            }
+        }
+        if let Some(slot) = self.slot.take() {
+            slot.borrow_mut().data_attached = false;
+            save_slot::detach_data(&slot);
+            save_slot::close(&slot);
+        }
+        self.save_path = path;
+        self.load_error = None;
+        GString::new()
+    }
+
+    #[func]
+    fn set_save_path(&mut self, path: GString) {
+        let _ = self.change_save_path(path);
+    }
+
+    #[func]
+    fn set_autosave(&mut self, on: bool) {
+        self.autosave = on;
+        if let Some(slot) = &self.slot {
+            slot.borrow_mut().store.set_autosave(on);
+        }
+    }
+
+    /// Deferred from `_ready`: opens the file if nothing used it yet, so that
+    /// problems with it are reported in the first frame.
+    #[func]
+    fn _open_if_unused(&mut self) {
+        let _ = self.slot();
     }
 }
 
+/// The folder `user://` names.
+fn user_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        ProjectSettings::singleton()
+            .globalize_path("user://")
+            .to_string(),
+    )
+}
+
 impl LocalPlayerData {
-    fn resolved_path(&self) -> String {
-        let raw = self.save_path.to_string();
-        if raw.starts_with("user://") || raw.starts_with("res://") {
-            ProjectSettings::singleton()
-                .globalize_path(&self.save_path)
-                .to_string()
-        } else {
-            raw
-        }
+    fn resolved_path(&self) -> Result<std::path::PathBuf, String> {
+        resolve_save_path(&self.save_path.to_string(), &user_dir())
     }
 
-    /// Opens the save file on first use (so `TradingMarketplace` can use this
-    /// node whichever of the two becomes ready first).
-    fn ensure_open(&mut self) {
-        if self.store.is_some() || self.load_error.is_some() {
-            return;
+    /// The open save, opening it on first use. `None` (with `load_error`
+    /// set and `load_failed` queued for the next frame) when it cannot be.
+    pub fn slot(&mut self) -> Option<SlotRef> {
+        if let Some(slot) = &self.slot {
+            return Some(slot.clone());
         }
-        let path = std::path::PathBuf::from(self.resolved_path());
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+        if self.load_error.is_some() {
+            return None;
         }
-        let options = StoreOptions {
-            autosave: self.autosave,
-            ..StoreOptions::default()
-        };
-        match PlayerStore::open(&path, &self.default_player_name.to_string(), options) {
-            Ok(store) => self.store = Some(store),
-            Err(e) => {
-                let message = e.to_string();
+        match self.open() {
+            Ok(slot) => {
+                self.slot = Some(slot.clone());
+                Some(slot)
+            }
+            Err(message) => {
                 godot_error!("LocalPlayerData: {message}");
                 self.load_error = Some(message.clone());
-                self.signals()
-                    .load_failed()
-                    .emit(&GString::from(message.as_str()));
+                self.unsent_load_failures.push_back(message);
+                None
             }
         }
     }
 
-    /// The store, for `TradingMarketplace`.
-    pub fn store_mut(&mut self) -> Option<&mut PlayerStore> {
-        self.ensure_open();
-        self.store.as_mut()
+    fn open(&mut self) -> Result<SlotRef, String> {
+        let path = self.resolved_path()?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let (slot, _new) =
+            save_slot::open(&path, &self.default_player_name.to_string(), self.autosave)
+                .map_err(|e| e.to_string())?;
+        {
+            let mut s = slot.borrow_mut();
+            if s.data_attached {
+                return Err(format!(
+                    "{} is already used by another LocalPlayerData node; give each node its own save_path",
+                    path.display()
+                ));
+            }
+            s.data_attached = true;
+            s.store.set_autosave(self.autosave);
+        }
+        save_slot::attach_data(self.base().instance_id(), &slot);
+        Ok(slot)
     }
 
-    fn with_store<T>(&mut self, missing: T, f: impl FnOnce(&mut PlayerStore) -> T) -> T {
-        match self.store_mut() {
-            Some(s) => f(s),
+    fn read<T>(&mut self, missing: T, f: impl FnOnce(&mut PlayerStore) -> T) -> T {
+        match self.slot() {
+            Some(slot) => f(&mut slot.borrow_mut().store),
             None => missing,
         }
     }
@@ -327,9 +447,7 @@ impl LocalPlayerData {
         what: &str,
         f: impl FnOnce(&mut PlayerStore) -> Result<(), E>,
     ) -> bool {
-        let result = self.with_store(None, |s| Some(f(s).map_err(|e| e.to_string())));
-        self.emit_pending();
-        match result {
+        match self.read(None, |s| Some(f(s).map_err(|e| e.to_string()))) {
             Some(Ok(())) => true,
             Some(Err(message)) => {
                 godot_warn!("LocalPlayerData.{what}: {message}");
@@ -339,59 +457,62 @@ impl LocalPlayerData {
         }
     }
 
-    /// Turns the store's events into signals.
+    /// Turns waiting events into signals, one at a time and without holding
+    /// the save while a handler runs: a handler may call anything, and what
+    /// it changes is signalled after — so the newest state comes last.
     fn emit_pending(&mut self) {
-        let Some(store) = self.store.as_mut() else {
-            return;
-        };
-        let mut events = std::mem::take(&mut self.events);
-        store.drain_events(&mut events);
-        for event in events.drain(..) {
-            match event {
-                StoreEvent::InventoryChanged { item_id, count } => self
-                    .signals()
-                    .inventory_changed()
-                    .emit(&GString::from(item_id.as_str()), count),
-                StoreEvent::CreditsChanged { available, held } => {
-                    self.signals().credits_changed().emit(available, held)
-                }
-                StoreEvent::HoldPlaced { hold_id, kind } => {
-                    let amount = match kind {
-                        HoldKind::Credits { amount } => amount,
-                        HoldKind::Items { quantity, .. } => quantity,
-                    };
-                    self.signals()
-                        .hold_placed()
-                        .emit(i64::try_from(hold_id).unwrap_or(-1), amount)
-                }
-                StoreEvent::HoldReleased { hold_id, reason } => {
-                    self.signals().hold_released().emit(
-                        i64::try_from(hold_id).unwrap_or(-1),
-                        &GString::from(reason.as_str()),
-                    )
-                }
-                StoreEvent::HoldCommitted { hold_id } => self
-                    .signals()
-                    .hold_committed()
-                    .emit(i64::try_from(hold_id).unwrap_or(-1)),
-                StoreEvent::Saved { .. } => self.signals().saved().emit(),
-                StoreEvent::SaveFailed { message } => {
-                    godot_warn!("LocalPlayerData: {message}");
-                    self.signals()
-                        .save_failed()
-                        .emit(&GString::from(message.as_str()))
-                }
-                StoreEvent::RecoveredFromBackup { message } => {
-                    godot_warn!("LocalPlayerData: {message}");
-                    self.signals()
-                        .recovered_from_backup()
-                        .emit(&GString::from(message.as_str()))
-                }
-                StoreEvent::RemoteRejected { message } => {
-                    godot_warn!("LocalPlayerData: {message}")
-                }
+        while let Some(message) = self.unsent_load_failures.pop_front() {
+            self.signals().load_failed().emit(message.as_str());
+        }
+        for _ in 0..SIGNALS_PER_FRAME {
+            let Some(slot) = self.slot.clone() else {
+                return;
+            };
+            let Some(event) = slot.borrow_mut().store.next_event() else {
+                return;
+            };
+            self.emit(event);
+        }
+    }
+
+    fn emit(&mut self, event: StoreEvent) {
+        let id = |h: u64| i64::try_from(h).unwrap_or(-1);
+        match event {
+            StoreEvent::InventoryChanged { item_id, count } => self
+                .signals()
+                .inventory_changed()
+                .emit(item_id.as_str(), count),
+            StoreEvent::CreditsChanged { available, held } => {
+                self.signals().credits_changed().emit(available, held)
+            }
+            StoreEvent::HoldPlaced { hold_id, kind } => {
+                let amount = match kind {
+                    HoldKind::Credits { amount } => amount,
+                    HoldKind::Items { quantity, .. } => quantity,
+                };
+                self.signals().hold_placed().emit(id(hold_id), amount)
+            }
+            StoreEvent::HoldReleased { hold_id, reason } => self
+                .signals()
+                .hold_released()
+                .emit(id(hold_id), reason.as_str()),
+            StoreEvent::HoldCommitted { hold_id } => {
+                self.signals().hold_committed().emit(id(hold_id))
+            }
+            StoreEvent::Saved { .. } => self.signals().saved().emit(),
+            StoreEvent::SaveFailed { message } => {
+                godot_warn!("LocalPlayerData: {message}");
+                self.signals().save_failed().emit(message.as_str())
+            }
+            StoreEvent::RecoveredFromBackup { message } => {
+                godot_warn!("LocalPlayerData: {message}");
+                self.signals()
+                    .recovered_from_backup()
+                    .emit(message.as_str())
+            }
+            StoreEvent::RemoteRejected { message } => {
+                godot_warn!("LocalPlayerData: {message}")
             }
         }
-        self.events = events;
     }
 }

@@ -189,8 +189,9 @@ impl Player {
         let session = self.session.as_mut().expect("session");
         let id = session.login(store).expect("login submitted");
         self.pump_until(Duration::from_secs(10), |e| {
-            e.iter()
-                .any(|e| matches!(e, SessionEvent::LoggedIn { request_id, .. } if *request_id == id))
+            e.iter().any(
+                |e| matches!(e, SessionEvent::LoggedIn { request_id, .. } if *request_id == id),
+            )
         });
     }
 
