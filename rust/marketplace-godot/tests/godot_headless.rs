@@ -78,12 +78,21 @@ fn godot_check_suite() {
             marketplace_server::Config::for_tests(url),
         ))
         .expect("server starts");
+    // The same server with every purchase delayed: trades in flight across
+    // a scene change.
+    let slow = rt.block_on(fault_proxy::Proxy::start(server.addr()));
+    slow.fault_randomly(
+        "/purchase",
+        fault_proxy::Fault::Delay(Duration::from_millis(1500)),
+        1.0,
+    );
 
     let mut child = Command::new(&godot)
         .args(["--headless", "--path"])
         .arg(&project)
         .arg("res://tests/test_runner.tscn")
         .env("MARKET_SERVER_URL", server.url())
+        .env("MARKET_SLOW_URL", slow.url())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

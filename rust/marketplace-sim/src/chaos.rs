@@ -5,8 +5,11 @@
 //! proxy, which loses answers after the server committed, resets
 //! connections, answers 500 and adds delays. Players crash (only what is on
 //! disk survives; the journal is replayed on restart) and the server is
-//! restarted mid-run. A fixed seed reproduces the same sequence of player
-//! actions (timing, and so the faults' victims, vary).
+//! restarted mid-run. Game life happens too: settings change mid-trade,
+//! players stop polling for a while (a long pause, a hitch), quit cleanly
+//! and come back, their disks fail for a while, and a proxy in front of the
+//! server answers with its own HTML error pages. A fixed seed reproduces the
+//! same sequence of player actions (timing, and so the faults' victims, vary).
 //!
 //! At the end, with the faults off and every player settled, it checks:
 //! - **I1** every listing sold at most once; sold ⇔ exactly one purchase;
@@ -46,6 +49,9 @@ pub struct ChaosConfig {
     pub crash_every: usize,
     /// How many times the server is restarted during the run.
     pub server_restarts: usize,
+    /// A game-life event (settings change, pause, failing disk, clean
+    /// reopen) happens every this many operations (0 = never).
+    pub life_every: usize,
 }
 
 impl Default for ChaosConfig {
@@ -58,6 +64,7 @@ impl Default for ChaosConfig {
             fault_rate: 0.15,
             crash_every: 40,
             server_restarts: 2,
+            life_every: 10,
         }
     }
 }
@@ -181,10 +188,21 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     market
         .proxy
         .fault_randomly("/v1/", Fault::Answer500, r * 0.2);
-    market.proxy.fault_randomly("/v1/", Fault::Reset, r * 0.2);
+    market.proxy.fault_randomly("/v1/", Fault::Reset, r * 0.15);
     market
         .proxy
-        .fault_randomly("/v1/", Fault::Delay(Duration::from_millis(15)), r * 0.2);
+        .fault_randomly("/v1/", Fault::Delay(Duration::from_millis(15)), r * 0.15);
+    // A CDN's own error pages, after the server answered.
+    market
+        .proxy
+        .fault_randomly("/v1/", Fault::ProxyPage(403), r * 0.05);
+    market
+        .proxy
+        .fault_randomly("/v1/", Fault::ProxyPage(404), r * 0.05);
+    // Players not polling (a pause, a loading screen) until this operation;
+    // disks failing until this operation.
+    let mut paused_until = vec![0usize; cfg.players];
+    let mut disk_fails_until = vec![0usize; cfg.players];
 
     let mut told: Vec<Told> = (0..cfg.players).map(|_| Told::default()).collect();
     // What players have seen on the market: listing id → (price, seller id).
@@ -202,7 +220,46 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         if cfg.crash_every > 0 && op > 0 && op % cfg.crash_every == 0 {
             let victim = rng.gen_range(0..players.len());
             crash(&mut players, victim, &client_config)?;
+            players[victim]
+                .disk
+                .set_failing(op < disk_fails_until[victim]);
             *stats.entry("player crashes").or_default() += 1;
+        }
+        for (k, p) in players.iter_mut().enumerate() {
+            if disk_fails_until[k] == op {
+                p.disk.set_failing(false);
+            }
+        }
+        if cfg.life_every > 0 && op > 0 && op % cfg.life_every == 0 {
+            let k = rng.gen_range(0..players.len());
+            match rng.gen_range(0..4) {
+                0 => {
+                    // Settings changed mid-trade (same server).
+                    let mut c = client_config.clone();
+                    c.max_concurrent_requests = rng.gen_range(1..=16);
+                    c.request_timeout = Duration::from_millis(rng.gen_range(800..3000));
+                    let p = &mut players[k];
+                    p.session
+                        .set_config(&p.store, c)
+                        .map_err(|e| e.to_string())?;
+                    *stats.entry("life: settings changed").or_default() += 1;
+                }
+                1 => {
+                    paused_until[k] = op + rng.gen_range(5..30);
+                    *stats.entry("life: long pauses").or_default() += 1;
+                }
+                2 => {
+                    disk_fails_until[k] = op + rng.gen_range(5..30);
+                    players[k].disk.set_failing(true);
+                    *stats.entry("life: disk failing").or_default() += 1;
+                }
+                _ => {
+                    if !players[k].disk.is_failing() {
+                        reopen(&mut players, k, &client_config)?;
+                        *stats.entry("life: quit and reopen").or_default() += 1;
+                    }
+                }
+            }
         }
         let i = rng.gen_range(0..players.len());
         let me = players[i].player_id().unwrap_or(0);
@@ -273,22 +330,31 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
             *stats.entry("refused locally").or_default() += 1;
             let _ = e;
         }
-        frame_all(&mut players, &mut told, &mut known, &mut stats);
+        let awake: Vec<bool> = paused_until.iter().map(|u| *u <= op).collect();
+        frame_all(&mut players, &awake, &mut told, &mut known, &mut stats);
         // Back-pressure: keep the backlog bounded so the run measures faults,
-        // not an ever-growing queue.
-        while players
-            .iter()
-            .map(|p| p.session.pending_count())
-            .sum::<usize>()
-            > 4 * players.len()
-        {
+        // not an ever-growing queue. (Paused players and players whose disk
+        // fails hold their trades back on purpose; they do not count.)
+        let counted = |players: &[SimPlayer]| {
+            players
+                .iter()
+                .enumerate()
+                .filter(|(k, p)| awake[*k] && !p.disk.is_failing())
+                .map(|(_, p)| p.session.pending_count())
+                .sum::<usize>()
+        };
+        while counted(&players) > 4 * players.len() {
             std::thread::sleep(Duration::from_millis(1));
-            frame_all(&mut players, &mut told, &mut known, &mut stats);
+            frame_all(&mut players, &awake, &mut told, &mut known, &mut stats);
         }
     }
 
-    // Faults off; everyone settles.
+    // Faults off, pauses over, disks healed; everyone settles.
     market.proxy.clear();
+    for p in &players {
+        p.disk.set_failing(false);
+    }
+    let awake = vec![true; players.len()];
     let deadline = Instant::now() + Duration::from_secs(120);
     while !players.iter().all(SimPlayer::is_settled) {
         if Instant::now() > deadline {
@@ -306,7 +372,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
                 .collect();
             return Err(format!("players did not settle: {stuck:?}"));
         }
-        frame_all(&mut players, &mut told, &mut known, &mut stats);
+        frame_all(&mut players, &awake, &mut told, &mut known, &mut stats);
         std::thread::sleep(Duration::from_millis(1));
     }
     for p in &mut players {
@@ -334,11 +400,15 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
 
 fn frame_all(
     players: &mut [SimPlayer],
+    awake: &[bool],
     told: &mut [Told],
     known: &mut BTreeMap<i64, (i64, i64)>,
     stats: &mut HashMap<&'static str, i64>,
 ) {
     for (i, p) in players.iter_mut().enumerate() {
+        if !awake[i] {
+            continue;
+        }
         let new: Vec<SessionEvent> = p.frame().to_vec();
         p.events.clear();
         for e in new {
@@ -386,6 +456,34 @@ fn frame_all(
             }
         }
     }
+}
+
+/// A clean quit and restart: the session shuts down (answers that arrive in
+/// the grace period are settled and saved, the rest stays journaled) and
+/// the player comes back from its file.
+fn reopen(
+    players: &mut [SimPlayer],
+    i: usize,
+    config: &marketplace_client::client::ClientConfig,
+) -> Result<(), String> {
+    let path = players[i].path.clone();
+    let label = players[i].label.clone();
+    let placeholder = SimPlayer::open(
+        &format!("{label}-tmp"),
+        &path.with_extension("reopening"),
+        config.clone(),
+    )?;
+    let SimPlayer {
+        mut store, session, ..
+    } = std::mem::replace(&mut players[i], placeholder);
+    // Events of the last answers are not reported (notifications are at
+    // most once); their effects are saved.
+    let _ = session.shutdown(&mut store, Duration::from_millis(50));
+    drop(store);
+    let mut p = SimPlayer::open(&label, &path, config.clone())?;
+    p.login().map_err(|e| e.to_string())?;
+    players[i] = p;
+    Ok(())
 }
 
 /// Simulates a crash: only what is on disk survives. The player restarts

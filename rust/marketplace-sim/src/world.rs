@@ -1,10 +1,13 @@
 //! A marketplace server behind a fault proxy, and simulated players.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fault_proxy::Proxy;
 use marketplace_client::client::ClientConfig;
+use marketplace_client::persist::{RealFs, SaveFs};
 use marketplace_client::{ClientError, PlayerStore, SessionEvent, StoreOptions, TradingSession};
 use marketplace_server::{Config, RunningServer};
 use sqlx::Connection;
@@ -116,6 +119,43 @@ pub fn sim_client_config(url: &str) -> ClientConfig {
     }
 }
 
+/// A disk that can be made to fail every write (full, or held by another
+/// program) while the player runs.
+#[derive(Clone, Default)]
+pub struct Disk {
+    failing: Arc<AtomicBool>,
+}
+
+impl Disk {
+    pub fn set_failing(&self, on: bool) {
+        self.failing.store(on, Ordering::SeqCst);
+    }
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::SeqCst)
+    }
+}
+
+impl SaveFs for Disk {
+    fn write_synced(&mut self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        if self.is_failing() {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        RealFs.write_synced(path, bytes)
+    }
+    fn link_or_copy(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+        RealFs.link_or_copy(from, to)
+    }
+    fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+        if self.is_failing() {
+            return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        }
+        RealFs.rename(from, to)
+    }
+    fn sync_dir(&mut self, dir: &Path) -> std::io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+}
+
 /// A player as a game would run one: a store on disk and a session, polled
 /// once per frame.
 pub struct SimPlayer {
@@ -124,12 +164,22 @@ pub struct SimPlayer {
     pub store: PlayerStore,
     pub session: TradingSession,
     pub events: Vec<SessionEvent>,
+    pub disk: Disk,
 }
 
 impl SimPlayer {
     pub fn open(label: &str, path: &Path, config: ClientConfig) -> Result<SimPlayer, String> {
-        let mut store =
-            PlayerStore::open(path, label, StoreOptions::default()).map_err(|e| e.to_string())?;
+        let disk = Disk::default();
+        let mut store = PlayerStore::open(
+            path,
+            label,
+            StoreOptions {
+                fs: Box::new(disk.clone()),
+                retry_after: Duration::from_millis(20),
+                ..StoreOptions::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
         let session = TradingSession::new(config, &mut store).map_err(|e| e.to_string())?;
         Ok(SimPlayer {
             label: label.to_string(),
@@ -137,6 +187,7 @@ impl SimPlayer {
             store,
             session,
             events: Vec::new(),
+            disk,
         })
     }
 

@@ -31,10 +31,18 @@ fn chaos_on_sqlite() {
         report.stats.get("faults injected").copied().unwrap_or(0) > 0,
         "{report}"
     );
-    assert!(
-        report.stats.get("player crashes").copied().unwrap_or(0) > 0,
-        "{report}"
-    );
+    for event in [
+        "player crashes",
+        "life: settings changed",
+        "life: long pauses",
+        "life: disk failing",
+        "life: quit and reopen",
+    ] {
+        assert!(
+            report.stats.get(event).copied().unwrap_or(0) > 0,
+            "{event} never happened: {report}"
+        );
+    }
 }
 
 #[test]
