@@ -171,7 +171,7 @@ pub struct Loaded {
 
 enum Attempt {
     Missing,
-    Good(PlayerState),
+    Good(Box<PlayerState>),
     Bad(String),
 }
 
@@ -218,7 +218,7 @@ fn read_one(path: &Path) -> Result<Attempt, LoadError> {
             problems.join("; ")
         )));
     }
-    Ok(Attempt::Good(state))
+    Ok(Attempt::Good(Box::new(state)))
 }
 
 /// Loads `path`, falling back to its backup.
@@ -227,7 +227,7 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     let main_error = match read_one(path)? {
         Attempt::Good(state) => {
             return Ok(Loaded {
-                state: Some(state),
+                state: Some(*state),
                 recovered_from_backup: None,
             })
         }
@@ -243,7 +243,7 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
                 let _ = fs::rename(path, with_suffix(path, ".corrupt"));
             }
             Ok(Loaded {
-                state: Some(state),
+                state: Some(*state),
                 recovered_from_backup: Some(format!(
                     "{} was {why}; loaded the previous save from {}",
                     path.display(),
