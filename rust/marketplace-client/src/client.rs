@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use marketplace_protocol::{
     Claim, ErrorCode, ErrorEnvelope, Listing, ListingEnvelope, ListingPage, ListingStatus,
-    MarketChange, Purchase, PurchaseEnvelope, Sale, SalesPage, Session, IDEMPOTENCY_HEADER,
+    MarketChange, Purchase, PurchaseEnvelope, SalesPage, Session, IDEMPOTENCY_HEADER,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify, Semaphore};
@@ -154,8 +154,10 @@ pub enum Command {
     GetListing {
         listing_id: i64,
     },
+    /// One page of the player's sales (`cursor` from the previous page).
     ListSales {
         unclaimed_only: bool,
+        cursor: Option<String>,
     },
     /// A change of the market: carries an idempotency key and is retried
     /// until a definitive answer.
@@ -183,7 +185,7 @@ pub enum Reply {
     Listings(ListingPage),
     Listing(Listing),
     Purchased(Purchase),
-    Sales(Vec<Sale>),
+    Sales(SalesPage),
     Claimed(Claim),
 }
 
@@ -877,15 +879,23 @@ async fn exchange(
             format!("{base}/v1/listings/{listing_id}/purchase"),
             Some(serde_json::json!({ "expected_price": expected_price })),
         ),
-        Command::ListSales { unclaimed_only } => (
-            Method::GET,
+        Command::ListSales {
+            unclaimed_only,
+            cursor,
+        } => {
+            let mut params = vec![format!("limit={}", marketplace_protocol::MAX_PAGE_LIMIT)];
             if *unclaimed_only {
-                format!("{base}/v1/me/sales?claimed=false")
-            } else {
-                format!("{base}/v1/me/sales")
-            },
-            None,
-        ),
+                params.push("claimed=false".into());
+            }
+            if let Some(c) = cursor {
+                params.push(format!("cursor={}", encode_query(c)));
+            }
+            (
+                Method::GET,
+                format!("{base}/v1/me/sales?{}", params.join("&")),
+                None,
+            )
+        }
         Command::Change(MarketChange::Claim { sale_id }) => (
             Method::POST,
             format!("{base}/v1/sales/{sale_id}/claim"),
@@ -1041,14 +1051,15 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             Ok(Reply::Purchased(purchase))
         }
         Command::ListSales { .. } => {
-            let SalesPage { sales } = decode(bytes)?;
-            if sales
+            let page: SalesPage = decode(bytes)?;
+            if page
+                .sales
                 .iter()
                 .any(|s| s.id < 1 || marketplace_protocol::check_price("price", s.price).is_err())
             {
                 return Err(bad_response("invalid sale"));
             }
-            Ok(Reply::Sales(sales))
+            Ok(Reply::Sales(page))
         }
         Command::Change(MarketChange::Claim { sale_id }) => {
             let claim: Claim = decode(bytes)?;

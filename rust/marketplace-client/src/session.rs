@@ -150,8 +150,12 @@ enum Tracked {
     Browse,
     GetListing,
     Sales,
-    /// `claim_proceeds`: the sales list, then one claim per sale.
-    ClaimAll,
+    /// `claim_proceeds`: the sales list page by page, then one claim per
+    /// sale, all reported under `origin`.
+    ClaimAll {
+        origin: RequestId,
+        claimed_any: bool,
+    },
     Op {
         op: OpId,
         origin: RequestId,
@@ -333,10 +337,12 @@ impl TradingSession {
         self.send_now(Command::GetListing { listing_id }, Tracked::GetListing)
     }
 
+    /// The first page of the player's unclaimed sales.
     pub fn list_sales(&mut self) -> Result<RequestId, ClientError> {
         self.send_now(
             Command::ListSales {
                 unclaimed_only: true,
+                cursor: None,
             },
             Tracked::Sales,
         )
@@ -345,12 +351,23 @@ impl TradingSession {
     /// Lists the unclaimed sales and claims each; every claim credits its
     /// amount once ([`SessionEvent::ProceedsClaimed`]).
     pub fn claim_proceeds(&mut self) -> Result<RequestId, ClientError> {
-        self.send_now(
+        let origin = self.client.next_request_id();
+        self.client.submit_with(
+            origin,
             Command::ListSales {
                 unclaimed_only: true,
+                cursor: None,
             },
-            Tracked::ClaimAll,
-        )
+            None,
+        )?;
+        self.tracked.insert(
+            origin,
+            Tracked::ClaimAll {
+                origin,
+                claimed_any: false,
+            },
+        );
+        Ok(origin)
     }
 
     fn send_now(&mut self, command: Command, tracked: Tracked) -> Result<RequestId, ClientError> {
@@ -691,11 +708,21 @@ impl TradingSession {
                     listing,
                 });
             }
-            (Tracked::Sales, EventKind::Done(Reply::Sales(sales))) => {
-                self.ready
-                    .push_back(SessionEvent::SalesListed { request_id, sales });
+            (Tracked::Sales, EventKind::Done(Reply::Sales(page))) => {
+                self.ready.push_back(SessionEvent::SalesListed {
+                    request_id,
+                    sales: page.sales,
+                });
             }
-            (Tracked::ClaimAll, EventKind::Done(Reply::Sales(sales))) => {
+            (
+                Tracked::ClaimAll {
+                    origin,
+                    claimed_any: before,
+                },
+                EventKind::Done(Reply::Sales(page)),
+            ) => {
+                let request_id = origin;
+                let sales = page.sales;
                 let already: Vec<i64> = store
                     .state()
                     .journal
@@ -705,7 +732,7 @@ impl TradingSession {
                         _ => None,
                     })
                     .collect();
-                let mut claimed_any = false;
+                let mut claimed_any = before;
                 for sale in sales
                     .iter()
                     .filter(|s| s.claimed_at.is_none() && !already.contains(&s.id))
@@ -721,6 +748,29 @@ impl TradingSession {
                             self.ready
                                 .push_back(SessionEvent::RequestFailed { request_id, error });
                         }
+                    }
+                }
+                if let Some(cursor) = page.next_cursor {
+                    // More sales than one page: on to the next.
+                    let next = self.client.next_request_id();
+                    let command = Command::ListSales {
+                        unclaimed_only: true,
+                        cursor: Some(cursor),
+                    };
+                    match self.client.submit_with(next, command, None) {
+                        Ok(()) => {
+                            self.tracked.insert(
+                                next,
+                                Tracked::ClaimAll {
+                                    origin,
+                                    claimed_any,
+                                },
+                            );
+                            return;
+                        }
+                        Err(error) => self
+                            .ready
+                            .push_back(SessionEvent::RequestFailed { request_id, error }),
                     }
                 }
                 if !claimed_any {

@@ -202,10 +202,13 @@ pub struct Sale {
     pub claimed_at: Option<i64>,
 }
 
-/// Answer of `GET /v1/me/sales`.
+/// Answer of `GET /v1/me/sales?claimed=&cursor=&limit=`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SalesPage {
     pub sales: Vec<Sale>,
+    /// Pass back as `cursor` for the next page; `None` on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
 
 /// Answer of `POST /v1/sales/{id}/claim`.

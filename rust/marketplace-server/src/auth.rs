@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -63,6 +63,17 @@ impl TokenSigner {
         }
         Some(player_id)
     }
+}
+
+/// What the server keeps of a device id: `sha256:` and its SHA-256 in hex.
+/// The device id is the player's only credential (whoever sends it is that
+/// player), so a leaked database must not hand it out. The ids the addon
+/// makes are 128 random bits, which a plain hash protects; a game that
+/// makes its own must keep them as unguessable (see the README).
+pub fn device_hash(device_id: &str) -> String {
+    let digest = Sha256::digest(device_id.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 /// A fresh random secret: 32 bytes, base64url.

@@ -73,6 +73,32 @@ pub struct Config {
     /// Seconds to let in-flight requests finish after SIGTERM / Ctrl-C.
     #[arg(long, env = "MARKET_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+
+    /// Serve `/metrics` on this address only (for example an internal
+    /// interface); when absent it is served on `--listen` with the API.
+    #[arg(long, env = "MARKET_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Seconds a client has to send a request's headers; a keep-alive
+    /// connection idle this long is closed too.
+    #[arg(long, env = "MARKET_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
+    /// Seconds a request may take from its headers to its answer (body
+    /// included); a mutation that runs out of time still finishes and its
+    /// retry gets its answer.
+    #[arg(long, env = "MARKET_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+
+    /// Open connections at most; further clients wait to be accepted.
+    #[arg(long, env = "MARKET_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Load balancers and proxies whose `X-Forwarded-For` is believed, as
+    /// comma-separated addresses or CIDR blocks (`10.0.0.0/8,fd00::/8`).
+    /// Without it, the peer address is the client's.
+    #[arg(long, env = "MARKET_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::net::Cidr>,
 }
 
 impl Config {
@@ -96,6 +122,11 @@ impl Config {
             db_max_connections: 16,
             sqlite_sync: SqliteSync::Normal,
             shutdown_grace_secs: 5,
+            metrics_listen: None,
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_connections: 10_000,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -122,6 +153,14 @@ impl Config {
         }
         if self.token_ttl_secs == 0 {
             return Err("--token-ttl-secs must be at least 1".into());
+        }
+        if self.header_timeout_secs == 0 || self.request_timeout_secs == 0 {
+            return Err(
+                "--header-timeout-secs and --request-timeout-secs must be at least 1".into(),
+            );
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
         }
         Ok(())
     }

@@ -261,49 +261,150 @@ async fn apply(
 /// If the batch hits an infrastructure error, it is rolled back and each of
 /// its jobs is retried in a transaction of its own, so one failing job cannot
 /// fail its neighbours.
+///
+/// # Supervised
+/// The writer runs under a supervisor: if it panics (a bug), the jobs of
+/// that batch get `unavailable` (the client retries; the transaction was
+/// rolled back), the panic is logged, and a new writer takes over the same
+/// queue. `/healthz` asks the writer itself ([`GroupCommit::ping`]), so a
+/// writer that cannot answer makes the health check fail.
+///
+/// Housekeeping that writes (pruning old answers) goes through the same
+/// queue in small chunks, between batches, so it never holds the write lock
+/// for long.
 pub struct GroupCommit {
-    queue: mpsc::Sender<(Job, oneshot::Sender<Result<Outcome, AppError>>)>,
+    queue: mpsc::Sender<Work>,
+    restarts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Most mutations committed together.
 pub const MAX_BATCH: usize = 128;
 
+/// What the writer is asked to do.
+enum Work {
+    Job(Job, oneshot::Sender<Result<Outcome, AppError>>),
+    /// Answer once the batch before it is done (health check).
+    Ping(oneshot::Sender<()>),
+    /// Delete up to `limit` stored answers older than `cutoff`.
+    Prune {
+        cutoff: i64,
+        limit: i64,
+        reply: oneshot::Sender<Result<u64, sqlx::Error>>,
+    },
+    /// Panic (tests of the supervisor only).
+    Crash,
+}
+
 impl GroupCommit {
-    /// Starts the writer task on the current runtime. It ends when the last
-    /// `GroupCommit` handle is dropped.
+    /// Starts the supervised writer on the current runtime. It ends when the
+    /// last `GroupCommit` handle is dropped.
     pub fn start(db: crate::Db) -> GroupCommit {
         let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer(db, rx));
-        GroupCommit { queue }
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let restarts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = restarts.clone();
+        tokio::spawn(async move {
+            loop {
+                match tokio::spawn(writer(db.clone(), rx.clone())).await {
+                    Ok(()) => return, // the queue closed: the server is gone
+                    Err(e) if e.is_panic() => {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!("the SQLite writer panicked; a new one takes over");
+                    }
+                    Err(_) => return, // the runtime is shutting down
+                }
+            }
+        });
+        GroupCommit { queue, restarts }
     }
 
     async fn submit(&self, job: Job) -> Result<Outcome, AppError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((job, reply))
+            .send(Work::Job(job, reply))
             .await
             .map_err(|_| AppError::Unavailable)?;
         answer.await.map_err(|_| AppError::Unavailable)?
     }
+
+    /// True when the writer answers within `timeout`.
+    pub async fn ping(&self, timeout: std::time::Duration) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self.queue.send(Work::Ping(reply)).await.is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(timeout, answer).await, Ok(Ok(())))
+    }
+
+    /// Deletes up to `limit` stored answers older than `cutoff`, between batches.
+    pub async fn prune(&self, cutoff: i64, limit: i64) -> Result<u64, sqlx::Error> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || sqlx::Error::PoolClosed;
+        self.queue
+            .send(Work::Prune {
+                cutoff,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// How many times the writer was replaced after a panic.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Makes the writer panic (tests of the supervisor).
+    #[doc(hidden)]
+    pub async fn crash_for_test(&self) {
+        let _ = self.queue.send(Work::Crash).await;
+    }
 }
 
-type Pending = (Job, oneshot::Sender<Result<Outcome, AppError>>);
-
-async fn writer(db: crate::Db, mut rx: mpsc::Receiver<Pending>) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let jobs: Vec<&Job> = batch.iter().map(|(job, _)| job).collect();
-        match commit_batch(&db, &jobs).await {
-            Ok(results) => {
-                for ((_, reply), result) in batch.drain(..).zip(results) {
-                    let _ = reply.send(result);
+async fn writer(db: crate::Db, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Work>>>) {
+    let mut rx = rx.lock().await;
+    let mut work: Vec<Work> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut work, MAX_BATCH).await > 0 {
+        let mut batch = Vec::with_capacity(work.len());
+        let mut after = Vec::new();
+        for w in work.drain(..) {
+            match w {
+                Work::Job(job, reply) => batch.push((job, reply)),
+                other => after.push(other),
+            }
+        }
+        if !batch.is_empty() {
+            let jobs: Vec<&Job> = batch.iter().map(|(job, _)| job).collect();
+            match commit_batch(&db, &jobs).await {
+                Ok(results) => {
+                    for ((_, reply), result) in batch.drain(..).zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, jobs = batch.len(), "batch failed; retrying its jobs one by one");
+                    for (job, reply) in batch.drain(..) {
+                        let _ = reply.send(run_alone(&db, &job).await);
+                    }
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, jobs = batch.len(), "batch failed; retrying its jobs one by one");
-                for (job, reply) in batch.drain(..) {
-                    let _ = reply.send(run_alone(&db, &job).await);
+        }
+        for w in after {
+            match w {
+                Work::Ping(reply) => {
+                    let _ = reply.send(());
                 }
+                Work::Prune {
+                    cutoff,
+                    limit,
+                    reply,
+                } => {
+                    let _ = reply.send(db.prune_idempotency_chunk(cutoff, limit).await);
+                }
+                Work::Crash => panic!("the SQLite writer was told to crash (test)"),
+                Work::Job(..) => {}
             }
         }
     }

@@ -12,7 +12,8 @@
 //! - [`idempotency`]: runs a state change exactly once per `Idempotency-Key`.
 //! - [`routes`]: HTTP handlers, extractors (token, key, JSON) and middleware.
 //! - [`error`]: the one error type that becomes every error answer.
-//! - [`auth`], [`rate_limit`], [`metrics`]: the supporting cast.
+//! - [`serve`]: the connection loop (connection cap, header and request timeouts).
+//! - [`auth`], [`rate_limit`], [`net`], [`metrics`]: the supporting cast.
 //!
 //! # Running in-process
 //! Tests and tools start a server on port 0 with [`spawn`]:
@@ -39,8 +40,10 @@ pub mod error;
 pub mod idempotency;
 pub mod market;
 pub mod metrics;
+pub mod net;
 pub mod rate_limit;
 pub mod routes;
+pub mod serve;
 
 pub use config::Config;
 pub use db::{Backend, Db};
@@ -114,6 +117,7 @@ pub(crate) fn random_id() -> String {
 pub struct BoundServer {
     state: AppState,
     listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl BoundServer {
@@ -125,12 +129,16 @@ impl BoundServer {
             Some(secret) => secret.clone(),
             None => db.stored_token_secret().await?,
         };
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let bind = |addr: SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })
+        };
+        let listener = bind(config.listen).await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let clock = Arc::new(Clock::default());
         let state = AppState(Arc::new(Inner {
             limiter: rate_limit::RateLimiter::new(
@@ -146,13 +154,24 @@ impl BoundServer {
             db,
             config,
         }));
-        Ok(BoundServer { state, listener })
+        Ok(BoundServer {
+            state,
+            listener,
+            metrics_listener,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .unwrap_or(self.state.0.config.listen)
+    }
+
+    /// Where `/metrics` is served when it has a listener of its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight
@@ -162,52 +181,84 @@ impl BoundServer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let BoundServer { state, listener } = self;
-        let grace = Duration::from_secs(state.0.config.shutdown_grace_secs);
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let pruner = tokio::spawn(prune_idempotency_keys(state.clone(), stop_rx.clone()));
-        let app = routes::router(state.clone());
-        let stop_signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            let _ = stop_tx.send(true);
-        };
-        let server = axum::serve(
+        let BoundServer {
+            state,
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop_signal);
-        let server = tokio::spawn(async move { server.await });
-        // Wait for the server to finish, bounding the drain once the stop
-        // signal has fired.
-        let mut server = server;
-        let result = tokio::select! {
-            r = &mut server => r,
-            _ = async { let _ = stop_rx.wait_for(|stopped| *stopped).await; } => {
-                match tokio::time::timeout(grace, &mut server).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::warn!(?grace, "grace period over; dropping remaining connections");
-                        server.abort();
-                        Ok(Ok(()))
-                    }
-                }
+            metrics_listener,
+        } = self;
+        let config = &state.0.config;
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let limits = serve::ConnLimits {
+            max_connections: config.max_connections,
+            header_timeout: Duration::from_secs(config.header_timeout_secs),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let pruner = tokio::spawn(prune_idempotency_keys(state.clone(), stop_rx.clone()));
+        let mut servers = vec![tokio::spawn(serve::serve(
+            listener,
+            routes::router(state.clone(), metrics_listener.is_none()),
+            limits,
+            stop_rx.clone(),
+        ))];
+        if let Some(listener) = metrics_listener {
+            servers.push(tokio::spawn(serve::serve(
+                listener,
+                routes::metrics_router(state.clone()),
+                limits,
+                stop_rx.clone(),
+            )));
+        }
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+        let all = async {
+            for server in &mut servers {
+                let _ = server.await;
             }
         };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(?grace, "grace period over; dropping remaining connections");
+            for server in &servers {
+                server.abort();
+            }
+        }
         pruner.abort();
         state.0.db.close().await;
-        match result {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(e)),
+        Ok(())
+    }
+}
+
+/// Stored answers deleted per transaction while pruning.
+const PRUNE_CHUNK: i64 = 1_000;
+
+/// Deletes the stored answers older than the retention, chunk by chunk,
+/// letting other writes in between; returns how many went.
+async fn prune_expired(state: &AppState) -> Result<u64, sqlx::Error> {
+    let retention = state.0.config.idempotency_retention().as_secs() as i64;
+    let cutoff = state.0.clock.now() - retention;
+    let mut total = 0;
+    loop {
+        let n = match &state.0.group_commit {
+            Some(writer) => writer.prune(cutoff, PRUNE_CHUNK).await?,
+            None => {
+                state
+                    .0
+                    .db
+                    .prune_idempotency_chunk(cutoff, PRUNE_CHUNK)
+                    .await?
+            }
+        };
+        total += n;
+        if n < PRUNE_CHUNK as u64 {
+            return Ok(total);
         }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
 async fn prune_idempotency_keys(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let retention = state.0.config.idempotency_retention().as_secs() as i64;
     loop {
-        let cutoff = state.0.clock.now() - retention;
-        match state.0.db.prune_idempotency_keys(cutoff).await {
+        match prune_expired(&state).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "pruned expired idempotency keys"),
             Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed"),
@@ -223,6 +274,7 @@ async fn prune_idempotency_keys(state: AppState, mut stop: tokio::sync::watch::R
 /// without waiting; [`RunningServer::shutdown`] waits for a clean stop.
 pub struct RunningServer {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     state: AppState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -245,9 +297,20 @@ impl RunningServer {
     /// Deletes the stored answers older than the retention now, as the hourly
     /// pruner would; returns how many went.
     pub async fn prune_now(&self) -> Result<u64, sqlx::Error> {
-        let retention = self.state.0.config.idempotency_retention().as_secs() as i64;
-        let cutoff = self.state.0.clock.now() - retention;
-        self.state.0.db.prune_idempotency_keys(cutoff).await
+        prune_expired(&self.state).await
+    }
+
+    /// Makes the SQLite writer panic (tests of its supervisor).
+    #[doc(hidden)]
+    pub async fn crash_writer_for_test(&self) {
+        if let Some(writer) = &self.state.0.group_commit {
+            writer.crash_for_test().await;
+        }
+    }
+
+    /// Where `/metrics` is served when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Graceful stop: in-flight requests finish, the database closes.
@@ -273,6 +336,7 @@ impl Drop for RunningServer {
 pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     let bound = BoundServer::bind(config).await?;
     let addr = bound.local_addr();
+    let metrics_addr = bound.metrics_addr();
     let state = bound.state.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(bound.serve(async move {
@@ -280,6 +344,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     }));
     Ok(RunningServer {
         addr,
+        metrics_addr,
         state,
         stop: Some(stop_tx),
         task: Some(task),

@@ -31,8 +31,32 @@ pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
+/// The method as a label: one of the methods the API knows, else `other`.
+/// (A client may send any token as a method; each would be a new series.)
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 impl Metrics {
-    pub fn record_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+    /// `route` must be a matched route template or `unmatched`: labels come
+    /// from a bounded set only.
+    pub fn record_request(
+        &self,
+        method: &'static str,
+        route: &str,
+        status: u16,
+        elapsed: Duration,
+    ) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };

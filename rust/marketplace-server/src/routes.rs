@@ -17,9 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use marketplace_protocol::{
-    check_id, check_name, check_positive, CreateListingRequest, ListingPage, MarketChange,
-    PurchaseRequest, RepriceRequest, SalesPage, Session, SessionRequest, DEFAULT_PAGE_LIMIT,
-    IDEMPOTENCY_HEADER, MAX_BODY_BYTES, MAX_PAGE_LIMIT, REQUEST_ID_HEADER,
+    check_id, check_name, check_price, check_quantity, CreateListingRequest, ListingPage,
+    MarketChange, PurchaseRequest, RepriceRequest, SalesPage, Session, SessionRequest,
+    DEFAULT_PAGE_LIMIT, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, MAX_PAGE_LIMIT, REQUEST_ID_HEADER,
 };
 use serde::Deserialize;
 
@@ -29,8 +29,10 @@ use crate::market::{listing_from_row, sale_from_row, LISTING_COLUMNS, SALE_COLUM
 use crate::rate_limit::Caller;
 use crate::AppState;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The API. `/metrics` is on it unless it has a listener of its own
+/// (`with_metrics` false).
+pub fn router(state: AppState, with_metrics: bool) -> Router {
+    let mut router = Router::new()
         .route("/v1/sessions", post(create_session))
         .route("/v1/listings", get(list_listings).post(create_listing))
         .route(
@@ -42,12 +44,37 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/listings/{id}/purchase", post(purchase))
         .route("/v1/me/sales", get(my_sales))
         .route("/v1/sales/{id}/claim", post(claim))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz));
+    if with_metrics {
+        router = router.route("/metrics", get(metrics));
+    }
+    router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// `/metrics` (and `/healthz`) alone, for `--metrics-listen`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// A request that takes longer than `--request-timeout-secs` (a slow body,
+/// a stuck database) is answered 503 `unavailable`, which the client
+/// retries. A mutation runs in a task of its own and still finishes; the
+/// retry gets its answer.
+async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = std::time::Duration::from_secs(state.0.config.request_timeout_secs);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => AppError::Unavailable.into_response(),
+    }
 }
 
 /// The request id: taken from `X-Request-Id` when the client sent a sane one,
@@ -71,7 +98,7 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().clone();
+    let method = crate::metrics::method_label(req.method());
     let span = tracing::info_span!("request", %method, %route, request_id = %request_id);
     let mut response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let elapsed = started.elapsed();
@@ -79,7 +106,7 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     state
         .0
         .metrics
-        .record_request(method.as_str(), &route, status, elapsed);
+        .record_request(method, &route, status, elapsed);
     span.in_scope(|| {
         tracing::debug!(status, latency_ms = elapsed.as_secs_f64() * 1e3, "answered");
     });
@@ -198,23 +225,29 @@ fn mutation_response(state: &AppState, outcome: Outcome) -> Response {
 async fn create_session(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
     ApiJson(req): ApiJson<SessionRequest>,
 ) -> Result<Answer, AppError> {
+    let client = crate::net::client_address(peer.ip(), &headers, &state.0.config.trusted_proxies);
     state
         .0
         .limiter
-        .check(Caller::Address(peer.ip()), Instant::now())
+        .check(
+            Caller::Address(crate::net::limit_key(client)),
+            Instant::now(),
+        )
         .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
     check_id("device_id", &req.device_id).map_err(AppError::InvalidRequest)?;
     check_name(&req.name).map_err(AppError::InvalidRequest)?;
     let now = state.0.clock.now();
     let mut tx = state.0.db.begin_write().await?;
+    // The device id is the player's only credential: only its hash is stored.
     let (player_id,): (i64,) = sqlx::query_as(
         "INSERT INTO players (device_id, name, created_at) VALUES ($1, $2, $3) \
          ON CONFLICT (device_id) DO UPDATE SET name = excluded.name RETURNING id",
     )
-    .bind(&req.device_id)
+    .bind(crate::auth::device_hash(&req.device_id))
     .bind(&req.name)
     .bind(now)
     .fetch_one(&mut *tx)
@@ -249,24 +282,30 @@ struct ListingQuery {
     limit: Option<u32>,
 }
 
+/// A page's size and the id it starts after, from `limit` and `cursor`.
+fn page(limit: Option<u32>, cursor: Option<&str>) -> Result<(u32, i64), AppError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
+    if limit == 0 || limit > MAX_PAGE_LIMIT {
+        return Err(AppError::InvalidRequest(format!(
+            "limit must be between 1 and {MAX_PAGE_LIMIT}"
+        )));
+    }
+    let after: i64 = match cursor {
+        None | Some("") => 0,
+        Some(c) => c.parse().ok().filter(|n: &i64| *n >= 0).ok_or_else(|| {
+            AppError::InvalidRequest("cursor is not one this server issued".into())
+        })?,
+    };
+    Ok((limit, after))
+}
+
 async fn list_listings(
     State(state): State<AppState>,
     _player: AuthPlayer,
     query: Result<Query<ListingQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Answer, AppError> {
     let Query(q) = query.map_err(|e| AppError::InvalidRequest(e.body_text()))?;
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE_LIMIT);
-    if limit == 0 || limit > MAX_PAGE_LIMIT {
-        return Err(AppError::InvalidRequest(format!(
-            "limit must be between 1 and {MAX_PAGE_LIMIT}"
-        )));
-    }
-    let after: i64 = match q.cursor.as_deref() {
-        None | Some("") => 0,
-        Some(c) => c.parse().ok().filter(|n: &i64| *n >= 0).ok_or_else(|| {
-            AppError::InvalidRequest("cursor is not one this server issued".into())
-        })?,
-    };
+    let (limit, after) = page(q.limit, q.cursor.as_deref())?;
     let status = q.status.as_deref().unwrap_or("active");
     let mut sql = format!("SELECT {LISTING_COLUMNS} FROM listings WHERE id > $1");
     let mut next_param = 2;
@@ -346,8 +385,8 @@ async fn create_listing(
     ApiJson(req): ApiJson<CreateListingRequest>,
 ) -> Result<Response, AppError> {
     check_id("item_id", &req.item_id).map_err(AppError::InvalidRequest)?;
-    check_positive("quantity", req.quantity).map_err(AppError::InvalidRequest)?;
-    check_positive("price", req.price).map_err(AppError::InvalidRequest)?;
+    check_quantity(req.quantity).map_err(AppError::InvalidRequest)?;
+    check_price("price", req.price).map_err(AppError::InvalidRequest)?;
     let mutation = MarketChange::CreateListing {
         item_id: req.item_id,
         quantity: req.quantity,
@@ -365,7 +404,7 @@ async fn reprice_listing(
     PathId(listing_id): PathId,
     ApiJson(req): ApiJson<RepriceRequest>,
 ) -> Result<Response, AppError> {
-    check_positive("price", req.price).map_err(AppError::InvalidRequest)?;
+    check_price("price", req.price).map_err(AppError::InvalidRequest)?;
     let mutation = MarketChange::Reprice {
         listing_id,
         price: req.price,
@@ -400,7 +439,7 @@ async fn purchase(
     PathId(listing_id): PathId,
     ApiJson(req): ApiJson<PurchaseRequest>,
 ) -> Result<Response, AppError> {
-    check_positive("expected_price", req.expected_price).map_err(AppError::InvalidRequest)?;
+    check_price("expected_price", req.expected_price).map_err(AppError::InvalidRequest)?;
     let mutation = MarketChange::Purchase {
         listing_id,
         expected_price: req.expected_price,
@@ -417,6 +456,8 @@ async fn purchase(
 #[derive(Deserialize)]
 struct SalesQuery {
     claimed: Option<bool>,
+    cursor: Option<String>,
+    limit: Option<u32>,
 }
 
 async fn my_sales(
@@ -425,23 +466,31 @@ async fn my_sales(
     query: Result<Query<SalesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Answer, AppError> {
     let Query(q) = query.map_err(|e| AppError::InvalidRequest(e.body_text()))?;
+    let (limit, after) = page(q.limit, q.cursor.as_deref())?;
     let filter = match q.claimed {
         None => "",
         Some(false) => " AND claimed_at IS NULL",
         Some(true) => " AND claimed_at IS NOT NULL",
     };
     let sql = format!(
-        "SELECT {SALE_COLUMNS} FROM purchases WHERE seller_id = $1{filter} ORDER BY id LIMIT 1000"
+        "SELECT {SALE_COLUMNS} FROM purchases WHERE seller_id = $1 AND id > $2{filter} ORDER BY id LIMIT $3"
     );
     let rows = sqlx::query(&sql)
         .bind(player_id)
+        .bind(after)
+        .bind(i64::from(limit))
         .fetch_all(state.0.db.reader())
         .await?;
     let sales = rows
         .iter()
         .map(sale_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    Answer::json(StatusCode::OK, &SalesPage { sales })
+    let next_cursor = if sales.len() == limit as usize {
+        sales.last().map(|s| s.id.to_string())
+    } else {
+        None
+    };
+    Answer::json(StatusCode::OK, &SalesPage { sales, next_cursor })
 }
 
 async fn claim(
@@ -462,14 +511,37 @@ async fn claim(
     Ok(mutation_response(&state, outcome))
 }
 
+/// 200 `ok` when the database answers — and, on SQLite, the writer that
+/// every mutation goes through; 503 with the reason otherwise.
 async fn healthz(State(state): State<AppState>) -> Response {
-    match sqlx::query("SELECT 1").execute(state.0.db.reader()).await {
-        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "health check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+    if let Err(e) = sqlx::query("SELECT 1").execute(state.0.db.reader()).await {
+        tracing::warn!(error = %e, "health check failed");
+        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
+    }
+    if let Some(writer) = &state.0.group_commit {
+        if !writer.ping(std::time::Duration::from_secs(2)).await {
+            tracing::warn!("health check: the SQLite writer does not answer");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the SQLite writer does not answer (restarted {} times)\n",
+                    writer.restarts()
+                ),
+            )
+                .into_response();
+        }
+        if writer.restarts() > 0 {
+            return (
+                StatusCode::OK,
+                format!(
+                    "ok (the SQLite writer was restarted {} times after a panic; see the log)\n",
+                    writer.restarts()
+                ),
+            )
+                .into_response();
         }
     }
+    (StatusCode::OK, "ok\n").into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -103,6 +103,35 @@ async fn bad_input_is_refused_and_changes_nothing(db: TestDb) {
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
+        // Beyond the protocol's limits (quantity 10^6, price 10^12).
+        (
+            Method::POST,
+            "/v1/listings".into(),
+            Some(r#"{"item_id":"ore","quantity":9223372036854775807,"price":1}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/listings".into(),
+            Some(r#"{"item_id":"ore","quantity":1000001,"price":1}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/listings".into(),
+            Some(r#"{"item_id":"ore","quantity":1,"price":1000000000001}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/listings/{listing}"),
+            Some(r#"{"price":1000000000001}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
         (
             Method::POST,
             "/v1/listings".into(),
@@ -236,6 +265,7 @@ async fn bad_input_is_refused_and_changes_nothing(db: TestDb) {
     let bt = Some(buyer.token.as_str());
     for body in [
         r#"{"expected_price":0}"#,
+        r#"{"expected_price":1000000000001}"#,
         r#"{"price":10}"#,
         "[]",
         "null",

@@ -39,12 +39,21 @@ pub struct Db {
     read: AnyPool,
 }
 
-/// A migration: the same version on both backends, each with its own SQL.
+/// A migration: the same version on both backends, each with its own SQL,
+/// and optionally a step SQL alone cannot do (run in the same transaction).
 struct Migration {
     version: i64,
     name: &'static str,
     sqlite: &'static str,
     postgres: &'static str,
+    step: Option<Step>,
+}
+
+/// Migration steps written in Rust.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Replaces every stored device id with its hash ([`crate::auth::device_hash`]).
+    HashDeviceIds,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -53,12 +62,21 @@ const MIGRATIONS: &[Migration] = &[
         name: "initial",
         sqlite: include_str!("migrations/0001_initial.sqlite.sql"),
         postgres: include_str!("migrations/0001_initial.postgres.sql"),
+        step: None,
     },
     Migration {
         version: 2,
         name: "keys_in_domain_rows",
         sqlite: include_str!("migrations/0002_keys_in_domain_rows.sqlite.sql"),
         postgres: include_str!("migrations/0002_keys_in_domain_rows.postgres.sql"),
+        step: None,
+    },
+    Migration {
+        version: 3,
+        name: "hash_device_ids",
+        sqlite: "",
+        postgres: "",
+        step: Some(Step::HashDeviceIds),
     },
 ];
 
@@ -197,6 +215,9 @@ impl Db {
                 for statement in split_statements(sql) {
                     tx.execute(statement).await?;
                 }
+                if let Some(step) = m.step {
+                    run_step(&mut tx, step).await?;
+                }
                 sqlx::query(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
                 )
@@ -239,15 +260,45 @@ impl Db {
         Ok(secret)
     }
 
-    /// Deletes stored idempotent answers older than `cutoff` (Unix seconds).
-    pub async fn prune_idempotency_keys(&self, cutoff: i64) -> Result<u64, sqlx::Error> {
+    /// Deletes up to `limit` stored idempotent answers older than `cutoff`
+    /// (Unix seconds), in one short transaction. Pruning goes chunk by chunk
+    /// so that no write waits long behind it.
+    pub async fn prune_idempotency_chunk(
+        &self,
+        cutoff: i64,
+        limit: i64,
+    ) -> Result<u64, sqlx::Error> {
         let mut tx = self.begin_write().await?;
-        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?;
+        let done = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (player_id, idem_key) IN \
+             (SELECT player_id, idem_key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
+    }
+}
+
+async fn run_step(conn: &mut sqlx::AnyConnection, step: Step) -> Result<(), sqlx::Error> {
+    match step {
+        Step::HashDeviceIds => {
+            let rows: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT id, device_id FROM players WHERE device_id NOT LIKE 'sha256:%'",
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+            for (id, device_id) in rows {
+                sqlx::query("UPDATE players SET device_id = $1 WHERE id = $2")
+                    .bind(crate::auth::device_hash(&device_id))
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        }
     }
 }
 
