@@ -505,3 +505,31 @@ fn saved_means_nothing_newer_waits() {
     }
     assert_eq!(saved_at, vec![store.generation()]);
 }
+
+#[test]
+fn a_seller_with_more_sales_than_a_page_claims_them_all() {
+    let world = World::start();
+    let prices: Vec<i64> = (0..205).map(|i| 1 + i % 7).collect();
+    let (mut seller, listings) = seller_with_listings(&world, &prices);
+    let mut buyer = Player::in_memory(&world, "buyer", 10_000);
+    buyer.login();
+    for (id, price) in listings.iter().zip(&prices) {
+        buyer.buy(*id, *price).unwrap();
+    }
+    buyer.settle(Duration::from_secs(60));
+    let claim = seller.session().claim_proceeds().unwrap();
+    seller.pump_until(Duration::from_secs(60), |e| {
+        count(e, |e| matches!(e, SessionEvent::ProceedsClaimed { request_id, .. } if *request_id == claim)) == 205
+    });
+    seller.settle(Duration::from_secs(30));
+    let total: i64 = prices.iter().sum();
+    assert_eq!(
+        seller.store.state().credits,
+        total,
+        "every page was claimed"
+    );
+    assert_eq!(
+        world.count("SELECT COUNT(*) FROM purchases WHERE claimed_at IS NULL"),
+        0
+    );
+}
