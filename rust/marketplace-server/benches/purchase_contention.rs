@@ -9,6 +9,11 @@
 //! for every one of them, 32 or 64 requests in flight at a time, from a
 //! client in the same process. It prints attempts per second and latency
 //! percentiles, and checks that each listing was sold exactly once.
+//!
+//! Two more rounds: one while the pruner deletes a million expired stored
+//! answers (it goes in chunks between write batches, so purchases should
+//! barely notice), and on PostgreSQL one through two server replicas
+//! sharing the database (requests alternate between them).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -33,10 +38,49 @@ struct Figures {
     max: Duration,
 }
 
+/// Inserts `n` stored answers that expired long ago.
+async fn expired_answers(db: &TestDb, n: usize) {
+    let pool = db.pool().await;
+    let old = marketplace_server::now_secs() - 30 * 24 * 3600;
+    let sql = if db.is_postgres() {
+        format!(
+            "INSERT INTO idempotency_keys (player_id, idem_key, request_hash, status_code, response_body, created_at) \
+             SELECT 0, 'old-' || g, 'h', 200, '{{}}', {old} FROM generate_series(1, {n}) g"
+        )
+    } else {
+        format!(
+            "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < {n}) \
+             INSERT INTO idempotency_keys (player_id, idem_key, request_hash, status_code, response_body, created_at) \
+             SELECT 0, 'old-' || x, 'h', 200, '{{}}', {old} FROM g"
+        )
+    };
+    sqlx::query(&sql).execute(&pool).await.expect("insert expired answers");
+    pool.close().await;
+}
+
 async fn round(db: &TestDb, sync: SqliteSync, concurrency: usize) -> Figures {
+    round_with(db, sync, concurrency, 1, 0).await
+}
+
+/// A round through `replicas` servers on `db`, with `expired` expired
+/// answers being pruned meanwhile.
+async fn round_with(
+    db: &TestDb,
+    sync: SqliteSync,
+    concurrency: usize,
+    replicas: usize,
+    expired: usize,
+) -> Figures {
     let mut config = Config::for_tests(&db.url);
     config.sqlite_sync = sync;
-    let t = Arc::new(TestServer::start_with(config).await);
+    let mut servers = Vec::new();
+    for _ in 0..replicas.max(1) {
+        servers.push(Arc::new(TestServer::start_with(config.clone()).await));
+    }
+    let t = servers[0].clone();
+    if expired > 0 {
+        expired_answers(db, expired).await;
+    }
     let seller = t.login("seller").await;
     let mut buyers = Vec::new();
     for i in 0..BUYERS {
@@ -55,10 +99,18 @@ async fn round(db: &TestDb, sync: SqliteSync, concurrency: usize) -> Figures {
         }
     }
     let gate = Arc::new(Semaphore::new(concurrency));
+    let pruning = (expired > 0).then(|| {
+        let t = t.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let n = t.server.prune_now().await.expect("prune");
+            (n, started.elapsed())
+        })
+    });
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(work.len());
-    for (listing, buyer) in work {
-        let (t, gate) = (t.clone(), gate.clone());
+    for (n, (listing, buyer)) in work.into_iter().enumerate() {
+        let (t, gate) = (servers[n % servers.len()].clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.expect("semaphore open");
             let sent = Instant::now();
@@ -75,6 +127,13 @@ async fn round(db: &TestDb, sync: SqliteSync, concurrency: usize) -> Figures {
         latencies.push(latency);
     }
     let elapsed = started.elapsed();
+    if let Some(pruning) = pruning {
+        let (n, took) = pruning.await.expect("pruner");
+        println!(
+            "  (pruned {n} expired answers in {:.1} s meanwhile)",
+            took.as_secs_f64()
+        );
+    }
     assert_eq!(wins, LISTINGS, "exactly one winner per listing");
     assert_eq!(check_books(db).await.purchases, LISTINGS as i64);
     latencies.sort();
@@ -121,6 +180,9 @@ fn main() {
             let db = TestDb::sqlite().await;
             print(label, &round(&db, sync, concurrency).await);
         }
+        let db = TestDb::sqlite().await;
+        let f = round_with(&db, SqliteSync::Full, 32, 1, 1_000_000).await;
+        print("sqlite FULL, 32, pruning 1M", &f);
         match std::env::var("MARKET_BENCH_POSTGRES_URL") {
             Ok(url) => {
                 std::env::set_var("MARKET_TEST_POSTGRES_URL", url);
@@ -128,6 +190,11 @@ fn main() {
                 print(
                     "postgres, 64 in flight",
                     &round(&db, SqliteSync::Full, 64).await,
+                );
+                let db = TestDb::postgres().await.expect("postgres database");
+                print(
+                    "postgres, 2 replicas, 64",
+                    &round_with(&db, SqliteSync::Full, 64, 2, 0).await,
                 );
             }
             Err(_) => println!(
