@@ -27,11 +27,15 @@ use std::fmt;
 /// | `bad_response` | – | client: the answer could not be understood | no (retry) |
 /// | `purchase_in_progress` | – | client: this listing is already being bought | yes (nothing sent) |
 /// | `insufficient_credits` | – | client: not enough available credits | yes (nothing sent) |
-/// | `insufficient_items` | – | client: not enough items to sell | yes (nothing sent) |
+/// | `insufficient_items` | 409 / – | server: the market account holds too few of the item; client: not enough items to sell (nothing sent) | yes |
 /// | `not_logged_in` | – | client: call `login` first | yes (nothing sent) |
 /// | `invalid_argument` | – | client: refused before sending | yes (nothing sent) |
 /// | `shutting_down` | – | client: the node is leaving; the operation stays journaled | no |
 /// | `trades_pending` | – | client: refused while trades wait for their answer (switching player, server or save file) | yes (nothing changed) |
+/// | `insufficient_funds` | 409 | server: the market account's balance (after any deposit) is too low | yes |
+/// | `deposit_limit` | 403 | server: the player's deposits in the last 24 h reached the cap | yes |
+/// | `deposits_disabled` | 403 | server: only the game's backend may bring value in (server grants) | yes |
+/// | `unknown_item` | 400 | server: the item is not in the catalog | yes |
 ///
 /// *Definitive* means the server decided and will decide the same on a retry:
 /// a hold is released only on a definitive failure (invariant I4). A
@@ -64,11 +68,15 @@ pub enum ErrorCode {
     InvalidArgument,
     ShuttingDown,
     TradesPending,
+    InsufficientFunds,
+    DepositLimit,
+    DepositsDisabled,
+    UnknownItem,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -94,6 +102,10 @@ impl ErrorCode {
         ErrorCode::InvalidArgument,
         ErrorCode::ShuttingDown,
         ErrorCode::TradesPending,
+        ErrorCode::InsufficientFunds,
+        ErrorCode::DepositLimit,
+        ErrorCode::DepositsDisabled,
+        ErrorCode::UnknownItem,
     ];
 
     /// The stable string GDScript matches on.
@@ -124,6 +136,10 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::TradesPending => "trades_pending",
+            ErrorCode::InsufficientFunds => "insufficient_funds",
+            ErrorCode::DepositLimit => "deposit_limit",
+            ErrorCode::DepositsDisabled => "deposits_disabled",
+            ErrorCode::UnknownItem => "unknown_item",
         }
     }
 
@@ -134,16 +150,21 @@ impl ErrorCode {
     /// The HTTP status the server answers with, for server codes.
     pub fn http_status(self) -> Option<u16> {
         Some(match self {
-            ErrorCode::InvalidRequest => 400,
+            ErrorCode::InvalidRequest | ErrorCode::UnknownItem => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden | ErrorCode::OwnListing => 403,
+            ErrorCode::Forbidden
+            | ErrorCode::OwnListing
+            | ErrorCode::DepositLimit
+            | ErrorCode::DepositsDisabled => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::AlreadySold
             | ErrorCode::PriceChanged
             | ErrorCode::ListingCancelled
             | ErrorCode::AlreadyClaimed
             | ErrorCode::IdempotencyKeyReused
-            | ErrorCode::RequestInProgress => 409,
+            | ErrorCode::RequestInProgress
+            | ErrorCode::InsufficientFunds
+            | ErrorCode::InsufficientItems => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
@@ -153,7 +174,6 @@ impl ErrorCode {
             | ErrorCode::BadResponse
             | ErrorCode::PurchaseInProgress
             | ErrorCode::InsufficientCredits
-            | ErrorCode::InsufficientItems
             | ErrorCode::NotLoggedIn
             | ErrorCode::InvalidArgument
             | ErrorCode::ShuttingDown
@@ -180,7 +200,11 @@ impl ErrorCode {
             | ErrorCode::InsufficientItems
             | ErrorCode::NotLoggedIn
             | ErrorCode::InvalidArgument
-            | ErrorCode::TradesPending => true,
+            | ErrorCode::TradesPending
+            | ErrorCode::InsufficientFunds
+            | ErrorCode::DepositLimit
+            | ErrorCode::DepositsDisabled
+            | ErrorCode::UnknownItem => true,
             ErrorCode::Unauthorized
             | ErrorCode::RequestInProgress
             | ErrorCode::RateLimited

@@ -59,6 +59,10 @@ pub enum MarketChange {
         item_id: String,
         quantity: i64,
         price: i64,
+        /// Items the game moves from its save into the market for this
+        /// listing if the player's stash falls short (client deposits).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        deposit: i64,
     },
     /// `PATCH /v1/listings/{listing_id}`
     Reprice { listing_id: i64, price: i64 },
@@ -68,9 +72,83 @@ pub enum MarketChange {
     Purchase {
         listing_id: i64,
         expected_price: i64,
+        /// Credits the game moves from its save into the market for this
+        /// purchase if the player's balance falls short (client deposits).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        deposit: i64,
     },
     /// `POST /v1/sales/{sale_id}/claim`
     Claim { sale_id: i64 },
+    /// `POST /v1/me/deposits`: from the game's save into the market account.
+    Deposit {
+        /// `None`: credits.
+        item_id: Option<String>,
+        quantity: i64,
+    },
+    /// `POST /v1/me/withdrawals`: from the market account into the game's save.
+    Withdraw {
+        /// `None`: credits.
+        item_id: Option<String>,
+        quantity: i64,
+    },
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// How value entered the market (an economy policy of the server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EconomyMode {
+    /// The game moves credits and items from its save into the market as
+    /// trades need them (capped per player per 24 h), and gets bought items,
+    /// proceeds and cancelled escrow back into its save.
+    #[default]
+    ClientDeposits,
+    /// Only the game's trusted backend grants credits and items (admin
+    /// API); the market account is the player's wallet for trading.
+    ServerGrants,
+}
+
+/// The server's economy policy, as the client sees it at login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Economy {
+    pub mode: EconomyMode,
+    /// Credits a player may deposit per rolling 24 hours.
+    pub deposit_cap_credits: i64,
+    /// Items of one kind a player may deposit per rolling 24 hours.
+    pub deposit_cap_items: i64,
+}
+
+/// A player's market account: what is theirs inside the market, outside
+/// listings and unclaimed proceeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Account {
+    pub credits: i64,
+    /// Item id → count (only counts ≥ 1).
+    pub stash: std::collections::BTreeMap<String, i64>,
+    /// Grows with every change of the account: the newer of two views.
+    pub version: i64,
+}
+
+/// What a change moved between the player's game and the market.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Transfer {
+    /// Moved from the game's save into the market for this change:
+    /// credits (purchase) or items (listing).
+    #[serde(default)]
+    pub deposited: i64,
+    /// Moved from the market into the game's save by this change: items
+    /// (purchase, cancel) or credits (claim).
+    #[serde(default)]
+    pub delivered: i64,
+}
+
+impl Transfer {
+    pub fn is_none(&self) -> bool {
+        self.deposited == 0 && self.delivered == 0
+    }
 }
 
 /// `POST /v1/sessions`
@@ -88,6 +166,9 @@ pub struct Session {
     pub name: String,
     pub token: String,
     pub expires_at: i64,
+    /// The server's economy policy (absent from servers before it existed).
+    #[serde(default)]
+    pub economy: Economy,
 }
 
 /// Lifecycle of a listing. Only `Active` listings can be bought, repriced or
@@ -138,6 +219,8 @@ pub struct CreateListingRequest {
     pub item_id: String,
     pub quantity: i64,
     pub price: i64,
+    #[serde(default)]
+    pub deposit: i64,
 }
 
 /// `PATCH /v1/listings/{id}`
@@ -152,12 +235,44 @@ pub struct RepriceRequest {
 #[serde(deny_unknown_fields)]
 pub struct PurchaseRequest {
     pub expected_price: i64,
+    #[serde(default)]
+    pub deposit: i64,
+}
+
+/// `POST /v1/me/deposits`, `POST /v1/me/withdrawals`, and the admin's grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    /// Absent or null: credits.
+    #[serde(default)]
+    pub item_id: Option<String>,
+    pub quantity: i64,
+}
+
+/// Answer of deposits, withdrawals and grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    pub id: i64,
+    /// `None`: credits.
+    pub item_id: Option<String>,
+    pub quantity: i64,
+    pub account: Account,
+}
+
+/// Answer of `GET /v1/me/account`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountEnvelope {
+    pub account: Account,
+    pub economy: Economy,
 }
 
 /// Answer of `POST /v1/listings`, `PATCH` and `DELETE /v1/listings/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListingEnvelope {
     pub listing: Listing,
+    /// What the change moved between the game's save and the market.
+    #[serde(default, skip_serializing_if = "Transfer::is_none")]
+    pub transfer: Transfer,
 }
 
 /// Answer of `GET /v1/listings`.
@@ -186,6 +301,8 @@ pub struct Purchase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurchaseEnvelope {
     pub purchase: Purchase,
+    #[serde(default, skip_serializing_if = "Transfer::is_none")]
+    pub transfer: Transfer,
 }
 
 /// A sale as the seller sees it in `GET /v1/me/sales`.
@@ -216,6 +333,8 @@ pub struct SalesPage {
 pub struct Claim {
     pub sale_id: i64,
     pub amount: i64,
+    #[serde(default, skip_serializing_if = "Transfer::is_none")]
+    pub transfer: Transfer,
 }
 
 /// The error envelope: `{"error": {...}}`.

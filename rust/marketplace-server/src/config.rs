@@ -17,6 +17,15 @@ pub enum SqliteSync {
     Normal,
 }
 
+/// How value enters the market (see `economy.rs` and the README's "Trust model").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EconomyArg {
+    /// Players' games deposit what their trades need, capped per 24 h.
+    ClientDeposits,
+    /// Only the game's backend grants credits and items (admin API).
+    ServerGrants,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "marketplace-server",
@@ -94,6 +103,30 @@ pub struct Config {
     #[arg(long, env = "MARKET_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// How value enters the market: `client-deposits` (players' games move
+    /// what their trades need from their saves, within the caps) or
+    /// `server-grants` (only the game's backend, through the admin API).
+    #[arg(long, env = "MARKET_ECONOMY", value_enum, default_value_t = EconomyArg::ClientDeposits)]
+    pub economy: EconomyArg,
+
+    /// Credits one player may deposit per rolling 24 hours (client deposits).
+    #[arg(long, env = "MARKET_DEPOSIT_CAP_CREDITS", default_value_t = 100_000)]
+    pub deposit_cap_credits: i64,
+
+    /// Items of one kind one player may deposit per rolling 24 hours.
+    #[arg(long, env = "MARKET_DEPOSIT_CAP_ITEMS", default_value_t = 1_000)]
+    pub deposit_cap_items: i64,
+
+    /// A JSON catalog of tradeable items, with their largest quantity per
+    /// listing and their price range; other items get `unknown_item`.
+    #[arg(long, env = "MARKET_CATALOG")]
+    pub catalog: Option<std::path::PathBuf>,
+
+    /// Key of the admin API (`/admin/v1/…`: grants, accounts, bans), at least
+    /// 32 bytes; without it the admin API answers 401 to everyone.
+    #[arg(long, env = "MARKET_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
     /// Load balancers and proxies whose `X-Forwarded-For` is believed, as
     /// comma-separated addresses or CIDR blocks (`10.0.0.0/8,fd00::/8`).
     /// Without it, the peer address is the client's.
@@ -127,11 +160,32 @@ impl Config {
             request_timeout_secs: 30,
             max_connections: 10_000,
             trusted_proxies: Vec::new(),
+            economy: EconomyArg::ClientDeposits,
+            deposit_cap_credits: 100_000,
+            deposit_cap_items: 1_000,
+            catalog: None,
+            admin_key: Some("test-admin-key-test-admin-key-test-admin".into()),
         }
     }
 
     pub fn token_ttl(&self) -> Duration {
         Duration::from_secs(self.token_ttl_secs)
+    }
+
+    /// The economy policy these flags describe (reads the catalog file).
+    pub fn policy(&self) -> Result<crate::economy::Policy, String> {
+        Ok(crate::economy::Policy {
+            mode: match self.economy {
+                EconomyArg::ClientDeposits => marketplace_protocol::EconomyMode::ClientDeposits,
+                EconomyArg::ServerGrants => marketplace_protocol::EconomyMode::ServerGrants,
+            },
+            deposit_cap_credits: self.deposit_cap_credits,
+            deposit_cap_items: self.deposit_cap_items,
+            catalog: match &self.catalog {
+                Some(path) => Some(crate::economy::Catalog::load(path)?),
+                None => None,
+            },
+        })
     }
 
     pub fn idempotency_retention(&self) -> Duration {
@@ -161,6 +215,12 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
+        }
+        if self.deposit_cap_credits < 0 || self.deposit_cap_items < 0 {
+            return Err("deposit caps must be at least 0".into());
+        }
+        if self.admin_key.as_ref().is_some_and(|k| k.len() < 32) {
+            return Err("--admin-key must be at least 32 bytes".into());
         }
         Ok(())
     }

@@ -50,6 +50,16 @@ pub enum AppError {
     PayloadTooLarge,
     #[error("Too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    #[error("Not enough credits in the market account")]
+    InsufficientFunds,
+    #[error("Not enough of this item in the market account")]
+    InsufficientItems,
+    #[error("Deposit limit reached: {left} of {cap} left for the next 24 hours")]
+    DepositLimit { cap: i64, left: i64 },
+    #[error("This market takes no deposits from players")]
+    DepositsDisabled,
+    #[error("This item cannot be traded here")]
+    UnknownItem,
     #[error("The server is busy; retry shortly")]
     Unavailable,
     #[error("Internal server error")]
@@ -72,6 +82,11 @@ impl AppError {
             AppError::RequestInProgress => ErrorCode::RequestInProgress,
             AppError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
             AppError::RateLimited { .. } => ErrorCode::RateLimited,
+            AppError::InsufficientFunds => ErrorCode::InsufficientFunds,
+            AppError::InsufficientItems => ErrorCode::InsufficientItems,
+            AppError::DepositLimit { .. } => ErrorCode::DepositLimit,
+            AppError::DepositsDisabled => ErrorCode::DepositsDisabled,
+            AppError::UnknownItem => ErrorCode::UnknownItem,
             AppError::Unavailable => ErrorCode::Unavailable,
             AppError::Internal(_) => ErrorCode::Internal,
         }
@@ -97,7 +112,12 @@ impl AppError {
             | AppError::ListingCancelled
             | AppError::AlreadyClaimed
             | AppError::IdempotencyKeyReused
-            | AppError::PayloadTooLarge => Disposition::Refusal,
+            | AppError::PayloadTooLarge
+            | AppError::InsufficientFunds
+            | AppError::InsufficientItems
+            | AppError::DepositLimit { .. }
+            | AppError::DepositsDisabled
+            | AppError::UnknownItem => Disposition::Refusal,
             AppError::Unauthorized | AppError::RequestInProgress | AppError::RateLimited { .. } => {
                 Disposition::Retry
             }
@@ -133,6 +153,15 @@ impl AppError {
         serde_json::to_string(&envelope).unwrap_or_else(|_| {
             r#"{"error":{"code":"internal","message":"Internal server error"}}"#.into()
         })
+    }
+}
+
+impl From<crate::economy::Refusal> for AppError {
+    fn from(r: crate::economy::Refusal) -> AppError {
+        match r {
+            crate::economy::Refusal::UnknownItem => AppError::UnknownItem,
+            crate::economy::Refusal::OutOfRange(m) => AppError::InvalidRequest(m),
+        }
     }
 }
 
@@ -246,6 +275,11 @@ mod tests {
                 | AppError::RequestInProgress
                 | AppError::PayloadTooLarge
                 | AppError::RateLimited { .. }
+                | AppError::InsufficientFunds
+                | AppError::InsufficientItems
+                | AppError::DepositLimit { .. }
+                | AppError::DepositsDisabled
+                | AppError::UnknownItem
                 | AppError::Unavailable
                 | AppError::Internal(_) => {}
             }

@@ -89,6 +89,7 @@ pub struct Job {
     mutation: MarketChange,
     /// The server clock when the request arrived: the time the change is recorded at.
     now: i64,
+    policy: Arc<crate::economy::Policy>,
 }
 
 /// Runs `mutation` for `player_id` exactly once per `key`.
@@ -106,6 +107,7 @@ pub async fn run(
         request_id,
         mutation,
         now: state.0.clock.now(),
+        policy: state.0.policy.clone(),
     };
     let result = match &state.0.group_commit {
         Some(writer) => writer.submit(job).await,
@@ -190,12 +192,13 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
         request_id: &job.request_id,
         idem_key: &job.key,
         now: job.now,
+        policy: &job.policy,
     };
     // The stored answer may have been pruned: the domain rows still know
     // whether this key already changed something.
     let (result, replayed) = match market::recall(conn, &ctx, &job.mutation).await {
         Ok(Some(answer)) => (Ok(answer), true),
-        Ok(None) => (apply(conn, &ctx, &job.mutation).await, false),
+        Ok(None) => (apply_or_nothing(conn, &ctx, &job.mutation).await, false),
         Err(e) => (Err(e), false),
     };
     // A business refusal is decided before the operation writes anything, so
@@ -224,6 +227,28 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
     })
 }
 
+/// Runs one change inside a savepoint: a refusal found half-way (say,
+/// `insufficient_funds` after the listing was already marked sold) rolls
+/// back whatever the change wrote, so a refused trade records nothing.
+async fn apply_or_nothing(
+    conn: &mut sqlx::AnyConnection,
+    ctx: &OpContext<'_>,
+    change: &MarketChange,
+) -> Result<Answer, AppError> {
+    use sqlx::Connection;
+    let mut savepoint = conn.begin().await?;
+    match apply(&mut savepoint, ctx, change).await {
+        Ok(answer) => {
+            savepoint.commit().await?;
+            Ok(answer)
+        }
+        Err(e) => {
+            savepoint.rollback().await?;
+            Err(e)
+        }
+    }
+}
+
 /// Runs one change of the market.
 async fn apply(
     conn: &mut sqlx::AnyConnection,
@@ -235,7 +260,8 @@ async fn apply(
             item_id,
             quantity,
             price,
-        } => market::create_listing(conn, ctx, item_id, *quantity, *price).await,
+            deposit,
+        } => market::create_listing(conn, ctx, item_id, *quantity, *price, *deposit).await,
         MarketChange::Reprice { listing_id, price } => {
             market::reprice_listing(conn, ctx, *listing_id, *price).await
         }
@@ -243,8 +269,15 @@ async fn apply(
         MarketChange::Purchase {
             listing_id,
             expected_price,
-        } => market::purchase(conn, ctx, *listing_id, *expected_price).await,
+            deposit,
+        } => market::purchase(conn, ctx, *listing_id, *expected_price, *deposit).await,
         MarketChange::Claim { sale_id } => market::claim(conn, ctx, *sale_id).await,
+        MarketChange::Deposit { item_id, quantity } => {
+            market::move_value(conn, ctx, item_id.as_deref(), *quantity, true).await
+        }
+        MarketChange::Withdraw { item_id, quantity } => {
+            market::move_value(conn, ctx, item_id.as_deref(), *quantity, false).await
+        }
     }
 }
 
@@ -444,10 +477,12 @@ mod tests {
         let a = MarketChange::Purchase {
             listing_id: 1,
             expected_price: 100,
+            deposit: 0,
         };
         let b = MarketChange::Purchase {
             listing_id: 1,
             expected_price: 101,
+            deposit: 0,
         };
         let c = MarketChange::Reprice {
             listing_id: 1,
@@ -456,5 +491,11 @@ mod tests {
         assert_eq!(request_hash(&a), request_hash(&a.clone()));
         assert_ne!(request_hash(&a), request_hash(&b));
         assert_ne!(request_hash(&a), request_hash(&c));
+        // A body without a deposit hashes as before deposits existed, so a
+        // journaled request from an older client replays as itself.
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            r#"{"op":"purchase","listing_id":1,"expected_price":100}"#
+        );
     }
 }

@@ -8,7 +8,11 @@
 //! # Layout
 //! - [`config`]: flags and environment variables, with defaults.
 //! - [`db`]: connection pools, migrations, the SQLite/PostgreSQL split.
-//! - [`market`]: the state changes (list, reprice, cancel, purchase, claim).
+//! - [`market`]: the state changes (list, reprice, cancel, purchase, claim,
+//!   deposit, withdraw).
+//! - [`books`]: accounts, stashes, value movements and the audit.
+//! - [`economy`]: how value enters the market (policy, caps, catalog).
+//! - [`admin`]: the game backend's API (grants, accounts, bans).
 //! - [`idempotency`]: runs a state change exactly once per `Idempotency-Key`.
 //! - [`routes`]: HTTP handlers, extractors (token, key, JSON) and middleware.
 //! - [`error`]: the one error type that becomes every error answer.
@@ -33,9 +37,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod admin;
 pub mod auth;
+pub mod books;
 pub mod config;
 pub mod db;
+pub mod economy;
 pub mod error;
 pub mod idempotency;
 pub mod market;
@@ -54,6 +61,8 @@ pub struct AppState(pub(crate) Arc<Inner>);
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
+    pub(crate) policy: Arc<economy::Policy>,
+    pub(crate) bans: admin::Bans,
     pub(crate) clock: Arc<Clock>,
     pub(crate) db: Db,
     pub(crate) signer: auth::TokenSigner,
@@ -124,7 +133,9 @@ impl BoundServer {
     /// Connects to the database (running migrations) and binds the socket.
     pub async fn bind(config: Config) -> Result<BoundServer, StartError> {
         config.validate().map_err(StartError::Config)?;
+        let policy = Arc::new(config.policy().map_err(StartError::Config)?);
         let db = Db::connect(&config).await?;
+        let bans = admin::Bans::load(&db).await?;
         let secret = match &config.token_secret {
             Some(secret) => secret.clone(),
             None => db.stored_token_secret().await?,
@@ -141,6 +152,8 @@ impl BoundServer {
         };
         let clock = Arc::new(Clock::default());
         let state = AppState(Arc::new(Inner {
+            policy,
+            bans,
             limiter: rate_limit::RateLimiter::new(
                 config.rate_limit_per_sec,
                 config.rate_limit_burst,
@@ -194,6 +207,7 @@ impl BoundServer {
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let pruner = tokio::spawn(prune_idempotency_keys(state.clone(), stop_rx.clone()));
+        let bans = tokio::spawn(admin::refresh_bans(state.clone(), stop_rx.clone()));
         let mut servers = vec![tokio::spawn(serve::serve(
             listener,
             routes::router(state.clone(), metrics_listener.is_none()),
@@ -223,6 +237,7 @@ impl BoundServer {
             }
         }
         pruner.abort();
+        bans.abort();
         state.0.db.close().await;
         Ok(())
     }
@@ -250,6 +265,11 @@ async fn prune_expired(state: &AppState) -> Result<u64, sqlx::Error> {
         };
         total += n;
         if n < PRUNE_CHUNK as u64 {
+            // Deposit windows older than a day count for nothing.
+            let hour = state.0.clock.now().div_euclid(3600) - 48;
+            if let Err(e) = state.0.db.prune_deposit_windows(hour).await {
+                tracing::warn!(error = %e, "pruning deposit windows failed");
+            }
             return Ok(total);
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

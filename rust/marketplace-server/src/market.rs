@@ -19,22 +19,35 @@
 //! first request had — never a fresh, different one. A key whose request was
 //! *refused* is not recalled: a refusal changed nothing, so running it again
 //! can only produce a consistent answer.
+//!
+//! # The books
+//! Trades move value between market accounts, escrow and proceeds through
+//! [`crate::books`]. Under client deposits a trade deposits what it needs
+//! from the game's save (`deposit` in the request, never more than the
+//! shortfall) and delivers what comes out back to it; the answer's
+//! `transfer` says what moved, and the rows keep it for [`recall`]. A
+//! refusal after some writes is rolled back to the savepoint the caller
+//! set (see [`crate::idempotency`]): a refused trade records nothing.
 
 use axum::http::StatusCode;
 use marketplace_protocol::{
-    Claim, Listing, ListingEnvelope, ListingStatus, MarketChange, Purchase, PurchaseEnvelope, Sale,
+    Claim, Listing, ListingEnvelope, ListingStatus, MarketChange, Moved, Purchase,
+    PurchaseEnvelope, Sale, Transfer,
 };
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
+use crate::books;
+use crate::economy::Policy;
 use crate::error::{Answer, AppError};
 
-/// Who is asking, and the identifiers recorded in the ledger.
+/// Who is asking, the identifiers recorded in the ledger, and the policy.
 pub struct OpContext<'a> {
     pub player_id: i64,
     pub request_id: &'a str,
     pub idem_key: &'a str,
     pub now: i64,
+    pub policy: &'a Policy,
 }
 
 pub const LISTING_COLUMNS: &str =
@@ -128,16 +141,50 @@ fn seller_refusal(listing: Option<Listing>, player_id: i64) -> AppError {
     }
 }
 
+/// The part of `need` the account lacks, deposited from the game's save if
+/// the request offers enough (`deposit`); otherwise the trade is refused
+/// (`insufficient_funds` / `insufficient_items`, or `deposits_disabled`
+/// when the game offered a deposit the policy does not take). Returns what
+/// was deposited.
+async fn cover(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    item_id: Option<&str>,
+    need: i64,
+    offered: i64,
+) -> Result<i64, AppError> {
+    let have = books::holding(conn, ctx.player_id, item_id).await?;
+    let shortfall = (need - have).max(0);
+    if shortfall == 0 {
+        return Ok(0);
+    }
+    if offered > 0 && !ctx.policy.deposits_allowed() {
+        return Err(AppError::DepositsDisabled);
+    }
+    if offered < shortfall {
+        return Err(match item_id {
+            None => AppError::InsufficientFunds,
+            Some(_) => AppError::InsufficientItems,
+        });
+    }
+    books::deposit(conn, ctx, item_id, shortfall).await?;
+    Ok(shortfall)
+}
+
 pub async fn create_listing(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
     item_id: &str,
     quantity: i64,
     price: i64,
+    deposit: i64,
 ) -> Result<Answer, AppError> {
+    ctx.policy.check_listing(item_id, quantity, price)?;
+    let deposited = cover(conn, ctx, Some(item_id), quantity, deposit).await?;
+    books::debit(conn, ctx.player_id, Some(item_id), quantity).await?;
     let sql = format!(
-        "INSERT INTO listings (seller_id, item_id, quantity, price, status, created_at, updated_at, create_key, listed_price) \
-         VALUES ($1, $2, $3, $4, 'active', $5, $5, $6, $4) RETURNING {LISTING_COLUMNS}"
+        "INSERT INTO listings (seller_id, item_id, quantity, price, status, created_at, updated_at, create_key, listed_price, deposited) \
+         VALUES ($1, $2, $3, $4, 'active', $5, $5, $6, $4, $7) RETURNING {LISTING_COLUMNS}"
     );
     let row = sqlx::query(&sql)
         .bind(ctx.player_id)
@@ -146,11 +193,21 @@ pub async fn create_listing(
         .bind(price)
         .bind(ctx.now)
         .bind(ctx.idem_key)
+        .bind(deposited)
         .fetch_one(&mut *conn)
         .await?;
     let listing = listing_from_row(&row)?;
-    ledger(conn, ctx, "list", Some(listing.id), None, Some(price)).await?;
-    Answer::json(StatusCode::CREATED, &ListingEnvelope { listing })
+    books::movement(conn, ctx, ctx.player_id, "list", Some(item_id), quantity, Some(listing.id), None).await?;
+    Answer::json(
+        StatusCode::CREATED,
+        &ListingEnvelope {
+            listing,
+            transfer: Transfer {
+                deposited,
+                delivered: 0,
+            },
+        },
+    )
 }
 
 /// A seller's change to one of their active listings.
@@ -198,6 +255,11 @@ pub async fn reprice_listing(
     listing_id: i64,
     price: i64,
 ) -> Result<Answer, AppError> {
+    if let Some(l) = fetch_listing(conn, listing_id).await? {
+        if l.seller_id == ctx.player_id && l.status == ListingStatus::Active {
+            ctx.policy.check_listing(&l.item_id, l.quantity, price)?;
+        }
+    }
     let listing = change_own_listing(conn, ctx, listing_id, SellerChange::Reprice(price)).await?;
     sqlx::query(
         "INSERT INTO listing_reprices (listing_id, seller_id, idem_key, price, at) VALUES ($1, $2, $3, $4, $5)",
@@ -210,28 +272,61 @@ pub async fn reprice_listing(
     .execute(&mut *conn)
     .await?;
     ledger(conn, ctx, "reprice", Some(listing_id), None, Some(price)).await?;
-    Answer::json(StatusCode::OK, &ListingEnvelope { listing })
+    Answer::json(
+        StatusCode::OK,
+        &ListingEnvelope {
+            listing,
+            transfer: Transfer::default(),
+        },
+    )
 }
 
+/// Withdraws a listing: the escrow goes back to the seller's stash — and,
+/// under client deposits, on to the game's save.
 pub async fn cancel_listing(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
     listing_id: i64,
 ) -> Result<Answer, AppError> {
     let listing = change_own_listing(conn, ctx, listing_id, SellerChange::Cancel).await?;
-    ledger(conn, ctx, "cancel", Some(listing_id), None, None).await?;
-    Answer::json(StatusCode::OK, &ListingEnvelope { listing })
+    books::credit(conn, ctx.player_id, Some(&listing.item_id), listing.quantity).await?;
+    books::movement(conn, ctx, ctx.player_id, "cancel", Some(&listing.item_id), listing.quantity, Some(listing_id), None).await?;
+    let mut delivered = 0;
+    if ctx.policy.delivers() {
+        books::withdraw(conn, ctx, Some(&listing.item_id), listing.quantity, Some(listing_id), None).await?;
+        delivered = listing.quantity;
+        sqlx::query("UPDATE listings SET cancel_delivered = $1 WHERE id = $2")
+            .bind(delivered)
+            .bind(listing_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Answer::json(
+        StatusCode::OK,
+        &ListingEnvelope {
+            listing,
+            transfer: Transfer {
+                deposited: 0,
+                delivered,
+            },
+        },
+    )
 }
 
 /// The purchase: one conditional update flips the listing to `sold` only if it
 /// is still active, at the price the buyer saw, and not the buyer's own. The
-/// purchase row (unique per listing), the ledger entry and — in the caller —
-/// the idempotent answer commit in the same transaction.
+/// buyer pays from the market account (after depositing what is missing,
+/// when the policy and the request allow), the price becomes the seller's
+/// unclaimed proceeds, the items go to the buyer's stash — and under client
+/// deposits on to the game's save. The purchase row (unique per listing),
+/// the ledger rows and — in the caller — the idempotent answer commit in the
+/// same transaction.
 pub async fn purchase(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
     listing_id: i64,
     expected_price: i64,
+    deposit: i64,
 ) -> Result<Answer, AppError> {
     let row = sqlx::query(
         "UPDATE listings SET status = 'sold', updated_at = $1 \
@@ -262,9 +357,11 @@ pub async fn purchase(
     let item_id: String = row.try_get("item_id")?;
     let quantity: i64 = row.try_get("quantity")?;
     let price: i64 = row.try_get("price")?;
+    let deposited = cover(conn, ctx, None, price, deposit).await?;
+    books::debit(conn, ctx.player_id, None, price).await?;
     let (purchase_id,): (i64,) = sqlx::query_as(
-        "INSERT INTO purchases (listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, buy_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        "INSERT INTO purchases (listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, buy_key, deposited) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
     )
     .bind(listing_id)
     .bind(ctx.player_id)
@@ -274,17 +371,22 @@ pub async fn purchase(
     .bind(price)
     .bind(ctx.now)
     .bind(ctx.idem_key)
+    .bind(deposited)
     .fetch_one(&mut *conn)
     .await?;
-    ledger(
-        conn,
-        ctx,
-        "purchase",
-        Some(listing_id),
-        Some(purchase_id),
-        Some(price),
-    )
-    .await?;
+    books::movement(conn, ctx, ctx.player_id, "purchase_pay", None, price, Some(listing_id), Some(purchase_id)).await?;
+    books::credit(conn, ctx.player_id, Some(&item_id), quantity).await?;
+    books::movement(conn, ctx, ctx.player_id, "purchase_items", Some(&item_id), quantity, Some(listing_id), Some(purchase_id)).await?;
+    let mut delivered = 0;
+    if ctx.policy.delivers() {
+        books::withdraw(conn, ctx, Some(&item_id), quantity, Some(listing_id), Some(purchase_id)).await?;
+        delivered = quantity;
+        sqlx::query("UPDATE purchases SET delivered = $1 WHERE id = $2")
+            .bind(delivered)
+            .bind(purchase_id)
+            .execute(&mut *conn)
+            .await?;
+    }
     let purchase = Purchase {
         id: purchase_id,
         listing_id,
@@ -295,11 +397,21 @@ pub async fn purchase(
         price,
         created_at: ctx.now,
     };
-    Answer::json(StatusCode::OK, &PurchaseEnvelope { purchase })
+    Answer::json(
+        StatusCode::OK,
+        &PurchaseEnvelope {
+            purchase,
+            transfer: Transfer {
+                deposited,
+                delivered,
+            },
+        },
+    )
 }
 
 /// Pays out a sale once: the conditional update on `claimed_at IS NULL` lets
-/// exactly one of any number of concurrent claims through.
+/// exactly one of any number of concurrent claims through. The proceeds go
+/// to the seller's account — and under client deposits on to the save.
 pub async fn claim(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
@@ -330,18 +442,68 @@ pub async fn claim(
     };
     let listing_id: i64 = row.try_get("listing_id")?;
     let amount: i64 = row.try_get("price")?;
-    ledger(
-        conn,
-        ctx,
-        "claim",
-        Some(listing_id),
-        Some(sale_id),
-        Some(amount),
+    books::credit(conn, ctx.player_id, None, amount).await?;
+    books::movement(conn, ctx, ctx.player_id, "claim", None, amount, Some(listing_id), Some(sale_id)).await?;
+    let mut delivered = 0;
+    if ctx.policy.delivers() {
+        books::withdraw(conn, ctx, None, amount, Some(listing_id), Some(sale_id)).await?;
+        delivered = amount;
+        sqlx::query("UPDATE purchases SET claim_delivered = $1 WHERE id = $2")
+            .bind(delivered)
+            .bind(sale_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Answer::json(
+        StatusCode::OK,
+        &Claim {
+            sale_id,
+            amount,
+            transfer: Transfer {
+                deposited: 0,
+                delivered,
+            },
+        },
     )
-    .await?;
-    Answer::json(StatusCode::OK, &Claim { sale_id, amount })
 }
 
+/// `POST /v1/me/deposits` and `/v1/me/withdrawals`: a move between the
+/// game's save and the market account, recorded with its key.
+pub async fn move_value(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    item_id: Option<&str>,
+    quantity: i64,
+    inward: bool,
+) -> Result<Answer, AppError> {
+    let table = if inward {
+        books::deposit(conn, ctx, item_id, quantity).await?;
+        "deposits"
+    } else {
+        books::withdraw(conn, ctx, item_id, quantity, None, None).await?;
+        "withdrawals"
+    };
+    let (id,): (i64,) = sqlx::query_as(&format!(
+        "INSERT INTO {table} (player_id, idem_key, item_id, quantity, at) VALUES ($1, $2, $3, $4, $5) RETURNING id"
+    ))
+    .bind(ctx.player_id)
+    .bind(ctx.idem_key)
+    .bind(item_id)
+    .bind(quantity)
+    .bind(ctx.now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let account = books::account(conn, ctx.player_id).await?;
+    Answer::json(
+        StatusCode::OK,
+        &Moved {
+            id,
+            item_id: item_id.map(str::to_string),
+            quantity,
+            account,
+        },
+    )
+}
 /// The change `ctx.idem_key` already made for `ctx.player_id`, if any, with
 /// the answer it had: found in the domain rows, not in the (prunable) answer
 /// store. `Err(IdempotencyKeyReused)` when the key made a different change.
@@ -360,9 +522,10 @@ pub async fn recall(
             item_id,
             quantity,
             price,
+            ..
         } => {
             let sql = format!(
-                "SELECT {LISTING_COLUMNS}, listed_price FROM listings WHERE seller_id = $1 AND create_key = $2"
+                "SELECT {LISTING_COLUMNS}, listed_price, deposited FROM listings WHERE seller_id = $1 AND create_key = $2"
             );
             let Some(row) = keyed_row(conn, &sql, ctx).await? else {
                 return Ok(None);
@@ -379,7 +542,11 @@ pub async fn recall(
             {
                 return mismatch();
             }
-            Answer::json(StatusCode::CREATED, &ListingEnvelope { listing }).map(Some)
+            let transfer = Transfer {
+                deposited: row.try_get("deposited")?,
+                delivered: 0,
+            };
+            Answer::json(StatusCode::CREATED, &ListingEnvelope { listing, transfer }).map(Some)
         }
         MarketChange::Reprice { listing_id, price } => {
             let Some(row) = keyed_row(
@@ -407,11 +574,18 @@ pub async fn recall(
             listing.price = new_price;
             listing.status = ListingStatus::Active;
             listing.updated_at = at;
-            Answer::json(StatusCode::OK, &ListingEnvelope { listing }).map(Some)
+            Answer::json(
+                StatusCode::OK,
+                &ListingEnvelope {
+                    listing,
+                    transfer: Transfer::default(),
+                },
+            )
+            .map(Some)
         }
         MarketChange::Cancel { listing_id } => {
             let sql = format!(
-                "SELECT {LISTING_COLUMNS} FROM listings WHERE seller_id = $1 AND cancel_key = $2"
+                "SELECT {LISTING_COLUMNS}, cancel_delivered FROM listings WHERE seller_id = $1 AND cancel_key = $2"
             );
             let Some(row) = keyed_row(conn, &sql, ctx).await? else {
                 return Ok(None);
@@ -420,15 +594,20 @@ pub async fn recall(
             if listing.id != *listing_id {
                 return mismatch();
             }
-            Answer::json(StatusCode::OK, &ListingEnvelope { listing }).map(Some)
+            let transfer = Transfer {
+                deposited: 0,
+                delivered: row.try_get("cancel_delivered")?,
+            };
+            Answer::json(StatusCode::OK, &ListingEnvelope { listing, transfer }).map(Some)
         }
         MarketChange::Purchase {
             listing_id,
             expected_price,
+            ..
         } => {
             let Some(row) = keyed_row(
                 conn,
-                "SELECT id, listing_id, buyer_id, seller_id, item_id, quantity, price, created_at \
+                "SELECT id, listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, deposited, delivered \
                  FROM purchases WHERE buyer_id = $1 AND buy_key = $2",
                 ctx,
             )
@@ -449,12 +628,16 @@ pub async fn recall(
             if purchase.listing_id != *listing_id || purchase.price != *expected_price {
                 return mismatch();
             }
-            Answer::json(StatusCode::OK, &PurchaseEnvelope { purchase }).map(Some)
+            let transfer = Transfer {
+                deposited: row.try_get("deposited")?,
+                delivered: row.try_get("delivered")?,
+            };
+            Answer::json(StatusCode::OK, &PurchaseEnvelope { purchase, transfer }).map(Some)
         }
         MarketChange::Claim { sale_id } => {
             let Some(row) = keyed_row(
                 conn,
-                "SELECT id, price FROM purchases WHERE seller_id = $1 AND claim_key = $2",
+                "SELECT id, price, claim_delivered FROM purchases WHERE seller_id = $1 AND claim_key = $2",
                 ctx,
             )
             .await?
@@ -465,11 +648,46 @@ pub async fn recall(
             if id != *sale_id {
                 return mismatch();
             }
+            let transfer = Transfer {
+                deposited: 0,
+                delivered: row.try_get("claim_delivered")?,
+            };
             Answer::json(
                 StatusCode::OK,
                 &Claim {
                     sale_id: id,
                     amount,
+                    transfer,
+                },
+            )
+            .map(Some)
+        }
+        MarketChange::Deposit { item_id, quantity } | MarketChange::Withdraw { item_id, quantity } => {
+            let table = if matches!(change, MarketChange::Deposit { .. }) {
+                "deposits"
+            } else {
+                "withdrawals"
+            };
+            let sql = format!(
+                "SELECT id, item_id, quantity FROM {table} WHERE player_id = $1 AND idem_key = $2"
+            );
+            let Some(row) = keyed_row(conn, &sql, ctx).await? else {
+                return Ok(None);
+            };
+            let id: i64 = row.try_get("id")?;
+            let was_item: Option<String> = row.try_get("item_id")?;
+            let was_quantity: i64 = row.try_get("quantity")?;
+            if &was_item != item_id || was_quantity != *quantity {
+                return mismatch();
+            }
+            let account = books::account(conn, ctx.player_id).await?;
+            Answer::json(
+                StatusCode::OK,
+                &Moved {
+                    id,
+                    item_id: was_item,
+                    quantity: was_quantity,
+                    account,
                 },
             )
             .map(Some)

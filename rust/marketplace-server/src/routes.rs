@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use marketplace_protocol::{
-    check_id, check_name, check_price, check_quantity, CreateListingRequest, ListingPage,
+    check_id, check_name, check_price, check_quantity, AccountEnvelope, CreateListingRequest, MoveRequest, ListingPage,
     MarketChange, PurchaseRequest, RepriceRequest, SalesPage, Session, SessionRequest,
     DEFAULT_PAGE_LIMIT, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, MAX_PAGE_LIMIT, REQUEST_ID_HEADER,
 };
@@ -43,7 +43,11 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         )
         .route("/v1/listings/{id}/purchase", post(purchase))
         .route("/v1/me/sales", get(my_sales))
+        .route("/v1/me/account", get(my_account))
+        .route("/v1/me/deposits", post(deposit))
+        .route("/v1/me/withdrawals", post(withdraw))
         .route("/v1/sales/{id}/claim", post(claim))
+        .merge(crate::admin::router())
         .route("/healthz", get(healthz));
     if with_metrics {
         router = router.route("/metrics", get(metrics));
@@ -135,6 +139,9 @@ impl FromRequestParts<AppState> for AuthPlayer {
             .signer
             .verify(token.trim(), state.0.clock.now())
             .ok_or(AppError::Unauthorized)?;
+        if state.0.bans.contains(player_id) {
+            return Err(AppError::Unauthorized);
+        }
         state
             .0
             .limiter
@@ -260,6 +267,9 @@ async fn create_session(
     .bind(&request_id)
     .execute(&mut *tx)
     .await?;
+    if state.0.bans.contains(player_id) {
+        return Err(AppError::Unauthorized);
+    }
     tx.commit().await?;
     let expires_at = now.saturating_add(state.0.config.token_ttl_secs as i64);
     Answer::json(
@@ -269,6 +279,7 @@ async fn create_session(
             name: req.name,
             token: state.0.signer.issue(player_id, expires_at),
             expires_at,
+            economy: state.0.policy.economy(),
         },
     )
 }
@@ -373,6 +384,7 @@ async fn get_listing(
         StatusCode::OK,
         &marketplace_protocol::ListingEnvelope {
             listing: listing_from_row(&row)?,
+            transfer: Default::default(),
         },
     )
 }
@@ -387,10 +399,16 @@ async fn create_listing(
     check_id("item_id", &req.item_id).map_err(AppError::InvalidRequest)?;
     check_quantity(req.quantity).map_err(AppError::InvalidRequest)?;
     check_price("price", req.price).map_err(AppError::InvalidRequest)?;
+    if !(0..=req.quantity).contains(&req.deposit) {
+        return Err(AppError::InvalidRequest(
+            "deposit must be between 0 and the quantity".into(),
+        ));
+    }
     let mutation = MarketChange::CreateListing {
         item_id: req.item_id,
         quantity: req.quantity,
         price: req.price,
+        deposit: req.deposit,
     };
     let outcome = idempotency::run(&state, player_id, key, request_id, mutation).await?;
     Ok(mutation_response(&state, outcome))
@@ -440,9 +458,15 @@ async fn purchase(
     ApiJson(req): ApiJson<PurchaseRequest>,
 ) -> Result<Response, AppError> {
     check_price("expected_price", req.expected_price).map_err(AppError::InvalidRequest)?;
+    if !(0..=req.expected_price).contains(&req.deposit) {
+        return Err(AppError::InvalidRequest(
+            "deposit must be between 0 and the expected price".into(),
+        ));
+    }
     let mutation = MarketChange::Purchase {
         listing_id,
         expected_price: req.expected_price,
+        deposit: req.deposit,
     };
     let outcome = idempotency::run(&state, player_id, key, request_id, mutation).await;
     let label = match &outcome {
@@ -513,6 +537,65 @@ async fn claim(
 
 /// 200 `ok` when the database answers — and, on SQLite, the writer that
 /// every mutation goes through; 503 with the reason otherwise.
+/// Checks a deposit, withdrawal or grant: an item id when items move, and a
+/// quantity within the protocol's limits (credits up to a price's).
+pub fn check_move(req: &MoveRequest) -> Result<(), AppError> {
+    match &req.item_id {
+        Some(item) => {
+            check_id("item_id", item).map_err(AppError::InvalidRequest)?;
+            check_quantity(req.quantity).map_err(AppError::InvalidRequest)
+        }
+        None => check_price("quantity", req.quantity).map_err(AppError::InvalidRequest),
+    }
+}
+
+async fn my_account(
+    State(state): State<AppState>,
+    AuthPlayer(player_id): AuthPlayer,
+) -> Result<Answer, AppError> {
+    let mut conn = state.0.db.reader().acquire().await?;
+    let account = crate::books::account(&mut conn, player_id).await?;
+    Answer::json(
+        StatusCode::OK,
+        &AccountEnvelope {
+            account,
+            economy: state.0.policy.economy(),
+        },
+    )
+}
+
+async fn deposit(
+    State(state): State<AppState>,
+    AuthPlayer(player_id): AuthPlayer,
+    IdemKey(key): IdemKey,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    ApiJson(req): ApiJson<MoveRequest>,
+) -> Result<Response, AppError> {
+    check_move(&req)?;
+    let change = MarketChange::Deposit {
+        item_id: req.item_id,
+        quantity: req.quantity,
+    };
+    let outcome = idempotency::run(&state, player_id, key, request_id, change).await?;
+    Ok(mutation_response(&state, outcome))
+}
+
+async fn withdraw(
+    State(state): State<AppState>,
+    AuthPlayer(player_id): AuthPlayer,
+    IdemKey(key): IdemKey,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    ApiJson(req): ApiJson<MoveRequest>,
+) -> Result<Response, AppError> {
+    check_move(&req)?;
+    let change = MarketChange::Withdraw {
+        item_id: req.item_id,
+        quantity: req.quantity,
+    };
+    let outcome = idempotency::run(&state, player_id, key, request_id, change).await?;
+    Ok(mutation_response(&state, outcome))
+}
+
 async fn healthz(State(state): State<AppState>) -> Response {
     if let Err(e) = sqlx::query("SELECT 1").execute(state.0.db.reader()).await {
         tracing::warn!(error = %e, "health check failed");
@@ -545,12 +628,20 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let mut text = state.0.metrics.render();
+    match state.0.db.reader().acquire().await {
+        Ok(mut conn) => match crate::books::totals(&mut conn).await {
+            Ok(t) => crate::metrics::render_books(&mut text, &t),
+            Err(e) => tracing::warn!(error = %e, "book totals unavailable"),
+        },
+        Err(e) => tracing::warn!(error = %e, "book totals unavailable"),
+    }
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
-        state.0.metrics.render(),
+        text,
     )
         .into_response()
 }

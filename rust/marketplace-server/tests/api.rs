@@ -649,21 +649,21 @@ async fn ledger_records_every_change_and_is_append_only(db: TestDb) {
         .bearer_auth(&buyer.token)
         .header("idempotency-key", "ledger-key")
         .header("x-request-id", "req-ledger-1")
-        .json(&json!({"expected_price": 10}))
+        .json(&json!({"expected_price": 10, "deposit": 10}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "req-ledger-1");
     let pool = db.pool().await;
     let (player, action, amount, idem, req): (i64, String, i64, String, String) = sqlx::query_as(
-        "SELECT player_id, action, amount, idempotency_key, request_id FROM ledger WHERE action = 'purchase'",
+        "SELECT player_id, action, quantity, idempotency_key, request_id FROM ledger WHERE action = 'purchase_pay'",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
     assert_eq!(
         (player, action.as_str(), amount),
-        (buyer.id, "purchase", 10)
+        (buyer.id, "purchase_pay", 10)
     );
     assert_eq!(
         (idem.as_str(), req.as_str()),
@@ -674,7 +674,22 @@ async fn ledger_records_every_change_and_is_append_only(db: TestDb) {
         .await
         .unwrap();
     let actions: Vec<_> = actions.into_iter().map(|(a,)| a).collect();
-    assert_eq!(actions, ["session", "session", "list", "purchase"]);
+    // The listing deposits its item from the seller's save and escrows it;
+    // the purchase deposits the price, pays it into proceeds, moves the
+    // item to the buyer and delivers it to the buyer's save.
+    assert_eq!(
+        actions,
+        [
+            "session",
+            "session",
+            "deposit",
+            "list",
+            "deposit",
+            "purchase_pay",
+            "purchase_items",
+            "withdraw"
+        ]
+    );
     assert!(sqlx::query("UPDATE ledger SET amount = 0")
         .execute(&pool)
         .await
@@ -683,7 +698,7 @@ async fn ledger_records_every_change_and_is_append_only(db: TestDb) {
         .execute(&pool)
         .await
         .is_err());
-    assert_eq!(count(&db, "ledger").await, 4);
+    assert_eq!(count(&db, "ledger").await, 8);
 }
 
 async fn metrics_and_health(db: TestDb) {
@@ -739,7 +754,7 @@ async fn shutdown_finishes_in_flight_requests(db: TestDb) {
         http.post(format!("{base}/v1/listings/{listing}/purchase"))
             .bearer_auth(token)
             .header("idempotency-key", "in-flight")
-            .json(&json!({"expected_price": 10}))
+            .json(&json!({"expected_price": 10, "deposit": 10}))
             .send()
             .await
     });

@@ -55,7 +55,7 @@ async fn replays_after_the_retention_get_the_first_outcome(db: TestDb) {
         Method::POST,
         "/v1/listings",
         &k_list,
-        Some(json!({"item_id": "ore", "quantity": 2, "price": 100})),
+        Some(json!({"item_id": "ore", "quantity": 2, "price": 100, "deposit": 2})),
     )
     .await;
     assert_eq!(listed.status, StatusCode::CREATED, "{}", listed.text);
@@ -123,7 +123,7 @@ async fn replays_after_the_retention_get_the_first_outcome(db: TestDb) {
         Method::POST,
         "/v1/listings",
         &k_list,
-        Some(json!({"item_id": "ore", "quantity": 2, "price": 100})),
+        Some(json!({"item_id": "ore", "quantity": 2, "price": 100, "deposit": 2})),
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -225,7 +225,7 @@ async fn a_key_reused_for_another_change_is_refused_after_pruning(db: TestDb) {
         Method::POST,
         "/v1/listings",
         &kl,
-        Some(json!({"item_id": "gem", "quantity": 1, "price": 5})),
+        Some(json!({"item_id": "gem", "quantity": 1, "price": 5, "deposit": 1})),
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED);
@@ -246,7 +246,7 @@ async fn a_key_reused_for_another_change_is_refused_after_pruning(db: TestDb) {
         Method::POST,
         "/v1/listings",
         &kl,
-        Some(json!({"item_id": "gem", "quantity": 1, "price": 6})),
+        Some(json!({"item_id": "gem", "quantity": 1, "price": 6, "deposit": 1})),
     )
     .await;
     assert_eq!(r.code(), "idempotency_key_reused");

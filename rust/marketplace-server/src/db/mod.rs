@@ -78,6 +78,13 @@ const MIGRATIONS: &[Migration] = &[
         postgres: "",
         step: Some(Step::HashDeviceIds),
     },
+    Migration {
+        version: 4,
+        name: "books",
+        sqlite: include_str!("migrations/0004_books.sqlite.sql"),
+        postgres: include_str!("migrations/0004_books.postgres.sql"),
+        step: None,
+    },
 ];
 
 /// Arbitrary constant: the PostgreSQL advisory lock that serialises migrations
@@ -258,6 +265,18 @@ impl Db {
                 .await?;
         tx.commit().await?;
         Ok(secret)
+    }
+
+    /// Forgets deposit counters of hours before `hour` (they no longer count
+    /// towards any cap).
+    pub async fn prune_deposit_windows(&self, hour: i64) -> Result<u64, sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("DELETE FROM deposit_window WHERE hour < $1")
+            .bind(hour)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
     }
 
     /// Deletes up to `limit` stored idempotent answers older than `cutoff`

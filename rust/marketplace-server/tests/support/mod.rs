@@ -214,7 +214,7 @@ impl TestServer {
                 "/v1/listings",
                 Some(&seller.token),
                 Some(&key()),
-                Some(json!({"item_id": item, "quantity": 1, "price": price}).to_string()),
+                Some(json!({"item_id": item, "quantity": 1, "price": price, "deposit": 1}).to_string()),
             )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -227,7 +227,7 @@ impl TestServer {
             &format!("/v1/listings/{listing}/purchase"),
             Some(&buyer.token),
             Some(key),
-            Some(json!({ "expected_price": price }).to_string()),
+            Some(json!({ "expected_price": price, "deposit": price }).to_string()),
         )
         .await
     }
@@ -343,7 +343,7 @@ pub async fn check_books(db: &TestDb) -> Books {
         .await,
         claim_ledger_total: scalar(
             &pool,
-            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM ledger WHERE action = 'claim'",
+            "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE action = 'claim'",
         )
         .await,
     };
@@ -357,6 +357,13 @@ pub async fn check_books(db: &TestDb) -> Books {
         books.claimed_total, books.claim_ledger_total,
         "I2: claims vs ledger"
     );
+    // I6: the server's own books balance, from the ledger alone.
+    let mut conn = pool.acquire().await.expect("connection");
+    let audit = marketplace_server::books::audit(&mut conn)
+        .await
+        .expect("audit runs");
+    assert!(audit.ok(), "I6: the books do not balance: {:#?}", audit.mismatches);
+    drop(conn);
     pool.close().await;
     books
 }

@@ -1,0 +1,464 @@
+//! The market's books: accounts, stashes, and the ledger rows that move
+//! value between them — and the audit that proves they balance.
+//!
+//! Every credit and item inside the market is in exactly one place: a
+//! player's account (credits) or stash (items), a listing's escrow (the
+//! listing while it is active), or unclaimed proceeds (a purchase not yet
+//! claimed). Value changes place only by a conditional update — a balance
+//! or count can never go below zero, `CHECK` constraints say so twice — and
+//! every change of place is a ledger row with what moved (`item_id` NULL for
+//! credits, `quantity`).
+//!
+//! | ledger action | from | to |
+//! |---|---|---|
+//! | `deposit`, `grant`, `opening_*` | outside (the game's save, the backend, the books before accounts existed) | account / stash (`opening_escrow`: a listing; `opening_proceeds`: proceeds) |
+//! | `withdraw` | account / stash | outside (the game's save) |
+//! | `list` | stash | the listing |
+//! | `cancel` | the listing | stash |
+//! | `purchase_pay` | the buyer's account | proceeds |
+//! | `purchase_items` | the listing | the buyer's stash |
+//! | `claim` | proceeds | the seller's account |
+//!
+//! [`audit`] replays these rows and checks that what is in every place is
+//! what the ledger says, and that inside = inflow − outflow, per item and
+//! for credits — without trusting any client.
+
+use std::collections::BTreeMap;
+
+use marketplace_protocol::Account;
+use sqlx::{AnyConnection, Row};
+
+use crate::error::AppError;
+use crate::market::OpContext;
+
+/// Adds credits (`item_id` None) or items to a player's account.
+pub async fn credit(
+    conn: &mut AnyConnection,
+    player_id: i64,
+    item_id: Option<&str>,
+    quantity: i64,
+) -> Result<(), AppError> {
+    let limit = marketplace_protocol::MAX_HOLDING.saturating_mul(1000);
+    let touched = match item_id {
+        None => sqlx::query(
+            "INSERT INTO accounts (player_id, credits, version) VALUES ($1, $2, 1) \
+             ON CONFLICT (player_id) DO UPDATE SET credits = accounts.credits + excluded.credits, \
+             version = accounts.version + 1 WHERE accounts.credits + excluded.credits <= $3",
+        )
+        .bind(player_id)
+        .bind(quantity)
+        .bind(limit)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+        Some(item) => {
+            let n = sqlx::query(
+                "INSERT INTO stash (player_id, item_id, quantity) VALUES ($1, $2, $3) \
+                 ON CONFLICT (player_id, item_id) DO UPDATE SET quantity = stash.quantity + excluded.quantity \
+                 WHERE stash.quantity + excluded.quantity <= $4",
+            )
+            .bind(player_id)
+            .bind(item)
+            .bind(quantity)
+            .bind(limit)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            bump(conn, player_id).await?;
+            n
+        }
+    };
+    if touched == 0 {
+        return Err(AppError::InvalidRequest(
+            "the account would hold more than the market allows".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Takes credits or items out of a player's account, only if they are there.
+pub async fn debit(
+    conn: &mut AnyConnection,
+    player_id: i64,
+    item_id: Option<&str>,
+    quantity: i64,
+) -> Result<(), AppError> {
+    let touched = match item_id {
+        None => sqlx::query(
+            "UPDATE accounts SET credits = credits - $2, version = version + 1 \
+             WHERE player_id = $1 AND credits >= $2",
+        )
+        .bind(player_id)
+        .bind(quantity)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+        Some(item) => {
+            let n = sqlx::query(
+                "UPDATE stash SET quantity = quantity - $3 \
+                 WHERE player_id = $1 AND item_id = $2 AND quantity >= $3",
+            )
+            .bind(player_id)
+            .bind(item)
+            .bind(quantity)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                bump(conn, player_id).await?;
+            }
+            n
+        }
+    };
+    if touched == 0 {
+        return Err(match item_id {
+            None => AppError::InsufficientFunds,
+            Some(_) => AppError::InsufficientItems,
+        });
+    }
+    Ok(())
+}
+
+/// A new version of the account (its stash changed).
+async fn bump(conn: &mut AnyConnection, player_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO accounts (player_id, credits, version) VALUES ($1, 0, 1) \
+         ON CONFLICT (player_id) DO UPDATE SET version = accounts.version + 1",
+    )
+    .bind(player_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How much of `item_id` (or credits) the player holds in the market account.
+pub async fn holding(
+    conn: &mut AnyConnection,
+    player_id: i64,
+    item_id: Option<&str>,
+) -> Result<i64, sqlx::Error> {
+    let row: Option<(i64,)> = match item_id {
+        None => {
+            sqlx::query_as("SELECT credits FROM accounts WHERE player_id = $1")
+                .bind(player_id)
+                .fetch_optional(conn)
+                .await?
+        }
+        Some(item) => {
+            sqlx::query_as("SELECT quantity FROM stash WHERE player_id = $1 AND item_id = $2")
+                .bind(player_id)
+                .bind(item)
+                .fetch_optional(conn)
+                .await?
+        }
+    };
+    Ok(row.map_or(0, |(n,)| n))
+}
+
+/// A ledger row that moves value.
+pub async fn movement(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    player_id: i64,
+    action: &str,
+    item_id: Option<&str>,
+    quantity: i64,
+    listing_id: Option<i64>,
+    purchase_id: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO ledger (at, player_id, action, listing_id, purchase_id, amount, idempotency_key, request_id, item_id, quantity) \
+         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $9)",
+    )
+    .bind(ctx.now)
+    .bind(player_id)
+    .bind(action)
+    .bind(listing_id)
+    .bind(purchase_id)
+    .bind(ctx.idem_key)
+    .bind(ctx.request_id)
+    .bind(item_id)
+    .bind(quantity)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves value from the player's game into the market, within the policy:
+/// `deposits_disabled` under server grants, `unknown_item` off the catalog,
+/// `deposit_limit` beyond the cap over the last 24 hours.
+pub async fn deposit(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    item_id: Option<&str>,
+    quantity: i64,
+) -> Result<(), AppError> {
+    let policy = ctx.policy;
+    if !policy.deposits_allowed() {
+        return Err(AppError::DepositsDisabled);
+    }
+    if let Some(item) = item_id {
+        policy.check_item(item).map_err(AppError::from)?;
+    }
+    let hour = ctx.now.div_euclid(3600);
+    let key = item_id.unwrap_or("");
+    let (recent,): (i64,) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM deposit_window \
+         WHERE player_id = $1 AND item_id = $2 AND hour > $3",
+    )
+    .bind(ctx.player_id)
+    .bind(key)
+    .bind(hour - 24)
+    .fetch_one(&mut *conn)
+    .await?;
+    let cap = policy.cap(item_id);
+    if recent.saturating_add(quantity) > cap {
+        return Err(AppError::DepositLimit {
+            cap,
+            left: (cap - recent).max(0),
+        });
+    }
+    sqlx::query(
+        "INSERT INTO deposit_window (player_id, item_id, hour, amount) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (player_id, item_id, hour) DO UPDATE SET amount = deposit_window.amount + excluded.amount",
+    )
+    .bind(ctx.player_id)
+    .bind(key)
+    .bind(hour)
+    .bind(quantity)
+    .execute(&mut *conn)
+    .await?;
+    credit(conn, ctx.player_id, item_id, quantity).await?;
+    movement(conn, ctx, ctx.player_id, "deposit", item_id, quantity, None, None).await?;
+    Ok(())
+}
+
+/// Moves value from the market account out to the player's game.
+pub async fn withdraw(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    item_id: Option<&str>,
+    quantity: i64,
+    listing_id: Option<i64>,
+    purchase_id: Option<i64>,
+) -> Result<(), AppError> {
+    debit(conn, ctx.player_id, item_id, quantity).await?;
+    movement(conn, ctx, ctx.player_id, "withdraw", item_id, quantity, listing_id, purchase_id).await?;
+    Ok(())
+}
+
+/// A player's account as they see it.
+pub async fn account(conn: &mut AnyConnection, player_id: i64) -> Result<Account, sqlx::Error> {
+    let head: Option<(i64, i64)> =
+        sqlx::query_as("SELECT credits, version FROM accounts WHERE player_id = $1")
+            .bind(player_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let rows = sqlx::query(
+        "SELECT item_id, quantity FROM stash WHERE player_id = $1 AND quantity > 0 ORDER BY item_id",
+    )
+    .bind(player_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut stash = BTreeMap::new();
+    for row in rows {
+        stash.insert(row.try_get::<String, _>("item_id")?, row.try_get::<i64, _>("quantity")?);
+    }
+    let (credits, version) = head.unwrap_or((0, 0));
+    Ok(Account {
+        credits,
+        stash,
+        version,
+    })
+}
+
+/// The market's totals, from the places (not the ledger): what `/metrics`
+/// exports.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub account_credits: i64,
+    pub unclaimed_proceeds: i64,
+    pub stash_items: i64,
+    pub escrow_items: i64,
+    pub inflow_credits: i64,
+    pub outflow_credits: i64,
+    pub inflow_items: i64,
+    pub outflow_items: i64,
+}
+
+pub async fn totals(conn: &mut AnyConnection) -> Result<Totals, sqlx::Error> {
+    let q = |sql: &'static str| sqlx::query_as::<_, (i64,)>(sql);
+    let mut t = Totals::default();
+    t.account_credits = q("SELECT CAST(COALESCE(SUM(credits), 0) AS BIGINT) FROM accounts").fetch_one(&mut *conn).await?.0;
+    t.unclaimed_proceeds = q("SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NULL").fetch_one(&mut *conn).await?.0;
+    t.stash_items = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM stash").fetch_one(&mut *conn).await?.0;
+    t.escrow_items = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM listings WHERE status = 'active'").fetch_one(&mut *conn).await?.0;
+    t.inflow_credits = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NULL AND action IN ('deposit', 'grant', 'opening_proceeds')").fetch_one(&mut *conn).await?.0;
+    t.outflow_credits = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NULL AND action = 'withdraw'").fetch_one(&mut *conn).await?.0;
+    t.inflow_items = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NOT NULL AND action IN ('deposit', 'grant', 'opening_escrow')").fetch_one(&mut *conn).await?.0;
+    t.outflow_items = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NOT NULL AND action = 'withdraw'").fetch_one(&mut *conn).await?.0;
+    Ok(t)
+}
+
+/// What the audit found.
+#[derive(Debug, Default)]
+pub struct AuditReport {
+    pub lines: Vec<String>,
+    /// The mismatches, first one first; empty when the books balance.
+    pub mismatches: Vec<String>,
+}
+
+impl AuditReport {
+    pub fn ok(&self) -> bool {
+        self.mismatches.is_empty()
+    }
+}
+
+/// A place value can be in, as the audit keys it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Place {
+    Account(i64),
+    Stash(i64, String),
+    Escrow(i64),
+    Proceeds(i64),
+}
+
+/// Replays the ledger and compares every place with what it holds.
+///
+/// 1. From the ledger alone: each account's credits, each stash's items,
+///    each listing's escrow and each purchase's unclaimed proceeds.
+/// 2. These must equal the tables (accounts, stash, active listings,
+///    unclaimed purchases), and nothing may be negative.
+/// 3. Inside the market = inflow − outflow, for credits and per item.
+pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error> {
+    let mut report = AuditReport::default();
+    let mut expected: BTreeMap<Place, i64> = BTreeMap::new();
+    let mut inflow: BTreeMap<Option<String>, i64> = BTreeMap::new();
+    let mut outflow: BTreeMap<Option<String>, i64> = BTreeMap::new();
+    let rows = sqlx::query(
+        "SELECT id, player_id, action, listing_id, purchase_id, item_id, quantity FROM ledger \
+         WHERE quantity IS NOT NULL ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut moved = 0usize;
+    for row in &rows {
+        let id: i64 = row.try_get("id")?;
+        let player: i64 = row.try_get("player_id")?;
+        let action: String = row.try_get("action")?;
+        let listing: Option<i64> = row.try_get("listing_id")?;
+        let purchase: Option<i64> = row.try_get("purchase_id")?;
+        let item: Option<String> = row.try_get("item_id")?;
+        let q: i64 = row.try_get("quantity")?;
+        moved += 1;
+        let own = |item: &Option<String>| match item {
+            None => Place::Account(player),
+            Some(i) => Place::Stash(player, i.clone()),
+        };
+        let mut add = |place: Place, delta: i64| *expected.entry(place).or_insert(0) += delta;
+        match action.as_str() {
+            "deposit" | "grant" => {
+                add(own(&item), q);
+                *inflow.entry(item.clone()).or_insert(0) += q;
+            }
+            "withdraw" => {
+                add(own(&item), -q);
+                *outflow.entry(item.clone()).or_insert(0) += q;
+            }
+            "opening_escrow" => {
+                add(Place::Escrow(listing.unwrap_or(0)), q);
+                *inflow.entry(item.clone()).or_insert(0) += q;
+            }
+            "opening_proceeds" => {
+                add(Place::Proceeds(purchase.unwrap_or(0)), q);
+                *inflow.entry(None).or_insert(0) += q;
+            }
+            "list" => {
+                add(own(&item), -q);
+                add(Place::Escrow(listing.unwrap_or(0)), q);
+            }
+            "cancel" => {
+                add(Place::Escrow(listing.unwrap_or(0)), -q);
+                add(own(&item), q);
+            }
+            "purchase_pay" => {
+                add(Place::Account(player), -q);
+                add(Place::Proceeds(purchase.unwrap_or(0)), q);
+            }
+            "purchase_items" => {
+                add(Place::Escrow(listing.unwrap_or(0)), -q);
+                add(own(&item), q);
+            }
+            "claim" => {
+                add(Place::Proceeds(purchase.unwrap_or(0)), -q);
+                add(Place::Account(player), q);
+            }
+            other => report
+                .mismatches
+                .push(format!("ledger row {id}: unknown movement {other:?}")),
+        }
+    }
+    // What the tables hold.
+    let mut actual: BTreeMap<Place, i64> = BTreeMap::new();
+    for row in sqlx::query("SELECT player_id, credits FROM accounts").fetch_all(&mut *conn).await? {
+        actual.insert(Place::Account(row.try_get("player_id")?), row.try_get("credits")?);
+    }
+    for row in sqlx::query("SELECT player_id, item_id, quantity FROM stash").fetch_all(&mut *conn).await? {
+        actual.insert(
+            Place::Stash(row.try_get("player_id")?, row.try_get("item_id")?),
+            row.try_get("quantity")?,
+        );
+    }
+    for row in sqlx::query("SELECT id, quantity FROM listings WHERE status = 'active'").fetch_all(&mut *conn).await? {
+        actual.insert(Place::Escrow(row.try_get("id")?), row.try_get("quantity")?);
+    }
+    for row in sqlx::query("SELECT id, price FROM purchases WHERE claimed_at IS NULL").fetch_all(&mut *conn).await? {
+        actual.insert(Place::Proceeds(row.try_get("id")?), row.try_get("price")?);
+    }
+    let mut places: Vec<&Place> = expected.keys().chain(actual.keys()).collect();
+    places.sort();
+    places.dedup();
+    for place in places {
+        let want = expected.get(place).copied().unwrap_or(0);
+        let have = actual.get(place).copied().unwrap_or(0);
+        if have < 0 || want < 0 {
+            report.mismatches.push(format!("{place:?} is negative (holds {have}, ledger says {want})"));
+        } else if want != have {
+            report.mismatches.push(format!("{place:?} holds {have}, the ledger says {want}"));
+        }
+    }
+    // Conservation: inside = in − out, for credits and per item.
+    let mut inside: BTreeMap<Option<String>, i64> = BTreeMap::new();
+    for (place, n) in &actual {
+        let kind = match place {
+            Place::Account(_) | Place::Proceeds(_) => None,
+            Place::Stash(_, item) => Some(item.clone()),
+            Place::Escrow(_) => continue,
+        };
+        *inside.entry(kind).or_insert(0) += n;
+    }
+    for row in sqlx::query("SELECT item_id, CAST(SUM(quantity) AS BIGINT) AS n FROM listings WHERE status = 'active' GROUP BY item_id")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        *inside.entry(Some(row.try_get("item_id")?)).or_insert(0) += row.try_get::<i64, _>("n")?;
+    }
+    let mut kinds: Vec<&Option<String>> = inside.keys().chain(inflow.keys()).chain(outflow.keys()).collect();
+    kinds.sort();
+    kinds.dedup();
+    for kind in kinds {
+        let (i, o, n) = (
+            inflow.get(kind).copied().unwrap_or(0),
+            outflow.get(kind).copied().unwrap_or(0),
+            inside.get(kind).copied().unwrap_or(0),
+        );
+        let name = kind.as_deref().unwrap_or("credits");
+        let line = format!("{name}: {n} inside = {i} in − {o} out");
+        if n != i - o {
+            report.mismatches.push(format!("conservation of {line}"));
+        }
+        report.lines.push(line);
+    }
+    report.lines.insert(0, format!("{moved} ledger movements replayed"));
+    Ok(report)
+}
