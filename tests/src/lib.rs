@@ -342,7 +342,7 @@ impl Api {
             &format!("/v1/listings/{listing}/purchase"),
             Some(token),
             Some(key),
-            Some(json!({ "expected_price": price })),
+            Some(json!({ "expected_price": price, "deposit": price })),
         )
         .await
     }

@@ -72,11 +72,12 @@ fn purchases(
                 .submit(Command::Change(MarketChange::Purchase {
                     listing_id: listing,
                     expected_price: 10,
+                    deposit: 10,
                 }))
                 .unwrap();
             ok += wait_all(&client, 1)
                 .iter()
-                .filter(|k| matches!(k, EventKind::Done(Reply::Purchased(_))))
+                .filter(|k| matches!(k, EventKind::Done(Reply::Purchased(..))))
                 .count();
         }
     } else {
@@ -85,12 +86,13 @@ fn purchases(
                 .submit(Command::Change(MarketChange::Purchase {
                     listing_id: listing,
                     expected_price: 10,
+                    deposit: 10,
                 }))
                 .unwrap();
         }
         ok = wait_all(&client, listings.len())
             .iter()
-            .filter(|k| matches!(k, EventKind::Done(Reply::Purchased(_))))
+            .filter(|k| matches!(k, EventKind::Done(Reply::Purchased(..))))
             .count();
     }
     let elapsed = started.elapsed();

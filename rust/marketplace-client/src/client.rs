@@ -25,8 +25,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use marketplace_protocol::{
-    Claim, ErrorCode, ErrorEnvelope, Listing, ListingEnvelope, ListingPage, ListingStatus,
-    MarketChange, Purchase, PurchaseEnvelope, SalesPage, Session, IDEMPOTENCY_HEADER,
+    AccountEnvelope, Claim, ErrorCode, ErrorEnvelope, Listing, ListingEnvelope, ListingPage,
+    ListingStatus, MarketChange, Moved, Purchase, PurchaseEnvelope, SalesPage, Session, Transfer,
+    IDEMPOTENCY_HEADER,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify, Semaphore};
@@ -159,6 +160,8 @@ pub enum Command {
         unclaimed_only: bool,
         cursor: Option<String>,
     },
+    /// The player's market account and the economy policy.
+    Account,
     /// A change of the market: carries an idempotency key and is retried
     /// until a definitive answer.
     Change(MarketChange),
@@ -183,10 +186,15 @@ impl Command {
 pub enum Reply {
     LoggedIn(Session),
     Listings(ListingPage),
-    Listing(Listing),
-    Purchased(Purchase),
+    /// A listing, and for a change of it, what moved between save and
+    /// market (`None` from a server without books: all of it).
+    Listing(Listing, Option<Transfer>),
+    Purchased(Purchase, Option<Transfer>),
     Sales(SalesPage),
     Claimed(Claim),
+    /// A deposit or withdrawal, with the account after it.
+    Moved(Moved),
+    Account(AccountEnvelope),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -856,10 +864,15 @@ async fn exchange(
             item_id,
             quantity,
             price,
+            deposit,
         }) => (
             Method::POST,
             format!("{base}/v1/listings"),
-            Some(serde_json::json!({ "item_id": item_id, "quantity": quantity, "price": price })),
+            Some(if *deposit > 0 {
+                serde_json::json!({ "item_id": item_id, "quantity": quantity, "price": price, "deposit": deposit })
+            } else {
+                serde_json::json!({ "item_id": item_id, "quantity": quantity, "price": price })
+            }),
         ),
         Command::Change(MarketChange::Reprice { listing_id, price }) => (
             Method::PATCH,
@@ -874,11 +887,27 @@ async fn exchange(
         Command::Change(MarketChange::Purchase {
             listing_id,
             expected_price,
+            deposit,
         }) => (
             Method::POST,
             format!("{base}/v1/listings/{listing_id}/purchase"),
-            Some(serde_json::json!({ "expected_price": expected_price })),
+            Some(if *deposit > 0 {
+                serde_json::json!({ "expected_price": expected_price, "deposit": deposit })
+            } else {
+                serde_json::json!({ "expected_price": expected_price })
+            }),
         ),
+        Command::Change(MarketChange::Deposit { item_id, quantity }) => (
+            Method::POST,
+            format!("{base}/v1/me/deposits"),
+            Some(serde_json::json!({ "item_id": item_id, "quantity": quantity })),
+        ),
+        Command::Change(MarketChange::Withdraw { item_id, quantity }) => (
+            Method::POST,
+            format!("{base}/v1/me/withdrawals"),
+            Some(serde_json::json!({ "item_id": item_id, "quantity": quantity })),
+        ),
+        Command::Account => (Method::GET, format!("{base}/v1/me/account"), None),
         Command::ListSales {
             unclaimed_only,
             cursor,
@@ -991,84 +1020,111 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             Ok(Reply::LoggedIn(session))
         }
         Command::Browse(_) => {
-            let page: ListingPage = decode(bytes)?;
-            if page.listings.iter().any(|l| !listing_is_sane(l)) {
-                return Err(bad_response("invalid listing"));
-            }
+            let mut page: ListingPage = decode(bytes)?;
+            // A listing this build cannot handle (from before the limits
+            // existed, say) is left out of the page rather than failing it.
+            page.listings.retain(listing_is_sane);
             Ok(Reply::Listings(page))
         }
         Command::GetListing { listing_id } => {
-            let ListingEnvelope { listing } = decode(bytes)?;
+            let ListingEnvelope { listing, .. } = decode(bytes)?;
             if listing.id != *listing_id || !listing_is_sane(&listing) {
                 return Err(bad_response("another listing"));
             }
-            Ok(Reply::Listing(listing))
+            Ok(Reply::Listing(listing, None))
         }
         Command::Change(MarketChange::CreateListing {
             item_id,
             quantity,
             price,
+            ..
         }) => {
-            let ListingEnvelope { listing } = decode(bytes)?;
+            let ListingEnvelope { listing, transfer } = decode(bytes)?;
             if &listing.item_id != item_id
                 || listing.quantity != *quantity
                 || listing.price != *price
-                || !listing_is_sane(&listing)
+                || listing.id < 1
+                || transfer
+                    .is_some_and(|t| !(0..=*quantity).contains(&t.deposited) || t.delivered != 0)
             {
                 return Err(bad_response("the listing does not match the request"));
             }
-            Ok(Reply::Listing(listing))
+            Ok(Reply::Listing(listing, transfer))
         }
         Command::Change(MarketChange::Reprice { listing_id, price }) => {
-            let ListingEnvelope { listing } = decode(bytes)?;
-            if listing.id != *listing_id || listing.price != *price || !listing_is_sane(&listing) {
+            let ListingEnvelope { listing, transfer } = decode(bytes)?;
+            if listing.id != *listing_id || listing.price != *price {
                 return Err(bad_response("the listing does not match the request"));
             }
-            Ok(Reply::Listing(listing))
+            Ok(Reply::Listing(listing, transfer))
         }
         Command::Change(MarketChange::Cancel { listing_id }) => {
-            let ListingEnvelope { listing } = decode(bytes)?;
+            let ListingEnvelope { listing, transfer } = decode(bytes)?;
+            // Settlement follows the server's listing even beyond this
+            // build's limits: a cancellation the server made must settle.
             if listing.id != *listing_id
                 || listing.status != ListingStatus::Cancelled
-                || !listing_is_sane(&listing)
+                || listing.quantity < 1
+                || marketplace_protocol::check_id("item_id", &listing.item_id).is_err()
+                || transfer.is_some_and(|t| {
+                    t.deposited != 0 || (t.delivered != 0 && t.delivered != listing.quantity)
+                })
             {
                 return Err(bad_response("the listing was not cancelled"));
             }
-            Ok(Reply::Listing(listing))
+            Ok(Reply::Listing(listing, transfer))
         }
         Command::Change(MarketChange::Purchase {
             listing_id,
             expected_price,
+            ..
         }) => {
-            let PurchaseEnvelope { purchase } = decode(bytes)?;
+            let PurchaseEnvelope { purchase, transfer } = decode(bytes)?;
             if purchase.listing_id != *listing_id
                 || purchase.price != *expected_price
-                || marketplace_protocol::check_quantity(purchase.quantity).is_err()
+                || purchase.quantity < 1
                 || marketplace_protocol::check_id("item_id", &purchase.item_id).is_err()
+                || transfer.is_some_and(|t| {
+                    !(0..=*expected_price).contains(&t.deposited)
+                        || (t.delivered != 0 && t.delivered != purchase.quantity)
+                })
             {
                 return Err(bad_response("the purchase does not match the request"));
             }
-            Ok(Reply::Purchased(purchase))
+            Ok(Reply::Purchased(purchase, transfer))
         }
         Command::ListSales { .. } => {
-            let page: SalesPage = decode(bytes)?;
-            if page
-                .sales
-                .iter()
-                .any(|s| s.id < 1 || marketplace_protocol::check_price("price", s.price).is_err())
-            {
-                return Err(bad_response("invalid sale"));
-            }
+            let mut page: SalesPage = decode(bytes)?;
+            page.sales.retain(|s| s.id >= 1 && s.price >= 1);
             Ok(Reply::Sales(page))
         }
         Command::Change(MarketChange::Claim { sale_id }) => {
             let claim: Claim = decode(bytes)?;
             if claim.sale_id != *sale_id
-                || marketplace_protocol::check_price("amount", claim.amount).is_err()
+                || claim.amount < 1
+                || claim.transfer.is_some_and(|t| {
+                    t.deposited != 0 || (t.delivered != 0 && t.delivered != claim.amount)
+                })
             {
                 return Err(bad_response("the claim does not match the request"));
             }
             Ok(Reply::Claimed(claim))
+        }
+        Command::Change(MarketChange::Deposit { item_id, quantity })
+        | Command::Change(MarketChange::Withdraw { item_id, quantity }) => {
+            let moved: Moved = decode(bytes)?;
+            if &moved.item_id != item_id || moved.quantity != *quantity || moved.account.credits < 0
+            {
+                return Err(bad_response("the move does not match the request"));
+            }
+            Ok(Reply::Moved(moved))
+        }
+        Command::Account => {
+            let account: AccountEnvelope = decode(bytes)?;
+            if account.account.credits < 0 || account.account.stash.values().any(|n| *n < 0) {
+                return Err(bad_response("a negative account"));
+            }
+            Ok(Reply::Account(account))
         }
     }
 }
@@ -1228,9 +1284,10 @@ mod tests {
         let buy = Command::Change(MarketChange::Purchase {
             listing_id: 7,
             expected_price: 100,
+            deposit: 100,
         });
         let ok = br#"{"purchase":{"id":1,"listing_id":7,"buyer_id":2,"seller_id":1,"item_id":"ore","quantity":1,"price":100,"created_at":0}}"#;
-        assert!(matches!(parse_success(&buy, ok), Ok(Reply::Purchased(_))));
+        assert!(matches!(parse_success(&buy, ok), Ok(Reply::Purchased(..))));
         let wrong_price = br#"{"purchase":{"id":1,"listing_id":7,"buyer_id":2,"seller_id":1,"item_id":"ore","quantity":1,"price":1000,"created_at":0}}"#;
         assert_eq!(
             parse_success(&buy, wrong_price).unwrap_err().code,

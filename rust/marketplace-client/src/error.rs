@@ -62,6 +62,8 @@ impl From<crate::state::StateError> for ClientError {
         let code = match &e {
             StateError::InsufficientCredits { .. } => ErrorCode::InsufficientCredits,
             StateError::InsufficientItems { .. } => ErrorCode::InsufficientItems,
+            StateError::InsufficientMarketCredits { .. } => ErrorCode::InsufficientFunds,
+            StateError::InsufficientMarketItems { .. } => ErrorCode::InsufficientItems,
             _ => ErrorCode::InvalidArgument,
         };
         ClientError::new(code, e.to_string())

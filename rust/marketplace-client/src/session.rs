@@ -42,6 +42,7 @@ use crate::client::{
     BrowseQuery, ClientConfig, Command, Event, EventKind, MarketClient, Reply, RequestId,
 };
 use crate::error::ClientError;
+use crate::state::Applied;
 use crate::state::{HoldKind, OpId};
 use crate::store::{OpOutcome, PlayerStore};
 
@@ -116,6 +117,19 @@ pub enum SessionEvent {
         trade: PendingTrade,
         error: ClientError,
     },
+    /// Credits (`item_id` None) or items arrived in the save from the
+    /// market account.
+    Withdrawn {
+        request_id: RequestId,
+        item_id: Option<String>,
+        quantity: i64,
+    },
+    /// The market account as the server sees it now (also in the store's
+    /// mirror).
+    AccountUpdated {
+        request_id: RequestId,
+        account: marketplace_protocol::Account,
+    },
     /// Requests went from none to some in flight, or back.
     BusyChanged { busy: bool },
 }
@@ -156,6 +170,7 @@ enum Tracked {
         origin: RequestId,
         claimed_any: bool,
     },
+    Account,
     Op {
         op: OpId,
         origin: RequestId,
@@ -412,17 +427,78 @@ impl TradingSession {
                 "This item is already being bought",
             ));
         }
+        // Client deposits: the price is held in the save and deposited with
+        // the purchase. Server grants: it is held in the market account.
+        let (hold, deposit) = if self.grants_only(store) {
+            (
+                HoldKind::MarketCredits {
+                    amount: expected_price,
+                },
+                0,
+            )
+        } else {
+            (
+                HoldKind::Credits {
+                    amount: expected_price,
+                },
+                expected_price,
+            )
+        };
         self.journal(
             store,
             MarketChange::Purchase {
                 listing_id,
                 expected_price,
+                deposit,
             },
-            Some(HoldKind::Credits {
-                amount: expected_price,
-            }),
+            Some(hold),
             None,
         )
+    }
+
+    /// True when the server's policy (as of the last login) takes no deposits.
+    fn grants_only(&self, store: &PlayerStore) -> bool {
+        store.state().market.mode == marketplace_protocol::EconomyMode::ServerGrants
+    }
+
+    /// Moves credits (`item_id` None) or items from the market account to
+    /// the save. Reserved in the account mirror at once; the save is
+    /// credited on the server's answer (journaled like every trade).
+    pub fn withdraw(
+        &mut self,
+        store: &mut PlayerStore,
+        item_id: Option<&str>,
+        quantity: i64,
+    ) -> Result<RequestId, ClientError> {
+        let hold = match item_id {
+            Some(item) => {
+                marketplace_protocol::check_id("item_id", item).map_err(invalid)?;
+                marketplace_protocol::check_quantity(quantity).map_err(invalid)?;
+                HoldKind::MarketItems {
+                    item_id: item.to_string(),
+                    quantity,
+                }
+            }
+            None => {
+                marketplace_protocol::check_price("quantity", quantity).map_err(invalid)?;
+                HoldKind::MarketCredits { amount: quantity }
+            }
+        };
+        self.journal(
+            store,
+            MarketChange::Withdraw {
+                item_id: item_id.map(str::to_string),
+                quantity,
+            },
+            Some(hold),
+            None,
+        )
+    }
+
+    /// Asks the server for the market account (the mirror in the store is
+    /// updated when the answer comes).
+    pub fn refresh_account(&mut self) -> Result<RequestId, ClientError> {
+        self.send_now(Command::Account, Tracked::Account)
     }
 
     /// Lists items for sale. Escrows them at once; they return to the
@@ -437,17 +513,28 @@ impl TradingSession {
         marketplace_protocol::check_id("item_id", item_id).map_err(invalid)?;
         marketplace_protocol::check_quantity(quantity).map_err(invalid)?;
         marketplace_protocol::check_price("price", price).map_err(invalid)?;
+        let (hold, deposit) = if self.grants_only(store) {
+            let hold = HoldKind::MarketItems {
+                item_id: item_id.to_string(),
+                quantity,
+            };
+            (hold, 0)
+        } else {
+            let hold = HoldKind::Items {
+                item_id: item_id.to_string(),
+                quantity,
+            };
+            (hold, quantity)
+        };
         self.journal(
             store,
             MarketChange::CreateListing {
                 item_id: item_id.to_string(),
                 quantity,
                 price,
+                deposit,
             },
-            Some(HoldKind::Items {
-                item_id: item_id.to_string(),
-                quantity,
-            }),
+            Some(hold),
             None,
         )
     }
@@ -526,6 +613,7 @@ impl TradingSession {
             MarketChange::Purchase {
                 listing_id,
                 expected_price,
+                ..
             } => (
                 "purchase",
                 Some(*listing_id),
@@ -538,6 +626,7 @@ impl TradingSession {
                 item_id,
                 quantity,
                 price,
+                ..
             } => (
                 "create_listing",
                 None,
@@ -553,6 +642,12 @@ impl TradingSession {
                 ("cancel", Some(*listing_id), None, None, None, 0)
             }
             MarketChange::Claim { sale_id } => ("claim", None, Some(*sale_id), None, None, 0),
+            MarketChange::Deposit { item_id, quantity } => {
+                ("deposit", None, None, item_id.clone(), Some(*quantity), 0)
+            }
+            MarketChange::Withdraw { item_id, quantity } => {
+                ("withdraw", None, None, item_id.clone(), Some(*quantity), 0)
+            }
         };
         let age = if pending.created_at > 0 {
             Duration::from_secs(now.saturating_sub(pending.created_at).max(0) as u64)
@@ -692,6 +787,11 @@ impl TradingSession {
             (_, EventKind::Retrying { .. }) => {}
             (Tracked::Login, EventKind::Done(Reply::LoggedIn(s))) => {
                 store.set_player(s.player_id, &s.name);
+                store.set_market_mode(s.economy.mode);
+                if s.economy.mode == marketplace_protocol::EconomyMode::ServerGrants {
+                    // The wallet trades pay from: mirror it at once.
+                    let _ = self.refresh_account();
+                }
                 self.ready.push_back(SessionEvent::LoggedIn {
                     request_id,
                     player_id: s.player_id,
@@ -702,7 +802,14 @@ impl TradingSession {
                 self.ready
                     .push_back(SessionEvent::ListingsUpdated { request_id, page });
             }
-            (Tracked::GetListing, EventKind::Done(Reply::Listing(listing))) => {
+            (Tracked::Account, EventKind::Done(Reply::Account(envelope))) => {
+                store.set_market(envelope.economy.mode, &envelope.account);
+                self.ready.push_back(SessionEvent::AccountUpdated {
+                    request_id,
+                    account: envelope.account,
+                });
+            }
+            (Tracked::GetListing, EventKind::Done(Reply::Listing(listing, _))) => {
                 self.ready.push_back(SessionEvent::ListingFetched {
                     request_id,
                     listing,
@@ -839,26 +946,45 @@ impl TradingSession {
 
     /// Applies a journaled operation's final answer.
     fn settle(&mut self, store: &mut PlayerStore, op_id: OpId, origin: RequestId, kind: EventKind) {
-        let Some(pending) = store.state().journal.get(&op_id) else {
+        let Some(pending) = store.state().journal.get(&op_id).cloned() else {
             self.progress.remove(&op_id);
             return;
         };
+        // Whether the hold is on the market account (server grants) rather
+        // than on the save.
+        let held_in_market = pending
+            .hold
+            .and_then(|h| store.state().holds.get(&h))
+            .is_some_and(|h| h.kind.is_market());
         let (outcome, event) = match (&pending.op, kind) {
             (_, EventKind::Retrying { .. }) => return,
             (_, EventKind::Failed(error)) if !error.is_definitive() => {
                 // Shutting down: leave it journaled for the next start (I4).
                 return;
             }
-            (MarketChange::Purchase { .. }, EventKind::Done(Reply::Purchased(purchase))) => (
-                OpOutcome::Applied {
-                    items_in: Some((purchase.item_id.clone(), purchase.quantity)),
-                    credits_in: 0,
-                },
-                SessionEvent::PurchaseSucceeded {
-                    request_id: origin,
-                    purchase,
-                },
-            ),
+            (
+                MarketChange::Purchase { .. },
+                EventKind::Done(Reply::Purchased(purchase, transfer)),
+            ) => {
+                // Items go where the server put them: the save (delivered)
+                // or the market account. A save hold is spent as far as the
+                // server deposited from it; a server without books took it all.
+                let into_save = transfer.is_none_or(|t| t.delivered > 0);
+                let item = (purchase.item_id.clone(), purchase.quantity);
+                let applied = Applied {
+                    hold_spent: transfer.filter(|_| !held_in_market).map(|t| t.deposited),
+                    items_in: into_save.then(|| item.clone()),
+                    market_items_in: (!into_save).then_some(item),
+                    ..Applied::default()
+                };
+                (
+                    OpOutcome::Applied(applied),
+                    SessionEvent::PurchaseSucceeded {
+                        request_id: origin,
+                        purchase,
+                    },
+                )
+            }
             (MarketChange::Purchase { listing_id, .. }, EventKind::Failed(error)) => (
                 OpOutcome::Rejected {
                     reason: error.code.as_str().to_string(),
@@ -869,47 +995,84 @@ impl TradingSession {
                     error,
                 },
             ),
-            (MarketChange::CreateListing { .. }, EventKind::Done(Reply::Listing(listing))) => (
-                OpOutcome::Applied {
-                    items_in: None,
-                    credits_in: 0,
-                },
+            (
+                MarketChange::CreateListing { .. },
+                EventKind::Done(Reply::Listing(listing, transfer)),
+            ) => (
+                OpOutcome::Applied(Applied {
+                    hold_spent: transfer.filter(|_| !held_in_market).map(|t| t.deposited),
+                    ..Applied::default()
+                }),
                 SessionEvent::ListingCreated {
                     request_id: origin,
                     listing,
                 },
             ),
-            (MarketChange::Reprice { .. }, EventKind::Done(Reply::Listing(listing))) => (
-                OpOutcome::Applied {
-                    items_in: None,
-                    credits_in: 0,
-                },
+            (MarketChange::Reprice { .. }, EventKind::Done(Reply::Listing(listing, _))) => (
+                OpOutcome::Applied(Applied::default()),
                 SessionEvent::ListingRepriced {
                     request_id: origin,
                     listing,
                 },
             ),
-            (MarketChange::Cancel { .. }, EventKind::Done(Reply::Listing(listing))) => (
-                OpOutcome::Applied {
-                    items_in: Some((listing.item_id.clone(), listing.quantity)),
-                    credits_in: 0,
-                },
-                SessionEvent::ListingCancelled {
-                    request_id: origin,
-                    listing,
-                },
-            ),
-            (MarketChange::Claim { sale_id }, EventKind::Done(Reply::Claimed(claim))) => (
-                OpOutcome::Applied {
-                    items_in: None,
-                    credits_in: claim.amount,
-                },
-                SessionEvent::ProceedsClaimed {
-                    request_id: origin,
-                    sale_id: *sale_id,
-                    amount: claim.amount,
-                },
-            ),
+            (MarketChange::Cancel { .. }, EventKind::Done(Reply::Listing(listing, transfer))) => {
+                let into_save = transfer.is_none_or(|t| t.delivered > 0);
+                let items = (listing.item_id.clone(), listing.quantity);
+                (
+                    OpOutcome::Applied(Applied {
+                        items_in: into_save.then(|| items.clone()),
+                        market_items_in: (!into_save).then_some(items),
+                        ..Applied::default()
+                    }),
+                    SessionEvent::ListingCancelled {
+                        request_id: origin,
+                        listing,
+                    },
+                )
+            }
+            (MarketChange::Claim { sale_id }, EventKind::Done(Reply::Claimed(claim))) => {
+                let into_save = claim.transfer.is_none_or(|t| t.delivered > 0);
+                (
+                    OpOutcome::Applied(Applied {
+                        credits_in: if into_save { claim.amount } else { 0 },
+                        market_credits_in: if into_save { 0 } else { claim.amount },
+                        ..Applied::default()
+                    }),
+                    SessionEvent::ProceedsClaimed {
+                        request_id: origin,
+                        sale_id: *sale_id,
+                        amount: claim.amount,
+                    },
+                )
+            }
+            (
+                MarketChange::Withdraw { item_id, quantity },
+                EventKind::Done(Reply::Moved(moved)),
+            ) => {
+                store.set_market_view(&moved.account);
+                (
+                    OpOutcome::Applied(Applied {
+                        items_in: item_id.clone().map(|i| (i, *quantity)),
+                        credits_in: if item_id.is_none() { *quantity } else { 0 },
+                        ..Applied::default()
+                    }),
+                    SessionEvent::Withdrawn {
+                        request_id: origin,
+                        item_id: item_id.clone(),
+                        quantity: *quantity,
+                    },
+                )
+            }
+            (MarketChange::Deposit { .. }, EventKind::Done(Reply::Moved(moved))) => {
+                store.set_market_view(&moved.account);
+                (
+                    OpOutcome::Applied(Applied::default()),
+                    SessionEvent::AccountUpdated {
+                        request_id: origin,
+                        account: moved.account,
+                    },
+                )
+            }
             (_, EventKind::Failed(error)) => (
                 OpOutcome::Rejected {
                     reason: error.code.as_str().to_string(),

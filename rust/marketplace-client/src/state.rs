@@ -24,13 +24,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use marketplace_protocol::{MarketChange, MAX_HOLDING};
+use marketplace_protocol::{Account, EconomyMode, MarketChange, MAX_HOLDING};
 use serde::{Deserialize, Serialize};
 
 /// Version of the save document this build writes. A file with a higher
 /// version is refused, never overwritten. Version 2 added `created_at` to
-/// journal entries (version 1 files are read; their entries count as new).
-pub const SCHEMA_VERSION: u32 = 2;
+/// journal entries (version 1 files are read; their entries count as new);
+/// version 3 the market account mirror and its holds.
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub type HoldId = u64;
 pub type OpId = u64;
@@ -42,6 +43,46 @@ pub enum HoldKind {
     Credits { amount: i64 },
     /// Items taken out of the inventory while a listing is being created.
     Items { item_id: String, quantity: i64 },
+    /// Credits of the market account reserved for a purchase or a
+    /// withdrawal (server grants): the save is not touched.
+    MarketCredits { amount: i64 },
+    /// Items of the market account reserved for a listing or a withdrawal.
+    MarketItems { item_id: String, quantity: i64 },
+}
+
+impl HoldKind {
+    /// The amount held (credits or items).
+    pub fn amount(&self) -> i64 {
+        match self {
+            HoldKind::Credits { amount } | HoldKind::MarketCredits { amount } => *amount,
+            HoldKind::Items { quantity, .. } | HoldKind::MarketItems { quantity, .. } => *quantity,
+        }
+    }
+
+    /// True for holds on the market account rather than the save.
+    pub fn is_market(&self) -> bool {
+        matches!(
+            self,
+            HoldKind::MarketCredits { .. } | HoldKind::MarketItems { .. }
+        )
+    }
+}
+
+/// The player's market account as last seen: a mirror for showing and for
+/// placing holds (server grants). The server's account is the truth; every
+/// view it sends replaces this one when it is newer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MarketMirror {
+    /// The server's economy policy, from the last login.
+    #[serde(default)]
+    pub mode: EconomyMode,
+    #[serde(default)]
+    pub credits: i64,
+    #[serde(default)]
+    pub stash: BTreeMap<String, i64>,
+    /// The server's version of the account this mirror shows.
+    #[serde(default)]
+    pub version: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,13 +110,45 @@ pub struct PendingOp {
 /// How a journaled operation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpOutcome {
-    /// The server applied it: commit the hold, then credit what came in.
-    Applied {
-        items_in: Option<(String, i64)>,
-        credits_in: i64,
-    },
+    /// The server applied it: commit the hold (or the part of it the server
+    /// took), then credit what came in.
+    Applied(Applied),
     /// The server refused it definitively: release the hold.
     Rejected { reason: String },
+}
+
+/// What an applied operation did to this player.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Applied {
+    /// How much of the hold the server took; the rest is given back.
+    /// `None`: all of it.
+    pub hold_spent: Option<i64>,
+    /// Items into the save.
+    pub items_in: Option<(String, i64)>,
+    /// Credits into the save.
+    pub credits_in: i64,
+    /// Items into the market account mirror.
+    pub market_items_in: Option<(String, i64)>,
+    /// Credits into the market account mirror.
+    pub market_credits_in: i64,
+}
+
+impl Applied {
+    /// Applied, with these items coming into the save.
+    pub fn items(item_id: &str, quantity: i64) -> Applied {
+        Applied {
+            items_in: Some((item_id.to_string(), quantity)),
+            ..Applied::default()
+        }
+    }
+
+    /// Applied, with these credits coming into the save.
+    pub fn credits(amount: i64) -> Applied {
+        Applied {
+            credits_in: amount,
+            ..Applied::default()
+        }
+    }
 }
 
 /// What a settlement changed, for events and the writer.
@@ -86,6 +159,8 @@ pub struct Settled {
     pub hold: Option<(HoldId, HoldKind, bool)>,
     pub items_in: Option<(String, i64)>,
     pub credits_in: i64,
+    /// The market mirror changed.
+    pub market_changed: bool,
 }
 
 /// Why a change was refused. The document is unchanged.
@@ -110,6 +185,14 @@ pub enum StateError {
     UnknownHold(HoldId),
     #[error("hold {0} belongs to a pending marketplace operation")]
     HoldInUse(HoldId),
+    #[error("not enough credits in the market account: {available} available, {requested} needed")]
+    InsufficientMarketCredits { available: i64, requested: i64 },
+    #[error("not enough {item_id} in the market account: {owned} available, {requested} needed")]
+    InsufficientMarketItems {
+        item_id: String,
+        owned: i64,
+        requested: i64,
+    },
 }
 
 /// Figures derived from the document, kept up to date by every method so
@@ -119,6 +202,8 @@ pub enum StateError {
 struct Index {
     held_credits: i64,
     escrow: HashMap<String, i64>,
+    market_held_credits: i64,
+    market_escrow: HashMap<String, i64>,
     /// Hold → the journaled operation that owns it.
     hold_owner: HashMap<HoldId, OpId>,
     /// Listing → journaled purchases of it.
@@ -142,11 +227,54 @@ pub struct PlayerState {
     /// Read freely; change only through the methods (they keep the index).
     pub journal: BTreeMap<OpId, PendingOp>,
     pub next_op_id: OpId,
+    /// The market account as last seen (schema 3).
+    #[serde(default)]
+    pub market: MarketMirror,
     #[serde(skip)]
     index: Index,
 }
 
 /// Two states are equal when their documents are (the index follows).
+impl Index {
+    fn add(&mut self, kind: &HoldKind) {
+        let bump = |map: &mut HashMap<String, i64>, item: &str, n: i64| {
+            let e = map.entry(item.to_string()).or_insert(0);
+            *e = e.saturating_add(n);
+            if *e == 0 {
+                map.remove(item);
+            }
+        };
+        match kind {
+            HoldKind::Credits { amount } => {
+                self.held_credits = self.held_credits.saturating_add(*amount)
+            }
+            HoldKind::Items { item_id, quantity } => bump(&mut self.escrow, item_id, *quantity),
+            HoldKind::MarketCredits { amount } => {
+                self.market_held_credits = self.market_held_credits.saturating_add(*amount)
+            }
+            HoldKind::MarketItems { item_id, quantity } => {
+                bump(&mut self.market_escrow, item_id, *quantity)
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: &HoldKind) {
+        let negated = match kind {
+            HoldKind::Credits { amount } => HoldKind::Credits { amount: -amount },
+            HoldKind::Items { item_id, quantity } => HoldKind::Items {
+                item_id: item_id.clone(),
+                quantity: -quantity,
+            },
+            HoldKind::MarketCredits { amount } => HoldKind::MarketCredits { amount: -amount },
+            HoldKind::MarketItems { item_id, quantity } => HoldKind::MarketItems {
+                item_id: item_id.clone(),
+                quantity: -quantity,
+            },
+        };
+        self.add(&negated);
+    }
+}
+
 impl PartialEq for PlayerState {
     fn eq(&self, other: &Self) -> bool {
         self.version == other.version
@@ -159,6 +287,7 @@ impl PartialEq for PlayerState {
             && self.next_hold_id == other.next_hold_id
             && self.journal == other.journal
             && self.next_op_id == other.next_op_id
+            && self.market == other.market
     }
 }
 
@@ -177,6 +306,7 @@ impl PlayerState {
             next_hold_id: 1,
             journal: BTreeMap::new(),
             next_op_id: 1,
+            market: MarketMirror::default(),
             index: Index::default(),
         }
     }
@@ -185,17 +315,8 @@ impl PlayerState {
     /// after a test edited the public fields directly).
     pub fn reindex(&mut self) {
         let mut index = Index::default();
-        for (id, hold) in &self.holds {
-            match &hold.kind {
-                HoldKind::Credits { amount } => {
-                    index.held_credits = index.held_credits.saturating_add(*amount)
-                }
-                HoldKind::Items { item_id, quantity } => {
-                    let e = index.escrow.entry(item_id.clone()).or_insert(0);
-                    *e = e.saturating_add(*quantity);
-                }
-            }
-            let _ = id;
+        for hold in self.holds.values() {
+            index.add(&hold.kind);
         }
         for (op_id, op) in &self.journal {
             if let Some(h) = op.hold {
@@ -297,30 +418,105 @@ impl PlayerState {
     fn new_hold(&mut self, kind: HoldKind) -> HoldId {
         let id = self.next_hold_id;
         self.next_hold_id += 1;
-        match &kind {
-            HoldKind::Credits { amount } => self.index.held_credits += amount,
-            HoldKind::Items { item_id, quantity } => {
-                *self.index.escrow.entry(item_id.clone()).or_insert(0) += quantity
-            }
-        }
+        self.index.add(&kind);
         self.holds.insert(id, Hold { kind });
         id
     }
 
     fn remove_hold(&mut self, hold: HoldId) -> Option<HoldKind> {
         let h = self.holds.remove(&hold)?;
-        match &h.kind {
-            HoldKind::Credits { amount } => self.index.held_credits -= amount,
-            HoldKind::Items { item_id, quantity } => {
-                if let Some(e) = self.index.escrow.get_mut(item_id) {
-                    *e -= quantity;
-                    if *e == 0 {
-                        self.index.escrow.remove(item_id);
-                    }
-                }
-            }
-        }
+        self.index.remove(&h.kind);
         Some(h.kind)
+    }
+
+    /// Market credits not held by a pending trade (as far as this mirror knows).
+    pub fn market_available_credits(&self) -> i64 {
+        (self.market.credits - self.index.market_held_credits).max(0)
+    }
+
+    /// Market items of one kind not held by a pending trade.
+    pub fn market_available_items(&self, item_id: &str) -> i64 {
+        let have = self.market.stash.get(item_id).copied().unwrap_or(0);
+        (have - self.index.market_escrow.get(item_id).copied().unwrap_or(0)).max(0)
+    }
+
+    /// Market credits held by pending trades.
+    pub fn market_held_credits(&self) -> i64 {
+        self.index.market_held_credits
+    }
+
+    /// Reserves market credits (server grants: a purchase or a withdrawal).
+    pub fn reserve_market_credits(&mut self, amount: i64) -> Result<HoldId, StateError> {
+        check_amount(amount)?;
+        let available = self.market_available_credits();
+        if available < amount {
+            return Err(StateError::InsufficientMarketCredits {
+                available,
+                requested: amount,
+            });
+        }
+        Ok(self.new_hold(HoldKind::MarketCredits { amount }))
+    }
+
+    /// Reserves market items (server grants: a listing or a withdrawal).
+    pub fn escrow_market_items(
+        &mut self,
+        item_id: &str,
+        quantity: i64,
+    ) -> Result<HoldId, StateError> {
+        check_item(item_id)?;
+        check_amount(quantity)?;
+        let available = self.market_available_items(item_id);
+        if available < quantity {
+            return Err(StateError::InsufficientMarketItems {
+                item_id: item_id.to_string(),
+                owned: available,
+                requested: quantity,
+            });
+        }
+        Ok(self.new_hold(HoldKind::MarketItems {
+            item_id: item_id.to_string(),
+            quantity,
+        }))
+    }
+
+    /// Takes the server's view of the account if it is newer than the
+    /// mirror's. Returns whether the mirror changed.
+    pub fn set_market(&mut self, mode: EconomyMode, account: &Account) -> bool {
+        let mut changed = self.market.mode != mode;
+        self.market.mode = mode;
+        if account.version >= self.market.version
+            && (account.credits != self.market.credits
+                || account.stash != self.market.stash
+                || account.version != self.market.version)
+        {
+            self.market.credits = account.credits.max(0);
+            self.market.stash = account
+                .stash
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            self.market.version = account.version;
+            changed = true;
+        }
+        changed
+    }
+
+    fn market_add_items(&mut self, item_id: &str, delta: i64) {
+        let n = self
+            .market
+            .stash
+            .get(item_id)
+            .copied()
+            .unwrap_or(0)
+            .saturating_add(delta)
+            .max(0);
+        if n == 0 {
+            self.market.stash.remove(item_id);
+        } else {
+            self.market.stash.insert(item_id.to_string(), n);
+        }
     }
 
     /// Moves `amount` available credits into a new hold. Two holds can never
@@ -379,6 +575,8 @@ impl PlayerState {
             HoldKind::Items { item_id, quantity } => {
                 self.item_count(item_id).checked_add(*quantity).map(drop)
             }
+            // The market account was never touched by the hold.
+            HoldKind::MarketCredits { .. } | HoldKind::MarketItems { .. } => Some(()),
         }
         .ok_or(StateError::Overflow)
     }
@@ -387,14 +585,20 @@ impl PlayerState {
         let kind = self
             .remove_hold(hold)
             .ok_or(StateError::UnknownHold(hold))?;
-        match &kind {
-            HoldKind::Credits { amount } => self.credits += amount,
-            HoldKind::Items { item_id, quantity } => {
-                let next = self.item_count(item_id) + quantity;
+        self.give_back(&kind, kind.amount());
+        Ok(kind)
+    }
+
+    /// Gives `n` of a hold's kind back to where it came from.
+    fn give_back(&mut self, kind: &HoldKind, n: i64) {
+        match kind {
+            HoldKind::Credits { .. } => self.credits += n,
+            HoldKind::Items { item_id, .. } => {
+                let next = self.item_count(item_id) + n;
                 self.set_count(item_id, next);
             }
+            HoldKind::MarketCredits { .. } | HoldKind::MarketItems { .. } => {}
         }
-        Ok(kind)
     }
 
     /// Records a pending marketplace operation; returns its id.
@@ -426,8 +630,9 @@ impl PlayerState {
     }
 
     /// Applies the definitive outcome of a journaled operation: the hold is
-    /// committed or released, what came in is credited, and the operation
-    /// leaves the journal — all or nothing, checked before anything changes.
+    /// committed (in whole, or the part the server took, the rest given
+    /// back) or released, what came in is credited, and the operation leaves
+    /// the journal — all or nothing, checked before anything changes.
     /// `Ok(None)`: the operation was settled already.
     pub fn settle(
         &mut self,
@@ -441,29 +646,75 @@ impl PlayerState {
         // Check: every addition below must fit in i64 (settlements may go
         // beyond MAX_HOLDING on purpose; see the module docs).
         match outcome {
-            OpOutcome::Applied {
-                items_in,
-                credits_in,
-            } => {
-                if let Some((item_id, quantity)) = items_in {
+            OpOutcome::Applied(a) => {
+                let held = match hold {
+                    Some(h) => Some(
+                        self.holds
+                            .get(&h)
+                            .ok_or(StateError::UnknownHold(h))?
+                            .kind
+                            .clone(),
+                    ),
+                    None => None,
+                };
+                let spent = match (&held, a.hold_spent) {
+                    (Some(kind), Some(spent)) if spent < 0 || spent > kind.amount() => {
+                        return Err(StateError::InvalidAmount(spent))
+                    }
+                    _ => (),
+                };
+                let _ = spent;
+                let back = match &held {
+                    Some(kind) => kind.amount() - a.hold_spent.unwrap_or(kind.amount()),
+                    None => 0,
+                };
+                let mut credits_back = a.credits_in;
+                let mut items_back: Option<(&str, i64)> =
+                    a.items_in.as_ref().map(|(i, q)| (i.as_str(), *q));
+                match &held {
+                    Some(HoldKind::Credits { .. }) => {
+                        credits_back = credits_back.checked_add(back).ok_or(StateError::Overflow)?
+                    }
+                    Some(HoldKind::Items { item_id, .. }) if back > 0 => {
+                        let q = items_back
+                            .filter(|(i, _)| i == item_id)
+                            .map_or(0, |(_, q)| q);
+                        if items_back.is_some() && q == 0 {
+                            // Two different items coming back: check the held one alone.
+                            self.item_count(item_id)
+                                .checked_add(back)
+                                .ok_or(StateError::Overflow)?;
+                        } else {
+                            items_back = Some((
+                                item_id.as_str(),
+                                q.checked_add(back).ok_or(StateError::Overflow)?,
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+                if let Some((item_id, quantity)) = items_back {
                     check_item(item_id)?;
-                    check_amount(*quantity)?;
+                    if quantity < 0 {
+                        return Err(StateError::InvalidAmount(quantity));
+                    }
                     self.item_count(item_id)
-                        .checked_add(*quantity)
+                        .checked_add(quantity)
                         .and_then(|n| n.checked_add(self.escrowed_items(item_id)))
                         .ok_or(StateError::Overflow)?;
                 }
-                if *credits_in < 0 {
-                    return Err(StateError::InvalidAmount(*credits_in));
+                if a.credits_in < 0 || a.market_credits_in < 0 {
+                    return Err(StateError::InvalidAmount(
+                        a.credits_in.min(a.market_credits_in),
+                    ));
                 }
                 self.credits
-                    .checked_add(*credits_in)
+                    .checked_add(credits_back)
                     .and_then(|n| n.checked_add(self.held_credits()))
                     .ok_or(StateError::Overflow)?;
-                if let Some(h) = hold {
-                    if !self.holds.contains_key(&h) {
-                        return Err(StateError::UnknownHold(h));
-                    }
+                if let Some((item_id, q)) = &a.market_items_in {
+                    check_item(item_id)?;
+                    check_amount(*q)?;
                 }
             }
             OpOutcome::Rejected { .. } => {
@@ -492,23 +743,42 @@ impl PlayerState {
             hold: None,
             items_in: None,
             credits_in: 0,
+            market_changed: false,
         };
         match outcome {
-            OpOutcome::Applied {
-                items_in,
-                credits_in,
-            } => {
+            OpOutcome::Applied(a) => {
                 if let Some(h) = hold {
                     let kind = self.remove_hold(h).ok_or(StateError::UnknownHold(h))?;
+                    let spent = a.hold_spent.unwrap_or(kind.amount());
+                    self.give_back(&kind, kind.amount() - spent);
+                    match &kind {
+                        HoldKind::MarketCredits { .. } => {
+                            self.market.credits = (self.market.credits - spent).max(0);
+                            settled.market_changed = true;
+                        }
+                        HoldKind::MarketItems { item_id, .. } => {
+                            self.market_add_items(&item_id.clone(), -spent);
+                            settled.market_changed = true;
+                        }
+                        _ => {}
+                    }
                     settled.hold = Some((h, kind, true));
                 }
-                if let Some((item_id, quantity)) = items_in {
+                if let Some((item_id, quantity)) = &a.items_in {
                     let next = self.item_count(item_id) + quantity;
                     self.set_count(item_id, next);
                     settled.items_in = Some((item_id.clone(), *quantity));
                 }
-                self.credits += credits_in;
-                settled.credits_in = *credits_in;
+                self.credits += a.credits_in;
+                settled.credits_in = a.credits_in;
+                if a.market_credits_in > 0 {
+                    self.market.credits = self.market.credits.saturating_add(a.market_credits_in);
+                    settled.market_changed = true;
+                }
+                if let Some((item_id, q)) = &a.market_items_in {
+                    self.market_add_items(item_id, *q);
+                    settled.market_changed = true;
+                }
             }
             OpOutcome::Rejected { .. } => {
                 if let Some(h) = hold {
@@ -556,12 +826,21 @@ impl PlayerState {
                     }
                     total += *amount as i128;
                 }
-                HoldKind::Items { item_id, quantity } => {
+                HoldKind::Items { item_id, quantity }
+                | HoldKind::MarketItems { item_id, quantity } => {
                     if *quantity < 1 {
                         problems.push(format!("hold {id} escrows {quantity} of {item_id:?}"));
                     }
                 }
+                HoldKind::MarketCredits { amount } => {
+                    if *amount < 1 {
+                        problems.push(format!("hold {id} reserves {amount} market credits"));
+                    }
+                }
             }
+        }
+        if self.market.credits < 0 || self.market.stash.values().any(|n| *n < 0) {
+            problems.push("the market account mirror holds a negative amount".into());
         }
         if total > i64::MAX as i128 {
             problems.push("total credits overflow".into());
@@ -595,6 +874,8 @@ impl PlayerState {
             fresh.reindex();
             if fresh.index.held_credits != self.index.held_credits
                 || fresh.index.escrow != self.index.escrow
+                || fresh.index.market_held_credits != self.index.market_held_credits
+                || fresh.index.market_escrow != self.index.market_escrow
                 || fresh.index.hold_owner != self.index.hold_owner
                 || fresh.index.purchases != self.index.purchases
             {
@@ -638,6 +919,7 @@ mod tests {
             MarketChange::Purchase {
                 listing_id,
                 expected_price: price,
+                deposit: price,
             },
             Some(h),
             0,
@@ -711,13 +993,7 @@ mod tests {
         assert_eq!(s.commit_hold(h), Err(StateError::HoldInUse(h)));
         s.validate().unwrap();
         let done = s
-            .settle(
-                op,
-                &OpOutcome::Applied {
-                    items_in: Some(("gem".into(), 1)),
-                    credits_in: 0,
-                },
-            )
+            .settle(op, &OpOutcome::Applied(Applied::items("gem", 1)))
             .unwrap()
             .unwrap();
         assert_eq!(done.hold, Some((h, HoldKind::Credits { amount: 10 }, true)));
@@ -739,13 +1015,7 @@ mod tests {
         let op = buy(&mut s, 1, 10);
         s.credits = i64::MAX - 20; // only a test can do this
         let before = s.clone();
-        let r = s.settle(
-            op,
-            &OpOutcome::Applied {
-                items_in: None,
-                credits_in: 100,
-            },
-        );
+        let r = s.settle(op, &OpOutcome::Applied(Applied::credits(100)));
         assert_eq!(r, Err(StateError::Overflow));
         assert_eq!(s, before);
         assert!(s.is_buying(1) && s.held_credits() == 10);
@@ -758,14 +1028,109 @@ mod tests {
         let op = s.journal_op("k".into(), MarketChange::Claim { sale_id: 1 }, None, 0);
         s.settle(
             op,
-            &OpOutcome::Applied {
-                items_in: None,
-                credits_in: marketplace_protocol::MAX_PRICE,
-            },
+            &OpOutcome::Applied(Applied::credits(marketplace_protocol::MAX_PRICE)),
         )
         .unwrap();
         assert!(s.credits > MAX_HOLDING);
         assert!(s.add_credits(1).is_err(), "the game itself cannot add more");
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn a_partly_spent_hold_gives_the_rest_back() {
+        let mut s = rich();
+        let op = buy(&mut s, 3, 100);
+        // The market account had 30: the server took only 70 from the save.
+        s.settle(
+            op,
+            &OpOutcome::Applied(Applied {
+                hold_spent: Some(70),
+                items_in: Some(("gem".into(), 1)),
+                ..Applied::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.credits, s.held_credits(), s.item_count("gem")),
+            (930, 0, 1)
+        );
+        // Selling 3 ore of which the stash had 1: two leave the save.
+        let h = s.escrow_items("ore", 3).unwrap();
+        let op = s.journal_op(
+            "k".into(),
+            MarketChange::CreateListing {
+                item_id: "ore".into(),
+                quantity: 3,
+                price: 5,
+                deposit: 3,
+            },
+            Some(h),
+            0,
+        );
+        s.settle(
+            op,
+            &OpOutcome::Applied(Applied {
+                hold_spent: Some(2),
+                ..Applied::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!((s.item_count("ore"), s.escrowed_items("ore")), (3, 0));
+        // A server may not take more than was held.
+        let op = buy(&mut s, 4, 10);
+        let r = s.settle(
+            op,
+            &OpOutcome::Applied(Applied {
+                hold_spent: Some(11),
+                ..Applied::default()
+            }),
+        );
+        assert_eq!(r, Err(StateError::InvalidAmount(11)));
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn market_holds_follow_the_mirror() {
+        let mut s = PlayerState::new("dev", "Ann");
+        let account = Account {
+            credits: 100,
+            stash: [("ore".to_string(), 2)].into(),
+            version: 5,
+        };
+        assert!(s.set_market(EconomyMode::ServerGrants, &account));
+        let h = s.reserve_market_credits(60).unwrap();
+        assert!(s.reserve_market_credits(41).is_err());
+        assert_eq!(s.market_available_credits(), 40);
+        let op = s.journal_op(
+            "k".into(),
+            MarketChange::Purchase {
+                listing_id: 1,
+                expected_price: 60,
+                deposit: 0,
+            },
+            Some(h),
+            0,
+        );
+        s.settle(
+            op,
+            &OpOutcome::Applied(Applied {
+                market_items_in: Some(("gem".into(), 1)),
+                ..Applied::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!((s.market.credits, s.market_available_credits()), (40, 40));
+        assert_eq!(s.market.stash.get("gem"), Some(&1));
+        assert_eq!(s.credits, 0, "the save was never touched");
+        // An older view does not go back in time.
+        assert!(!s.set_market(
+            EconomyMode::ServerGrants,
+            &Account {
+                credits: 100,
+                stash: Default::default(),
+                version: 4
+            }
+        ));
         s.validate().unwrap();
     }
 

@@ -81,6 +81,13 @@ pub enum StoreEvent {
     RemoteRejected {
         message: String,
     },
+    /// The market account mirror changed (server grants): its credits, the
+    /// part of them held by pending trades, and the server's version.
+    MarketAccountChanged {
+        credits: i64,
+        held: i64,
+        version: i64,
+    },
 }
 
 /// Counters for tests and benchmarks.
@@ -130,6 +137,7 @@ enum Delta {
         player_name: String,
         player_id: Option<i64>,
     },
+    Market(crate::state::MarketMirror),
 }
 
 impl Delta {
@@ -167,6 +175,7 @@ impl Delta {
                 s.player_name = player_name;
                 s.player_id = player_id;
             }
+            Delta::Market(m) => s.market = m,
         }
     }
 }
@@ -529,7 +538,44 @@ impl PlayerStore {
         match kind {
             HoldKind::Credits { .. } => self.credits_changed(),
             HoldKind::Items { item_id, .. } => self.item_changed(item_id),
+            HoldKind::MarketCredits { .. } | HoldKind::MarketItems { .. } => self.market_changed(),
         }
+    }
+
+    fn market_changed(&mut self) {
+        self.deltas.push(Delta::Market(self.state.market.clone()));
+        self.events.push_back(StoreEvent::MarketAccountChanged {
+            credits: self.state.market.credits,
+            held: self.state.market_held_credits(),
+            version: self.state.market.version,
+        });
+    }
+
+    /// Records the server's economy policy (from a login).
+    pub fn set_market_mode(&mut self, mode: marketplace_protocol::EconomyMode) {
+        if self.state.market.mode != mode {
+            self.state.market.mode = mode;
+            self.market_changed();
+            self.changed(Origin::Trade);
+        }
+    }
+
+    /// Takes the server's view of the market account if it is newer.
+    pub fn set_market(
+        &mut self,
+        mode: marketplace_protocol::EconomyMode,
+        account: &marketplace_protocol::Account,
+    ) {
+        if self.state.set_market(mode, account) {
+            self.market_changed();
+            self.changed(Origin::Trade);
+        }
+    }
+
+    /// Takes a newer view of the account, keeping the policy.
+    pub fn set_market_view(&mut self, account: &marketplace_protocol::Account) {
+        let mode = self.state.market.mode;
+        self.set_market(mode, account);
     }
 
     pub fn add_credits(&mut self, delta: i64) -> Result<i64, StateError> {
@@ -571,6 +617,10 @@ impl PlayerStore {
         let hold_id = match &kind {
             HoldKind::Credits { amount } => self.state.reserve_credits(*amount)?,
             HoldKind::Items { item_id, quantity } => self.state.escrow_items(item_id, *quantity)?,
+            HoldKind::MarketCredits { amount } => self.state.reserve_market_credits(*amount)?,
+            HoldKind::MarketItems { item_id, quantity } => {
+                self.state.escrow_market_items(item_id, *quantity)?
+            }
         };
         self.hold_changed(hold_id);
         self.counters_changed();
@@ -683,6 +733,7 @@ impl PlayerStore {
             hold,
             items_in,
             credits_in,
+            market_changed,
             ..
         }) = self.state.settle(op_id, outcome)?
         else {
@@ -700,13 +751,14 @@ impl PlayerStore {
                     hold_id,
                     reason: match outcome {
                         OpOutcome::Rejected { reason } => reason.clone(),
-                        OpOutcome::Applied { .. } => String::new(),
+                        OpOutcome::Applied(_) => String::new(),
                     },
                 }
             });
             match kind {
                 HoldKind::Credits { .. } => credits = true,
                 HoldKind::Items { item_id, .. } => items.push(item_id),
+                HoldKind::MarketCredits { .. } | HoldKind::MarketItems { .. } => {}
             }
         }
         if let Some((item_id, _)) = items_in {
@@ -719,6 +771,9 @@ impl PlayerStore {
         }
         if credits {
             self.credits_changed();
+        }
+        if market_changed {
+            self.market_changed();
         }
         self.changed(Origin::Trade);
         Ok(())

@@ -66,6 +66,7 @@ proptest! {
                             match kind {
                                 HoldKind::Credits { amount } => credits_in -= amount,
                                 HoldKind::Items { quantity, .. } => items_in -= quantity,
+                                HoldKind::MarketCredits { .. } | HoldKind::MarketItems { .. } => {}
                             }
                         }
                     }
@@ -76,17 +77,17 @@ proptest! {
                 Step::Trade { amount, buy } => {
                     if buy {
                         if let Ok(h) = store.reserve_credits(amount) {
-                            store.begin_op(format!("k{}", store.generation()), MarketChange::Purchase { listing_id: 1, expected_price: amount }, Some(h), 0);
+                            store.begin_op(format!("k{}", store.generation()), MarketChange::Purchase { listing_id: 1, expected_price: amount, deposit: amount }, Some(h), 0);
                         }
                     } else if let Ok(h) = store.escrow_items("ore", 1 + amount % 3) {
-                        store.begin_op(format!("k{}", store.generation()), MarketChange::CreateListing { item_id: "ore".into(), quantity: 1 + amount % 3, price: amount }, Some(h), 0);
+                        store.begin_op(format!("k{}", store.generation()), MarketChange::CreateListing { item_id: "ore".into(), quantity: 1 + amount % 3, price: amount, deposit: 0 }, Some(h), 0);
                     }
                 }
                 Step::Settle { pick, applied } => {
                     if let Some(op) = ops.get(pick) {
                         let pending = store.state().journal.get(op).cloned();
                         let outcome = if applied {
-                            OpOutcome::Applied { items_in: None, credits_in: 0 }
+                            OpOutcome::Applied(Default::default())
                         } else {
                             OpOutcome::Rejected { reason: "already_sold".into() }
                         };
@@ -100,6 +101,7 @@ proptest! {
                                     match before.holds[&p.hold.unwrap()].kind {
                                         HoldKind::Credits { amount } => credits_in -= amount,
                                         HoldKind::Items { quantity, .. } => items_in -= quantity,
+                                        HoldKind::MarketCredits { .. } | HoldKind::MarketItems { .. } => {}
                                     }
                                 }
                             }

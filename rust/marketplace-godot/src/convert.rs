@@ -65,6 +65,19 @@ pub fn sales(ss: &[Sale]) -> VarArray {
     a
 }
 
+/// A market account: `credits`, `stash` (item id → count), `version`.
+pub fn account(a: &marketplace_client::protocol::Account) -> VarDictionary {
+    let mut stash = VarDictionary::new();
+    for (item, n) in &a.stash {
+        stash.set(item.as_str(), *n);
+    }
+    let mut d = VarDictionary::new();
+    put(&mut d, "credits", a.credits);
+    put(&mut d, "stash", stash);
+    put(&mut d, "version", a.version);
+    d
+}
+
 /// A trade waiting for its answer, as `get_pending_trades()` shows it.
 pub fn pending_trade(t: &PendingTrade) -> VarDictionary {
     let mut d = VarDictionary::new();

@@ -207,6 +207,15 @@ impl TradingMarketplace {
     /// `trade` is as in `get_pending_trades()`. Reported once per trade.
     #[signal]
     fn trade_stalled(request_id: i64, trade: VarDictionary);
+    /// Credits (`item_id` "") or items arrived in the save from the market
+    /// account (`withdraw_credits`, `withdraw_items`).
+    #[signal]
+    fn withdrawn(request_id: i64, item_id: GString, quantity: i64);
+    /// The market account as the server sees it (`refresh_market_account`,
+    /// and after logging in to a server-grants market): `credits`, `stash`,
+    /// `version`. `LocalPlayerData.get_market_account()` has it too.
+    #[signal]
+    fn market_account_updated(request_id: i64, account: VarDictionary);
     /// Requests went from none to some in flight, or back.
     #[signal]
     fn busy_changed(busy: bool);
@@ -281,6 +290,30 @@ impl TradingMarketplace {
     #[func]
     fn claim_proceeds(&mut self) -> i64 {
         self.request(None, |session, _| session.claim_proceeds())
+    }
+
+    /// Moves `amount` credits from the market account into the save (server
+    /// grants: proceeds and grants are spent from the save after this).
+    /// Reserved at once; `withdrawn` when done, `request_failed` with
+    /// `"insufficient_funds"` if the server has less.
+    #[func]
+    fn withdraw_credits(&mut self, amount: i64) -> i64 {
+        self.request(None, |session, store| session.withdraw(store, None, amount))
+    }
+
+    /// Moves items from the market account into the save.
+    #[func]
+    fn withdraw_items(&mut self, item_id: GString, quantity: i64) -> i64 {
+        let item_id = item_id.to_string();
+        self.request(None, |session, store| {
+            session.withdraw(store, Some(&item_id), quantity)
+        })
+    }
+
+    /// Asks the server for the market account (`market_account_updated`).
+    #[func]
+    fn refresh_market_account(&mut self) -> i64 {
+        self.request(None, |session, _| session.refresh_account())
     }
 
     /// True while a purchase of this listing waits for its definitive answer.
@@ -637,6 +670,22 @@ impl TradingMarketplace {
                 .signals()
                 .trade_stalled()
                 .emit(id(request_id), &convert::pending_trade(&trade)),
+            SessionEvent::Withdrawn {
+                request_id,
+                item_id,
+                quantity,
+            } => self.signals().withdrawn().emit(
+                id(request_id),
+                item_id.as_deref().unwrap_or(""),
+                quantity,
+            ),
+            SessionEvent::AccountUpdated {
+                request_id,
+                account,
+            } => self
+                .signals()
+                .market_account_updated()
+                .emit(id(request_id), &convert::account(&account)),
             SessionEvent::BusyChanged { busy } => self.signals().busy_changed().emit(busy),
         }
     }

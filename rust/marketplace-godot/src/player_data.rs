@@ -8,7 +8,7 @@ use godot::classes::node::ProcessMode;
 use godot::classes::{Engine, INode, Node, ProjectSettings};
 use godot::prelude::*;
 use marketplace_client::paths::resolve_save_path;
-use marketplace_client::{HoldKind, PlayerStore, StoreEvent};
+use marketplace_client::{PlayerStore, StoreEvent};
 
 use crate::save_slot::{self, SlotRef};
 
@@ -151,6 +151,11 @@ impl LocalPlayerData {
     /// The save file was unreadable; the previous save (backup) was loaded.
     #[signal]
     fn recovered_from_backup(message: GString);
+    /// The market account changed (server grants: the wallet trades pay
+    /// from): its credits and the part held by pending trades. See
+    /// `get_market_account()`.
+    #[signal]
+    fn market_account_changed(credits: i64, held: i64);
     /// The save file (and its backup) could not be loaded, or another node or
     /// game instance has it open; the files were left untouched and this node
     /// holds no data until the problem is fixed.
@@ -311,6 +316,35 @@ impl LocalPlayerData {
             Ok(p) => p.to_string_lossy().as_ref().into(),
             Err(_) => GString::new(),
         }
+    }
+
+    /// The market account as last seen from the server: `mode`
+    /// (`"client_deposits"` or `"server_grants"`), `credits`,
+    /// `held_credits` (reserved by pending trades), `available_credits`,
+    /// `stash` (item id → count) and `version`. Under client deposits it is
+    /// normally empty: trades take what they need from the save and give
+    /// everything back to it.
+    #[func]
+    fn get_market_account(&mut self) -> VarDictionary {
+        self.read(VarDictionary::new(), |s| {
+            let st = s.state();
+            let mut stash = VarDictionary::new();
+            for (item, n) in &st.market.stash {
+                stash.set(item.as_str(), *n);
+            }
+            let mut d = VarDictionary::new();
+            let mode = match st.market.mode {
+                marketplace_client::protocol::EconomyMode::ClientDeposits => "client_deposits",
+                marketplace_client::protocol::EconomyMode::ServerGrants => "server_grants",
+            };
+            d.set("mode", mode);
+            d.set("credits", st.market.credits);
+            d.set("held_credits", st.market_held_credits());
+            d.set("available_credits", st.market_available_credits());
+            d.set("stash", &stash.to_variant());
+            d.set("version", st.market.version);
+            d
+        })
     }
 
     /// Trades of this save waiting for the marketplace's answer.
@@ -485,12 +519,12 @@ impl LocalPlayerData {
             StoreEvent::CreditsChanged { available, held } => {
                 self.signals().credits_changed().emit(available, held)
             }
-            StoreEvent::HoldPlaced { hold_id, kind } => {
-                let amount = match kind {
-                    HoldKind::Credits { amount } => amount,
-                    HoldKind::Items { quantity, .. } => quantity,
-                };
-                self.signals().hold_placed().emit(id(hold_id), amount)
+            StoreEvent::HoldPlaced { hold_id, kind } => self
+                .signals()
+                .hold_placed()
+                .emit(id(hold_id), kind.amount()),
+            StoreEvent::MarketAccountChanged { credits, held, .. } => {
+                self.signals().market_account_changed().emit(credits, held)
             }
             StoreEvent::HoldReleased { hold_id, reason } => self
                 .signals()

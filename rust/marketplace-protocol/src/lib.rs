@@ -145,12 +145,6 @@ pub struct Transfer {
     pub delivered: i64,
 }
 
-impl Transfer {
-    pub fn is_none(&self) -> bool {
-        self.deposited == 0 && self.delivered == 0
-    }
-}
-
 /// `POST /v1/sessions`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -270,9 +264,10 @@ pub struct AccountEnvelope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListingEnvelope {
     pub listing: Listing,
-    /// What the change moved between the game's save and the market.
-    #[serde(default, skip_serializing_if = "Transfer::is_none")]
-    pub transfer: Transfer,
+    /// What the change moved between the game's save and the market
+    /// (absent from servers without books: then everything moved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
 }
 
 /// Answer of `GET /v1/listings`.
@@ -301,8 +296,8 @@ pub struct Purchase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurchaseEnvelope {
     pub purchase: Purchase,
-    #[serde(default, skip_serializing_if = "Transfer::is_none")]
-    pub transfer: Transfer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
 }
 
 /// A sale as the seller sees it in `GET /v1/me/sales`.
@@ -333,8 +328,8 @@ pub struct SalesPage {
 pub struct Claim {
     pub sale_id: i64,
     pub amount: i64,
-    #[serde(default, skip_serializing_if = "Transfer::is_none")]
-    pub transfer: Transfer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
 }
 
 /// The error envelope: `{"error": {...}}`.

@@ -54,7 +54,10 @@ async fn expired_answers(db: &TestDb, n: usize) {
              SELECT 0, 'old-' || x, 'h', 200, '{{}}', {old} FROM g"
         )
     };
-    sqlx::query(&sql).execute(&pool).await.expect("insert expired answers");
+    sqlx::query(&sql)
+        .execute(&pool)
+        .await
+        .expect("insert expired answers");
     pool.close().await;
 }
 

@@ -163,16 +163,28 @@ async fn grant(
                 policy: &state.0.policy,
             };
             books::credit(&mut tx, player_id, req.item_id.as_deref(), req.quantity).await?;
-            books::movement(&mut tx, &ctx, player_id, "grant", req.item_id.as_deref(), req.quantity, None, None).await?;
+            books::movement(
+                &mut tx,
+                &ctx,
+                player_id,
+                "grant",
+                req.item_id.as_deref(),
+                req.quantity,
+                None,
+                None,
+            )
+            .await?;
             id
         }
         None => {
             // A replay: the same grant, or a key reused for another one.
             let (id, was_player, was_item, was_quantity): (i64, i64, Option<String>, i64) =
-                sqlx::query_as("SELECT id, player_id, item_id, quantity FROM grants WHERE idem_key = $1")
-                    .bind(&key)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                sqlx::query_as(
+                    "SELECT id, player_id, item_id, quantity FROM grants WHERE idem_key = $1",
+                )
+                .bind(&key)
+                .fetch_one(&mut *tx)
+                .await?;
             if was_player != player_id || was_item != req.item_id || was_quantity != req.quantity {
                 return Err(AppError::IdempotencyKeyReused);
             }
@@ -216,14 +228,19 @@ async fn ban(
 ) -> Result<Answer, AppError> {
     player_exists(&state, player_id).await?;
     let mut tx = state.0.db.begin_write().await?;
-    sqlx::query("INSERT INTO bans (player_id, at) VALUES ($1, $2) ON CONFLICT (player_id) DO NOTHING")
-        .bind(player_id)
-        .bind(state.0.clock.now())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO bans (player_id, at) VALUES ($1, $2) ON CONFLICT (player_id) DO NOTHING",
+    )
+    .bind(player_id)
+    .bind(state.0.clock.now())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     state.0.bans.set(player_id, true);
-    Answer::json(StatusCode::OK, &serde_json::json!({ "player_id": player_id, "banned": true }))
+    Answer::json(
+        StatusCode::OK,
+        &serde_json::json!({ "player_id": player_id, "banned": true }),
+    )
 }
 
 async fn unban(
@@ -238,5 +255,8 @@ async fn unban(
         .await?;
     tx.commit().await?;
     state.0.bans.set(player_id, false);
-    Answer::json(StatusCode::OK, &serde_json::json!({ "player_id": player_id, "banned": false }))
+    Answer::json(
+        StatusCode::OK,
+        &serde_json::json!({ "player_id": player_id, "banned": false }),
+    )
 }

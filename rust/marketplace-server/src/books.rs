@@ -229,7 +229,17 @@ pub async fn deposit(
     .execute(&mut *conn)
     .await?;
     credit(conn, ctx.player_id, item_id, quantity).await?;
-    movement(conn, ctx, ctx.player_id, "deposit", item_id, quantity, None, None).await?;
+    movement(
+        conn,
+        ctx,
+        ctx.player_id,
+        "deposit",
+        item_id,
+        quantity,
+        None,
+        None,
+    )
+    .await?;
     Ok(())
 }
 
@@ -243,7 +253,17 @@ pub async fn withdraw(
     purchase_id: Option<i64>,
 ) -> Result<(), AppError> {
     debit(conn, ctx.player_id, item_id, quantity).await?;
-    movement(conn, ctx, ctx.player_id, "withdraw", item_id, quantity, listing_id, purchase_id).await?;
+    movement(
+        conn,
+        ctx,
+        ctx.player_id,
+        "withdraw",
+        item_id,
+        quantity,
+        listing_id,
+        purchase_id,
+    )
+    .await?;
     Ok(())
 }
 
@@ -262,7 +282,10 @@ pub async fn account(conn: &mut AnyConnection, player_id: i64) -> Result<Account
     .await?;
     let mut stash = BTreeMap::new();
     for row in rows {
-        stash.insert(row.try_get::<String, _>("item_id")?, row.try_get::<i64, _>("quantity")?);
+        stash.insert(
+            row.try_get::<String, _>("item_id")?,
+            row.try_get::<i64, _>("quantity")?,
+        );
     }
     let (credits, version) = head.unwrap_or((0, 0));
     Ok(Account {
@@ -289,10 +312,26 @@ pub struct Totals {
 pub async fn totals(conn: &mut AnyConnection) -> Result<Totals, sqlx::Error> {
     let q = |sql: &'static str| sqlx::query_as::<_, (i64,)>(sql);
     let mut t = Totals::default();
-    t.account_credits = q("SELECT CAST(COALESCE(SUM(credits), 0) AS BIGINT) FROM accounts").fetch_one(&mut *conn).await?.0;
-    t.unclaimed_proceeds = q("SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NULL").fetch_one(&mut *conn).await?.0;
-    t.stash_items = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM stash").fetch_one(&mut *conn).await?.0;
-    t.escrow_items = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM listings WHERE status = 'active'").fetch_one(&mut *conn).await?.0;
+    t.account_credits = q("SELECT CAST(COALESCE(SUM(credits), 0) AS BIGINT) FROM accounts")
+        .fetch_one(&mut *conn)
+        .await?
+        .0;
+    t.unclaimed_proceeds = q(
+        "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await?
+    .0;
+    t.stash_items = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM stash")
+        .fetch_one(&mut *conn)
+        .await?
+        .0;
+    t.escrow_items = q(
+        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM listings WHERE status = 'active'",
+    )
+    .fetch_one(&mut *conn)
+    .await?
+    .0;
     t.inflow_credits = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NULL AND action IN ('deposit', 'grant', 'opening_proceeds')").fetch_one(&mut *conn).await?.0;
     t.outflow_credits = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NULL AND action = 'withdraw'").fetch_one(&mut *conn).await?.0;
     t.inflow_items = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NOT NULL AND action IN ('deposit', 'grant', 'opening_escrow')").fetch_one(&mut *conn).await?.0;
@@ -400,19 +439,34 @@ pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error>
     }
     // What the tables hold.
     let mut actual: BTreeMap<Place, i64> = BTreeMap::new();
-    for row in sqlx::query("SELECT player_id, credits FROM accounts").fetch_all(&mut *conn).await? {
-        actual.insert(Place::Account(row.try_get("player_id")?), row.try_get("credits")?);
+    for row in sqlx::query("SELECT player_id, credits FROM accounts")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        actual.insert(
+            Place::Account(row.try_get("player_id")?),
+            row.try_get("credits")?,
+        );
     }
-    for row in sqlx::query("SELECT player_id, item_id, quantity FROM stash").fetch_all(&mut *conn).await? {
+    for row in sqlx::query("SELECT player_id, item_id, quantity FROM stash")
+        .fetch_all(&mut *conn)
+        .await?
+    {
         actual.insert(
             Place::Stash(row.try_get("player_id")?, row.try_get("item_id")?),
             row.try_get("quantity")?,
         );
     }
-    for row in sqlx::query("SELECT id, quantity FROM listings WHERE status = 'active'").fetch_all(&mut *conn).await? {
+    for row in sqlx::query("SELECT id, quantity FROM listings WHERE status = 'active'")
+        .fetch_all(&mut *conn)
+        .await?
+    {
         actual.insert(Place::Escrow(row.try_get("id")?), row.try_get("quantity")?);
     }
-    for row in sqlx::query("SELECT id, price FROM purchases WHERE claimed_at IS NULL").fetch_all(&mut *conn).await? {
+    for row in sqlx::query("SELECT id, price FROM purchases WHERE claimed_at IS NULL")
+        .fetch_all(&mut *conn)
+        .await?
+    {
         actual.insert(Place::Proceeds(row.try_get("id")?), row.try_get("price")?);
     }
     let mut places: Vec<&Place> = expected.keys().chain(actual.keys()).collect();
@@ -422,9 +476,13 @@ pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error>
         let want = expected.get(place).copied().unwrap_or(0);
         let have = actual.get(place).copied().unwrap_or(0);
         if have < 0 || want < 0 {
-            report.mismatches.push(format!("{place:?} is negative (holds {have}, ledger says {want})"));
+            report.mismatches.push(format!(
+                "{place:?} is negative (holds {have}, ledger says {want})"
+            ));
         } else if want != have {
-            report.mismatches.push(format!("{place:?} holds {have}, the ledger says {want}"));
+            report
+                .mismatches
+                .push(format!("{place:?} holds {have}, the ledger says {want}"));
         }
     }
     // Conservation: inside = in − out, for credits and per item.
@@ -443,7 +501,11 @@ pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error>
     {
         *inside.entry(Some(row.try_get("item_id")?)).or_insert(0) += row.try_get::<i64, _>("n")?;
     }
-    let mut kinds: Vec<&Option<String>> = inside.keys().chain(inflow.keys()).chain(outflow.keys()).collect();
+    let mut kinds: Vec<&Option<String>> = inside
+        .keys()
+        .chain(inflow.keys())
+        .chain(outflow.keys())
+        .collect();
     kinds.sort();
     kinds.dedup();
     for kind in kinds {
@@ -459,6 +521,8 @@ pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error>
         }
         report.lines.push(line);
     }
-    report.lines.insert(0, format!("{moved} ledger movements replayed"));
+    report
+        .lines
+        .insert(0, format!("{moved} ledger movements replayed"));
     Ok(report)
 }

@@ -165,12 +165,25 @@ mod tests {
             catalog: Some(Catalog::load(&path).unwrap()),
         };
         assert_eq!(policy.check_listing("ore", 10, 5), Ok(()));
-        assert!(matches!(policy.check_listing("ore", 11, 5), Err(Refusal::OutOfRange(_))));
-        assert!(matches!(policy.check_listing("ore", 1, 51), Err(Refusal::OutOfRange(_))));
-        assert_eq!(policy.check_listing("gold", 1, 5), Err(Refusal::UnknownItem));
+        assert!(matches!(
+            policy.check_listing("ore", 11, 5),
+            Err(Refusal::OutOfRange(_))
+        ));
+        assert!(matches!(
+            policy.check_listing("ore", 1, 51),
+            Err(Refusal::OutOfRange(_))
+        ));
+        assert_eq!(
+            policy.check_listing("gold", 1, 5),
+            Err(Refusal::UnknownItem)
+        );
         assert_eq!(policy.check_listing("gem", 1_000, 1), Ok(()));
         assert_eq!(policy.check_item("gold"), Err(Refusal::UnknownItem));
-        std::fs::write(&path, r#"{"items": {"ore": {"min_price": 9, "max_price": 1}}}"#).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"items": {"ore": {"min_price": 9, "max_price": 1}}}"#,
+        )
+        .unwrap();
         assert!(Catalog::load(&path).is_err());
         std::fs::write(&path, r#"{"things": {}}"#).unwrap();
         assert!(Catalog::load(&path).is_err());

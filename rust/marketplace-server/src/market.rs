@@ -197,15 +197,25 @@ pub async fn create_listing(
         .fetch_one(&mut *conn)
         .await?;
     let listing = listing_from_row(&row)?;
-    books::movement(conn, ctx, ctx.player_id, "list", Some(item_id), quantity, Some(listing.id), None).await?;
+    books::movement(
+        conn,
+        ctx,
+        ctx.player_id,
+        "list",
+        Some(item_id),
+        quantity,
+        Some(listing.id),
+        None,
+    )
+    .await?;
     Answer::json(
         StatusCode::CREATED,
         &ListingEnvelope {
             listing,
-            transfer: Transfer {
+            transfer: Some(Transfer {
                 deposited,
                 delivered: 0,
-            },
+            }),
         },
     )
 }
@@ -276,7 +286,7 @@ pub async fn reprice_listing(
         StatusCode::OK,
         &ListingEnvelope {
             listing,
-            transfer: Transfer::default(),
+            transfer: Some(Transfer::default()),
         },
     )
 }
@@ -289,11 +299,35 @@ pub async fn cancel_listing(
     listing_id: i64,
 ) -> Result<Answer, AppError> {
     let listing = change_own_listing(conn, ctx, listing_id, SellerChange::Cancel).await?;
-    books::credit(conn, ctx.player_id, Some(&listing.item_id), listing.quantity).await?;
-    books::movement(conn, ctx, ctx.player_id, "cancel", Some(&listing.item_id), listing.quantity, Some(listing_id), None).await?;
+    books::credit(
+        conn,
+        ctx.player_id,
+        Some(&listing.item_id),
+        listing.quantity,
+    )
+    .await?;
+    books::movement(
+        conn,
+        ctx,
+        ctx.player_id,
+        "cancel",
+        Some(&listing.item_id),
+        listing.quantity,
+        Some(listing_id),
+        None,
+    )
+    .await?;
     let mut delivered = 0;
     if ctx.policy.delivers() {
-        books::withdraw(conn, ctx, Some(&listing.item_id), listing.quantity, Some(listing_id), None).await?;
+        books::withdraw(
+            conn,
+            ctx,
+            Some(&listing.item_id),
+            listing.quantity,
+            Some(listing_id),
+            None,
+        )
+        .await?;
         delivered = listing.quantity;
         sqlx::query("UPDATE listings SET cancel_delivered = $1 WHERE id = $2")
             .bind(delivered)
@@ -305,10 +339,10 @@ pub async fn cancel_listing(
         StatusCode::OK,
         &ListingEnvelope {
             listing,
-            transfer: Transfer {
+            transfer: Some(Transfer {
                 deposited: 0,
                 delivered,
-            },
+            }),
         },
     )
 }
@@ -374,12 +408,40 @@ pub async fn purchase(
     .bind(deposited)
     .fetch_one(&mut *conn)
     .await?;
-    books::movement(conn, ctx, ctx.player_id, "purchase_pay", None, price, Some(listing_id), Some(purchase_id)).await?;
+    books::movement(
+        conn,
+        ctx,
+        ctx.player_id,
+        "purchase_pay",
+        None,
+        price,
+        Some(listing_id),
+        Some(purchase_id),
+    )
+    .await?;
     books::credit(conn, ctx.player_id, Some(&item_id), quantity).await?;
-    books::movement(conn, ctx, ctx.player_id, "purchase_items", Some(&item_id), quantity, Some(listing_id), Some(purchase_id)).await?;
+    books::movement(
+        conn,
+        ctx,
+        ctx.player_id,
+        "purchase_items",
+        Some(&item_id),
+        quantity,
+        Some(listing_id),
+        Some(purchase_id),
+    )
+    .await?;
     let mut delivered = 0;
     if ctx.policy.delivers() {
-        books::withdraw(conn, ctx, Some(&item_id), quantity, Some(listing_id), Some(purchase_id)).await?;
+        books::withdraw(
+            conn,
+            ctx,
+            Some(&item_id),
+            quantity,
+            Some(listing_id),
+            Some(purchase_id),
+        )
+        .await?;
         delivered = quantity;
         sqlx::query("UPDATE purchases SET delivered = $1 WHERE id = $2")
             .bind(delivered)
@@ -401,10 +463,10 @@ pub async fn purchase(
         StatusCode::OK,
         &PurchaseEnvelope {
             purchase,
-            transfer: Transfer {
+            transfer: Some(Transfer {
                 deposited,
                 delivered,
-            },
+            }),
         },
     )
 }
@@ -443,7 +505,17 @@ pub async fn claim(
     let listing_id: i64 = row.try_get("listing_id")?;
     let amount: i64 = row.try_get("price")?;
     books::credit(conn, ctx.player_id, None, amount).await?;
-    books::movement(conn, ctx, ctx.player_id, "claim", None, amount, Some(listing_id), Some(sale_id)).await?;
+    books::movement(
+        conn,
+        ctx,
+        ctx.player_id,
+        "claim",
+        None,
+        amount,
+        Some(listing_id),
+        Some(sale_id),
+    )
+    .await?;
     let mut delivered = 0;
     if ctx.policy.delivers() {
         books::withdraw(conn, ctx, None, amount, Some(listing_id), Some(sale_id)).await?;
@@ -459,10 +531,10 @@ pub async fn claim(
         &Claim {
             sale_id,
             amount,
-            transfer: Transfer {
+            transfer: Some(Transfer {
                 deposited: 0,
                 delivered,
-            },
+            }),
         },
     )
 }
@@ -542,10 +614,10 @@ pub async fn recall(
             {
                 return mismatch();
             }
-            let transfer = Transfer {
+            let transfer = Some(Transfer {
                 deposited: row.try_get("deposited")?,
                 delivered: 0,
-            };
+            });
             Answer::json(StatusCode::CREATED, &ListingEnvelope { listing, transfer }).map(Some)
         }
         MarketChange::Reprice { listing_id, price } => {
@@ -578,7 +650,7 @@ pub async fn recall(
                 StatusCode::OK,
                 &ListingEnvelope {
                     listing,
-                    transfer: Transfer::default(),
+                    transfer: Some(Transfer::default()),
                 },
             )
             .map(Some)
@@ -594,10 +666,10 @@ pub async fn recall(
             if listing.id != *listing_id {
                 return mismatch();
             }
-            let transfer = Transfer {
+            let transfer = Some(Transfer {
                 deposited: 0,
                 delivered: row.try_get("cancel_delivered")?,
-            };
+            });
             Answer::json(StatusCode::OK, &ListingEnvelope { listing, transfer }).map(Some)
         }
         MarketChange::Purchase {
@@ -628,10 +700,10 @@ pub async fn recall(
             if purchase.listing_id != *listing_id || purchase.price != *expected_price {
                 return mismatch();
             }
-            let transfer = Transfer {
+            let transfer = Some(Transfer {
                 deposited: row.try_get("deposited")?,
                 delivered: row.try_get("delivered")?,
-            };
+            });
             Answer::json(StatusCode::OK, &PurchaseEnvelope { purchase, transfer }).map(Some)
         }
         MarketChange::Claim { sale_id } => {
@@ -648,10 +720,10 @@ pub async fn recall(
             if id != *sale_id {
                 return mismatch();
             }
-            let transfer = Transfer {
+            let transfer = Some(Transfer {
                 deposited: 0,
                 delivered: row.try_get("claim_delivered")?,
-            };
+            });
             Answer::json(
                 StatusCode::OK,
                 &Claim {
@@ -662,7 +734,8 @@ pub async fn recall(
             )
             .map(Some)
         }
-        MarketChange::Deposit { item_id, quantity } | MarketChange::Withdraw { item_id, quantity } => {
+        MarketChange::Deposit { item_id, quantity }
+        | MarketChange::Withdraw { item_id, quantity } => {
             let table = if matches!(change, MarketChange::Deposit { .. }) {
                 "deposits"
             } else {

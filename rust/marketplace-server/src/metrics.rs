@@ -155,18 +155,56 @@ impl Metrics {
 /// market are, and how much came in and went out (I6, checkable from
 /// outside without trusting any client).
 pub fn render_books(out: &mut String, t: &crate::books::Totals) {
-    let _ = writeln!(out, "# HELP market_book_credits Credits inside the market, by place.");
+    let _ = writeln!(
+        out,
+        "# HELP market_book_credits Credits inside the market, by place."
+    );
     let _ = writeln!(out, "# TYPE market_book_credits gauge");
-    let _ = writeln!(out, "market_book_credits{{place=\"accounts\"}} {}", t.account_credits);
-    let _ = writeln!(out, "market_book_credits{{place=\"proceeds\"}} {}", t.unclaimed_proceeds);
-    let _ = writeln!(out, "# HELP market_book_items Items inside the market, by place.");
+    let _ = writeln!(
+        out,
+        "market_book_credits{{place=\"accounts\"}} {}",
+        t.account_credits
+    );
+    let _ = writeln!(
+        out,
+        "market_book_credits{{place=\"proceeds\"}} {}",
+        t.unclaimed_proceeds
+    );
+    let _ = writeln!(
+        out,
+        "# HELP market_book_items Items inside the market, by place."
+    );
     let _ = writeln!(out, "# TYPE market_book_items gauge");
-    let _ = writeln!(out, "market_book_items{{place=\"stash\"}} {}", t.stash_items);
-    let _ = writeln!(out, "market_book_items{{place=\"escrow\"}} {}", t.escrow_items);
+    let _ = writeln!(
+        out,
+        "market_book_items{{place=\"stash\"}} {}",
+        t.stash_items
+    );
+    let _ = writeln!(
+        out,
+        "market_book_items{{place=\"escrow\"}} {}",
+        t.escrow_items
+    );
     let _ = writeln!(out, "# HELP market_book_flow_total Value that entered (deposits, grants) or left (withdrawals) the market.");
     let _ = writeln!(out, "# TYPE market_book_flow_total counter");
-    let _ = writeln!(out, "market_book_flow_total{{kind=\"credits\",direction=\"in\"}} {}", t.inflow_credits);
-    let _ = writeln!(out, "market_book_flow_total{{kind=\"credits\",direction=\"out\"}} {}", t.outflow_credits);
-    let _ = writeln!(out, "market_book_flow_total{{kind=\"items\",direction=\"in\"}} {}", t.inflow_items);
-    let _ = writeln!(out, "market_book_flow_total{{kind=\"items\",direction=\"out\"}} {}", t.outflow_items);
+    let _ = writeln!(
+        out,
+        "market_book_flow_total{{kind=\"credits\",direction=\"in\"}} {}",
+        t.inflow_credits
+    );
+    let _ = writeln!(
+        out,
+        "market_book_flow_total{{kind=\"credits\",direction=\"out\"}} {}",
+        t.outflow_credits
+    );
+    let _ = writeln!(
+        out,
+        "market_book_flow_total{{kind=\"items\",direction=\"in\"}} {}",
+        t.inflow_items
+    );
+    let _ = writeln!(
+        out,
+        "market_book_flow_total{{kind=\"items\",direction=\"out\"}} {}",
+        t.outflow_items
+    );
 }

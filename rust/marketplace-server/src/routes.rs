@@ -17,9 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use marketplace_protocol::{
-    check_id, check_name, check_price, check_quantity, AccountEnvelope, CreateListingRequest, MoveRequest, ListingPage,
-    MarketChange, PurchaseRequest, RepriceRequest, SalesPage, Session, SessionRequest,
-    DEFAULT_PAGE_LIMIT, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, MAX_PAGE_LIMIT, REQUEST_ID_HEADER,
+    check_id, check_name, check_price, check_quantity, AccountEnvelope, CreateListingRequest,
+    ListingPage, MarketChange, MoveRequest, PurchaseRequest, RepriceRequest, SalesPage, Session,
+    SessionRequest, DEFAULT_PAGE_LIMIT, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, MAX_PAGE_LIMIT,
+    REQUEST_ID_HEADER,
 };
 use serde::Deserialize;
 
@@ -384,7 +385,7 @@ async fn get_listing(
         StatusCode::OK,
         &marketplace_protocol::ListingEnvelope {
             listing: listing_from_row(&row)?,
-            transfer: Default::default(),
+            transfer: None,
         },
     )
 }

@@ -20,7 +20,9 @@
 //!   equal what the server's records say they must be;
 //! - **I4** every released purchase hold had a definitive answer, and the
 //!   server has no purchase by that player of that listing;
-//! - **I5** every save file loads as a whole, without falling back to its backup.
+//! - **I5** every save file loads as a whole, without falling back to its backup;
+//! - **I6** the server's books balance from its ledger alone (accounts,
+//!   stashes, escrow and proceeds = deposits + grants − withdrawals).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -550,11 +552,12 @@ fn check_invariants(
     let unclaimed = q(
         "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NULL",
     )?;
+    let accounts = q("SELECT CAST(COALESCE(SUM(credits), 0) AS BIGINT) FROM accounts")?;
     let start_credits = START_CREDITS * cfg.players as i64;
     report.check(
         "I2 credits conserved",
-        local_credits + unclaimed == start_credits,
-        format!("players {local_credits} + unclaimed proceeds {unclaimed} = {} (started with {start_credits})", local_credits + unclaimed),
+        local_credits + unclaimed + accounts == start_credits,
+        format!("players {local_credits} + unclaimed proceeds {unclaimed} + market accounts {accounts} = {} (started with {start_credits})", local_credits + unclaimed + accounts),
     );
     let mut items_ok = true;
     let mut detail = Vec::new();
@@ -571,7 +574,12 @@ fn check_invariants(
                 .fetch_one(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok::<i64, String>(n)
+            let (stashed,): (i64,) = sqlx::query_as("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM stash WHERE item_id = $1")
+                .bind(item)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<i64, String>(n + stashed)
         })?;
         let start = per_player * cfg.players as i64;
         items_ok &= local + listed == start;
@@ -581,6 +589,32 @@ fn check_invariants(
         ));
     }
     report.check("I2 items conserved", items_ok, detail.join("; "));
+
+    // I6: the server's books balance, from its ledger alone.
+    let audit = market.rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(&market.config.database)
+            .await
+            .map_err(|e| e.to_string())?;
+        marketplace_server::books::audit(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    report.check(
+        "I6 server books balance",
+        audit.ok(),
+        if audit.ok() {
+            audit.lines.join("; ")
+        } else {
+            audit
+                .mismatches
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    );
 
     // I3: each player's data equals what the server's records imply, and
     // everything the player was told is on the server.

@@ -214,7 +214,10 @@ impl TestServer {
                 "/v1/listings",
                 Some(&seller.token),
                 Some(&key()),
-                Some(json!({"item_id": item, "quantity": 1, "price": price, "deposit": 1}).to_string()),
+                Some(
+                    json!({"item_id": item, "quantity": 1, "price": price, "deposit": 1})
+                        .to_string(),
+                ),
             )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -362,7 +365,11 @@ pub async fn check_books(db: &TestDb) -> Books {
     let audit = marketplace_server::books::audit(&mut conn)
         .await
         .expect("audit runs");
-    assert!(audit.ok(), "I6: the books do not balance: {:#?}", audit.mismatches);
+    assert!(
+        audit.ok(),
+        "I6: the books do not balance: {:#?}",
+        audit.mismatches
+    );
     drop(conn);
     pool.close().await;
     books
