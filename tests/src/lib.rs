@@ -320,7 +320,7 @@ impl Api {
                 "/v1/listings",
                 Some(token),
                 Some(&key()),
-                Some(json!({"item_id": item, "quantity": 1, "price": price})),
+                Some(json!({"item_id": item, "quantity": 1, "price": price, "deposit": 1})),
             )
             .await
             .expect("listing reaches the server");
