@@ -354,7 +354,8 @@ func check_damaged_save_reported_to_ready_connection() -> void:
 	var closer := LocalPlayerData.new()
 	closer.save_path = save_file("damaged")
 	add_child(closer)
-	closer.change_save_path(save_file("damaged_closer"))
+	check(closer.get_credits() == 15, "a node on the same save picks up where the freed one was")
+	check(closer.change_save_path(save_file("damaged_closer")) == "", "and can switch it away (closing the file)")
 	closer.queue_free()
 	await get_tree().process_frame
 	var f := FileAccess.open(ProjectSettings.globalize_path(save_file("damaged")), FileAccess.WRITE)
