@@ -89,7 +89,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 
     /// Seconds a client has to send a request's headers; a keep-alive
-    /// connection idle this long is closed too.
+    /// connection idle this long is closed too (behind a load balancer, set
+    /// it above the balancer's idle timeout: AWS ALB's 60 s → 65).
     #[arg(long, env = "MARKET_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
 
@@ -102,6 +103,11 @@ pub struct Config {
     /// Open connections at most; further clients wait to be accepted.
     #[arg(long, env = "MARKET_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+
+    /// Open connections one client address (IPv6: one /64) may hold; more
+    /// are closed at once. Trusted proxies are not limited.
+    #[arg(long, env = "MARKET_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
 
     /// How value enters the market: `client-deposits` (players' games move
     /// what their trades need from their saves, within the caps) or
@@ -159,6 +165,7 @@ impl Config {
             header_timeout_secs: 10,
             request_timeout_secs: 30,
             max_connections: 10_000,
+            max_connections_per_ip: 10_000,
             trusted_proxies: Vec::new(),
             economy: EconomyArg::ClientDeposits,
             deposit_cap_credits: 100_000,

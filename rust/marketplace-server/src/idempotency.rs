@@ -194,12 +194,41 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
         now: job.now,
         policy: &job.policy,
     };
-    // The stored answer may have been pruned: the domain rows still know
-    // whether this key already changed something.
-    let (result, replayed) = match market::recall(conn, &ctx, &job.mutation).await {
-        Ok(Some(answer)) => (Ok(answer), true),
-        Ok(None) => (apply_or_nothing(conn, &ctx, &job.mutation).await, false),
-        Err(e) => (Err(e), false),
+    // The stored answer may have been pruned: the key is still known if it
+    // changed something, and the rows it changed rebuild the answer.
+    let kind = change_kind(&job.mutation);
+    let known: Option<(String,)> =
+        sqlx::query_as("SELECT kind FROM operation_keys WHERE player_id = $1 AND idem_key = $2")
+            .bind(job.player_id)
+            .bind(&job.key)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let (result, replayed) = match known {
+        Some((k,)) if k != kind => (Err(AppError::IdempotencyKeyReused), false),
+        Some(_) => match market::recall(conn, &ctx, &job.mutation).await {
+            Ok(Some(answer)) => (Ok(answer), true),
+            Ok(None) => (
+                Err(AppError::Internal(format!(
+                    "key of a {kind} without its rows"
+                ))),
+                false,
+            ),
+            Err(e) => (Err(e), false),
+        },
+        None => {
+            let result = apply_or_nothing(conn, &ctx, &job.mutation).await;
+            if result.is_ok() {
+                sqlx::query(
+                    "INSERT INTO operation_keys (player_id, idem_key, kind) VALUES ($1, $2, $3)",
+                )
+                .bind(job.player_id)
+                .bind(&job.key)
+                .bind(kind)
+                .execute(&mut *conn)
+                .await?;
+            }
+            (result, false)
+        }
     };
     // A business refusal is decided before the operation writes anything, so
     // it is stored as the answer like a success. An infrastructure failure
@@ -225,6 +254,19 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
         code,
         replayed,
     })
+}
+
+/// The kind of change a key made, as `operation_keys` records it.
+fn change_kind(change: &MarketChange) -> &'static str {
+    match change {
+        MarketChange::CreateListing { .. } => "create_listing",
+        MarketChange::Reprice { .. } => "reprice",
+        MarketChange::Cancel { .. } => "cancel",
+        MarketChange::Purchase { .. } => "purchase",
+        MarketChange::Claim { .. } => "claim",
+        MarketChange::Deposit { .. } => "deposit",
+        MarketChange::Withdraw { .. } => "withdraw",
+    }
 }
 
 /// Runs one change inside a savepoint: a refusal found half-way (say,
@@ -337,12 +379,16 @@ impl GroupCommit {
         let restarts = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = restarts.clone();
         tokio::spawn(async move {
+            let mut careful = 0;
             loop {
-                match tokio::spawn(writer(db.clone(), rx.clone())).await {
+                match tokio::spawn(writer(db.clone(), rx.clone(), careful)).await {
                     Ok(()) => return, // the queue closed: the server is gone
                     Err(e) if e.is_panic() => {
                         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::error!("the SQLite writer panicked; a new one takes over");
+                        // The next jobs run one transaction each: a job that
+                        // panics again takes down only itself.
+                        careful = CAREFUL_JOBS;
                     }
                     Err(_) => return, // the runtime is shutting down
                 }
@@ -360,13 +406,13 @@ impl GroupCommit {
         answer.await.map_err(|_| AppError::Unavailable)?
     }
 
-    /// True when the writer answers within `timeout`.
+    /// True when the writer answers within `timeout` (a full queue counts
+    /// against the time too).
     pub async fn ping(&self, timeout: std::time::Duration) -> bool {
         let (reply, answer) = oneshot::channel();
-        if self.queue.send(Work::Ping(reply)).await.is_err() {
-            return false;
-        }
-        matches!(tokio::time::timeout(timeout, answer).await, Ok(Ok(())))
+        let round_trip =
+            async { self.queue.send(Work::Ping(reply)).await.is_ok() && answer.await.is_ok() };
+        matches!(tokio::time::timeout(timeout, round_trip).await, Ok(true))
     }
 
     /// Deletes up to `limit` stored answers older than `cutoff`, between batches.
@@ -396,10 +442,22 @@ impl GroupCommit {
     }
 }
 
-async fn writer(db: crate::Db, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Work>>>) {
+/// Jobs run alone after a writer panicked.
+const CAREFUL_JOBS: usize = 1_000;
+
+async fn writer(
+    db: crate::Db,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Work>>>,
+    mut careful: usize,
+) {
     let mut rx = rx.lock().await;
     let mut work: Vec<Work> = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut work, MAX_BATCH).await > 0 {
+    loop {
+        let limit = if careful > 0 { 1 } else { MAX_BATCH };
+        if rx.recv_many(&mut work, limit).await == 0 {
+            return;
+        }
+        careful = careful.saturating_sub(work.len());
         let mut batch = Vec::with_capacity(work.len());
         let mut after = Vec::new();
         for w in work.drain(..) {

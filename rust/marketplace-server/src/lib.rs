@@ -203,7 +203,9 @@ impl BoundServer {
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let limits = serve::ConnLimits {
             max_connections: config.max_connections,
+            per_ip: config.max_connections_per_ip,
             header_timeout: Duration::from_secs(config.header_timeout_secs),
+            exempt: config.trusted_proxies.clone(),
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let pruner = tokio::spawn(prune_idempotency_keys(state.clone(), stop_rx.clone()));
@@ -211,7 +213,7 @@ impl BoundServer {
         let mut servers = vec![tokio::spawn(serve::serve(
             listener,
             routes::router(state.clone(), metrics_listener.is_none()),
-            limits,
+            limits.clone(),
             stop_rx.clone(),
         ))];
         if let Some(listener) = metrics_listener {

@@ -141,6 +141,11 @@ fn seller_refusal(listing: Option<Listing>, player_id: i64) -> AppError {
     }
 }
 
+/// A value beyond the protocol's limits is refused as `invalid_request`.
+fn limits(check: Result<(), String>) -> Result<(), AppError> {
+    check.map_err(AppError::InvalidRequest)
+}
+
 /// The part of `need` the account lacks, deposited from the game's save if
 /// the request offers enough (`deposit`); otherwise the trade is refused
 /// (`insufficient_funds` / `insufficient_items`, or `deposits_disabled`
@@ -179,6 +184,8 @@ pub async fn create_listing(
     price: i64,
     deposit: i64,
 ) -> Result<Answer, AppError> {
+    limits(marketplace_protocol::check_quantity(quantity))?;
+    limits(marketplace_protocol::check_price("price", price))?;
     ctx.policy.check_listing(item_id, quantity, price)?;
     let deposited = cover(conn, ctx, Some(item_id), quantity, deposit).await?;
     books::debit(conn, ctx.player_id, Some(item_id), quantity).await?;
@@ -236,7 +243,7 @@ async fn change_own_listing(
 ) -> Result<Listing, AppError> {
     let set = match change {
         SellerChange::Reprice(_) => "price = $4",
-        SellerChange::Cancel => "status = 'cancelled', cancel_key = $4",
+        SellerChange::Cancel => "status = 'cancelled', cancel_key = $4, cancel_delivered = 0",
     };
     let sql = format!(
         "UPDATE listings SET {set}, updated_at = $1 \
@@ -265,6 +272,7 @@ pub async fn reprice_listing(
     listing_id: i64,
     price: i64,
 ) -> Result<Answer, AppError> {
+    limits(marketplace_protocol::check_price("price", price))?;
     if let Some(l) = fetch_listing(conn, listing_id).await? {
         if l.seller_id == ctx.player_id && l.status == ListingStatus::Active {
             ctx.policy.check_listing(&l.item_id, l.quantity, price)?;
@@ -362,6 +370,10 @@ pub async fn purchase(
     expected_price: i64,
     deposit: i64,
 ) -> Result<Answer, AppError> {
+    limits(marketplace_protocol::check_price(
+        "expected_price",
+        expected_price,
+    ))?;
     let row = sqlx::query(
         "UPDATE listings SET status = 'sold', updated_at = $1 \
          WHERE id = $2 AND status = 'active' AND price = $3 AND seller_id <> $4 \
@@ -394,8 +406,8 @@ pub async fn purchase(
     let deposited = cover(conn, ctx, None, price, deposit).await?;
     books::debit(conn, ctx.player_id, None, price).await?;
     let (purchase_id,): (i64,) = sqlx::query_as(
-        "INSERT INTO purchases (listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, buy_key, deposited) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        "INSERT INTO purchases (listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, buy_key, deposited, delivered) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0) RETURNING id",
     )
     .bind(listing_id)
     .bind(ctx.player_id)
@@ -480,7 +492,7 @@ pub async fn claim(
     sale_id: i64,
 ) -> Result<Answer, AppError> {
     let row = sqlx::query(
-        "UPDATE purchases SET claimed_at = $1, claim_key = $4 \
+        "UPDATE purchases SET claimed_at = $1, claim_key = $4, claim_delivered = 0 \
          WHERE id = $2 AND seller_id = $3 AND claimed_at IS NULL RETURNING listing_id, price",
     )
     .bind(ctx.now)
@@ -614,10 +626,12 @@ pub async fn recall(
             {
                 return mismatch();
             }
-            let transfer = Some(Transfer {
-                deposited: row.try_get("deposited")?,
-                delivered: 0,
-            });
+            let transfer = row
+                .try_get::<Option<i64>, _>("deposited")?
+                .map(|deposited| Transfer {
+                    deposited,
+                    delivered: 0,
+                });
             Answer::json(StatusCode::CREATED, &ListingEnvelope { listing, transfer }).map(Some)
         }
         MarketChange::Reprice { listing_id, price } => {
@@ -666,10 +680,12 @@ pub async fn recall(
             if listing.id != *listing_id {
                 return mismatch();
             }
-            let transfer = Some(Transfer {
-                deposited: 0,
-                delivered: row.try_get("cancel_delivered")?,
-            });
+            let transfer = row
+                .try_get::<Option<i64>, _>("cancel_delivered")?
+                .map(|delivered| Transfer {
+                    deposited: 0,
+                    delivered,
+                });
             Answer::json(StatusCode::OK, &ListingEnvelope { listing, transfer }).map(Some)
         }
         MarketChange::Purchase {
@@ -700,10 +716,15 @@ pub async fn recall(
             if purchase.listing_id != *listing_id || purchase.price != *expected_price {
                 return mismatch();
             }
-            let transfer = Some(Transfer {
-                deposited: row.try_get("deposited")?,
-                delivered: row.try_get("delivered")?,
-            });
+            let transfer = row
+                .try_get::<Option<i64>, _>("deposited")?
+                .map(|deposited| -> Result<Transfer, sqlx::Error> {
+                    Ok(Transfer {
+                        deposited,
+                        delivered: row.try_get::<Option<i64>, _>("delivered")?.unwrap_or(0),
+                    })
+                })
+                .transpose()?;
             Answer::json(StatusCode::OK, &PurchaseEnvelope { purchase, transfer }).map(Some)
         }
         MarketChange::Claim { sale_id } => {
@@ -720,10 +741,12 @@ pub async fn recall(
             if id != *sale_id {
                 return mismatch();
             }
-            let transfer = Some(Transfer {
-                deposited: 0,
-                delivered: row.try_get("claim_delivered")?,
-            });
+            let transfer = row
+                .try_get::<Option<i64>, _>("claim_delivered")?
+                .map(|delivered| Transfer {
+                    deposited: 0,
+                    delivered,
+                });
             Answer::json(
                 StatusCode::OK,
                 &Claim {

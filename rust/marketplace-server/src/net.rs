@@ -92,7 +92,7 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Ip
         .map(str::trim)
         .collect::<Vec<_>>();
     for hop in hops.into_iter().rev() {
-        let Ok(ip) = hop.parse::<IpAddr>() else {
+        let Some(ip) = parse_hop(hop) else {
             // Garbage in the chain: stop at what we can vouch for.
             break;
         };
@@ -102,6 +102,20 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Ip
         }
     }
     client
+}
+
+/// An address as balancers write it: `1.2.3.4`, `1.2.3.4:5678`, `::1`,
+/// `[::1]:5678`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sock) = hop.parse::<std::net::SocketAddr>() {
+        return Some(sock.ip());
+    }
+    hop.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse().ok())
 }
 
 /// The key an address is rate-limited under: an IPv6 client controls a
@@ -164,6 +178,23 @@ mod tests {
             HeaderValue::from_static("junk, 10.1.1.1"),
         );
         assert_eq!(client_address(ip("10.0.0.2"), &h, &trusted), ip("10.1.1.1"));
+        // Ports, as some balancers add them.
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.7:5123, [2001:db8::9]:443"),
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &h, &trusted),
+            ip("2001:db8::9")
+        );
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.7:5123"),
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &h, &trusted),
+            ip("203.0.113.7")
+        );
         // No header: the peer.
         assert_eq!(
             client_address(ip("10.0.0.2"), &HeaderMap::new(), &trusted),

@@ -17,10 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use marketplace_protocol::{
-    check_id, check_name, check_price, check_quantity, AccountEnvelope, CreateListingRequest,
-    ListingPage, MarketChange, MoveRequest, PurchaseRequest, RepriceRequest, SalesPage, Session,
-    SessionRequest, DEFAULT_PAGE_LIMIT, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, MAX_PAGE_LIMIT,
-    REQUEST_ID_HEADER,
+    check_id, check_name, check_positive, check_price, check_quantity, AccountEnvelope,
+    CreateListingRequest, ListingPage, MarketChange, MoveRequest, PurchaseRequest, RepriceRequest,
+    SalesPage, Session, SessionRequest, DEFAULT_PAGE_LIMIT, IDEMPOTENCY_HEADER, MAX_BODY_BYTES,
+    MAX_PAGE_LIMIT, REQUEST_ID_HEADER,
 };
 use serde::Deserialize;
 
@@ -251,11 +251,19 @@ async fn create_session(
     let now = state.0.clock.now();
     let mut tx = state.0.db.begin_write().await?;
     // The device id is the player's only credential: only its hash is stored.
+    // A row an older replica wrote with the id in clear (a rolling upgrade)
+    // is upgraded in place, so that player keeps its account.
+    let hash = crate::auth::device_hash(&req.device_id);
+    sqlx::query("UPDATE players SET device_id = $1 WHERE device_id = $2")
+        .bind(&hash)
+        .bind(&req.device_id)
+        .execute(&mut *tx)
+        .await?;
     let (player_id,): (i64,) = sqlx::query_as(
         "INSERT INTO players (device_id, name, created_at) VALUES ($1, $2, $3) \
          ON CONFLICT (device_id) DO UPDATE SET name = excluded.name RETURNING id",
     )
-    .bind(crate::auth::device_hash(&req.device_id))
+    .bind(&hash)
     .bind(&req.name)
     .bind(now)
     .fetch_one(&mut *tx)
@@ -397,9 +405,11 @@ async fn create_listing(
     axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
     ApiJson(req): ApiJson<CreateListingRequest>,
 ) -> Result<Response, AppError> {
+    // Only the shape here; the limits are checked after the key (a replay
+    // of an older request beyond today's limits gets its first answer).
     check_id("item_id", &req.item_id).map_err(AppError::InvalidRequest)?;
-    check_quantity(req.quantity).map_err(AppError::InvalidRequest)?;
-    check_price("price", req.price).map_err(AppError::InvalidRequest)?;
+    check_positive("quantity", req.quantity).map_err(AppError::InvalidRequest)?;
+    check_positive("price", req.price).map_err(AppError::InvalidRequest)?;
     if !(0..=req.quantity).contains(&req.deposit) {
         return Err(AppError::InvalidRequest(
             "deposit must be between 0 and the quantity".into(),
@@ -423,7 +433,7 @@ async fn reprice_listing(
     PathId(listing_id): PathId,
     ApiJson(req): ApiJson<RepriceRequest>,
 ) -> Result<Response, AppError> {
-    check_price("price", req.price).map_err(AppError::InvalidRequest)?;
+    check_positive("price", req.price).map_err(AppError::InvalidRequest)?;
     let mutation = MarketChange::Reprice {
         listing_id,
         price: req.price,
@@ -458,7 +468,7 @@ async fn purchase(
     PathId(listing_id): PathId,
     ApiJson(req): ApiJson<PurchaseRequest>,
 ) -> Result<Response, AppError> {
-    check_price("expected_price", req.expected_price).map_err(AppError::InvalidRequest)?;
+    check_positive("expected_price", req.expected_price).map_err(AppError::InvalidRequest)?;
     if !(0..=req.expected_price).contains(&req.deposit) {
         return Err(AppError::InvalidRequest(
             "deposit must be between 0 and the expected price".into(),

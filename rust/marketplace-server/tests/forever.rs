@@ -240,6 +240,17 @@ async fn a_key_reused_for_another_change_is_refused_after_pruning(db: TestDb) {
         "{}",
         r.text
     );
+    // The purchase's key for another kind of change: refused too.
+    let r = send(
+        &t,
+        &buyer,
+        Method::POST,
+        "/v1/listings",
+        &k,
+        Some(json!({"item_id": "gem", "quantity": 1, "price": 5, "deposit": 1})),
+    )
+    .await;
+    assert_eq!(r.code(), "idempotency_key_reused", "{}", r.text);
     let r = send(
         &t,
         &seller,

@@ -83,6 +83,40 @@ async fn connections_beyond_the_cap_wait_their_turn() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_fill_the_connection_cap() {
+    let db = TestDb::sqlite().await;
+    let mut config = Config::for_tests(&db.url);
+    config.max_connections_per_ip = 3;
+    config.header_timeout_secs = 1;
+    let t = TestServer::start_with(config).await;
+    let mut hogs = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(t.server.addr())
+            .await
+            .unwrap();
+        s.write_all(b"GET /").await.unwrap();
+        hogs.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A fourth connection from the same address is closed at once.
+    let mut fourth = tokio::net::TcpStream::connect(t.server.addr())
+        .await
+        .unwrap();
+    let _ = fourth
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_millis(500), fourth.read(&mut buf))
+        .await
+        .expect("closed at once, not after the header timeout");
+    assert!(matches!(n, Ok(0) | Err(_)), "closed without an answer");
+    // Once the hogs time out, the address is served again.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let r = t.send(Method::GET, "/healthz", None, None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
 async fn made_up_methods_do_not_grow_the_metrics(db: TestDb) {
     let t = TestServer::start(&db).await;
     // Every series the loop below can touch exists once already.
@@ -278,10 +312,10 @@ async fn pruning_goes_in_chunks_and_writes_go_on(db: TestDb) {
     let t = TestServer::start_with(config).await;
     let seller = t.login("seller").await;
     let buyer = t.login("buyer").await;
-    // 2,500 expired answers, written straight into the table.
+    // 20,000 expired answers, written straight into the table.
     let pool = db.pool().await;
     let old = marketplace_server::now_secs() - 3 * 24 * 3600;
-    for chunk in 0..25 {
+    for chunk in 0..200 {
         let values: Vec<String> = (0..100)
             .map(|i| format!("(1, 'old-{chunk}-{i}', 'h', 200, '{{}}', {old})"))
             .collect();
@@ -296,9 +330,24 @@ async fn pruning_goes_in_chunks_and_writes_go_on(db: TestDb) {
     pool.close().await;
     let listing = t.create_listing(&seller, "ore", 5).await;
     let k = key();
-    let (pruned, bought) = tokio::join!(t.server.prune_now(), t.purchase(&buyer, listing, 5, &k));
-    assert_eq!(pruned.unwrap(), 2_500);
+    // The prune goes chunk by chunk, so a purchase sent once it started is
+    // answered before it ends (one unbounded DELETE would hold it back).
+    let order = std::sync::Mutex::new(Vec::new());
+    let prune = async {
+        let n = t.server.prune_now().await;
+        order.lock().unwrap().push("prune");
+        n
+    };
+    let buy = async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let r = t.purchase(&buyer, listing, 5, &k).await;
+        order.lock().unwrap().push("purchase");
+        r
+    };
+    let (pruned, bought) = tokio::join!(prune, buy);
+    assert_eq!(pruned.unwrap(), 20_000);
     assert_eq!(bought.status, StatusCode::OK);
+    assert_eq!(order.into_inner().unwrap(), ["purchase", "prune"]);
     // The fresh answers stay.
     assert!(count(&db, "idempotency_keys").await >= 2);
     check_books(&db).await;

@@ -94,6 +94,13 @@ const MIGRATION_LOCK_ID: i64 = 0x6d61_726b_6574;
 impl Db {
     /// Connects, applies pending migrations and returns the handle.
     pub async fn connect(config: &Config) -> Result<Db, sqlx::Error> {
+        Self::connect_up_to(config, i64::MAX).await
+    }
+
+    /// Connects and migrates up to schema `version` only (tests of the
+    /// migrations: a database as an older server left it).
+    #[doc(hidden)]
+    pub async fn connect_up_to(config: &Config, version: i64) -> Result<Db, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let url = config.database.as_str();
         let db = if url.starts_with("sqlite:") {
@@ -114,7 +121,7 @@ impl Db {
                 "database URL must start with sqlite:// or postgres://".into(),
             ));
         };
-        db.migrate().await?;
+        db.migrate(version).await?;
         Ok(db)
     }
 
@@ -191,7 +198,8 @@ impl Db {
         self.read.close().await;
     }
 
-    async fn migrate(&self) -> Result<(), sqlx::Error> {
+    /// Applies every migration up to `up_to` that is not applied yet.
+    async fn migrate(&self, up_to: i64) -> Result<(), sqlx::Error> {
         let mut conn = self.write.acquire().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_lock($1)")
@@ -205,7 +213,7 @@ impl Db {
                  version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
             )
             .await?;
-            for m in MIGRATIONS {
+            for m in MIGRATIONS.iter().filter(|m| m.version <= up_to) {
                 let done: Option<(i64,)> =
                     sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
                         .bind(m.version)

@@ -22,6 +22,10 @@ CREATE TABLE listing_reprices (
     at BIGINT NOT NULL
 )
 
+CREATE INDEX ledger_by_listing ON ledger (listing_id, action)
+
+CREATE INDEX ledger_by_purchase ON ledger (purchase_id, action)
+
 UPDATE listings SET
     create_key = (SELECT MIN(g.idempotency_key) FROM ledger g WHERE g.action = 'list' AND g.listing_id = listings.id),
     listed_price = COALESCE((SELECT MIN(g.amount) FROM ledger g WHERE g.action = 'list' AND g.listing_id = listings.id), price),
@@ -35,6 +39,18 @@ INSERT INTO listing_reprices (listing_id, seller_id, idem_key, price, at)
 SELECT g.listing_id, g.player_id, g.idempotency_key, g.amount, g.at FROM ledger g
 WHERE g.action = 'reprice' AND g.idempotency_key IS NOT NULL ORDER BY g.id
 
+-- The old server ran a key again once its stored answer was pruned, so a
+-- key may have made two rows: only the first keeps it.
+UPDATE listings SET create_key = NULL WHERE create_key IS NOT NULL AND id <> (SELECT MIN(o.id) FROM listings o WHERE o.seller_id = listings.seller_id AND o.create_key = listings.create_key)
+
+UPDATE listings SET cancel_key = NULL WHERE cancel_key IS NOT NULL AND id <> (SELECT MIN(o.id) FROM listings o WHERE o.seller_id = listings.seller_id AND o.cancel_key = listings.cancel_key)
+
+UPDATE purchases SET buy_key = NULL WHERE buy_key IS NOT NULL AND id <> (SELECT MIN(o.id) FROM purchases o WHERE o.buyer_id = purchases.buyer_id AND o.buy_key = purchases.buy_key)
+
+UPDATE purchases SET claim_key = NULL WHERE claim_key IS NOT NULL AND id <> (SELECT MIN(o.id) FROM purchases o WHERE o.seller_id = purchases.seller_id AND o.claim_key = purchases.claim_key)
+
+DELETE FROM listing_reprices WHERE id <> (SELECT MIN(o.id) FROM listing_reprices o WHERE o.seller_id = listing_reprices.seller_id AND o.idem_key = listing_reprices.idem_key)
+
 CREATE UNIQUE INDEX listings_by_create_key ON listings (seller_id, create_key)
 
 CREATE UNIQUE INDEX listings_by_cancel_key ON listings (seller_id, cancel_key)
@@ -46,3 +62,33 @@ CREATE UNIQUE INDEX purchases_by_claim_key ON purchases (seller_id, claim_key)
 CREATE UNIQUE INDEX reprices_by_key ON listing_reprices (seller_id, idem_key)
 
 CREATE INDEX listings_by_item ON listings (item_id, status, id)
+
+-- Which kind of change each key made, for every key that changed something:
+-- one lookup tells a fresh request from a replay (of which kind), and the
+-- rows above rebuild the answer.
+CREATE TABLE operation_keys (
+    player_id BIGINT NOT NULL,
+    idem_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    PRIMARY KEY (player_id, idem_key)
+)
+
+INSERT INTO operation_keys (player_id, idem_key, kind)
+SELECT seller_id, create_key, 'create_listing' FROM listings WHERE create_key IS NOT NULL
+ON CONFLICT DO NOTHING
+
+INSERT INTO operation_keys (player_id, idem_key, kind)
+SELECT seller_id, cancel_key, 'cancel' FROM listings WHERE cancel_key IS NOT NULL
+ON CONFLICT DO NOTHING
+
+INSERT INTO operation_keys (player_id, idem_key, kind)
+SELECT seller_id, idem_key, 'reprice' FROM listing_reprices WHERE idem_key IS NOT NULL
+ON CONFLICT DO NOTHING
+
+INSERT INTO operation_keys (player_id, idem_key, kind)
+SELECT buyer_id, buy_key, 'purchase' FROM purchases WHERE buy_key IS NOT NULL
+ON CONFLICT DO NOTHING
+
+INSERT INTO operation_keys (player_id, idem_key, kind)
+SELECT seller_id, claim_key, 'claim' FROM purchases WHERE claim_key IS NOT NULL
+ON CONFLICT DO NOTHING

@@ -63,15 +63,23 @@ ALTER TABLE ledger ADD COLUMN item_id TEXT
 
 ALTER TABLE ledger ADD COLUMN quantity BIGINT
 
-ALTER TABLE purchases ADD COLUMN deposited BIGINT NOT NULL DEFAULT 0
+-- What each trade moved between the game's save and the market, for
+-- rebuilding answers after pruning. NULL: the row is from before the books,
+-- when everything moved to and from the save.
+ALTER TABLE purchases ADD COLUMN deposited BIGINT
 
-ALTER TABLE purchases ADD COLUMN delivered BIGINT NOT NULL DEFAULT 0
+ALTER TABLE purchases ADD COLUMN delivered BIGINT
 
-ALTER TABLE purchases ADD COLUMN claim_delivered BIGINT NOT NULL DEFAULT 0
+ALTER TABLE purchases ADD COLUMN claim_delivered BIGINT
 
-ALTER TABLE listings ADD COLUMN deposited BIGINT NOT NULL DEFAULT 0
+ALTER TABLE listings ADD COLUMN deposited BIGINT
 
-ALTER TABLE listings ADD COLUMN cancel_delivered BIGINT NOT NULL DEFAULT 0
+ALTER TABLE listings ADD COLUMN cancel_delivered BIGINT
+
+-- Listings beyond the limits the protocol has now (quantity 10^6, price
+-- 10^12) were made by modified clients before there were limits: they are
+-- withdrawn, and nobody can buy them.
+UPDATE listings SET status = 'cancelled' WHERE status = 'active' AND (quantity > 1000000 OR price > 1000000000000)
 
 INSERT INTO ledger (at, player_id, action, listing_id, item_id, quantity, request_id)
 SELECT created_at, seller_id, 'opening_escrow', id, item_id, quantity, 'migration-4'

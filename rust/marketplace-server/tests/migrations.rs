@@ -1,0 +1,130 @@
+//! Upgrading a database an older server left: keys are found again in the
+//! ledger (a key the old server ran twice keeps only its first row), device
+//! ids are hashed, listings beyond today's limits are withdrawn, open escrow
+//! and proceeds enter the books — and the upgraded server answers old keys
+//! with their first outcome.
+
+mod support;
+
+use marketplace_server::{Config, Db};
+use reqwest::StatusCode;
+use serde_json::json;
+use support::{check_books, TestDb, TestServer};
+
+backend_tests!(an_old_database_is_upgraded_in_place);
+
+async fn exec(db: &TestDb, sql: &str) {
+    let pool = db.pool().await;
+    sqlx::query(sql)
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    pool.close().await;
+}
+
+async fn one(db: &TestDb, sql: &str) -> Option<String> {
+    let pool = db.pool().await;
+    let row: Option<(Option<String>,)> = sqlx::query_as(sql).fetch_optional(&pool).await.unwrap();
+    pool.close().await;
+    row.and_then(|(v,)| v)
+}
+
+async fn an_old_database_is_upgraded_in_place(db: TestDb) {
+    // The schema of the first release, with what it accumulated.
+    let config = Config::for_tests(&db.url);
+    Db::connect_up_to(&config, 1)
+        .await
+        .expect("version 1")
+        .close()
+        .await;
+    for sql in [
+        "INSERT INTO players (id, device_id, name, created_at) VALUES (1, 'dev-old-seller', 's', 0)",
+        "INSERT INTO players (id, device_id, name, created_at) VALUES (2, 'dev-old-buyer', 'b', 0)",
+        // Sold, answer lost, stored answer pruned since.
+        "INSERT INTO listings (id, seller_id, item_id, quantity, price, status, created_at, updated_at) VALUES (1, 1, 'ore', 1, 100, 'sold', 0, 0)",
+        "INSERT INTO ledger (at, player_id, action, listing_id, amount, idempotency_key, request_id) VALUES (0, 1, 'list', 1, 100, 'k-list-1', 'r')",
+        "INSERT INTO purchases (id, listing_id, buyer_id, seller_id, item_id, quantity, price, created_at) VALUES (1, 1, 2, 1, 'ore', 1, 100, 0)",
+        "INSERT INTO ledger (at, player_id, action, listing_id, purchase_id, amount, idempotency_key, request_id) VALUES (0, 2, 'purchase', 1, 1, 100, 'k-buy-1', 'r')",
+        // The old server ran one key twice after pruning: two listings.
+        "INSERT INTO listings (id, seller_id, item_id, quantity, price, status, created_at, updated_at) VALUES (2, 1, 'gem', 2, 50, 'active', 0, 0)",
+        "INSERT INTO ledger (at, player_id, action, listing_id, amount, idempotency_key, request_id) VALUES (0, 1, 'list', 2, 50, 'k-dup', 'r')",
+        "INSERT INTO listings (id, seller_id, item_id, quantity, price, status, created_at, updated_at) VALUES (3, 1, 'gem', 2, 50, 'active', 1, 1)",
+        "INSERT INTO ledger (at, player_id, action, listing_id, amount, idempotency_key, request_id) VALUES (1, 1, 'list', 3, 50, 'k-dup', 'r')",
+        // A modified client's listing from before the limits.
+        "INSERT INTO listings (id, seller_id, item_id, quantity, price, status, created_at, updated_at) VALUES (4, 1, 'ore', 9223372036854775807, 1, 'active', 0, 0)",
+    ] {
+        exec(&db, sql).await;
+    }
+    if db.is_postgres() {
+        for table in ["players", "listings", "purchases"] {
+            exec(
+                &db,
+                &format!("SELECT setval(pg_get_serial_sequence('{table}', 'id'), 10)"),
+            )
+            .await;
+        }
+    }
+
+    // The new server starts on it.
+    let t = TestServer::start(&db).await;
+    assert_eq!(
+        one(&db, "SELECT create_key FROM listings WHERE id = 2")
+            .await
+            .as_deref(),
+        Some("k-dup"),
+        "the first listing keeps the key"
+    );
+    assert_eq!(
+        one(&db, "SELECT create_key FROM listings WHERE id = 3").await,
+        None
+    );
+    assert_eq!(
+        one(&db, "SELECT status FROM listings WHERE id = 4")
+            .await
+            .as_deref(),
+        Some("cancelled"),
+        "beyond the limits: withdrawn"
+    );
+    assert!(one(&db, "SELECT device_id FROM players WHERE id = 1")
+        .await
+        .unwrap()
+        .starts_with("sha256:"));
+
+    // Old players log in as themselves; old keys get their first outcome.
+    let buyer = t.login("dev-old-buyer").await;
+    assert_eq!(buyer.id, 2);
+    let r = t
+        .send(
+            reqwest::Method::POST,
+            "/v1/listings/1/purchase",
+            Some(&buyer.token),
+            Some("k-buy-1"),
+            Some(json!({ "expected_price": 100 }).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["purchase"]["id"], 1);
+    assert!(
+        r.body.get("transfer").is_none(),
+        "from before the books: everything moved"
+    );
+    let seller = t.login("dev-old-seller").await;
+    assert_eq!(seller.id, 1);
+    let r = t
+        .send(
+            reqwest::Method::POST,
+            "/v1/listings",
+            Some(&seller.token),
+            Some("k-dup"),
+            Some(json!({"item_id": "gem", "quantity": 2, "price": 50}).to_string()),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["listing"]["id"].as_i64()),
+        (StatusCode::CREATED, Some(2))
+    );
+    // The escrow and proceeds open the books; the seller claims the old sale.
+    let r = t.claim(&seller, 1, "k-claim-after-upgrade").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    check_books(&db).await;
+}
