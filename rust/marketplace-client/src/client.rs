@@ -232,6 +232,8 @@ struct Shared {
     config: RwLock<ClientConfig>,
     /// Permits of `gate` the configuration currently allows.
     concurrency: Mutex<usize>,
+    /// The private runtime, for work the handle starts (shrinking the gate).
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
     http: reqwest::Client,
     events: mpsc::Sender<Event>,
     in_flight: AtomicUsize,
@@ -279,6 +281,7 @@ impl MarketClient {
             bucket: TokenBucket::new(config.max_requests_per_second),
             gate: Semaphore::new(config.max_concurrent_requests),
             concurrency: Mutex::new(config.max_concurrent_requests),
+            runtime: std::sync::OnceLock::new(),
             config: RwLock::new(config),
             http,
             events: event_tx,
@@ -302,6 +305,7 @@ impl MarketClient {
                     .build()
                 {
                     Ok(rt) => {
+                        let _ = for_thread.runtime.set(rt.handle().clone());
                         let _ = ready_tx.send(Ok(()));
                         rt
                     }
@@ -542,18 +546,15 @@ impl Shared {
         } else if want < *have {
             let excess = (*have - want) as u32;
             let shared = self.clone();
-            // Runs on the client's runtime if there is one; a permit taken
-            // later is as good as one taken now.
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().build();
-                if let Ok(rt) = rt {
-                    rt.block_on(async move {
-                        if let Ok(p) = shared.gate.acquire_many(excess).await {
-                            p.forget();
-                        }
-                    });
-                }
-            });
+            // Permits in use come back when their requests finish; a task on
+            // the client's runtime takes them out of circulation then.
+            if let Some(runtime) = self.runtime.get() {
+                runtime.spawn(async move {
+                    if let Ok(p) = shared.gate.acquire_many(excess).await {
+                        p.forget();
+                    }
+                });
+            }
         }
         *have = want;
     }
@@ -768,8 +769,15 @@ async fn bearer(shared: &Shared, command: &Command) -> Result<Option<String>, Cl
     }
 }
 
+/// Keeps a login's token — unless the game switched to another device while
+/// it was on the way: then the token is of the wrong player and is dropped
+/// (a trade sent with it would run under the wrong player's keys).
 fn remember_session(shared: &Shared, session: &Session, device_id: &str, name: &str) {
     if let Ok(mut s) = shared.session.lock() {
+        let current = s.credentials.as_ref().map(|(d, _)| d.as_str());
+        if current.is_some_and(|d| d != device_id) {
+            return;
+        }
         s.token = Some(session.token.clone());
         s.credentials = Some((device_id.to_string(), name.to_string()));
         s.epoch += 1;

@@ -93,25 +93,35 @@ pub fn lock_path(path: &Path) -> PathBuf {
 /// gets [`LoadError::Locked`] and touches nothing. The lock is advisory
 /// (`flock` on Unix, `LockFileEx` on Windows) and dies with the process, so a
 /// crash never leaves a save locked.
-pub fn lock(path: &Path) -> Result<File, LoadError> {
+///
+/// Where no lock can be had — a read-only folder, a file system without
+/// locks — the save still opens, unlocked (`Ok(None)`, with a warning):
+/// the player keeps their data, and a read-only disk shows up as failing
+/// saves rather than as no data at all.
+pub fn lock(path: &Path) -> Result<Option<File>, LoadError> {
     let lock_file = lock_path(path);
-    let io_error = |source| LoadError::Io {
-        path: lock_file.clone(),
-        source,
-    };
-    let file = OpenOptions::new()
+    let file = match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&lock_file)
-        .map_err(io_error)?;
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(path = %lock_file.display(), error = %e, "cannot create the lock file; the save is not protected against a second instance");
+            return Ok(None);
+        }
+    };
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Err(LoadError::Locked {
             path: path.to_path_buf(),
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_error(e)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!(path = %lock_file.display(), error = %e, "this file system cannot lock; the save is not protected against a second instance");
+            Ok(None)
+        }
     }
 }
 

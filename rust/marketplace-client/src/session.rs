@@ -160,7 +160,8 @@ pub struct PendingTrade {
 /// What a request id stands for.
 #[derive(Debug, Clone)]
 enum Tracked {
-    Login,
+    /// A login as this device.
+    Login(String),
     Browse,
     GetListing,
     Sales,
@@ -262,8 +263,13 @@ impl TradingSession {
             .set_credentials(&state.device_id, &state.player_name);
         let pending: Vec<OpId> = store.state().journal.keys().copied().collect();
         // They may be newer than the last save (a store that outlived an
-        // earlier session): sent once everything up to now is on disk.
+        // earlier session): sent once everything up to now is on disk —
+        // which needs a save even with `autosave` off and nothing else
+        // asking for one.
         let generation = store.generation();
+        if !pending.is_empty() && store.durable_generation() < generation {
+            store.save();
+        }
         for op in pending {
             let id = session.client.next_request_id();
             session.track_op(id, op, id, generation);
@@ -341,7 +347,7 @@ impl TradingSession {
             device_id: state.device_id.clone(),
             name: state.player_name.clone(),
         };
-        self.send_now(command, Tracked::Login)
+        self.send_now(command, Tracked::Login(state.device_id.clone()))
     }
 
     pub fn browse(&mut self, query: BrowseQuery) -> Result<RequestId, ClientError> {
@@ -785,7 +791,18 @@ impl TradingSession {
         };
         match (tracked, event.kind) {
             (_, EventKind::Retrying { .. }) => {}
-            (Tracked::Login, EventKind::Done(Reply::LoggedIn(s))) => {
+            (Tracked::Login(device), EventKind::Done(Reply::LoggedIn(_)))
+                if device != store.state().device_id =>
+            {
+                // The game logged in as another device meanwhile.
+                let error = ClientError::new(
+                    ErrorCode::InvalidArgument,
+                    "Superseded: the game logged in as another player meanwhile",
+                );
+                self.ready
+                    .push_back(SessionEvent::RequestFailed { request_id, error });
+            }
+            (Tracked::Login(_), EventKind::Done(Reply::LoggedIn(s))) => {
                 store.set_player(s.player_id, &s.name);
                 store.set_market_mode(s.economy.mode);
                 if s.economy.mode == marketplace_protocol::EconomyMode::ServerGrants {
@@ -1115,7 +1132,7 @@ impl TradingSession {
         while let Some(event) = self.backlog.pop_front() {
             self.handle(store, event);
         }
-        if let Err(e) = store.flush(Duration::from_secs(5)) {
+        if let Err(e) = store.flush_wanted(Duration::from_secs(5)) {
             tracing::warn!(error = %e, "final save failed");
         }
         let mut out: Vec<SessionEvent> = self.refusals.drain(..).collect();

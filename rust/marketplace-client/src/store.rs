@@ -69,7 +69,9 @@ pub enum StoreEvent {
     Saved {
         generation: u64,
     },
-    /// A write failed; the state in memory is intact and the save is retried.
+    /// A write failed; the state in memory is intact and the save is
+    /// retried. Told once per streak of failures (and again if the reason
+    /// changes), not at every retry.
     SaveFailed {
         message: String,
     },
@@ -242,7 +244,7 @@ impl Writer {
         path: PathBuf,
         mut fs: Box<dyn SaveFs>,
         mut copy: PlayerState,
-        lock: std::fs::File,
+        lock: Option<std::fs::File>,
     ) -> std::io::Result<Writer> {
         let shared = Arc::new((Mutex::new(Slot::default()), Condvar::new()));
         let (tx, results) = mpsc::channel();
@@ -353,6 +355,8 @@ pub struct PlayerStore {
     durable: u64,
     /// The generation whose write failed, while no later one succeeded.
     failing: Option<u64>,
+    /// The last failure told to the game (to tell each streak once).
+    told_failure: Option<String>,
     retry_at: Option<Instant>,
     writer: Option<Writer>,
     events: VecDeque<StoreEvent>,
@@ -363,6 +367,9 @@ pub struct PlayerStore {
 
 /// Remote mutations applied per `poll`, so one frame does bounded work.
 const REMOTE_PER_POLL: usize = 10_000;
+
+/// Events kept for a game that does not take them.
+pub const MAX_EVENTS: usize = 10_000;
 
 /// Who asked for a change: the game's own changes are saved only with
 /// `autosave`; trades always.
@@ -434,6 +441,7 @@ impl PlayerStore {
             handed: 0,
             durable: 0,
             failing: None,
+            told_failure: None,
             retry_at: None,
             writer,
             events: VecDeque::new(),
@@ -507,7 +515,7 @@ impl PlayerStore {
 
     fn credits_changed(&mut self) {
         self.deltas.push(Delta::Credits(self.state.credits));
-        self.events.push_back(StoreEvent::CreditsChanged {
+        self.push_event(StoreEvent::CreditsChanged {
             available: self.state.credits,
             held: self.state.held_credits(),
         });
@@ -516,7 +524,7 @@ impl PlayerStore {
     fn item_changed(&mut self, item_id: &str) {
         let count = self.state.item_count(item_id);
         self.deltas.push(Delta::Item(item_id.to_string(), count));
-        self.events.push_back(StoreEvent::InventoryChanged {
+        self.push_event(StoreEvent::InventoryChanged {
             item_id: item_id.to_string(),
             count,
         });
@@ -544,7 +552,7 @@ impl PlayerStore {
 
     fn market_changed(&mut self) {
         self.deltas.push(Delta::Market(self.state.market.clone()));
-        self.events.push_back(StoreEvent::MarketAccountChanged {
+        self.push_event(StoreEvent::MarketAccountChanged {
             credits: self.state.market.credits,
             held: self.state.market_held_credits(),
             version: self.state.market.version,
@@ -635,7 +643,7 @@ impl PlayerStore {
     pub fn release_hold(&mut self, hold_id: HoldId, reason: &str) -> Result<(), StateError> {
         let kind = self.state.release_hold(hold_id)?;
         self.hold_changed(hold_id);
-        self.events.push_back(StoreEvent::HoldReleased {
+        self.push_event(StoreEvent::HoldReleased {
             hold_id,
             reason: reason.to_string(),
         });
@@ -648,7 +656,7 @@ impl PlayerStore {
     pub fn commit_hold(&mut self, hold_id: HoldId) -> Result<(), StateError> {
         let kind = self.state.commit_hold(hold_id)?;
         self.hold_changed(hold_id);
-        self.events.push_back(StoreEvent::HoldCommitted { hold_id });
+        self.push_event(StoreEvent::HoldCommitted { hold_id });
         self.kind_changed(&kind);
         self.changed(Origin::Game);
         Ok(())
@@ -744,7 +752,7 @@ impl PlayerStore {
         let mut items: Vec<String> = Vec::new();
         if let Some((hold_id, kind, committed)) = hold {
             self.hold_changed(hold_id);
-            self.events.push_back(if committed {
+            self.push_event(if committed {
                 StoreEvent::HoldCommitted { hold_id }
             } else {
                 StoreEvent::HoldReleased {
@@ -803,7 +811,7 @@ impl PlayerStore {
                 }
             };
             if let Err(e) = result {
-                self.events.push_back(StoreEvent::RemoteRejected {
+                self.push_event(StoreEvent::RemoteRejected {
                     message: e.to_string(),
                 });
             }
@@ -825,18 +833,24 @@ impl PlayerStore {
                     if self.failing.is_some_and(|g| g <= generation) {
                         self.failing = None;
                         self.retry_at = None;
+                        self.told_failure = None;
                     }
                     // True to its word: only when nothing newer waits.
                     if self.durable >= self.generation {
-                        self.events.push_back(StoreEvent::Saved { generation });
+                        self.push_event(StoreEvent::Saved { generation });
                     }
                 }
                 Err(message) => {
-                    tracing::warn!(%message, "save failed");
                     self.failing = Some(self.handed);
                     self.retry_at = Some(Instant::now() + self.retry_after);
                     self.save_wanted = true;
-                    self.events.push_back(StoreEvent::SaveFailed { message });
+                    if self.told_failure.as_deref() != Some(message.as_str()) {
+                        tracing::warn!(%message, "save failed; retrying");
+                        self.told_failure = Some(message.clone());
+                        self.push_event(StoreEvent::SaveFailed { message });
+                    } else {
+                        tracing::debug!(%message, "save failed again");
+                    }
                 }
             }
         }
@@ -902,6 +916,45 @@ impl PlayerStore {
         drop(slot);
         self.collect_results();
         outcome
+    }
+
+    /// Queues an event for the game; a game that never takes them keeps at
+    /// most the newest [`MAX_EVENTS`].
+    fn push_event(&mut self, event: StoreEvent) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    /// Writes what was asked to be saved (trades, and the game's changes
+    /// with `autosave` on or after `save()`) and waits for it — but not the
+    /// game's own unsaved changes with `autosave` off. For quitting.
+    pub fn flush_wanted(&mut self, timeout: Duration) -> Result<(), String> {
+        self.poll();
+        if self.save_wanted || self.failing.is_some() {
+            return self.flush(timeout);
+        }
+        let Some(shared) = self.writer.as_ref().map(|w| w.shared.clone()) else {
+            return Ok(());
+        };
+        let target = self.handed;
+        let (lock, cv) = &*shared;
+        let deadline = Instant::now() + timeout;
+        let mut slot = lock.lock().map_err(|_| "save writer crashed".to_string())?;
+        while slot.durable < target && slot.failed.is_none() {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!("save did not finish within {timeout:?}"));
+            }
+            slot = match cv.wait_timeout(slot, deadline - now) {
+                Ok((s, _)) => s,
+                Err(_) => return Err("save writer crashed".into()),
+            };
+        }
+        drop(slot);
+        self.collect_results();
+        Ok(())
     }
 
     /// Moves pending events into `out`.

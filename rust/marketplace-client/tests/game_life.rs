@@ -533,3 +533,102 @@ fn a_seller_with_more_sales_than_a_page_claims_them_all() {
         0
     );
 }
+
+#[test]
+fn a_login_answer_for_the_previous_identity_is_not_taken() {
+    let world = World::start();
+    let (_seller, listings) = seller_with_listings(&world, &[40]);
+    let mut buyer = Player::in_memory(&world, "device-a", 500);
+    // A's login is slow; the game switches to B in the same frame.
+    world
+        .proxy
+        .fault("/v1/sessions", Fault::Delay(Duration::from_millis(400)), 1);
+    let store = &buyer.store;
+    let first = buyer.session.as_mut().unwrap().login(store).unwrap();
+    let store = &mut buyer.store;
+    buyer
+        .session
+        .as_mut()
+        .unwrap()
+        .set_identity(store, "device-b", "Bea")
+        .unwrap();
+    buyer.login();
+    let b_id = buyer.store.state().player_id.unwrap();
+    // A's answer arrives after B's and is refused.
+    buyer.pump_until(Duration::from_secs(10), |e| {
+        e.iter().any(
+            |e| matches!(e, SessionEvent::RequestFailed { request_id, .. } if *request_id == first),
+        )
+    });
+    assert_eq!(buyer.store.state().player_id, Some(b_id), "still B");
+    buyer.buy(listings[0], 40).unwrap();
+    buyer.settle(Duration::from_secs(10));
+    assert_eq!(
+        world.count(&format!(
+            "SELECT COUNT(*) FROM purchases WHERE buyer_id = {b_id}"
+        )),
+        1,
+        "the trade ran as the player who made it"
+    );
+}
+
+#[test]
+fn a_save_that_cannot_be_locked_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.json");
+    // Something makes the lock file impossible (here: a folder in its place;
+    // in life a read-only folder or a file system without locks).
+    std::fs::create_dir(marketplace_client::persist::lock_path(&path)).unwrap();
+    let mut store =
+        PlayerStore::open(&path, "Ann", StoreOptions::default()).expect("opens unlocked");
+    store.add_credits(3).unwrap();
+    store.flush(Duration::from_secs(5)).unwrap();
+    drop(store);
+    assert_eq!(
+        PlayerStore::open(&path, "Ann", StoreOptions::default())
+            .unwrap()
+            .state()
+            .credits,
+        3
+    );
+}
+
+#[test]
+fn a_failing_disk_is_told_once_per_streak() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.json");
+    let fs = TestFs::default();
+    let mut store = PlayerStore::open(
+        &path,
+        "Ann",
+        StoreOptions {
+            fs: Box::new(fs.clone()),
+            retry_after: Duration::from_millis(5),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    fs.set_failing(true);
+    store.add_credits(1).unwrap();
+    let mut failures = 0;
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < deadline {
+        store.poll();
+        while let Some(e) = store.next_event() {
+            failures += usize::from(matches!(e, StoreEvent::SaveFailed { .. }));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(failures, 1, "many retries, one message");
+    fs.set_failing(false);
+    store.flush(Duration::from_secs(5)).unwrap();
+    fs.set_failing(true);
+    store.add_credits(1).unwrap();
+    let _ = store.flush(Duration::from_secs(1));
+    store.poll();
+    let mut again = 0;
+    while let Some(e) = store.next_event() {
+        again += usize::from(matches!(e, StoreEvent::SaveFailed { .. }));
+    }
+    assert_eq!(again, 1, "a new streak is told again");
+}
