@@ -657,13 +657,11 @@ impl PlayerState {
                     ),
                     None => None,
                 };
-                let spent = match (&held, a.hold_spent) {
-                    (Some(kind), Some(spent)) if spent < 0 || spent > kind.amount() => {
-                        return Err(StateError::InvalidAmount(spent))
+                if let (Some(kind), Some(spent)) = (&held, a.hold_spent) {
+                    if spent < 0 || spent > kind.amount() {
+                        return Err(StateError::InvalidAmount(spent));
                     }
-                    _ => (),
-                };
-                let _ = spent;
+                }
                 let back = match &held {
                     Some(kind) => kind.amount() - a.hold_spent.unwrap_or(kind.amount()),
                     None => 0,

@@ -63,8 +63,10 @@ pub struct LocalPlayerData {
     #[export]
     default_player_name: GString,
     slot: Option<SlotRef>,
-    /// Why the save file could not be opened (the file is left untouched).
-    load_error: Option<String>,
+    /// Why the save file could not be opened (the file is left untouched),
+    /// and when: opening is tried again a second later (another instance
+    /// may have closed it, the player may have fixed the disk).
+    load_error: Option<(String, std::time::Instant)>,
     /// `load_failed` messages for the next frame.
     unsent_load_failures: VecDeque<String>,
     base: Base<Node>,
@@ -306,7 +308,9 @@ impl LocalPlayerData {
     #[func]
     fn get_load_error(&mut self) -> GString {
         let _ = self.slot();
-        self.load_error.as_deref().unwrap_or("").into()
+        self.load_error
+            .as_ref()
+            .map_or(GString::new(), |(m, _)| m.as_str().into())
     }
 
     /// The save file's absolute path ("" when `save_path` is not usable).
@@ -360,12 +364,17 @@ impl LocalPlayerData {
     /// The new file opens on first use. Setting `save_path` does the same.
     #[func]
     fn change_save_path(&mut self, path: GString) -> GString {
-        if path == self.save_path {
+        let resolved = match resolve_save_path(&path.to_string(), &user_dir()) {
+            Ok(p) => p,
+            Err(message) => {
+                godot_error!("LocalPlayerData: {message}");
+                return "invalid_argument".into();
+            }
+        };
+        if self.resolved_path().ok().as_ref() == Some(&resolved) {
+            // The same file, however it is spelled.
+            self.save_path = path;
             return GString::new();
-        }
-        if let Err(message) = resolve_save_path(&path.to_string(), &user_dir()) {
-            godot_error!("LocalPlayerData: {message}");
-            return "invalid_argument".into();
         }
         if let Some(slot) = &self.slot {
             let pending = slot.borrow().pending_trades();
@@ -428,18 +437,24 @@ impl LocalPlayerData {
         if let Some(slot) = &self.slot {
             return Some(slot.clone());
         }
-        if self.load_error.is_some() {
-            return None;
+        if let Some((_, at)) = &self.load_error {
+            if at.elapsed() < Duration::from_secs(1) {
+                return None;
+            }
         }
         match self.open() {
             Ok(slot) => {
+                self.load_error = None;
                 self.slot = Some(slot.clone());
                 Some(slot)
             }
             Err(message) => {
-                godot_error!("LocalPlayerData: {message}");
-                self.load_error = Some(message.clone());
-                self.unsent_load_failures.push_back(message);
+                // Told once per reason, not at every retry.
+                if self.load_error.as_ref().map(|(m, _)| m) != Some(&message) {
+                    godot_error!("LocalPlayerData: {message}");
+                    self.unsent_load_failures.push_back(message.clone());
+                }
+                self.load_error = Some((message, std::time::Instant::now()));
                 None
             }
         }

@@ -105,17 +105,30 @@ pub fn slot_of(instance_id: godot::prelude::InstanceId) -> Option<SlotRef> {
 }
 
 /// Closes a slot with nothing pending (a save-slot switch): its file is
-/// flushed and its lock released. Blocks briefly (one write, and up to
+/// flushed and its lock released at once — whoever still holds the slot
+/// finds it `closed` and lets go. Blocks briefly (one write, and up to
 /// about 0.1 s for reads still in flight).
 pub fn close(slot: &SlotRef) {
     let path = slot.borrow().path.clone();
     SLOTS.with(|s| s.borrow_mut().remove(&path));
-    let mut guard = slot.borrow_mut();
-    let s = &mut *guard;
-    s.closed = true;
-    if let Some(session) = s.session.take() {
-        session.shutdown(&mut s.store, Duration::ZERO);
-    } else if let Err(e) = s.store.flush(Duration::from_secs(5)) {
+    let (session, store) = {
+        let mut s = slot.borrow_mut();
+        s.closed = true;
+        // The real store leaves the slot (and is dropped below: its writer
+        // finishes, the lock goes); a blank one stays for late readers.
+        let blank = PlayerStore::in_memory(marketplace_client::PlayerState::new("", ""));
+        (s.session.take(), std::mem::replace(&mut s.store, blank))
+    };
+    let mut store = store;
+    let result = match session {
+        Some(session) => {
+            session.shutdown(&mut store, Duration::ZERO);
+            Ok(())
+        }
+        None => store.flush_wanted(Duration::from_secs(5)),
+    };
+    drop(store);
+    if let Err(e) = result {
         godot::global::godot_warn!("LocalPlayerData: saving {} failed: {e}", path.display());
     }
 }

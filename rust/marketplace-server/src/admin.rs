@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use marketplace_protocol::{check_id, AccountEnvelope, MoveRequest, Moved};
 
+use crate::books::Move;
 use crate::error::{Answer, AppError};
 use crate::market::OpContext;
 use crate::routes::{ApiJson, IdemKey, PathId, RequestId};
@@ -166,12 +167,14 @@ async fn grant(
             books::movement(
                 &mut tx,
                 &ctx,
-                player_id,
-                "grant",
-                req.item_id.as_deref(),
-                req.quantity,
-                None,
-                None,
+                Move {
+                    player_id,
+                    action: "grant",
+                    item_id: req.item_id.as_deref(),
+                    quantity: req.quantity,
+                    listing_id: None,
+                    purchase_id: None,
+                },
             )
             .await?;
             id

@@ -155,17 +155,31 @@ pub async fn holding(
     Ok(row.map_or(0, |(n,)| n))
 }
 
+/// What moved, for the ledger.
+pub struct Move<'a> {
+    pub player_id: i64,
+    pub action: &'a str,
+    /// `None`: credits.
+    pub item_id: Option<&'a str>,
+    pub quantity: i64,
+    pub listing_id: Option<i64>,
+    pub purchase_id: Option<i64>,
+}
+
 /// A ledger row that moves value.
 pub async fn movement(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
-    player_id: i64,
-    action: &str,
-    item_id: Option<&str>,
-    quantity: i64,
-    listing_id: Option<i64>,
-    purchase_id: Option<i64>,
+    m: Move<'_>,
 ) -> Result<(), sqlx::Error> {
+    let Move {
+        player_id,
+        action,
+        item_id,
+        quantity,
+        listing_id,
+        purchase_id,
+    } = m;
     sqlx::query(
         "INSERT INTO ledger (at, player_id, action, listing_id, purchase_id, amount, idempotency_key, request_id, item_id, quantity) \
          VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $9)",
@@ -232,12 +246,14 @@ pub async fn deposit(
     movement(
         conn,
         ctx,
-        ctx.player_id,
-        "deposit",
-        item_id,
-        quantity,
-        None,
-        None,
+        Move {
+            player_id: ctx.player_id,
+            action: "deposit",
+            item_id,
+            quantity,
+            listing_id: None,
+            purchase_id: None,
+        },
     )
     .await?;
     Ok(())
@@ -256,12 +272,14 @@ pub async fn withdraw(
     movement(
         conn,
         ctx,
-        ctx.player_id,
-        "withdraw",
-        item_id,
-        quantity,
-        listing_id,
-        purchase_id,
+        Move {
+            player_id: ctx.player_id,
+            action: "withdraw",
+            item_id,
+            quantity,
+            listing_id,
+            purchase_id,
+        },
     )
     .await?;
     Ok(())
@@ -310,33 +328,33 @@ pub struct Totals {
 }
 
 pub async fn totals(conn: &mut AnyConnection) -> Result<Totals, sqlx::Error> {
-    let q = |sql: &'static str| sqlx::query_as::<_, (i64,)>(sql);
-    let mut t = Totals::default();
-    t.account_credits = q("SELECT CAST(COALESCE(SUM(credits), 0) AS BIGINT) FROM accounts")
-        .fetch_one(&mut *conn)
-        .await?
-        .0;
-    t.unclaimed_proceeds = q(
+    const SQL: [&str; 8] = [
+        "SELECT CAST(COALESCE(SUM(credits), 0) AS BIGINT) FROM accounts",
         "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NULL",
-    )
-    .fetch_one(&mut *conn)
-    .await?
-    .0;
-    t.stash_items = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM stash")
-        .fetch_one(&mut *conn)
-        .await?
-        .0;
-    t.escrow_items = q(
+        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM stash",
         "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM listings WHERE status = 'active'",
-    )
-    .fetch_one(&mut *conn)
-    .await?
-    .0;
-    t.inflow_credits = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NULL AND action IN ('deposit', 'grant', 'opening_proceeds')").fetch_one(&mut *conn).await?.0;
-    t.outflow_credits = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NULL AND action = 'withdraw'").fetch_one(&mut *conn).await?.0;
-    t.inflow_items = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NOT NULL AND action IN ('deposit', 'grant', 'opening_escrow')").fetch_one(&mut *conn).await?.0;
-    t.outflow_items = q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NOT NULL AND action = 'withdraw'").fetch_one(&mut *conn).await?.0;
-    Ok(t)
+        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NULL AND action IN ('deposit', 'grant', 'opening_proceeds')",
+        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NULL AND action = 'withdraw'",
+        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NOT NULL AND action IN ('deposit', 'grant', 'opening_escrow')",
+        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NOT NULL AND action = 'withdraw'",
+    ];
+    let mut v = [0i64; 8];
+    for (slot, sql) in v.iter_mut().zip(SQL) {
+        *slot = sqlx::query_as::<_, (i64,)>(sql)
+            .fetch_one(&mut *conn)
+            .await?
+            .0;
+    }
+    Ok(Totals {
+        account_credits: v[0],
+        unclaimed_proceeds: v[1],
+        stash_items: v[2],
+        escrow_items: v[3],
+        inflow_credits: v[4],
+        outflow_credits: v[5],
+        inflow_items: v[6],
+        outflow_items: v[7],
+    })
 }
 
 /// What the audit found.

@@ -37,7 +37,7 @@ use marketplace_protocol::{
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use crate::books;
+use crate::books::{self, Move};
 use crate::economy::Policy;
 use crate::error::{Answer, AppError};
 
@@ -207,12 +207,14 @@ pub async fn create_listing(
     books::movement(
         conn,
         ctx,
-        ctx.player_id,
-        "list",
-        Some(item_id),
-        quantity,
-        Some(listing.id),
-        None,
+        Move {
+            player_id: ctx.player_id,
+            action: "list",
+            item_id: Some(item_id),
+            quantity,
+            listing_id: Some(listing.id),
+            purchase_id: None,
+        },
     )
     .await?;
     Answer::json(
@@ -317,12 +319,14 @@ pub async fn cancel_listing(
     books::movement(
         conn,
         ctx,
-        ctx.player_id,
-        "cancel",
-        Some(&listing.item_id),
-        listing.quantity,
-        Some(listing_id),
-        None,
+        Move {
+            player_id: ctx.player_id,
+            action: "cancel",
+            item_id: Some(&listing.item_id),
+            quantity: listing.quantity,
+            listing_id: Some(listing_id),
+            purchase_id: None,
+        },
     )
     .await?;
     let mut delivered = 0;
@@ -423,24 +427,28 @@ pub async fn purchase(
     books::movement(
         conn,
         ctx,
-        ctx.player_id,
-        "purchase_pay",
-        None,
-        price,
-        Some(listing_id),
-        Some(purchase_id),
+        Move {
+            player_id: ctx.player_id,
+            action: "purchase_pay",
+            item_id: None,
+            quantity: price,
+            listing_id: Some(listing_id),
+            purchase_id: Some(purchase_id),
+        },
     )
     .await?;
     books::credit(conn, ctx.player_id, Some(&item_id), quantity).await?;
     books::movement(
         conn,
         ctx,
-        ctx.player_id,
-        "purchase_items",
-        Some(&item_id),
-        quantity,
-        Some(listing_id),
-        Some(purchase_id),
+        Move {
+            player_id: ctx.player_id,
+            action: "purchase_items",
+            item_id: Some(&item_id),
+            quantity,
+            listing_id: Some(listing_id),
+            purchase_id: Some(purchase_id),
+        },
     )
     .await?;
     let mut delivered = 0;
@@ -520,12 +528,14 @@ pub async fn claim(
     books::movement(
         conn,
         ctx,
-        ctx.player_id,
-        "claim",
-        None,
-        amount,
-        Some(listing_id),
-        Some(sale_id),
+        Move {
+            player_id: ctx.player_id,
+            action: "claim",
+            item_id: None,
+            quantity: amount,
+            listing_id: Some(listing_id),
+            purchase_id: Some(sale_id),
+        },
     )
     .await?;
     let mut delivered = 0;
