@@ -197,3 +197,55 @@ async fn bad_flags_are_refused_with_a_message() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// `marketplace-server audit`: the books of a market that traded balance;
+/// a balance changed behind the server's back is named.
+async fn audit(database: &str) {
+    let server = ServerProcess::start(database, &[]);
+    let base = server.url();
+    let api = Api::default();
+    let (_, seller) = api.login(&base, "audit-seller").await;
+    let (_, buyer) = api.login(&base, "audit-buyer").await;
+    let l = api.create_listing(&base, &seller, "relic", 80).await;
+    assert_eq!(api.purchase(&base, &buyer, l, 80, &key()).await.unwrap().status, 200);
+    let r = api
+        .send(&base, Method::POST, "/v1/me/deposits", Some(&buyer), Some(&key()), Some(json!({"quantity": 25})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    drop(server);
+    let run = || {
+        std::process::Command::new(marketplace_e2e::server_binary())
+            .args(["audit", "--database", database])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("the books balance") && stdout.contains("credits: 105 inside"), "{stdout}");
+    // Someone edits an account in the database.
+    let sql = "UPDATE accounts SET credits = credits + 1000";
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(database).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+        let _ = conn.close().await;
+    }
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("first mismatch: Account("), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_finds_tampered_books_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    audit(&sqlite_url(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_finds_tampered_books_on_postgres() {
+    let Some(url) = postgres_url("the audit").await else { return };
+    audit(&url).await;
+}

@@ -1,11 +1,54 @@
 //! `marketplace-server`: serve the marketplace until SIGTERM or Ctrl-C.
+//! `marketplace-server audit --database URL`: prove the books balance.
 
 use clap::Parser;
 use marketplace_server::{BoundServer, Config};
 use tracing_subscriber::EnvFilter;
 
+/// `marketplace-server audit`: replays the ledger and checks every account,
+/// stash, escrow and unclaimed proceeds against it, and that what is inside
+/// the market equals what came in minus what went out. Exits 1 and names the
+/// first mismatch when the books do not balance. Reads only.
+#[derive(Debug, Parser)]
+#[command(name = "marketplace-server audit")]
+struct AuditArgs {
+    /// The database to audit (as for serving).
+    #[arg(long, env = "MARKET_DATABASE_URL", default_value = "sqlite://marketplace.sqlite")]
+    database: String,
+}
+
+async fn audit(args: AuditArgs) -> std::process::ExitCode {
+    let report = match marketplace_server::db::audit(&args.database).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("marketplace-server audit: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    for line in &report.lines {
+        println!("{line}");
+    }
+    match report.mismatches.first() {
+        None => {
+            println!("the books balance");
+            std::process::ExitCode::SUCCESS
+        }
+        Some(first) => {
+            eprintln!("the books do not balance; first mismatch: {first}");
+            for other in report.mismatches.iter().skip(1).take(20) {
+                eprintln!("  also: {other}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("audit") {
+        let args = AuditArgs::parse_from(std::env::args().skip(1));
+        return audit(args).await;
+    }
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(

@@ -309,6 +309,34 @@ impl Db {
     }
 }
 
+/// Audits the books of the database at `url` without changing it (no
+/// migrations are run; a database older than the books is refused).
+pub async fn audit(url: &str) -> Result<crate::books::AuditReport, String> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let url = if url.starts_with("sqlite:") && !url.contains("mode=") {
+        format!("{url}{}mode=ro", if url.contains('?') { "&" } else { "?" })
+    } else {
+        url.to_string()
+    };
+    let mut conn = sqlx::AnyConnection::connect(&url)
+        .await
+        .map_err(|e| format!("cannot open the database: {e}"))?;
+    let version: Option<(Option<i64>,)> =
+        sqlx::query_as("SELECT MAX(version) FROM schema_migrations")
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(|e| format!("not a marketplace database: {e}"))?;
+    if version.and_then(|(v,)| v).unwrap_or(0) < 4 {
+        return Err("this database is older than the books (schema 4); start the server once to upgrade it".into());
+    }
+    let report = crate::books::audit(&mut conn)
+        .await
+        .map_err(|e| format!("reading the books failed: {e}"))?;
+    let _ = conn.close().await;
+    Ok(report)
+}
+
 async fn run_step(conn: &mut sqlx::AnyConnection, step: Step) -> Result<(), sqlx::Error> {
     match step {
         Step::HashDeviceIds => {
