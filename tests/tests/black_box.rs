@@ -207,9 +207,22 @@ async fn audit(database: &str) {
     let (_, seller) = api.login(&base, "audit-seller").await;
     let (_, buyer) = api.login(&base, "audit-buyer").await;
     let l = api.create_listing(&base, &seller, "relic", 80).await;
-    assert_eq!(api.purchase(&base, &buyer, l, 80, &key()).await.unwrap().status, 200);
+    assert_eq!(
+        api.purchase(&base, &buyer, l, 80, &key())
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     let r = api
-        .send(&base, Method::POST, "/v1/me/deposits", Some(&buyer), Some(&key()), Some(json!({"quantity": 25})))
+        .send(
+            &base,
+            Method::POST,
+            "/v1/me/deposits",
+            Some(&buyer),
+            Some(&key()),
+            Some(json!({"quantity": 25})),
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text);
@@ -222,8 +235,15 @@ async fn audit(database: &str) {
     };
     let out = run();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("the books balance") && stdout.contains("credits: 105 inside"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("the books balance") && stdout.contains("credits: 105 inside"),
+        "{stdout}"
+    );
     // Someone edits an account in the database.
     let sql = "UPDATE accounts SET credits = credits + 1000";
     {
@@ -246,6 +266,8 @@ async fn the_audit_finds_tampered_books_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_finds_tampered_books_on_postgres() {
-    let Some(url) = postgres_url("the audit").await else { return };
+    let Some(url) = postgres_url("the audit").await else {
+        return;
+    };
     audit(&url).await;
 }

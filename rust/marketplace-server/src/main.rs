@@ -13,7 +13,11 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "marketplace-server audit")]
 struct AuditArgs {
     /// The database to audit (as for serving).
-    #[arg(long, env = "MARKET_DATABASE_URL", default_value = "sqlite://marketplace.sqlite")]
+    #[arg(
+        long,
+        env = "MARKET_DATABASE_URL",
+        default_value = "sqlite://marketplace.sqlite"
+    )]
     database: String,
 }
 

@@ -23,8 +23,14 @@ backend_tests!(
 );
 
 async fn post(t: &TestServer, who: &Player, path: &str, body: Value) -> support::Reply {
-    t.send(Method::POST, path, Some(&who.token), Some(&key()), Some(body.to_string()))
-        .await
+    t.send(
+        Method::POST,
+        path,
+        Some(&who.token),
+        Some(&key()),
+        Some(body.to_string()),
+    )
+    .await
 }
 
 async fn account(t: &TestServer, who: &Player) -> Value {
@@ -40,22 +46,64 @@ async fn a_cheater_cannot_create_credits_or_items(db: TestDb) {
     let listing = t.create_listing(&honest, "relic", 100).await;
 
     // Buys with no balance and no deposit: refused, nothing recorded.
-    let r = post(&t, &cheater, &format!("/v1/listings/{listing}/purchase"), json!({"expected_price": 100})).await;
-    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "insufficient_funds"), "{}", r.text);
-    let r = post(&t, &cheater, &format!("/v1/listings/{listing}/purchase"), json!({"expected_price": 100, "deposit": 99})).await;
-    assert_eq!(r.code(), "insufficient_funds", "a deposit short of the price");
+    let r = post(
+        &t,
+        &cheater,
+        &format!("/v1/listings/{listing}/purchase"),
+        json!({"expected_price": 100}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "insufficient_funds"),
+        "{}",
+        r.text
+    );
+    let r = post(
+        &t,
+        &cheater,
+        &format!("/v1/listings/{listing}/purchase"),
+        json!({"expected_price": 100, "deposit": 99}),
+    )
+    .await;
+    assert_eq!(
+        r.code(),
+        "insufficient_funds",
+        "a deposit short of the price"
+    );
     // Lists items it never deposited.
-    let r = post(&t, &cheater, "/v1/listings", json!({"item_id": "legendary", "quantity": 5, "price": 1})).await;
-    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "insufficient_items"));
+    let r = post(
+        &t,
+        &cheater,
+        "/v1/listings",
+        json!({"item_id": "legendary", "quantity": 5, "price": 1}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "insufficient_items")
+    );
     // Withdraws what it does not have.
     let r = post(&t, &cheater, "/v1/me/withdrawals", json!({"quantity": 1})).await;
     assert_eq!(r.code(), "insufficient_funds");
-    let r = post(&t, &cheater, "/v1/me/withdrawals", json!({"item_id": "relic", "quantity": 1})).await;
+    let r = post(
+        &t,
+        &cheater,
+        "/v1/me/withdrawals",
+        json!({"item_id": "relic", "quantity": 1}),
+    )
+    .await;
     assert_eq!(r.code(), "insufficient_items");
     // Withdraws with negative or absurd amounts.
     let r = post(&t, &cheater, "/v1/me/withdrawals", json!({"quantity": -50})).await;
     assert_eq!(r.code(), "invalid_request");
-    let r = post(&t, &cheater, "/v1/me/deposits", json!({"quantity": 9223372036854775807i64})).await;
+    let r = post(
+        &t,
+        &cheater,
+        "/v1/me/deposits",
+        json!({"quantity": 9223372036854775807i64}),
+    )
+    .await;
     assert_eq!(r.code(), "invalid_request");
     // The listing is still for sale, nobody paid, nothing moved.
     let r = t.get(&cheater, &format!("/v1/listings/{listing}")).await;
@@ -65,12 +113,18 @@ async fn a_cheater_cannot_create_credits_or_items(db: TestDb) {
     let buyer = t.login("honest-buyer").await;
     let r = t.purchase(&buyer, listing, 100, &key()).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.body["transfer"], json!({"deposited": 100, "delivered": 1}));
+    assert_eq!(
+        r.body["transfer"],
+        json!({"deposited": 100, "delivered": 1})
+    );
     let sale = r.body["purchase"]["id"].as_i64().unwrap();
     let r = t.claim(&cheater, sale, &key()).await;
     assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "forbidden"));
     let r = t.claim(&honest, sale, &key()).await;
-    assert_eq!((r.status, r.body["transfer"]["delivered"].as_i64()), (StatusCode::OK, Some(100)));
+    assert_eq!(
+        (r.status, r.body["transfer"]["delivered"].as_i64()),
+        (StatusCode::OK, Some(100))
+    );
 
     // What the cheater may do — deposit within the cap — shows in the ledger
     // and buys nothing more than it paid for.
@@ -78,7 +132,13 @@ async fn a_cheater_cannot_create_credits_or_items(db: TestDb) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["account"]["credits"], 30);
     let cheap = t.create_listing(&honest, "ore", 20).await;
-    let r = post(&t, &cheater, &format!("/v1/listings/{cheap}/purchase"), json!({"expected_price": 20})).await;
+    let r = post(
+        &t,
+        &cheater,
+        &format!("/v1/listings/{cheap}/purchase"),
+        json!({"expected_price": 20}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "paid from the deposited balance");
     assert_eq!(account(&t, &cheater).await["credits"], 10);
     check_books(&db).await;
@@ -99,21 +159,53 @@ async fn the_deposit_cap_holds_across_keys_and_small_deposits(db: TestDb) {
             other => panic!("{other}: {}", r.text),
         }
     }
-    assert_eq!(accepted, 990, "ten deposits of 99 fit under 1,000, the rest are refused");
+    assert_eq!(
+        accepted, 990,
+        "ten deposits of 99 fit under 1,000, the rest are refused"
+    );
     // Riding along a purchase counts the same.
     let seller = t.login("seller").await;
     let l = t.create_listing(&seller, "relic", 500).await;
-    let r = post(&t, &cheater, &format!("/v1/listings/{l}/purchase"), json!({"expected_price": 500, "deposit": 500})).await;
-    assert_eq!(r.status, StatusCode::OK, "the balance covers it: nothing deposited ({})", r.text);
+    let r = post(
+        &t,
+        &cheater,
+        &format!("/v1/listings/{l}/purchase"),
+        json!({"expected_price": 500, "deposit": 500}),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the balance covers it: nothing deposited ({})",
+        r.text
+    );
     let l = t.create_listing(&seller, "relic", 600).await;
-    let r = post(&t, &cheater, &format!("/v1/listings/{l}/purchase"), json!({"expected_price": 600, "deposit": 600})).await;
+    let r = post(
+        &t,
+        &cheater,
+        &format!("/v1/listings/{l}/purchase"),
+        json!({"expected_price": 600, "deposit": 600}),
+    )
+    .await;
     assert_eq!(r.code(), "deposit_limit", "{}", r.text);
     // Items have a cap per kind.
     for i in 0..4 {
-        let r = post(&t, &cheater, "/v1/me/deposits", json!({"item_id": "ore", "quantity": 3})).await;
+        let r = post(
+            &t,
+            &cheater,
+            "/v1/me/deposits",
+            json!({"item_id": "ore", "quantity": 3}),
+        )
+        .await;
         assert_eq!(r.status == StatusCode::OK, i < 3, "{}", r.text);
     }
-    let r = post(&t, &cheater, "/v1/me/deposits", json!({"item_id": "gem", "quantity": 3})).await;
+    let r = post(
+        &t,
+        &cheater,
+        "/v1/me/deposits",
+        json!({"item_id": "gem", "quantity": 3}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "another kind has its own cap");
     // A day later the window has moved on.
     t.server.clock().advance(25 * 3600);
@@ -140,7 +232,10 @@ async fn withdrawals_race_purchases_without_overdraft(db: TestDb) {
         let http = t.http.clone();
         tasks.push(tokio::spawn(async move {
             let (path, body) = if i % 2 == 0 {
-                (format!("{base}/v1/listings/{l}/purchase"), json!({"expected_price": 30}))
+                (
+                    format!("{base}/v1/listings/{l}/purchase"),
+                    json!({"expected_price": 30}),
+                )
             } else {
                 (format!("{base}/v1/me/withdrawals"), json!({"quantity": 30}))
             };
@@ -172,28 +267,72 @@ async fn withdrawals_race_purchases_without_overdraft(db: TestDb) {
 async fn the_catalog_refuses_unknown_items_and_out_of_range_listings(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let catalog = dir.path().join("catalog.json");
-    std::fs::write(&catalog, r#"{"items": {"ore": {"max_quantity": 5, "min_price": 10, "max_price": 100}}}"#).unwrap();
+    std::fs::write(
+        &catalog,
+        r#"{"items": {"ore": {"max_quantity": 5, "min_price": 10, "max_price": 100}}}"#,
+    )
+    .unwrap();
     let mut config = Config::for_tests(&db.url);
     config.catalog = Some(catalog);
     let t = TestServer::start_with(config).await;
     let p = t.login("p").await;
-    let r = post(&t, &p, "/v1/listings", json!({"item_id": "dragon_egg", "quantity": 1, "price": 50, "deposit": 1})).await;
-    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "unknown_item"));
-    let r = post(&t, &p, "/v1/me/deposits", json!({"item_id": "dragon_egg", "quantity": 1})).await;
+    let r = post(
+        &t,
+        &p,
+        "/v1/listings",
+        json!({"item_id": "dragon_egg", "quantity": 1, "price": 50, "deposit": 1}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, "unknown_item")
+    );
+    let r = post(
+        &t,
+        &p,
+        "/v1/me/deposits",
+        json!({"item_id": "dragon_egg", "quantity": 1}),
+    )
+    .await;
     assert_eq!(r.code(), "unknown_item");
-    let r = post(&t, &p, "/v1/listings", json!({"item_id": "ore", "quantity": 6, "price": 50, "deposit": 6})).await;
+    let r = post(
+        &t,
+        &p,
+        "/v1/listings",
+        json!({"item_id": "ore", "quantity": 6, "price": 50, "deposit": 6}),
+    )
+    .await;
     assert_eq!(r.code(), "invalid_request", "over the quantity per listing");
-    let r = post(&t, &p, "/v1/listings", json!({"item_id": "ore", "quantity": 1, "price": 500, "deposit": 1})).await;
+    let r = post(
+        &t,
+        &p,
+        "/v1/listings",
+        json!({"item_id": "ore", "quantity": 1, "price": 500, "deposit": 1}),
+    )
+    .await;
     assert_eq!(r.code(), "invalid_request", "over the price range");
-    let r = post(&t, &p, "/v1/listings", json!({"item_id": "ore", "quantity": 2, "price": 50, "deposit": 2})).await;
+    let r = post(
+        &t,
+        &p,
+        "/v1/listings",
+        json!({"item_id": "ore", "quantity": 2, "price": 50, "deposit": 2}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     check_books(&db).await;
 }
 
 const ADMIN: &str = "test-admin-key-test-admin-key-test-admin";
 
-async fn admin(t: &TestServer, method: Method, path: &str, key_: Option<&str>, body: Option<Value>) -> support::Reply {
-    t.send(method, path, Some(ADMIN), key_, body.map(|b| b.to_string())).await
+async fn admin(
+    t: &TestServer,
+    method: Method,
+    path: &str,
+    key_: Option<&str>,
+    body: Option<Value>,
+) -> support::Reply {
+    t.send(method, path, Some(ADMIN), key_, body.map(|b| b.to_string()))
+        .await
 }
 
 async fn server_grants_only_the_backend_brings_value_in(db: TestDb) {
@@ -204,28 +343,83 @@ async fn server_grants_only_the_backend_brings_value_in(db: TestDb) {
     let buyer = t.login("g-buyer").await;
     // Players cannot deposit, not even riding along a trade.
     let r = post(&t, &buyer, "/v1/me/deposits", json!({"quantity": 10})).await;
-    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "deposits_disabled"));
-    let r = post(&t, &seller, "/v1/listings", json!({"item_id": "relic", "quantity": 1, "price": 50, "deposit": 1})).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "deposits_disabled")
+    );
+    let r = post(
+        &t,
+        &seller,
+        "/v1/listings",
+        json!({"item_id": "relic", "quantity": 1, "price": 50, "deposit": 1}),
+    )
+    .await;
     assert_eq!(r.code(), "deposits_disabled");
     // The backend grants.
-    let g = admin(&t, Method::POST, &format!("/admin/v1/players/{}/grants", seller.id), Some("grant-1"), Some(json!({"item_id": "relic", "quantity": 2}))).await;
+    let g = admin(
+        &t,
+        Method::POST,
+        &format!("/admin/v1/players/{}/grants", seller.id),
+        Some("grant-1"),
+        Some(json!({"item_id": "relic", "quantity": 2})),
+    )
+    .await;
     assert_eq!(g.status, StatusCode::OK, "{}", g.text);
-    let again = admin(&t, Method::POST, &format!("/admin/v1/players/{}/grants", seller.id), Some("grant-1"), Some(json!({"item_id": "relic", "quantity": 2}))).await;
-    assert_eq!(again.body["id"], g.body["id"], "a grant's retry is the same grant");
+    let again = admin(
+        &t,
+        Method::POST,
+        &format!("/admin/v1/players/{}/grants", seller.id),
+        Some("grant-1"),
+        Some(json!({"item_id": "relic", "quantity": 2})),
+    )
+    .await;
+    assert_eq!(
+        again.body["id"], g.body["id"],
+        "a grant's retry is the same grant"
+    );
     assert_eq!(again.body["account"]["stash"]["relic"], 2, "not four");
-    let reused = admin(&t, Method::POST, &format!("/admin/v1/players/{}/grants", seller.id), Some("grant-1"), Some(json!({"quantity": 5}))).await;
+    let reused = admin(
+        &t,
+        Method::POST,
+        &format!("/admin/v1/players/{}/grants", seller.id),
+        Some("grant-1"),
+        Some(json!({"quantity": 5})),
+    )
+    .await;
     assert_eq!(reused.code(), "idempotency_key_reused");
-    let r = admin(&t, Method::POST, &format!("/admin/v1/players/{}/grants", buyer.id), Some("grant-2"), Some(json!({"quantity": 70}))).await;
+    let r = admin(
+        &t,
+        Method::POST,
+        &format!("/admin/v1/players/{}/grants", buyer.id),
+        Some("grant-2"),
+        Some(json!({"quantity": 70})),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     // Trades pay from the accounts; nothing leaves for the save by itself.
-    let r = post(&t, &seller, "/v1/listings", json!({"item_id": "relic", "quantity": 1, "price": 50})).await;
+    let r = post(
+        &t,
+        &seller,
+        "/v1/listings",
+        json!({"item_id": "relic", "quantity": 1, "price": 50}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let listing = r.body["listing"]["id"].as_i64().unwrap();
-    let r = post(&t, &buyer, &format!("/v1/listings/{listing}/purchase"), json!({"expected_price": 50})).await;
+    let r = post(
+        &t,
+        &buyer,
+        &format!("/v1/listings/{listing}/purchase"),
+        json!({"expected_price": 50}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["transfer"], json!({"deposited": 0, "delivered": 0}));
     let b = account(&t, &buyer).await;
-    assert_eq!((b["credits"].as_i64(), b["stash"]["relic"].as_i64()), (Some(20), Some(1)));
+    assert_eq!(
+        (b["credits"].as_i64(), b["stash"]["relic"].as_i64()),
+        (Some(20), Some(1))
+    );
     let sale = r.body["purchase"]["id"].as_i64().unwrap();
     let r = t.claim(&seller, sale, &key()).await;
     assert_eq!(r.body["transfer"]["delivered"], 0);
@@ -234,7 +428,14 @@ async fn server_grants_only_the_backend_brings_value_in(db: TestDb) {
     let r = post(&t, &seller, "/v1/me/withdrawals", json!({"quantity": 50})).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["account"]["credits"], 0);
-    let r = admin(&t, Method::GET, &format!("/admin/v1/players/{}/account", buyer.id), None, None).await;
+    let r = admin(
+        &t,
+        Method::GET,
+        &format!("/admin/v1/players/{}/account", buyer.id),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(r.body["account"]["credits"], 20);
     assert_eq!(r.body["economy"]["mode"], "server_grants");
     check_books(&db).await;
@@ -244,14 +445,44 @@ async fn the_admin_api_needs_its_key_and_bans_stick(db: TestDb) {
     let t = TestServer::start(&db).await;
     let p = t.login("to-ban").await;
     let path = format!("/admin/v1/players/{}/grants", p.id);
-    for token in [None, Some("wrong-key-wrong-key-wrong-key-wrong-key"), Some(p.token.as_str())] {
-        let r = t.send(Method::POST, &path, token, Some(&key()), Some(json!({"quantity": 5}).to_string())).await;
-        assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "unauthorized"), "{token:?}");
+    for token in [
+        None,
+        Some("wrong-key-wrong-key-wrong-key-wrong-key"),
+        Some(p.token.as_str()),
+    ] {
+        let r = t
+            .send(
+                Method::POST,
+                &path,
+                token,
+                Some(&key()),
+                Some(json!({"quantity": 5}).to_string()),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNAUTHORIZED, "unauthorized"),
+            "{token:?}"
+        );
     }
-    let r = admin(&t, Method::GET, "/admin/v1/players/999999/account", None, None).await;
+    let r = admin(
+        &t,
+        Method::GET,
+        "/admin/v1/players/999999/account",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(r.code(), "not_found");
     let listing = t.create_listing(&p, "ore", 5).await;
-    let r = admin(&t, Method::POST, &format!("/admin/v1/players/{}/ban", p.id), None, None).await;
+    let r = admin(
+        &t,
+        Method::POST,
+        &format!("/admin/v1/players/{}/ban", p.id),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     // Every route refuses the banned player's token, and it cannot log in again.
     for (method, route) in [
@@ -261,15 +492,36 @@ async fn the_admin_api_needs_its_key_and_bans_stick(db: TestDb) {
         (Method::DELETE, format!("/v1/listings/{listing}")),
         (Method::POST, "/v1/me/withdrawals".to_string()),
     ] {
-        let r = t.send(method.clone(), &route, Some(&p.token), Some(&key()), Some(json!({"quantity": 1}).to_string())).await;
+        let r = t
+            .send(
+                method.clone(),
+                &route,
+                Some(&p.token),
+                Some(&key()),
+                Some(json!({"quantity": 1}).to_string()),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {route}");
     }
     let r = t
-        .send(Method::POST, "/v1/sessions", None, None, Some(json!({"device_id": "to-ban", "name": "x"}).to_string()))
+        .send(
+            Method::POST,
+            "/v1/sessions",
+            None,
+            None,
+            Some(json!({"device_id": "to-ban", "name": "x"}).to_string()),
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // Unbanned, it is a player again.
-    let r = admin(&t, Method::DELETE, &format!("/admin/v1/players/{}/ban", p.id), None, None).await;
+    let r = admin(
+        &t,
+        Method::DELETE,
+        &format!("/admin/v1/players/{}/ban", p.id),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(t.login("to-ban").await.id, p.id);
     check_books(&db).await;
@@ -282,7 +534,14 @@ async fn without_an_admin_key_the_admin_api_is_closed() {
     config.admin_key = None;
     let t = TestServer::start_with(config).await;
     let p = t.login("p").await;
-    let r = admin(&t, Method::GET, &format!("/admin/v1/players/{}/account", p.id), None, None).await;
+    let r = admin(
+        &t,
+        Method::GET,
+        &format!("/admin/v1/players/{}/account", p.id),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -293,6 +552,13 @@ async fn the_books_are_exported_as_metrics() {
     let p = t.login("p").await;
     post(&t, &p, "/v1/me/deposits", json!({"quantity": 42})).await;
     let r = t.send(Method::GET, "/metrics", None, None, None).await;
-    assert!(r.text.contains(r#"market_book_credits{place="accounts"} 42"#), "{}", r.text);
-    assert!(r.text.contains(r#"market_book_flow_total{kind="credits",direction="in"} 42"#));
+    assert!(
+        r.text
+            .contains(r#"market_book_credits{place="accounts"} 42"#),
+        "{}",
+        r.text
+    );
+    assert!(r
+        .text
+        .contains(r#"market_book_flow_total{kind="credits",direction="in"} 42"#));
 }

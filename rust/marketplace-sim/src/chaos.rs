@@ -11,6 +11,12 @@
 //! server answers with its own HTML error pages. A fixed seed reproduces the
 //! same sequence of player actions (timing, and so the faults' victims, vary).
 //!
+//! Cheaters — modified clients speaking raw HTTP straight to the server —
+//! play alongside: they buy without paying, list items they never had,
+//! withdraw more than they hold, claim others' proceeds and push deposits
+//! past the cap. Every such attempt must be refused; what the policy allows
+//! them (deposits within the cap) stays in their market accounts.
+//!
 //! At the end, with the faults off and every player settled, it checks:
 //! - **I1** every listing sold at most once; sold ⇔ exactly one purchase;
 //! - **I2** credits (available + held, plus unclaimed proceeds) and items
@@ -54,6 +60,8 @@ pub struct ChaosConfig {
     /// A game-life event (settings change, pause, failing disk, clean
     /// reopen) happens every this many operations (0 = never).
     pub life_every: usize,
+    /// Modified clients sending raw HTTP next to the honest players.
+    pub cheaters: usize,
 }
 
 impl Default for ChaosConfig {
@@ -67,6 +75,7 @@ impl Default for ChaosConfig {
             crash_every: 40,
             server_restarts: 2,
             life_every: 10,
+            cheaters: 2,
         }
     }
 }
@@ -206,6 +215,13 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     let mut paused_until = vec![0usize; cfg.players];
     let mut disk_fails_until = vec![0usize; cfg.players];
 
+    let mut cheaters = Vec::new();
+    for i in 0..cfg.cheaters {
+        cheaters.push(Cheater::login(
+            &market,
+            &format!("cheater-{}-{i}-{}", cfg.seed, rand::random::<u32>()),
+        )?);
+    }
     let mut told: Vec<Told> = (0..cfg.players).map(|_| Told::default()).collect();
     // What players have seen on the market: listing id → (price, seller id).
     let mut known: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
@@ -262,6 +278,11 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
                     }
                 }
             }
+        }
+        if !cheaters.is_empty() && rng.gen_bool(0.1) {
+            let k = rng.gen_range(0..cheaters.len());
+            cheaters[k].cheat(&market, &mut rng, &known, &mut stats, &mut report)?;
+            continue;
         }
         let i = rng.gen_range(0..players.len());
         let me = players[i].player_id().unwrap_or(0);
@@ -383,7 +404,20 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
             .map_err(|e| e.to_string())?;
     }
 
-    check_invariants(&market, &players, &told, cfg, &mut report)?;
+    let cheater_ids: Vec<i64> = cheaters.iter().map(|c| c.id).collect();
+    check_invariants(&market, &players, &cheater_ids, &told, cfg, &mut report)?;
+    if cfg.cheaters > 0 {
+        let get = |k| stats.get(k).copied().unwrap_or(0);
+        let tried = get("cheats attempted");
+        let refused = get("cheats refused");
+        let deposits = get("cheater deposits within the cap");
+        let bought = get("cheater purchases paid from capped deposits");
+        report.check(
+            "cheaters refused",
+            tried == refused + deposits + bought,
+            format!("{tried} attempts by {} modified clients: {refused} refused; allowed: {deposits} deposits within the cap, {bought} purchases paid from them", cfg.cheaters),
+        );
+    }
     let faults = market
         .proxy
         .stats
@@ -522,9 +556,126 @@ fn crash(
     Ok(())
 }
 
+/// A modified client: raw HTTP, no local checks, trying what the market
+/// must refuse.
+struct Cheater {
+    id: i64,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Cheater {
+    fn login(market: &Market, device: &str) -> Result<Cheater, String> {
+        let http = reqwest::Client::new();
+        let url = market.server_url();
+        let (id, token) = market.rt.block_on(async {
+            let r = http
+                .post(format!("{url}/v1/sessions"))
+                .json(&serde_json::json!({"device_id": device, "name": "cheater"}))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+            let token = v["token"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("no token: {v}"))?;
+            Ok::<_, String>((v["player_id"].as_i64().unwrap_or(0), token))
+        })?;
+        Ok(Cheater { id, token, http })
+    }
+
+    /// One attempt. A success of anything that should be refused is a
+    /// failure of the run.
+    fn cheat(
+        &mut self,
+        market: &Market,
+        rng: &mut StdRng,
+        known: &BTreeMap<i64, (i64, i64)>,
+        stats: &mut HashMap<&'static str, i64>,
+        report: &mut Report,
+    ) -> Result<(), String> {
+        let listing = known.iter().next().map(|(id, (price, _))| (*id, *price));
+        let (path, body, allowed): (String, serde_json::Value, &[u16]) = match rng.gen_range(0..6) {
+            // Buying without offering a deposit: only what its capped
+            // deposits already paid for can go through.
+            0 => match listing {
+                Some((id, price)) => (
+                    format!("/v1/listings/{id}/purchase"),
+                    serde_json::json!({"expected_price": price}),
+                    &[200, 409, 404, 403],
+                ),
+                None => return Ok(()),
+            },
+            1 => (
+                "/v1/listings".into(),
+                serde_json::json!({"item_id": "gem", "quantity": 50, "price": 1}),
+                &[409],
+            ),
+            2 => (
+                "/v1/me/withdrawals".into(),
+                serde_json::json!({"quantity": 1_000_000_000}),
+                &[409],
+            ),
+            3 => (
+                format!("/v1/sales/{}/claim", rng.gen_range(1..500)),
+                serde_json::json!({}),
+                &[403, 404],
+            ),
+            4 => (
+                "/v1/listings".into(),
+                serde_json::json!({"item_id": "ore", "quantity": 9_000_000_000i64, "price": 1, "deposit": 9_000_000_000i64}),
+                &[400],
+            ),
+            // Deposits are allowed up to the cap, refused beyond it.
+            _ => (
+                "/v1/me/deposits".into(),
+                serde_json::json!({"quantity": 40_000}),
+                &[200, 403],
+            ),
+        };
+        let url = market.server_url();
+        let token = self.token.clone();
+        let (status, text) = market.rt.block_on(async {
+            let r = self
+                .http
+                .post(format!("{url}{path}"))
+                .bearer_auth(token)
+                .header(
+                    "idempotency-key",
+                    format!("cheat-{:016x}", rand::random::<u64>()),
+                )
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = r.status().as_u16();
+            Ok::<_, String>((status, r.text().await.unwrap_or_default()))
+        })?;
+        *stats.entry("cheats attempted").or_default() += 1;
+        if !allowed.contains(&status) {
+            report.check(
+                "cheater refused",
+                false,
+                format!("{path} {body} answered {status}: {text}"),
+            );
+        } else if status == 200 && path.ends_with("/purchase") {
+            *stats
+                .entry("cheater purchases paid from capped deposits")
+                .or_default() += 1;
+        } else if status == 200 {
+            *stats.entry("cheater deposits within the cap").or_default() += 1;
+        } else {
+            *stats.entry("cheats refused").or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
 fn check_invariants(
     market: &Market,
     players: &[SimPlayer],
+    cheaters: &[i64],
     told: &[Told],
     cfg: &ChaosConfig,
     report: &mut Report,
@@ -552,12 +703,34 @@ fn check_invariants(
     let unclaimed = q(
         "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NULL",
     )?;
+    // What the cheaters brought in and took out (capped deposits, and what
+    // they bought with them): the closed system is the honest players plus
+    // the market, with the cheaters as its only openings.
+    let cheats = if cheaters.is_empty() {
+        "0".to_string()
+    } else {
+        cheaters
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let flow = |action: &str, item: Option<&str>| {
+        let kind = match item {
+            None => "item_id IS NULL".to_string(),
+            Some(i) => format!("item_id = '{i}'"),
+        };
+        q(&format!(
+            "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE action = '{action}' AND {kind} AND player_id IN ({cheats})"
+        ))
+    };
+    let cheat_credits = flow("deposit", None)? - flow("withdraw", None)?;
     let accounts = q("SELECT CAST(COALESCE(SUM(credits), 0) AS BIGINT) FROM accounts")?;
     let start_credits = START_CREDITS * cfg.players as i64;
     report.check(
         "I2 credits conserved",
-        local_credits + unclaimed + accounts == start_credits,
-        format!("players {local_credits} + unclaimed proceeds {unclaimed} + market accounts {accounts} = {} (started with {start_credits})", local_credits + unclaimed + accounts),
+        local_credits + unclaimed + accounts == start_credits + cheat_credits,
+        format!("players {local_credits} + unclaimed proceeds {unclaimed} + market accounts {accounts} = {} (started with {start_credits}, cheaters brought {cheat_credits} within their caps)", local_credits + unclaimed + accounts),
     );
     let mut items_ok = true;
     let mut detail = Vec::new();
@@ -582,10 +755,16 @@ fn check_invariants(
             Ok::<i64, String>(n + stashed)
         })?;
         let start = per_player * cfg.players as i64;
-        items_ok &= local + listed == start;
+        let cheat_items = flow("deposit", Some(item))? - flow("withdraw", Some(item))?;
+        items_ok &= local + listed == start + cheat_items;
         detail.push(format!(
-            "{item}: {local} held + {listed} listed = {} of {start}",
-            local + listed
+            "{item}: {local} held + {listed} listed = {} of {start}{}",
+            local + listed,
+            if cheat_items != 0 {
+                format!(" {cheat_items:+} by cheaters")
+            } else {
+                String::new()
+            }
         ));
     }
     report.check("I2 items conserved", items_ok, detail.join("; "));

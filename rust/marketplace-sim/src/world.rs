@@ -44,6 +44,11 @@ impl Market {
         self.proxy.url()
     }
 
+    /// The server itself, without the proxy.
+    pub fn server_url(&self) -> String {
+        self.server.as_ref().map_or_else(String::new, |s| s.url())
+    }
+
     /// Stops the server gracefully and starts it again on the same database.
     pub fn restart_server(&mut self) -> Result<(), String> {
         if let Some(server) = self.server.take() {

@@ -37,6 +37,7 @@ fn chaos_on_sqlite() {
         "life: long pauses",
         "life: disk failing",
         "life: quit and reopen",
+        "cheats refused",
     ] {
         assert!(
             report.stats.get(event).copied().unwrap_or(0) > 0,

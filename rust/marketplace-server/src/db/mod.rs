@@ -328,7 +328,10 @@ pub async fn audit(url: &str) -> Result<crate::books::AuditReport, String> {
             .await
             .map_err(|e| format!("not a marketplace database: {e}"))?;
     if version.and_then(|(v,)| v).unwrap_or(0) < 4 {
-        return Err("this database is older than the books (schema 4); start the server once to upgrade it".into());
+        return Err(
+            "this database is older than the books (schema 4); start the server once to upgrade it"
+                .into(),
+        );
     }
     let report = crate::books::audit(&mut conn)
         .await

@@ -1,5 +1,5 @@
 //! `marketplace-chaos [--players N] [--ops N] [--seed N] [--postgres ADMIN_URL]
-//! [--fault-rate F] [--crash-every N] [--server-restarts N]`: runs the chaos
+//! [--fault-rate F] [--crash-every N] [--server-restarts N] [--cheaters N] [--life-every N]`: runs the chaos
 //! simulation and prints the invariant report; exits non-zero if one fails.
 
 use std::process::ExitCode;
@@ -18,6 +18,8 @@ fn main() -> ExitCode {
             ("--fault-rate", Some(v)) => v.parse().map(|n| cfg.fault_rate = n).is_ok(),
             ("--crash-every", Some(v)) => v.parse().map(|n| cfg.crash_every = n).is_ok(),
             ("--server-restarts", Some(v)) => v.parse().map(|n| cfg.server_restarts = n).is_ok(),
+            ("--cheaters", Some(v)) => v.parse().map(|n| cfg.cheaters = n).is_ok(),
+            ("--life-every", Some(v)) => v.parse().map(|n| cfg.life_every = n).is_ok(),
             ("--postgres", Some(v)) => {
                 cfg.postgres_admin_url = Some(v.to_string());
                 true
@@ -25,7 +27,7 @@ fn main() -> ExitCode {
             _ => false,
         };
         if !parsed {
-            eprintln!("usage: marketplace-chaos [--players N] [--ops N] [--seed N] [--postgres ADMIN_URL] [--fault-rate F] [--crash-every N] [--server-restarts N]");
+            eprintln!("usage: marketplace-chaos [--players N] [--ops N] [--seed N] [--postgres ADMIN_URL] [--fault-rate F] [--crash-every N] [--server-restarts N] [--cheaters N] [--life-every N]");
             return ExitCode::from(2);
         }
     }
