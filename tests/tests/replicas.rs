@@ -54,7 +54,7 @@ async fn three_replicas_share_one_postgres() {
     let replicas: Vec<ServerProcess> = starting.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(
         scalar(&db, "SELECT COUNT(*) FROM schema_migrations").await,
-        3,
+        scalar(&db, "SELECT MAX(version) FROM schema_migrations").await,
         "every migration applied once"
     );
     let bases: Arc<Vec<String>> = Arc::new(replicas.iter().map(ServerProcess::url).collect());

@@ -31,6 +31,25 @@ use sqlx::{AnyConnection, Row};
 use crate::error::AppError;
 use crate::market::OpContext;
 
+/// Sets a savepoint: a refusal found after it is undone with [`undo`].
+pub async fn checkpoint(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    conn.execute("SAVEPOINT change").await.map(drop)
+}
+
+/// Keeps what was written since [`checkpoint`].
+pub async fn release(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    conn.execute("RELEASE change").await.map(drop)
+}
+
+/// Undoes what was written since [`checkpoint`].
+pub async fn undo(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    conn.execute("ROLLBACK TO change").await?;
+    conn.execute("RELEASE change").await.map(drop)
+}
+
 /// Adds credits (`item_id` None) or items to a player's account.
 pub async fn credit(
     conn: &mut AnyConnection,
@@ -69,9 +88,11 @@ pub async fn credit(
         }
     };
     if touched == 0 {
-        return Err(AppError::InvalidRequest(
-            "the account would hold more than the market allows".into(),
-        ));
+        // Never a refusal: it comes after other writes. Unreachable within
+        // the deposit caps; if it ever happens the transaction rolls back.
+        return Err(AppError::Internal(format!(
+            "account of player {player_id} would hold more than the market allows"
+        )));
     }
     Ok(())
 }
@@ -198,10 +219,73 @@ pub async fn movement(
     Ok(())
 }
 
-/// Moves value from the player's game into the market, within the policy:
-/// `deposits_disabled` under server grants, `unknown_item` off the catalog,
-/// `deposit_limit` beyond the cap over the last 24 hours.
-pub async fn deposit(
+/// Several ledger rows in one statement (a trade writes up to four).
+pub async fn movements(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    moves: &[Move<'_>],
+) -> Result<(), sqlx::Error> {
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from(
+        "INSERT INTO ledger (at, player_id, action, listing_id, purchase_id, idempotency_key, request_id, item_id, quantity) VALUES ",
+    );
+    for i in 0..moves.len() {
+        let b = i * 9;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8,
+            b + 9
+        ));
+    }
+    let mut query = sqlx::query(&sql);
+    for m in moves {
+        query = query
+            .bind(ctx.now)
+            .bind(m.player_id)
+            .bind(m.action)
+            .bind(m.listing_id)
+            .bind(m.purchase_id)
+            .bind(ctx.idem_key)
+            .bind(ctx.request_id)
+            .bind(m.item_id)
+            .bind(m.quantity);
+    }
+    query.execute(conn).await?;
+    Ok(())
+}
+
+/// Changes an account by `delta` credits or items in one statement: a
+/// deposit and a payment of the same trade net out. Refused (nothing
+/// written) when the account would go below zero.
+pub async fn adjust(
+    conn: &mut AnyConnection,
+    player_id: i64,
+    item_id: Option<&str>,
+    delta: i64,
+) -> Result<(), AppError> {
+    match delta.cmp(&0) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Greater => credit(conn, player_id, item_id, delta).await,
+        std::cmp::Ordering::Less => debit(conn, player_id, item_id, -delta).await,
+    }
+}
+
+/// Lets `quantity` in from the player's game, within the policy, and
+/// counts it against the cap — without crediting anything yet (the caller
+/// writes the account and the ledger, netting the trade's moves).
+pub async fn admit_deposit(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
     item_id: Option<&str>,
@@ -242,6 +326,19 @@ pub async fn deposit(
     .bind(quantity)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// Moves value from the player's game into the market, within the policy:
+/// `deposits_disabled` under server grants, `unknown_item` off the catalog,
+/// `deposit_limit` beyond the cap over the last 24 hours.
+pub async fn deposit(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    item_id: Option<&str>,
+    quantity: i64,
+) -> Result<(), AppError> {
+    admit_deposit(conn, ctx, item_id, quantity).await?;
     credit(conn, ctx.player_id, item_id, quantity).await?;
     movement(
         conn,

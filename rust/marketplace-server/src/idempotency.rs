@@ -193,16 +193,22 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
         idem_key: &job.key,
         now: job.now,
         policy: &job.policy,
+        replayed: std::sync::atomic::AtomicBool::new(false),
     };
     // The stored answer may have been pruned: the key is still known if it
-    // changed something, and the rows it changed rebuild the answer.
+    // changed something, and the rows it changed rebuild the answer. (A
+    // purchase asks only when it loses the race — the path of most
+    // purchases, kept to the fewest statements — see `market::purchase`.)
     let kind = change_kind(&job.mutation);
-    let known: Option<(String,)> =
+    let known: Option<(String,)> = if matches!(job.mutation, MarketChange::Purchase { .. }) {
+        None
+    } else {
         sqlx::query_as("SELECT kind FROM operation_keys WHERE player_id = $1 AND idem_key = $2")
             .bind(job.player_id)
             .bind(&job.key)
             .fetch_optional(&mut *conn)
-            .await?;
+            .await?
+    };
     let (result, replayed) = match known {
         Some((k,)) if k != kind => (Err(AppError::IdempotencyKeyReused), false),
         Some(_) => match market::recall(conn, &ctx, &job.mutation).await {
@@ -215,8 +221,17 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
             ),
             Err(e) => (Err(e), false),
         },
+        None if matches!(job.mutation, MarketChange::Purchase { .. }) => {
+            // Records its own key, and recalls its own replays.
+            let result = apply(conn, &ctx, &job.mutation).await;
+            (
+                result,
+                ctx.replayed.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        }
         None => {
-            let result = apply_or_nothing(conn, &ctx, &job.mutation).await;
+            // A refusal leaves nothing written (see `market`).
+            let result = apply(conn, &ctx, &job.mutation).await;
             if result.is_ok() {
                 sqlx::query(
                     "INSERT INTO operation_keys (player_id, idem_key, kind) VALUES ($1, $2, $3)",
@@ -266,28 +281,6 @@ fn change_kind(change: &MarketChange) -> &'static str {
         MarketChange::Claim { .. } => "claim",
         MarketChange::Deposit { .. } => "deposit",
         MarketChange::Withdraw { .. } => "withdraw",
-    }
-}
-
-/// Runs one change inside a savepoint: a refusal found half-way (say,
-/// `insufficient_funds` after the listing was already marked sold) rolls
-/// back whatever the change wrote, so a refused trade records nothing.
-async fn apply_or_nothing(
-    conn: &mut sqlx::AnyConnection,
-    ctx: &OpContext<'_>,
-    change: &MarketChange,
-) -> Result<Answer, AppError> {
-    use sqlx::Connection;
-    let mut savepoint = conn.begin().await?;
-    match apply(&mut savepoint, ctx, change).await {
-        Ok(answer) => {
-            savepoint.commit().await?;
-            Ok(answer)
-        }
-        Err(e) => {
-            savepoint.rollback().await?;
-            Err(e)
-        }
     }
 }
 
@@ -459,19 +452,31 @@ async fn writer(
         }
         careful = careful.saturating_sub(work.len());
         let mut batch = Vec::with_capacity(work.len());
+        let mut prunes = Vec::new();
         let mut after = Vec::new();
         for w in work.drain(..) {
             match w {
                 Work::Job(job, reply) => batch.push((job, reply)),
+                Work::Prune {
+                    cutoff,
+                    limit,
+                    reply,
+                } => prunes.push((cutoff, limit, reply)),
                 other => after.push(other),
             }
         }
         if !batch.is_empty() {
             let jobs: Vec<&Job> = batch.iter().map(|(job, _)| job).collect();
-            match commit_batch(&db, &jobs).await {
-                Ok(results) => {
+            // A pruning chunk rides in the batch's transaction: one commit
+            // (one fsync) for both.
+            let chunk = prunes.pop();
+            match commit_batch(&db, &jobs, chunk.as_ref().map(|(c, l, _)| (*c, *l))).await {
+                Ok((results, pruned)) => {
                     for ((_, reply), result) in batch.drain(..).zip(results) {
                         let _ = reply.send(result);
+                    }
+                    if let Some((_, _, reply)) = chunk {
+                        let _ = reply.send(Ok(pruned));
                     }
                 }
                 Err(e) => {
@@ -479,32 +484,34 @@ async fn writer(
                     for (job, reply) in batch.drain(..) {
                         let _ = reply.send(run_alone(&db, &job).await);
                     }
+                    if let Some(chunk) = chunk {
+                        prunes.push(chunk);
+                    }
                 }
             }
+        }
+        for (cutoff, limit, reply) in prunes {
+            let _ = reply.send(db.prune_idempotency_chunk(cutoff, limit).await);
         }
         for w in after {
             match w {
                 Work::Ping(reply) => {
                     let _ = reply.send(());
                 }
-                Work::Prune {
-                    cutoff,
-                    limit,
-                    reply,
-                } => {
-                    let _ = reply.send(db.prune_idempotency_chunk(cutoff, limit).await);
-                }
                 Work::Crash => panic!("the SQLite writer was told to crash (test)"),
-                Work::Job(..) => {}
+                Work::Job(..) | Work::Prune { .. } => {}
             }
         }
     }
 }
 
+/// The batch's jobs, one after another, and a pruning chunk, in one
+/// transaction; returns each job's result and how many answers were pruned.
 async fn commit_batch(
     db: &crate::Db,
     jobs: &[&Job],
-) -> Result<Vec<Result<Outcome, AppError>>, AppError> {
+    prune: Option<(i64, i64)>,
+) -> Result<(Vec<Result<Outcome, AppError>>, u64), AppError> {
     let mut tx = db.begin_write().await?;
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -513,8 +520,12 @@ async fn commit_batch(
             other => results.push(other),
         }
     }
+    let pruned = match prune {
+        Some((cutoff, limit)) => crate::db::delete_expired_answers(&mut tx, cutoff, limit).await?,
+        None => 0,
+    };
     tx.commit().await?;
-    Ok(results)
+    Ok((results, pruned))
 }
 
 fn stored_code(status: u16, body: &str) -> Option<ErrorCode> {

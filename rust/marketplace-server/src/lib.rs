@@ -246,7 +246,7 @@ impl BoundServer {
 }
 
 /// Stored answers deleted per transaction while pruning.
-const PRUNE_CHUNK: i64 = 1_000;
+const PRUNE_CHUNK: i64 = 250;
 
 /// Deletes the stored answers older than the retention, chunk by chunk,
 /// letting other writes in between; returns how many went.
@@ -274,7 +274,8 @@ async fn prune_expired(state: &AppState) -> Result<u64, sqlx::Error> {
             }
             return Ok(total);
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Room for writes between chunks.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -25,9 +25,14 @@
 //! [`crate::books`]. Under client deposits a trade deposits what it needs
 //! from the game's save (`deposit` in the request, never more than the
 //! shortfall) and delivers what comes out back to it; the answer's
-//! `transfer` says what moved, and the rows keep it for [`recall`]. A
-//! refusal after some writes is rolled back to the savepoint the caller
-//! set (see [`crate::idempotency`]): a refused trade records nothing.
+//! `transfer` says what moved, and the rows keep it for [`recall`].
+//!
+//! **A refusal leaves nothing written.** Most refusals are found before the
+//! first write (the conditional update that fails writes nothing). Where a
+//! refusal can follow writes — the buyer who won the race cannot pay, the
+//! seller's stash falls short — a savepoint ([`books::checkpoint`]) is set
+//! first and rolled back. Savepoints cost round trips, so the path losers
+//! of a race take has none.
 
 use axum::http::StatusCode;
 use marketplace_protocol::{
@@ -48,6 +53,9 @@ pub struct OpContext<'a> {
     pub idem_key: &'a str,
     pub now: i64,
     pub policy: &'a Policy,
+    /// Set when the change turned out to be a replay and its answer was
+    /// rebuilt from the rows (a purchase finds that out itself).
+    pub replayed: std::sync::atomic::AtomicBool,
 }
 
 pub const LISTING_COLUMNS: &str =
@@ -172,7 +180,9 @@ async fn cover(
             Some(_) => AppError::InsufficientItems,
         });
     }
-    books::deposit(conn, ctx, item_id, shortfall).await?;
+    // Admitted and counted against the cap; the caller writes the account
+    // (netted with the trade) and the ledger.
+    books::admit_deposit(conn, ctx, item_id, shortfall).await?;
     Ok(shortfall)
 }
 
@@ -187,8 +197,31 @@ pub async fn create_listing(
     limits(marketplace_protocol::check_quantity(quantity))?;
     limits(marketplace_protocol::check_price("price", price))?;
     ctx.policy.check_listing(item_id, quantity, price)?;
+    books::checkpoint(conn).await?;
+    match list_from_stash(conn, ctx, item_id, quantity, price, deposit).await {
+        Ok(answer) => {
+            books::release(conn).await?;
+            Ok(answer)
+        }
+        Err(e) if e.is_infrastructure() => Err(e),
+        Err(refusal) => {
+            books::undo(conn).await?;
+            Err(refusal)
+        }
+    }
+}
+
+async fn list_from_stash(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    item_id: &str,
+    quantity: i64,
+    price: i64,
+    deposit: i64,
+) -> Result<Answer, AppError> {
     let deposited = cover(conn, ctx, Some(item_id), quantity, deposit).await?;
-    books::debit(conn, ctx.player_id, Some(item_id), quantity).await?;
+    // Deposited and escrowed at once: the stash changes by the difference.
+    books::adjust(conn, ctx.player_id, Some(item_id), deposited - quantity).await?;
     let sql = format!(
         "INSERT INTO listings (seller_id, item_id, quantity, price, status, created_at, updated_at, create_key, listed_price, deposited) \
          VALUES ($1, $2, $3, $4, 'active', $5, $5, $6, $4, $7) RETURNING {LISTING_COLUMNS}"
@@ -204,19 +237,27 @@ pub async fn create_listing(
         .fetch_one(&mut *conn)
         .await?;
     let listing = listing_from_row(&row)?;
-    books::movement(
-        conn,
-        ctx,
-        Move {
-            player_id: ctx.player_id,
-            action: "list",
+    let me = ctx.player_id;
+    let mut moves = Vec::with_capacity(2);
+    if deposited > 0 {
+        moves.push(Move {
+            player_id: me,
+            action: "deposit",
             item_id: Some(item_id),
-            quantity,
+            quantity: deposited,
             listing_id: Some(listing.id),
             purchase_id: None,
-        },
-    )
-    .await?;
+        });
+    }
+    moves.push(Move {
+        player_id: me,
+        action: "list",
+        item_id: Some(item_id),
+        quantity,
+        listing_id: Some(listing.id),
+        purchase_id: None,
+    });
+    books::movements(conn, ctx, &moves).await?;
     Answer::json(
         StatusCode::CREATED,
         &ListingEnvelope {
@@ -309,44 +350,37 @@ pub async fn cancel_listing(
     listing_id: i64,
 ) -> Result<Answer, AppError> {
     let listing = change_own_listing(conn, ctx, listing_id, SellerChange::Cancel).await?;
-    books::credit(
-        conn,
-        ctx.player_id,
-        Some(&listing.item_id),
-        listing.quantity,
-    )
-    .await?;
-    books::movement(
-        conn,
-        ctx,
-        Move {
-            player_id: ctx.player_id,
-            action: "cancel",
-            item_id: Some(&listing.item_id),
+    let delivers = ctx.policy.delivers();
+    let item = Some(listing.item_id.as_str());
+    let me = ctx.player_id;
+    let mut moves = vec![Move {
+        player_id: me,
+        action: "cancel",
+        item_id: item,
+        quantity: listing.quantity,
+        listing_id: Some(listing_id),
+        purchase_id: None,
+    }];
+    let delivered = if delivers {
+        // Back to the stash and on to the save: the stash nets out.
+        moves.push(Move {
+            player_id: me,
+            action: "withdraw",
+            item_id: item,
             quantity: listing.quantity,
             listing_id: Some(listing_id),
             purchase_id: None,
-        },
-    )
-    .await?;
-    let mut delivered = 0;
-    if ctx.policy.delivers() {
-        books::withdraw(
-            conn,
-            ctx,
-            Some(&listing.item_id),
-            listing.quantity,
-            Some(listing_id),
-            None,
-        )
-        .await?;
-        delivered = listing.quantity;
-        sqlx::query("UPDATE listings SET cancel_delivered = $1 WHERE id = $2")
-            .bind(delivered)
+        });
+        sqlx::query("UPDATE listings SET cancel_delivered = quantity WHERE id = $1")
             .bind(listing_id)
             .execute(&mut *conn)
             .await?;
-    }
+        listing.quantity
+    } else {
+        books::credit(conn, me, item, listing.quantity).await?;
+        0
+    };
+    books::movements(conn, ctx, &moves).await?;
     Answer::json(
         StatusCode::OK,
         &ListingEnvelope {
@@ -378,19 +412,68 @@ pub async fn purchase(
         "expected_price",
         expected_price,
     ))?;
+    // The race is decided here, by the one statement losers pay for. It
+    // changes nothing but the status, so a refusal found after it (the buyer
+    // cannot pay) can put the listing back exactly.
     let row = sqlx::query(
-        "UPDATE listings SET status = 'sold', updated_at = $1 \
-         WHERE id = $2 AND status = 'active' AND price = $3 AND seller_id <> $4 \
+        "UPDATE listings SET status = 'sold' \
+         WHERE id = $1 AND status = 'active' AND price = $2 AND seller_id <> $3 \
          RETURNING seller_id, item_id, quantity, price",
     )
-    .bind(ctx.now)
     .bind(listing_id)
     .bind(expected_price)
     .bind(ctx.player_id)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
-        return Err(match fetch_listing(conn, listing_id).await? {
+        // Lost (or a replay of a purchase this key already made, whose
+        // stored answer was pruned): one read tells which.
+        let sql = format!(
+            "SELECT {LISTING_COLUMNS}, (SELECT kind FROM operation_keys WHERE player_id = $2 AND idem_key = $3) AS known \
+             FROM listings WHERE id = $1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(listing_id)
+            .bind(ctx.player_id)
+            .bind(ctx.idem_key)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let known: Option<String> = match &row {
+            Some(r) => r.try_get("known")?,
+            None => {
+                let k: Option<(String,)> = sqlx::query_as(
+                    "SELECT kind FROM operation_keys WHERE player_id = $1 AND idem_key = $2",
+                )
+                .bind(ctx.player_id)
+                .bind(ctx.idem_key)
+                .fetch_optional(&mut *conn)
+                .await?;
+                k.map(|(k,)| k)
+            }
+        };
+        match known.as_deref() {
+            Some("purchase") => {
+                let change = MarketChange::Purchase {
+                    listing_id,
+                    expected_price,
+                    deposit,
+                };
+                return match recall(conn, ctx, &change).await? {
+                    Some(answer) => {
+                        ctx.replayed
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        Ok(answer)
+                    }
+                    None => Err(AppError::Internal(
+                        "key of a purchase without its rows".into(),
+                    )),
+                };
+            }
+            Some(_) => return Err(AppError::IdempotencyKeyReused),
+            None => {}
+        }
+        let listing = row.as_ref().map(listing_from_row).transpose()?;
+        return Err(match listing {
             None => AppError::NotFound("Listing"),
             Some(l) if l.seller_id == ctx.player_id => AppError::OwnListing,
             Some(l) if l.status == ListingStatus::Sold => AppError::AlreadySold,
@@ -407,74 +490,149 @@ pub async fn purchase(
     let item_id: String = row.try_get("item_id")?;
     let quantity: i64 = row.try_get("quantity")?;
     let price: i64 = row.try_get("price")?;
+    let won = Won {
+        listing_id,
+        seller_id,
+        item_id,
+        quantity,
+        price,
+    };
+    books::checkpoint(conn).await?;
+    match pay_and_deliver(conn, ctx, &won, deposit).await {
+        Ok(answer) => {
+            books::release(conn).await?;
+            Ok(answer)
+        }
+        Err(e) if e.is_infrastructure() => Err(e),
+        Err(refusal) => {
+            // Nothing of the purchase stays: the writes after the
+            // checkpoint are undone, the listing is for sale again.
+            books::undo(conn).await?;
+            sqlx::query("UPDATE listings SET status = 'active' WHERE id = $1")
+                .bind(listing_id)
+                .execute(&mut *conn)
+                .await?;
+            Err(refusal)
+        }
+    }
+}
+
+/// A listing a buyer just won the race for.
+struct Won {
+    listing_id: i64,
+    seller_id: i64,
+    item_id: String,
+    quantity: i64,
+    price: i64,
+}
+
+/// The rest of a purchase once the race is won: the buyer pays (depositing
+/// what is missing if allowed), the price becomes proceeds, the items go to
+/// the buyer — and to the save under client deposits.
+async fn pay_and_deliver(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    won: &Won,
+    deposit: i64,
+) -> Result<Answer, AppError> {
+    let Won {
+        listing_id,
+        seller_id,
+        item_id,
+        quantity,
+        price,
+    } = won;
+    let (listing_id, seller_id, quantity, price) = (*listing_id, *seller_id, *quantity, *price);
+    sqlx::query("UPDATE listings SET updated_at = $1 WHERE id = $2")
+        .bind(ctx.now)
+        .bind(listing_id)
+        .execute(&mut *conn)
+        .await?;
+    let me = ctx.player_id;
+    // The key is recorded here, inside the checkpoint: a key already used
+    // for something else undoes the whole purchase, before
+    // anything else could clash with it.
+    let recorded = sqlx::query(
+        "INSERT INTO operation_keys (player_id, idem_key, kind) VALUES ($1, $2, 'purchase') \
+         ON CONFLICT (player_id, idem_key) DO NOTHING",
+    )
+    .bind(me)
+    .bind(ctx.idem_key)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if recorded == 0 {
+        return Err(AppError::IdempotencyKeyReused);
+    }
     let deposited = cover(conn, ctx, None, price, deposit).await?;
-    books::debit(conn, ctx.player_id, None, price).await?;
+    // Deposit and payment net out on the account: one conditional update
+    // (none when the deposit paid it all).
+    books::adjust(conn, me, None, deposited - price).await?;
+    let delivered = if ctx.policy.delivers() { quantity } else { 0 };
     let (purchase_id,): (i64,) = sqlx::query_as(
         "INSERT INTO purchases (listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, buy_key, deposited, delivered) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
     )
     .bind(listing_id)
-    .bind(ctx.player_id)
+    .bind(me)
     .bind(seller_id)
-    .bind(&item_id)
+    .bind(item_id)
     .bind(quantity)
     .bind(price)
     .bind(ctx.now)
     .bind(ctx.idem_key)
     .bind(deposited)
+    .bind(delivered)
     .fetch_one(&mut *conn)
     .await?;
-    books::movement(
-        conn,
-        ctx,
-        Move {
-            player_id: ctx.player_id,
-            action: "purchase_pay",
-            item_id: None,
-            quantity: price,
-            listing_id: Some(listing_id),
-            purchase_id: Some(purchase_id),
-        },
-    )
-    .await?;
-    books::credit(conn, ctx.player_id, Some(&item_id), quantity).await?;
-    books::movement(
-        conn,
-        ctx,
-        Move {
-            player_id: ctx.player_id,
-            action: "purchase_items",
-            item_id: Some(&item_id),
-            quantity,
-            listing_id: Some(listing_id),
-            purchase_id: Some(purchase_id),
-        },
-    )
-    .await?;
-    let mut delivered = 0;
-    if ctx.policy.delivers() {
-        books::withdraw(
-            conn,
-            ctx,
-            Some(&item_id),
-            quantity,
-            Some(listing_id),
-            Some(purchase_id),
-        )
-        .await?;
-        delivered = quantity;
-        sqlx::query("UPDATE purchases SET delivered = $1 WHERE id = $2")
-            .bind(delivered)
-            .bind(purchase_id)
-            .execute(&mut *conn)
-            .await?;
+    if delivered == 0 {
+        books::credit(conn, me, Some(item_id), quantity).await?;
     }
+    let (lid, pid, item) = (Some(listing_id), Some(purchase_id), Some(item_id.as_str()));
+    let mut moves = Vec::with_capacity(4);
+    if deposited > 0 {
+        moves.push(Move {
+            player_id: me,
+            action: "deposit",
+            item_id: None,
+            quantity: deposited,
+            listing_id: lid,
+            purchase_id: pid,
+        });
+    }
+    moves.push(Move {
+        player_id: me,
+        action: "purchase_pay",
+        item_id: None,
+        quantity: price,
+        listing_id: lid,
+        purchase_id: pid,
+    });
+    moves.push(Move {
+        player_id: me,
+        action: "purchase_items",
+        item_id: item,
+        quantity,
+        listing_id: lid,
+        purchase_id: pid,
+    });
+    if delivered > 0 {
+        moves.push(Move {
+            player_id: me,
+            action: "withdraw",
+            item_id: item,
+            quantity,
+            listing_id: lid,
+            purchase_id: pid,
+        });
+    }
+    books::movements(conn, ctx, &moves).await?;
     let purchase = Purchase {
         id: purchase_id,
         listing_id,
-        buyer_id: ctx.player_id,
+        buyer_id: me,
         seller_id,
-        item_id,
+        item_id: item_id.clone(),
         quantity,
         price,
         created_at: ctx.now,
@@ -499,14 +657,16 @@ pub async fn claim(
     ctx: &OpContext<'_>,
     sale_id: i64,
 ) -> Result<Answer, AppError> {
+    let delivers = i64::from(ctx.policy.delivers());
     let row = sqlx::query(
-        "UPDATE purchases SET claimed_at = $1, claim_key = $4, claim_delivered = 0 \
+        "UPDATE purchases SET claimed_at = $1, claim_key = $4, claim_delivered = price * $5 \
          WHERE id = $2 AND seller_id = $3 AND claimed_at IS NULL RETURNING listing_id, price",
     )
     .bind(ctx.now)
     .bind(sale_id)
     .bind(ctx.player_id)
     .bind(ctx.idem_key)
+    .bind(delivers)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
@@ -524,30 +684,31 @@ pub async fn claim(
     };
     let listing_id: i64 = row.try_get("listing_id")?;
     let amount: i64 = row.try_get("price")?;
-    books::credit(conn, ctx.player_id, None, amount).await?;
-    books::movement(
-        conn,
-        ctx,
-        Move {
-            player_id: ctx.player_id,
-            action: "claim",
+    let me = ctx.player_id;
+    let mut moves = vec![Move {
+        player_id: me,
+        action: "claim",
+        item_id: None,
+        quantity: amount,
+        listing_id: Some(listing_id),
+        purchase_id: Some(sale_id),
+    }];
+    let delivered = if delivers == 1 {
+        // Into the account and on to the save: the account nets out.
+        moves.push(Move {
+            player_id: me,
+            action: "withdraw",
             item_id: None,
             quantity: amount,
             listing_id: Some(listing_id),
             purchase_id: Some(sale_id),
-        },
-    )
-    .await?;
-    let mut delivered = 0;
-    if ctx.policy.delivers() {
-        books::withdraw(conn, ctx, None, amount, Some(listing_id), Some(sale_id)).await?;
-        delivered = amount;
-        sqlx::query("UPDATE purchases SET claim_delivered = $1 WHERE id = $2")
-            .bind(delivered)
-            .bind(sale_id)
-            .execute(&mut *conn)
-            .await?;
-    }
+        });
+        amount
+    } else {
+        books::credit(conn, me, None, amount).await?;
+        0
+    };
+    books::movements(conn, ctx, &moves).await?;
     Answer::json(
         StatusCode::OK,
         &Claim {

@@ -150,6 +150,9 @@ impl Db {
                         .await?;
                     conn.execute("PRAGMA busy_timeout = 5000").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
+                    // Savepoints (every change runs in one) journal into
+                    // temp storage: keep it in memory, not in temp files.
+                    conn.execute("PRAGMA temp_store = MEMORY").await?;
                     Ok(())
                 })
             })
@@ -307,6 +310,24 @@ impl Db {
         tx.commit().await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Deletes up to `limit` stored answers older than `cutoff`, in the
+/// caller's transaction.
+pub async fn delete_expired_answers(
+    conn: &mut sqlx::AnyConnection,
+    cutoff: i64,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM idempotency_keys WHERE (player_id, idem_key) IN \
+         (SELECT player_id, idem_key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Audits the books of the database at `url` without changing it (no
