@@ -1,0 +1,227 @@
+//! The client against a market with server-side books: under client
+//! deposits the account stays invisible (trades deposit what they need and
+//! everything comes back to the save); under server grants the store mirrors
+//! the account, purchases and listings hold its credits and items, and
+//! withdrawals bring value to the save.
+
+mod support;
+
+use std::time::Duration;
+
+use marketplace_client::protocol::EconomyMode;
+use marketplace_client::{ErrorCode, SessionEvent};
+use marketplace_server::config::EconomyArg;
+use support::{Player, World};
+
+const ADMIN: &str = "test-admin-key-test-admin-key-test-admin";
+
+fn grants_world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/market.sqlite", dir.path().display());
+    let mut config = marketplace_server::Config::for_tests(url);
+    config.economy = EconomyArg::ServerGrants;
+    World::start_on(config, dir)
+}
+
+/// The game's backend grants credits (`item` None) or items.
+fn grant(world: &World, player_id: i64, item: Option<&str>, quantity: i64) {
+    let url = format!(
+        "{}/admin/v1/players/{player_id}/grants",
+        world.server.as_ref().unwrap().url()
+    );
+    let status = world.rt.block_on(async {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(ADMIN)
+            .header("idempotency-key", format!("g-{}", rand::random::<u64>()))
+            .json(&serde_json::json!({"item_id": item, "quantity": quantity}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(status.is_success());
+}
+
+fn refresh(p: &mut Player) {
+    let id = p.session().refresh_account().unwrap();
+    p.pump_until(Duration::from_secs(10), |e| {
+        e.iter().any(
+            |e| matches!(e, SessionEvent::AccountUpdated { request_id, .. } if *request_id == id),
+        )
+    });
+}
+
+#[test]
+fn under_server_grants_the_store_mirrors_the_account_and_holds_in_it() {
+    let world = grants_world();
+    let mut seller = Player::in_memory(&world, "gs", 0);
+    let mut alice = Player::in_memory(&world, "ga", 0);
+    let mut bob = Player::in_memory(&world, "gb", 0);
+    for p in [&mut seller, &mut alice, &mut bob] {
+        p.login();
+        assert_eq!(p.store.state().market.mode, EconomyMode::ServerGrants);
+    }
+    let id = |p: &Player| p.store.state().player_id.unwrap();
+    grant(&world, id(&seller), Some("relic"), 1);
+    grant(&world, id(&alice), None, 100);
+    grant(&world, id(&bob), None, 100);
+    for p in [&mut seller, &mut alice, &mut bob] {
+        refresh(p);
+    }
+    assert_eq!(alice.store.state().market.credits, 100);
+    assert_eq!(seller.store.state().market.stash.get("relic"), Some(&1));
+
+    // Listing holds the stash's item; the save is never touched.
+    seller.sell("relic", 1, 60).unwrap();
+    assert_eq!(seller.store.state().market_available_items("relic"), 0);
+    seller.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::ListingCreated { .. }))
+    });
+    let listing = seller.find(|e| match e {
+        SessionEvent::ListingCreated { listing, .. } => Some(listing.id),
+        _ => None,
+    });
+    assert!(seller.store.state().market.stash.get("relic").is_none());
+
+    // Two buyers race; both hold account credits at once.
+    alice.buy(listing, 60).unwrap();
+    bob.buy(listing, 60).unwrap();
+    assert_eq!(alice.store.state().market_available_credits(), 40);
+    assert_eq!(alice.store.state().credits, 0, "the save is not the wallet");
+    for p in [&mut alice, &mut bob] {
+        p.pump_until(Duration::from_secs(10), |e| {
+            e.iter().any(|e| {
+                matches!(
+                    e,
+                    SessionEvent::PurchaseSucceeded { .. } | SessionEvent::PurchaseFailed { .. }
+                )
+            })
+        });
+    }
+    let alice_won = alice
+        .events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::PurchaseSucceeded { .. }));
+    let (winner, loser) = if alice_won {
+        (&mut alice, &mut bob)
+    } else {
+        (&mut bob, &mut alice)
+    };
+    assert_eq!(winner.store.state().market.credits, 40);
+    assert_eq!(
+        winner.store.state().market.stash.get("relic"),
+        Some(&1),
+        "the item is in the account"
+    );
+    assert_eq!(
+        loser.store.state().market_held_credits(),
+        0,
+        "the loser's hold was released"
+    );
+    assert_eq!(loser.store.state().market_available_credits(), 100);
+    // The mirror matches the server's account.
+    refresh(winner);
+    assert_eq!(winner.store.state().market.credits, 40);
+
+    // Withdrawals bring value to the save.
+    let store = &mut winner.store;
+    winner
+        .session
+        .as_mut()
+        .unwrap()
+        .withdraw(store, None, 30)
+        .unwrap();
+    let store = &mut winner.store;
+    let id_items = winner
+        .session
+        .as_mut()
+        .unwrap()
+        .withdraw(store, Some("relic"), 1)
+        .unwrap();
+    winner.pump_until(Duration::from_secs(10), |e| {
+        e.iter().any(
+            |e| matches!(e, SessionEvent::Withdrawn { request_id, .. } if *request_id == id_items),
+        )
+    });
+    winner.settle(Duration::from_secs(10));
+    let st = winner.store.state();
+    assert_eq!((st.credits, st.item_count("relic")), (30, 1));
+    assert_eq!(
+        (st.market.credits, st.market.stash.get("relic")),
+        (10, None)
+    );
+    // More than there is: refused by the mirror before anything is sent.
+    let store = &mut winner.store;
+    let err = winner
+        .session
+        .as_mut()
+        .unwrap()
+        .withdraw(store, None, 11)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::InsufficientFunds);
+
+    // The seller's proceeds land in the account, not the save.
+    let claim = seller.session().claim_proceeds().unwrap();
+    seller.pump_until(Duration::from_secs(10), |e| {
+        e.iter().any(|e| matches!(e, SessionEvent::ProceedsClaimed { request_id, amount, .. } if *request_id == claim && *amount > 0))
+    });
+    seller.settle(Duration::from_secs(10));
+    assert_eq!(
+        (
+            seller.store.state().credits,
+            seller.store.state().market.credits
+        ),
+        (0, 60)
+    );
+}
+
+#[test]
+fn under_client_deposits_the_account_stays_invisible() {
+    let world = World::start();
+    let mut seller = Player::in_memory(&world, "ds", 0);
+    seller.store.add_item("ore", 2).unwrap();
+    let mut buyer = Player::in_memory(&world, "db", 500);
+    seller.login();
+    buyer.login();
+    assert_eq!(buyer.store.state().market.mode, EconomyMode::ClientDeposits);
+    seller.sell("ore", 2, 120).unwrap();
+    seller.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::ListingCreated { .. }))
+    });
+    let listing = seller.find(|e| match e {
+        SessionEvent::ListingCreated { listing, .. } => Some(listing.id),
+        _ => None,
+    });
+    buyer.buy(listing, 120).unwrap();
+    buyer.settle(Duration::from_secs(10));
+    assert_eq!(
+        (
+            buyer.store.state().credits,
+            buyer.store.state().item_count("ore")
+        ),
+        (380, 2)
+    );
+    seller.session().claim_proceeds().unwrap();
+    seller.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::ProceedsClaimed { amount, .. } if *amount > 0))
+    });
+    seller.settle(Duration::from_secs(10));
+    assert_eq!(
+        seller.store.state().credits,
+        120,
+        "proceeds came back to the save"
+    );
+    assert_eq!(
+        world.count("SELECT COALESCE(SUM(credits), 0) FROM accounts"),
+        0,
+        "nothing stays in the market"
+    );
+    assert_eq!(
+        world.count("SELECT COALESCE(SUM(quantity), 0) FROM stash"),
+        0
+    );
+}
