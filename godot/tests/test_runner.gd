@@ -97,6 +97,7 @@ func make_player(label: String, credits: int, parent: Node = self, url: String =
 	market.request_failed.connect(func(id, code, message): record(label, ["request_failed", id, code, message]))
 	market.busy_changed.connect(func(busy): record(label, ["busy_changed", busy]))
 	market.trade_stalled.connect(func(id, trade): record(label, ["trade_stalled", id, trade]))
+	market.market_account_updated.connect(func(id, account): record(label, ["market_account_updated", id, account]))
 	data.hold_released.connect(func(hold_id, reason): record(label, ["hold_released", hold_id, reason]))
 	data.credits_changed.connect(func(available, held): record(label, ["credits_changed", available, held]))
 	data.load_failed.connect(func(message): record(label, ["load_failed", message]))
@@ -229,6 +230,7 @@ func run_all() -> void:
 	await check_save_slot_chosen_in_parent_ready()
 	await check_damaged_save_reported_to_ready_connection()
 	await check_scene_change_with_trade_in_flight(seller)
+	await check_server_grants()
 
 	# The nodes go, the save stays: a new node on the same file carries on
 	var alice_credits: int = alice.data.get_credits()
@@ -367,6 +369,46 @@ func check_damaged_save_reported_to_ready_connection() -> void:
 	check(parent.recovered.size() == 1, "recovered_from_backup reaches a connection made in the parent's _ready")
 	check(parent.get_node("Data").get_credits() == 10, "the backup's content was loaded")
 	parent.queue_free()
+	await get_tree().process_frame
+
+
+func check_server_grants() -> void:
+	var url := OS.get_environment("MARKET_GRANTS_URL")
+	var run := OS.get_environment("MARKET_GRANTS_RUN")
+	if url == "":
+		print("  skip  server grants (no MARKET_GRANTS_URL)")
+		return
+	var gs := make_player("g_seller", 0, self, url)
+	var ga := make_player("g_alice", 0, self, url)
+	var gb := make_player("g_bob", 0, self, url)
+	gs.market.login("gs-" + run, "gs")
+	ga.market.login("ga-" + run, "ga")
+	gb.market.login("gb-" + run, "gb")
+	# Logging in to a server-grants market mirrors the account at once.
+	await until(func(): return ga.data.get_market_account().get("credits", 0) == 100 and gb.data.get_market_account().get("credits", 0) == 100 and gs.data.get_market_account().get("stash", {}).get("relic", 0) == 1)
+	check(ga.data.get_market_account()["mode"] == "server_grants", "the market's policy is known after login")
+	check(ga.data.get_market_account()["credits"] == 100, "granted credits show in get_market_account()")
+	gs.market.create_listing("relic", 1, 60)
+	await until(func(): return events("g_seller", "listing_created").size() == 1)
+	check(events("g_seller", "listing_created").size() == 1, "a granted item is listed from the market account")
+	var listing: Dictionary = events("g_seller", "listing_created")[0][1]
+	ga.market.buy_listing(listing["id"], 60)
+	gb.market.buy_listing(listing["id"], 60)
+	check(ga.data.get_market_account()["held_credits"] == 60 and ga.data.get_credits() == 0, "the purchase holds account credits, not the save's")
+	await until(func(): return events("g_alice", "purchase_succeeded").size() + events("g_alice", "purchase_failed").size() + events("g_bob", "purchase_succeeded").size() + events("g_bob", "purchase_failed").size() >= 2)
+	var winner: Dictionary = ga if events("g_alice", "purchase_succeeded").size() == 1 else gb
+	var loser: Dictionary = gb if winner == ga else ga
+	check(events(winner.label, "purchase_succeeded").size() == 1 and events(loser.label, "purchase_failed").size() == 1, "one granted buyer wins")
+	check(loser.data.get_market_account()["held_credits"] == 0 and loser.data.get_market_account()["available_credits"] == 100, "the loser's hold is released")
+	winner.market.refresh_market_account()
+	await until(func(): return events(winner.label, "market_account_updated").size() >= 2)
+	var server_view: Dictionary = events(winner.label, "market_account_updated")[-1][1]
+	var mirror: Dictionary = winner.data.get_market_account()
+	check(server_view["credits"] == 40 and mirror["credits"] == 40, "get_market_account() matches the server (40 left)")
+	check(server_view["stash"].get("relic", 0) == 1 and mirror["stash"].get("relic", 0) == 1, "and the item is in the account")
+	for p in [gs, ga, gb]:
+		p.market.queue_free()
+		p.data.queue_free()
 	await get_tree().process_frame
 
 

@@ -87,12 +87,50 @@ fn godot_check_suite() {
         1.0,
     );
 
+    // A second market where only the game's backend brings value in: its
+    // players get their credits and items from the admin API before the
+    // suite starts.
+    let grants_url = format!("sqlite://{}/grants.sqlite", work.path().display());
+    let mut grants_config = marketplace_server::Config::for_tests(grants_url);
+    grants_config.economy = marketplace_server::config::EconomyArg::ServerGrants;
+    let admin_key = grants_config.admin_key.clone().unwrap_or_default();
+    let grants = rt
+        .block_on(marketplace_server::spawn(grants_config))
+        .expect("grants server starts");
+    let grants_run = format!("{:08x}", rand_suffix());
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        for (who, item, quantity) in [("gs", Some("relic"), 1), ("ga", None, 100), ("gb", None, 100)] {
+            let session: serde_json::Value = http
+                .post(format!("{}/v1/sessions", grants.url()))
+                .json(&serde_json::json!({"device_id": format!("{who}-{grants_run}"), "name": who}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let player = session["player_id"].as_i64().unwrap();
+            let r = http
+                .post(format!("{}/admin/v1/players/{player}/grants", grants.url()))
+                .bearer_auth(&admin_key)
+                .header("idempotency-key", format!("grant-{who}-{grants_run}"))
+                .json(&serde_json::json!({"item_id": item, "quantity": quantity}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    });
+
     let mut child = Command::new(&godot)
         .args(["--headless", "--path"])
         .arg(&project)
         .arg("res://tests/test_runner.tscn")
         .env("MARKET_SERVER_URL", server.url())
         .env("MARKET_SLOW_URL", slow.url())
+        .env("MARKET_GRANTS_URL", grants.url())
+        .env("MARKET_GRANTS_RUN", &grants_run)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -113,6 +151,7 @@ fn godot_check_suite() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}\n{stderr}");
     rt.block_on(server.shutdown());
+    rt.block_on(grants.shutdown());
     let status = status.expect("Godot finished within 180 s (a clean quit)");
     assert!(status.success(), "the check suite failed: {status}");
     assert!(stdout.contains("ALL CHECKS PASSED"));
@@ -120,4 +159,13 @@ fn godot_check_suite() {
         !stderr.contains("[panic"),
         "a Rust panic reached the engine"
     );
+}
+
+/// A few random bits for names, without a dependency.
+fn rand_suffix() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ u64::from(std::process::id()).rotate_left(32)
 }
