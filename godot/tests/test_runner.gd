@@ -87,13 +87,14 @@ func make_player(label: String, credits: int, parent: Node = self, url: String =
 	market.max_requests_per_second = 0.0
 	market.request_timeout_sec = 5.0
 	parent.add_child(market)
-	market.player_data = market.get_path_to(data)
-	market.logged_in.connect(func(player_id): record(label, ["logged_in", player_id]))
-	market.listings_updated.connect(func(listings): record(label, ["listings_updated", listings]))
+	market.player_data = data
+	market.logged_in.connect(func(id, player_id): record(label, ["logged_in", id, player_id]))
+	market.listings_updated.connect(func(id, listings, next_cursor): record(label, ["listings_updated", id, listings, next_cursor]))
 	market.listing_created.connect(func(id, listing): record(label, ["listing_created", id, listing]))
 	market.purchase_succeeded.connect(func(id, purchase): record(label, ["purchase_succeeded", id, purchase]))
-	market.purchase_failed.connect(func(id, listing_id, code, message): record(label, ["purchase_failed", id, listing_id, code, message]))
+	market.purchase_failed.connect(func(id, listing_id, code, message, current_price): record(label, ["purchase_failed", id, listing_id, code, message, current_price]))
 	market.proceeds_claimed.connect(func(id, amount): record(label, ["proceeds_claimed", id, amount]))
+	market.claim_finished.connect(func(id, sales, amount): record(label, ["claim_finished", id, sales, amount]))
 	market.request_failed.connect(func(id, code, message): record(label, ["request_failed", id, code, message]))
 	market.busy_changed.connect(func(busy): record(label, ["busy_changed", busy]))
 	market.trade_stalled.connect(func(id, trade): record(label, ["trade_stalled", id, trade]))
@@ -122,7 +123,7 @@ func run_all() -> void:
 
 	# Listing
 	seller.data.add_item("relic", 3)
-	var listing_request: int = seller.market.create_listing("relic", 1, 100)
+	var listing_request: int = seller.market.create_listing("relic", 1, 100).id
 	check(seller.data.get_item_count("relic") == 2, "create_listing escrows the item at once")
 	await until(func(): return events("seller", "listing_created").size() == 1)
 	var created := events("seller", "listing_created")
@@ -138,12 +139,12 @@ func run_all() -> void:
 	var pages := events("alice", "listings_updated")
 	var ids := []
 	if pages.size() > 0:
-		for l in pages[0][0]:
+		for l in pages[0][1]:
 			ids.append(l["id"])
 	check(ids.has(listing["id"]), "refresh_listings finds the new listing")
 
 	# Buy: the hold is placed at once, committed on success
-	var buy_request: int = alice.market.buy_listing(listing["id"], 100)
+	var buy_request: int = alice.market.buy_listing(listing["id"], 100).id
 	check(alice.data.get_credits() == 900 and alice.data.get_held_credits() == 100, "buy_listing holds the price at once")
 	check(alice.market.is_purchase_pending(listing["id"]), "is_purchase_pending while waiting")
 	alice.market.buy_listing(listing["id"], 100)
@@ -177,21 +178,23 @@ func run_all() -> void:
 	check(loser.data.get_credits() == loser_expected, "the loser's credits are whole again")
 
 	# Local refusals come back as signals with stable codes
-	var poor: int = bob.market.buy_listing(contested["id"] + 1000, 1000000)
+	var poor: int = bob.market.buy_listing(contested["id"] + 1000, 1000000).id
 	await until(func(): return events("bob", "purchase_failed").any(func(f): return f[0] == poor))
 	var poor_fail := events("bob", "purchase_failed").filter(func(f): return f[0] == poor)
 	check(poor_fail.size() == 1 and poor_fail[0][2] == "insufficient_credits", "insufficient_credits refused locally")
-	var bad: int = bob.market.refresh_listings({"colour": "red"})
+	var bad: int = bob.market.refresh_listings({"colour": "red"}).id
 	await until(func(): return events("bob", "request_failed").any(func(f): return f[0] == bad))
 	check(events("bob", "request_failed").any(func(f): return f[0] == bad and f[1] == "invalid_argument"), "a bad filter is refused with invalid_argument")
 
 	# Claim proceeds
-	seller.market.claim_proceeds()
-	await until(func(): return events("seller", "proceeds_claimed").size() >= 2)
+	var claim: Dictionary = await seller.market.claim_proceeds().completed
 	var total := 0
 	for c in events("seller", "proceeds_claimed"):
 		total += c[1]
 	check(total == 250 and seller.data.get_credits() == 250, "the seller claims both sales once")
+	check(claim.ok and claim.sales == 2 and claim.amount == 250, "an awaited claim_proceeds ends with both sales and their total (%s)" % claim)
+	var finished := events("seller", "claim_finished")
+	check(finished.size() == 1 and finished[0][1] == 2 and finished[0][2] == 250, "claim_finished after the proceeds_claimed signals")
 
 	# Conservation across the three players
 	var credits := 0
@@ -207,7 +210,7 @@ func run_all() -> void:
 	var logins_before := events("alice", "logged_in").size()
 	alice.market.max_requests_per_second = 50.0
 	alice.market.max_concurrent_requests = 4
-	var after_change: int = alice.market.refresh_listings({})
+	var after_change: int = alice.market.refresh_listings({}).id
 	await until(func(): return events("alice", "listings_updated").size() >= 2)
 	check(events("alice", "listings_updated").size() >= 2, "requests keep working after a setting changed")
 	check(events("alice", "logged_in").size() == logins_before, "no restart, no second login")
@@ -219,11 +222,13 @@ func run_all() -> void:
 	check(is_finite(alice.market.request_timeout_sec) and alice.market.request_timeout_sec > 0.0, "a NaN timeout becomes a usable one")
 	alice.market.max_concurrent_requests = -5
 	check(alice.market.max_concurrent_requests == 1, "a negative concurrency is clamped")
-	var after_nan: int = alice.market.refresh_listings({})
+	var after_nan: int = alice.market.refresh_listings({}).id
 	await until(func(): return events("alice", "listings_updated").size() >= 3)
 	check(not events("alice", "request_failed").any(func(f): return f[0] == after_nan), "requests work after a NaN setting")
 	alice.market.max_concurrent_requests = 16
 
+	await check_awaitable_requests(seller, alice)
+	check_inspector(alice)
 	await check_paused_tree(seller, alice)
 	await check_reentrant_handlers(seller, alice)
 	await check_second_node_on_one_save(alice)
@@ -251,6 +256,62 @@ func run_all() -> void:
 	for p in [seller, bob]:
 		check(p.data.validate_inventory(), "%s's data validates" % p.label)
 	reloaded.queue_free()
+
+
+func check_awaitable_requests(seller: Dictionary, alice: Dictionary) -> void:
+	# login() with no arguments: the identity in the save.
+	var again: Dictionary = await alice.market.login().completed
+	check(again.ok and again.player_id == alice.data.get_player_id(), "login() without arguments logs in as the saved player")
+	# Two listings to page through and buy.
+	seller.data.add_item("await_token", 2)
+	var made: Dictionary = await seller.market.create_listing("await_token", 1, 20).completed
+	check(made.ok and made.listing.item_id == "await_token", "an awaited create_listing gives the listing")
+	var made2: Dictionary = await seller.market.create_listing("await_token", 1, 50).completed
+	# A page, awaited; the node's signal carries the same request id and cursor.
+	var page_request: MarketRequest = alice.market.refresh_listings({"item_id": "await_token", "limit": 1})
+	check(not page_request.done, "a request is not done when it is made")
+	var page: Dictionary = await page_request.completed
+	check(page.ok and page.listings.size() == 1 and page.next_cursor != "", "an awaited page has its listings and next cursor")
+	check(page_request.done and page_request.is_ok() and page_request.result == page, "the request keeps its result")
+	var signalled := events("alice", "listings_updated").filter(func(e): return e[0] == page_request.id)
+	check(signalled.size() == 1 and signalled[0][2] == page.next_cursor, "listings_updated carries the request id and the cursor")
+	var rest: Dictionary = await alice.market.refresh_listings({"item_id": "await_token", "cursor": page.next_cursor}).completed
+	check(rest.ok and rest.listings.size() == 1 and rest.listings[0].id == made2.listing.id, "the next cursor gives the next page")
+	check(page.listings[0].seller_name == "seller", "browsing gives the seller's name")
+	# A purchase, awaited.
+	var bought: Dictionary = await alice.market.buy_listing(made.listing.id, 20).completed
+	check(bought.ok and bought.purchase.listing_id == made.listing.id, "an awaited purchase gives the purchase")
+	# A price that changed: the current price is data.
+	var stale: Dictionary = await alice.market.buy_listing(made2.listing.id, 40).completed
+	check(not stale.ok and stale.code == "price_changed" and stale.current_price == 50, "price_changed gives the current price (%s)" % stale)
+	var failed := events("alice", "purchase_failed").filter(func(e): return e[1] == made2.listing.id)
+	check(failed.size() == 1 and failed[0][4] == 50, "purchase_failed carries current_price too")
+	check(alice.data.get_held_credits() == 0, "and the hold is back")
+	# A local refusal completes on a later frame, so an await gets there first.
+	var broke: Dictionary = await alice.market.buy_listing(made2.listing.id, 100000000).completed
+	check(not broke.ok and broke.code == "insufficient_credits", "an awaited local refusal completes with its code")
+	var nowhere := TradingMarketplace.new()
+	add_child(nowhere)
+	var orphan: Dictionary = await nowhere.refresh_listings({}).completed
+	check(not orphan.ok and orphan.code == "invalid_argument", "a node without player_data completes its requests with an error")
+	check(nowhere.get_setup_warnings().size() == 1, "and reports the missing player_data as a set-up warning")
+	nowhere.queue_free()
+
+
+func check_inspector(alice: Dictionary) -> void:
+	check(alice.market.player_data == alice.data, "player_data is the LocalPlayerData node itself")
+	var hints := {}
+	for property in alice.market.get_property_list():
+		hints[property.name] = property
+	check(hints.player_data.hint == PROPERTY_HINT_NODE_TYPE and hints.player_data.hint_string == "LocalPlayerData", "player_data picks LocalPlayerData nodes in the inspector")
+	for name in ["max_concurrent_requests", "request_timeout_sec", "max_requests_per_second", "max_frame_time_msec", "stall_after_sec"]:
+		check(hints[name].hint == PROPERTY_HINT_RANGE, "%s has a range in the inspector" % name)
+	check(alice.market.get_setup_warnings().is_empty(), "a set-up market has no warnings")
+	var odd := TradingMarketplace.new()
+	odd.server_url = "ftp://example.com"
+	var warnings: PackedStringArray = odd.get_setup_warnings()
+	check(warnings.size() == 2 and warnings[1].contains("http"), "a non-http server_url is warned about (%s)" % warnings)
+	odd.free()
 
 
 func check_paused_tree(seller: Dictionary, alice: Dictionary) -> void:
@@ -426,7 +487,7 @@ func check_scene_change_with_trade_in_flight(seller: Dictionary) -> void:
 	var carol := make_player("carol", 100, shop, slow_url)
 	carol.market.login("dev-carol-%s" % run_id, "carol")
 	await until(func(): return events("carol", "logged_in").size() == 1)
-	carol.market.buy_listing(listing["id"], 30)
+	var carol_buy: MarketRequest = carol.market.buy_listing(listing["id"], 30)
 	for i in 3:
 		await get_tree().process_frame
 	check(carol.data.get_held_credits() == 30, "the purchase is in flight (held)")
@@ -445,5 +506,7 @@ func check_scene_change_with_trade_in_flight(seller: Dictionary) -> void:
 	await until(func(): return carol2.data.get_item_count("voyage_token") == 1 and carol2.data.get_held_credits() == 0, 15.0)
 	check(carol2.data.get_item_count("voyage_token") == 1, "the trade settled after the scene change")
 	check(carol2.data.get_credits() == 70 and carol2.data.get_held_credits() == 0, "debited once")
+	await until(func(): return carol_buy.done)
+	check(carol_buy.is_ok() and carol_buy.result.purchase.listing_id == listing["id"], "the request made by the freed node completed too")
 	shop2.queue_free()
 	await get_tree().process_frame

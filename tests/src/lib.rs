@@ -21,17 +21,32 @@ pub fn server_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("MARKET_SERVER_BIN") {
         return PathBuf::from(bin);
     }
+    build(
+        &["-p", "marketplace-server", "--bin", "marketplace-server"],
+        &format!("marketplace-server{}", std::env::consts::EXE_SUFFIX),
+    )
+}
+
+/// The addon library (`marketplace-godot`'s cdylib) for this machine, built
+/// now in this test run's profile.
+pub fn addon_library() -> PathBuf {
+    build(
+        &["-p", "marketplace-godot", "--lib"],
+        &format!(
+            "{}trading_marketplace{}",
+            std::env::consts::DLL_PREFIX,
+            std::env::consts::DLL_SUFFIX
+        ),
+    )
+}
+
+/// Runs `cargo build` with `args` in this test run's profile (the lock is
+/// free while tests run) and returns the path of `file` it made.
+fn build(args: &[&str], file: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let release = !cfg!(debug_assertions);
     let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "marketplace-server",
-        "--bin",
-        "marketplace-server",
-    ]);
+    cmd.arg("build").arg("-q").args(args);
     if release {
         cmd.arg("--release");
     }
@@ -39,18 +54,15 @@ pub fn server_binary() -> PathBuf {
         .current_dir(workspace_root())
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "building marketplace-server failed");
+    assert!(status.success(), "cargo build {args:?} failed");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
-    let exe = target
+    let built = target
         .join(if release { "release" } else { "debug" })
-        .join(format!(
-            "marketplace-server{}",
-            std::env::consts::EXE_SUFFIX
-        ));
-    assert!(exe.exists(), "{} was not built", exe.display());
-    exe
+        .join(file);
+    assert!(built.exists(), "{} was not built", built.display());
+    built
 }
 
 pub fn workspace_root() -> PathBuf {

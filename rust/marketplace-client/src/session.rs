@@ -132,6 +132,16 @@ pub enum SessionEvent {
     },
     /// Requests went from none to some in flight, or back.
     BusyChanged { busy: bool },
+    /// A `claim_proceeds` request is over: every unclaimed sale it found has
+    /// settled (`sales` claimed for `amount` credits in all). `error` is the
+    /// first refusal, if any (its sale stays unclaimed for the next call).
+    /// Comes last, after that request's `ProceedsClaimed` events.
+    ClaimsDone {
+        request_id: RequestId,
+        sales: usize,
+        amount: i64,
+        error: Option<ClientError>,
+    },
 }
 
 /// A trade waiting for its definitive answer, as
@@ -169,7 +179,6 @@ enum Tracked {
     /// sale, all reported under `origin`.
     ClaimAll {
         origin: RequestId,
-        claimed_any: bool,
     },
     Account,
     Op {
@@ -182,6 +191,18 @@ struct Unsent {
     id: RequestId,
     op: OpId,
     generation: u64,
+}
+
+/// How a `claim_proceeds` request is doing.
+#[derive(Default)]
+struct ClaimProgress {
+    /// Pages of sales still being fetched.
+    listing: bool,
+    /// Claims journaled and not settled yet.
+    outstanding: usize,
+    sales: usize,
+    amount: i64,
+    error: Option<ClientError>,
 }
 
 /// How a journaled operation is doing in this session.
@@ -207,6 +228,7 @@ pub struct TradingSession {
     deferred: VecDeque<(u64, SessionEvent)>,
     /// Requests refused locally, reported on the next poll.
     refusals: VecDeque<SessionEvent>,
+    claims: HashMap<RequestId, ClaimProgress>,
     busy: bool,
     stall_after: Duration,
 }
@@ -252,6 +274,7 @@ impl TradingSession {
             ready: VecDeque::new(),
             deferred: VecDeque::new(),
             refusals: VecDeque::new(),
+            claims: HashMap::new(),
             busy: false,
             stall_after: DEFAULT_STALL_AFTER,
         };
@@ -381,11 +404,12 @@ impl TradingSession {
             },
             None,
         )?;
-        self.tracked.insert(
+        self.tracked.insert(origin, Tracked::ClaimAll { origin });
+        self.claims.insert(
             origin,
-            Tracked::ClaimAll {
-                origin,
-                claimed_any: false,
+            ClaimProgress {
+                listing: true,
+                ..ClaimProgress::default()
             },
         );
         Ok(origin)
@@ -838,13 +862,7 @@ impl TradingSession {
                     sales: page.sales,
                 });
             }
-            (
-                Tracked::ClaimAll {
-                    origin,
-                    claimed_any: before,
-                },
-                EventKind::Done(Reply::Sales(page)),
-            ) => {
+            (Tracked::ClaimAll { origin }, EventKind::Done(Reply::Sales(page))) => {
                 let request_id = origin;
                 let sales = page.sales;
                 let already: Vec<i64> = store
@@ -856,7 +874,6 @@ impl TradingSession {
                         _ => None,
                     })
                     .collect();
-                let mut claimed_any = before;
                 for sale in sales
                     .iter()
                     .filter(|s| s.claimed_at.is_none() && !already.contains(&s.id))
@@ -867,11 +884,12 @@ impl TradingSession {
                         None,
                         Some(request_id),
                     ) {
-                        Ok(_) => claimed_any = true,
-                        Err(error) => {
-                            self.ready
-                                .push_back(SessionEvent::RequestFailed { request_id, error });
+                        Ok(_) => {
+                            if let Some(c) = self.claims.get_mut(&origin) {
+                                c.outstanding += 1;
+                            }
                         }
+                        Err(error) => self.claim_failed(origin, error),
                     }
                 }
                 if let Some(cursor) = page.next_cursor {
@@ -883,27 +901,36 @@ impl TradingSession {
                     };
                     match self.client.submit_with(next, command, None) {
                         Ok(()) => {
-                            self.tracked.insert(
-                                next,
-                                Tracked::ClaimAll {
-                                    origin,
-                                    claimed_any,
-                                },
-                            );
+                            self.tracked.insert(next, Tracked::ClaimAll { origin });
                             return;
                         }
-                        Err(error) => self
-                            .ready
-                            .push_back(SessionEvent::RequestFailed { request_id, error }),
+                        Err(error) => self.claim_failed(origin, error),
                     }
                 }
-                if !claimed_any {
+                let nothing = self
+                    .claims
+                    .get(&origin)
+                    .is_none_or(|c| c.outstanding == 0 && c.sales == 0 && c.error.is_none());
+                if nothing {
                     self.ready.push_back(SessionEvent::ProceedsClaimed {
                         request_id,
                         sale_id: 0,
                         amount: 0,
                     });
                 }
+                if let Some(c) = self.claims.get_mut(&origin) {
+                    c.listing = false;
+                }
+                self.claims_maybe_done(store, origin);
+            }
+            (Tracked::ClaimAll { origin }, EventKind::Failed(error)) => {
+                // A page of sales could not be read: the claims already
+                // journaled go on; the request ends when they have settled.
+                self.claim_failed(origin, error);
+                if let Some(c) = self.claims.get_mut(&origin) {
+                    c.listing = false;
+                }
+                self.claims_maybe_done(store, origin);
             }
             (Tracked::Op { op, origin }, kind) => self.settle(store, op, origin, kind),
             (_, EventKind::Failed(error)) => {
@@ -1116,7 +1143,64 @@ impl TradingSession {
             return;
         }
         self.progress.remove(&op_id);
+        let claim = match (&pending.op, &event) {
+            (MarketChange::Claim { .. }, SessionEvent::ProceedsClaimed { amount, .. }) => {
+                Some((*amount, None))
+            }
+            (MarketChange::Claim { .. }, SessionEvent::RequestFailed { error, .. }) => {
+                Some((0, Some(error.clone())))
+            }
+            _ => None,
+        };
         self.emit_durable(store, event);
+        if let Some((amount, error)) = claim {
+            if let Some(c) = self.claims.get_mut(&origin) {
+                c.outstanding = c.outstanding.saturating_sub(1);
+                if error.is_none() {
+                    c.sales += 1;
+                    c.amount += amount;
+                } else if c.error.is_none() {
+                    c.error = error;
+                }
+            }
+            self.claims_maybe_done(store, origin);
+        }
+    }
+
+    /// A claim of `origin`'s could not even be made: reported now, and
+    /// remembered for the request's end.
+    fn claim_failed(&mut self, origin: RequestId, error: ClientError) {
+        if let Some(c) = self.claims.get_mut(&origin) {
+            if c.error.is_none() {
+                c.error = Some(error.clone());
+            }
+        }
+        self.ready.push_back(SessionEvent::RequestFailed {
+            request_id: origin,
+            error,
+        });
+    }
+
+    /// Ends a `claim_proceeds` request once its sales are read and every
+    /// claim it made has settled.
+    fn claims_maybe_done(&mut self, store: &PlayerStore, origin: RequestId) {
+        let done = self
+            .claims
+            .get(&origin)
+            .is_some_and(|c| !c.listing && c.outstanding == 0);
+        if done {
+            if let Some(c) = self.claims.remove(&origin) {
+                self.emit_durable(
+                    store,
+                    SessionEvent::ClaimsDone {
+                        request_id: origin,
+                        sales: c.sales,
+                        amount: c.amount,
+                        error: c.error,
+                    },
+                );
+            }
+        }
     }
 
     /// Leaving for good (the game quits): stops the client (in-flight

@@ -21,6 +21,12 @@ pub fn listing(l: &Listing) -> VarDictionary {
     put(&mut d, "status", GString::from(l.status.as_str()));
     put(&mut d, "created_at", l.created_at);
     put(&mut d, "updated_at", l.updated_at);
+    // Browsing gives the seller's name; trade answers do not ("").
+    put(
+        &mut d,
+        "seller_name",
+        GString::from(l.seller_name.as_deref().unwrap_or("")),
+    );
     d
 }
 

@@ -26,6 +26,7 @@ use godot::prelude::*;
 pub mod convert;
 pub mod marketplace;
 pub mod player_data;
+pub mod request;
 pub mod save_slot;
 
 struct TradingMarketplaceExtension;
@@ -39,6 +40,7 @@ unsafe impl ExtensionLibrary for TradingMarketplaceExtension {
     fn on_stage_deinit(stage: InitStage) {
         if stage == InitStage::Scene {
             save_slot::shutdown_all();
+            request::forget_all();
         }
     }
 }

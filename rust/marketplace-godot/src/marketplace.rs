@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use godot::classes::node::ProcessMode;
-use godot::classes::{INode, Node};
+use godot::classes::{Engine, INode, Node};
 use godot::prelude::*;
 use marketplace_client::client::{duration_from_secs, ClientConfig};
 use marketplace_client::{
@@ -13,13 +13,15 @@ use marketplace_client::{
 
 use crate::convert;
 use crate::player_data::{tick_slots, LocalPlayerData};
+use crate::request::{self, MarketRequest};
 use crate::save_slot::{self, SlotRef};
 
 /// The player-to-player marketplace.
 ///
-/// Every method returns a request id at once; the answer arrives later as a
-/// signal carrying that id. Requests run on a background runtime, so no call
-/// ever waits on the network. A purchase reserves the credits immediately
+/// Every request method returns a `MarketRequest` at once; the answer
+/// arrives later, both as the request's `completed` signal (so a script can
+/// `await` it) and as the node's signal carrying `request.id`. Requests run
+/// on a background runtime, so no call ever waits on the network. A purchase reserves the credits immediately
 /// (see `LocalPlayerData.get_held_credits()`); the hold is spent when the
 /// server confirms (`purchase_succeeded`) and given back only when the server
 /// definitively refuses (`purchase_failed` with `"already_sold"`,
@@ -34,26 +36,45 @@ use crate::save_slot::{self, SlotRef};
 /// change) never waits, and trades go on settling while any marketplace
 /// node exists — the recommended set-up is an autoload that owns both nodes.
 ///
+/// Awaiting requests:
+///
 /// ```gdscript
 /// @onready var market: TradingMarketplace = $TradingMarketplace
 ///
 /// func _ready():
-///     market.logged_in.connect(func(player_id): market.refresh_listings({}))
-///     market.listings_updated.connect(show_listings)
-///     market.purchase_succeeded.connect(func(request_id, purchase): toast("Bought %s" % purchase["item_id"]))
-///     market.purchase_failed.connect(func(request_id, listing_id, code, message):
-///         if code == "already_sold":
-///             toast("Item sold to another player — refresh and try again")
-///         else:
-///             toast(message))
-///     market.busy_changed.connect(func(busy): spinner.visible = busy)
-///     market.login("", "")  # the identity saved in LocalPlayerData
+///     var login := await market.login().completed   # the saved identity
+///     if not login.ok:
+///         toast(login.message)
+///         return
+///     var page := await market.refresh_listings({}).completed
+///     show_listings(page.listings)
 ///
 /// func _on_buy_pressed(listing: Dictionary):
-///     market.buy_listing(listing["id"], listing["price"])
+///     buy_button.disabled = true
+///     var r := await market.buy_listing(listing.id, listing.price).completed
+///     buy_button.disabled = false
+///     if r.ok:
+///         toast("Bought %s" % r.purchase.item_id)
+///     elif r.code == "already_sold":
+///         toast("Item sold to another player — refresh and try again")
+///     elif r.code == "price_changed":
+///         offer_new_price(listing, r.current_price)
+///     else:
+///         toast(r.message)
+/// ```
+///
+/// Or signals, for UIs that prefer them:
+///
+/// ```gdscript
+/// func _ready():
+///     market.logged_in.connect(func(request_id, player_id): market.refresh_listings({}))
+///     market.listings_updated.connect(func(request_id, listings, next_cursor): show_listings(listings))
+///     market.purchase_failed.connect(func(request_id, listing_id, code, message, current_price): toast(message))
+///     market.busy_changed.connect(func(busy): spinner.visible = busy)
+///     market.login()
 /// ```
 #[derive(GodotClass)]
-#[class(base=Node)]
+#[class(tool, base=Node)]
 pub struct TradingMarketplace {
     /// Base URL of the marketplace server (`http://` or `https://`).
     /// Changing it is refused while trades wait for their answer.
@@ -62,8 +83,8 @@ pub struct TradingMarketplace {
     server_url: GString,
     /// The `LocalPlayerData` node holding this player's credits and items.
     #[var(set = set_player_data)]
-    #[export(node_path = ("LocalPlayerData"))]
-    player_data: NodePath,
+    #[export]
+    player_data: Option<Gd<LocalPlayerData>>,
     /// Requests on the wire at once (1–1024).
     #[var(set = set_max_concurrent_requests)]
     #[export(range = (1.0, 1024.0, 1.0))]
@@ -103,14 +124,9 @@ pub struct TradingMarketplace {
     config_dirty: bool,
     /// Requests refused before any save was reachable, for the next frame.
     local_failures: VecDeque<(i64, Option<i64>, ClientError)>,
-    next_local_id: i64,
     next_cursor: Option<String>,
     base: Base<Node>,
 }
-
-/// Ids of requests refused before a session existed; far above the
-/// session's own.
-const LOCAL_ID_BASE: i64 = 1 << 40;
 
 #[godot_api]
 impl INode for TradingMarketplace {
@@ -119,7 +135,7 @@ impl INode for TradingMarketplace {
         let defaults = ClientConfig::default();
         TradingMarketplace {
             server_url: defaults.server_url.as_str().into(),
-            player_data: NodePath::default(),
+            player_data: None,
             max_concurrent_requests: defaults.max_concurrent_requests as i64,
             request_timeout_sec: defaults.request_timeout.as_secs_f64(),
             max_requests_per_second: defaults.max_requests_per_second,
@@ -131,16 +147,20 @@ impl INode for TradingMarketplace {
             data_id: None,
             config_dirty: true,
             local_failures: VecDeque::new(),
-            next_local_id: LOCAL_ID_BASE,
             next_cursor: None,
             base,
         }
     }
 
     fn process(&mut self, _delta: f64) {
+        if Engine::singleton().is_editor_hint() {
+            // In the editor the node is only edited: no runtime, no thread,
+            // no file.
+            return;
+        }
         // Starts the session in the first frame — after every `_ready`, so
         // settings made there count — and re-sends trades a crash left.
-        if !self.player_data.is_empty() {
+        if self.player_data.is_some() {
             if let Err(e) = self.attach() {
                 if self.slot.is_none() && self.config_dirty {
                     godot_error!("TradingMarketplace: {}", e.message);
@@ -148,8 +168,18 @@ impl INode for TradingMarketplace {
                 }
             }
         }
-        tick_slots();
+        {
+            // Ticking may complete requests whose node is gone: an awaiting
+            // script may call this node meanwhile.
+            let _reentrant = self.base_mut();
+            tick_slots();
+        }
         self.emit_pending();
+    }
+
+    /// What the editor's scene dock shows next to the node.
+    fn get_configuration_warnings(&self) -> PackedStringArray {
+        self.get_setup_warnings()
     }
 }
 
@@ -169,10 +199,12 @@ impl Drop for TradingMarketplace {
 impl TradingMarketplace {
     /// Logged in; the other requests can now reach the server.
     #[signal]
-    fn logged_in(player_id: i64);
-    /// A page of listings arrived (see `get_next_cursor()` for the next one).
+    fn logged_in(request_id: i64, player_id: i64);
+    /// A page of listings arrived for `refresh_listings` request
+    /// `request_id` (compare it with the latest request's id to drop a
+    /// stale page); `next_cursor` asks for the next page (`""`: the last).
     #[signal]
-    fn listings_updated(listings: VarArray);
+    fn listings_updated(request_id: i64, listings: VarArray, next_cursor: GString);
     /// The listing is on the market; its items left the inventory for good.
     #[signal]
     fn listing_created(request_id: i64, listing: VarDictionary);
@@ -186,14 +218,25 @@ impl TradingMarketplace {
     #[signal]
     fn purchase_succeeded(request_id: i64, purchase: VarDictionary);
     /// The purchase was refused and the held credits are back. `code`:
-    /// `"already_sold"` (another player won), `"price_changed"`,
+    /// `"already_sold"` (another player won), `"price_changed"` (then
+    /// `current_price` is the listing's price now; otherwise 0),
     /// `"listing_cancelled"`, `"own_listing"`, `"not_found"`,
     /// `"insufficient_credits"`, `"purchase_in_progress"`, …
     #[signal]
-    fn purchase_failed(request_id: i64, listing_id: i64, code: GString, message: GString);
+    fn purchase_failed(
+        request_id: i64,
+        listing_id: i64,
+        code: GString,
+        message: GString,
+        current_price: i64,
+    );
     /// Proceeds of one sale were credited (`amount` 0: nothing to claim).
     #[signal]
     fn proceeds_claimed(request_id: i64, amount: i64);
+    /// A `claim_proceeds` request is over: `sales` sales claimed for
+    /// `amount` credits in all (after their `proceeds_claimed`).
+    #[signal]
+    fn claim_finished(request_id: i64, sales: i64, amount: i64);
     /// Any other request failed for good; `code` is stable, `message` is for the player.
     #[signal]
     fn request_failed(request_id: i64, code: GString, message: GString);
@@ -220,14 +263,19 @@ impl TradingMarketplace {
     #[signal]
     fn busy_changed(busy: bool);
 
-    /// Logs in. Empty arguments use the identity saved in `LocalPlayerData`
-    /// (a new player gets a random device id); given ones are saved there.
-    /// Logging in as another device is refused with `trades_pending` while
-    /// the current player's trades wait for their answer.
+    /// Logs in. Without arguments (or with empty ones) the identity saved
+    /// in `LocalPlayerData` is used (a new player gets a random device id);
+    /// given ones are saved there. Logging in as another device is refused
+    /// with `trades_pending` while the current player's trades wait for
+    /// their answer.
     #[func]
-    fn login(&mut self, device_id: GString, player_name: GString) -> i64 {
+    fn login(
+        &mut self,
+        #[opt(default = "")] device_id: GString,
+        #[opt(default = "")] player_name: GString,
+    ) -> Gd<MarketRequest> {
         let (device_id, player_name) = (device_id.to_string(), player_name.to_string());
-        self.request(None, |session, store| {
+        self.request("login", None, |session, store| {
             if !device_id.is_empty() || !player_name.is_empty() {
                 let device = if device_id.is_empty() {
                     store.state().device_id.clone()
@@ -250,46 +298,49 @@ impl TradingMarketplace {
     /// `"cancelled"`, `"all"`), `item_id`, `seller_id`, `cursor`, `limit`.
     /// (Godot cannot give a `Dictionary` parameter a default value.)
     #[func]
-    fn refresh_listings(&mut self, filter: VarDictionary) -> i64 {
+    fn refresh_listings(&mut self, filter: VarDictionary) -> Gd<MarketRequest> {
         let query = convert::browse_query(&filter);
-        self.request(None, |session, _| session.browse(query?))
+        self.request("listings", None, |session, _| session.browse(query?))
     }
 
     /// Lists `quantity` items for `price` credits; they leave the inventory at once.
     #[func]
-    fn create_listing(&mut self, item_id: GString, quantity: i64, price: i64) -> i64 {
+    fn create_listing(&mut self, item_id: GString, quantity: i64, price: i64) -> Gd<MarketRequest> {
         let item_id = item_id.to_string();
-        self.request(None, |session, store| {
+        self.request("create_listing", None, |session, store| {
             session.create_listing(store, &item_id, quantity, price)
         })
     }
 
+    /// Changes a listing's price (`listing_repriced`).
     #[func]
-    fn reprice_listing(&mut self, listing_id: i64, price: i64) -> i64 {
-        self.request(None, |session, store| {
+    fn reprice_listing(&mut self, listing_id: i64, price: i64) -> Gd<MarketRequest> {
+        self.request("reprice", None, |session, store| {
             session.reprice_listing(store, listing_id, price)
         })
     }
 
+    /// Withdraws a listing; its items come back (`listing_cancelled`).
     #[func]
-    fn cancel_listing(&mut self, listing_id: i64) -> i64 {
-        self.request(None, |session, store| {
+    fn cancel_listing(&mut self, listing_id: i64) -> Gd<MarketRequest> {
+        self.request("cancel", None, |session, store| {
             session.cancel_listing(store, listing_id)
         })
     }
 
     /// Buys a listing at the price the player saw; reserves the credits at once.
     #[func]
-    fn buy_listing(&mut self, listing_id: i64, expected_price: i64) -> i64 {
-        self.request(Some(listing_id), |session, store| {
+    fn buy_listing(&mut self, listing_id: i64, expected_price: i64) -> Gd<MarketRequest> {
+        self.request("purchase", Some(listing_id), |session, store| {
             session.buy(store, listing_id, expected_price)
         })
     }
 
-    /// Collects the proceeds of every unclaimed sale (`proceeds_claimed` per sale).
+    /// Collects the proceeds of every unclaimed sale (`proceeds_claimed` per
+    /// sale, then `claim_finished`).
     #[func]
-    fn claim_proceeds(&mut self) -> i64 {
-        self.request(None, |session, _| session.claim_proceeds())
+    fn claim_proceeds(&mut self) -> Gd<MarketRequest> {
+        self.request("claim", None, |session, _| session.claim_proceeds())
     }
 
     /// Moves `amount` credits from the market account into the save (server
@@ -297,23 +348,25 @@ impl TradingMarketplace {
     /// Reserved at once; `withdrawn` when done, `request_failed` with
     /// `"insufficient_funds"` if the server has less.
     #[func]
-    fn withdraw_credits(&mut self, amount: i64) -> i64 {
-        self.request(None, |session, store| session.withdraw(store, None, amount))
+    fn withdraw_credits(&mut self, amount: i64) -> Gd<MarketRequest> {
+        self.request("withdraw", None, |session, store| {
+            session.withdraw(store, None, amount)
+        })
     }
 
     /// Moves items from the market account into the save.
     #[func]
-    fn withdraw_items(&mut self, item_id: GString, quantity: i64) -> i64 {
+    fn withdraw_items(&mut self, item_id: GString, quantity: i64) -> Gd<MarketRequest> {
         let item_id = item_id.to_string();
-        self.request(None, |session, store| {
+        self.request("withdraw", None, |session, store| {
             session.withdraw(store, Some(&item_id), quantity)
         })
     }
 
     /// Asks the server for the market account (`market_account_updated`).
     #[func]
-    fn refresh_market_account(&mut self) -> i64 {
-        self.request(None, |session, _| session.refresh_account())
+    fn refresh_market_account(&mut self) -> Gd<MarketRequest> {
+        self.request("account", None, |session, _| session.refresh_account())
     }
 
     /// True while a purchase of this listing waits for its definitive answer.
@@ -342,6 +395,18 @@ impl TradingMarketplace {
             .unwrap_or(0)
     }
 
+    /// Set-up problems, as the editor's scene dock shows them: no
+    /// `player_data`, or a `server_url` that is not http(s). Empty when the
+    /// node is ready to trade.
+    #[func]
+    fn get_setup_warnings(&self) -> PackedStringArray {
+        let mut warnings = PackedStringArray::new();
+        for w in self.configuration_warnings() {
+            warnings.push(&GString::from(w.as_str()));
+        }
+        warnings
+    }
+
     /// The cursor of the next listings page, or "" after the last page.
     #[func]
     fn get_next_cursor(&self) -> GString {
@@ -358,12 +423,14 @@ impl TradingMarketplace {
     fn set_server_url(&mut self, url: GString) {
         self.server_url = url;
         self.settings_changed();
+        self.base_mut().update_configuration_warnings();
     }
 
     #[func]
-    fn set_player_data(&mut self, path: NodePath) {
-        self.player_data = path;
+    fn set_player_data(&mut self, node: Option<Gd<LocalPlayerData>>) {
+        self.player_data = node;
         self.config_dirty = true;
+        self.base_mut().update_configuration_warnings();
     }
 
     #[func]
@@ -430,6 +497,29 @@ fn sane_int(name: &str, value: i64, lo: i64, hi: i64) -> i64 {
 }
 
 impl TradingMarketplace {
+    /// Set-up mistakes the editor shows (and the game reports): no
+    /// `LocalPlayerData`, or a server URL that is not http(s).
+    fn configuration_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.player_data.is_none() {
+            warnings.push(
+                "player_data is empty: pick the LocalPlayerData node that holds this player's credits and items \
+                 (both nodes in an autoload is the recommended set-up)."
+                    .to_string(),
+            );
+        }
+        let url = self.server_url.to_string();
+        let scheme_ok = ["http://", "https://"]
+            .iter()
+            .any(|p| url.len() > p.len() && url[..p.len()].eq_ignore_ascii_case(p));
+        if !scheme_ok {
+            warnings.push(format!(
+                "server_url {url:?} is not an http:// or https:// address of the marketplace server."
+            ));
+        }
+        warnings
+    }
+
     fn config(&self) -> ClientConfig {
         ClientConfig {
             server_url: self.server_url.to_string(),
@@ -480,9 +570,7 @@ impl TradingMarketplace {
     /// Attaches to the save of `player_data` (again, if it changed: another
     /// node, or the node switched files), with this node's settings.
     fn attach(&mut self) -> Result<SlotRef, ClientError> {
-        let node = self
-            .base()
-            .try_get_node_as::<LocalPlayerData>(&self.player_data);
+        let node = self.player_data.clone().filter(|n| n.is_instance_valid());
         let Some(mut node) = node else {
             // The data node is gone (freed with its scene): keep trading on
             // the save last used until `player_data` names another node.
@@ -539,31 +627,42 @@ impl TradingMarketplace {
         }
     }
 
-    /// Submits a request; a local refusal still gets a request id and is
-    /// reported as a signal on the next frame.
+    /// Submits a request of `kind`; a local refusal is a request too, and
+    /// is reported (signal, then `completed`) on the next frame.
     fn request(
         &mut self,
+        kind: &str,
         listing_id: Option<i64>,
         f: impl FnOnce(&mut TradingSession, &mut PlayerStore) -> Result<RequestId, ClientError>,
-    ) -> i64 {
-        let error = match self.attach() {
-            Ok(slot) => {
-                let mut guard = slot.borrow_mut();
-                let s = &mut *guard;
-                match s.session.as_mut() {
-                    Some(session) => match f(session, &mut s.store) {
-                        Ok(RequestId(id)) => return id as i64,
-                        Err(error) => return session.refuse(listing_id, error).0 as i64,
-                    },
-                    None => ClientError::new(ErrorCode::Internal, "no session"),
+    ) -> Gd<MarketRequest> {
+        let error = if Engine::singleton().is_editor_hint() {
+            ClientError::new(
+                ErrorCode::InvalidArgument,
+                "TradingMarketplace does not trade inside the editor",
+            )
+        } else {
+            match self.attach() {
+                Ok(slot) => {
+                    let mut guard = slot.borrow_mut();
+                    let s = &mut *guard;
+                    match s.session.as_mut() {
+                        Some(session) => {
+                            let (id, refused) = match f(session, &mut s.store) {
+                                Ok(RequestId(id)) => (id as i64, false),
+                                Err(error) => (session.refuse(listing_id, error).0 as i64, true),
+                            };
+                            drop(guard);
+                            return request::track(id, kind, refused);
+                        }
+                        None => ClientError::new(ErrorCode::Internal, "no session"),
+                    }
                 }
+                Err(error) => error,
             }
-            Err(error) => error,
         };
-        self.next_local_id += 1;
-        let id = self.next_local_id;
+        let id = request::local_id();
         self.local_failures.push_back((id, listing_id, error));
-        id
+        request::track(id, kind, true)
     }
 
     /// Turns waiting events into signals, one at a time, holding nothing
@@ -576,6 +675,15 @@ impl TradingMarketplace {
         let refused: Vec<_> = self.local_failures.drain(..).collect();
         for (id, listing_id, error) in refused {
             self.emit_failure(id, listing_id, &error);
+            let request_id = RequestId(id as u64);
+            self.complete(&match listing_id {
+                Some(listing_id) => SessionEvent::PurchaseFailed {
+                    request_id,
+                    listing_id,
+                    error,
+                },
+                None => SessionEvent::RequestFailed { request_id, error },
+            });
         }
         for n in 0..max {
             if n > 0 && started.elapsed() >= budget {
@@ -587,30 +695,47 @@ impl TradingMarketplace {
             let Some(event) = slot.borrow_mut().next_for(listener) else {
                 return;
             };
-            self.emit(event);
+            self.emit(&event);
+            self.complete(&event);
         }
+    }
+
+    /// Completes the request `event` ends; the resumed script may call
+    /// this node.
+    fn complete(&mut self, event: &SessionEvent) {
+        let _reentrant = self.base_mut();
+        request::complete(event);
     }
 
     fn emit_failure(&mut self, id: i64, listing_id: Option<i64>, error: &ClientError) {
         let (code, message) = convert::error(error);
         match listing_id {
-            Some(listing_id) => self
-                .signals()
-                .purchase_failed()
-                .emit(id, listing_id, &code, &message),
+            Some(listing_id) => self.signals().purchase_failed().emit(
+                id,
+                listing_id,
+                &code,
+                &message,
+                error.current_price.unwrap_or(0),
+            ),
             None => self.signals().request_failed().emit(id, &code, &message),
         }
     }
 
-    fn emit(&mut self, event: SessionEvent) {
-        let id = |r: RequestId| r.0 as i64;
+    fn emit(&mut self, event: &SessionEvent) {
+        let id = |r: &RequestId| r.0 as i64;
         match event {
-            SessionEvent::LoggedIn { player_id, .. } => self.signals().logged_in().emit(player_id),
-            SessionEvent::ListingsUpdated { page, .. } => {
+            SessionEvent::LoggedIn {
+                request_id,
+                player_id,
+                ..
+            } => self.signals().logged_in().emit(id(request_id), *player_id),
+            SessionEvent::ListingsUpdated { request_id, page } => {
                 self.next_cursor = page.next_cursor.clone();
-                self.signals()
-                    .listings_updated()
-                    .emit(&convert::listings(&page.listings));
+                self.signals().listings_updated().emit(
+                    id(request_id),
+                    &convert::listings(&page.listings),
+                    page.next_cursor.as_deref().unwrap_or(""),
+                );
             }
             SessionEvent::ListingFetched { .. } | SessionEvent::SalesListed { .. } => {}
             SessionEvent::ListingCreated {
@@ -619,14 +744,14 @@ impl TradingMarketplace {
             } => self
                 .signals()
                 .listing_created()
-                .emit(id(request_id), &convert::listing(&listing)),
+                .emit(id(request_id), &convert::listing(listing)),
             SessionEvent::ListingRepriced {
                 request_id,
                 listing,
             } => self
                 .signals()
                 .listing_repriced()
-                .emit(id(request_id), &convert::listing(&listing)),
+                .emit(id(request_id), &convert::listing(listing)),
             SessionEvent::ListingCancelled {
                 request_id,
                 listing,
@@ -640,20 +765,29 @@ impl TradingMarketplace {
             } => self
                 .signals()
                 .purchase_succeeded()
-                .emit(id(request_id), &convert::purchase(&purchase)),
+                .emit(id(request_id), &convert::purchase(purchase)),
             SessionEvent::PurchaseFailed {
                 request_id,
                 listing_id,
                 error,
-            } => self.emit_failure(id(request_id), Some(listing_id), &error),
+            } => self.emit_failure(id(request_id), Some(*listing_id), error),
             SessionEvent::ProceedsClaimed {
                 request_id, amount, ..
             } => self
                 .signals()
                 .proceeds_claimed()
-                .emit(id(request_id), amount),
+                .emit(id(request_id), *amount),
+            SessionEvent::ClaimsDone {
+                request_id,
+                sales,
+                amount,
+                ..
+            } => self
+                .signals()
+                .claim_finished()
+                .emit(id(request_id), *sales as i64, *amount),
             SessionEvent::RequestFailed { request_id, error } => {
-                self.emit_failure(id(request_id), None, &error)
+                self.emit_failure(id(request_id), None, error)
             }
             SessionEvent::RequestRetrying {
                 request_id,
@@ -661,7 +795,7 @@ impl TradingMarketplace {
                 error,
             } => self.signals().request_retrying().emit(
                 id(request_id),
-                i64::from(attempt),
+                i64::from(*attempt),
                 error.code.as_str(),
             ),
             SessionEvent::TradeStalled {
@@ -669,7 +803,7 @@ impl TradingMarketplace {
             } => self
                 .signals()
                 .trade_stalled()
-                .emit(id(request_id), &convert::pending_trade(&trade)),
+                .emit(id(request_id), &convert::pending_trade(trade)),
             SessionEvent::Withdrawn {
                 request_id,
                 item_id,
@@ -677,7 +811,7 @@ impl TradingMarketplace {
             } => self.signals().withdrawn().emit(
                 id(request_id),
                 item_id.as_deref().unwrap_or(""),
-                quantity,
+                *quantity,
             ),
             SessionEvent::AccountUpdated {
                 request_id,
@@ -685,8 +819,8 @@ impl TradingMarketplace {
             } => self
                 .signals()
                 .market_account_updated()
-                .emit(id(request_id), &convert::account(&account)),
-            SessionEvent::BusyChanged { busy } => self.signals().busy_changed().emit(busy),
+                .emit(id(request_id), &convert::account(account)),
+            SessionEvent::BusyChanged { busy } => self.signals().busy_changed().emit(*busy),
         }
     }
 }

@@ -95,7 +95,12 @@ impl INode for LocalPlayerData {
     }
 
     fn process(&mut self, _delta: f64) {
-        tick_slots();
+        {
+            // Ticking may complete a `MarketRequest`: the awaiting script
+            // may call this node meanwhile.
+            let _reentrant = self.base_mut();
+            tick_slots();
+        }
         self.emit_pending();
     }
 }

@@ -47,6 +47,9 @@ pub struct SaveSlot {
     pub data_attached: bool,
     /// Session events, one queue per attached `TradingMarketplace`.
     listeners: Vec<(u64, VecDeque<SessionEvent>)>,
+    /// Events no node is left to hear: they still complete their
+    /// `MarketRequest`s (an `await` outlives the node that made it).
+    orphans: VecDeque<SessionEvent>,
     last_tick: u64,
     /// Closed by a save-slot switch: whoever still holds it lets go.
     pub closed: bool,
@@ -82,6 +85,7 @@ pub fn open(path: &Path, default_name: &str, autosave: bool) -> Result<(SlotRef,
         shutdown_grace: Duration::from_secs(1),
         data_attached: false,
         listeners: Vec::new(),
+        orphans: VecDeque::new(),
         last_tick: u64::MAX,
         closed: false,
     }));
@@ -138,8 +142,16 @@ pub fn close(slot: &SlotRef) {
 pub fn tick_all(frame: u64, max_events: usize, budget: Duration) {
     let slots: Vec<SlotRef> = SLOTS.with(|s| s.borrow().values().cloned().collect());
     for slot in slots {
-        if let Ok(mut s) = slot.try_borrow_mut() {
-            s.tick(frame, max_events, budget);
+        let orphans = match slot.try_borrow_mut() {
+            Ok(mut s) => {
+                s.tick(frame, max_events, budget);
+                std::mem::take(&mut s.orphans)
+            }
+            Err(_) => continue,
+        };
+        // Nothing borrowed: an awaiting script may call anything.
+        for event in &orphans {
+            crate::request::complete(event);
         }
     }
 }
@@ -203,8 +215,15 @@ impl SaveSlot {
         id
     }
 
+    /// Removes a listener; if it was the last, what it had not heard yet
+    /// still completes its requests (next tick).
     pub fn unlisten(&mut self, id: u64) {
-        self.listeners.retain(|(l, _)| *l != id);
+        if let Some(i) = self.listeners.iter().position(|(l, _)| *l == id) {
+            let (_, queue) = self.listeners.remove(i);
+            if self.listeners.is_empty() {
+                self.orphans.extend(queue);
+            }
+        }
     }
 
     /// The oldest session event for listener `id`.
@@ -238,6 +257,7 @@ impl SaveSlot {
     fn deliver(&mut self, events: Vec<SessionEvent>) {
         let n = self.listeners.len();
         if n == 0 {
+            self.orphans.extend(events);
             return;
         }
         for event in events {

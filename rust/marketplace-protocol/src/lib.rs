@@ -204,6 +204,10 @@ pub struct Listing {
     pub status: ListingStatus,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The seller's display name, when browsing (`GET /v1/listings`,
+    /// `GET /v1/listings/{id}`); absent in trade answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seller_name: Option<String>,
 }
 
 /// `POST /v1/listings`

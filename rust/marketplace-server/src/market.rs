@@ -61,6 +61,12 @@ pub struct OpContext<'a> {
 pub const LISTING_COLUMNS: &str =
     "id, seller_id, item_id, quantity, price, status, created_at, updated_at";
 
+/// Listings with their seller's name, for browsing: select
+/// `BROWSE_COLUMNS` from `BROWSE_FROM`, naming listing columns `l.…`.
+pub const BROWSE_COLUMNS: &str = "l.id, l.seller_id, l.item_id, l.quantity, l.price, l.status, \
+     l.created_at, l.updated_at, p.name AS seller_name";
+pub const BROWSE_FROM: &str = "listings l JOIN players p ON p.id = l.seller_id";
+
 pub fn listing_from_row(row: &AnyRow) -> Result<Listing, sqlx::Error> {
     let status: String = row.try_get("status")?;
     Ok(Listing {
@@ -75,6 +81,8 @@ pub fn listing_from_row(row: &AnyRow) -> Result<Listing, sqlx::Error> {
         })?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        // Only browsing selects it.
+        seller_name: row.try_get("seller_name").ok(),
     })
 }
 

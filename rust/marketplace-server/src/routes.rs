@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use crate::error::{Answer, AppError};
 use crate::idempotency::{self, Outcome};
-use crate::market::{listing_from_row, sale_from_row, LISTING_COLUMNS, SALE_COLUMNS};
+use crate::market::{listing_from_row, sale_from_row, BROWSE_COLUMNS, BROWSE_FROM, SALE_COLUMNS};
 use crate::rate_limit::Caller;
 use crate::AppState;
 
@@ -327,25 +327,25 @@ async fn list_listings(
     let Query(q) = query.map_err(|e| AppError::InvalidRequest(e.body_text()))?;
     let (limit, after) = page(q.limit, q.cursor.as_deref())?;
     let status = q.status.as_deref().unwrap_or("active");
-    let mut sql = format!("SELECT {LISTING_COLUMNS} FROM listings WHERE id > $1");
+    let mut sql = format!("SELECT {BROWSE_COLUMNS} FROM {BROWSE_FROM} WHERE l.id > $1");
     let mut next_param = 2;
     if status != "all" {
         marketplace_protocol::ListingStatus::parse(status).ok_or_else(|| {
             AppError::InvalidRequest("status must be active, sold, cancelled or all".into())
         })?;
-        sql.push_str(&format!(" AND status = ${next_param}"));
+        sql.push_str(&format!(" AND l.status = ${next_param}"));
         next_param += 1;
     }
     if let Some(item_id) = &q.item_id {
         check_id("item_id", item_id).map_err(AppError::InvalidRequest)?;
-        sql.push_str(&format!(" AND item_id = ${next_param}"));
+        sql.push_str(&format!(" AND l.item_id = ${next_param}"));
         next_param += 1;
     }
     if q.seller_id.is_some() {
-        sql.push_str(&format!(" AND seller_id = ${next_param}"));
+        sql.push_str(&format!(" AND l.seller_id = ${next_param}"));
         next_param += 1;
     }
-    sql.push_str(&format!(" ORDER BY id LIMIT ${next_param}"));
+    sql.push_str(&format!(" ORDER BY l.id LIMIT ${next_param}"));
     let mut query = sqlx::query(&sql).bind(after);
     if status != "all" {
         query = query.bind(status);
@@ -383,7 +383,7 @@ async fn get_listing(
     _player: AuthPlayer,
     PathId(id): PathId,
 ) -> Result<Answer, AppError> {
-    let sql = format!("SELECT {LISTING_COLUMNS} FROM listings WHERE id = $1");
+    let sql = format!("SELECT {BROWSE_COLUMNS} FROM {BROWSE_FROM} WHERE l.id = $1");
     let row = sqlx::query(&sql)
         .bind(id)
         .fetch_optional(state.0.db.reader())

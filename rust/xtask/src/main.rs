@@ -6,7 +6,12 @@
 //! - `test`: every test — the workspace's cargo tests against SQLite and a
 //!   throwaway PostgreSQL cluster, and the headless Godot suite when
 //!   `GDRUST_GODOT_BIN` names a Godot 4 binary.
-//! - `build-addon`: only build the addon library into its `bin/` folder.
+//! - `build-addon`: build this machine's addon library (debug and release)
+//!   into `addons/trading_marketplace/bin/` and copy the addon into the
+//!   demo project (`godot/addons/`, which git ignores).
+//! - `cross <platform>`: build one platform's library from here (Linux
+//!   arm64, Windows, macOS…) and check it; CI checks the Windows DLL so.
+//! - `package`: every platform's libraries and the release zip in `dist/`.
 //! - `bench`: every benchmark, PostgreSQL included (a throwaway cluster with
 //!   fsync on).
 //! - `chaos`: the long chaos simulation on SQLite and PostgreSQL; flags go to
@@ -14,7 +19,11 @@
 //! - `postgres`: start a throwaway PostgreSQL cluster and wait (for benchmarks
 //!   and debugging); prints its URL.
 
+mod cross;
+mod package;
 mod postgres;
+mod system;
+mod zip;
 
 use std::process::{Command, ExitCode};
 
@@ -31,13 +40,13 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
 }
 
-fn workspace_root() -> std::path::PathBuf {
+pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
@@ -47,7 +56,9 @@ fn workspace_root() -> std::path::PathBuf {
 const USAGE: &str = "usage: cargo xtask <command> [options]
   demo [--no-serve] [--listen ADDR]  build the addon, start the marketplace (SQLite), run the seed scenario, keep serving
   test [--no-postgres]               run every test (starts a throwaway PostgreSQL cluster)
-  build-addon                        build the addon library into addons/trading_marketplace/bin/
+  build-addon                        build this machine's addon library (debug + release) and copy the addon into godot/addons/
+  cross PLATFORM [--profile P]       build one platform's library (linux-x86_64, linux-arm64, windows-x86_64, macos) and check it
+  package [--only P1,P2]             build every platform (debug + release) and write dist/trading_marketplace-<version>.zip + .sha256
   bench                              run every benchmark (SQLite and a throwaway PostgreSQL with fsync on)
   chaos [FLAGS]                      long chaos run on SQLite and PostgreSQL (flags: see marketplace-chaos)
   postgres [--fsync]                 start a throwaway PostgreSQL cluster, print its URL, wait for Enter";
@@ -59,6 +70,8 @@ fn main() -> ExitCode {
         Some("postgres") => postgres_shell(&args[1..]),
         Some("demo") => demo(&args[1..]),
         Some("build-addon") => build_addon(),
+        Some("cross") => cross_one(&args[1..]),
+        Some("package") => package::package(&args[1..]),
         Some("bench") => bench(),
         Some("chaos") => chaos(&args[1..]),
         _ => {
@@ -114,34 +127,63 @@ fn postgres_shell(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Where the addon's library goes for this platform, and its file name.
-fn addon_library() -> Result<(&'static str, &'static str)> {
-    match (std::env::consts::OS, std::env::consts::ARCH) {
-        ("linux", "x86_64") => Ok(("linux-x86_64", "libtrading_marketplace.so")),
-        ("linux", "aarch64") => Ok(("linux-arm64", "libtrading_marketplace.so")),
-        ("windows", "x86_64") => Ok(("windows-x86_64", "trading_marketplace.dll")),
-        ("macos", _) => Ok(("macos", "libtrading_marketplace.dylib")),
-        (os, arch) => Err(format!(
-            "no addon library entry for {os}/{arch} in trading_marketplace.gdextension"
-        )
-        .into()),
+/// This machine's library, debug and release, into the addon's `bin/`; then
+/// the addon into the demo project.
+fn build_addon() -> Result<()> {
+    let host = cross::host()?;
+    let target = cross::target_dir();
+    for (folder, profile) in package::PROFILES {
+        let lib = cross::build(host, profile, &target, false)?;
+        let dest = package::install(host, folder, &lib)?;
+        eprintln!("xtask: addon library at {}", dest.display());
     }
+    sync_demo_addon()
 }
 
-fn build_addon() -> Result<()> {
-    let (dir, file) = addon_library()?;
-    eprintln!("xtask: building the addon library (release)");
-    run(cargo().args(["build", "--release", "-p", "marketplace-godot"]))?;
+/// `godot/addons/trading_marketplace` becomes a copy of the addon (a copy,
+/// not a link: a Windows checkout turns links into text files).
+fn sync_demo_addon() -> Result<()> {
     let root = workspace_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let built = target.join("release").join(file);
-    let dest_dir = root.join("addons/trading_marketplace/bin").join(dir);
-    std::fs::create_dir_all(&dest_dir)?;
-    std::fs::copy(&built, dest_dir.join(file))
-        .map_err(|e| format!("copying {}: {e}", built.display()))?;
-    eprintln!("xtask: addon library at {}", dest_dir.join(file).display());
+    let dest = root.join("godot").join(package::ADDON);
+    let link = root.join("godot/addons");
+    if link.is_symlink() {
+        std::fs::remove_file(&link)?;
+    } else if dest.exists() {
+        std::fs::remove_dir_all(&dest)?;
+    }
+    copy_dir(&root.join(package::ADDON), &dest)?;
+    eprintln!("xtask: addon copied to {}", dest.display());
+    Ok(())
+}
+
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// `cross windows-x86_64 [--profile release]`: one platform, checked.
+fn cross_one(args: &[String]) -> Result<()> {
+    let platform = cross::platform(args.first().ok_or("cross needs a platform")?)?;
+    let profile = match args.iter().position(|a| a == "--profile") {
+        Some(i) => args.get(i + 1).ok_or("--profile needs a name")?.as_str(),
+        None => "release",
+    };
+    let lib = cross::build(platform, profile, &cross::target_dir(), true)?;
+    package::check_library(platform, &lib)?;
+    eprintln!(
+        "xtask: {} is a {} library with the GDExtension entry point",
+        lib.display(),
+        platform.dir
+    );
     Ok(())
 }
 
@@ -188,8 +230,7 @@ fn chaos(args: &[String]) -> Result<()> {
         "--bin",
         "marketplace-chaos",
     ]))?;
-    let root = workspace_root();
-    let exe = root.join("target/release/marketplace-chaos");
+    let exe = cross::target_dir().join("release/marketplace-chaos");
     run(std::process::Command::new(&exe).args(args))?;
     let pg = postgres::TempPostgres::start(true)?;
     run(std::process::Command::new(&exe)

@@ -34,14 +34,6 @@ fn find_bindir() -> Option<PathBuf> {
     versions.pop()
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 /// Finds the PostgreSQL server binaries, installing Debian's `postgresql`
 /// package first when they are missing and we are root on a Debian-like
 /// system.
@@ -49,18 +41,9 @@ pub fn ensure_installed() -> Result<PathBuf> {
     if let Some(dir) = find_bindir() {
         return Ok(dir);
     }
-    if is_root() && Path::new("/usr/bin/apt-get").exists() {
+    if Path::new("/usr/bin/apt-get").exists() {
         eprintln!("xtask: PostgreSQL not found; installing Debian's postgresql package");
-        run(Command::new("apt-get").arg("update").arg("-q"))?;
-        run(Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "postgresql",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        crate::system::apt(&["postgresql"])?;
         if let Some(dir) = find_bindir() {
             return Ok(dir);
         }
@@ -79,7 +62,7 @@ impl TempPostgres {
     /// keep it on.
     pub fn start(fsync: bool) -> Result<TempPostgres> {
         let bindir = ensure_installed()?;
-        let as_postgres_user = is_root();
+        let as_postgres_user = crate::system::is_root();
         let dir = std::env::temp_dir().join(format!("market-pg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;

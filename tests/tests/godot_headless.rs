@@ -1,52 +1,75 @@
 //! The Godot check suite (`godot/tests/test_runner.tscn`) run headless in a
-//! real Godot 4 against a real marketplace server started here on port 0.
+//! real Godot 4 against real marketplace servers started here on port 0.
 //!
 //! Runs when `GDRUST_GODOT_BIN` names a Godot 4.3+ binary (an editor build, or
 //! a template build: the project's `.godot/extension_list.cfg` is written
-//! here); otherwise prints a SKIPPED line. The project and the freshly built
-//! library are copied to a temporary directory, so the repository is not
-//! touched.
+//! here); otherwise prints a SKIPPED line.
+//!
+//! The suite runs in a new project in a temporary directory: the demo
+//! project's scenes and tests, plus the addon — by default the repository's
+//! `addons/trading_marketplace/` with the library built now, or, with
+//! `MARKET_ADDON_DIR`, an addon folder as a game developer gets it (e.g. the
+//! unpacked release zip: `cargo xtask package --check` does this).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[cfg(target_os = "linux")]
-const LIB: (&str, &str) = ("linux-x86_64", "libtrading_marketplace.so");
+/// The addon's folder for this machine's library in `bin/`.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+const PLATFORM_DIR: &str = "linux-x86_64";
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+const PLATFORM_DIR: &str = "linux-arm64";
 #[cfg(target_os = "macos")]
-const LIB: (&str, &str) = ("macos", "libtrading_marketplace.dylib");
+const PLATFORM_DIR: &str = "macos";
 #[cfg(target_os = "windows")]
-const LIB: (&str, &str) = ("windows-x86_64", "trading_marketplace.dll");
+const PLATFORM_DIR: &str = "windows-x86_64";
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies `from` into `to`, leaving out the names in `skip`.
+fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_name() == ".godot" || entry.file_name() == "bin" {
+        let name = entry.file_name();
+        if skip.iter().any(|s| name == *s) {
             continue;
         }
-        // `godot/addons` is a link to the addon folder: follow it.
-        let meta = std::fs::metadata(entry.path()).unwrap();
-        if meta.is_dir() {
-            copy_dir(&entry.path(), &target);
+        let target = to.join(&name);
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target, skip);
         } else {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
 }
 
-/// The cdylib cargo built next to this test's profile directory.
-fn built_library() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let lib = profile_dir.join(LIB.1);
-    assert!(
-        lib.exists(),
-        "{} not built (cargo builds it with this test)",
-        lib.display()
-    );
-    lib
+/// A new Godot project at `project`: the demo's scenes and tests and the
+/// addon under test.
+fn make_project(project: &Path) {
+    let repo = marketplace_e2e::workspace_root();
+    copy_dir(&repo.join("godot"), project, &[".godot", "addons"]);
+    let addon = project.join("addons/trading_marketplace");
+    match std::env::var_os("MARKET_ADDON_DIR") {
+        Some(dir) => {
+            println!("addon under test: {}", PathBuf::from(&dir).display());
+            copy_dir(Path::new(&dir), &addon, &[]);
+        }
+        None => {
+            copy_dir(&repo.join("addons/trading_marketplace"), &addon, &["bin"]);
+            let lib = marketplace_e2e::addon_library();
+            for build in ["debug", "release"] {
+                let bin = addon.join("bin").join(PLATFORM_DIR).join(build);
+                std::fs::create_dir_all(&bin).unwrap();
+                std::fs::copy(&lib, bin.join(lib.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    std::fs::create_dir_all(project.join(".godot")).unwrap();
+    std::fs::write(
+        project.join(".godot/extension_list.cfg"),
+        "res://addons/trading_marketplace/trading_marketplace.gdextension\n",
+    )
+    .unwrap();
 }
 
 #[test]
@@ -57,19 +80,9 @@ fn godot_check_suite() {
         eprintln!("{line}");
         return;
     };
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let work = tempfile::tempdir().unwrap();
     let project = work.path().join("project");
-    copy_dir(&repo.join("godot"), &project);
-    let bin = project.join("addons/trading_marketplace/bin").join(LIB.0);
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy(built_library(), bin.join(LIB.1)).unwrap();
-    std::fs::create_dir_all(project.join(".godot")).unwrap();
-    std::fs::write(
-        project.join(".godot/extension_list.cfg"),
-        "res://addons/trading_marketplace/trading_marketplace.gdextension\n",
-    )
-    .unwrap();
+    make_project(&project);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = format!("sqlite://{}/market.sqlite", work.path().display());
@@ -100,7 +113,11 @@ fn godot_check_suite() {
     let grants_run = format!("{:08x}", rand_suffix());
     rt.block_on(async {
         let http = reqwest::Client::new();
-        for (who, item, quantity) in [("gs", Some("relic"), 1), ("ga", None, 100), ("gb", None, 100)] {
+        for (who, item, quantity) in [
+            ("gs", Some("relic"), 1),
+            ("ga", None, 100),
+            ("gb", None, 100),
+        ] {
             let session: serde_json::Value = http
                 .post(format!("{}/v1/sessions", grants.url()))
                 .json(&serde_json::json!({"device_id": format!("{who}-{grants_run}"), "name": who}))
