@@ -532,6 +532,32 @@ fn a_seller_with_more_sales_than_a_page_claims_them_all() {
         world.count("SELECT COUNT(*) FROM purchases WHERE claimed_at IS NULL"),
         0
     );
+    // The request ends once, after its last claim, with the totals.
+    seller.pump_until(Duration::from_secs(10), |e| {
+        count(e, |e| matches!(e, SessionEvent::ClaimsDone { request_id, .. } if *request_id == claim)) == 1
+    });
+    let of_claim: Vec<&SessionEvent> = seller
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(e, SessionEvent::ProceedsClaimed { request_id, .. } | SessionEvent::ClaimsDone { request_id, .. } if *request_id == claim)
+        })
+        .collect();
+    match of_claim.last() {
+        Some(SessionEvent::ClaimsDone { sales, amount, error, .. }) => {
+            assert_eq!((*sales, *amount), (205, total));
+            assert!(error.is_none());
+        }
+        other => panic!("ClaimsDone must come last, got {other:?}"),
+    }
+    // Nothing left: the next claim says so and ends at once.
+    let again = seller.session().claim_proceeds().unwrap();
+    seller.pump_until(Duration::from_secs(10), |e| {
+        e.iter().any(|e| matches!(e, SessionEvent::ClaimsDone { request_id, sales: 0, amount: 0, error: None } if *request_id == again))
+    });
+    assert!(seller.events.iter().any(
+        |e| matches!(e, SessionEvent::ProceedsClaimed { request_id, amount: 0, .. } if *request_id == again)
+    ));
 }
 
 #[test]

@@ -214,3 +214,76 @@ pub fn run(url: &str, dir: &Path, run: &str, out: &mut dyn Write) -> Result<Seed
     }
     Ok(outcome)
 }
+
+/// The traders who stock the demo market: a name, and what each lists
+/// (item, quantity, price).
+pub const TRADERS: &[(&str, &[(&str, i64, i64)])] = &[
+    ("Vega Salvage", &[("shield_cell", 2, 85), ("warp_coil", 1, 340)]),
+    ("Orion Freight", &[("nav_chip", 1, 60), ("scrap_metal", 10, 25)]),
+    ("Kestrel", &[("plasma_cutter", 1, 135), ("fuel_rod", 3, 45)]),
+];
+
+/// Stocks the market with the traders' listings, once per data directory
+/// (a trader whose save file exists has listed already). Returns how many
+/// listings were made.
+pub fn stock(url: &str, dir: &Path, out: &mut dyn Write) -> Result<usize, String> {
+    let config = sim_client_config(url);
+    let mut traders = Vec::new();
+    for (name, goods) in TRADERS {
+        let slug = name.to_lowercase().replace(' ', "-");
+        let path = dir.join(format!("trader-{slug}.json"));
+        if path.exists() {
+            continue;
+        }
+        let mut trader = SimPlayer::open(name, &path, config.clone())?;
+        trader
+            .store
+            .set_identity(&format!("demo-trader-{slug}"), name)
+            .map_err(|e| e.to_string())?;
+        for (item, quantity, _) in goods.iter() {
+            trader
+                .store
+                .add_item(item, *quantity)
+                .map_err(|e| e.to_string())?;
+        }
+        trader.login().map_err(|e| e.to_string())?;
+        traders.push((trader, *goods));
+    }
+    if traders.is_empty() {
+        return Ok(0);
+    }
+    let mut players: Vec<SimPlayer> = Vec::new();
+    let mut wanted = 0;
+    for (mut trader, goods) in traders {
+        let _ = writeln!(out, "· {} lists {} kinds of goods", trader.label, goods.len());
+        for (item, quantity, price) in goods {
+            trader
+                .session
+                .create_listing(&mut trader.store, item, *quantity, *price)
+                .map_err(|e| e.to_string())?;
+            wanted += 1;
+        }
+        players.push(trader);
+    }
+    let listed = |ps: &[SimPlayer]| {
+        ps.iter()
+            .map(|p| {
+                p.events
+                    .iter()
+                    .filter(|e| matches!(e, SessionEvent::ListingCreated { .. }))
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    pump_until(&mut players, Duration::from_secs(20), |ps| listed(ps) == wanted);
+    let made = listed(&players);
+    if made != wanted {
+        return Err(format!("only {made} of {wanted} demo listings were made"));
+    }
+    for p in &mut players {
+        p.store
+            .flush(Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(made)
+}

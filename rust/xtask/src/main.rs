@@ -11,7 +11,10 @@
 //!   demo project (`godot/addons/`, which git ignores).
 //! - `cross <platform>`: build one platform's library from here (Linux
 //!   arm64, Windows, macOS…) and check it; CI checks the Windows DLL so.
-//! - `package`: every platform's libraries and the release zip in `dist/`.
+//! - `package`: every platform's libraries and the release zip in `dist/`;
+//!   `--check` also runs the Godot suite on the unpacked zip.
+//! - `screenshot`: the demo in a real window (Xvfb, Mesa), recorded with
+//!   Godot's Movie Maker; the last frame becomes `docs/demo.png`.
 //! - `bench`: every benchmark, PostgreSQL included (a throwaway cluster with
 //!   fsync on).
 //! - `chaos`: the long chaos simulation on SQLite and PostgreSQL; flags go to
@@ -22,6 +25,7 @@
 mod cross;
 mod package;
 mod postgres;
+mod screenshot;
 mod system;
 mod zip;
 
@@ -58,7 +62,9 @@ const USAGE: &str = "usage: cargo xtask <command> [options]
   test [--no-postgres]               run every test (starts a throwaway PostgreSQL cluster)
   build-addon                        build this machine's addon library (debug + release) and copy the addon into godot/addons/
   cross PLATFORM [--profile P]       build one platform's library (linux-x86_64, linux-arm64, windows-x86_64, macos) and check it
-  package [--only P1,P2]             build every platform (debug + release) and write dist/trading_marketplace-<version>.zip + .sha256
+  package [--only P1,P2] [--check]   build every platform (debug + release), write dist/trading_marketplace-<version>.zip + .sha256;
+                                     --check: run the Godot suite on the unpacked zip (needs GDRUST_GODOT_BIN)
+  screenshot                         record the demo under Xvfb (needs GDRUST_GODOT_BIN built with x11 and opengl3) into docs/demo.png
   bench                              run every benchmark (SQLite and a throwaway PostgreSQL with fsync on)
   chaos [FLAGS]                      long chaos run on SQLite and PostgreSQL (flags: see marketplace-chaos)
   postgres [--fsync]                 start a throwaway PostgreSQL cluster, print its URL, wait for Enter";
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
         Some("build-addon") => build_addon(),
         Some("cross") => cross_one(&args[1..]),
         Some("package") => package::package(&args[1..]),
+        Some("screenshot") => screenshot::screenshot(),
         Some("bench") => bench(),
         Some("chaos") => chaos(&args[1..]),
         _ => {
@@ -129,7 +136,7 @@ fn postgres_shell(args: &[String]) -> Result<()> {
 
 /// This machine's library, debug and release, into the addon's `bin/`; then
 /// the addon into the demo project.
-fn build_addon() -> Result<()> {
+pub fn build_addon() -> Result<()> {
     let host = cross::host()?;
     let target = cross::target_dir();
     for (folder, profile) in package::PROFILES {

@@ -135,7 +135,30 @@ pub fn package(args: &[String]) -> Result<()> {
         bytes.len() as f64 / (1024.0 * 1024.0),
         files.len()
     );
+    if args.iter().any(|a| a == "--check") {
+        check_in_godot(&zip_path, &version)?;
+    }
     Ok(())
+}
+
+/// The Godot suite on the addon as a game developer gets it: the zip
+/// unpacked, its `addons/trading_marketplace` copied into a new project.
+fn check_in_godot(zip_path: &Path, version: &str) -> Result<()> {
+    if std::env::var_os("GDRUST_GODOT_BIN").is_none() {
+        return Err("--check needs GDRUST_GODOT_BIN (a Godot 4.3+ binary)".into());
+    }
+    let dir = std::env::temp_dir().join(format!("market-package-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    unpack(zip_path, &dir)?;
+    let addon = dir.join(format!("trading_marketplace-{version}")).join(ADDON);
+    eprintln!("xtask: running the Godot suite on {}", addon.display());
+    let result = crate::run(
+        cargo()
+            .args(["test", "--release", "-p", "marketplace-e2e", "--test", "godot_headless", "--", "--nocapture"])
+            .env("MARKET_ADDON_DIR", &addon),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// `--only linux-x86_64,windows-x86_64` builds just those (into `bin/`;

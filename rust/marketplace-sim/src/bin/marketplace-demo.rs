@@ -104,6 +104,11 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!("  => sold exactly once; nothing lost, nothing created.");
+    match seed::stock(&url, &data.join("players"), &mut std::io::stdout()) {
+        Ok(0) => {}
+        Ok(n) => println!("\nThe demo market is stocked: {n} listings by named traders."),
+        Err(e) => eprintln!("marketplace-demo: stocking the market: {e}"),
+    }
     if !serve {
         return ExitCode::SUCCESS;
     }

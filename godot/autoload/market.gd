@@ -1,0 +1,19 @@
+extends Node
+## The game's market, as an autoload (Project Settings → Autoload → "Market").
+##
+## The recommended set-up: the player's save (LocalPlayerData) and the
+## marketplace (TradingMarketplace) live here for the whole game, so a trade
+## started in the shop settles even if the player leaves the shop scene, and
+## every scene reads the same credits and cargo. Scenes use
+## `Market.data` and `Market.market`; none of them owns a marketplace node.
+
+@onready var data: LocalPlayerData = $PlayerData
+@onready var market: TradingMarketplace = $Marketplace
+
+
+func _ready() -> void:
+	# A server address from the environment wins (the demo server may be on
+	# another port); otherwise the node's server_url from the inspector.
+	var url := OS.get_environment("MARKET_SERVER_URL")
+	if url != "":
+		market.server_url = url

@@ -1,0 +1,466 @@
+extends Control
+## The shop: a client of the `Market` autoload (autoload/market.tscn).
+##
+## Browse what other pilots sell, buy (the price is held at once and the
+## Buy button shows the purchase pending until the server answers), sell
+## from the cargo hold, collect sales proceeds. Credits only come in through
+## explicit, labelled game actions ("mission reward") and sales — never
+## because the player is broke.
+##
+## Start the server first (`cargo xtask demo` does, and keeps it running),
+## then run this scene. MARKET_SERVER_URL overrides the server address.
+
+## Display names and colours of the game's items.
+const ITEMS := {
+	"plasma_cutter": ["Plasma Cutter", Color("#ff8a65")],
+	"shield_cell": ["Shield Cell", Color("#4fc3f7")],
+	"warp_coil": ["Warp Coil", Color("#b39ddb")],
+	"scrap_metal": ["Scrap Metal", Color("#90a4ae")],
+	"nav_chip": ["Nav Chip", Color("#81c784")],
+	"fuel_rod": ["Fuel Rod", Color("#ffd54f")],
+}
+const SALVAGE := ["scrap_metal", "nav_chip", "shield_cell", "fuel_rod"]
+const MISSION_REWARD := 250
+
+const BG := Color("#0b0f17")
+const PANEL := Color("#141a26")
+const ROW := Color("#1b2231")
+const TEXT := Color("#e6e9ef")
+const MUTED := Color("#8b95a7")
+const ACCENT := Color("#4fc3f7")
+const HOLD := Color("#ffb74d")
+const GOOD := Color("#81c784")
+
+var data: LocalPlayerData
+var market: TradingMarketplace
+
+var credits_label: Label
+var held_label: Label
+var status_label: Label
+var message_label: Label
+var notice: PanelContainer
+var notice_label: Label
+var listings_box: VBoxContainer
+var cargo_box: VBoxContainer
+## The latest refresh: an older page arriving late is dropped.
+var latest_page := -1
+
+
+func _ready() -> void:
+	data = Market.data
+	market = Market.market
+	theme = make_theme()
+	build_ui()
+	data.credits_changed.connect(func(_available, _held): show_credits())
+	data.inventory_changed.connect(func(_item, _count): show_cargo())
+	data.save_failed.connect(func(message): say("Could not save the game: " + message, HOLD))
+	data.recovered_from_backup.connect(func(_message): say("The save was damaged; the previous one was loaded.", HOLD))
+	market.request_retrying.connect(func(_id, _attempt, reason): status_label.text = "Connection trouble (%s) — retrying" % reason.replace("_", " "))
+	market.trade_stalled.connect(func(_id, _trade): show_notice())
+	market.busy_changed.connect(func(busy): if not busy: show_notice())
+	show_credits()
+	show_cargo()
+	show_notice()
+	status_label.text = "Connecting to %s …" % market.server_url
+	var login: Dictionary = await market.login().completed
+	if not login.ok:
+		status_label.text = "Offline — %s" % login.message
+		return
+	status_label.text = "Online as %s" % login.player_name
+	await refresh()
+	if OS.get_environment("MARKET_DEMO_SHOWCASE") == "1":
+		showcase()
+
+
+# --- Look -------------------------------------------------------------------
+
+func make_theme() -> Theme:
+	var t := Theme.new()
+	t.default_font_size = 15
+	t.set_color("font_color", "Label", TEXT)
+	var panel := StyleBoxFlat.new()
+	panel.bg_color = PANEL
+	panel.set_corner_radius_all(10)
+	panel.set_content_margin_all(18)
+	t.set_stylebox("panel", "PanelContainer", panel)
+	for state in ["normal", "hover", "pressed", "disabled", "focus"]:
+		var box := StyleBoxFlat.new()
+		box.set_corner_radius_all(6)
+		box.content_margin_left = 14
+		box.content_margin_right = 14
+		box.content_margin_top = 6
+		box.content_margin_bottom = 6
+		match state:
+			"normal":
+				box.bg_color = Color("#26324a")
+			"hover":
+				box.bg_color = Color("#2f3d5b")
+			"pressed":
+				box.bg_color = Color("#1f6f99")
+			"disabled":
+				box.bg_color = Color("#1a2030")
+			"focus":
+				box.draw_center = false
+				box.border_color = ACCENT
+				box.set_border_width_all(1)
+		t.set_stylebox(state, "Button", box)
+	t.set_color("font_color", "Button", TEXT)
+	t.set_color("font_disabled_color", "Button", MUTED)
+	return t
+
+
+func label(text: String, size := 15, color := TEXT) -> Label:
+	var l := Label.new()
+	l.text = text
+	l.add_theme_font_size_override("font_size", size)
+	l.add_theme_color_override("font_color", color)
+	return l
+
+
+func panel_with(box: Control) -> PanelContainer:
+	var p := PanelContainer.new()
+	p.add_child(box)
+	return p
+
+
+func build_ui() -> void:
+	var bg := ColorRect.new()
+	bg.color = BG
+	bg.set_anchors_and_offsets_preset(Control.PRESET_FULL_RECT)
+	add_child(bg)
+	var margin := MarginContainer.new()
+	margin.set_anchors_and_offsets_preset(Control.PRESET_FULL_RECT)
+	for side in ["left", "right", "top", "bottom"]:
+		margin.add_theme_constant_override("margin_" + side, 28)
+	add_child(margin)
+	var page := VBoxContainer.new()
+	page.add_theme_constant_override("separation", 16)
+	margin.add_child(page)
+
+	# Header: the exchange's name, the player's credits and holds.
+	var header := HBoxContainer.new()
+	page.add_child(header)
+	var titles := VBoxContainer.new()
+	titles.add_child(label("ORBITAL EXCHANGE", 26, TEXT))
+	titles.add_child(label("Player market · every item sold once, every credit accounted for", 13, MUTED))
+	header.add_child(titles)
+	var spacer := Control.new()
+	spacer.size_flags_horizontal = Control.SIZE_EXPAND_FILL
+	header.add_child(spacer)
+	var wallet := VBoxContainer.new()
+	wallet.alignment = BoxContainer.ALIGNMENT_CENTER
+	credits_label = label("", 24, TEXT)
+	credits_label.horizontal_alignment = HORIZONTAL_ALIGNMENT_RIGHT
+	held_label = label("", 13, HOLD)
+	held_label.horizontal_alignment = HORIZONTAL_ALIGNMENT_RIGHT
+	wallet.add_child(credits_label)
+	wallet.add_child(held_label)
+	header.add_child(wallet)
+
+	# A trade the server has not answered for a while.
+	notice_label = label("", 14, Color("#1b1300"))
+	notice_label.autowrap_mode = TextServer.AUTOWRAP_WORD
+	notice = panel_with(notice_label)
+	var notice_style := StyleBoxFlat.new()
+	notice_style.bg_color = HOLD
+	notice_style.set_corner_radius_all(8)
+	notice_style.set_content_margin_all(12)
+	notice.add_theme_stylebox_override("panel", notice_style)
+	notice.visible = false
+	page.add_child(notice)
+
+	var body := HBoxContainer.new()
+	body.size_flags_vertical = Control.SIZE_EXPAND_FILL
+	body.add_theme_constant_override("separation", 16)
+	page.add_child(body)
+
+	# For sale.
+	var market_col := VBoxContainer.new()
+	market_col.add_theme_constant_override("separation", 10)
+	var market_panel := panel_with(market_col)
+	market_panel.size_flags_horizontal = Control.SIZE_EXPAND_FILL
+	market_panel.size_flags_stretch_ratio = 1.7
+	body.add_child(market_panel)
+	var market_head := HBoxContainer.new()
+	var for_sale := label("For sale", 18, TEXT)
+	for_sale.size_flags_horizontal = Control.SIZE_EXPAND_FILL
+	market_head.add_child(for_sale)
+	var refresh_button := Button.new()
+	refresh_button.text = "Refresh"
+	refresh_button.pressed.connect(refresh)
+	market_head.add_child(refresh_button)
+	market_col.add_child(market_head)
+	market_col.add_child(columns(["Item", "Seller", "Price", ""], MUTED, 12))
+	var scroll := ScrollContainer.new()
+	scroll.size_flags_vertical = Control.SIZE_EXPAND_FILL
+	scroll.horizontal_scroll_mode = ScrollContainer.SCROLL_MODE_DISABLED
+	market_col.add_child(scroll)
+	listings_box = VBoxContainer.new()
+	listings_box.size_flags_horizontal = Control.SIZE_EXPAND_FILL
+	listings_box.add_theme_constant_override("separation", 6)
+	scroll.add_child(listings_box)
+
+	# The player's side: cargo, proceeds, missions.
+	var side := VBoxContainer.new()
+	side.add_theme_constant_override("separation", 10)
+	var side_panel := panel_with(side)
+	side_panel.custom_minimum_size = Vector2(330, 0)
+	body.add_child(side_panel)
+	side.add_child(label("Your cargo", 18, TEXT))
+	cargo_box = VBoxContainer.new()
+	cargo_box.add_theme_constant_override("separation", 6)
+	side.add_child(cargo_box)
+	side.add_child(HSeparator.new())
+	var collect := Button.new()
+	collect.text = "Collect sales proceeds"
+	collect.pressed.connect(_on_collect.bind(collect))
+	side.add_child(collect)
+	side.add_child(HSeparator.new())
+	side.add_child(label("Missions", 13, MUTED))
+	var mission := Button.new()
+	mission.text = "Mission reward: courier run  +%d cr" % MISSION_REWARD
+	mission.tooltip_text = "In a game, your mission system grants this when a mission is done."
+	mission.pressed.connect(_on_mission_reward)
+	side.add_child(mission)
+	var salvage := Button.new()
+	salvage.text = "Salvage run: +1 random part"
+	salvage.pressed.connect(_on_salvage)
+	side.add_child(salvage)
+
+	# Footer: connection and the latest message.
+	var footer := HBoxContainer.new()
+	status_label = label("", 13, MUTED)
+	status_label.size_flags_horizontal = Control.SIZE_EXPAND_FILL
+	footer.add_child(status_label)
+	message_label = label("", 14, TEXT)
+	message_label.horizontal_alignment = HORIZONTAL_ALIGNMENT_RIGHT
+	footer.add_child(message_label)
+	page.add_child(footer)
+
+
+## A row of fixed-width columns: item (wide), seller, price (right), action.
+func columns(cells: Array, color: Color, size: int) -> HBoxContainer:
+	var row := HBoxContainer.new()
+	row.add_theme_constant_override("separation", 12)
+	var widths := [0, 150, 90, 110]
+	for i in cells.size():
+		var cell = cells[i]
+		if cell is String:
+			cell = label(cell, size, color)
+		if widths[i] == 0:
+			cell.size_flags_horizontal = Control.SIZE_EXPAND_FILL
+		else:
+			cell.custom_minimum_size.x = widths[i]
+		if i == 2 and cell is Label:
+			cell.horizontal_alignment = HORIZONTAL_ALIGNMENT_RIGHT
+		row.add_child(cell)
+	return row
+
+
+# --- What is on screen ------------------------------------------------------
+
+func item_name(item_id: String) -> String:
+	return ITEMS[item_id][0] if ITEMS.has(item_id) else item_id.capitalize()
+
+
+func item_colour(item_id: String) -> Color:
+	return ITEMS[item_id][1] if ITEMS.has(item_id) else MUTED
+
+
+func cr(amount: int) -> String:
+	var digits := str(abs(amount))
+	var out := ""
+	while digits.length() > 3:
+		out = "," + digits.right(3) + out
+		digits = digits.left(digits.length() - 3)
+	return ("-" if amount < 0 else "") + digits + out + " cr"
+
+
+func say(text: String, color := TEXT) -> void:
+	message_label.text = text
+	message_label.add_theme_color_override("font_color", color)
+	print(text)
+
+
+func show_credits() -> void:
+	credits_label.text = cr(data.get_credits())
+	var held := data.get_held_credits()
+	held_label.text = "%s on hold for purchases in progress" % cr(held) if held > 0 else "nothing on hold"
+
+
+func show_notice() -> void:
+	var stalled := market.get_pending_trades().filter(func(t): return t.attempts > 0)
+	notice.visible = not stalled.is_empty()
+	if notice.visible:
+		notice_label.text = "%d trade(s) waiting for the market's answer — retrying. Your credits and items are held, not lost; they settle when the connection is back." % stalled.size()
+
+
+func show_cargo() -> void:
+	for child in cargo_box.get_children():
+		child.queue_free()
+	var inventory := data.get_inventory()
+	if inventory.is_empty():
+		cargo_box.add_child(label("Empty hold. Salvage or buy something.", 14, MUTED))
+	for item_id in inventory:
+		var row := HBoxContainer.new()
+		row.add_theme_constant_override("separation", 8)
+		row.add_child(swatch(item_id))
+		var name_label := label("%s  ×%d" % [item_name(item_id), inventory[item_id]])
+		name_label.size_flags_horizontal = Control.SIZE_EXPAND_FILL
+		row.add_child(name_label)
+		var price := SpinBox.new()
+		price.min_value = 1
+		price.max_value = 100000
+		price.value = 100
+		price.suffix = "cr"
+		price.custom_minimum_size.x = 96
+		row.add_child(price)
+		var sell := Button.new()
+		sell.text = "Sell 1"
+		sell.pressed.connect(_on_sell.bind(item_id, price, sell))
+		row.add_child(sell)
+		cargo_box.add_child(row)
+
+
+func swatch(item_id: String) -> ColorRect:
+	var s := ColorRect.new()
+	s.color = item_colour(item_id)
+	s.custom_minimum_size = Vector2(10, 10)
+	s.size_flags_vertical = Control.SIZE_SHRINK_CENTER
+	return s
+
+
+func refresh() -> void:
+	var request := market.refresh_listings({})
+	latest_page = request.id
+	var page: Dictionary = await request.completed
+	if request.id != latest_page:
+		return  # a newer refresh is on its way
+	if not page.ok:
+		say("Could not load the market: " + page.message, HOLD)
+		return
+	show_listings(page.listings)
+
+
+func show_listings(listings: Array) -> void:
+	for child in listings_box.get_children():
+		child.queue_free()
+	if listings.is_empty():
+		listings_box.add_child(label("Nothing for sale right now. Sell something from your cargo.", 14, MUTED))
+	for listing in listings:
+		var mine: bool = listing.seller_id == data.get_player_id()
+		var item := HBoxContainer.new()
+		item.add_theme_constant_override("separation", 8)
+		item.add_child(swatch(listing.item_id))
+		item.add_child(label(item_name(listing.item_id)))
+		if listing.quantity > 1:
+			item.add_child(label("×%d" % listing.quantity, 15, MUTED))
+		var seller: String = "You" if mine else (listing.seller_name if listing.seller_name != "" else "Pilot #%d" % listing.seller_id)
+		var action := Button.new()
+		if mine:
+			action.text = "Withdraw"
+			action.pressed.connect(_on_withdraw.bind(listing, action))
+		elif market.is_purchase_pending(listing.id):
+			action.text = "Buying…"
+			action.disabled = true
+		else:
+			action.text = "Buy"
+			action.disabled = data.get_credits() < listing.price
+			action.tooltip_text = "Not enough credits" if action.disabled else ""
+			action.pressed.connect(_on_buy.bind(listing, action))
+		var row := columns([item, label(seller, 14, MUTED), label(cr(listing.price), 15, GOOD), action], TEXT, 15)
+		var background := PanelContainer.new()
+		var style := StyleBoxFlat.new()
+		style.bg_color = ROW
+		style.set_corner_radius_all(6)
+		style.content_margin_left = 12
+		style.content_margin_right = 8
+		style.content_margin_top = 6
+		style.content_margin_bottom = 6
+		background.add_theme_stylebox_override("panel", style)
+		background.add_child(row)
+		listings_box.add_child(background)
+
+
+# --- Actions ----------------------------------------------------------------
+
+## A few moves for the README's screenshot (MARKET_DEMO_SHOWCASE=1): a
+## mission reward, salvage, a listing, and a purchase left pending on screen.
+func showcase() -> void:
+	if data.get_credits() == 0:
+		for i in 4:
+			_on_mission_reward()
+		data.add_item("scrap_metal", 2)
+		data.add_item("nav_chip", 1)
+	var listed: Dictionary = await market.create_listing("scrap_metal", 1, 30).completed
+	var page: Dictionary = await market.refresh_listings({}).completed
+	show_listings(page.listings)
+	for row in listings_box.get_children():
+		var buttons := row.find_children("*", "Button", true, false)
+		if not buttons.is_empty() and buttons[0].text == "Buy":
+			buttons[0].emit_signal("pressed")
+			break
+	say("Listed %s for %s" % [item_name("scrap_metal"), cr(30)] if listed.ok else listed.message, GOOD)
+
+func _on_buy(listing: Dictionary, button: Button) -> void:
+	# The price is held at once; the button shows the purchase pending until
+	# the server's definitive answer.
+	button.disabled = true
+	button.text = "Buying…"
+	var result: Dictionary = await market.buy_listing(listing.id, listing.price).completed
+	if result.ok:
+		say("Bought %s for %s" % [item_name(listing.item_id), cr(listing.price)], GOOD)
+	else:
+		match result.code:
+			"already_sold":
+				say("Item sold to another player — refresh and try again", HOLD)
+			"price_changed":
+				say("The seller changed the price to %s — refresh and try again" % cr(result.get("current_price", 0)), HOLD)
+			"insufficient_credits":
+				say("Not enough credits for that", HOLD)
+			_:
+				say(result.message, HOLD)
+	refresh()
+
+
+func _on_withdraw(listing: Dictionary, button: Button) -> void:
+	button.disabled = true
+	button.text = "Withdrawing…"
+	var result: Dictionary = await market.cancel_listing(listing.id).completed
+	say("%s is back in your cargo" % item_name(listing.item_id) if result.ok else result.message)
+	refresh()
+
+
+func _on_sell(item_id: String, price: SpinBox, button: Button) -> void:
+	button.disabled = true
+	var result: Dictionary = await market.create_listing(item_id, 1, int(price.value)).completed
+	if result.ok:
+		say("Listed %s for %s" % [item_name(item_id), cr(int(price.value))], GOOD)
+		refresh()
+	else:
+		say(result.message, HOLD)
+	if is_instance_valid(button):
+		button.disabled = false
+
+
+func _on_collect(button: Button) -> void:
+	button.disabled = true
+	var result: Dictionary = await market.claim_proceeds().completed
+	button.disabled = false
+	if not result.ok:
+		say(result.message, HOLD)
+	elif result.sales == 0:
+		say("No sales to collect yet")
+	else:
+		say("Collected %s from %d sale(s)" % [cr(result.amount), result.sales], GOOD)
+
+
+func _on_mission_reward() -> void:
+	data.add_credits(MISSION_REWARD)
+	say("Mission complete: +%s reward" % cr(MISSION_REWARD), GOOD)
+
+
+func _on_salvage() -> void:
+	var item_id: String = SALVAGE[randi() % SALVAGE.size()]
+	data.add_item(item_id, 1)
+	say("Salvaged a %s" % item_name(item_id))
