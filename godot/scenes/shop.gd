@@ -284,12 +284,13 @@ func say(text: String, color := TEXT) -> void:
 
 func show_credits() -> void:
 	credits_label.text = cr(data.get_credits())
-	var held := data.get_held_credits()
+	var held: int = data.get_held_credits()
 	held_label.text = "%s on hold for purchases in progress" % cr(held) if held > 0 else "nothing on hold"
+	held_label.add_theme_color_override("font_color", HOLD if held > 0 else MUTED)
 
 
 func show_notice() -> void:
-	var stalled := market.get_pending_trades().filter(func(t): return t.attempts > 0)
+	var stalled: Array = market.get_pending_trades().filter(func(t): return t.attempts > 0)
 	notice.visible = not stalled.is_empty()
 	if notice.visible:
 		notice_label.text = "%d trade(s) waiting for the market's answer — retrying. Your credits and items are held, not lost; they settle when the connection is back." % stalled.size()
@@ -298,7 +299,7 @@ func show_notice() -> void:
 func show_cargo() -> void:
 	for child in cargo_box.get_children():
 		child.queue_free()
-	var inventory := data.get_inventory()
+	var inventory: Dictionary = data.get_inventory()
 	if inventory.is_empty():
 		cargo_box.add_child(label("Empty hold. Salvage or buy something.", 14, MUTED))
 	for item_id in inventory:
@@ -331,7 +332,7 @@ func swatch(item_id: String) -> ColorRect:
 
 
 func refresh() -> void:
-	var request := market.refresh_listings({})
+	var request: MarketRequest = market.refresh_listings({})
 	latest_page = request.id
 	var page: Dictionary = await request.completed
 	if request.id != latest_page:

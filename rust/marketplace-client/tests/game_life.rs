@@ -534,7 +534,10 @@ fn a_seller_with_more_sales_than_a_page_claims_them_all() {
     );
     // The request ends once, after its last claim, with the totals.
     seller.pump_until(Duration::from_secs(10), |e| {
-        count(e, |e| matches!(e, SessionEvent::ClaimsDone { request_id, .. } if *request_id == claim)) == 1
+        count(
+            e,
+            |e| matches!(e, SessionEvent::ClaimsDone { request_id, .. } if *request_id == claim),
+        ) == 1
     });
     let of_claim: Vec<&SessionEvent> = seller
         .events
@@ -544,7 +547,12 @@ fn a_seller_with_more_sales_than_a_page_claims_them_all() {
         })
         .collect();
     match of_claim.last() {
-        Some(SessionEvent::ClaimsDone { sales, amount, error, .. }) => {
+        Some(SessionEvent::ClaimsDone {
+            sales,
+            amount,
+            error,
+            ..
+        }) => {
             assert_eq!((*sales, *amount), (205, total));
             assert!(error.is_none());
         }

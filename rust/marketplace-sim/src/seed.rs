@@ -215,11 +215,19 @@ pub fn run(url: &str, dir: &Path, run: &str, out: &mut dyn Write) -> Result<Seed
     Ok(outcome)
 }
 
-/// The traders who stock the demo market: a name, and what each lists
-/// (item, quantity, price).
-pub const TRADERS: &[(&str, &[(&str, i64, i64)])] = &[
-    ("Vega Salvage", &[("shield_cell", 2, 85), ("warp_coil", 1, 340)]),
-    ("Orion Freight", &[("nav_chip", 1, 60), ("scrap_metal", 10, 25)]),
+/// One listing a trader makes: item, quantity, price.
+pub type Goods = (&'static str, i64, i64);
+
+/// The traders who stock the demo market: a name, and what each lists.
+pub const TRADERS: &[(&str, &[Goods])] = &[
+    (
+        "Vega Salvage",
+        &[("shield_cell", 2, 85), ("warp_coil", 1, 340)],
+    ),
+    (
+        "Orion Freight",
+        &[("nav_chip", 1, 60), ("scrap_metal", 10, 25)],
+    ),
     ("Kestrel", &[("plasma_cutter", 1, 135), ("fuel_rod", 3, 45)]),
 ];
 
@@ -255,7 +263,12 @@ pub fn stock(url: &str, dir: &Path, out: &mut dyn Write) -> Result<usize, String
     let mut players: Vec<SimPlayer> = Vec::new();
     let mut wanted = 0;
     for (mut trader, goods) in traders {
-        let _ = writeln!(out, "· {} lists {} kinds of goods", trader.label, goods.len());
+        let _ = writeln!(
+            out,
+            "· {} lists {} kinds of goods",
+            trader.label,
+            goods.len()
+        );
         for (item, quantity, price) in goods {
             trader
                 .session
@@ -275,7 +288,9 @@ pub fn stock(url: &str, dir: &Path, out: &mut dyn Write) -> Result<usize, String
             })
             .sum::<usize>()
     };
-    pump_until(&mut players, Duration::from_secs(20), |ps| listed(ps) == wanted);
+    pump_until(&mut players, Duration::from_secs(20), |ps| {
+        listed(ps) == wanted
+    });
     let made = listed(&players);
     if made != wanted {
         return Err(format!("only {made} of {wanted} demo listings were made"));

@@ -159,6 +159,13 @@ fn sync_demo_addon() -> Result<()> {
         std::fs::remove_dir_all(&dest)?;
     }
     copy_dir(&root.join(package::ADDON), &dest)?;
+    // What the editor writes when it first imports the project; with it a
+    // template build (no editor) runs the demo too.
+    std::fs::create_dir_all(root.join("godot/.godot"))?;
+    std::fs::write(
+        root.join("godot/.godot/extension_list.cfg"),
+        "res://addons/trading_marketplace/trading_marketplace.gdextension\n",
+    )?;
     eprintln!("xtask: addon copied to {}", dest.display());
     Ok(())
 }

@@ -150,11 +150,22 @@ fn check_in_godot(zip_path: &Path, version: &str) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("market-package-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     unpack(zip_path, &dir)?;
-    let addon = dir.join(format!("trading_marketplace-{version}")).join(ADDON);
+    let addon = dir
+        .join(format!("trading_marketplace-{version}"))
+        .join(ADDON);
     eprintln!("xtask: running the Godot suite on {}", addon.display());
     let result = crate::run(
         cargo()
-            .args(["test", "--release", "-p", "marketplace-e2e", "--test", "godot_headless", "--", "--nocapture"])
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "marketplace-e2e",
+                "--test",
+                "godot_headless",
+                "--",
+                "--nocapture",
+            ])
             .env("MARKET_ADDON_DIR", &addon),
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -20,10 +20,20 @@ pub fn screenshot() -> Result<()> {
         .ok_or("set GDRUST_GODOT_BIN to a Godot 4 binary built with x11=yes opengl3=yes")?;
     crate::system::apt(&["xvfb", "xauth", "libgl1-mesa-dri"])?;
     crate::build_addon()?;
-    run(cargo().args(["build", "--release", "-q", "-p", "marketplace-sim", "--bin", "marketplace-demo"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "marketplace-sim",
+        "--bin",
+        "marketplace-demo",
+    ]))?;
     let work = std::env::temp_dir().join(format!("market-shot-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let demo = crate::cross::target_dir().join("release/marketplace-demo");
     let mut server = Command::new(demo)
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data"])
@@ -55,7 +65,14 @@ pub fn screenshot() -> Result<()> {
         run(Command::new("xvfb-run")
             .args(["-a", "-s", "-screen 0 1280x800x24"])
             .arg(&godot)
-            .args(["--path", "godot", "--rendering-driver", "opengl3", "--resolution", "1024x640"])
+            .args([
+                "--path",
+                "godot",
+                "--rendering-driver",
+                "opengl3",
+                "--resolution",
+                "1024x640",
+            ])
             .args(["--fixed-fps", "30", "--quit-after", "150", "--write-movie"])
             .arg(frames.join("shop.png"))
             .current_dir(workspace_root())
