@@ -6,6 +6,8 @@
 //! the workspace except PostgreSQL for the replica suite, which reads
 //! `MARKET_TEST_POSTGRES_URL` (set by `cargo xtask test`).
 
+pub mod godot;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -11,78 +11,17 @@
 //! `MARKET_ADDON_DIR`, an addon folder as a game developer gets it (e.g. the
 //! unpacked release zip: `cargo xtask package --check` does this).
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The addon's folder for this machine's library in `bin/`.
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-const PLATFORM_DIR: &str = "linux-x86_64";
-#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
-const PLATFORM_DIR: &str = "linux-arm64";
-#[cfg(target_os = "macos")]
-const PLATFORM_DIR: &str = "macos";
-#[cfg(target_os = "windows")]
-const PLATFORM_DIR: &str = "windows-x86_64";
-
-/// Copies `from` into `to`, leaving out the names in `skip`.
-fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if skip.iter().any(|s| name == *s) {
-            continue;
-        }
-        let target = to.join(&name);
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target, skip);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// A new Godot project at `project`: the demo's scenes and tests and the
-/// addon under test.
-fn make_project(project: &Path) {
-    let repo = marketplace_e2e::workspace_root();
-    copy_dir(&repo.join("godot"), project, &[".godot", "addons"]);
-    let addon = project.join("addons/trading_marketplace");
-    match std::env::var_os("MARKET_ADDON_DIR") {
-        Some(dir) => {
-            println!("addon under test: {}", PathBuf::from(&dir).display());
-            copy_dir(Path::new(&dir), &addon, &[]);
-        }
-        None => {
-            copy_dir(&repo.join("addons/trading_marketplace"), &addon, &["bin"]);
-            let lib = marketplace_e2e::addon_library();
-            for build in ["debug", "release"] {
-                let bin = addon.join("bin").join(PLATFORM_DIR).join(build);
-                std::fs::create_dir_all(&bin).unwrap();
-                std::fs::copy(&lib, bin.join(lib.file_name().unwrap())).unwrap();
-            }
-        }
-    }
-    std::fs::create_dir_all(project.join(".godot")).unwrap();
-    std::fs::write(
-        project.join(".godot/extension_list.cfg"),
-        "res://addons/trading_marketplace/trading_marketplace.gdextension\n",
-    )
-    .unwrap();
-}
-
 #[test]
 fn godot_check_suite() {
-    let Some(godot) = std::env::var_os("GDRUST_GODOT_BIN") else {
-        let line = "SKIPPED: Godot headless check suite (set GDRUST_GODOT_BIN to a Godot 4.3+ binary to run it)";
-        println!("{line}");
-        eprintln!("{line}");
+    let Some(godot) = marketplace_e2e::godot::godot_binary("Godot headless check suite") else {
         return;
     };
     let work = tempfile::tempdir().unwrap();
     let project = work.path().join("project");
-    make_project(&project);
+    marketplace_e2e::godot::make_project(&project);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = format!("sqlite://{}/market.sqlite", work.path().display());

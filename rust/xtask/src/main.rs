@@ -16,7 +16,8 @@
 //! - `screenshot`: the demo in a real window (Xvfb, Mesa), recorded with
 //!   Godot's Movie Maker; the last frame becomes `docs/demo.png`.
 //! - `bench`: every benchmark, PostgreSQL included (a throwaway cluster with
-//!   fsync on).
+//!   fsync on), and the frame budget inside Godot when `GDRUST_GODOT_BIN`
+//!   is set.
 //! - `chaos`: the long chaos simulation on SQLite and PostgreSQL; flags go to
 //!   `marketplace-chaos` (e.g. `--players 200 --ops 50000`).
 //! - `postgres`: start a throwaway PostgreSQL cluster and wait (for benchmarks
@@ -231,8 +232,18 @@ fn bench() -> Result<()> {
             "marketplace-server",
             "-p",
             "marketplace-client",
+            "-p",
+            "marketplace-sim",
         ])
-        .env("MARKET_BENCH_POSTGRES_URL", pg.url()))
+        .env("MARKET_BENCH_POSTGRES_URL", pg.url()))?;
+    // Inside Godot (prints SKIPPED without GDRUST_GODOT_BIN).
+    run(cargo().args([
+        "bench",
+        "-p",
+        "marketplace-e2e",
+        "--bench",
+        "godot_frame_budget",
+    ]))
 }
 
 fn chaos(args: &[String]) -> Result<()> {

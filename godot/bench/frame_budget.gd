@@ -1,0 +1,170 @@
+extends Node
+## What the marketplace costs the main thread, measured inside Godot.
+##
+## Run by `cargo bench -p marketplace-e2e --bench godot_frame_budget` (and
+## `cargo xtask bench` when GDRUST_GODOT_BIN is set), which starts a server,
+## a proxy adding 20 ms to every exchange, seeds the listings and writes the
+## plan this scene reads from MARKET_BENCH_PLAN (a JSON file):
+## `{"url": proxy, "cases": [{"name", "client", "listings": [[id, price]…],
+## "inventory": items}]}`.
+##
+## Clients: "one_http" (one HTTPRequest node, one purchase at a time — the
+## old GDScript client), "pool32" (32 HTTPRequest nodes), "addon"
+## (TradingMarketplace, every purchase at once). For each case it prints
+## one line `BENCH {json}`: wall time, frames, the main thread's process
+## time per frame (Performance.TIME_PROCESS) in total, p99 and worst.
+## The game runs at 144 fps at most, like a game with a frame cap.
+
+var url := ""
+var samples: Array[float] = []
+var measuring := false
+
+
+func _ready() -> void:
+	Engine.max_fps = 144
+	process_mode = Node.PROCESS_MODE_ALWAYS
+	var plan_path := OS.get_environment("MARKET_BENCH_PLAN")
+	var plan = JSON.parse_string(FileAccess.get_file_as_string(plan_path))
+	if plan == null:
+		printerr("BENCH-ERROR cannot read the plan at ", plan_path)
+		get_tree().quit(2)
+		return
+	url = plan.url
+	for case in plan.cases:
+		var result: Dictionary = await run_case(case)
+		print("BENCH ", JSON.stringify(result))
+	print("BENCH-DONE")
+	get_tree().quit(0)
+
+
+func _process(_delta: float) -> void:
+	if measuring:
+		# The previous frame's process time, in seconds.
+		samples.append(Performance.get_monitor(Performance.TIME_PROCESS))
+
+
+func run_case(case: Dictionary) -> Dictionary:
+	var listings: Array = case.listings
+	var inventory: int = case.get("inventory", 0)
+	var client: String = case.client
+	var buyer := "bench-%s-%d" % [case.name, Time.get_ticks_usec()]
+	var ok := 0
+	var started := 0
+	var finished := 0
+	match client:
+		"one_http", "pool32":
+			var token: String = await http_login(buyer)
+			var width := 1 if client == "one_http" else 32
+			var nodes := []
+			for i in width:
+				var node := HTTPRequest.new()
+				add_child(node)
+				nodes.append(node)
+			var queue := listings.duplicate()
+			var done := [0, 0]  # finished, ok
+			await settle(3)
+			start_measuring()
+			started = Time.get_ticks_usec()
+			for node in nodes:
+				http_worker(node, token, queue, done)
+			while done[0] < listings.size():
+				await get_tree().process_frame
+			finished = Time.get_ticks_usec()
+			ok = done[1]
+			for node in nodes:
+				node.queue_free()
+		"addon":
+			var data := LocalPlayerData.new()
+			data.save_path = "user://bench/%s.json" % buyer
+			add_child(data)
+			var market := TradingMarketplace.new()
+			market.server_url = url
+			market.max_requests_per_second = 0.0
+			market.player_data = data
+			add_child(market)
+			var total := 0
+			for l in listings:
+				total += int(l[1])
+			data.add_credits(total)
+			for i in inventory:
+				data.add_item("cargo_%d" % i, 1)
+			var login: Dictionary = await market.login(buyer, buyer).completed
+			if not login.ok:
+				return {"name": case.name, "error": login.message}
+			await settle(10)
+			var done := [0, 0]
+			market.purchase_succeeded.connect(func(_id, _p): done[0] += 1; done[1] += 1)
+			market.purchase_failed.connect(func(_id, _l, _c, _m, _p): done[0] += 1)
+			start_measuring()
+			started = Time.get_ticks_usec()
+			for l in listings:
+				market.buy_listing(int(l[0]), int(l[1]))
+			while done[0] < listings.size():
+				await get_tree().process_frame
+			finished = Time.get_ticks_usec()
+			ok = done[1]
+			market.queue_free()
+			data.queue_free()
+	measuring = false
+	# The frame that finished the run is in the next sample.
+	await get_tree().process_frame
+	samples.append(Performance.get_monitor(Performance.TIME_PROCESS))
+	var sorted := samples.duplicate()
+	sorted.sort()
+	var total_ms := 0.0
+	for s in samples:
+		total_ms += s * 1000.0
+	var n := sorted.size()
+	return {
+		"name": case.name,
+		"client": client,
+		"purchases": listings.size(),
+		"ok": ok,
+		"inventory": inventory,
+		"wall_s": (finished - started) / 1e6,
+		"frames": n,
+		"process_total_ms": total_ms,
+		"process_p99_ms": sorted[min(n - 1, int(n * 0.99))] * 1000.0 if n > 0 else 0.0,
+		"process_worst_ms": sorted[n - 1] * 1000.0 if n > 0 else 0.0,
+	}
+
+
+func start_measuring() -> void:
+	samples.clear()
+	measuring = true
+
+
+## Lets a few frames pass (saves, logins settle) before measuring.
+func settle(frames: int) -> void:
+	for i in frames:
+		await get_tree().process_frame
+
+
+func http_login(device: String) -> String:
+	var node := HTTPRequest.new()
+	add_child(node)
+	node.request(url + "/v1/sessions", ["Content-Type: application/json"], HTTPClient.METHOD_POST, JSON.stringify({"device_id": device, "name": device}))
+	var res: Array = await node.request_completed
+	node.queue_free()
+	var body = JSON.parse_string(res[3].get_string_from_utf8())
+	return body.token if body is Dictionary and body.has("token") else ""
+
+
+## One HTTPRequest node buying from the shared queue until it is empty, as
+## a GDScript client would: a JSON body, the answer parsed.
+func http_worker(node: HTTPRequest, token: String, queue: Array, done: Array) -> void:
+	while not queue.is_empty():
+		var l = queue.pop_back()
+		var id := int(l[0])
+		var price := int(l[1])
+		var headers := [
+			"Content-Type: application/json",
+			"Authorization: Bearer " + token,
+			"Idempotency-Key: bench-%d-%d" % [id, Time.get_ticks_usec()],
+		]
+		node.request(url + "/v1/listings/%d/purchase" % id, headers, HTTPClient.METHOD_POST, JSON.stringify({"expected_price": price, "deposit": price}))
+		var res: Array = await node.request_completed
+		var body = JSON.parse_string(res[3].get_string_from_utf8())
+		done[0] += 1
+		if res[1] >= 200 and res[1] < 300 and body is Dictionary and body.has("purchase"):
+			done[1] += 1
