@@ -233,6 +233,7 @@ func run_all() -> void:
 	await check_reentrant_handlers(seller, alice)
 	await check_second_node_on_one_save(alice)
 	await check_save_slot_chosen_in_parent_ready()
+	await check_request_survives_slot_switch()
 	await check_damaged_save_reported_to_ready_connection()
 	await check_scene_change_with_trade_in_flight(seller)
 	await check_server_grants()
@@ -398,6 +399,19 @@ func check_save_slot_chosen_in_parent_ready() -> void:
 	check(data.get_credits() == 0, "the other slot is another player's data")
 	check(data.change_save_path("res://nope.json") == "invalid_argument", "res:// is refused")
 	parent.queue_free()
+	await get_tree().process_frame
+
+
+func check_request_survives_slot_switch() -> void:
+	var p := make_player("switcher", 0)
+	var login: Dictionary = await p.market.login("dev-switcher-%s" % run_id, "switcher").completed
+	check(login.ok, "a player logs in before switching slots")
+	var pending: MarketRequest = p.market.refresh_listings({})
+	check(p.data.change_save_path(save_file("switcher_2")) == "", "the save can switch with only a read in flight")
+	await until(func(): return pending.done, 5.0)
+	check(pending.done, "the read's request still completes after the switch (%s)" % pending.result)
+	p.market.queue_free()
+	p.data.queue_free()
 	await get_tree().process_frame
 
 

@@ -24,7 +24,12 @@ const CASES: &[(&str, &str, usize, usize)] = &[
     ("TradingMarketplace", "addon", 200, 0),
     ("TradingMarketplace, 1,000 in flight", "addon", 1_000, 0),
     ("TradingMarketplace, 10,000 in flight", "addon", 10_000, 0),
-    ("TradingMarketplace, 10,000-item inventory", "addon", 200, 10_000),
+    (
+        "TradingMarketplace, 10,000-item inventory",
+        "addon",
+        200,
+        10_000,
+    ),
 ];
 
 /// Listings per seller: below the default deposit cap, though the bench
@@ -51,7 +56,11 @@ fn main() {
         .block_on(marketplace_server::spawn(config))
         .expect("server starts");
     let proxy = rt.block_on(fault_proxy::Proxy::start(server.addr()));
-    proxy.fault_randomly("/v1/", fault_proxy::Fault::Delay(Duration::from_millis(20)), 1.0);
+    proxy.fault_randomly(
+        "/v1/",
+        fault_proxy::Fault::Delay(Duration::from_millis(20)),
+        1.0,
+    );
 
     // The listings, made straight on the server (no latency), many at once.
     let total: usize = CASES.iter().map(|c| c.2).sum();
@@ -68,7 +77,10 @@ fn main() {
                 let mut made = Vec::with_capacity(n);
                 for i in 0..n {
                     let price = 1 + (i % 5) as i64;
-                    made.push((api.create_listing(&base, &token, "bench_part", price).await, price));
+                    made.push((
+                        api.create_listing(&base, &token, "bench_part", price).await,
+                        price,
+                    ));
                 }
                 made
             }));
@@ -84,13 +96,21 @@ fn main() {
     for (name, client, n, inventory) in CASES {
         let (mine, others) = rest.split_at(*n);
         rest = others;
-        cases.push(json!({"name": name, "client": client, "inventory": inventory, "listings": mine}));
+        cases.push(
+            json!({"name": name, "client": client, "inventory": inventory, "listings": mine}),
+        );
     }
     let plan = work.path().join("plan.json");
-    std::fs::write(&plan, json!({"url": proxy.url(), "cases": cases}).to_string()).expect("plan written");
+    std::fs::write(
+        &plan,
+        json!({"url": proxy.url(), "cases": cases}).to_string(),
+    )
+    .expect("plan written");
 
     eprintln!("running the cases in Godot …");
-    let output = Command::new(&godot)
+    let mut command = Command::new(&godot);
+    marketplace_e2e::godot::isolate_user_data(&mut command, work.path());
+    let output = command
         .args(["--headless", "--path"])
         .arg(&project)
         .arg("res://bench/frame_budget.tscn")
@@ -128,7 +148,10 @@ fn main() {
             r["process_worst_ms"].as_f64().unwrap_or(0.0),
         );
         if r["ok"] != r["purchases"] {
-            eprintln!("warning: {} purchases of {} succeeded in {:?}", r["ok"], r["purchases"], r["name"]);
+            eprintln!(
+                "warning: {} purchases of {} succeeded in {:?}",
+                r["ok"], r["purchases"], r["name"]
+            );
         }
     }
 }

@@ -60,14 +60,25 @@ pub fn make_project(project: &Path) {
     .unwrap();
 }
 
-
 /// `GDRUST_GODOT_BIN`, or a SKIPPED line naming `what` and `None`.
 pub fn godot_binary(what: &str) -> Option<std::ffi::OsString> {
     let bin = std::env::var_os("GDRUST_GODOT_BIN");
     if bin.is_none() {
-        let line = format!("SKIPPED: {what} (set GDRUST_GODOT_BIN to a Godot 4.3+ binary to run it)");
+        let line =
+            format!("SKIPPED: {what} (set GDRUST_GODOT_BIN to a Godot 4.3+ binary to run it)");
         println!("{line}");
         eprintln!("{line}");
     }
     bin
+}
+
+/// Gives a Godot run its own `user://` under `dir`, so the suite never
+/// touches the developer's real saves of the demo (same project name) —
+/// nor they the suite.
+pub fn isolate_user_data(cmd: &mut std::process::Command, dir: &Path) {
+    let data = dir.join("user-data");
+    cmd.env("XDG_DATA_HOME", &data).env("APPDATA", &data);
+    if cfg!(target_os = "macos") {
+        cmd.env("HOME", &data);
+    }
 }

@@ -79,7 +79,9 @@ fn godot_check_suite() {
         }
     });
 
-    let mut child = Command::new(&godot)
+    let mut command = Command::new(&godot);
+    marketplace_e2e::godot::isolate_user_data(&mut command, work.path());
+    let mut child = command
         .args(["--headless", "--path"])
         .arg(&project)
         .arg("res://tests/test_runner.tscn")

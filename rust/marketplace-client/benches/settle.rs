@@ -43,9 +43,12 @@ fn main() {
 
 fn measure(pending: usize, inventory: usize) -> (Duration, Duration) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut store =
-        PlayerStore::open(&dir.path().join("player.json"), "bench", StoreOptions::default())
-            .expect("store opens");
+    let mut store = PlayerStore::open(
+        &dir.path().join("player.json"),
+        "bench",
+        StoreOptions::default(),
+    )
+    .expect("store opens");
     store.add_credits(pending as i64 * 10).expect("credits");
     for i in 0..inventory {
         store.add_item(&format!("item_{i:05}"), 1).expect("item");

@@ -923,6 +923,14 @@ impl TradingSession {
                 }
                 self.claims_maybe_done(store, origin);
             }
+            (Tracked::ClaimAll { origin }, EventKind::Done(_)) => {
+                let error = ClientError::new(ErrorCode::BadResponse, "unexpected answer");
+                self.claim_failed(origin, error);
+                if let Some(c) = self.claims.get_mut(&origin) {
+                    c.listing = false;
+                }
+                self.claims_maybe_done(store, origin);
+            }
             (Tracked::ClaimAll { origin }, EventKind::Failed(error)) => {
                 // A page of sales could not be read: the claims already
                 // journaled go on; the request ends when they have settled.
@@ -1130,6 +1138,7 @@ impl TradingSession {
                 // A reply of the wrong kind cannot settle anything; the
                 // operation stays journaled and is re-sent on the next start.
                 tracing::warn!(op = op_id, "unexpected reply for a journaled operation");
+                self.claim_left_journaled(store, &pending.op, origin, ErrorCode::BadResponse);
                 return;
             }
         };
@@ -1140,6 +1149,7 @@ impl TradingSession {
             if let Some(p) = self.progress.get_mut(&op_id) {
                 p.last_error = Some(ErrorCode::Internal);
             }
+            self.claim_left_journaled(store, &pending.op, origin, ErrorCode::Internal);
             return;
         }
         self.progress.remove(&op_id);
@@ -1165,6 +1175,31 @@ impl TradingSession {
             }
             self.claims_maybe_done(store, origin);
         }
+    }
+
+    /// A claim of `origin`'s that cannot settle in this session (it stays
+    /// journaled for the next start) still ends its part of the request,
+    /// as a failure.
+    fn claim_left_journaled(
+        &mut self,
+        store: &PlayerStore,
+        op: &MarketChange,
+        origin: RequestId,
+        code: ErrorCode,
+    ) {
+        if !matches!(op, MarketChange::Claim { .. }) {
+            return;
+        }
+        if let Some(c) = self.claims.get_mut(&origin) {
+            c.outstanding = c.outstanding.saturating_sub(1);
+            if c.error.is_none() {
+                c.error = Some(ClientError::new(
+                    code,
+                    "A claim could not settle now; it is kept and retried on the next start",
+                ));
+            }
+        }
+        self.claims_maybe_done(store, origin);
     }
 
     /// A claim of `origin`'s could not even be made: reported now, and

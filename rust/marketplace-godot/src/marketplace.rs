@@ -42,16 +42,16 @@ use crate::save_slot::{self, SlotRef};
 /// @onready var market: TradingMarketplace = $TradingMarketplace
 ///
 /// func _ready():
-///     var login := await market.login().completed   # the saved identity
+///     var login: Dictionary = await market.login().completed   # the saved identity
 ///     if not login.ok:
 ///         toast(login.message)
 ///         return
-///     var page := await market.refresh_listings({}).completed
+///     var page: Dictionary = await market.refresh_listings({}).completed
 ///     show_listings(page.listings)
 ///
 /// func _on_buy_pressed(listing: Dictionary):
 ///     buy_button.disabled = true
-///     var r := await market.buy_listing(listing.id, listing.price).completed
+///     var r: Dictionary = await market.buy_listing(listing.id, listing.price).completed
 ///     buy_button.disabled = false
 ///     if r.ok:
 ///         toast("Bought %s" % r.purchase.item_id)
@@ -155,7 +155,8 @@ impl INode for TradingMarketplace {
     fn process(&mut self, _delta: f64) {
         if Engine::singleton().is_editor_hint() {
             // In the editor the node is only edited: no runtime, no thread,
-            // no file.
+            // no file. A script calling it there still hears its refusals.
+            self.emit_refusals();
             return;
         }
         // Starts the session in the first frame — after every `_ready`, so
@@ -183,10 +184,27 @@ impl INode for TradingMarketplace {
     }
 }
 
+/// The event a local refusal stands for.
+fn refusal_event(id: i64, listing_id: Option<i64>, error: ClientError) -> SessionEvent {
+    let request_id = RequestId(id as u64);
+    match listing_id {
+        Some(listing_id) => SessionEvent::PurchaseFailed {
+            request_id,
+            listing_id,
+            error,
+        },
+        None => SessionEvent::RequestFailed { request_id, error },
+    }
+}
+
 impl Drop for TradingMarketplace {
     /// Freed: stop listening; the session stays with the save and keeps
-    /// settling trades.
+    /// settling trades. Refusals not reported yet still complete their
+    /// requests (next frame).
     fn drop(&mut self) {
+        for (id, listing_id, error) in self.local_failures.drain(..) {
+            request::complete_later(refusal_event(id, listing_id, error));
+        }
         if let Some((slot, listener)) = self.slot.take() {
             if let Ok(mut s) = slot.try_borrow_mut() {
                 s.unlisten(listener);
@@ -509,9 +527,12 @@ impl TradingMarketplace {
             );
         }
         let url = self.server_url.to_string();
-        let scheme_ok = ["http://", "https://"]
-            .iter()
-            .any(|p| url.len() > p.len() && url[..p.len()].eq_ignore_ascii_case(p));
+        let scheme_ok = ["http://", "https://"].iter().any(|p| {
+            url.len() > p.len()
+                && url
+                    .get(..p.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(p))
+        });
         if !scheme_ok {
             warnings.push(format!(
                 "server_url {url:?} is not an http:// or https:// address of the marketplace server."
@@ -618,6 +639,12 @@ impl TradingMarketplace {
         &mut self,
         f: impl FnOnce(&mut TradingSession, &mut PlayerStore) -> Result<R, ClientError>,
     ) -> Result<R, ClientError> {
+        if Engine::singleton().is_editor_hint() {
+            return Err(ClientError::new(
+                ErrorCode::InvalidArgument,
+                "TradingMarketplace does not trade inside the editor",
+            ));
+        }
         let slot = self.attach()?;
         let mut guard = slot.borrow_mut();
         let s = &mut *guard;
@@ -651,8 +678,9 @@ impl TradingMarketplace {
                                 Ok(RequestId(id)) => (id as i64, false),
                                 Err(error) => (session.refuse(listing_id, error).0 as i64, true),
                             };
+                            let path = s.path().to_path_buf();
                             drop(guard);
-                            return request::track(id, kind, refused);
+                            return request::track(id, kind, refused, Some(&path));
                         }
                         None => ClientError::new(ErrorCode::Internal, "no session"),
                     }
@@ -662,7 +690,7 @@ impl TradingMarketplace {
         };
         let id = request::local_id();
         self.local_failures.push_back((id, listing_id, error));
-        request::track(id, kind, true)
+        request::track(id, kind, true, None)
     }
 
     /// Turns waiting events into signals, one at a time, holding nothing
@@ -671,20 +699,7 @@ impl TradingMarketplace {
         let started = Instant::now();
         let budget = Duration::from_secs_f64(self.max_frame_time_msec.clamp(0.1, 100.0) / 1e3);
         let max = self.max_events_per_frame.clamp(1, 10_000);
-        // Only the refusals made before this frame's signals began.
-        let refused: Vec<_> = self.local_failures.drain(..).collect();
-        for (id, listing_id, error) in refused {
-            self.emit_failure(id, listing_id, &error);
-            let request_id = RequestId(id as u64);
-            self.complete(&match listing_id {
-                Some(listing_id) => SessionEvent::PurchaseFailed {
-                    request_id,
-                    listing_id,
-                    error,
-                },
-                None => SessionEvent::RequestFailed { request_id, error },
-            });
-        }
+        self.emit_refusals();
         for n in 0..max {
             if n > 0 && started.elapsed() >= budget {
                 break;
@@ -697,6 +712,16 @@ impl TradingMarketplace {
             };
             self.emit(&event);
             self.complete(&event);
+        }
+    }
+
+    /// Requests refused before reaching a session: their signal, then their
+    /// `completed` (only those made before this frame's signals began).
+    fn emit_refusals(&mut self) {
+        let refused: Vec<_> = self.local_failures.drain(..).collect();
+        for (id, listing_id, error) in refused {
+            self.emit_failure(id, listing_id, &error);
+            self.complete(&refusal_event(id, listing_id, error));
         }
     }
 

@@ -20,10 +20,11 @@
 //! made the request (an `await` on it always gets there first).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 
 use godot::prelude::*;
-use marketplace_client::{ClientError, SessionEvent};
+use marketplace_client::{ClientError, ErrorCode, SessionEvent};
 
 use crate::convert;
 
@@ -66,6 +67,8 @@ pub struct MarketRequest {
     /// Only `ClaimsDone` ends a claim that reached the session; a refusal
     /// before it did ends it too.
     ends_on_failure: bool,
+    /// The save whose session carries it (none: refused before any did).
+    slot: Option<PathBuf>,
     base: Base<RefCounted>,
 }
 
@@ -97,6 +100,16 @@ thread_local! {
     /// Ids of requests refused before any session existed (far above the
     /// sessions' own, which count from 1 per process).
     static NEXT_LOCAL_ID: Cell<i64> = const { Cell::new(1 << 40) };
+    /// Completions to run at the next frame tick, when no node is bound:
+    /// answers left over when a save closed or a node went away.
+    static DEFERRED: RefCell<VecDeque<Deferred>> = RefCell::new(VecDeque::new());
+}
+
+enum Deferred {
+    Event(SessionEvent),
+    /// The save closed: whatever of its requests still waits ends with
+    /// `shutting_down`.
+    CloseSlot(PathBuf),
 }
 
 /// A fresh id for a request refused before it reached a session.
@@ -108,15 +121,16 @@ pub fn local_id() -> i64 {
     })
 }
 
-/// A new pending request; `refused`: it failed before reaching the
-/// session, so its failure (reported next frame) ends it.
-pub fn track(id: i64, kind: &str, refused: bool) -> Gd<MarketRequest> {
+/// A new pending request on the save at `slot`; `refused`: it failed
+/// before reaching the session, so its failure (reported next frame) ends it.
+pub fn track(id: i64, kind: &str, refused: bool, slot: Option<&Path>) -> Gd<MarketRequest> {
     let request = Gd::from_init_fn(|base| MarketRequest {
         id,
         kind: kind.into(),
         done: false,
         result: VarDictionary::new(),
         ends_on_failure: kind != "claim" || refused,
+        slot: slot.map(Path::to_path_buf),
         base,
     });
     PENDING.with(|p| p.borrow_mut().insert(id, request.clone()));
@@ -126,13 +140,61 @@ pub fn track(id: i64, kind: &str, refused: bool) -> Gd<MarketRequest> {
 /// Completes the request `event` ends, if one waits: emits `completed`.
 /// Call with nothing borrowed (the handler may call anything).
 pub fn complete(event: &SessionEvent) {
-    if let Some((mut request, result)) = take_completion(event) {
-        {
-            let mut r = request.bind_mut();
-            r.done = true;
-            r.result = result.clone();
+    if let Some((request, result)) = take_completion(event) {
+        finish(request, result);
+    }
+}
+
+/// Stores the result and emits `completed` (the request is already out of
+/// the registry).
+fn finish(mut request: Gd<MarketRequest>, result: VarDictionary) {
+    {
+        let mut r = request.bind_mut();
+        r.done = true;
+        r.result = result.clone();
+    }
+    request.signals().completed().emit(&result);
+}
+
+/// Completes the request `event` ends at the next frame tick (for callers
+/// that may hold a node or a slot).
+pub fn complete_later(event: SessionEvent) {
+    DEFERRED.with(|d| d.borrow_mut().push_back(Deferred::Event(event)));
+}
+
+/// Ends, at the next frame tick, every request still waiting on the save
+/// at `slot` (it closed: their answers can no longer come).
+pub fn close_slot_later(slot: &Path) {
+    DEFERRED.with(|d| {
+        d.borrow_mut()
+            .push_back(Deferred::CloseSlot(slot.to_path_buf()))
+    });
+}
+
+/// Runs the deferred completions. Call with nothing borrowed.
+pub fn run_deferred() {
+    while let Some(next) = DEFERRED.with(|d| d.borrow_mut().pop_front()) {
+        match next {
+            Deferred::Event(event) => complete(&event),
+            Deferred::CloseSlot(path) => {
+                let ids: Vec<i64> = PENDING.with(|p| {
+                    p.borrow()
+                        .iter()
+                        .filter(|(_, r)| r.bind().slot.as_deref() == Some(path.as_path()))
+                        .map(|(id, _)| *id)
+                        .collect()
+                });
+                for id in ids {
+                    let error = ClientError::new(
+                        ErrorCode::ShuttingDown,
+                        "The save file this request belonged to was closed before its answer came",
+                    );
+                    if let Some(request) = PENDING.with(|p| p.borrow_mut().remove(&id)) {
+                        finish(request, failure(id, &error));
+                    }
+                }
+            }
         }
-        request.signals().completed().emit(&result);
     }
 }
 
@@ -273,6 +335,7 @@ fn result_of(event: &SessionEvent, ends_on_failure: bool) -> Option<VarDictionar
 /// Lets go of every waiting request (the extension unloads: the engine's
 /// objects must be released while it is still there).
 pub fn forget_all() {
+    DEFERRED.with(|d| d.borrow_mut().clear());
     let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
     drop(pending);
 }

@@ -124,13 +124,31 @@ pub fn close(slot: &SlotRef) {
         (s.session.take(), std::mem::replace(&mut s.store, blank))
     };
     let mut store = store;
+    // What nobody will hear from this slot any more still completes its
+    // requests (next tick: the caller may be a bound node).
+    {
+        let mut guard = slot.borrow_mut();
+        let s = &mut *guard;
+        let queued: Vec<SessionEvent> = s
+            .listeners
+            .drain(..)
+            .flat_map(|(_, q)| q)
+            .chain(s.orphans.drain(..))
+            .collect();
+        for event in queued {
+            crate::request::complete_later(event);
+        }
+    }
     let result = match session {
         Some(session) => {
-            session.shutdown(&mut store, Duration::ZERO);
+            for event in session.shutdown(&mut store, Duration::ZERO) {
+                crate::request::complete_later(event);
+            }
             Ok(())
         }
         None => store.flush_wanted(Duration::from_secs(5)),
     };
+    crate::request::close_slot_later(&path);
     drop(store);
     if let Err(e) = result {
         godot::global::godot_warn!("LocalPlayerData: saving {} failed: {e}", path.display());
@@ -154,6 +172,7 @@ pub fn tick_all(frame: u64, max_events: usize, budget: Duration) {
             crate::request::complete(event);
         }
     }
+    crate::request::run_deferred();
 }
 
 /// Shuts every slot down for good (the game quits): in-flight requests get
@@ -263,7 +282,11 @@ impl SaveSlot {
         for event in events {
             for (i, (_, queue)) in self.listeners.iter_mut().enumerate() {
                 if queue.len() >= MAX_QUEUED {
-                    queue.pop_front();
+                    // The node is not listening (out of the tree?): its
+                    // oldest event still completes its request.
+                    if let Some(dropped) = queue.pop_front() {
+                        crate::request::complete_later(dropped);
+                    }
                 }
                 if i + 1 == n {
                     queue.push_back(event);

@@ -411,12 +411,53 @@ pub fn check_name(value: &str) -> Result<(), String> {
     if value.chars().any(char::is_control) {
         return Err("name must not contain control characters".into());
     }
+    if value.chars().any(is_invisible_format) {
+        return Err("name must not contain invisible or direction-changing characters".into());
+    }
+    if value.trim() != value {
+        return Err("name must not start or end with spaces".into());
+    }
     Ok(())
+}
+
+/// Characters that change how a name *looks* without being seen: zero-width
+/// spaces and joiners, bidirectional overrides and isolates, the byte-order
+/// mark, invisible operators. Names are shown to other players (next to
+/// their listings), so one player must not be able to dress up as another
+/// with them. (Unicode's `Cf` characters that matter for display.)
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}'
+        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{FFF0}'..='\u{FFF8}'
+        | '\u{E0000}'..='\u{E007F}'
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_cannot_hide_characters() {
+        assert!(check_name("Vega Salvage").is_ok());
+        assert!(check_name("Åsa Öberg 星").is_ok());
+        assert!(
+            check_name("Vega\u{200B}Salvage").is_err(),
+            "zero-width space"
+        );
+        assert!(
+            check_name("\u{202E}egaV").is_err(),
+            "right-to-left override"
+        );
+        assert!(check_name("Vega\u{FEFF}").is_err(), "byte-order mark");
+        assert!(check_name(" Vega").is_err(), "leading space");
+        assert!(check_name("Vega\n").is_err());
+    }
 
     #[test]
     fn ids_are_checked() {

@@ -3,16 +3,26 @@
 //!
 //! | platform | Rust target | linker / C compiler |
 //! |---|---|---|
-//! | Linux x86_64 | `x86_64-unknown-linux-gnu` | the host's |
-//! | Linux arm64 | `aarch64-unknown-linux-gnu` | Debian's `gcc-aarch64-linux-gnu` |
+//! | Linux x86_64 | `x86_64-unknown-linux-gnu`, glibc 2.17 | zig (`cargo-zigbuild`) |
+//! | Linux arm64 | `aarch64-unknown-linux-gnu`, glibc 2.17 | zig |
 //! | Windows x86_64 | `x86_64-pc-windows-gnu` | Debian's `mingw-w64` |
-//! | macOS (x86_64 + arm64, one universal file) | `universal2-apple-darwin` | `cargo-zigbuild` with `ziglang`, both from PyPI |
+//! | macOS (x86_64 + arm64, one universal file) | `universal2-apple-darwin` | zig |
+//!
+//! Zig links Linux libraries against glibc 2.17's symbols, so they load on
+//! every distribution a Godot game runs on (the build machine's own glibc
+//! would make them need 2.34+: no Ubuntu 20.04, no Steam Runtime sniper),
+//! and links macOS against its bundled SDK stubs. `ziglang` and
+//! `cargo-zigbuild` come from PyPI, pinned, into a virtualenv under
+//! `target/tools/` (Debian's Python refuses system-wide pip installs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::system::{apt, have, python_has, rust_target};
+use crate::system::{apt, rust_target};
 use crate::{cargo, run, workspace_root, Result};
+
+/// The pinned build tools from PyPI.
+const ZIG_TOOLS: [&str; 2] = ["ziglang==0.13.0", "cargo-zigbuild==0.19.8"];
 
 /// One platform's library in the addon.
 #[derive(Debug, Clone, Copy)]
@@ -21,8 +31,11 @@ pub struct Platform {
     pub dir: &'static str,
     /// The library's file name.
     pub file: &'static str,
-    /// The Rust target (for macOS, the zigbuild universal pseudo-target).
+    /// The Rust target: where cargo puts the library, what `cargo tree`
+    /// resolves (for macOS, the zigbuild universal pseudo-target).
     pub triple: &'static str,
+    /// What `--target` says (zig's glibc version suffix included).
+    pub build_target: &'static str,
     pub how: How,
 }
 
@@ -39,24 +52,28 @@ pub const PLATFORMS: [Platform; 4] = [
         dir: "linux-x86_64",
         file: "libtrading_marketplace.so",
         triple: "x86_64-unknown-linux-gnu",
-        how: How::Cargo,
+        build_target: "x86_64-unknown-linux-gnu.2.17",
+        how: How::Zig,
     },
     Platform {
         dir: "linux-arm64",
         file: "libtrading_marketplace.so",
         triple: "aarch64-unknown-linux-gnu",
-        how: How::Cargo,
+        build_target: "aarch64-unknown-linux-gnu.2.17",
+        how: How::Zig,
     },
     Platform {
         dir: "windows-x86_64",
         file: "trading_marketplace.dll",
         triple: "x86_64-pc-windows-gnu",
+        build_target: "x86_64-pc-windows-gnu",
         how: How::Cargo,
     },
     Platform {
         dir: "macos",
         file: "libtrading_marketplace.dylib",
         triple: "universal2-apple-darwin",
+        build_target: "universal2-apple-darwin",
         how: How::Zig,
     },
 ];
@@ -74,13 +91,12 @@ pub fn platform(dir: &str) -> Result<Platform> {
         })
 }
 
-/// Everything `platform` needs to be built here.
+/// Everything building `platform` from this machine needs.
 pub fn ensure_tools(platform: Platform) -> Result<()> {
     match platform.dir {
-        "linux-x86_64" => Ok(()),
-        "linux-arm64" => {
-            apt(&["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"])?;
-            rust_target(platform.triple)
+        "linux-x86_64" | "linux-arm64" => {
+            rust_target(platform.triple)?;
+            zig_tools().map(drop)
         }
         "windows-x86_64" => {
             apt(&["gcc-mingw-w64-x86-64", "binutils-mingw-w64-x86-64"])?;
@@ -89,21 +105,38 @@ pub fn ensure_tools(platform: Platform) -> Result<()> {
         "macos" => {
             rust_target("x86_64-apple-darwin")?;
             rust_target("aarch64-apple-darwin")?;
-            if !have("cargo-zigbuild") || !python_has("ziglang") {
-                run(Command::new("python3").args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--disable-pip-version-check",
-                    "ziglang",
-                    "cargo-zigbuild",
-                ]))?;
-            }
-            Ok(())
+            zig_tools().map(drop)
         }
         other => Err(format!("unknown platform {other}").into()),
     }
+}
+
+/// The virtualenv with the pinned zig tools (made on first use); returns
+/// its `bin/`, which goes first on `PATH` for `cargo zigbuild`.
+fn zig_tools() -> Result<PathBuf> {
+    let venv = target_dir().join("tools/zig-venv");
+    let bin = venv.join("bin");
+    let stamp = venv.join("pinned.txt");
+    let wanted = ZIG_TOOLS.join("\n");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(bin);
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !made {
+        // Debian ships venv separately.
+        apt(&["python3", "python3-venv"])?;
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(bin.join("python3"))
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(ZIG_TOOLS))?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(bin)
 }
 
 /// Where cargo puts `platform`'s library for `profile` in `target_dir`
@@ -145,7 +178,6 @@ pub fn build(
     target_dir: &Path,
     for_release: bool,
 ) -> Result<PathBuf> {
-    ensure_tools(platform)?;
     let with_target = for_release || platform.dir != host()?.dir;
     eprintln!(
         "xtask: building the addon library for {} ({profile})",
@@ -153,32 +185,33 @@ pub fn build(
     );
     let mut cmd = cargo();
     cmd.env("CARGO_TARGET_DIR", target_dir);
-    cmd.arg(if platform.how == How::Zig {
-        "zigbuild"
+    if !with_target {
+        // This machine's own library (development): no extra tools.
+        cmd.arg("build");
     } else {
-        "build"
-    });
-    if with_target {
-        cmd.args(["--target", platform.triple]);
-    }
-    match platform.dir {
-        "linux-arm64" => {
-            cmd.env(
-                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
-                "aarch64-linux-gnu-gcc",
-            )
-            .env("CC_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-gcc")
-            .env("AR_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-ar");
+        ensure_tools(platform)?;
+        match platform.how {
+            How::Zig => {
+                let bin = zig_tools()?;
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                let mut paths = vec![bin];
+                paths.extend(std::env::split_paths(&path));
+                cmd.env("PATH", std::env::join_paths(paths)?);
+                cmd.arg("zigbuild");
+            }
+            How::Cargo => {
+                cmd.arg("build");
+                if platform.dir == "windows-x86_64" {
+                    cmd.env(
+                        "CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER",
+                        "x86_64-w64-mingw32-gcc",
+                    )
+                    .env("CC_x86_64_pc_windows_gnu", "x86_64-w64-mingw32-gcc")
+                    .env("AR_x86_64_pc_windows_gnu", "x86_64-w64-mingw32-ar");
+                }
+            }
         }
-        "windows-x86_64" if with_target => {
-            cmd.env(
-                "CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER",
-                "x86_64-w64-mingw32-gcc",
-            )
-            .env("CC_x86_64_pc_windows_gnu", "x86_64-w64-mingw32-gcc")
-            .env("AR_x86_64_pc_windows_gnu", "x86_64-w64-mingw32-ar");
-        }
-        _ => {}
+        cmd.args(["--target", platform.build_target]);
     }
     if for_release {
         let flags = [

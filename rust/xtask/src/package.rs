@@ -68,38 +68,54 @@ fn source_date() -> u64 {
         .unwrap_or(0)
 }
 
-/// Builds every platform's libraries into the addon's `bin/`, then the zip.
+/// Builds every platform's libraries (also into the addon's `bin/`), then
+/// the zip from exactly those libraries and the addon's tracked files.
 pub fn package(args: &[String]) -> Result<()> {
     let platforms = selected(args)?;
     let version = version()?;
     let target_dir = cross::target_dir();
+    let root = workspace_root();
+    let prefix = format!("trading_marketplace-{version}/{ADDON}");
+    let mut files = BTreeMap::new();
     for &platform in &platforms {
         for (folder, profile) in PROFILES {
             let lib = cross::build(platform, profile, &target_dir, true)?;
             check_library(platform, &lib)?;
             install(platform, folder, &lib)?;
+            files.insert(
+                format!("{prefix}/bin/{}/{folder}/{}", platform.dir, platform.file),
+                Entry {
+                    data: std::fs::read(&lib)?,
+                    executable: true,
+                },
+            );
         }
     }
-
-    let root = workspace_root();
-    let prefix = format!("trading_marketplace-{version}/{ADDON}");
-    let mut files = BTreeMap::new();
-    collect(&root.join(ADDON), &prefix, &mut files)?;
-    let mut missing = Vec::new();
-    for p in PLATFORMS {
-        for (folder, _) in PROFILES {
-            let path = format!("{prefix}/bin/{}/{folder}/{}", p.dir, p.file);
-            if !files.contains_key(&path) {
-                missing.push(path);
-            }
-        }
+    let dirty = Command::new("git")
+        .args(["status", "--porcelain", "--", ADDON])
+        .current_dir(&root)
+        .output()
+        .map(|o| o.stdout.iter().any(|b| !b.is_ascii_whitespace()))
+        .unwrap_or(false);
+    if dirty {
+        eprintln!("xtask: warning: {ADDON} has uncommitted changes; the zip holds the working tree's files");
     }
-    if !missing.is_empty() {
-        return Err(format!(
-            "not packaging: libraries missing from the addon (build them with `cargo xtask package` without --only):\n  {}",
-            missing.join("\n  ")
-        )
-        .into());
+    if platforms.len() != PLATFORMS.len() {
+        eprintln!("xtask: built the libraries asked for (--only); packaging needs every platform");
+        return Ok(());
+    }
+    for path in tracked_addon_files()? {
+        let name = path
+            .strip_prefix(ADDON)
+            .ok_or_else(|| format!("{path} is outside the addon"))?
+            .to_string();
+        files.insert(
+            format!("{prefix}{name}"),
+            Entry {
+                data: std::fs::read(root.join(&path))?,
+                executable: false,
+            },
+        );
     }
     for licence in ["LICENSE-MIT", "LICENSE-APACHE"] {
         files.insert(
@@ -197,33 +213,29 @@ pub fn install(platform: Platform, folder: &str, lib: &Path) -> Result<PathBuf> 
     Ok(dest)
 }
 
-/// Every file under `dir` (no editor caches), named under `prefix`.
-fn collect(dir: &Path, prefix: &str, files: &mut BTreeMap<String, Entry>) -> Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.')
-            || name.ends_with(".import")
-            || name.ends_with(".uid")
-            || name.starts_with('~')
-        {
-            continue;
-        }
-        let path = format!("{prefix}/{name}");
-        if entry.file_type()?.is_dir() {
-            collect(&entry.path(), &path, files)?;
-        } else {
-            let executable = [".so", ".dll", ".dylib"].iter().any(|s| name.ends_with(s));
-            files.insert(
-                path,
-                Entry {
-                    data: std::fs::read(entry.path())?,
-                    executable,
-                },
-            );
-        }
+/// The addon's files as git tracks them (no `bin/`, no editor caches, no
+/// stray local files), sorted.
+fn tracked_addon_files() -> Result<Vec<String>> {
+    let out = Command::new("git")
+        .args(["ls-files", "-z", "--", ADDON])
+        .current_dir(workspace_root())
+        .output()
+        .map_err(|e| format!("git is needed to package: {e}"))?;
+    if !out.status.success() {
+        return Err("git ls-files failed: package from a git checkout".into());
     }
-    Ok(())
+    let mut files: Vec<String> = out
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .filter(|p| !p.contains("/bin/"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("no tracked files under {ADDON}").into());
+    }
+    Ok(files)
 }
 
 /// A library is the right format for its platform and carries the entry
@@ -268,6 +280,18 @@ pub fn check_library(platform: Platform, lib: &Path) -> Result<()> {
     if !format_ok {
         return Err(format!("{} is not a {} library", lib.display(), platform.dir).into());
     }
+    if platform.dir.starts_with("linux") {
+        let newest = newest_glibc(&bytes);
+        if newest > (2, 17) {
+            return Err(format!(
+                "{} needs glibc {}.{}: it would not load on older distributions (built against 2.17 it should not)",
+                lib.display(),
+                newest.0,
+                newest.1
+            )
+            .into());
+        }
+    }
     let symbol = b"gdext_rust_init";
     if !bytes.windows(symbol.len()).any(|w| w == symbol) {
         return Err(format!("{} has no gdext_rust_init", lib.display()).into());
@@ -276,6 +300,27 @@ pub fn check_library(platform: Platform, lib: &Path) -> Result<()> {
         cross::check_dll_exports(lib, "gdext_rust_init")?;
     }
     Ok(())
+}
+
+/// The newest `GLIBC_x.y` symbol version an ELF library names.
+fn newest_glibc(bytes: &[u8]) -> (u32, u32) {
+    let tag = b"GLIBC_";
+    let mut newest = (0, 0);
+    for (i, w) in bytes.windows(tag.len()).enumerate() {
+        if w != tag {
+            continue;
+        }
+        let rest: String = bytes[i + tag.len()..]
+            .iter()
+            .take(8)
+            .take_while(|b| b.is_ascii_digit() || **b == b'.')
+            .map(|b| *b as char)
+            .collect();
+        let mut parts = rest.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        newest = newest.max(version);
+    }
+    newest
 }
 
 /// Every crate compiled into the library for a shipped platform, with its

@@ -14,23 +14,8 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-pub fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-pub fn python_has(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// Installs Debian packages that are missing (as root, or with sudo).
+/// Installs Debian packages that are missing (as root, or with
+/// passwordless sudo); a clear error on a machine without apt.
 pub fn apt(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
@@ -46,17 +31,25 @@ pub fn apt(packages: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing {}", missing.join(" "));
-    let mut prefix: Vec<&str> = Vec::new();
-    if !is_root() {
-        prefix.push("sudo");
+    if !std::path::Path::new("/usr/bin/apt-get").exists() {
+        return Err(format!(
+            "this task needs {} (Debian package names); install the equivalents, or run it on Debian",
+            missing.join(", ")
+        )
+        .into());
     }
+    eprintln!("xtask: installing {}", missing.join(" "));
     let apt_get = |args: &[&str]| {
-        let mut all = prefix.clone();
-        all.push("apt-get");
-        all.extend_from_slice(args);
-        let mut cmd = Command::new(all[0]);
-        cmd.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        let mut cmd = if is_root() {
+            Command::new("apt-get")
+        } else {
+            // -n: fail rather than wait for a password nobody will type;
+            // env: sudo would drop DEBIAN_FRONTEND.
+            let mut c = Command::new("sudo");
+            c.args(["-n", "env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+            c
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
         run(&mut cmd)
     };
     apt_get(&["update", "-q"])?;
