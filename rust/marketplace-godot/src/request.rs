@@ -102,7 +102,7 @@ thread_local! {
     static NEXT_LOCAL_ID: Cell<i64> = const { Cell::new(1 << 40) };
     /// Completions to run at the next frame tick, when no node is bound:
     /// answers left over when a save closed or a node went away.
-    static DEFERRED: RefCell<VecDeque<Deferred>> = RefCell::new(VecDeque::new());
+    static DEFERRED: RefCell<VecDeque<Deferred>> = const { RefCell::new(VecDeque::new()) };
 }
 
 enum Deferred {
