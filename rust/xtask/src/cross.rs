@@ -22,7 +22,7 @@ use crate::system::{apt, rust_target};
 use crate::{cargo, run, workspace_root, Result};
 
 /// The pinned build tools from PyPI.
-const ZIG_TOOLS: [&str; 2] = ["ziglang==0.13.0", "cargo-zigbuild==0.19.8"];
+const ZIG_TOOLS: [&str; 2] = ["ziglang==0.13.0", "cargo-zigbuild==0.24.1"];
 
 /// One platform's library in the addon.
 #[derive(Debug, Clone, Copy)]
