@@ -44,7 +44,7 @@ fn main() {
 fn measure(pending: usize, inventory: usize) -> (Duration, Duration) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut store = PlayerStore::open(
-        &dir.path().join("player.json"),
+        dir.path().join("player.json"),
         "bench",
         StoreOptions::default(),
     )
