@@ -220,6 +220,10 @@ pub fn build(
                 workspace_root().display()
             ),
             format!("--remap-path-prefix={}=/cargo", cargo_home().display()),
+            // Generated sources (build scripts' OUT_DIR) live here; it may be
+            // outside the clone (CARGO_TARGET_DIR). Last, so it wins when the
+            // target directory is inside the clone.
+            format!("--remap-path-prefix={}=/target", target_dir.display()),
         ];
         cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
     }
@@ -231,7 +235,7 @@ pub fn build(
     }
     if for_release {
         let bytes = std::fs::read(&lib)?;
-        for local in [workspace_root(), cargo_home()] {
+        for local in [workspace_root(), cargo_home(), target_dir.to_path_buf()] {
             let needle = local.to_string_lossy().into_owned();
             if needle.len() > 1 && bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
                 return Err(format!(
@@ -275,7 +279,10 @@ pub fn check_dll_exports(dll: &Path, symbol: &str) -> Result<()> {
 
 /// The workspace's `target/` or `CARGO_TARGET_DIR`.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
+    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        // Cargo reads a relative CARGO_TARGET_DIR from the current directory.
+        Some(dir) if dir.is_relative() => std::env::current_dir().unwrap_or_default().join(dir),
+        Some(dir) => dir,
+        None => workspace_root().join("target"),
+    }
 }
