@@ -5,12 +5,14 @@
 //! cargo bench -p marketplace-client --bench settle
 //! ```
 //! For each size: a save on disk with that many purchases journaled (each
-//! holding credits) and that many distinct items; then 200 of the purchases
-//! settle one by one, each followed by the poll that hands the change to
+//! holding credits) and that many distinct items; then 200 purchases settle
+//! one by one (a new one is journaled after each, untimed, so exactly that
+//! many stay pending), each followed by the poll that hands the change to
 //! the writer thread and the events to the game — the main thread's whole
 //! share of a settlement. Prints the mean and p99 per settlement; the goal
 //! is a flat line (within 2×) from 10 to 10,000 on both axes.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use marketplace_client::state::Applied;
@@ -32,7 +34,7 @@ fn main() {
         (10, 10_000),
         (10_000, 10_000),
     ] {
-        let (mean, p99) = measure(pending.max(SETTLED), inventory);
+        let (mean, p99) = measure(pending, inventory);
         println!(
             "| {pending} | {inventory} | {:.1} µs | {:.1} µs |",
             mean.as_secs_f64() * 1e6,
@@ -49,39 +51,48 @@ fn measure(pending: usize, inventory: usize) -> (Duration, Duration) {
         StoreOptions::default(),
     )
     .expect("store opens");
-    store.add_credits(pending as i64 * 10).expect("credits");
+    store
+        .add_credits((pending + SETTLED) as i64 * 10)
+        .expect("credits");
     for i in 0..inventory {
         store.add_item(&format!("item_{i:05}"), 1).expect("item");
     }
-    let mut ops = Vec::with_capacity(pending);
-    for i in 0..pending {
-        let hold = store.reserve_credits(5).expect("hold");
-        let change = MarketChange::Purchase {
-            listing_id: i as i64 + 1,
-            expected_price: 5,
-            deposit: 5,
-        };
-        ops.push(store.begin_op(format!("key-{i}"), change, Some(hold), 0));
-    }
+    let mut ops: VecDeque<_> = (0..pending).map(|i| journal(&mut store, i)).collect();
     store.flush(Duration::from_secs(30)).expect("flush");
     let mut events = Vec::new();
     store.drain_events(&mut events);
 
     let mut costs = Vec::with_capacity(SETTLED);
-    for (n, op) in ops.iter().take(SETTLED).enumerate() {
+    for n in 0..SETTLED {
+        let op = ops.pop_front().expect("a pending trade");
         let outcome = OpOutcome::Applied(Applied {
             items_in: Some((format!("bought_{}", n % 20), 1)),
             ..Applied::default()
         });
         let started = Instant::now();
-        store.settle_op(*op, &outcome).expect("settles");
+        store.settle_op(op, &outcome).expect("settles");
         store.poll();
         events.clear();
         store.drain_events(&mut events);
         costs.push(started.elapsed());
+        // Keep exactly `pending` trades waiting (not timed).
+        ops.push_back(journal(&mut store, pending + n));
+        store.poll();
+        store.drain_events(&mut events);
     }
     store.flush(Duration::from_secs(30)).expect("flush");
     costs.sort();
     let mean = costs.iter().sum::<Duration>() / costs.len() as u32;
     (mean, costs[costs.len() * 99 / 100])
+}
+
+/// Journals purchase number `i` with its credit hold.
+fn journal(store: &mut PlayerStore, i: usize) -> u64 {
+    let hold = store.reserve_credits(5).expect("hold");
+    let change = MarketChange::Purchase {
+        listing_id: i as i64 + 1,
+        expected_price: 5,
+        deposit: 5,
+    };
+    store.begin_op(format!("key-{i}"), change, Some(hold), 0)
 }

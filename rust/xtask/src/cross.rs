@@ -214,7 +214,7 @@ pub fn build(
         cmd.args(["--target", platform.build_target]);
     }
     if for_release {
-        let flags = [
+        let mut flags = vec![
             format!(
                 "--remap-path-prefix={}=/build/trading_marketplace",
                 workspace_root().display()
@@ -225,6 +225,11 @@ pub fn build(
             // target directory is inside the clone.
             format!("--remap-path-prefix={}=/target", target_dir.display()),
         ];
+        if platform.dir == "macos" {
+            // rustc names a dylib by its full output path (LC_ID_DYLIB);
+            // Godot opens it by path, so a relative install name is enough.
+            flags.push("-Clink-arg=-Wl,-install_name,@rpath/libtrading_marketplace.dylib".into());
+        }
         cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
     }
     cmd.args(["--profile", profile, "-p", "marketplace-godot", "--lib"]);
