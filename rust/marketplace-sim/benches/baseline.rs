@@ -40,7 +40,7 @@ async fn new_listing(http: &reqwest::Client, base: &str, token: &str, key: &str)
         .post(format!("{base}/v1/listings"))
         .bearer_auth(token)
         .header("idempotency-key", key)
-        .json(&json!({"item_id": "relic", "quantity": 1, "price": 100}))
+        .json(&json!({"item_id": "relic", "quantity": 1, "price": 100, "deposit": 1}))
         .send()
         .await
         .expect("list")
@@ -54,7 +54,7 @@ async fn buy_new(http: &reqwest::Client, base: &str, token: &str, listing: i64, 
     http.post(format!("{base}/v1/listings/{listing}/purchase"))
         .bearer_auth(token)
         .header("idempotency-key", key)
-        .json(&json!({"expected_price": 100}))
+        .json(&json!({"expected_price": 100, "deposit": 100}))
         .send()
         .await
         .map(|r| r.status().as_u16())
