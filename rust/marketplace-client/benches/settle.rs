@@ -5,7 +5,7 @@
 //! cargo bench -p marketplace-client --bench settle
 //! ```
 //! For each size: a save on disk with that many purchases journaled (each
-//! holding credits) and that many distinct items; then 200 purchases settle
+//! holding credits) and that many distinct items; then 2,000 purchases settle
 //! one by one (a new one is journaled after each, untimed, so exactly that
 //! many stay pending), each followed by the poll that hands the change to
 //! the writer thread and the events to the game — the main thread's whole
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use marketplace_client::state::Applied;
 use marketplace_client::{MarketChange, OpOutcome, PlayerStore, StoreOptions};
 
-const SETTLED: usize = 200;
+const SETTLED: usize = 2_000;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {

@@ -226,7 +226,8 @@ pub fn build(
             format!("--remap-path-prefix={}=/target", target_dir.display()),
         ];
         if platform.dir == "macos" {
-            // rustc names a dylib by its full output path (LC_ID_DYLIB);
+            // Without -install_name the linker names a dylib by its output
+            // path (LC_ID_DYLIB), this machine's;
             // Godot opens it by path, so a relative install name is enough.
             flags.push("-Clink-arg=-Wl,-install_name,@rpath/libtrading_marketplace.dylib".into());
         }
