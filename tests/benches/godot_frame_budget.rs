@@ -148,7 +148,7 @@ fn main() {
         let n = r["purchases"].as_f64().unwrap_or(1.0).max(1.0);
         let total_ms = r["process_total_ms"].as_f64().unwrap_or(0.0);
         println!(
-            "| {} | {} | {} | {:.2} s | {} | {:.1} ms | {:.1} µs | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            "| {} | {} | {} | {:.2} s | {} | {:.1} ms | {:.1} µs | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
             r["name"].as_str().unwrap_or("?"),
             r["purchases"],
             r["ok"],
@@ -159,7 +159,7 @@ fn main() {
             r["process_p99_ms"].as_f64().unwrap_or(0.0),
             r["process_worst_ms"].as_f64().unwrap_or(0.0),
             r["process_worst_after_first_ms"].as_f64().unwrap_or(0.0),
-            format!("{:.2} ms", r["issue_ms"].as_f64().unwrap_or(0.0)),
+            r["issue_ms"].as_f64().unwrap_or(0.0),
         );
         if r["ok"] != r["purchases"] {
             eprintln!(
