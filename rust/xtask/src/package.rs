@@ -8,9 +8,14 @@
 //! expects: it strips it and installs `addons/…` into the project.
 //!
 //! Reproducible: libraries are built with local paths remapped
-//! (`--remap-path-prefix`), entries are sorted and dated with the commit's
-//! time, so the same commit gives the same zip on any machine with the same
-//! toolchain. `dist/…zip.sha256` is written next to it.
+//! (`--remap-path-prefix`, the target directory included) and refused if
+//! they still name one; entries are sorted and dated with the commit's time.
+//! A rebuild in the same clone gives the same zip, and the Linux libraries
+//! are byte-identical from any clone with the same toolchain. The Windows
+//! DLL is not yet: the PE timestamp, and rustc's raw-dylib import libraries
+//! (written under random temp names, which order the import table) differ
+//! from one build directory to another. `dist/…zip.sha256` is written next
+//! to it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
