@@ -225,6 +225,12 @@ pub fn build(
             // target directory is inside the clone.
             format!("--remap-path-prefix={}=/target", target_dir.display()),
         ];
+        if platform.dir == "windows-x86_64" {
+            // No build time in the PE header, and no symbol table: its
+            // entries name rustc's temp files (random per build).
+            flags.push("-Clink-arg=-Wl,--no-insert-timestamp".into());
+            flags.push("-Cstrip=symbols".into());
+        }
         if platform.dir == "macos" {
             // Without -install_name the linker names a dylib by its output
             // path (LC_ID_DYLIB), this machine's;
