@@ -12,9 +12,9 @@
 //! they still name one; entries are sorted and dated with the commit's time.
 //! A rebuild in the same clone gives the same zip, and the Linux libraries
 //! are byte-identical from any clone with the same toolchain. The Windows
-//! DLL is not yet: the PE timestamp, and rustc's raw-dylib import libraries
-//! (written under random temp names, which order the import table) differ
-//! from one build directory to another. `dist/…zip.sha256` is written next
+//! DLL (no timestamp, no symbol table) is not yet: rustc's raw-dylib import
+//! libraries are written under random temp names, which order the import
+//! table differently from one build to another. `dist/…zip.sha256` is written next
 //! to it.
 
 use std::collections::BTreeMap;
