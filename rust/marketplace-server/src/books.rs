@@ -50,6 +50,26 @@ pub async fn undo(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute("RELEASE change").await.map(drop)
 }
 
+/// Ends a [`checkpoint`] by the outcome of the work done after it: keeps the
+/// writes when it succeeded, undoes them when it was refused. An
+/// infrastructure error is passed on untouched (the whole transaction fails).
+pub async fn keep_or_undo<T>(
+    conn: &mut AnyConnection,
+    outcome: Result<T, AppError>,
+) -> Result<T, AppError> {
+    match outcome {
+        Ok(answer) => {
+            release(conn).await?;
+            Ok(answer)
+        }
+        Err(e) if e.is_infrastructure() => Err(e),
+        Err(refusal) => {
+            undo(conn).await?;
+            Err(refusal)
+        }
+    }
+}
+
 /// Adds credits (`item_id` None) or items to a player's account.
 pub async fn credit(
     conn: &mut AnyConnection,

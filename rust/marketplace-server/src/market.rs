@@ -206,17 +206,8 @@ pub async fn create_listing(
     limits(marketplace_protocol::check_price("price", price))?;
     ctx.policy.check_listing(item_id, quantity, price)?;
     books::checkpoint(conn).await?;
-    match list_from_stash(conn, ctx, item_id, quantity, price, deposit).await {
-        Ok(answer) => {
-            books::release(conn).await?;
-            Ok(answer)
-        }
-        Err(e) if e.is_infrastructure() => Err(e),
-        Err(refusal) => {
-            books::undo(conn).await?;
-            Err(refusal)
-        }
-    }
+    let outcome = list_from_stash(conn, ctx, item_id, quantity, price, deposit).await;
+    books::keep_or_undo(conn, outcome).await
 }
 
 async fn list_from_stash(
@@ -506,23 +497,17 @@ pub async fn purchase(
         price,
     };
     books::checkpoint(conn).await?;
-    match pay_and_deliver(conn, ctx, &won, deposit).await {
-        Ok(answer) => {
-            books::release(conn).await?;
-            Ok(answer)
-        }
-        Err(e) if e.is_infrastructure() => Err(e),
-        Err(refusal) => {
-            // Nothing of the purchase stays: the writes after the
-            // checkpoint are undone, the listing is for sale again.
-            books::undo(conn).await?;
-            sqlx::query("UPDATE listings SET status = 'active' WHERE id = $1")
-                .bind(listing_id)
-                .execute(&mut *conn)
-                .await?;
-            Err(refusal)
-        }
+    let outcome = pay_and_deliver(conn, ctx, &won, deposit).await;
+    let outcome = books::keep_or_undo(conn, outcome).await;
+    if matches!(&outcome, Err(refusal) if !refusal.is_infrastructure()) {
+        // Nothing of the purchase stays: the writes after the checkpoint
+        // are undone; the listing (won before it) is for sale again.
+        sqlx::query("UPDATE listings SET status = 'active' WHERE id = $1")
+            .bind(listing_id)
+            .execute(&mut *conn)
+            .await?;
     }
+    outcome
 }
 
 /// A listing a buyer just won the race for.
