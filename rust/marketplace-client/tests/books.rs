@@ -75,14 +75,7 @@ fn under_server_grants_the_store_mirrors_the_account_and_holds_in_it() {
     // Listing holds the stash's item; the save is never touched.
     seller.sell("relic", 1, 60).unwrap();
     assert_eq!(seller.store.state().market_available_items("relic"), 0);
-    seller.pump_until(Duration::from_secs(10), |e| {
-        e.iter()
-            .any(|e| matches!(e, SessionEvent::ListingCreated { .. }))
-    });
-    let listing = seller.find(|e| match e {
-        SessionEvent::ListingCreated { listing, .. } => Some(listing.id),
-        _ => None,
-    });
+    let listing = seller.wait_listed();
     assert!(!seller.store.state().market.stash.contains_key("relic"));
 
     // Two buyers race; both hold account credits at once.
@@ -187,14 +180,7 @@ fn under_client_deposits_the_account_stays_invisible() {
     buyer.login();
     assert_eq!(buyer.store.state().market.mode, EconomyMode::ClientDeposits);
     seller.sell("ore", 2, 120).unwrap();
-    seller.pump_until(Duration::from_secs(10), |e| {
-        e.iter()
-            .any(|e| matches!(e, SessionEvent::ListingCreated { .. }))
-    });
-    let listing = seller.find(|e| match e {
-        SessionEvent::ListingCreated { listing, .. } => Some(listing.id),
-        _ => None,
-    });
+    let listing = seller.wait_listed();
     buyer.buy(listing, 120).unwrap();
     buyer.settle(Duration::from_secs(10));
     assert_eq!(

@@ -132,18 +132,7 @@ fn selling_cancelling_and_claiming_move_items_and_credits_once() {
     // Selling more than is owned is refused locally: nothing escrowed.
     assert!(seller.sell("laser", 5, 10).is_err());
     assert_eq!(seller.store.state().item_count("laser"), 1);
-    seller.pump_until(Duration::from_secs(10), |e| {
-        e.iter()
-            .any(|e| matches!(e, SessionEvent::ListingCreated { .. }))
-    });
-    let listing = seller
-        .events
-        .iter()
-        .find_map(|e| match e {
-            SessionEvent::ListingCreated { listing, .. } => Some(listing.id),
-            _ => None,
-        })
-        .unwrap();
+    let listing = seller.wait_listed();
     assert_eq!(
         seller.store.state().escrowed_items("laser"),
         0,
@@ -157,18 +146,7 @@ fn selling_cancelling_and_claiming_move_items_and_credits_once() {
     // Sell again, someone buys, the seller claims with a lost answer.
     seller.sell("laser", 1, 90).unwrap();
     seller.events.clear();
-    seller.pump_until(Duration::from_secs(10), |e| {
-        e.iter()
-            .any(|e| matches!(e, SessionEvent::ListingCreated { .. }))
-    });
-    let listing = seller
-        .events
-        .iter()
-        .find_map(|e| match e {
-            SessionEvent::ListingCreated { listing, .. } => Some(listing.id),
-            _ => None,
-        })
-        .unwrap();
+    let listing = seller.wait_listed();
     let mut buyer = Player::in_memory(&world, "buyer", 100);
     buyer.login();
     buyer.buy(listing, 90).unwrap();

@@ -156,6 +156,19 @@ impl Player {
         self.events.iter().find_map(f).expect("the expected event")
     }
 
+    /// Pumps until a listing was created; the id of the first one among the
+    /// events.
+    pub fn wait_listed(&mut self) -> i64 {
+        self.pump_until(Duration::from_secs(10), |e| {
+            e.iter()
+                .any(|e| matches!(e, SessionEvent::ListingCreated { .. }))
+        });
+        self.find(|e| match e {
+            SessionEvent::ListingCreated { listing, .. } => Some(listing.id),
+            _ => None,
+        })
+    }
+
     /// One frame.
     pub fn frame(&mut self) {
         if let Some(session) = self.session.as_mut() {
