@@ -27,12 +27,13 @@ use std::time::{Duration, Instant};
 use marketplace_protocol::{
     AccountEnvelope, Claim, ErrorCode, ErrorEnvelope, Listing, ListingEnvelope, ListingPage,
     ListingStatus, MarketChange, Moved, Purchase, PurchaseEnvelope, SalesPage, Session, Transfer,
-    IDEMPOTENCY_HEADER,
+    IDEMPOTENCY_HEADER, PLAYER_HEADER, SERVER_HEADER,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::error::ClientError;
+use crate::state::Owner;
 
 /// Client settings. Every field has a default ([`ClientConfig::default`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -223,6 +224,10 @@ struct Envelope {
     id: RequestId,
     command: Command,
     key: Option<String>,
+    /// A journaled trade's market and player: sent only with a token of
+    /// that player on that market, with headers that make any other market
+    /// refuse it.
+    owner: Option<Owner>,
 }
 
 /// State shared by the handle and the runtime.
@@ -248,6 +253,8 @@ struct Shared {
 #[derive(Default)]
 struct SessionState {
     token: Option<String>,
+    /// Who the token is for: the market that issued it and the player.
+    owner: Option<Owner>,
     credentials: Option<(String, String)>,
     /// Bumped on every new token, so concurrent 401s log in again once.
     epoch: u64,
@@ -369,6 +376,20 @@ impl MarketClient {
         command: Command,
         key: Option<String>,
     ) -> Result<(), ClientError> {
+        self.submit_bound(id, command, key, None)
+    }
+
+    /// [`MarketClient::submit_with`] for a journaled trade bound to `owner`:
+    /// it is sent only with a token of that player on that market. While the
+    /// client is logged in elsewhere it ends at once with `wrong_server`
+    /// (not definitive: nothing was sent).
+    pub fn submit_bound(
+        &self,
+        id: RequestId,
+        command: Command,
+        key: Option<String>,
+        owner: Option<Owner>,
+    ) -> Result<(), ClientError> {
         if *self.shared.stopping.borrow() {
             return Err(ClientError::new(
                 ErrorCode::ShuttingDown,
@@ -397,6 +418,7 @@ impl MarketClient {
                 id,
                 command: command.clone(),
                 key,
+                owner,
             })
             .is_err()
         {
@@ -472,8 +494,18 @@ impl MarketClient {
     pub fn forget_token(&self) {
         if let Ok(mut s) = self.shared.session.lock() {
             s.token = None;
+            s.owner = None;
             s.epoch += 1;
         }
+    }
+
+    /// The market and player of the current token, once logged in.
+    pub fn owner(&self) -> Option<Owner> {
+        self.shared
+            .session
+            .lock()
+            .ok()
+            .and_then(|s| s.token.as_ref().and(s.owner.clone()))
     }
 
     /// Remembers who to log in as, so that mutations can log in by
@@ -483,6 +515,7 @@ impl MarketClient {
         if let Ok(mut s) = self.shared.session.lock() {
             if s.credentials.as_ref().is_some_and(|(d, _)| d != device_id) {
                 s.token = None;
+                s.owner = None;
                 s.epoch += 1;
             }
             s.credentials = Some((device_id.to_string(), name.to_string()));
@@ -647,6 +680,19 @@ async fn attempts(shared: &Shared, envelope: &Envelope) -> EventKind {
             token = bearer(shared, &envelope.command) => token,
             _ = stopping.wait_for(|s| *s) => return EventKind::Failed(shutting_down()),
         };
+        let token = match token {
+            Ok(Some((token, owner))) => {
+                if let Some(expected) = &envelope.owner {
+                    if owner.as_ref() != Some(expected) {
+                        // Logged in elsewhere: this trade is not for here.
+                        return EventKind::Failed(elsewhere(expected, owner.as_ref()));
+                    }
+                }
+                Ok(Some(token))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
         let result = match &token {
             Ok(token) => {
                 tokio::select! {
@@ -679,6 +725,22 @@ async fn attempts(shared: &Shared, envelope: &Envelope) -> EventKind {
             }
             Err(e) => e,
         };
+        if error.code == ErrorCode::WrongServer {
+            // The server at this address is not the trade's market (or the
+            // token is another player's there): its token is of no use for
+            // this trade; the session parks it until the game points back.
+            if let Ok(mut s) = shared.session.lock() {
+                if s.token.is_some() && s.token == token {
+                    s.token = None;
+                    s.owner = None;
+                    s.epoch += 1;
+                }
+            }
+            if let Some(expected) = &envelope.owner {
+                return EventKind::Failed(elsewhere(expected, None));
+            }
+            return EventKind::Failed(error);
+        }
         if error.code == ErrorCode::Unauthorized
             && !matches!(envelope.command, Command::Login { .. })
             && attempt < 50
@@ -731,7 +793,10 @@ fn backoff(config: &ClientConfig, attempt: u32, retry_after: Option<Duration>) -
 /// the remembered credentials (a journaled operation re-sent after a restart
 /// must not wait for the game to log in). With no credentials yet, a
 /// mutation waits for a login and a read fails with `not_logged_in`.
-async fn bearer(shared: &Shared, command: &Command) -> Result<Option<String>, ClientError> {
+async fn bearer(
+    shared: &Shared,
+    command: &Command,
+) -> Result<Option<(String, Option<Owner>)>, ClientError> {
     if matches!(command, Command::Login { .. }) {
         return Ok(None);
     }
@@ -740,7 +805,7 @@ async fn bearer(shared: &Shared, command: &Command) -> Result<Option<String>, Cl
         let has_credentials = {
             let session = shared.session.lock().map_err(|_| poisoned())?;
             if let Some(token) = &session.token {
-                return Ok(Some(token.clone()));
+                return Ok(Some((token.clone(), session.owner.clone())));
             }
             session.credentials.is_some()
         };
@@ -779,10 +844,40 @@ fn remember_session(shared: &Shared, session: &Session, device_id: &str, name: &
             return;
         }
         s.token = Some(session.token.clone());
+        s.owner = Some(owner_of(session, &shared.settings().server_url));
         s.credentials = Some((device_id.to_string(), name.to_string()));
         s.epoch += 1;
     }
     shared.logged_in.notify_waiters();
+}
+
+/// Who a login made us: the market's id (or, from a server too old to
+/// announce one, its address) and the player.
+pub fn owner_of(session: &Session, server_url: &str) -> Owner {
+    let server_id = if session.server_id.is_empty() {
+        format!("url:{}", server_url.trim_end_matches('/'))
+    } else {
+        session.server_id.clone()
+    };
+    Owner {
+        server_id,
+        player_id: session.player_id,
+    }
+}
+
+/// A trade of `expected` while the client is logged in as `current`.
+fn elsewhere(expected: &Owner, current: Option<&Owner>) -> ClientError {
+    let now = match current {
+        Some(c) if c.server_id != expected.server_id => {
+            format!("the game is connected to market {}", c.server_id)
+        }
+        Some(c) => format!("the game is logged in as player {}", c.player_id),
+        None => "the server at this address is another market or player".to_string(),
+    };
+    ClientError::new(
+        ErrorCode::WrongServer,
+        format!("Waiting for {expected}: {now}; the trade goes when the game points back"),
+    )
 }
 
 async fn relogin(shared: &Shared, stale: Option<&str>) -> Result<(), ClientError> {
@@ -806,6 +901,7 @@ async fn relogin(shared: &Shared, stale: Option<&str>) -> Result<(), ClientError
             name: name.clone(),
         },
         key: None,
+        owner: None,
     };
     shared.bucket.acquire().await;
     match exchange(shared, &login, None).await? {
@@ -948,6 +1044,12 @@ async fn exchange(
     }
     if let Some(key) = &envelope.key {
         request = request.header(IDEMPOTENCY_HEADER, key);
+    }
+    if let Some(owner) = &envelope.owner {
+        if !owner.server_id.starts_with("url:") {
+            request = request.header(SERVER_HEADER, owner.server_id.as_str());
+        }
+        request = request.header(PLAYER_HEADER, owner.player_id);
     }
     if let Some(body) = body {
         request = request.json(&body);

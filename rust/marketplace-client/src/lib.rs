@@ -28,6 +28,6 @@ pub use client::{ClientConfig, Command, Event, EventKind, MarketClient, Reply, R
 pub use error::ClientError;
 pub use marketplace_protocol::MarketChange;
 pub use marketplace_protocol::{self as protocol, ErrorCode};
-pub use session::{PendingTrade, SessionEvent, TradingSession};
+pub use session::{PendingTrade, SessionEvent, Shutdown, TradingSession};
 pub use state::{HoldId, HoldKind, PlayerState, StateError};
 pub use store::{OpOutcome, PlayerStore, StoreEvent, StoreOptions, StoreRemote};

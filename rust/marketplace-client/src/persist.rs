@@ -56,7 +56,7 @@ impl SaveFs for RealFs {
     }
 
     fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
-        fs::rename(from, to)
+        durable_rename(from, to)
     }
 
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
@@ -66,11 +66,53 @@ impl SaveFs for RealFs {
         }
         #[cfg(not(unix))]
         {
-            // Windows cannot open a directory for syncing; its rename is
-            // already durable once it returns.
+            // Windows cannot open a directory for syncing: there the rename
+            // itself is made durable before it returns (`durable_rename`).
             let _ = dir;
             Ok(())
         }
+    }
+}
+
+/// Replaces `to` with `from`. POSIX: `rename(2)`, atomic; the directory
+/// fsync that follows makes it durable.
+#[cfg(not(windows))]
+fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to)
+}
+
+/// Replaces `to` with `from` on Windows. `std::fs::rename` uses
+/// `MoveFileExW(…, MOVEFILE_REPLACE_EXISTING)` alone, which may return
+/// before the new directory entry reaches the disk (NTFS logs it lazily);
+/// `MOVEFILE_WRITE_THROUGH` makes the call return only once the move is
+/// flushed — the Windows counterpart of our directory fsync. The file's
+/// own data was flushed (`FlushFileBuffers`, through `sync_all`) before.
+#[cfg(windows)]
+fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::windows::ffi::OsStrExt;
+
+    const MOVEFILE_REPLACE_EXISTING: u32 = 0x1;
+    const MOVEFILE_WRITE_THROUGH: u32 = 0x8;
+    // kernel32 is linked by std on every Windows target.
+    #[link(name = "kernel32")]
+    extern "system" {
+        fn MoveFileExW(existing: *const u16, new: *const u16, flags: u32) -> i32;
+    }
+    let wide = |p: &Path| -> Vec<u16> { p.as_os_str().encode_wide().chain(Some(0)).collect() };
+    let (from_w, to_w) = (wide(from), wide(to));
+    // SAFETY: both buffers are NUL-terminated UTF-16 strings that live for
+    // the whole call; the function reads them and keeps no pointer.
+    let ok = unsafe {
+        MoveFileExW(
+            from_w.as_ptr(),
+            to_w.as_ptr(),
+            MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH,
+        )
+    };
+    if ok == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 

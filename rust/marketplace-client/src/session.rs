@@ -26,10 +26,14 @@
 //!
 //! # Living with a game
 //! Settings change while the session runs ([`TradingSession::set_config`]);
-//! request ids are unique for the session's life. Switching to another
-//! player or another server is refused with `trades_pending` while trades
-//! wait, because a journaled trade belongs to the player and server it was
-//! made with. Requests refused locally are reported on the *next* poll, and
+//! request ids are unique for the session's life. A journaled trade
+//! belongs to the market and player that accepted it ([`crate::state::Owner`],
+//! bound before its first send and on disk before anything leaves): it is
+//! only ever sent there, as that player, and the server refuses it anywhere
+//! else (`wrong_server`). While the game points at another server the trade
+//! waits, hold and all, and shows why in [`TradingSession::pending_trades`];
+//! it goes again once the game points back. Switching to another device
+//! identity is still refused with `trades_pending` while trades wait. Requests refused locally are reported on the *next* poll, and
 //! one poll reports only what was queued before it began — a handler that
 //! answers every failure with a new request cannot make a frame endless.
 
@@ -165,6 +169,10 @@ pub struct PendingTrade {
     pub last_error: Option<ErrorCode>,
     /// Not sent yet: its journal entry is not on disk (saves are failing).
     pub waiting_for_save: bool,
+    /// Why it waits for the game to point elsewhere: the trade belongs to
+    /// another market or player than the one the game is connected to now
+    /// (`wrong_server`). It goes as soon as the game points back.
+    pub waiting_for_owner: Option<String>,
 }
 
 /// What a request id stands for.
@@ -172,6 +180,9 @@ pub struct PendingTrade {
 enum Tracked {
     /// A login as this device.
     Login(String),
+    /// A login the session made by itself, to learn which market and player
+    /// unbound trades will belong to; not reported.
+    QuietLogin(String),
     Browse,
     GetListing,
     Sales,
@@ -229,6 +240,14 @@ pub struct TradingSession {
     /// Requests refused locally, reported on the next poll.
     refusals: VecDeque<SessionEvent>,
     claims: HashMap<RequestId, ClaimProgress>,
+    /// Durable trades never sent and not bound to a market yet: they wait
+    /// for a login to say where they belong.
+    unbound: Vec<Unsent>,
+    /// The session's own login for `unbound`, in flight; else when to try again.
+    quiet_login: Option<RequestId>,
+    next_quiet_login: Instant,
+    /// Trades of another market or player than the current one, and why.
+    parked: HashMap<OpId, ClientError>,
     busy: bool,
     stall_after: Duration,
 }
@@ -275,6 +294,10 @@ impl TradingSession {
             deferred: VecDeque::new(),
             refusals: VecDeque::new(),
             claims: HashMap::new(),
+            unbound: Vec::new(),
+            quiet_login: None,
+            next_quiet_login: Instant::now(),
+            parked: HashMap::new(),
             busy: false,
             stall_after: DEFAULT_STALL_AFTER,
         };
@@ -326,19 +349,43 @@ impl TradingSession {
     }
 
     /// Applies new settings at once, without restarting anything: request
-    /// ids, the journal and events in flight are untouched. Changing the
-    /// server is refused with `trades_pending` while trades wait.
+    /// ids, the journal and events in flight are untouched. Switching to
+    /// another server is fine while trades wait: each belongs to the market
+    /// and player that accepted it and is only ever sent there — while the
+    /// game points elsewhere it waits (see [`PendingTrade::waiting_for_owner`]),
+    /// and it goes again as soon as the game points back.
     pub fn set_config(
         &mut self,
         store: &PlayerStore,
         config: ClientConfig,
     ) -> Result<(), ClientError> {
         let config = config.checked()?;
-        let pending = store.state().journal.len();
-        if config.server_url != self.client.config().server_url && pending > 0 {
-            return Err(trades_pending(pending, "switch to another server"));
+        let moved = config.server_url != self.client.config().server_url;
+        self.client.reconfigure(config)?;
+        if moved {
+            self.unpark(store);
         }
-        self.client.reconfigure(config)
+        Ok(())
+    }
+
+    /// Trades that waited for another market or player try again (they wait
+    /// again at once, without a request, if the game still points elsewhere).
+    fn unpark(&mut self, store: &PlayerStore) {
+        let parked: Vec<OpId> = self.parked.drain().map(|(op, _)| op).collect();
+        for op in parked {
+            if !store.state().journal.contains_key(&op) {
+                continue;
+            }
+            let origin = self.progress.get(&op).map(|p| p.request_id);
+            let id = self.client.next_request_id();
+            let origin = origin.unwrap_or(id);
+            self.tracked.insert(id, Tracked::Op { op, origin });
+            self.unsent.push_back(Unsent {
+                id,
+                op,
+                generation: 0,
+            });
+        }
     }
 
     /// Switches the identity the session logs in as (saved in the store).
@@ -608,6 +655,11 @@ impl TradingSession {
     ) -> Result<RequestId, ClientError> {
         let key = crate::client::new_idempotency_key();
         let op_id = store.begin_trade(key, op, hold, unix_now())?;
+        if let Some(owner) = self.client.owner() {
+            // Logged in: the trade belongs to this market and player, on
+            // disk with the entry itself.
+            store.bind_op(op_id, &owner);
+        }
         let id = self.client.next_request_id();
         self.track_op(id, op_id, origin.unwrap_or(id), store.generation());
         Ok(id)
@@ -697,6 +749,7 @@ impl TradingSession {
             attempts: progress.map_or(0, |p| p.attempts),
             last_error: progress.and_then(|p| p.last_error),
             waiting_for_save: self.unsent.iter().any(|u| u.op == op_id),
+            waiting_for_owner: self.parked.get(&op_id).map(|e| e.message.clone()),
         }
     }
 
@@ -743,6 +796,7 @@ impl TradingSession {
         // again while these are reported are heard next frame.
         out.extend(self.refusals.drain(..));
         store.poll();
+        self.bind_unbound(store);
         self.send_durable(store);
         if self.backlog.len() < max_client_events {
             let mut fresh = Vec::new();
@@ -777,6 +831,34 @@ impl TradingSession {
         }
     }
 
+    /// Binds trades that were made before any login to the market and
+    /// player the client is logged in as now (a login of its own if needed);
+    /// they go once that binding is on disk.
+    fn bind_unbound(&mut self, store: &mut PlayerStore) {
+        if self.unbound.is_empty() {
+            return;
+        }
+        if let Some(owner) = self.client.owner() {
+            for mut u in std::mem::take(&mut self.unbound) {
+                store.bind_op(u.op, &owner);
+                u.generation = store.generation();
+                self.unsent.push_back(u);
+            }
+            return;
+        }
+        if self.quiet_login.is_none() && Instant::now() >= self.next_quiet_login {
+            let device = store.state().device_id.clone();
+            let command = Command::Login {
+                device_id: device.clone(),
+                name: store.state().player_name.clone(),
+            };
+            if let Ok(id) = self.client.submit(command) {
+                self.tracked.insert(id, Tracked::QuietLogin(device));
+                self.quiet_login = Some(id);
+            }
+        }
+    }
+
     fn send_durable(&mut self, store: &PlayerStore) {
         let durable = store.durable_generation();
         while self.unsent.front().is_some_and(|u| u.generation <= durable) {
@@ -787,10 +869,15 @@ impl TradingSession {
                 self.tracked.remove(&u.id);
                 continue;
             };
+            let Some(owner) = pending.owner.clone() else {
+                // Never sent, and nobody knows yet where it belongs.
+                self.unbound.push(u);
+                continue;
+            };
             let command = Command::Change(pending.op.clone());
-            if let Err(e) = self
-                .client
-                .submit_with(u.id, command, Some(pending.key.clone()))
+            if let Err(e) =
+                self.client
+                    .submit_bound(u.id, command, Some(pending.key.clone()), Some(owner))
             {
                 // Stopping: the operation stays journaled for the next start.
                 tracing::debug!(error = %e, "journaled operation not sent");
@@ -826,13 +913,19 @@ impl TradingSession {
                 self.ready
                     .push_back(SessionEvent::RequestFailed { request_id, error });
             }
-            (Tracked::Login(_), EventKind::Done(Reply::LoggedIn(s))) => {
-                store.set_player(s.player_id, &s.name);
-                store.set_market_mode(s.economy.mode);
-                if s.economy.mode == marketplace_protocol::EconomyMode::ServerGrants {
-                    // The wallet trades pay from: mirror it at once.
-                    let _ = self.refresh_account();
+            (Tracked::QuietLogin(device), EventKind::Done(Reply::LoggedIn(s))) => {
+                self.quiet_login = None;
+                if device == store.state().device_id {
+                    self.logged_in(store, &s);
                 }
+            }
+            (Tracked::QuietLogin(_), _) => {
+                // Offline or refused: unbound trades wait; try again later.
+                self.quiet_login = None;
+                self.next_quiet_login = Instant::now() + Duration::from_secs(2);
+            }
+            (Tracked::Login(_), EventKind::Done(Reply::LoggedIn(s))) => {
+                self.logged_in(store, &s);
                 self.ready.push_back(SessionEvent::LoggedIn {
                     request_id,
                     player_id: s.player_id,
@@ -953,6 +1046,18 @@ impl TradingSession {
         }
     }
 
+    /// What every login answer for the current device changes.
+    fn logged_in(&mut self, store: &mut PlayerStore, s: &marketplace_protocol::Session) {
+        store.set_player(s.player_id, &s.name);
+        store.set_market_mode(s.economy.mode);
+        if s.economy.mode == marketplace_protocol::EconomyMode::ServerGrants {
+            // The wallet trades pay from: mirror it at once.
+            let _ = self.refresh_account();
+        }
+        // Trades that waited for their market may be at home now.
+        self.unpark(store);
+    }
+
     /// A failed attempt that will be retried: counted, reported, and — once a
     /// trade has waited too long — reported as stalled.
     fn retrying(
@@ -1010,6 +1115,16 @@ impl TradingSession {
             .is_some_and(|h| h.kind.is_market());
         let (outcome, event) = match (&pending.op, kind) {
             (_, EventKind::Retrying { .. }) => return,
+            (_, EventKind::Failed(error)) if error.code == ErrorCode::WrongServer => {
+                // Another market or player: it waits, hold and all, until
+                // the game points back (then `unpark`).
+                if let Some(p) = self.progress.get_mut(&op_id) {
+                    p.last_error = Some(error.code);
+                }
+                self.parked.insert(op_id, error);
+                self.claim_left_journaled(store, &pending.op, origin, ErrorCode::WrongServer);
+                return;
+            }
             (_, EventKind::Failed(error)) if !error.is_definitive() => {
                 // Shutting down: leave it journaled for the next start (I4).
                 return;
@@ -1238,12 +1353,18 @@ impl TradingSession {
         }
     }
 
-    /// Leaving for good (the game quits): stops the client (in-flight
-    /// exchanges get up to `grace`), settles what was answered, and flushes
-    /// the store so the journal of what is still pending is on disk for the
-    /// next start. Blocks for at most about `grace` plus the save. Returns
-    /// the events not reported yet.
-    pub fn shutdown(mut self, store: &mut PlayerStore, grace: Duration) -> Vec<SessionEvent> {
+    /// Leaving for good (the game quits, or the save slot closes): stops
+    /// the client (in-flight exchanges get up to `grace`), settles what was
+    /// answered, and flushes the store so the journal of what is still
+    /// pending is on disk for the next start. Blocks for at most about
+    /// `grace` plus the save.
+    ///
+    /// An event is only *told* once the save holding it is on disk (I3): if
+    /// the final save fails, the settlements it would have recorded are not
+    /// reported as done — they come back as [`Shutdown::untold`], and the
+    /// journal still on disk settles them (with the same keys) on the next
+    /// start, which tells the game then.
+    pub fn shutdown(mut self, store: &mut PlayerStore, grace: Duration) -> Shutdown {
         self.client.stop(grace);
         let mut events = Vec::new();
         self.client.poll(&mut events, usize::MAX);
@@ -1251,12 +1372,83 @@ impl TradingSession {
         while let Some(event) = self.backlog.pop_front() {
             self.handle(store, event);
         }
-        if let Err(e) = store.flush_wanted(Duration::from_secs(5)) {
-            tracing::warn!(error = %e, "final save failed");
+        let saved = match store.flush_wanted(Duration::from_secs(5)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "final save failed");
+                false
+            }
+        };
+        let mut told: Vec<SessionEvent> = self.refusals.drain(..).collect();
+        told.extend(self.ready.drain(..));
+        let durable = store.durable_generation();
+        let mut untold = Vec::new();
+        for (generation, event) in self.deferred.drain(..) {
+            if generation <= durable {
+                told.push(event);
+            } else {
+                untold.push(event);
+            }
         }
-        let mut out: Vec<SessionEvent> = self.refusals.drain(..).collect();
-        out.extend(self.ready.drain(..));
-        out.extend(self.deferred.drain(..).map(|(_, e)| e));
-        out
+        Shutdown {
+            told,
+            untold,
+            saved,
+        }
+    }
+}
+
+/// What [`TradingSession::shutdown`] leaves to report.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    /// Events that are true on disk: report them as usual.
+    pub told: Vec<SessionEvent>,
+    /// Settlements that happened in memory but whose save failed: not true
+    /// on disk, so never reported as done. The journal on disk still holds
+    /// these trades; the next start settles them with their original keys.
+    /// Whoever awaits one should hear "not known yet"
+    /// ([`SessionEvent::not_known_yet`]).
+    pub untold: Vec<SessionEvent>,
+    /// The final save succeeded (everything in memory is on disk).
+    pub saved: bool,
+}
+
+impl SessionEvent {
+    /// The request this event answers, if any.
+    pub fn request_id(&self) -> Option<RequestId> {
+        use SessionEvent::*;
+        match self {
+            LoggedIn { request_id, .. }
+            | ListingsUpdated { request_id, .. }
+            | ListingFetched { request_id, .. }
+            | ListingCreated { request_id, .. }
+            | ListingRepriced { request_id, .. }
+            | ListingCancelled { request_id, .. }
+            | PurchaseSucceeded { request_id, .. }
+            | PurchaseFailed { request_id, .. }
+            | SalesListed { request_id, .. }
+            | ProceedsClaimed { request_id, .. }
+            | RequestFailed { request_id, .. }
+            | RequestRetrying { request_id, .. }
+            | TradeStalled { request_id, .. }
+            | Withdrawn { request_id, .. }
+            | AccountUpdated { request_id, .. }
+            | ClaimsDone { request_id, .. } => Some(*request_id),
+            BusyChanged { .. } => None,
+        }
+    }
+
+    /// What an awaiting caller hears instead of an event whose effect could
+    /// not be saved: `shutting_down`, which is not definitive — the trade is
+    /// still journaled on disk and settles on the next start.
+    pub fn not_known_yet(&self) -> Option<SessionEvent> {
+        let request_id = self.request_id()?;
+        Some(SessionEvent::RequestFailed {
+            request_id,
+            error: ClientError::new(
+                ErrorCode::ShuttingDown,
+                "The answer arrived but could not be saved; the trade settles on the next start",
+            ),
+        })
     }
 }

@@ -30,8 +30,10 @@ use serde::{Deserialize, Serialize};
 /// Version of the save document this build writes. A file with a higher
 /// version is refused, never overwritten. Version 2 added `created_at` to
 /// journal entries (version 1 files are read; their entries count as new);
-/// version 3 the market account mirror and its holds.
-pub const SCHEMA_VERSION: u32 = 3;
+/// version 3 the market account mirror and its holds; version 4 binds each
+/// journal entry to the market and player that accepted it (`owner`; entries
+/// of older files are bound at their first send after the upgrade).
+pub const SCHEMA_VERSION: u32 = 4;
 
 pub type HoldId = u64;
 pub type OpId = u64;
@@ -105,6 +107,27 @@ pub struct PendingOp {
     /// server recognises the key however old it is.
     #[serde(default)]
     pub created_at: i64,
+    /// The market and player this operation belongs to (schema 4). Set
+    /// before its first send — on disk before anything leaves — and never
+    /// changed: the operation is only ever sent there, as that player.
+    /// `None`: never sent yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+/// Who a journaled operation belongs to: a market (its
+/// [`marketplace_protocol::Session::server_id`], the same behind every
+/// address and replica) and a player in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    pub server_id: String,
+    pub player_id: i64,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "player {} of market {}", self.player_id, self.server_id)
+    }
 }
 
 /// How a journaled operation ended.
@@ -624,9 +647,22 @@ impl PlayerState {
                 op,
                 hold,
                 created_at,
+                owner: None,
             },
         );
         id
+    }
+
+    /// Binds a journaled operation to the market and player it will be sent
+    /// to. An operation bound already keeps its owner (returns false).
+    pub fn bind_op(&mut self, op_id: OpId, owner: &Owner) -> bool {
+        match self.journal.get_mut(&op_id) {
+            Some(op) if op.owner.is_none() => {
+                op.owner = Some(owner.clone());
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Applies the definitive outcome of a journaled operation: the hold is

@@ -732,6 +732,18 @@ impl PlayerStore {
         id
     }
 
+    /// Binds a journaled operation to its market and player (saved like any
+    /// trade change; it is sent once that save is on disk).
+    pub fn bind_op(&mut self, op_id: OpId, owner: &crate::state::Owner) -> bool {
+        if !self.state.bind_op(op_id, owner) {
+            return false;
+        }
+        self.deltas
+            .push(Delta::Op(op_id, self.state.journal.get(&op_id).cloned()));
+        self.changed(Origin::Trade);
+        true
+    }
+
     /// Applies the definitive outcome of a journaled operation exactly once:
     /// the hold is committed or released, what came in is credited, and the
     /// operation leaves the journal — all or nothing. Costs the same however

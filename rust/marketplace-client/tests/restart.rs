@@ -95,7 +95,9 @@ fn quitting_mid_trade_keeps_the_operation_for_next_time() {
     );
     assert!(
         !last
+            .told
             .iter()
+            .chain(&last.untold)
             .any(|e| matches!(e, SessionEvent::PurchaseFailed { .. })),
         "nothing released on quit"
     );

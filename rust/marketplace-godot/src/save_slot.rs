@@ -141,10 +141,20 @@ pub fn close(slot: &SlotRef) {
     }
     let result = match session {
         Some(session) => {
-            for event in session.shutdown(&mut store, Duration::ZERO) {
+            let done = session.shutdown(&mut store, Duration::ZERO);
+            for event in done.told {
                 crate::request::complete_later(event);
             }
-            Ok(())
+            // Settled in memory, not on disk: the awaiting code hears "not
+            // known yet"; the journal on disk settles them on the next open.
+            for event in done.untold.iter().filter_map(SessionEvent::not_known_yet) {
+                crate::request::complete_later(event);
+            }
+            if done.saved {
+                Ok(())
+            } else {
+                Err("the final save failed; trades answered meanwhile settle on the next open".to_string())
+            }
         }
         None => store.flush_wanted(Duration::from_secs(5)),
     };
@@ -186,11 +196,18 @@ pub fn shutdown_all() {
         let s = &mut *guard;
         let grace = s.shutdown_grace;
         if let Some(session) = s.session.take() {
-            let unreported = session.shutdown(&mut s.store, grace);
-            if !unreported.is_empty() {
+            let done = session.shutdown(&mut s.store, grace);
+            if !done.saved {
+                godot::global::godot_error!(
+                    "LocalPlayerData: final save of {} failed; {} trade(s) still pending and {} answered while quitting settle on the next start",
+                    path.display(),
+                    s.store.state().journal.len(),
+                    done.untold.len()
+                );
+            } else if !done.told.is_empty() {
                 godot::global::godot_print!(
                     "TradingMarketplace: {} answers arrived while quitting; their effects are saved",
-                    unreported.len()
+                    done.told.len()
                 );
             }
         } else if let Err(e) = s.store.flush(Duration::from_secs(5)) {

@@ -36,6 +36,7 @@ use std::fmt;
 /// | `deposit_limit` | 403 | server: the player's deposits in the last 24 h reached the cap | yes |
 /// | `deposits_disabled` | 403 | server: only the game's backend may bring value in (server grants) | yes |
 /// | `unknown_item` | 400 | server: the item is not in the catalog | yes |
+/// | `wrong_server` | 421 | server: the request was bound to another server or player (`X-Market-Server`, `X-Market-Player`); client: a journaled trade waits while the game points at another server or player | no (it goes once the game points back) |
 ///
 /// *Definitive* means the server decided and will decide the same on a retry:
 /// a hold is released only on a definitive failure (invariant I4). A
@@ -72,11 +73,12 @@ pub enum ErrorCode {
     DepositLimit,
     DepositsDisabled,
     UnknownItem,
+    WrongServer,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -106,6 +108,7 @@ impl ErrorCode {
         ErrorCode::DepositLimit,
         ErrorCode::DepositsDisabled,
         ErrorCode::UnknownItem,
+        ErrorCode::WrongServer,
     ];
 
     /// The stable string GDScript matches on.
@@ -140,6 +143,7 @@ impl ErrorCode {
             ErrorCode::DepositLimit => "deposit_limit",
             ErrorCode::DepositsDisabled => "deposits_disabled",
             ErrorCode::UnknownItem => "unknown_item",
+            ErrorCode::WrongServer => "wrong_server",
         }
     }
 
@@ -166,6 +170,7 @@ impl ErrorCode {
             | ErrorCode::InsufficientFunds
             | ErrorCode::InsufficientItems => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::WrongServer => 421,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
@@ -213,7 +218,8 @@ impl ErrorCode {
             | ErrorCode::Offline
             | ErrorCode::Timeout
             | ErrorCode::BadResponse
-            | ErrorCode::ShuttingDown => false,
+            | ErrorCode::ShuttingDown
+            | ErrorCode::WrongServer => false,
         }
     }
 }

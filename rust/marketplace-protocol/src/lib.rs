@@ -45,6 +45,15 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// correlate logs and ledger rows.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// A change sent with this header is refused with `wrong_server` (421, not
+/// definitive) by any server whose [`Session::server_id`] differs: a
+/// journaled trade is only ever carried out by the server that accepted it.
+pub const SERVER_HEADER: &str = "x-market-server";
+
+/// A change sent with this header is refused with `wrong_server` when the
+/// token's player differs: a journaled trade runs only as its own player.
+pub const PLAYER_HEADER: &str = "x-market-player";
+
 /// A request that changes the market: the five idempotent operations.
 ///
 /// One type for one concept, wherever it appears: the server hashes its JSON
@@ -163,6 +172,12 @@ pub struct Session {
     /// The server's economy policy (absent from servers before it existed).
     #[serde(default)]
     pub economy: Economy,
+    /// The market's stable identity: made once and stored in its database,
+    /// so every replica and every address of one market says the same, and
+    /// a reset or different market says something else. Journaled trades
+    /// are bound to it. Empty from servers before it existed.
+    #[serde(default)]
+    pub server_id: String,
 }
 
 /// Lifecycle of a listing. Only `Active` listings can be bought, repriced or

@@ -60,6 +60,8 @@ pub enum AppError {
     DepositsDisabled,
     #[error("This item cannot be traded here")]
     UnknownItem,
+    #[error("{0}")]
+    WrongServer(&'static str),
     #[error("The server is busy; retry shortly")]
     Unavailable,
     #[error("Internal server error")]
@@ -87,6 +89,7 @@ impl AppError {
             AppError::DepositLimit { .. } => ErrorCode::DepositLimit,
             AppError::DepositsDisabled => ErrorCode::DepositsDisabled,
             AppError::UnknownItem => ErrorCode::UnknownItem,
+            AppError::WrongServer(_) => ErrorCode::WrongServer,
             AppError::Unavailable => ErrorCode::Unavailable,
             AppError::Internal(_) => ErrorCode::Internal,
         }
@@ -118,9 +121,10 @@ impl AppError {
             | AppError::DepositLimit { .. }
             | AppError::DepositsDisabled
             | AppError::UnknownItem => Disposition::Refusal,
-            AppError::Unauthorized | AppError::RequestInProgress | AppError::RateLimited { .. } => {
-                Disposition::Retry
-            }
+            AppError::Unauthorized
+            | AppError::RequestInProgress
+            | AppError::RateLimited { .. }
+            | AppError::WrongServer(_) => Disposition::Retry,
             AppError::Unavailable | AppError::Internal(_) => Disposition::Infrastructure,
         }
     }
@@ -257,6 +261,7 @@ mod tests {
             AppError::RateLimited {
                 retry_after_secs: 1,
             },
+            AppError::WrongServer("x"),
             AppError::Unavailable,
             AppError::Internal("x".into()),
         ];
@@ -280,6 +285,7 @@ mod tests {
                 | AppError::DepositLimit { .. }
                 | AppError::DepositsDisabled
                 | AppError::UnknownItem
+                | AppError::WrongServer(_)
                 | AppError::Unavailable
                 | AppError::Internal(_) => {}
             }

@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     pub(crate) in_flight: idempotency::InFlight,
     /// The SQLite writer; `None` on PostgreSQL.
     pub(crate) group_commit: Option<idempotency::GroupCommit>,
+    /// This market's identity (`server_secrets`), announced at login.
+    pub(crate) server_id: String,
 }
 
 /// Why the server could not start.
@@ -140,6 +142,7 @@ impl BoundServer {
             Some(secret) => secret.clone(),
             None => db.stored_token_secret().await?,
         };
+        let server_id = db.stored_server_id().await?;
         let bind = |addr: SocketAddr| async move {
             tokio::net::TcpListener::bind(addr)
                 .await
@@ -164,6 +167,7 @@ impl BoundServer {
             group_commit: (db.backend() == Backend::Sqlite)
                 .then(|| idempotency::GroupCommit::start(db.clone())),
             clock,
+            server_id,
             db,
             config,
         }));

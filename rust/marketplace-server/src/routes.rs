@@ -20,7 +20,7 @@ use marketplace_protocol::{
     check_id, check_name, check_positive, check_price, check_quantity, AccountEnvelope,
     CreateListingRequest, ListingPage, MarketChange, MoveRequest, PurchaseRequest, RepriceRequest,
     SalesPage, Session, SessionRequest, DEFAULT_PAGE_LIMIT, IDEMPOTENCY_HEADER, MAX_BODY_BYTES,
-    MAX_PAGE_LIMIT, REQUEST_ID_HEADER,
+    MAX_PAGE_LIMIT, PLAYER_HEADER, REQUEST_ID_HEADER, SERVER_HEADER,
 };
 use serde::Deserialize;
 
@@ -143,6 +143,7 @@ impl FromRequestParts<AppState> for AuthPlayer {
         if state.0.bans.contains(player_id) {
             return Err(AppError::Unauthorized);
         }
+        check_binding(&parts.headers, state, player_id)?;
         state
             .0
             .limiter
@@ -170,6 +171,37 @@ impl<S: Send + Sync> FromRequestParts<S> for IdemKey {
         check_id("Idempotency-Key", key).map_err(AppError::InvalidRequest)?;
         Ok(IdemKey(key.to_string()))
     }
+}
+
+/// A request bound to a market and a player (a client's journaled trade)
+/// runs only there: another market, or this one under another player, says
+/// `wrong_server` before anything is read or written — also a market that
+/// shares this one's token secret, which would accept the token.
+fn check_binding(
+    headers: &axum::http::HeaderMap,
+    state: &AppState,
+    player_id: i64,
+) -> Result<(), AppError> {
+    if let Some(server) = headers.get(SERVER_HEADER) {
+        if server.as_bytes() != state.0.server_id.as_bytes() {
+            return Err(AppError::WrongServer(
+                "This request belongs to another market",
+            ));
+        }
+    }
+    if let Some(player) = headers.get(PLAYER_HEADER) {
+        let same = player
+            .to_str()
+            .ok()
+            .and_then(|p| p.trim().parse::<i64>().ok())
+            == Some(player_id);
+        if !same {
+            return Err(AppError::WrongServer(
+                "This request belongs to another player",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A positive integer id from the path.
@@ -289,6 +321,7 @@ async fn create_session(
             token: state.0.signer.issue(player_id, expires_at),
             expires_at,
             economy: state.0.policy.economy(),
+            server_id: state.0.server_id.clone(),
         },
     )
 }

@@ -262,20 +262,40 @@ impl Db {
     /// Returns the token-signing secret stored in the database, generating it
     /// on first use. Every replica sharing the database gets the same one.
     pub async fn stored_token_secret(&self) -> Result<String, sqlx::Error> {
-        let candidate = crate::auth::generate_secret();
+        self.stored_value("token", crate::auth::generate_secret())
+            .await
+    }
+
+    /// The market's identity ([`marketplace_protocol::Session::server_id`]):
+    /// made on first start and kept in the database, so every replica and
+    /// every address of this market announce the same one.
+    pub async fn stored_server_id(&self) -> Result<String, sqlx::Error> {
+        let candidate = format!(
+            "mkt_{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
+        self.stored_value("server_id", candidate).await
+    }
+
+    /// A value of `server_secrets`, set to `candidate` if it has none yet
+    /// (the first replica to get there wins; the others read its value).
+    async fn stored_value(&self, name: &str, candidate: String) -> Result<String, sqlx::Error> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO server_secrets (name, value) VALUES ('token', $1) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         )
+        .bind(name)
         .bind(&candidate)
         .execute(&mut *tx)
         .await?;
-        let (secret,): (String,) =
-            sqlx::query_as("SELECT value FROM server_secrets WHERE name = 'token'")
+        let (value,): (String,) =
+            sqlx::query_as("SELECT value FROM server_secrets WHERE name = $1")
+                .bind(name)
                 .fetch_one(&mut *tx)
                 .await?;
         tx.commit().await?;
-        Ok(secret)
+        Ok(value)
     }
 
     /// Forgets deposit counters of hours before `hour` (they no longer count
