@@ -2,13 +2,13 @@
 //! operation with its original key, and the hold settles exactly once
 //! (I2, I3, I4 across restarts).
 
-mod support;
+
 
 use std::time::Duration;
 
 use marketplace_client::{PlayerStore, SessionEvent, StoreOptions};
-use support::proxy::Fault;
-use support::{list_items, Player, World};
+use crate::support::proxy::Fault;
+use crate::support::{list_items, Player, World};
 
 fn open_player(world: &World, path: &std::path::Path) -> Player {
     let store = PlayerStore::open(path, "buyer", StoreOptions::default()).expect("opens");

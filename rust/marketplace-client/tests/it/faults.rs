@@ -2,13 +2,13 @@
 //! holds are settled only by definitive answers (I4), lost answers are
 //! retried with the same key and commit once (I1, I2).
 
-mod support;
+
 
 use std::time::Duration;
 
 use marketplace_client::{ErrorCode, SessionEvent};
-use support::proxy::Fault;
-use support::{list_items, Player, World};
+use crate::support::proxy::Fault;
+use crate::support::{list_items, Player, World};
 
 fn purchases(world: &World) -> i64 {
     world.count("SELECT COUNT(*) FROM purchases")

@@ -4,14 +4,14 @@
 //! the account, purchases and listings hold its credits and items, and
 //! withdrawals bring value to the save.
 
-mod support;
+
 
 use std::time::Duration;
 
 use marketplace_client::protocol::EconomyMode;
 use marketplace_client::{ErrorCode, SessionEvent};
 use marketplace_server::config::EconomyArg;
-use support::{Player, World};
+use crate::support::{Player, World};
 
 const ADMIN: &str = "test-admin-key-test-admin-key-test-admin";
 
