@@ -964,9 +964,15 @@ impl PlayerStore {
                 Err(_) => return Err("save writer crashed".into()),
             };
         }
+        // The writer stopped on a failure before reaching the target: what
+        // was handed to it is not on disk.
+        let outcome = match &slot.failed {
+            Some((_, e)) if slot.durable < target => Err(e.clone()),
+            _ => Ok(()),
+        };
         drop(slot);
         self.collect_results();
-        Ok(())
+        outcome
     }
 
     /// Moves pending events into `out`.

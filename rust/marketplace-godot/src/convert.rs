@@ -103,6 +103,11 @@ pub fn pending_trade(t: &PendingTrade) -> VarDictionary {
         t.last_error.map_or("", |c| c.as_str()),
     );
     put(&mut d, "waiting_for_save", t.waiting_for_save);
+    put(
+        &mut d,
+        "waiting_for_server",
+        t.waiting_for_owner.as_deref().unwrap_or(""),
+    );
     d
 }
 

@@ -399,7 +399,9 @@ impl TradingMarketplace {
     /// `"reprice"`, `"cancel"`, `"claim"`), `listing_id`, `sale_id`,
     /// `item_id`, `quantity`, `amount`, `created_at` (Unix seconds),
     /// `age_sec`, `attempts`, `last_error` (a code, or ""),
-    /// `waiting_for_save` (not sent: saving fails).
+    /// `waiting_for_save` (not sent: saving fails), `waiting_for_server`
+    /// (why it waits, or "": the trade belongs to another market or player
+    /// than the one `server_url` points at now; it goes when it points back).
     #[func]
     fn get_pending_trades(&mut self) -> VarArray {
         self.with_slot(|session, store| Ok(convert::pending_trades(&session.pending_trades(store))))

@@ -667,3 +667,74 @@ fn a_failing_disk_is_told_once_per_streak() {
     }
     assert_eq!(again, 1, "a new streak is told again");
 }
+
+/// Issue 16, defect 2 (I3): a success is told only once it is on disk. The
+/// answer arrives, then the disk fills, then the save slot closes (a slot
+/// switch or quitting): before the fix `shutdown` returned the settlement as
+/// told although the save failed, so the game heard "bought", the store was
+/// dropped unsaved, and the next open replayed the trade and told it again.
+#[test]
+fn a_success_whose_save_fails_at_close_is_not_told_and_settles_on_the_next_open() {
+    let world = World::start();
+    let (_seller, listings) = seller_with_listings(&world, &[30]);
+    let fs = TestFs::default();
+    let path = world.dir.path().join("buyer.json");
+    let mut buyer = player_with(
+        &world,
+        &path,
+        StoreOptions {
+            fs: Box::new(fs.clone()),
+            ..StoreOptions::default()
+        },
+    );
+    buyer.store.add_credits(100).unwrap();
+    buyer.login();
+    buyer.settle(Duration::from_secs(5));
+    // The purchase's journal entry reaches the disk, then the disk is full
+    // by the time its answer settles.
+    world
+        .proxy
+        .fault("/purchase", Fault::Delay(Duration::from_millis(300)), 1);
+    buyer.buy(listings[0], 30).unwrap();
+    // Frames send it once its journal entry is on disk; once the server
+    // has it, no more frames: its answer waits unsettled.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while world.count("SELECT COUNT(*) FROM purchases") == 0 {
+        assert!(Instant::now() < deadline, "the purchase reached the server");
+        buyer.frame();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!buyer.events.iter().any(purchase_succeeded));
+    fs.set_failing(true);
+    std::thread::sleep(Duration::from_millis(400));
+    let session = buyer.session.take().unwrap();
+    let done = session.shutdown(&mut buyer.store, Duration::from_millis(500));
+    assert!(!done.saved, "the final save failed: {done:?}");
+    assert!(
+        !done.told.iter().any(purchase_succeeded) && !buyer.events.iter().any(purchase_succeeded),
+        "not told: {:?}",
+        done.told
+    );
+    assert_eq!(done.untold.iter().filter(|e| purchase_succeeded(e)).count(), 1);
+    let heard = done
+        .untold
+        .iter()
+        .find_map(SessionEvent::not_known_yet)
+        .expect("an awaiting caller hears something");
+    assert!(
+        matches!(&heard, SessionEvent::RequestFailed { error, .. } if !error.is_definitive()),
+        "{heard:?}"
+    );
+    drop(buyer);
+
+    // The disk has room again; the next open settles the trade once and
+    // tells it then.
+    fs.set_failing(false);
+    let mut buyer = player_with(&world, &path, StoreOptions::default());
+    assert_eq!(buyer.store.state().journal.len(), 1, "still journaled on disk");
+    buyer.settle(Duration::from_secs(10));
+    assert_eq!(count(&buyer.events, purchase_succeeded), 1, "told once");
+    assert_eq!(buyer.store.state().credits, 70);
+    assert_eq!(buyer.store.state().item_count("item-0"), 1);
+    assert_eq!(world.count("SELECT COUNT(*) FROM purchases"), 1);
+}
