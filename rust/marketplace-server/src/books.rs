@@ -318,15 +318,15 @@ pub async fn admit_deposit(
     if let Some(item) = item_id {
         policy.check_item(item).map_err(AppError::from)?;
     }
-    let hour = ctx.now.div_euclid(3600);
     let key = item_id.unwrap_or("");
+    // Exactly the last 24 hours: a deposit at `t` counts while `now < t + DAY`.
     let (recent,): (i64,) = sqlx::query_as(
-        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM deposit_window \
-         WHERE player_id = $1 AND item_id = $2 AND hour > $3",
+        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM deposit_log \
+         WHERE player_id = $1 AND item_id = $2 AND at > $3",
     )
     .bind(ctx.player_id)
     .bind(key)
-    .bind(hour - 24)
+    .bind(ctx.now - DEPOSIT_WINDOW_SECS)
     .fetch_one(&mut *conn)
     .await?;
     let cap = policy.cap(item_id);
@@ -337,17 +337,20 @@ pub async fn admit_deposit(
         });
     }
     sqlx::query(
-        "INSERT INTO deposit_window (player_id, item_id, hour, amount) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (player_id, item_id, hour) DO UPDATE SET amount = deposit_window.amount + excluded.amount",
+        "INSERT INTO deposit_log (player_id, item_id, at, amount) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (player_id, item_id, at) DO UPDATE SET amount = deposit_log.amount + excluded.amount",
     )
     .bind(ctx.player_id)
     .bind(key)
-    .bind(hour)
+    .bind(ctx.now)
     .bind(quantity)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
+
+/// The deposit cap's window: a sliding 24 hours, to the second.
+pub const DEPOSIT_WINDOW_SECS: i64 = 24 * 3600;
 
 /// Moves value from the player's game into the market, within the policy:
 /// `deposits_disabled` under server grants, `unknown_item` off the catalog,

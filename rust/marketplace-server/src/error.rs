@@ -54,7 +54,7 @@ pub enum AppError {
     InsufficientFunds,
     #[error("Not enough of this item in the market account")]
     InsufficientItems,
-    #[error("Deposit limit reached: {left} of {cap} left for the next 24 hours")]
+    #[error("Deposit limit reached: {left} of {cap} can be deposited now (the cap counts the last 24 hours)")]
     DepositLimit { cap: i64, left: i64 },
     #[error("This market takes no deposits from players")]
     DepositsDisabled,

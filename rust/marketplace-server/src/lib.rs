@@ -271,9 +271,9 @@ async fn prune_expired(state: &AppState) -> Result<u64, sqlx::Error> {
         };
         total += n;
         if n < PRUNE_CHUNK as u64 {
-            // Deposit windows older than a day count for nothing.
-            let hour = state.0.clock.now().div_euclid(3600) - 48;
-            if let Err(e) = state.0.db.prune_deposit_windows(hour).await {
+            // Deposits older than the cap's window count for nothing.
+            let before = state.0.clock.now() - 2 * books::DEPOSIT_WINDOW_SECS;
+            if let Err(e) = state.0.db.prune_deposit_log(before).await {
                 tracing::warn!(error = %e, "pruning deposit windows failed");
             }
             return Ok(total);

@@ -16,6 +16,7 @@ use support::{check_books, key, Player, TestDb, TestServer};
 backend_tests!(
     a_cheater_cannot_create_credits_or_items,
     the_deposit_cap_holds_across_keys_and_small_deposits,
+    the_deposit_cap_counts_exactly_the_last_24_hours,
     withdrawals_race_purchases_without_overdraft,
     the_catalog_refuses_unknown_items_and_out_of_range_listings,
     server_grants_only_the_backend_brings_value_in,
@@ -211,6 +212,38 @@ async fn the_deposit_cap_holds_across_keys_and_small_deposits(db: TestDb) {
     t.server.clock().advance(25 * 3600);
     let cheater = t.login("capped").await;
     let r = post(&t, &cheater, "/v1/me/deposits", json!({"quantity": 500})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    check_books(&db).await;
+}
+
+/// Issue 16, defect 7: the cap's window is the last 24 hours to the second.
+/// Hour buckets forgot a deposit made at hh:59:50 at the next hour's start a
+/// day later (23 h after): twice the cap within 24 h.
+async fn the_deposit_cap_counts_exactly_the_last_24_hours(db: TestDb) {
+    let mut config = Config::for_tests(&db.url);
+    config.deposit_cap_credits = 1_000;
+    let t = TestServer::start_with(config).await;
+    // Ten seconds before an hour ends, as in the issue (10:59:50).
+    let now = t.server.clock().now();
+    t.server.clock().advance((3590 - now.rem_euclid(3600)).rem_euclid(3600));
+    let p = t.login("day-trader").await;
+    let r = post(&t, &p, "/v1/me/deposits", json!({"quantity": 1_000})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // 23 h 59 m later: the whole cap still counts.
+    t.server.clock().advance(23 * 3600 + 59 * 60);
+    let p = t.login("day-trader").await;
+    let r = post(&t, &p, "/v1/me/deposits", json!({"quantity": 1})).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "deposit_limit"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("0 of 1000"), "nothing left now: {}", r.text);
+    // 24 h 01 m after it: the deposit no longer counts.
+    t.server.clock().advance(2 * 60);
+    let p = t.login("day-trader").await;
+    let r = post(&t, &p, "/v1/me/deposits", json!({"quantity": 1_000})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     check_books(&db).await;
 }

@@ -85,6 +85,13 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0004_books.postgres.sql"),
         step: None,
     },
+    Migration {
+        version: 5,
+        name: "exact_deposit_window",
+        sqlite: include_str!("migrations/0005_exact_deposit_window.sqlite.sql"),
+        postgres: include_str!("migrations/0005_exact_deposit_window.postgres.sql"),
+        step: None,
+    },
 ];
 
 /// Arbitrary constant: the PostgreSQL advisory lock that serialises migrations
@@ -298,12 +305,12 @@ impl Db {
         Ok(value)
     }
 
-    /// Forgets deposit counters of hours before `hour` (they no longer count
-    /// towards any cap).
-    pub async fn prune_deposit_windows(&self, hour: i64) -> Result<u64, sqlx::Error> {
+    /// Forgets deposits made before `before` (Unix seconds): they no longer
+    /// count towards any cap.
+    pub async fn prune_deposit_log(&self, before: i64) -> Result<u64, sqlx::Error> {
         let mut tx = self.begin_write().await?;
-        let done = sqlx::query("DELETE FROM deposit_window WHERE hour < $1")
-            .bind(hour)
+        let done = sqlx::query("DELETE FROM deposit_log WHERE at < $1")
+            .bind(before)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
