@@ -1155,6 +1155,7 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
                 || listing.price != *price
                 || listing.id < 1
                 || transfer
+                    .as_ref()
                     .is_some_and(|t| !(0..=*quantity).contains(&t.deposited) || t.delivered != 0)
             {
                 return Err(bad_response("the listing does not match the request"));
@@ -1176,7 +1177,7 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
                 || listing.status != ListingStatus::Cancelled
                 || listing.quantity < 1
                 || marketplace_protocol::check_id("item_id", &listing.item_id).is_err()
-                || transfer.is_some_and(|t| {
+                || transfer.as_ref().is_some_and(|t| {
                     t.deposited != 0 || (t.delivered != 0 && t.delivered != listing.quantity)
                 })
             {
@@ -1194,7 +1195,7 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
                 || purchase.price != *expected_price
                 || purchase.quantity < 1
                 || marketplace_protocol::check_id("item_id", &purchase.item_id).is_err()
-                || transfer.is_some_and(|t| {
+                || transfer.as_ref().is_some_and(|t| {
                     !(0..=*expected_price).contains(&t.deposited)
                         || (t.delivered != 0 && t.delivered != purchase.quantity)
                 })
@@ -1212,7 +1213,7 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             let claim: Claim = decode(bytes)?;
             if claim.sale_id != *sale_id
                 || claim.amount < 1
-                || claim.transfer.is_some_and(|t| {
+                || claim.transfer.as_ref().is_some_and(|t| {
                     t.deposited != 0 || (t.delivered != 0 && t.delivered != claim.amount)
                 })
             {

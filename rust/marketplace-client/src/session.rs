@@ -1136,12 +1136,16 @@ impl TradingSession {
                 // Items go where the server put them: the save (delivered)
                 // or the market account. A save hold is spent as far as the
                 // server deposited from it; a server without books took it all.
-                let into_save = transfer.is_none_or(|t| t.delivered > 0);
+                let into_save = transfer.as_ref().is_none_or(|t| t.delivered > 0);
                 let item = (purchase.item_id.clone(), purchase.quantity);
                 let applied = Applied {
-                    hold_spent: transfer.filter(|_| !held_in_market).map(|t| t.deposited),
+                    hold_spent: transfer
+                        .as_ref()
+                        .filter(|_| !held_in_market)
+                        .map(|t| t.deposited),
                     items_in: into_save.then(|| item.clone()),
                     market_items_in: (!into_save).then_some(item),
+                    market_view: transfer.and_then(|t| t.account),
                     ..Applied::default()
                 };
                 (
@@ -1167,7 +1171,11 @@ impl TradingSession {
                 EventKind::Done(Reply::Listing(listing, transfer)),
             ) => (
                 OpOutcome::Applied(Applied {
-                    hold_spent: transfer.filter(|_| !held_in_market).map(|t| t.deposited),
+                    hold_spent: transfer
+                        .as_ref()
+                        .filter(|_| !held_in_market)
+                        .map(|t| t.deposited),
+                    market_view: transfer.and_then(|t| t.account),
                     ..Applied::default()
                 }),
                 SessionEvent::ListingCreated {
@@ -1183,12 +1191,13 @@ impl TradingSession {
                 },
             ),
             (MarketChange::Cancel { .. }, EventKind::Done(Reply::Listing(listing, transfer))) => {
-                let into_save = transfer.is_none_or(|t| t.delivered > 0);
+                let into_save = transfer.as_ref().is_none_or(|t| t.delivered > 0);
                 let items = (listing.item_id.clone(), listing.quantity);
                 (
                     OpOutcome::Applied(Applied {
                         items_in: into_save.then(|| items.clone()),
                         market_items_in: (!into_save).then_some(items),
+                        market_view: transfer.and_then(|t| t.account),
                         ..Applied::default()
                     }),
                     SessionEvent::ListingCancelled {
@@ -1198,11 +1207,12 @@ impl TradingSession {
                 )
             }
             (MarketChange::Claim { sale_id }, EventKind::Done(Reply::Claimed(claim))) => {
-                let into_save = claim.transfer.is_none_or(|t| t.delivered > 0);
+                let into_save = claim.transfer.as_ref().is_none_or(|t| t.delivered > 0);
                 (
                     OpOutcome::Applied(Applied {
                         credits_in: if into_save { claim.amount } else { 0 },
                         market_credits_in: if into_save { 0 } else { claim.amount },
+                        market_view: claim.transfer.as_ref().and_then(|t| t.account.clone()),
                         ..Applied::default()
                     }),
                     SessionEvent::ProceedsClaimed {
@@ -1216,11 +1226,13 @@ impl TradingSession {
                 MarketChange::Withdraw { item_id, quantity },
                 EventKind::Done(Reply::Moved(moved)),
             ) => {
-                store.set_market_view(&moved.account);
+                // The account after the withdrawal: the mirror takes it as
+                // the settlement's view, with no arithmetic on top.
                 (
                     OpOutcome::Applied(Applied {
                         items_in: item_id.clone().map(|i| (i, *quantity)),
                         credits_in: if item_id.is_none() { *quantity } else { 0 },
+                        market_view: Some(moved.account.clone()),
                         ..Applied::default()
                     }),
                     SessionEvent::Withdrawn {

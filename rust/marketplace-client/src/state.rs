@@ -85,6 +85,11 @@ pub struct MarketMirror {
     /// The server's version of the account this mirror shows.
     #[serde(default)]
     pub version: i64,
+    /// The mirror was changed locally after the view of `version` (only
+    /// with a server that sends no account with its answers): a view of
+    /// the same version is older than it, only a newer one replaces it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +159,11 @@ pub struct Applied {
     pub market_items_in: Option<(String, i64)>,
     /// Credits into the market account mirror.
     pub market_credits_in: i64,
+    /// The market account right after the operation, as the server sent it
+    /// (server grants). With it the mirror takes the view (if newer) instead
+    /// of doing arithmetic; `market_*_in` and the hold's effect on the
+    /// mirror are then already in it.
+    pub market_view: Option<Account>,
 }
 
 impl Applied {
@@ -506,23 +516,34 @@ impl PlayerState {
     /// Takes the server's view of the account if it is newer than the
     /// mirror's. Returns whether the mirror changed.
     pub fn set_market(&mut self, mode: EconomyMode, account: &Account) -> bool {
-        let mut changed = self.market.mode != mode;
+        let changed = self.market.mode != mode;
         self.market.mode = mode;
-        if account.version >= self.market.version
-            && (account.credits != self.market.credits
-                || account.stash != self.market.stash
-                || account.version != self.market.version)
-        {
-            self.market.credits = account.credits.max(0);
-            self.market.stash = account
-                .stash
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            self.market.version = account.version;
-            changed = true;
+        self.take_view(account) || changed
+    }
+
+    /// Takes a view of the account if it is newer than what the mirror
+    /// shows: a higher version, or the same version over a mirror that no
+    /// local arithmetic touched. Returns whether the mirror changed.
+    fn take_view(&mut self, account: &Account) -> bool {
+        let newer = account.version > self.market.version
+            || (account.version == self.market.version && !self.market.local);
+        if !newer {
+            return false;
         }
+        let stash: BTreeMap<String, i64> = account
+            .stash
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let changed = account.credits.max(0) != self.market.credits
+            || stash != self.market.stash
+            || account.version != self.market.version
+            || self.market.local;
+        self.market.credits = account.credits.max(0);
+        self.market.stash = stash;
+        self.market.version = account.version;
+        self.market.local = false;
         changed
     }
 
@@ -785,13 +806,16 @@ impl PlayerState {
                     let kind = self.remove_hold(h).ok_or(StateError::UnknownHold(h))?;
                     let spent = a.hold_spent.unwrap_or(kind.amount());
                     self.give_back(&kind, kind.amount() - spent);
+                    let arithmetic = a.market_view.is_none();
                     match &kind {
-                        HoldKind::MarketCredits { .. } => {
+                        HoldKind::MarketCredits { .. } if arithmetic => {
                             self.market.credits = (self.market.credits - spent).max(0);
+                            self.market.local = true;
                             settled.market_changed = true;
                         }
-                        HoldKind::MarketItems { item_id, .. } => {
+                        HoldKind::MarketItems { item_id, .. } if arithmetic => {
                             self.market_add_items(&item_id.clone(), -spent);
+                            self.market.local = true;
                             settled.market_changed = true;
                         }
                         _ => {}
@@ -805,13 +829,27 @@ impl PlayerState {
                 }
                 self.credits += a.credits_in;
                 settled.credits_in = a.credits_in;
-                if a.market_credits_in > 0 {
-                    self.market.credits = self.market.credits.saturating_add(a.market_credits_in);
-                    settled.market_changed = true;
-                }
-                if let Some((item_id, q)) = &a.market_items_in {
-                    self.market_add_items(item_id, *q);
-                    settled.market_changed = true;
+                match &a.market_view {
+                    Some(view) => {
+                        // The server's account after the operation: all of
+                        // its effects on the account are in it.
+                        if self.take_view(view) {
+                            settled.market_changed = true;
+                        }
+                    }
+                    None => {
+                        if a.market_credits_in > 0 {
+                            self.market.credits =
+                                self.market.credits.saturating_add(a.market_credits_in);
+                            self.market.local = true;
+                            settled.market_changed = true;
+                        }
+                        if let Some((item_id, q)) = &a.market_items_in {
+                            self.market_add_items(item_id, *q);
+                            self.market.local = true;
+                            settled.market_changed = true;
+                        }
+                    }
                 }
             }
             OpOutcome::Rejected { .. } => {

@@ -153,7 +153,10 @@ pub fn close(slot: &SlotRef) {
             if done.saved {
                 Ok(())
             } else {
-                Err("the final save failed; trades answered meanwhile settle on the next open".to_string())
+                Err(
+                    "the final save failed; trades answered meanwhile settle on the next open"
+                        .to_string(),
+                )
             }
         }
         None => store.flush_wanted(Duration::from_secs(5)),

@@ -142,7 +142,7 @@ pub struct Account {
 }
 
 /// What a change moved between the player's game and the market.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Transfer {
     /// Moved from the game's save into the market for this change:
     /// credits (purchase) or items (listing).
@@ -152,6 +152,11 @@ pub struct Transfer {
     /// (purchase, cancel) or credits (claim).
     #[serde(default)]
     pub delivered: i64,
+    /// Under server grants: the player's market account right after this
+    /// change (same transaction), so a client can mirror it without
+    /// arithmetic — the newer of two views by `version` wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Account>,
 }
 
 /// `POST /v1/sessions`

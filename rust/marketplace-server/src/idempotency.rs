@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use marketplace_protocol::{ErrorCode, MarketChange};
+use marketplace_protocol::{EconomyMode, ErrorCode, MarketChange};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Answer, AppError};
@@ -250,6 +250,9 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
     // may leave partial writes: it goes up and the transaction rolls back,
     // key included, so the client's retry runs the operation anew.
     let (answer, code) = match result {
+        Ok(answer) if job.policy.economy().mode == EconomyMode::ServerGrants => {
+            (with_account(conn, job.player_id, answer).await?, None)
+        }
         Ok(answer) => (answer, None),
         Err(e) if e.is_business_outcome() => (Answer::from(&e), Some(e.code())),
         Err(e) => return Err(e),
@@ -268,6 +271,35 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
         answer,
         code,
         replayed,
+    })
+}
+
+/// Under server grants the client mirrors the market account: a change's
+/// answer carries the account right after it (read in the same
+/// transaction), in its `transfer`, so the mirror is always a view the
+/// server had — never the client's arithmetic (which double-counted a
+/// withdrawal and a purchase settling after a refresh). Answers of moves
+/// carry their account already.
+async fn with_account(
+    conn: &mut sqlx::AnyConnection,
+    player_id: i64,
+    answer: Answer,
+) -> Result<Answer, AppError> {
+    let Ok(mut body) = serde_json::from_str::<serde_json::Value>(&answer.body) else {
+        return Ok(answer);
+    };
+    let Some(transfer) = body
+        .get_mut("transfer")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return Ok(answer);
+    };
+    let account = crate::books::account(conn, player_id).await?;
+    let account = serde_json::to_value(account).map_err(|e| AppError::Internal(e.to_string()))?;
+    transfer.insert("account".into(), account);
+    Ok(Answer {
+        status: answer.status,
+        body: body.to_string(),
     })
 }
 

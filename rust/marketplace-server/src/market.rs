@@ -264,6 +264,7 @@ async fn list_from_stash(
             transfer: Some(Transfer {
                 deposited,
                 delivered: 0,
+                ..Transfer::default()
             }),
         },
     )
@@ -387,6 +388,7 @@ pub async fn cancel_listing(
             transfer: Some(Transfer {
                 deposited: 0,
                 delivered,
+                ..Transfer::default()
             }),
         },
     )
@@ -637,6 +639,7 @@ async fn pay_and_deliver(
             transfer: Some(Transfer {
                 deposited,
                 delivered,
+                ..Transfer::default()
             }),
         },
     )
@@ -710,6 +713,7 @@ pub async fn claim(
             transfer: Some(Transfer {
                 deposited: 0,
                 delivered,
+                ..Transfer::default()
             }),
         },
     )
@@ -795,6 +799,7 @@ pub async fn recall(
                 .map(|deposited| Transfer {
                     deposited,
                     delivered: 0,
+                    ..Transfer::default()
                 });
             Answer::json(StatusCode::CREATED, &ListingEnvelope { listing, transfer }).map(Some)
         }
@@ -849,6 +854,7 @@ pub async fn recall(
                 .map(|delivered| Transfer {
                     deposited: 0,
                     delivered,
+                    ..Transfer::default()
                 });
             Answer::json(StatusCode::OK, &ListingEnvelope { listing, transfer }).map(Some)
         }
@@ -886,6 +892,7 @@ pub async fn recall(
                     Ok(Transfer {
                         deposited,
                         delivered: row.try_get::<Option<i64>, _>("delivered")?.unwrap_or(0),
+                        ..Transfer::default()
                     })
                 })
                 .transpose()?;
@@ -910,6 +917,7 @@ pub async fn recall(
                 .map(|delivered| Transfer {
                     deposited: 0,
                     delivered,
+                    ..Transfer::default()
                 });
             Answer::json(
                 StatusCode::OK,

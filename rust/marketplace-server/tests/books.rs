@@ -225,7 +225,9 @@ async fn the_deposit_cap_counts_exactly_the_last_24_hours(db: TestDb) {
     let t = TestServer::start_with(config).await;
     // Ten seconds before an hour ends, as in the issue (10:59:50).
     let now = t.server.clock().now();
-    t.server.clock().advance((3590 - now.rem_euclid(3600)).rem_euclid(3600));
+    t.server
+        .clock()
+        .advance((3590 - now.rem_euclid(3600)).rem_euclid(3600));
     let p = t.login("day-trader").await;
     let r = post(&t, &p, "/v1/me/deposits", json!({"quantity": 1_000})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);

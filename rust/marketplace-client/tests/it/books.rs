@@ -4,14 +4,13 @@
 //! the account, purchases and listings hold its credits and items, and
 //! withdrawals bring value to the save.
 
-
-
 use std::time::Duration;
 
+use crate::support::proxy::Fault;
+use crate::support::{Player, World};
 use marketplace_client::protocol::EconomyMode;
 use marketplace_client::{ErrorCode, SessionEvent};
 use marketplace_server::config::EconomyArg;
-use crate::support::{Player, World};
 
 const ADMIN: &str = "test-admin-key-test-admin-key-test-admin";
 
@@ -210,4 +209,125 @@ fn under_client_deposits_the_account_stays_invisible() {
         world.count("SELECT COALESCE(SUM(quantity), 0) FROM stash"),
         0
     );
+}
+
+/// The server's account as `GET /v1/me/account` shows it: (credits, stash).
+fn server_account(world: &World, p: &Player) -> (i64, std::collections::BTreeMap<String, i64>) {
+    let url = format!("{}/v1/sessions", world.server.as_ref().unwrap().url());
+    let device = p.store.state().device_id.clone();
+    world.rt.block_on(async {
+        let http = reqwest::Client::new();
+        let login: serde_json::Value = http
+            .post(url.clone())
+            .json(&serde_json::json!({"device_id": device, "name": "mirror-check"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let account: marketplace_client::protocol::AccountEnvelope = http
+            .get(url.replace("/v1/sessions", "/v1/me/account"))
+            .bearer_auth(login["token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (account.account.credits, account.account.stash)
+    })
+}
+
+fn assert_mirror(world: &World, p: &Player, step: &str) {
+    let (credits, stash) = server_account(world, p);
+    let m = &p.store.state().market;
+    assert_eq!(
+        (m.credits, &m.stash),
+        (credits, &stash),
+        "after {step}: the mirror equals the server's account"
+    );
+}
+
+/// Issue 16, defect 3: the server-grants mirror equals the server's account
+/// after every settlement. Before the fix a withdrawal set the mirror to the
+/// account after it and then the committed hold subtracted the amount again
+/// (40 − withdraw 30 → 0, not 10), and a purchase settling after a refresh
+/// was subtracted twice.
+#[test]
+fn under_server_grants_the_mirror_equals_the_account_after_every_step() {
+    let world = grants_world();
+    let mut seller = Player::in_memory(&world, "mirror-seller", 0);
+    let mut buyer = Player::in_memory(&world, "mirror-buyer", 0);
+    seller.login();
+    buyer.login();
+    let id = |p: &Player| p.store.state().player_id.unwrap();
+    grant(&world, id(&buyer), None, 40);
+    grant(&world, id(&seller), Some("relic"), 3);
+    refresh(&mut buyer);
+    refresh(&mut seller);
+    assert_mirror(&world, &buyer, "the grant");
+
+    // Withdraw 30 of 40: 10 left, and usable at once.
+    let session = buyer.session.as_mut().unwrap();
+    session.withdraw(&mut buyer.store, None, 30).unwrap();
+    buyer.settle(Duration::from_secs(10));
+    assert_eq!(buyer.store.state().market.credits, 10);
+    assert_eq!(buyer.store.state().market_available_credits(), 10);
+    assert_eq!(buyer.store.state().credits, 30, "in the save");
+    assert_mirror(&world, &buyer, "the withdrawal");
+
+    // A listing from the stash, bought: seller's stash and buyer's credits.
+    seller.sell("relic", 1, 4).unwrap();
+    let first = seller.wait_listed();
+    assert_mirror(&world, &seller, "listing from the stash");
+    buyer.buy(first, 4).unwrap();
+    buyer.settle(Duration::from_secs(10));
+    assert_mirror(&world, &buyer, "a purchase");
+    assert_eq!(buyer.store.state().market.credits, 6);
+
+    // A purchase whose answer is lost; a refresh shows the account after it
+    // (as the refresh after a login does) before the retry settles it.
+    seller.events.clear();
+    seller.sell("relic", 1, 5).unwrap();
+    let second = seller.wait_listed();
+    world.proxy.fault("/purchase", Fault::LoseResponse, 1);
+    buyer.buy(second, 5).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while world.count("SELECT COUNT(*) FROM purchases") < 2 {
+        assert!(std::time::Instant::now() < deadline);
+        buyer.frame();
+    }
+    refresh(&mut buyer);
+    assert_eq!(
+        buyer.store.state().market.credits,
+        1,
+        "the view has it spent"
+    );
+    assert_eq!(
+        buyer.store.state().market_available_credits(),
+        0,
+        "held too: never more than there is"
+    );
+    buyer.settle(Duration::from_secs(10));
+    assert_eq!(
+        buyer.store.state().market.credits,
+        1,
+        "not subtracted twice"
+    );
+    assert_mirror(&world, &buyer, "a purchase settled after a refresh");
+
+    // Proceeds into the account, and a cancel back into the stash.
+    seller.events.clear();
+    seller.session().claim_proceeds().unwrap();
+    seller.settle(Duration::from_secs(10));
+    assert_mirror(&world, &seller, "claims");
+    assert_eq!(seller.store.state().market.credits, 9);
+    seller.sell("relic", 1, 7).unwrap();
+    let third = seller.wait_listed();
+    seller.cancel(third).unwrap();
+    seller.settle(Duration::from_secs(10));
+    assert_mirror(&world, &seller, "a cancel");
+    assert_eq!(seller.store.state().market.stash.get("relic"), Some(&1));
+    world.proxy.clear();
 }

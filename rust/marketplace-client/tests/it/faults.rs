@@ -2,13 +2,11 @@
 //! holds are settled only by definitive answers (I4), lost answers are
 //! retried with the same key and commit once (I1, I2).
 
-
-
 use std::time::Duration;
 
-use marketplace_client::{ErrorCode, SessionEvent};
 use crate::support::proxy::Fault;
 use crate::support::{list_items, Player, World};
+use marketplace_client::{ErrorCode, SessionEvent};
 
 fn purchases(world: &World) -> i64 {
     world.count("SELECT COUNT(*) FROM purchases")

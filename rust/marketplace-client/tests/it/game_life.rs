@@ -3,18 +3,16 @@
 //! full disk, a second instance on the same save, handlers that call back,
 //! trades that cannot finish, and what `Saved` means.
 
-
-
 use std::time::{Duration, Instant};
 
+use crate::support::proxy::Fault;
+use crate::support::{count, list_items, player_with, Player, TestFs, World};
 use marketplace_client::client::ClientConfig;
 use marketplace_client::persist::LoadError;
 use marketplace_client::session::DEFAULT_EVENTS_PER_POLL;
 use marketplace_client::{
     ClientError, ErrorCode, PlayerState, PlayerStore, SessionEvent, StoreEvent, StoreOptions,
 };
-use crate::support::proxy::Fault;
-use crate::support::{count, list_items, player_with, Player, TestFs, World};
 
 fn purchase_succeeded(e: &SessionEvent) -> bool {
     matches!(e, SessionEvent::PurchaseSucceeded { .. })
@@ -326,7 +324,12 @@ fn a_second_game_instance_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shared.json");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "game_life::lock_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "game_life::lock_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(LOCK_CHILD, &path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -715,7 +718,10 @@ fn a_success_whose_save_fails_at_close_is_not_told_and_settles_on_the_next_open(
         "not told: {:?}",
         done.told
     );
-    assert_eq!(done.untold.iter().filter(|e| purchase_succeeded(e)).count(), 1);
+    assert_eq!(
+        done.untold.iter().filter(|e| purchase_succeeded(e)).count(),
+        1
+    );
     let heard = done
         .untold
         .iter()
@@ -731,7 +737,11 @@ fn a_success_whose_save_fails_at_close_is_not_told_and_settles_on_the_next_open(
     // tells it then.
     fs.set_failing(false);
     let mut buyer = player_with(&world, &path, StoreOptions::default());
-    assert_eq!(buyer.store.state().journal.len(), 1, "still journaled on disk");
+    assert_eq!(
+        buyer.store.state().journal.len(),
+        1,
+        "still journaled on disk"
+    );
     buyer.settle(Duration::from_secs(10));
     assert_eq!(count(&buyer.events, purchase_succeeded), 1, "told once");
     assert_eq!(buyer.store.state().credits, 70);

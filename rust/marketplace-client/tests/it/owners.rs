@@ -71,7 +71,11 @@ fn a_trade_answered_on_one_market_is_never_sent_to_another() {
         "nothing settled on B: {:?}",
         buyer.events
     );
-    assert_eq!(buyer.store.state().held_credits(), 40, "the hold stays (I4)");
+    assert_eq!(
+        buyer.store.state().held_credits(),
+        40,
+        "the hold stays (I4)"
+    );
     assert_eq!(buyer.total_credits(), 100, "nothing spent yet (I2)");
     let pending = buyer.session.as_ref().unwrap().pending_trades(&buyer.store);
     assert_eq!(pending.len(), 1);
@@ -176,7 +180,11 @@ fn the_server_refuses_changes_bound_to_another_market_or_player() {
     assert_eq!(body["error"]["code"], "wrong_server");
     let (status, body) = attempt(&server_id, player_id + 1, "k2");
     assert_eq!(status, 421, "{body}");
-    assert_eq!(a.count("SELECT COUNT(*) FROM purchases"), 0, "nothing bought");
+    assert_eq!(
+        a.count("SELECT COUNT(*) FROM purchases"),
+        0,
+        "nothing bought"
+    );
     // The same key, bound right, goes through (a refusal stored nothing).
     let (status, body) = attempt(&server_id, player_id, "k1");
     assert_eq!(status, 200, "{body}");

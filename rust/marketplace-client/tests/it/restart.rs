@@ -2,13 +2,11 @@
 //! operation with its original key, and the hold settles exactly once
 //! (I2, I3, I4 across restarts).
 
-
-
 use std::time::Duration;
 
-use marketplace_client::{PlayerStore, SessionEvent, StoreOptions};
 use crate::support::proxy::Fault;
 use crate::support::{list_items, Player, World};
+use marketplace_client::{PlayerStore, SessionEvent, StoreOptions};
 
 fn open_player(world: &World, path: &std::path::Path) -> Player {
     let store = PlayerStore::open(path, "buyer", StoreOptions::default()).expect("opens");

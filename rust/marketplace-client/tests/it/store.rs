@@ -445,7 +445,12 @@ fn killed_two_hundred_times_never_loses_a_saved_mutation() {
     let kills = 200;
     for round in 0..kills {
         let mut child = Command::new(&exe)
-            .args(["--exact", "store::crash_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "store::crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
