@@ -12,7 +12,7 @@
 //! 2. The cost of one `MarketClient::poll` with nothing ready and with 1,000
 //!    events ready, and of one `TradingSession::poll` frame with nothing to do.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
