@@ -153,6 +153,9 @@ pub enum SessionEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingTrade {
     pub request_id: RequestId,
+    /// The trade's idempotency key: what the server knows it by (for a
+    /// support ticket, or the operator's console).
+    pub key: String,
     /// `purchase`, `create_listing`, `reprice`, `cancel` or `claim`.
     pub kind: &'static str,
     pub listing_id: Option<i64>,
@@ -738,6 +741,7 @@ impl TradingSession {
         };
         PendingTrade {
             request_id: progress.map_or(RequestId(0), |p| p.request_id),
+            key: pending.key.clone(),
             kind,
             listing_id,
             sale_id,

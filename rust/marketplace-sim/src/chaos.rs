@@ -132,11 +132,22 @@ impl fmt::Display for Report {
 struct Told {
     /// listing id → purchase id, from `PurchaseSucceeded`.
     bought: Vec<(i64, i64)>,
-    /// listing ids whose purchase hold was released, with the code.
-    released: Vec<(i64, String, bool)>,
+    /// Purchase holds released: listing id, code, definitive, and the
+    /// idempotency key of the attempt that was released.
+    released: Vec<(i64, String, bool, Option<String>)>,
     claimed: Vec<i64>,
-    /// listing id → purchase attempts the session accepted.
-    attempts: HashMap<i64, u32>,
+    /// Request id → idempotency key of every purchase attempt, also of
+    /// those re-sent by a restarted session under new request ids.
+    keys: HashMap<u64, String>,
+}
+
+impl Told {
+    /// Learns the keys of the trades a (re)started session re-sends.
+    fn learn_keys(&mut self, p: &SimPlayer) {
+        for t in p.session.pending_trades(&p.store) {
+            self.keys.insert(t.request_id.0, t.key);
+        }
+    }
 }
 
 pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
@@ -240,6 +251,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         if cfg.crash_every > 0 && op > 0 && op % cfg.crash_every == 0 {
             let victim = rng.gen_range(0..players.len());
             crash(&mut players, victim, &client_config)?;
+            told[victim].learn_keys(&players[victim]);
             players[victim]
                 .disk
                 .set_failing(op < disk_fails_until[victim]);
@@ -276,6 +288,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
                 _ => {
                     if !players[k].disk.is_failing() {
                         reopen(&mut players, k, &client_config)?;
+                        told[k].learn_keys(&players[k]);
                         *stats.entry("life: quit and reopen").or_default() += 1;
                     }
                 }
@@ -303,11 +316,14 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
                 let (id, price) = candidates[rng.gen_range(0..candidates.len())];
                 let price = if rng.gen_bool(0.1) { price + 1 } else { price };
                 *stats.entry("buys attempted").or_default() += 1;
-                let sent = p.session.buy(&mut p.store, id, price).map(drop);
-                if sent.is_ok() {
-                    *told[i].attempts.entry(id).or_default() += 1;
+                let sent = p.session.buy(&mut p.store, id, price);
+                if let Ok(request) = sent {
+                    // The newest journal entry is this attempt.
+                    if let Some(op) = p.store.state().journal.values().next_back() {
+                        told[i].keys.insert(request.0, op.key.clone());
+                    }
                 }
-                sent
+                sent.map(drop)
             }
         } else if roll < 60 {
             let owned: Vec<(String, i64)> = p
@@ -475,13 +491,17 @@ fn frame_all(
                     *stats.entry("purchases committed").or_default() += 1;
                 }
                 SessionEvent::PurchaseFailed {
-                    listing_id, error, ..
+                    request_id,
+                    listing_id,
+                    error,
                 } => {
                     known.remove(&listing_id);
+                    let key = told[i].keys.get(&request_id.0).cloned();
                     told[i].released.push((
                         listing_id,
                         error.code.as_str().to_string(),
                         error.is_definitive(),
+                        key,
                     ));
                     *stats.entry("purchase holds released").or_default() += 1;
                 }
@@ -851,33 +871,33 @@ fn check_invariants(
         },
     );
 
-    // I4: a released purchase hold must not hide a purchase the server made
-    // for that player: if the server sold listing L to p, p must have been
-    // told so. When p tried L more than once (a stale listing seen again,
-    // e.g. after a crash swallowed the first attempt's success event —
-    // notifications are at most once), a refusal of the later attempt is
-    // right; the earlier one's effect is checked by I3 (p's credits match
-    // the server's records) and I2.
+    // I4: a released purchase hold must not hide a purchase the server made:
+    // the attempt whose hold was released (known by its idempotency key,
+    // also across restarts) has no purchase on the server. A later attempt
+    // at a listing the player already bought is refused rightly; the
+    // attempt that committed must never be released.
     let mut bad = Vec::new();
     let mut released = 0;
     for (p, t) in players.iter().zip(told) {
         let Some(id) = p.player_id() else { continue };
-        for (listing, code, definitive) in &t.released {
+        for (listing, code, definitive, key) in &t.released {
             released += 1;
             if !definitive {
                 bad.push(format!("{}: released on non-definitive {code}", p.label));
             }
-            let has = qb(
-                "SELECT COUNT(*) FROM purchases WHERE listing_id = $1 AND buyer_id = $2",
-                &[*listing, id],
-            )?;
-            let told_success = t.bought.iter().any(|(l, _)| l == listing);
-            let tried_once = t.attempts.get(listing).copied().unwrap_or(0) <= 1;
-            if has != 0 && !told_success && tried_once {
-                bad.push(format!(
-                    "{}: released the hold for listing {listing}, which the server sold to it",
+            match key {
+                Some(key) => {
+                    if market.purchases_with_key(id, key)? != 0 {
+                        bad.push(format!(
+                            "{}: released the hold of attempt {key} at listing {listing}, which the server committed",
+                            p.label
+                        ));
+                    }
+                }
+                None => bad.push(format!(
+                    "{}: released a hold for listing {listing} of an attempt the run cannot name",
                     p.label
-                ));
+                )),
             }
         }
     }
@@ -885,7 +905,7 @@ fn check_invariants(
         "I4 no rollback on ambiguity",
         bad.is_empty(),
         if bad.is_empty() {
-            format!("{released} purchase holds released, each on a definitive answer, none hiding a purchase the server made")
+            format!("{released} purchase holds released, each on a definitive answer, none of them the attempt (named by its idempotency key) the server committed")
         } else {
             bad.join("; ")
         },

@@ -88,6 +88,28 @@ impl Market {
     }
 }
 
+impl Market {
+    /// Purchases the server made for `buyer` under idempotency key `key`.
+    pub fn purchases_with_key(&self, buyer: i64, key: &str) -> Result<i64, String> {
+        self.rt.block_on(async {
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(&self.config.database)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM purchases WHERE buyer_id = $1 AND buy_key = $2",
+            )
+            .bind(buyer)
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+            let _ = conn.close().await;
+            Ok(n)
+        })
+    }
+}
+
 /// Creates a fresh database on the PostgreSQL cluster of `admin_url` and
 /// returns its URL.
 pub fn fresh_postgres_database(admin_url: &str, name: &str) -> Result<String, String> {
