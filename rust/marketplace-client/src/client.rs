@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use marketplace_protocol::{
     AccountEnvelope, Claim, ErrorCode, ErrorEnvelope, Listing, ListingEnvelope, ListingPage,
-    ListingStatus, MarketChange, Moved, Purchase, PurchaseEnvelope, SalesPage, Session, Transfer,
-    IDEMPOTENCY_HEADER, PLAYER_HEADER, SERVER_HEADER,
+    ListingStatus, MarketChange, Moved, OperationsPage, Purchase, PurchaseEnvelope, SalesPage,
+    Session, Transfer, IDEMPOTENCY_HEADER, PLAYER_HEADER, SERVER_HEADER,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify, Semaphore};
@@ -163,6 +163,12 @@ pub enum Command {
     },
     /// The player's market account and the economy policy.
     Account,
+    /// A page of the player's keyed operations after `after`
+    /// (`GET /v1/me/operations`), for reconciling a restored save.
+    Operations {
+        after: i64,
+        limit: u32,
+    },
     /// A change of the market: carries an idempotency key and is retried
     /// until a definitive answer.
     Change(MarketChange),
@@ -196,6 +202,7 @@ pub enum Reply {
     /// A deposit or withdrawal, with the account after it.
     Moved(Moved),
     Account(AccountEnvelope),
+    Operations(OperationsPage),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1012,6 +1019,11 @@ async fn exchange(
             Some(serde_json::json!({ "item_id": item_id, "quantity": quantity })),
         ),
         Command::Account => (Method::GET, format!("{base}/v1/me/account"), None),
+        Command::Operations { after, limit } => (
+            Method::GET,
+            format!("{base}/v1/me/operations?after={after}&limit={limit}"),
+            None,
+        ),
         Command::ListSales {
             unclaimed_only,
             cursor,
@@ -1203,6 +1215,27 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
                 return Err(bad_response("the purchase does not match the request"));
             }
             Ok(Reply::Purchased(purchase, transfer))
+        }
+        Command::Operations { after, limit } => {
+            let page: OperationsPage = decode(bytes)?;
+            // What a page says is applied to the save: every part must be
+            // sane, or none of it is used.
+            let sane = page.operations.len() <= *limit as usize
+                && page.operations.windows(2).all(|w| w[0].seq < w[1].seq)
+                && page.operations.iter().all(|op| {
+                    op.seq > *after
+                        && op.seq <= page.last_seq
+                        && marketplace_protocol::check_id("key", &op.key).is_ok()
+                        && op.credits.abs() <= marketplace_protocol::MAX_PRICE
+                        && op.items.iter().all(|(item, n)| {
+                            marketplace_protocol::check_id("item_id", item).is_ok()
+                                && n.abs() <= marketplace_protocol::MAX_QUANTITY
+                        })
+                });
+            if !sane {
+                return Err(bad_response("the operations page does not fit the request"));
+            }
+            Ok(Reply::Operations(page))
         }
         Command::ListSales { .. } => {
             let mut page: SalesPage = decode(bytes)?;

@@ -136,6 +136,19 @@ pub enum SessionEvent {
     },
     /// Requests went from none to some in flight, or back.
     BusyChanged { busy: bool },
+    /// A trade the server made for this player that the save had lost (it
+    /// was restored from an older backup, after the trade was sent) was
+    /// applied to the save now: `credits` and `items` came in (negative:
+    /// went out); `shortfall` is what had gone out that the save no longer
+    /// had. Reported once, after it is saved.
+    TradeRecovered {
+        key: String,
+        /// `purchase`, `create_listing`, `cancel`, `claim`, `withdraw`, …
+        kind: String,
+        credits: i64,
+        items: Vec<(String, i64)>,
+        shortfall: i64,
+    },
     /// A `claim_proceeds` request is over: every unclaimed sale it found has
     /// settled (`sales` claimed for `amount` credits in all). `error` is the
     /// first refusal, if any (its sale stays unclaimed for the next call).
@@ -199,6 +212,8 @@ enum Tracked {
         op: OpId,
         origin: RequestId,
     },
+    /// A page of the player's operations, to reconcile the save with.
+    Sync(crate::state::Owner),
 }
 
 struct Unsent {
@@ -251,9 +266,17 @@ pub struct TradingSession {
     next_quiet_login: Instant,
     /// Trades of another market or player than the current one, and why.
     parked: HashMap<OpId, ClientError>,
+    /// The market and player the save was last reconciled with (once per
+    /// login); a pass in flight; when to look again.
+    synced: Option<crate::state::Owner>,
+    sync_in_flight: bool,
+    next_sync: Instant,
     busy: bool,
     stall_after: Duration,
 }
+
+/// Operations per page when reconciling the save with the server's record.
+const SYNC_PAGE: u32 = 200;
 
 /// Client events handled per `poll` by default: bounds one frame's work.
 pub const DEFAULT_EVENTS_PER_POLL: usize = 256;
@@ -301,6 +324,9 @@ impl TradingSession {
             quiet_login: None,
             next_quiet_login: Instant::now(),
             parked: HashMap::new(),
+            synced: None,
+            sync_in_flight: false,
+            next_sync: Instant::now(),
             busy: false,
             stall_after: DEFAULT_STALL_AFTER,
         };
@@ -800,6 +826,7 @@ impl TradingSession {
         // again while these are reported are heard next frame.
         out.extend(self.refusals.drain(..));
         store.poll();
+        self.maybe_sync(store);
         self.bind_unbound(store);
         self.send_durable(store);
         if self.backlog.len() < max_client_events {
@@ -850,16 +877,66 @@ impl TradingSession {
             }
             return;
         }
-        if self.quiet_login.is_none() && Instant::now() >= self.next_quiet_login {
-            let device = store.state().device_id.clone();
-            let command = Command::Login {
-                device_id: device.clone(),
-                name: store.state().player_name.clone(),
-            };
-            if let Ok(id) = self.client.submit(command) {
-                self.tracked.insert(id, Tracked::QuietLogin(device));
-                self.quiet_login = Some(id);
+        self.request_quiet_login(store);
+    }
+
+    /// Once per login (as a market and player), compares the save with the
+    /// server's record of the player's operations and applies what a save
+    /// restored from an older backup lost (see [`PlayerState::reconcile`]).
+    /// A save restored from its backup logs in by itself for it.
+    ///
+    /// [`PlayerState::reconcile`]: crate::state::PlayerState::reconcile
+    fn maybe_sync(&mut self, store: &mut PlayerStore) {
+        if self.sync_in_flight || Instant::now() < self.next_sync {
+            return;
+        }
+        let Some(owner) = self.client.owner() else {
+            if store.recovered_from_backup() && self.unbound.is_empty() {
+                self.request_quiet_login(store);
             }
+            return;
+        };
+        if self.synced.as_ref() == Some(&owner) {
+            return;
+        }
+        self.sync_page(store, owner);
+    }
+
+    fn sync_page(&mut self, store: &PlayerStore, owner: crate::state::Owner) {
+        let mark = store
+            .state()
+            .sync
+            .get(&owner.server_id)
+            .filter(|m| m.player_id == owner.player_id);
+        let command = match mark {
+            Some(m) => Command::Operations {
+                after: m.seq,
+                limit: SYNC_PAGE,
+            },
+            // First contact: only where the record stands now.
+            None => Command::Operations { after: 0, limit: 0 },
+        };
+        match self.client.submit(command) {
+            Ok(id) => {
+                self.tracked.insert(id, Tracked::Sync(owner));
+                self.sync_in_flight = true;
+            }
+            Err(_) => self.next_sync = Instant::now() + Duration::from_secs(5),
+        }
+    }
+
+    fn request_quiet_login(&mut self, store: &PlayerStore) {
+        if self.quiet_login.is_some() || Instant::now() < self.next_quiet_login {
+            return;
+        }
+        let device = store.state().device_id.clone();
+        let command = Command::Login {
+            device_id: device.clone(),
+            name: store.state().player_name.clone(),
+        };
+        if let Ok(id) = self.client.submit(command) {
+            self.tracked.insert(id, Tracked::QuietLogin(device));
+            self.quiet_login = Some(id);
         }
     }
 
@@ -916,6 +993,35 @@ impl TradingSession {
                 );
                 self.ready
                     .push_back(SessionEvent::RequestFailed { request_id, error });
+            }
+            (Tracked::Sync(owner), EventKind::Done(Reply::Operations(page))) => {
+                self.sync_in_flight = false;
+                if self.client.owner().as_ref() != Some(&owner) {
+                    return; // switched meanwhile: the next login syncs anew
+                }
+                let before = store.state().sync.get(&owner.server_id).map(|m| m.seq);
+                for r in store.reconcile(&owner, &page) {
+                    let event = SessionEvent::TradeRecovered {
+                        key: r.key,
+                        kind: r.kind,
+                        credits: r.credits,
+                        items: r.items,
+                        shortfall: r.shortfall,
+                    };
+                    self.emit_durable(store, event);
+                }
+                let after = store.state().sync.get(&owner.server_id).map(|m| m.seq);
+                let more = page.operations.len() >= SYNC_PAGE as usize && after > before;
+                if more {
+                    self.sync_page(store, owner);
+                } else {
+                    self.synced = Some(owner);
+                }
+            }
+            (Tracked::Sync(_), _) => {
+                // Offline, or an answer that does not fit: try again later.
+                self.sync_in_flight = false;
+                self.next_sync = Instant::now() + Duration::from_secs(5);
             }
             (Tracked::QuietLogin(device), EventKind::Done(Reply::LoggedIn(s))) => {
                 self.quiet_login = None;
@@ -1058,8 +1164,10 @@ impl TradingSession {
             // The wallet trades pay from: mirror it at once.
             let _ = self.refresh_account();
         }
-        // Trades that waited for their market may be at home now.
+        // Trades that waited for their market may be at home now, and the
+        // save is compared with this market's record again.
         self.unpark(store);
+        self.synced = None;
     }
 
     /// A failed attempt that will be retried: counted, reported, and — once a
@@ -1450,7 +1558,7 @@ impl SessionEvent {
             | Withdrawn { request_id, .. }
             | AccountUpdated { request_id, .. }
             | ClaimsDone { request_id, .. } => Some(*request_id),
-            BusyChanged { .. } => None,
+            BusyChanged { .. } | TradeRecovered { .. } => None,
         }
     }
 

@@ -135,6 +135,42 @@ impl std::fmt::Display for Owner {
     }
 }
 
+/// How far this save is known to contain one market's record of the
+/// player's operations (`GET /v1/me/operations`): every operation with
+/// `seq <= seq` is in the save, and so are those in `applied` (keys of
+/// operations settled here whose `seq` is not confirmed yet, with the Unix
+/// time they were noted). After a save is restored from an older backup,
+/// the operations after `seq` that are neither journaled nor in `applied`
+/// are the ones the save lost: they are applied again (see
+/// [`PlayerState::reconcile`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SyncMark {
+    pub player_id: i64,
+    pub seq: i64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub applied: BTreeMap<String, i64>,
+}
+
+/// A keys noted in [`SyncMark::applied`] is forgotten after this long even if
+/// no listing ever confirms it (an operation settled while the mark was
+/// being set up): the list stays small.
+pub const APPLIED_KEY_TTL_SECS: i64 = 30 * 24 * 3600;
+
+/// An operation the server made that this save did not contain (it was
+/// restored from an older backup), applied again by [`PlayerState::reconcile`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub key: String,
+    pub kind: String,
+    /// Credits that came into the save (negative: went out).
+    pub credits: i64,
+    /// Items that came in, per item (negative: went out).
+    pub items: Vec<(String, i64)>,
+    /// What the save no longer had of what went out (the game spent it
+    /// since): credits, then items — 0 when everything was there.
+    pub shortfall: i64,
+}
+
 /// How a journaled operation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpOutcome {
@@ -263,6 +299,10 @@ pub struct PlayerState {
     /// The market account as last seen (schema 3).
     #[serde(default)]
     pub market: MarketMirror,
+    /// Per market (its server id): how far this save is known to contain
+    /// the player's operations there (schema 4).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sync: BTreeMap<String, SyncMark>,
     #[serde(skip)]
     index: Index,
 }
@@ -321,6 +361,7 @@ impl PartialEq for PlayerState {
             && self.journal == other.journal
             && self.next_op_id == other.next_op_id
             && self.market == other.market
+            && self.sync == other.sync
     }
 }
 
@@ -340,6 +381,7 @@ impl PlayerState {
             journal: BTreeMap::new(),
             next_op_id: 1,
             market: MarketMirror::default(),
+            sync: BTreeMap::new(),
             index: Index::default(),
         }
     }
@@ -683,6 +725,119 @@ impl PlayerState {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Notes that an operation of `owner` was applied to this save (its
+    /// settlement), so that a later [`PlayerState::reconcile`] knows the save
+    /// contains it. Returns the market whose mark changed.
+    pub fn note_applied(&mut self, owner: &Owner, key: &str, now: i64) -> Option<String> {
+        let mark = self.sync.get_mut(&owner.server_id)?;
+        if mark.player_id != owner.player_id {
+            return None;
+        }
+        mark.applied.insert(key.to_string(), now);
+        Some(owner.server_id.clone())
+    }
+
+    /// Compares a page of the server's record of `owner`'s operations
+    /// (oldest first, `seq > mark`) with this save and applies again what
+    /// the save lost: each operation neither journaled (it settles by its
+    /// own answer) nor known as applied. The mark moves past every
+    /// operation decided, but never past one still journaled, so nothing is
+    /// skipped and nothing applied twice. The first page for a market sets
+    /// the mark at `last_seq` and applies nothing: a save is taken to
+    /// contain what happened before it knew the market.
+    /// Returns what was applied.
+    pub fn reconcile(
+        &mut self,
+        owner: &Owner,
+        page: &marketplace_protocol::OperationsPage,
+        now: i64,
+    ) -> Vec<Recovered> {
+        let fresh = self
+            .sync
+            .get(&owner.server_id)
+            .is_none_or(|m| m.player_id != owner.player_id);
+        if fresh {
+            self.sync.insert(
+                owner.server_id.clone(),
+                SyncMark {
+                    player_id: owner.player_id,
+                    seq: page.last_seq.max(0),
+                    applied: BTreeMap::new(),
+                },
+            );
+            return Vec::new();
+        }
+        let journaled: std::collections::HashSet<&str> =
+            self.journal.values().map(|p| p.key.as_str()).collect();
+        let mut blocked = false;
+        let mut lost = Vec::new();
+        let Some(mark) = self.sync.get_mut(&owner.server_id) else {
+            return Vec::new();
+        };
+        for op in &page.operations {
+            if op.seq <= mark.seq {
+                continue;
+            }
+            if journaled.contains(op.key.as_str()) {
+                // Settles by its own answer; the mark waits for it.
+                blocked = true;
+                continue;
+            }
+            if mark.applied.contains_key(&op.key) {
+                if !blocked {
+                    mark.applied.remove(&op.key);
+                }
+            } else {
+                lost.push(op.clone());
+                if blocked {
+                    mark.applied.insert(op.key.clone(), now);
+                }
+            }
+            if !blocked {
+                mark.seq = op.seq;
+            }
+        }
+        mark.applied
+            .retain(|_, noted| now.saturating_sub(*noted) < APPLIED_KEY_TTL_SECS);
+        lost.into_iter()
+            .filter(|op| op.credits != 0 || !op.items.is_empty())
+            .map(|op| self.apply_lost(op))
+            .collect()
+    }
+
+    /// Applies what a lost operation moved in or out of the save. What went
+    /// out but is no longer here (spent since) is taken as far as it goes.
+    fn apply_lost(&mut self, op: marketplace_protocol::OperationRecord) -> Recovered {
+        let mut shortfall = 0;
+        let have = self.credits;
+        let credits = if op.credits < 0 {
+            let take = (-op.credits).min(have);
+            shortfall += -op.credits - take;
+            -take
+        } else {
+            op.credits
+        };
+        self.credits = self.credits.saturating_add(credits);
+        for (item, n) in &op.items {
+            let owned = self.item_count(item);
+            let n = if *n < 0 {
+                let take = (-n).min(owned);
+                shortfall += -n - take;
+                -take
+            } else {
+                *n
+            };
+            self.set_count(item, owned.saturating_add(n));
+        }
+        Recovered {
+            key: op.key,
+            kind: op.kind,
+            credits: op.credits,
+            items: op.items.into_iter().collect(),
+            shortfall,
         }
     }
 

@@ -140,6 +140,8 @@ enum Delta {
         player_id: Option<i64>,
     },
     Market(crate::state::MarketMirror),
+    /// A market's sync mark (`None`: removed).
+    Sync(String, Option<crate::state::SyncMark>),
 }
 
 impl Delta {
@@ -178,8 +180,21 @@ impl Delta {
                 s.player_id = player_id;
             }
             Delta::Market(m) => s.market = m,
+            Delta::Sync(server, Some(mark)) => {
+                s.sync.insert(server, mark);
+            }
+            Delta::Sync(server, None) => {
+                s.sync.remove(&server);
+            }
         }
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A mutation sent from another thread.
@@ -363,6 +378,8 @@ pub struct PlayerStore {
     remote_tx: mpsc::Sender<RemoteOp>,
     remote_rx: mpsc::Receiver<RemoteOp>,
     stats: SaveStats,
+    /// Loaded from the backup (the main file was damaged or missing).
+    from_backup: bool,
 }
 
 /// Remote mutations applied per `poll`, so one frame does bounded work.
@@ -405,6 +422,7 @@ impl PlayerStore {
         let mut store = Self::build(state, Some(path), Some(writer), options.autosave);
         store.retry_after = options.retry_after;
         if let Some(message) = loaded.recovered_from_backup {
+            store.from_backup = true;
             tracing::warn!(%message, "player data recovered from backup");
             store
                 .events
@@ -415,6 +433,12 @@ impl PlayerStore {
             }
         }
         Ok(store)
+    }
+
+    /// True when this store was loaded from the backup: it may lack trades
+    /// the market made (the session reconciles it with the server).
+    pub fn recovered_from_backup(&self) -> bool {
+        self.from_backup
     }
 
     /// A store without a file (tests, tools, a game that saves elsewhere).
@@ -448,6 +472,7 @@ impl PlayerStore {
             remote_tx,
             remote_rx,
             stats: SaveStats::default(),
+            from_backup: false,
         }
     }
 
@@ -744,11 +769,53 @@ impl PlayerStore {
         true
     }
 
+    /// Compares a page of the server's record of `owner`'s operations with
+    /// the save and applies again what it lost (see
+    /// [`PlayerState::reconcile`]); saved like a trade.
+    pub fn reconcile(
+        &mut self,
+        owner: &crate::state::Owner,
+        page: &marketplace_protocol::OperationsPage,
+    ) -> Vec<crate::state::Recovered> {
+        let before = self.state.sync.get(&owner.server_id).cloned();
+        let recovered = self.state.reconcile(owner, page, unix_now());
+        let after = self.state.sync.get(&owner.server_id).cloned();
+        if before == after && recovered.is_empty() {
+            return recovered;
+        }
+        self.deltas
+            .push(Delta::Sync(owner.server_id.clone(), after));
+        let mut credits = false;
+        for r in &recovered {
+            credits |= r.credits != 0;
+            for (item, _) in &r.items {
+                self.item_changed(item);
+            }
+        }
+        if credits {
+            self.credits_changed();
+        }
+        // What was recovered is saved like a trade; a mark that only moved
+        // rides with the next save (it describes the state saved with it).
+        self.changed(if recovered.is_empty() {
+            Origin::Game
+        } else {
+            Origin::Trade
+        });
+        recovered
+    }
+
     /// Applies the definitive outcome of a journaled operation exactly once:
     /// the hold is committed or released, what came in is credited, and the
     /// operation leaves the journal — all or nothing. Costs the same however
     /// many trades are pending.
     pub fn settle_op(&mut self, op_id: OpId, outcome: &OpOutcome) -> Result<(), StateError> {
+        // An applied operation is noted in its market's sync mark, so that a
+        // reconciliation knows this save contains it.
+        let noted = match (outcome, self.state.journal.get(&op_id)) {
+            (OpOutcome::Applied(_), Some(p)) => p.owner.clone().map(|o| (o, p.key.clone())),
+            _ => None,
+        };
         let Some(Settled {
             hold,
             items_in,
@@ -760,6 +827,12 @@ impl PlayerStore {
             return Ok(()); // settled already
         };
         self.deltas.push(Delta::Op(op_id, None));
+        if let Some((owner, key)) = noted {
+            if let Some(server) = self.state.note_applied(&owner, &key, unix_now()) {
+                let mark = self.state.sync.get(&server).cloned();
+                self.deltas.push(Delta::Sync(server, mark));
+            }
+        }
         let mut credits = credits_in != 0;
         let mut items: Vec<String> = Vec::new();
         if let Some((hold_id, kind, committed)) = hold {

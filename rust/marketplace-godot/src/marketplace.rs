@@ -280,6 +280,14 @@ impl TradingMarketplace {
     /// Requests went from none to some in flight, or back.
     #[signal]
     fn busy_changed(busy: bool);
+    /// The save had lost a trade the market made (it was restored from its
+    /// backup, which was older than the trade): the trade's effect was
+    /// applied to the save now. `kind` as in `get_pending_trades()`;
+    /// `credits` came in (negative: went out); `items` maps item ids to
+    /// counts that came in (negative: went out); `shortfall` is what had
+    /// gone out that the save no longer had. Reported once, after saving.
+    #[signal]
+    fn trade_recovered(kind: GString, credits: i64, items: VarDictionary, shortfall: i64);
 
     /// Logs in. Without arguments (or with empty ones) the identity saved
     /// in `LocalPlayerData` is used (a new player gets a random device id);
@@ -848,6 +856,21 @@ impl TradingMarketplace {
                 .market_account_updated()
                 .emit(id(request_id), &convert::account(account)),
             SessionEvent::BusyChanged { busy } => self.signals().busy_changed().emit(*busy),
+            SessionEvent::TradeRecovered {
+                kind,
+                credits,
+                items,
+                shortfall,
+                ..
+            } => {
+                let mut counts = VarDictionary::new();
+                for (item, n) in items {
+                    counts.set(item.as_str(), *n);
+                }
+                self.signals()
+                    .trade_recovered()
+                    .emit(kind.as_str(), *credits, &counts, *shortfall)
+            }
         }
     }
 }

@@ -209,27 +209,7 @@ fn take_completion(event: &SessionEvent) -> Option<(Gd<MarketRequest>, VarDictio
 }
 
 fn event_request_id(event: &SessionEvent) -> Option<i64> {
-    use SessionEvent::*;
-    let id = match event {
-        LoggedIn { request_id, .. }
-        | ListingsUpdated { request_id, .. }
-        | ListingFetched { request_id, .. }
-        | ListingCreated { request_id, .. }
-        | ListingRepriced { request_id, .. }
-        | ListingCancelled { request_id, .. }
-        | PurchaseSucceeded { request_id, .. }
-        | PurchaseFailed { request_id, .. }
-        | SalesListed { request_id, .. }
-        | ProceedsClaimed { request_id, .. }
-        | RequestFailed { request_id, .. }
-        | RequestRetrying { request_id, .. }
-        | TradeStalled { request_id, .. }
-        | Withdrawn { request_id, .. }
-        | AccountUpdated { request_id, .. }
-        | ClaimsDone { request_id, .. } => request_id,
-        BusyChanged { .. } => return None,
-    };
-    Some(id.0 as i64)
+    event.request_id().map(|id| id.0 as i64)
 }
 
 fn put(d: &mut VarDictionary, key: &str, value: impl ToGodot) {
@@ -327,7 +307,8 @@ fn result_of(event: &SessionEvent, ends_on_failure: bool) -> Option<VarDictionar
         | ProceedsClaimed { .. }
         | RequestRetrying { .. }
         | TradeStalled { .. }
-        | BusyChanged { .. } => return None,
+        | BusyChanged { .. }
+        | TradeRecovered { .. } => return None,
     }
     Some(d)
 }

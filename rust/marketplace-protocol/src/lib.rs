@@ -347,6 +347,38 @@ pub struct SalesPage {
     pub next_cursor: Option<String>,
 }
 
+/// One keyed operation of the player, as `GET /v1/me/operations` lists it:
+/// what a client needs to tell whether its save contains the operation
+/// (by `key`) and, if not, to apply what it moved in or out of the save.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationRecord {
+    /// Orders the player's operations; pass the last one seen as `after`.
+    pub seq: i64,
+    /// The idempotency key the operation was made with.
+    pub key: String,
+    /// `purchase`, `create_listing`, `reprice`, `cancel`, `claim`,
+    /// `deposit`, `withdraw`, `grant` (by the game's backend), or `other`.
+    pub kind: String,
+    /// Unix seconds (server clock).
+    pub at: i64,
+    /// Credits the operation moved into the player's save (negative: out
+    /// of it, into the market).
+    #[serde(default)]
+    pub credits: i64,
+    /// Items the operation moved into the save, per item (negative: out).
+    #[serde(default)]
+    pub items: std::collections::BTreeMap<String, i64>,
+}
+
+/// Answer of `GET /v1/me/operations?after=&limit=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationsPage {
+    /// Operations with `seq > after`, oldest first.
+    pub operations: Vec<OperationRecord>,
+    /// The newest `seq` of any of the player's operations.
+    pub last_seq: i64,
+}
+
 /// Answer of `POST /v1/sales/{id}/claim`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {

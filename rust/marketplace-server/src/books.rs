@@ -405,6 +405,120 @@ pub async fn withdraw(
     Ok(())
 }
 
+/// The player's keyed operations with `seq > after` (oldest first, at most
+/// `limit`), each with what it moved between the player's game save and
+/// the market: `withdraw` rows bring value into the save, `deposit` rows
+/// take it out; the other movements stay inside the market. A client that
+/// lost part of its save (a backup older than a trade) re-applies exactly
+/// the operations its save does not contain.
+///
+/// An operation's `seq` is its first ledger row's id. Its rows are written
+/// in one transaction; a key whose first row is at or before `after` was
+/// listed already and is left out even if later rows are not.
+pub async fn operations(
+    conn: &mut AnyConnection,
+    player_id: i64,
+    after: i64,
+    limit: i64,
+) -> Result<marketplace_protocol::OperationsPage, sqlx::Error> {
+    use std::collections::BTreeMap;
+    let (last_seq,): (i64,) = sqlx::query_as(
+        "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM ledger \
+         WHERE player_id = $1 AND idempotency_key IS NOT NULL",
+    )
+    .bind(player_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let keys: Vec<(String, i64)> = if limit > 0 {
+        sqlx::query_as(
+            "SELECT idempotency_key, MIN(id) FROM ledger \
+             WHERE player_id = $1 AND idempotency_key IS NOT NULL AND id > $2 \
+             GROUP BY idempotency_key ORDER BY MIN(id) LIMIT $3",
+        )
+        .bind(player_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?
+    } else {
+        Vec::new()
+    };
+    let mut operations = Vec::with_capacity(keys.len());
+    for (key, _) in keys {
+        let rows = sqlx::query(
+            "SELECT id, at, action, item_id, quantity FROM ledger \
+             WHERE player_id = $1 AND idempotency_key = $2 ORDER BY id",
+        )
+        .bind(player_id)
+        .bind(&key)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut seq = i64::MAX;
+        let mut at = 0;
+        let mut credits = 0i64;
+        let mut items: BTreeMap<String, i64> = BTreeMap::new();
+        let mut actions = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            if id < seq {
+                seq = id;
+                at = row.try_get("at")?;
+            }
+            let action: String = row.try_get("action")?;
+            let item: Option<String> = row.try_get("item_id")?;
+            let q: Option<i64> = row.try_get("quantity")?;
+            let sign = match action.as_str() {
+                "withdraw" => 1,
+                "deposit" => -1,
+                _ => 0,
+            };
+            if let (Some(q), true) = (q, sign != 0) {
+                match item {
+                    None => credits += sign * q,
+                    Some(i) => *items.entry(i).or_insert(0) += sign * q,
+                }
+            }
+            actions.push(action);
+        }
+        if seq <= after {
+            continue;
+        }
+        items.retain(|_, n| *n != 0);
+        let has = |a: &str| actions.iter().any(|x| x == a);
+        let kind = if has("purchase_pay") || has("purchase_items") {
+            "purchase"
+        } else if has("list") {
+            "create_listing"
+        } else if has("cancel") {
+            "cancel"
+        } else if has("claim") {
+            "claim"
+        } else if has("reprice") {
+            "reprice"
+        } else if has("grant") {
+            "grant"
+        } else if has("withdraw") {
+            "withdraw"
+        } else if has("deposit") {
+            "deposit"
+        } else {
+            "other"
+        };
+        operations.push(marketplace_protocol::OperationRecord {
+            seq,
+            key,
+            kind: kind.to_string(),
+            at,
+            credits,
+            items,
+        });
+    }
+    Ok(marketplace_protocol::OperationsPage {
+        operations,
+        last_seq,
+    })
+}
+
 /// A player's account as they see it.
 pub async fn account(conn: &mut AnyConnection, player_id: i64) -> Result<Account, sqlx::Error> {
     let head: Option<(i64, i64)> =

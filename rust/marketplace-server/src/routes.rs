@@ -45,6 +45,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/listings/{id}/purchase", post(purchase))
         .route("/v1/me/sales", get(my_sales))
         .route("/v1/me/account", get(my_account))
+        .route("/v1/me/operations", get(my_operations))
         .route("/v1/me/deposits", post(deposit))
         .route("/v1/me/withdrawals", post(withdraw))
         .route("/v1/sales/{id}/claim", post(claim))
@@ -606,6 +607,27 @@ async fn my_account(
             economy: state.0.policy.economy(),
         },
     )
+}
+
+#[derive(Deserialize)]
+struct OperationsQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/me/operations?after=&limit=`: the player's keyed operations
+/// after a point, with what each moved in or out of the game's save (see
+/// [`crate::books::operations`]).
+async fn my_operations(
+    State(state): State<AppState>,
+    AuthPlayer(player_id): AuthPlayer,
+    Query(q): Query<OperationsQuery>,
+) -> Result<Answer, AppError> {
+    let after = q.after.unwrap_or(0).max(0);
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE_LIMIT).min(MAX_PAGE_LIMIT);
+    let mut conn = state.0.db.reader().acquire().await?;
+    let page = crate::books::operations(&mut conn, player_id, after, i64::from(limit)).await?;
+    Answer::json(StatusCode::OK, &page)
 }
 
 async fn deposit(

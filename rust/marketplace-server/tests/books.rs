@@ -449,8 +449,11 @@ async fn server_grants_only_the_backend_brings_value_in(db: TestDb) {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.body["transfer"], json!({"deposited": 0, "delivered": 0}));
+    assert_eq!(r.body["transfer"]["deposited"], 0);
+    assert_eq!(r.body["transfer"]["delivered"], 0);
     let b = account(&t, &buyer).await;
+    // The answer carries the account right after the purchase.
+    assert_eq!(r.body["transfer"]["account"], b, "{}", r.text);
     assert_eq!(
         (b["credits"].as_i64(), b["stash"]["relic"].as_i64()),
         (Some(20), Some(1))

@@ -242,3 +242,111 @@ fn a_week_away_with_a_lost_answer_still_settles_once() {
         300
     );
 }
+
+/// Issue 16, defect 4: the main save is damaged and its backup is older
+/// than a trade the server committed. Before the fix the backup was loaded
+/// as it was: the item never arrived and the credits the server took were
+/// never debited (I2). Now the session compares the save with the server's
+/// record of the player's operations and applies exactly what it lost —
+/// once, also across later logins.
+#[test]
+fn a_backup_older_than_a_committed_trade_is_reconciled_with_the_server() {
+    let world = World::start();
+    let mut seller = Player::in_memory(&world, "seller", 0);
+    seller.login();
+    let listings = list_items(&world, &mut seller, &[40, 15]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buyer.json");
+    let config = world.client_config();
+    let mut buyer = Player::on_disk(config.clone(), &path, "buyer");
+    buyer.store.add_credits(100).unwrap();
+    buyer.login();
+    // An earlier trade settles normally (the save contains it).
+    buyer.buy(listings[1], 15).unwrap();
+    buyer.settle(Duration::from_secs(10));
+    assert_eq!(buyer.store.state().credits, 85);
+    buyer.store.flush(Duration::from_secs(5)).unwrap();
+    let before_trade = std::fs::read(&path).unwrap();
+
+    // The trade: sent once its journal entry is on disk, committed by the
+    // server, its answer lost; the game quits.
+    world.proxy.fault("/purchase", Fault::LoseResponse, 1_000);
+    buyer.buy(listings[0], 40).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while world.count("SELECT COUNT(*) FROM purchases") < 2 {
+        assert!(std::time::Instant::now() < deadline);
+        buyer.frame();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let session = buyer.session.take().unwrap();
+    let _ = session.shutdown(&mut buyer.store, Duration::from_millis(50));
+    drop(buyer);
+    world.proxy.clear();
+    // The main file is damaged; the backup is the save from before the trade.
+    std::fs::write(&path, b"{\"version\": 4, \"cred").unwrap();
+    std::fs::write(
+        marketplace_client::persist::backup_path(&path),
+        &before_trade,
+    )
+    .unwrap();
+
+    let mut buyer = Player::on_disk(config.clone(), &path, "buyer");
+    assert!(buyer.store.recovered_from_backup());
+    assert!(
+        buyer.store.state().journal.is_empty(),
+        "the backup has no trace of it"
+    );
+    assert_eq!(buyer.store.state().credits, 85);
+    // No login by the game: a save restored from its backup logs in itself.
+    buyer.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::TradeRecovered { .. }))
+    });
+    let recovered: Vec<_> = buyer
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::TradeRecovered {
+                kind,
+                credits,
+                items,
+                shortfall,
+                ..
+            } => Some((kind.clone(), *credits, items.clone(), *shortfall)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        recovered,
+        vec![(
+            "purchase".to_string(),
+            -40,
+            vec![("item-0".to_string(), 1)],
+            0
+        )],
+        "exactly the lost trade, not the one the save contains"
+    );
+    assert_eq!(
+        buyer.store.state().credits,
+        45,
+        "debited what the server took (I2)"
+    );
+    assert_eq!(buyer.store.state().item_count("item-0"), 1, "delivered");
+    assert_eq!(buyer.store.state().item_count("item-1"), 1);
+
+    // Again later (another login, another start): nothing twice.
+    buyer.login();
+    buyer.settle(Duration::from_secs(5));
+    buyer.store.flush(Duration::from_secs(5)).unwrap();
+    drop(buyer);
+    let mut buyer = Player::on_disk(config, &path, "buyer");
+    buyer.login();
+    std::thread::sleep(Duration::from_millis(200));
+    buyer.settle(Duration::from_secs(5));
+    assert!(!buyer
+        .events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::TradeRecovered { .. })));
+    assert_eq!(buyer.store.state().credits, 45);
+    assert_eq!(buyer.store.state().item_count("item-0"), 1);
+}

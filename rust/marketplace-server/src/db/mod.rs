@@ -92,6 +92,13 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0005_exact_deposit_window.postgres.sql"),
         step: None,
     },
+    Migration {
+        version: 6,
+        name: "ledger_by_player",
+        sqlite: include_str!("migrations/0006_ledger_by_player.sqlite.sql"),
+        postgres: include_str!("migrations/0006_ledger_by_player.postgres.sql"),
+        step: None,
+    },
 ];
 
 /// Arbitrary constant: the PostgreSQL advisory lock that serialises migrations
