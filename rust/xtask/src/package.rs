@@ -145,6 +145,7 @@ pub fn package(args: &[String]) -> Result<()> {
     let name = format!("trading_marketplace-{version}.zip");
     let zip_path = dist.join(&name);
     std::fs::write(&zip_path, &bytes)?;
+    verify_independently(&zip_path, &files)?;
     let digest = sha256_hex(&bytes);
     std::fs::write(
         dist.join(format!("{name}.sha256")),
@@ -159,6 +160,58 @@ pub fn package(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--check") {
         check_in_godot(&zip_path, &version)?;
     }
+    Ok(())
+}
+
+/// Reads the zip back with a reader that is not ours — Python's `zipfile`,
+/// which checks every entry's CRC (`testzip`) — and compares every file's
+/// name and SHA-256 with what was meant to go in. Our writer and our reader
+/// could share a mistake; the Asset Library's unzip would not.
+fn verify_independently(zip_path: &Path, files: &BTreeMap<String, Entry>) -> Result<()> {
+    const SCRIPT: &str = r#"
+import hashlib, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    bad = z.testzip()
+    if bad is not None:
+        sys.exit("bad CRC in " + bad)
+    for info in z.infolist():
+        if not info.is_dir():
+            print(hashlib.sha256(z.read(info)).hexdigest(), info.filename)
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(zip_path)
+        .output()
+        .map_err(|e| format!("python3 is needed to check the zip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "the zip does not read back: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    let listed: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(digest, name)| (name.to_string(), digest.to_string()))
+        .collect();
+    let meant: BTreeMap<String, String> = files
+        .iter()
+        .map(|(name, entry)| (name.clone(), sha256_hex(&entry.data)))
+        .collect();
+    if listed != meant {
+        let missing: Vec<_> = meant.keys().filter(|k| !listed.contains_key(*k)).collect();
+        let extra: Vec<_> = listed.keys().filter(|k| !meant.contains_key(*k)).collect();
+        return Err(format!(
+            "the zip read back by Python differs: missing {missing:?}, extra {extra:?}, or different contents"
+        )
+        .into());
+    }
+    eprintln!(
+        "xtask: zip checked with Python's zipfile: {} files, CRCs and contents as written",
+        listed.len()
+    );
     Ok(())
 }
 
@@ -450,4 +503,51 @@ pub fn unpack(zip_path: &Path, dir: &Path) -> Result<()> {
         std::fs::write(dest, data)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod independent_check {
+    use super::*;
+
+    #[test]
+    fn python_reads_our_zip_and_notices_a_difference() {
+        if Command::new("python3").arg("--version").output().is_err() {
+            eprintln!("SKIPPED: python3 not found");
+            return;
+        }
+        let mut files = BTreeMap::new();
+        files.insert(
+            "addon/plugin.cfg".to_string(),
+            Entry {
+                data: b"[plugin]\n".to_vec(),
+                executable: false,
+            },
+        );
+        files.insert(
+            "addon/bin/lib.so".to_string(),
+            Entry {
+                data: vec![7; 100_000],
+                executable: true,
+            },
+        );
+        let dir = tempfile_dir();
+        let path = dir.join("t.zip");
+        std::fs::write(&path, zip::write(&files, 1_700_000_000).unwrap()).unwrap();
+        verify_independently(&path, &files).expect("reads back");
+        // A file the zip does not hold as meant is caught.
+        files.get_mut("addon/plugin.cfg").unwrap().data = b"other".to_vec();
+        assert!(verify_independently(&path, &files).is_err());
+        // So is a damaged archive (cut short: its directory is gone).
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 30]).unwrap();
+        files.get_mut("addon/plugin.cfg").unwrap().data = b"[plugin]\n".to_vec();
+        assert!(verify_independently(&path, &files).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-zip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }
