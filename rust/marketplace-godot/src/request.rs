@@ -106,7 +106,7 @@ thread_local! {
 }
 
 enum Deferred {
-    Event(SessionEvent),
+    Event(Box<SessionEvent>),
     /// The save closed: whatever of its requests still waits ends with
     /// `shutting_down`.
     CloseSlot(PathBuf),
@@ -159,7 +159,7 @@ fn finish(mut request: Gd<MarketRequest>, result: VarDictionary) {
 /// Completes the request `event` ends at the next frame tick (for callers
 /// that may hold a node or a slot).
 pub fn complete_later(event: SessionEvent) {
-    DEFERRED.with(|d| d.borrow_mut().push_back(Deferred::Event(event)));
+    DEFERRED.with(|d| d.borrow_mut().push_back(Deferred::Event(Box::new(event))));
 }
 
 /// Ends, at the next frame tick, every request still waiting on the save

@@ -237,7 +237,8 @@ pub struct CreateListingRequest {
     pub item_id: String,
     pub quantity: i64,
     pub price: i64,
-    #[serde(default)]
+    /// Absent when 0 (servers before deposits refuse unknown fields).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub deposit: i64,
 }
 
@@ -253,7 +254,8 @@ pub struct RepriceRequest {
 #[serde(deny_unknown_fields)]
 pub struct PurchaseRequest {
     pub expected_price: i64,
-    #[serde(default)]
+    /// Absent when 0 (servers before deposits refuse unknown fields).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub deposit: i64,
 }
 

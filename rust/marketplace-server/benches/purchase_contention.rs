@@ -15,7 +15,7 @@
 //! barely notice), and on PostgreSQL one through two server replicas
 //! sharing the database (requests alternate between them).
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::sync::Arc;

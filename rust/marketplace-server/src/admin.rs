@@ -22,8 +22,8 @@ use marketplace_protocol::{check_id, AccountEnvelope, MoveRequest, Moved};
 
 use crate::books::Move;
 use crate::error::{Answer, AppError};
-use crate::market::OpContext;
-use crate::routes::{ApiJson, IdemKey, PathId, RequestId};
+use crate::extract::{check_move, ApiJson, IdemKey, PathId, RequestId};
+use crate::op::OpContext;
 use crate::{books, AppState};
 
 /// Players whose tokens no longer work, mirrored from the `bans` table.
@@ -135,7 +135,7 @@ async fn grant(
     PathId(player_id): PathId,
     ApiJson(req): ApiJson<MoveRequest>,
 ) -> Result<Answer, AppError> {
-    crate::routes::check_move(&req)?;
+    check_move(&req)?;
     if let Some(item) = &req.item_id {
         check_id("item_id", item).map_err(AppError::InvalidRequest)?;
         state.0.policy.check_item(item)?;
@@ -162,7 +162,6 @@ async fn grant(
                 idem_key: &key,
                 now,
                 policy: &state.0.policy,
-                replayed: std::sync::atomic::AtomicBool::new(false),
             };
             books::credit(&mut tx, player_id, req.item_id.as_deref(), req.quantity).await?;
             books::movement(

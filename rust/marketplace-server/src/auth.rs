@@ -76,16 +76,6 @@ pub fn device_hash(device_id: &str) -> String {
     format!("sha256:{hex}")
 }
 
-/// True for what [`device_hash`] makes: `sha256:` and 64 lowercase hex
-/// digits. (A device id itself is at most 64 bytes, so it is never one.)
-pub fn is_device_hash(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
-
 /// A fresh random secret: 32 bytes, base64url.
 pub fn generate_secret() -> String {
     let mut bytes = [0u8; 32];

@@ -29,7 +29,7 @@ use marketplace_protocol::Account;
 use sqlx::{AnyConnection, Row};
 
 use crate::error::AppError;
-use crate::market::OpContext;
+use crate::op::OpContext;
 
 /// Sets a savepoint: a refusal found after it is undone with [`undo`].
 pub async fn checkpoint(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {

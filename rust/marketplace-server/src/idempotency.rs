@@ -31,7 +31,7 @@ use marketplace_protocol::{EconomyMode, ErrorCode, MarketChange};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Answer, AppError};
-use crate::market::{self, OpContext};
+use crate::market::{self, Done, OpContext};
 use crate::AppState;
 
 /// The canonical JSON of a change, hashed: what a replayed key is compared against.
@@ -193,7 +193,6 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
         idem_key: &job.key,
         now: job.now,
         policy: &job.policy,
-        replayed: std::sync::atomic::AtomicBool::new(false),
     };
     // The stored answer may have been pruned: the key is still known if it
     // changed something, and the rows it changed rebuild the answer. (A
@@ -212,7 +211,7 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
     let (result, replayed) = match known {
         Some((k,)) if k != kind => (Err(AppError::IdempotencyKeyReused), false),
         Some(_) => match market::recall(conn, &ctx, &job.mutation).await {
-            Ok(Some(answer)) => (Ok(answer), true),
+            Ok(Some(done)) => (Ok(done), true),
             Ok(None) => (
                 Err(AppError::Internal(format!(
                     "key of a {kind} without its rows"
@@ -223,15 +222,16 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
         },
         None if matches!(job.mutation, MarketChange::Purchase { .. }) => {
             // Records its own key, and recalls its own replays.
-            let result = apply(conn, &ctx, &job.mutation).await;
-            (
-                result,
-                ctx.replayed.load(std::sync::atomic::Ordering::Relaxed),
-            )
+            match market::apply(conn, &ctx, &job.mutation).await {
+                Ok(effect) => (Ok(effect.done), effect.replayed),
+                Err(e) => (Err(e), false),
+            }
         }
         None => {
             // A refusal leaves nothing written (see `market`).
-            let result = apply(conn, &ctx, &job.mutation).await;
+            let result = market::apply(conn, &ctx, &job.mutation)
+                .await
+                .map(|effect| effect.done);
             if result.is_ok() {
                 sqlx::query(
                     "INSERT INTO operation_keys (player_id, idem_key, kind) VALUES ($1, $2, $3)",
@@ -250,10 +250,12 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
     // may leave partial writes: it goes up and the transaction rolls back,
     // key included, so the client's retry runs the operation anew.
     let (answer, code) = match result {
-        Ok(answer) if job.policy.economy().mode == EconomyMode::ServerGrants => {
-            (with_account(conn, job.player_id, answer).await?, None)
+        Ok(mut done) => {
+            if job.policy.economy().mode == EconomyMode::ServerGrants {
+                with_account(conn, job.player_id, &mut done).await?;
+            }
+            (answer_of(&done)?, None)
         }
-        Ok(answer) => (answer, None),
         Err(e) if e.is_business_outcome() => (Answer::from(&e), Some(e.code())),
         Err(e) => return Err(e),
     };
@@ -283,24 +285,31 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
 async fn with_account(
     conn: &mut sqlx::AnyConnection,
     player_id: i64,
-    answer: Answer,
-) -> Result<Answer, AppError> {
-    let Ok(mut body) = serde_json::from_str::<serde_json::Value>(&answer.body) else {
-        return Ok(answer);
-    };
-    let Some(transfer) = body
-        .get_mut("transfer")
-        .and_then(serde_json::Value::as_object_mut)
-    else {
-        return Ok(answer);
-    };
-    let account = crate::books::account(conn, player_id).await?;
-    let account = serde_json::to_value(account).map_err(|e| AppError::Internal(e.to_string()))?;
-    transfer.insert("account".into(), account);
-    Ok(Answer {
-        status: answer.status,
-        body: body.to_string(),
-    })
+    done: &mut Done,
+) -> Result<(), AppError> {
+    if let Some(transfer) = done.transfer_mut() {
+        transfer.account = Some(crate::books::account(conn, player_id).await?);
+    }
+    Ok(())
+}
+
+/// The HTTP answer of what a change did: the edge where the domain's
+/// [`Done`] becomes a status and a JSON body (and is stored as such).
+fn answer_of(done: &Done) -> Result<Answer, AppError> {
+    use axum::http::StatusCode;
+    match done {
+        Done::Listing { envelope, created } => Answer::json(
+            if *created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            envelope,
+        ),
+        Done::Purchase(p) => Answer::json(StatusCode::OK, p),
+        Done::Claim(c) => Answer::json(StatusCode::OK, c),
+        Done::Moved(m) => Answer::json(StatusCode::OK, m),
+    }
 }
 
 /// The kind of change a key made, as `operation_keys` records it.
@@ -313,38 +322,6 @@ fn change_kind(change: &MarketChange) -> &'static str {
         MarketChange::Claim { .. } => "claim",
         MarketChange::Deposit { .. } => "deposit",
         MarketChange::Withdraw { .. } => "withdraw",
-    }
-}
-
-/// Runs one change of the market.
-async fn apply(
-    conn: &mut sqlx::AnyConnection,
-    ctx: &OpContext<'_>,
-    change: &MarketChange,
-) -> Result<Answer, AppError> {
-    match change {
-        MarketChange::CreateListing {
-            item_id,
-            quantity,
-            price,
-            deposit,
-        } => market::create_listing(conn, ctx, item_id, *quantity, *price, *deposit).await,
-        MarketChange::Reprice { listing_id, price } => {
-            market::reprice_listing(conn, ctx, *listing_id, *price).await
-        }
-        MarketChange::Cancel { listing_id } => market::cancel_listing(conn, ctx, *listing_id).await,
-        MarketChange::Purchase {
-            listing_id,
-            expected_price,
-            deposit,
-        } => market::purchase(conn, ctx, *listing_id, *expected_price, *deposit).await,
-        MarketChange::Claim { sale_id } => market::claim(conn, ctx, *sale_id).await,
-        MarketChange::Deposit { item_id, quantity } => {
-            market::move_value(conn, ctx, item_id.as_deref(), *quantity, true).await
-        }
-        MarketChange::Withdraw { item_id, quantity } => {
-            market::move_value(conn, ctx, item_id.as_deref(), *quantity, false).await
-        }
     }
 }
 

@@ -37,23 +37,31 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub mod admin;
-pub mod auth;
-pub mod books;
+mod admin;
+mod auth;
+mod books;
 pub mod config;
-pub mod db;
-pub mod economy;
-pub mod error;
-pub mod idempotency;
-pub mod market;
-pub mod metrics;
-pub mod net;
-pub mod rate_limit;
-pub mod routes;
-pub mod serve;
+mod db;
+mod economy;
+mod error;
+mod extract;
+mod idempotency;
+mod market;
+mod metrics;
+mod net;
+mod op;
+mod players;
+mod rate_limit;
+mod routes;
+mod serve;
 
+// The crate's surface: start a server ([`spawn`], [`BoundServer`]) with a
+// [`Config`]; audit a database's books; and what tests need to reach past
+// HTTP (the migrations, a token signer to forge tokens with).
+pub use auth::TokenSigner;
+pub use books::{audit as audit_connection, AuditReport};
 pub use config::Config;
-pub use db::{Backend, Db};
+pub use db::{audit, Backend, Db};
 
 /// Shared state of every handler; cheap to clone.
 #[derive(Clone)]

@@ -22,7 +22,7 @@ struct AuditArgs {
 }
 
 async fn audit(args: AuditArgs) -> std::process::ExitCode {
-    let report = match marketplace_server::db::audit(&args.database).await {
+    let report = match marketplace_server::audit(&args.database).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("marketplace-server audit: {e}");

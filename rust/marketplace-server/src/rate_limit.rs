@@ -115,6 +115,7 @@ impl RateLimiter {
     }
 
     /// Callers tracked right now (both generations).
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.buckets
             .lock()

@@ -5,26 +5,21 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query,
-    Request, State,
-};
-use axum::http::request::Parts;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use marketplace_protocol::{
-    check_id, check_name, check_positive, check_price, check_quantity, AccountEnvelope,
-    CreateListingRequest, ListingPage, MarketChange, MoveRequest, PurchaseRequest, RepriceRequest,
-    SalesPage, Session, SessionRequest, DEFAULT_PAGE_LIMIT, IDEMPOTENCY_HEADER, MAX_BODY_BYTES,
-    MAX_PAGE_LIMIT, PLAYER_HEADER, REQUEST_ID_HEADER, SERVER_HEADER,
+    check_id, check_name, check_positive, AccountEnvelope, CreateListingRequest, ListingPage,
+    MarketChange, MoveRequest, PurchaseRequest, RepriceRequest, SalesPage, Session, SessionRequest,
+    DEFAULT_PAGE_LIMIT, MAX_BODY_BYTES, MAX_PAGE_LIMIT, REQUEST_ID_HEADER,
 };
 use serde::Deserialize;
 
 use crate::error::{Answer, AppError};
+use crate::extract::{check_move, ApiJson, AuthPlayer, IdemKey, PathId, RequestId};
 use crate::idempotency::{self, Outcome};
 use crate::market::{listing_from_row, sale_from_row, BROWSE_COLUMNS, BROWSE_FROM, SALE_COLUMNS};
 use crate::rate_limit::Caller;
@@ -83,11 +78,6 @@ async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Re
     }
 }
 
-/// The request id: taken from `X-Request-Id` when the client sent a sane one,
-/// otherwise generated. Echoed on the answer and written to the ledger.
-#[derive(Clone)]
-pub struct RequestId(pub String);
-
 /// Request id, tracing span, metrics and an access log line for every request.
 async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -120,133 +110,6 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response
-}
-
-/// The authenticated, rate-limited player. Identity comes from the bearer
-/// token only.
-pub struct AuthPlayer(pub i64);
-
-impl FromRequestParts<AppState> for AuthPlayer {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(AppError::Unauthorized)?;
-        let player_id = state
-            .0
-            .signer
-            .verify(token.trim(), state.0.clock.now())
-            .ok_or(AppError::Unauthorized)?;
-        if state.0.bans.contains(player_id) {
-            return Err(AppError::Unauthorized);
-        }
-        check_binding(&parts.headers, state, player_id)?;
-        state
-            .0
-            .limiter
-            .check(Caller::Player(player_id), Instant::now())
-            .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
-        Ok(AuthPlayer(player_id))
-    }
-}
-
-/// The `Idempotency-Key` header, required on every mutating call.
-pub struct IdemKey(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for IdemKey {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        let key = parts
-            .headers
-            .get(IDEMPOTENCY_HEADER)
-            .ok_or_else(|| {
-                AppError::InvalidRequest("the Idempotency-Key header is required".into())
-            })?
-            .to_str()
-            .map_err(|_| AppError::InvalidRequest("Idempotency-Key must be ASCII".into()))?;
-        check_id("Idempotency-Key", key).map_err(AppError::InvalidRequest)?;
-        Ok(IdemKey(key.to_string()))
-    }
-}
-
-/// A request bound to a market and a player (a client's journaled trade)
-/// runs only there: another market, or this one under another player, says
-/// `wrong_server` before anything is read or written — also a market that
-/// shares this one's token secret, which would accept the token.
-fn check_binding(
-    headers: &axum::http::HeaderMap,
-    state: &AppState,
-    player_id: i64,
-) -> Result<(), AppError> {
-    if let Some(server) = headers.get(SERVER_HEADER) {
-        if server.as_bytes() != state.0.server_id.as_bytes() {
-            return Err(AppError::WrongServer(
-                "This request belongs to another market",
-            ));
-        }
-    }
-    if let Some(player) = headers.get(PLAYER_HEADER) {
-        let same = player
-            .to_str()
-            .ok()
-            .and_then(|p| p.trim().parse::<i64>().ok())
-            == Some(player_id);
-        if !same {
-            return Err(AppError::WrongServer(
-                "This request belongs to another player",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A positive integer id from the path.
-pub struct PathId(pub i64);
-
-impl<S: Send + Sync> FromRequestParts<S> for PathId {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| AppError::InvalidRequest(e.body_text()))?;
-        match raw.parse::<i64>() {
-            Ok(id) if id > 0 => Ok(PathId(id)),
-            _ => Err(AppError::InvalidRequest(
-                "id in the path must be a positive integer".into(),
-            )),
-        }
-    }
-}
-
-/// `axum::Json` with its rejections turned into our error envelope.
-pub struct ApiJson<T>(pub T);
-
-impl<T, S> FromRequest<S> for ApiJson<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = AppError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
-    }
-}
-
-fn json_rejection(rejection: JsonRejection) -> AppError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return AppError::PayloadTooLarge;
-    }
-    AppError::InvalidRequest(rejection.body_text())
 }
 
 fn mutation_response(state: &AppState, outcome: Outcome) -> Response {
@@ -282,37 +145,15 @@ async fn create_session(
     check_id("device_id", &req.device_id).map_err(AppError::InvalidRequest)?;
     check_name(&req.name).map_err(AppError::InvalidRequest)?;
     let now = state.0.clock.now();
-    let mut tx = state.0.db.begin_write().await?;
-    // The device id is the player's only credential: only its hash is stored.
-    // A row an older replica wrote with the id in clear (a rolling upgrade)
-    // is upgraded in place, so that player keeps its account.
-    let hash = crate::auth::device_hash(&req.device_id);
-    sqlx::query("UPDATE players SET device_id = $1 WHERE device_id = $2")
-        .bind(&hash)
-        .bind(&req.device_id)
-        .execute(&mut *tx)
-        .await?;
-    let (player_id,): (i64,) = sqlx::query_as(
-        "INSERT INTO players (device_id, name, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (device_id) DO UPDATE SET name = excluded.name RETURNING id",
+    let player_id = crate::players::log_in_device(
+        &state.0.db,
+        &req.device_id,
+        &req.name,
+        now,
+        &request_id,
+        |player| state.0.bans.contains(player),
     )
-    .bind(&hash)
-    .bind(&req.name)
-    .bind(now)
-    .fetch_one(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO ledger (at, player_id, action, request_id) VALUES ($1, $2, 'session', $3)",
-    )
-    .bind(now)
-    .bind(player_id)
-    .bind(&request_id)
-    .execute(&mut *tx)
-    .await?;
-    if state.0.bans.contains(player_id) {
-        return Err(AppError::Unauthorized);
-    }
-    tx.commit().await?;
     let expires_at = now.saturating_add(state.0.config.token_ttl_secs as i64);
     Answer::json(
         StatusCode::OK,
@@ -582,18 +423,6 @@ async fn claim(
 
 /// 200 `ok` when the database answers — and, on SQLite, the writer that
 /// every mutation goes through; 503 with the reason otherwise.
-/// Checks a deposit, withdrawal or grant: an item id when items move, and a
-/// quantity within the protocol's limits (credits up to a price's).
-pub fn check_move(req: &MoveRequest) -> Result<(), AppError> {
-    match &req.item_id {
-        Some(item) => {
-            check_id("item_id", item).map_err(AppError::InvalidRequest)?;
-            check_quantity(req.quantity).map_err(AppError::InvalidRequest)
-        }
-        None => check_price("quantity", req.quantity).map_err(AppError::InvalidRequest),
-    }
-}
-
 async fn my_account(
     State(state): State<AppState>,
     AuthPlayer(player_id): AuthPlayer,

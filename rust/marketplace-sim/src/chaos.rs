@@ -801,7 +801,7 @@ fn check_invariants(
         let mut conn = sqlx::AnyConnection::connect(&market.config.database)
             .await
             .map_err(|e| e.to_string())?;
-        marketplace_server::books::audit(&mut conn)
+        marketplace_server::audit_connection(&mut conn)
             .await
             .map_err(|e| e.to_string())
     })?;

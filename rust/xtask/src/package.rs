@@ -236,8 +236,9 @@ fn check_in_godot(zip_path: &Path, version: &str) -> Result<()> {
                 "-p",
                 "marketplace-e2e",
                 "--test",
-                "godot_headless",
+                "it",
                 "--",
+                "godot_headless",
                 "--nocapture",
             ])
             .env("MARKET_ADDON_DIR", &addon),

@@ -49,6 +49,26 @@ struct Migration {
     step: Option<Step>,
 }
 
+impl Migration {
+    /// What the migration runs on `backend`, as a SHA-256: kept with it
+    /// when applied, and compared at every start, so an applied migration
+    /// cannot be edited silently (the database would not be what the file
+    /// now says).
+    fn checksum(&self, backend: Backend) -> String {
+        use sha2::{Digest, Sha256};
+        let sql = match backend {
+            Backend::Sqlite => self.sqlite,
+            Backend::Postgres => self.postgres,
+        };
+        let step = match self.step {
+            Some(Step::HashDeviceIds) => "hash_device_ids",
+            None => "",
+        };
+        let digest = Sha256::digest(format!("{sql}\n-- step: {step}").as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// Migration steps written in Rust.
 #[derive(Clone, Copy)]
 enum Step {
@@ -230,14 +250,47 @@ impl Db {
                  version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
             )
             .await?;
+            // Checksums came after the table: servers before them made it
+            // without the column.
+            if sqlx::query("SELECT checksum FROM schema_migrations LIMIT 1")
+                .fetch_optional(&mut *conn)
+                .await
+                .is_err()
+            {
+                conn.execute("ALTER TABLE schema_migrations ADD COLUMN checksum TEXT")
+                    .await?;
+            }
             for m in MIGRATIONS.iter().filter(|m| m.version <= up_to) {
-                let done: Option<(i64,)> =
-                    sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
-                        .bind(m.version)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                if done.is_some() {
-                    continue;
+                let checksum = m.checksum(self.backend);
+                let done: Option<(i64, Option<String>)> = sqlx::query_as(
+                    "SELECT version, checksum FROM schema_migrations WHERE version = $1",
+                )
+                .bind(m.version)
+                .fetch_optional(&mut *conn)
+                .await?;
+                match done {
+                    Some((_, Some(stored))) if stored != checksum => {
+                        return Err(sqlx::Error::Configuration(
+                            format!(
+                                "migration {} ({}) differs from the one applied to this database \
+                                 (checksum {stored}, the file now gives {checksum}): an applied \
+                                 migration was edited; add a new migration instead",
+                                m.version, m.name
+                            )
+                            .into(),
+                        ));
+                    }
+                    Some((_, Some(_))) => continue,
+                    Some((_, None)) => {
+                        // Applied before checksums existed: recorded now.
+                        sqlx::query("UPDATE schema_migrations SET checksum = $1 WHERE version = $2")
+                            .bind(&checksum)
+                            .bind(m.version)
+                            .execute(&mut *conn)
+                            .await?;
+                        continue;
+                    }
+                    None => {}
                 }
                 let sql = match self.backend {
                     Backend::Sqlite => m.sqlite,
@@ -251,11 +304,12 @@ impl Db {
                     run_step(&mut tx, step).await?;
                 }
                 sqlx::query(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                    "INSERT INTO schema_migrations (version, name, applied_at, checksum) VALUES ($1, $2, $3, $4)",
                 )
                 .bind(m.version)
                 .bind(m.name)
                 .bind(crate::now_secs())
+                .bind(&checksum)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;

@@ -2,14 +2,12 @@
 //! methods, a load balancer in front, a million callers, a writer that
 //! dies, a million expired answers, a leaked database.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::{check_books, count, key, TestDb, TestServer};
 use marketplace_server::Config;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::{check_books, count, key, TestDb, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 backend_tests!(

@@ -2,13 +2,11 @@
 //! changes nothing, identity from the token only, idempotent replays,
 //! paging, rate limiting, metrics and restarts.
 
-mod support;
-
-use marketplace_server::auth::TokenSigner;
+use crate::support::{check_books, count, key, TestDb, TestServer};
 use marketplace_server::Config;
+use marketplace_server::TokenSigner;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::{check_books, count, key, TestDb, TestServer};
 
 backend_tests!(
     bad_input_is_refused_and_changes_nothing,

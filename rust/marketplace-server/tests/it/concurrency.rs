@@ -2,13 +2,11 @@
 //! racing for the same listings, concurrent claims and concurrent replays.
 //! Every test ends by checking the books (I1, I2) in the database itself.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::support::{check_books, key, TestDb, TestServer};
 use reqwest::StatusCode;
-use support::{check_books, key, TestDb, TestServer};
 use tokio::sync::Barrier;
 
 backend_tests!(

@@ -248,6 +248,7 @@ async fn audit(database: &str) {
     let sql = "UPDATE accounts SET credits = credits + 1000";
     {
         use sqlx::Connection;
+        sqlx::any::install_default_drivers();
         let mut conn = sqlx::AnyConnection::connect(database).await.unwrap();
         sqlx::query(sql).execute(&mut conn).await.unwrap();
         let _ = conn.close().await;

@@ -3,12 +3,10 @@
 //! rows and gets the first outcome — for every kind of change, on both
 //! backends.
 
-mod support;
-
+use crate::support::{check_books, count, key, Player, TestDb, TestServer};
 use marketplace_server::Config;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::{check_books, count, key, Player, TestDb, TestServer};
 
 backend_tests!(
     replays_after_the_retention_get_the_first_outcome,
@@ -30,7 +28,7 @@ async fn send(
     path: &str,
     key: &str,
     body: Option<serde_json::Value>,
-) -> support::Reply {
+) -> crate::support::Reply {
     t.send(
         method,
         path,

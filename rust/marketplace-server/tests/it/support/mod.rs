@@ -20,7 +20,7 @@ macro_rules! backend_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    super::$name(super::support::TestDb::sqlite().await).await
+                    super::$name($crate::support::TestDb::sqlite().await).await
                 }
             )*
         }
@@ -28,7 +28,7 @@ macro_rules! backend_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    let Some(db) = super::support::TestDb::postgres().await else { return };
+                    let Some(db) = $crate::support::TestDb::postgres().await else { return };
                     super::$name(db).await
                 }
             )*
@@ -362,7 +362,7 @@ pub async fn check_books(db: &TestDb) -> Books {
     );
     // I6: the server's own books balance, from the ledger alone.
     let mut conn = pool.acquire().await.expect("connection");
-    let audit = marketplace_server::books::audit(&mut conn)
+    let audit = marketplace_server::audit_connection(&mut conn)
         .await
         .expect("audit runs");
     assert!(

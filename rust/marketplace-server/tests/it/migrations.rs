@@ -4,14 +4,15 @@
 //! and proceeds enter the books — and the upgraded server answers old keys
 //! with their first outcome.
 
-mod support;
-
+use crate::support::{check_books, TestDb, TestServer};
 use marketplace_server::{Config, Db};
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{check_books, TestDb, TestServer};
 
-backend_tests!(an_old_database_is_upgraded_in_place);
+backend_tests!(
+    an_old_database_is_upgraded_in_place,
+    an_edited_applied_migration_stops_the_server,
+);
 
 async fn exec(db: &TestDb, sql: &str) {
     let pool = db.pool().await;
@@ -127,4 +128,46 @@ async fn an_old_database_is_upgraded_in_place(db: TestDb) {
     let r = t.claim(&seller, 1, "k-claim-after-upgrade").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     check_books(&db).await;
+}
+
+/// Migrations are checksummed: a database whose applied migration differs
+/// from the file (someone edited an applied migration) is refused at start
+/// with a message naming it, and nothing is changed.
+async fn an_edited_applied_migration_stops_the_server(db: TestDb) {
+    let config = Config::for_tests(&db.url);
+    Db::connect(&config).await.expect("fresh").close().await;
+    assert!(
+        one(
+            &db,
+            "SELECT checksum FROM schema_migrations WHERE version = 4"
+        )
+        .await
+        .is_some_and(|c| c.len() == 64),
+        "every applied migration has its checksum"
+    );
+    // Applied before checksums existed: recorded at the next start.
+    exec(
+        &db,
+        "UPDATE schema_migrations SET checksum = NULL WHERE version = 2",
+    )
+    .await;
+    Db::connect(&config).await.expect("starts").close().await;
+    assert!(one(
+        &db,
+        "SELECT checksum FROM schema_migrations WHERE version = 2"
+    )
+    .await
+    .is_some());
+    // As if migration 4's file had been edited after it was applied.
+    exec(
+        &db,
+        "UPDATE schema_migrations SET checksum = 'edited' WHERE version = 4",
+    )
+    .await;
+    let err = match Db::connect(&config).await {
+        Ok(_) => panic!("a changed migration must stop the server"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("migration 4 (books)"), "{err}");
+    assert!(err.contains("edited"), "{err}");
 }

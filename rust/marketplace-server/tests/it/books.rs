@@ -5,13 +5,11 @@
 //! (the audit replays the ledger), honest players are unaffected. Also the
 //! admin API and the server-grants policy. Both databases.
 
-mod support;
-
+use crate::support::{check_books, key, Player, TestDb, TestServer};
 use marketplace_server::config::EconomyArg;
 use marketplace_server::Config;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{check_books, key, Player, TestDb, TestServer};
 
 backend_tests!(
     a_cheater_cannot_create_credits_or_items,
@@ -23,7 +21,7 @@ backend_tests!(
     the_admin_api_needs_its_key_and_bans_stick,
 );
 
-async fn post(t: &TestServer, who: &Player, path: &str, body: Value) -> support::Reply {
+async fn post(t: &TestServer, who: &Player, path: &str, body: Value) -> crate::support::Reply {
     t.send(
         Method::POST,
         path,
@@ -365,7 +363,7 @@ async fn admin(
     path: &str,
     key_: Option<&str>,
     body: Option<Value>,
-) -> support::Reply {
+) -> crate::support::Reply {
     t.send(method, path, Some(ADMIN), key_, body.map(|b| b.to_string()))
         .await
 }

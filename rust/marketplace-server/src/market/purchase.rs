@@ -1,0 +1,297 @@
+use marketplace_protocol::{ListingStatus, Purchase, PurchaseEnvelope, Transfer};
+use sqlx::AnyConnection;
+use sqlx::Row;
+
+use super::{
+    cover, keyed_row, limits, listing_from_row, mismatch, Done, Effect, OpContext, LISTING_COLUMNS,
+};
+use crate::books::{self, Move};
+use crate::error::AppError;
+
+/// The purchase: one conditional update flips the listing to `sold` only if it
+/// is still active, at the price the buyer saw, and not the buyer's own. The
+/// buyer pays from the market account (after depositing what is missing,
+/// when the policy and the request allow), the price becomes the seller's
+/// unclaimed proceeds, the items go to the buyer's stash — and under client
+/// deposits on to the game's save. The purchase row (unique per listing),
+/// the ledger rows and — in the caller — the idempotent answer commit in the
+/// same transaction.
+pub(super) async fn run(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    listing_id: i64,
+    expected_price: i64,
+    deposit: i64,
+) -> Result<Effect, AppError> {
+    limits(marketplace_protocol::check_price(
+        "expected_price",
+        expected_price,
+    ))?;
+    // The race is decided here, by the one statement losers pay for. It
+    // changes nothing but the status, so a refusal found after it (the buyer
+    // cannot pay) can put the listing back exactly.
+    let row = sqlx::query(
+        "UPDATE listings SET status = 'sold' \
+         WHERE id = $1 AND status = 'active' AND price = $2 AND seller_id <> $3 \
+         RETURNING seller_id, item_id, quantity, price",
+    )
+    .bind(listing_id)
+    .bind(expected_price)
+    .bind(ctx.player_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        // Lost (or a replay of a purchase this key already made, whose
+        // stored answer was pruned): one read tells which.
+        let sql = format!(
+            "SELECT {LISTING_COLUMNS}, (SELECT kind FROM operation_keys WHERE player_id = $2 AND idem_key = $3) AS known \
+             FROM listings WHERE id = $1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(listing_id)
+            .bind(ctx.player_id)
+            .bind(ctx.idem_key)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let known: Option<String> = match &row {
+            Some(r) => r.try_get("known")?,
+            None => {
+                let k: Option<(String,)> = sqlx::query_as(
+                    "SELECT kind FROM operation_keys WHERE player_id = $1 AND idem_key = $2",
+                )
+                .bind(ctx.player_id)
+                .bind(ctx.idem_key)
+                .fetch_optional(&mut *conn)
+                .await?;
+                k.map(|(k,)| k)
+            }
+        };
+        match known.as_deref() {
+            Some("purchase") => {
+                return match recall(conn, ctx, listing_id, expected_price).await? {
+                    Some(done) => Ok(Effect {
+                        done,
+                        replayed: true,
+                    }),
+                    None => Err(AppError::Internal(
+                        "key of a purchase without its rows".into(),
+                    )),
+                };
+            }
+            Some(_) => return Err(AppError::IdempotencyKeyReused),
+            None => {}
+        }
+        let listing = row.as_ref().map(listing_from_row).transpose()?;
+        return Err(match listing {
+            None => AppError::NotFound("Listing"),
+            Some(l) if l.seller_id == ctx.player_id => AppError::OwnListing,
+            Some(l) if l.status == ListingStatus::Sold => AppError::AlreadySold,
+            Some(l) if l.status == ListingStatus::Cancelled => AppError::ListingCancelled,
+            Some(l) if l.price != expected_price => AppError::PriceChanged {
+                current_price: l.price,
+            },
+            Some(_) => {
+                AppError::Internal("purchase matched nothing but the listing is buyable".into())
+            }
+        });
+    };
+    let seller_id: i64 = row.try_get("seller_id")?;
+    let item_id: String = row.try_get("item_id")?;
+    let quantity: i64 = row.try_get("quantity")?;
+    let price: i64 = row.try_get("price")?;
+    let won = Won {
+        listing_id,
+        seller_id,
+        item_id,
+        quantity,
+        price,
+    };
+    books::checkpoint(conn).await?;
+    let outcome = pay_and_deliver(conn, ctx, &won, deposit).await;
+    let outcome = books::keep_or_undo(conn, outcome).await;
+    if matches!(&outcome, Err(refusal) if !refusal.is_infrastructure()) {
+        // Nothing of the purchase stays: the writes after the checkpoint
+        // are undone; the listing (won before it) is for sale again.
+        sqlx::query("UPDATE listings SET status = 'active' WHERE id = $1")
+            .bind(listing_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    outcome.map(Effect::from)
+}
+
+/// A listing a buyer just won the race for.
+struct Won {
+    listing_id: i64,
+    seller_id: i64,
+    item_id: String,
+    quantity: i64,
+    price: i64,
+}
+
+/// The rest of a purchase once the race is won: the buyer pays (depositing
+/// what is missing if allowed), the price becomes proceeds, the items go to
+/// the buyer — and to the save under client deposits.
+async fn pay_and_deliver(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    won: &Won,
+    deposit: i64,
+) -> Result<Done, AppError> {
+    let Won {
+        listing_id,
+        seller_id,
+        item_id,
+        quantity,
+        price,
+    } = won;
+    let (listing_id, seller_id, quantity, price) = (*listing_id, *seller_id, *quantity, *price);
+    sqlx::query("UPDATE listings SET updated_at = $1 WHERE id = $2")
+        .bind(ctx.now)
+        .bind(listing_id)
+        .execute(&mut *conn)
+        .await?;
+    let me = ctx.player_id;
+    // The key is recorded here, inside the checkpoint: a key already used
+    // for something else undoes the whole purchase, before
+    // anything else could clash with it.
+    let recorded = sqlx::query(
+        "INSERT INTO operation_keys (player_id, idem_key, kind) VALUES ($1, $2, 'purchase') \
+         ON CONFLICT (player_id, idem_key) DO NOTHING",
+    )
+    .bind(me)
+    .bind(ctx.idem_key)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if recorded == 0 {
+        return Err(AppError::IdempotencyKeyReused);
+    }
+    let deposited = cover(conn, ctx, None, price, deposit).await?;
+    // Deposit and payment net out on the account: one conditional update
+    // (none when the deposit paid it all).
+    books::adjust(conn, me, None, deposited - price).await?;
+    let delivered = if ctx.policy.delivers() { quantity } else { 0 };
+    let (purchase_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO purchases (listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, buy_key, deposited, delivered) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+    )
+    .bind(listing_id)
+    .bind(me)
+    .bind(seller_id)
+    .bind(item_id)
+    .bind(quantity)
+    .bind(price)
+    .bind(ctx.now)
+    .bind(ctx.idem_key)
+    .bind(deposited)
+    .bind(delivered)
+    .fetch_one(&mut *conn)
+    .await?;
+    if delivered == 0 {
+        books::credit(conn, me, Some(item_id), quantity).await?;
+    }
+    let (lid, pid, item) = (Some(listing_id), Some(purchase_id), Some(item_id.as_str()));
+    let mut moves = Vec::with_capacity(4);
+    if deposited > 0 {
+        moves.push(Move {
+            player_id: me,
+            action: "deposit",
+            item_id: None,
+            quantity: deposited,
+            listing_id: lid,
+            purchase_id: pid,
+        });
+    }
+    moves.push(Move {
+        player_id: me,
+        action: "purchase_pay",
+        item_id: None,
+        quantity: price,
+        listing_id: lid,
+        purchase_id: pid,
+    });
+    moves.push(Move {
+        player_id: me,
+        action: "purchase_items",
+        item_id: item,
+        quantity,
+        listing_id: lid,
+        purchase_id: pid,
+    });
+    if delivered > 0 {
+        moves.push(Move {
+            player_id: me,
+            action: "withdraw",
+            item_id: item,
+            quantity,
+            listing_id: lid,
+            purchase_id: pid,
+        });
+    }
+    books::movements(conn, ctx, &moves).await?;
+    let purchase = Purchase {
+        id: purchase_id,
+        listing_id,
+        buyer_id: me,
+        seller_id,
+        item_id: item_id.clone(),
+        quantity,
+        price,
+        created_at: ctx.now,
+    };
+    Ok(Done::Purchase(PurchaseEnvelope {
+        purchase,
+        transfer: Some(Transfer {
+            deposited,
+            delivered,
+            ..Transfer::default()
+        }),
+    }))
+}
+
+/// The purchase this key made, as it was answered.
+pub(super) async fn recall(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    listing_id: i64,
+    expected_price: i64,
+) -> Result<Option<Done>, AppError> {
+    let Some(row) = keyed_row(
+                conn,
+                "SELECT id, listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, deposited, delivered \
+                 FROM purchases WHERE buyer_id = $1 AND buy_key = $2",
+                ctx,
+            )
+            .await?
+            else {
+                return Ok(None);
+            };
+    let purchase = Purchase {
+        id: row.try_get("id")?,
+        listing_id: row.try_get("listing_id")?,
+        buyer_id: row.try_get("buyer_id")?,
+        seller_id: row.try_get("seller_id")?,
+        item_id: row.try_get("item_id")?,
+        quantity: row.try_get("quantity")?,
+        price: row.try_get("price")?,
+        created_at: row.try_get("created_at")?,
+    };
+    if purchase.listing_id != listing_id || purchase.price != expected_price {
+        return mismatch();
+    }
+    let transfer = row
+        .try_get::<Option<i64>, _>("deposited")?
+        .map(|deposited| -> Result<Transfer, sqlx::Error> {
+            Ok(Transfer {
+                deposited,
+                delivered: row.try_get::<Option<i64>, _>("delivered")?.unwrap_or(0),
+                ..Transfer::default()
+            })
+        })
+        .transpose()?;
+    Ok(Some(Done::Purchase(PurchaseEnvelope {
+        purchase,
+        transfer,
+    })))
+}
