@@ -18,6 +18,22 @@ fn purchase_succeeded(e: &SessionEvent) -> bool {
     matches!(e, SessionEvent::PurchaseSucceeded { .. })
 }
 
+/// A buyer whose save goes through a file system the test can fill up.
+fn buyer_on_test_fs(world: &World) -> (TestFs, std::path::PathBuf, Player) {
+    let fs = TestFs::default();
+    let path = world.dir.path().join("buyer.json");
+    let buyer = player_with(
+        world,
+        &path,
+        StoreOptions {
+            fs: Box::new(fs.clone()),
+            retry_after: Duration::from_millis(50),
+            ..StoreOptions::default()
+        },
+    );
+    (fs, path, buyer)
+}
+
 fn seller_with_listings(world: &World, prices: &[i64]) -> (Player, Vec<i64>) {
     let mut seller = Player::in_memory(world, "seller", 0);
     seller.login();
@@ -223,17 +239,7 @@ fn a_proxy_error_page_after_a_lost_answer_keeps_the_hold() {
 fn trades_wait_while_saves_fail_and_go_once_one_succeeds() {
     let world = World::start();
     let (_seller, listings) = seller_with_listings(&world, &[70]);
-    let fs = TestFs::default();
-    let path = world.dir.path().join("buyer.json");
-    let mut buyer = player_with(
-        &world,
-        &path,
-        StoreOptions {
-            fs: Box::new(fs.clone()),
-            retry_after: Duration::from_millis(50),
-            ..StoreOptions::default()
-        },
-    );
+    let (fs, path, mut buyer) = buyer_on_test_fs(&world);
     buyer.store.add_credits(500).unwrap();
     buyer.store.flush(Duration::from_secs(5)).unwrap();
     buyer.login();
@@ -680,16 +686,7 @@ fn a_failing_disk_is_told_once_per_streak() {
 fn a_success_whose_save_fails_at_close_is_not_told_and_settles_on_the_next_open() {
     let world = World::start();
     let (_seller, listings) = seller_with_listings(&world, &[30]);
-    let fs = TestFs::default();
-    let path = world.dir.path().join("buyer.json");
-    let mut buyer = player_with(
-        &world,
-        &path,
-        StoreOptions {
-            fs: Box::new(fs.clone()),
-            ..StoreOptions::default()
-        },
-    );
+    let (fs, path, mut buyer) = buyer_on_test_fs(&world);
     buyer.store.add_credits(100).unwrap();
     buyer.login();
     buyer.settle(Duration::from_secs(5));

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use marketplace_client::{ErrorCode, SessionEvent, StoreOptions};
 
-use crate::support::proxy::Fault;
 use crate::support::{list_items, player_with, Player, World};
 
 /// The interleaving: buy listing N on market A, A commits, the
@@ -34,17 +33,8 @@ fn a_trade_answered_on_one_market_is_never_sent_to_another() {
     buyer.store.add_credits(100).unwrap();
     buyer.login();
     // A commits every attempt's purchase… and the game never hears.
-    a.proxy.fault("/purchase", Fault::LoseResponse, 1_000);
-    buyer.buy(listing, 40).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while a.count("SELECT COUNT(*) FROM purchases") == 0 {
-        assert!(Instant::now() < deadline, "A never got the purchase");
-        buyer.frame();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let session = buyer.session.take().unwrap();
-    let _ = session.shutdown(&mut buyer.store, Duration::from_millis(50));
-    drop(buyer);
+    buyer.buy_answer_lost(&a, listing, 40);
+    buyer.quit();
 
     // The next launch points at B (a realm picked later, a staging switch).
     let mut buyer = player_with(&b, &path, StoreOptions::default());
@@ -88,13 +78,8 @@ fn a_trade_answered_on_one_market_is_never_sent_to_another() {
 
     // Back to A: the trade goes with its key and settles as A's purchase.
     a.proxy.clear();
-    let config = a.client_config();
-    let store = &buyer.store;
     buyer
-        .session
-        .as_mut()
-        .unwrap()
-        .set_config(store, config)
+        .set_config(a.client_config())
         .expect("switching servers is allowed while trades wait");
     buyer.pump_until(Duration::from_secs(10), |e| {
         e.iter()
@@ -146,16 +131,7 @@ fn the_server_refuses_changes_bound_to_another_market_or_player() {
     let listing = list_items(&a, &mut seller, &[30])[0];
     let url = a.server.as_ref().unwrap().url();
     let http = reqwest::Client::new();
-    let login: serde_json::Value = a.rt.block_on(async {
-        http.post(format!("{url}/v1/sessions"))
-            .json(&serde_json::json!({"device_id": "raw-buyer", "name": "raw"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
+    let login = a.raw_login("raw-buyer");
     let token = login["token"].as_str().unwrap().to_string();
     let server_id = login["server_id"].as_str().unwrap().to_string();
     assert!(server_id.starts_with("mkt_"), "{server_id}");

@@ -270,17 +270,8 @@ fn a_backup_older_than_a_committed_trade_is_reconciled_with_the_server() {
 
     // The trade: sent once its journal entry is on disk, committed by the
     // server, its answer lost; the game quits.
-    world.proxy.fault("/purchase", Fault::LoseResponse, 1_000);
-    buyer.buy(listings[0], 40).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while world.count("SELECT COUNT(*) FROM purchases") < 2 {
-        assert!(std::time::Instant::now() < deadline);
-        buyer.frame();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let session = buyer.session.take().unwrap();
-    let _ = session.shutdown(&mut buyer.store, Duration::from_millis(50));
-    drop(buyer);
+    buyer.buy_answer_lost(&world, listings[0], 40);
+    buyer.quit();
     world.proxy.clear();
     // The main file is damaged; the backup is the save from before the trade.
     std::fs::write(&path, b"{\"version\": 4, \"cred").unwrap();

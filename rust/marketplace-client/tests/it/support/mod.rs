@@ -197,6 +197,43 @@ impl Player {
         }
     }
 
+    /// New settings for the running session.
+    pub fn set_config(&mut self, config: ClientConfig) -> Result<(), ClientError> {
+        let session = self.session.as_mut().expect("session running");
+        session.set_config(&self.store, config)
+    }
+
+    /// Buys `listing` at `price` while `world`'s proxy loses every answer:
+    /// returns once the server committed the purchase (frames keep running
+    /// until then), the game having heard nothing.
+    pub fn buy_answer_lost(&mut self, world: &World, listing: i64, price: i64) {
+        let committed = |w: &World| {
+            w.count(&format!(
+                "SELECT COUNT(*) FROM purchases WHERE listing_id = {listing}"
+            ))
+        };
+        world
+            .proxy
+            .fault("/purchase", proxy::Fault::LoseResponse, 1_000);
+        self.buy(listing, price).expect("purchase submitted");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while committed(world) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the server never got the purchase"
+            );
+            self.frame();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Quits as a game does: the session shuts down, the store closes.
+    pub fn quit(mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = session.shutdown(&mut self.store, Duration::from_millis(50));
+        }
+    }
+
     pub fn login(&mut self) {
         let store = &self.store;
         let session = self.session.as_mut().expect("session");
@@ -320,6 +357,28 @@ impl TestFs {
 pub fn player_with(world: &World, path: &std::path::Path, options: StoreOptions) -> Player {
     let store = PlayerStore::open(path, "player", options).expect("store opens");
     Player::with_store(world.client_config(), store)
+}
+
+impl World {
+    /// Logs `device` in over raw HTTP (as a modified client would): the
+    /// session answer as JSON.
+    pub fn raw_login(&self, device: &str) -> serde_json::Value {
+        let url = format!(
+            "{}/v1/sessions",
+            self.server.as_ref().expect("server").url()
+        );
+        self.rt.block_on(async {
+            reqwest::Client::new()
+                .post(url)
+                .json(&serde_json::json!({"device_id": device, "name": device}))
+                .send()
+                .await
+                .expect("login sent")
+                .json()
+                .await
+                .expect("login answer")
+        })
+    }
 }
 
 /// Counts events of one kind.
