@@ -151,7 +151,10 @@ pub struct SyncMark {
     pub applied: BTreeMap<String, i64>,
 }
 
-/// A keys noted in [`SyncMark::applied`] is forgotten after this long even if
+/// [`SyncMark::seq`] before the first reconciliation with that market.
+pub const UNSET: i64 = -1;
+
+/// A key noted in [`SyncMark::applied`] is forgotten after this long even if
 /// no listing ever confirms it (an operation settled while the mark was
 /// being set up): the list stays small.
 pub const APPLIED_KEY_TTL_SECS: i64 = 30 * 24 * 3600;
@@ -732,7 +735,17 @@ impl PlayerState {
     /// settlement), so that a later [`PlayerState::reconcile`] knows the save
     /// contains it. Returns the market whose mark changed.
     pub fn note_applied(&mut self, owner: &Owner, key: &str, now: i64) -> Option<String> {
-        let mark = self.sync.get_mut(&owner.server_id)?;
+        // Before the first reconciliation the mark is not set yet: noted
+        // all the same (with no position), so that an operation settled
+        // while the first page was on its way is never taken for lost.
+        let mark = self
+            .sync
+            .entry(owner.server_id.clone())
+            .or_insert_with(|| SyncMark {
+                player_id: owner.player_id,
+                seq: UNSET,
+                applied: BTreeMap::new(),
+            });
         if mark.player_id != owner.player_id {
             return None;
         }
@@ -755,17 +768,20 @@ impl PlayerState {
         page: &marketplace_protocol::OperationsPage,
         now: i64,
     ) -> Vec<Recovered> {
-        let fresh = self
+        let known = self
             .sync
             .get(&owner.server_id)
-            .is_none_or(|m| m.player_id != owner.player_id);
-        if fresh {
+            .filter(|m| m.player_id == owner.player_id);
+        if known.is_none_or(|m| m.seq == UNSET) {
+            // First contact: the record as it stands now. Keys noted before
+            // (settled meanwhile) stay until seen or forgotten by age.
+            let applied = known.map(|m| m.applied.clone()).unwrap_or_default();
             self.sync.insert(
                 owner.server_id.clone(),
                 SyncMark {
                     player_id: owner.player_id,
                     seq: page.last_seq.max(0),
-                    applied: BTreeMap::new(),
+                    applied,
                 },
             );
             return Vec::new();
@@ -1369,5 +1385,104 @@ mod tests {
         s.journal_op("k".into(), MarketChange::Claim { sale_id: 1 }, Some(99), 0);
         let problems = s.validate().unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    fn op(
+        seq: i64,
+        key: &str,
+        credits: i64,
+        items: &[(&str, i64)],
+    ) -> marketplace_protocol::OperationRecord {
+        marketplace_protocol::OperationRecord {
+            seq,
+            key: key.into(),
+            kind: "purchase".into(),
+            at: 0,
+            credits,
+            items: items.iter().map(|(i, n)| (i.to_string(), *n)).collect(),
+        }
+    }
+
+    fn page(
+        ops: Vec<marketplace_protocol::OperationRecord>,
+        last_seq: i64,
+    ) -> marketplace_protocol::OperationsPage {
+        marketplace_protocol::OperationsPage {
+            operations: ops,
+            last_seq,
+        }
+    }
+
+    fn owner() -> Owner {
+        Owner {
+            server_id: "mkt_a".into(),
+            player_id: 7,
+        }
+    }
+
+    /// Reconciliation applies exactly what the save lost: not what it
+    /// journals (settles by its answer), not what it settled, each lost one
+    /// once — and the mark never passes a journaled operation.
+    #[test]
+    fn reconcile_applies_exactly_the_lost_operations_once() {
+        let mut s = rich();
+        let before = (s.credits, s.item_count("ore"));
+        // First contact: the mark is where the record stands; nothing applied.
+        assert!(s
+            .reconcile(&owner(), &page(vec![op(3, "old", -5, &[])], 3), 0)
+            .is_empty());
+        assert_eq!(s.sync["mkt_a"].seq, 3);
+        // k1 settled here, k2 still journaled, k3 lost, k4 after k2.
+        s.note_applied(&owner(), "k1", 0);
+        s.journal_op("k2".into(), MarketChange::Cancel { listing_id: 1 }, None, 0);
+        let ops = vec![
+            op(4, "k1", -10, &[("ore", 1)]),
+            op(5, "k2", 0, &[("ore", 2)]),
+            op(6, "k3", -20, &[("gem", 1)]),
+            op(7, "k4", 3, &[]),
+        ];
+        let got = s.reconcile(&owner(), &page(ops.clone(), 7), 0);
+        let keys: Vec<_> = got.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["k3", "k4"]);
+        assert_eq!(s.credits, before.0 - 20 + 3);
+        assert_eq!(s.item_count("gem"), 1);
+        assert_eq!(s.item_count("ore"), before.1, "k1 and k2 not applied here");
+        let mark = &s.sync["mkt_a"];
+        assert_eq!(mark.seq, 4, "stops before the journaled k2");
+        assert!(mark.applied.contains_key("k3") && mark.applied.contains_key("k4"));
+        assert!(!mark.applied.contains_key("k1"), "confirmed below the mark");
+        // k2 settles; the same page again applies nothing more.
+        let k2 = *s.journal.keys().next().unwrap();
+        s.journal.remove(&k2);
+        s.reindex();
+        s.note_applied(&owner(), "k2", 0);
+        assert!(s.reconcile(&owner(), &page(ops, 7), 0).is_empty());
+        assert_eq!(s.sync["mkt_a"].seq, 7);
+        assert!(s.sync["mkt_a"].applied.is_empty());
+    }
+
+    /// An operation settled while the first reconciliation was on its way
+    /// (committed after the server read `last_seq`) is not taken for lost.
+    #[test]
+    fn an_operation_settled_before_the_first_reconciliation_is_not_lost() {
+        let mut s = rich();
+        let credits = s.credits;
+        s.note_applied(&owner(), "early", 0);
+        assert!(s.reconcile(&owner(), &page(vec![], 2), 0).is_empty());
+        let later = page(vec![op(3, "early", -10, &[])], 3);
+        assert!(s.reconcile(&owner(), &later, 0).is_empty());
+        assert_eq!(s.credits, credits);
+    }
+
+    /// What went out but the save no longer has is taken as far as it goes.
+    #[test]
+    fn a_lost_operation_takes_no_more_than_the_save_has() {
+        let mut s = PlayerState::new("d", "n");
+        s.credits = 5;
+        s.reconcile(&owner(), &page(vec![], 0), 0);
+        let got = s.reconcile(&owner(), &page(vec![op(1, "k", -8, &[("ore", -1)])], 1), 0);
+        assert_eq!(got[0].shortfall, 3 + 1);
+        assert_eq!(s.credits, 0);
+        assert!(s.validate().is_ok());
     }
 }

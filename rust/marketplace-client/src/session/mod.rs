@@ -906,7 +906,7 @@ impl TradingSession {
             .state()
             .sync
             .get(&owner.server_id)
-            .filter(|m| m.player_id == owner.player_id);
+            .filter(|m| m.player_id == owner.player_id && m.seq != crate::state::UNSET);
         let command = match mark {
             Some(m) => Command::Operations {
                 after: m.seq,
