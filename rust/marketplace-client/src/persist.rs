@@ -321,3 +321,37 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real file system's save, on whatever platform the tests run on
+    /// (under Wine for Windows: the `MoveFileExW` path): a save replaces the
+    /// file whole, keeps the previous one as the backup, and a rename over
+    /// an existing file succeeds.
+    #[test]
+    fn saves_replace_the_file_and_keep_the_previous_one() {
+        let dir = std::env::temp_dir().join(format!(
+            "persist-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("save.json");
+        save_atomically(&mut RealFs, &path, b"first").unwrap();
+        save_atomically(&mut RealFs, &path, b"second").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        assert_eq!(fs::read(backup_path(&path)).unwrap(), b"first");
+        assert!(!temp_path(&path).exists(), "no temp file left");
+        // A rename over an existing file (what every save after the first does).
+        fs::write(dir.join("a"), b"a").unwrap();
+        fs::write(dir.join("b"), b"b").unwrap();
+        durable_rename(&dir.join("a"), &dir.join("b")).unwrap();
+        assert_eq!(fs::read(dir.join("b")).unwrap(), b"a");
+        assert!(!dir.join("a").exists());
+        // A missing source is an error, not a silent success.
+        assert!(durable_rename(&dir.join("missing"), &dir.join("b")).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
