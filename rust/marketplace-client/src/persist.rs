@@ -263,6 +263,10 @@ fn read_one(path: &Path) -> Result<Attempt, LoadError> {
     // the current version. (1 → 2: journal entries gained `created_at`,
     // which defaults to 0.)
     state.version = SCHEMA_VERSION;
+    if state.save_id.is_empty() {
+        // Files before save ids get theirs now (written by the next save).
+        state.save_id = crate::state::new_save_id();
+    }
     state.reindex();
     if let Err(problems) = state.validate() {
         return Ok(Attempt::Bad(format!(

@@ -154,10 +154,34 @@ pub struct SyncMark {
 /// [`SyncMark::seq`] before the first reconciliation with that market.
 pub const UNSET: i64 = -1;
 
+/// At most this many keys wait in [`SyncMark::applied`].
+pub const MAX_APPLIED_KEYS: usize = 4096;
+
+/// A new random save id: 16 hex digits.
+pub fn new_save_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
 /// A key noted in [`SyncMark::applied`] is forgotten after this long even if
 /// no listing ever confirms it (an operation settled while the mark was
 /// being set up): the list stays small.
 pub const APPLIED_KEY_TTL_SECS: i64 = 30 * 24 * 3600;
+
+/// What [`PlayerState::note_applied`] changed in a mark: exactly, so the
+/// save writer's copy follows without copying the mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Noted {
+    pub server_id: String,
+    pub player_id: i64,
+    /// The mark's position after the change.
+    pub seq: i64,
+    /// The mark was another player's and started afresh.
+    pub reset: bool,
+    /// A key dropped to keep the list bounded.
+    pub evicted: Option<String>,
+    pub key: String,
+    pub at: i64,
+}
 
 /// An operation the server made that this save did not contain (it was
 /// restored from an older backup), applied again by [`PlayerState::reconcile`].
@@ -287,6 +311,12 @@ pub struct PlayerState {
     pub version: u32,
     /// Identifies this installation to the server (`POST /v1/sessions`).
     pub device_id: String,
+    /// This save file's own id (schema 4), the prefix of every idempotency
+    /// key it makes: the operations a reconciliation may apply to this save
+    /// are the ones it made, never another save's of the same player.
+    /// Empty in older files until their first save (then made).
+    #[serde(default)]
+    pub save_id: String,
     pub player_id: Option<i64>,
     pub player_name: String,
     /// Available credits (held credits are in `holds`).
@@ -355,6 +385,7 @@ impl PartialEq for PlayerState {
     fn eq(&self, other: &Self) -> bool {
         self.version == other.version
             && self.device_id == other.device_id
+            && self.save_id == other.save_id
             && self.player_id == other.player_id
             && self.player_name == other.player_name
             && self.credits == other.credits
@@ -375,6 +406,7 @@ impl PlayerState {
         PlayerState {
             version: SCHEMA_VERSION,
             device_id: device_id.into(),
+            save_id: new_save_id(),
             player_id: None,
             player_name: player_name.into(),
             credits: 0,
@@ -734,10 +766,13 @@ impl PlayerState {
     /// Notes that an operation of `owner` was applied to this save (its
     /// settlement), so that a later [`PlayerState::reconcile`] knows the save
     /// contains it. Returns the market whose mark changed.
-    pub fn note_applied(&mut self, owner: &Owner, key: &str, now: i64) -> Option<String> {
+    pub fn note_applied(&mut self, owner: &Owner, key: &str, now: i64) -> Option<Noted> {
         // Before the first reconciliation the mark is not set yet: noted
         // all the same (with no position), so that an operation settled
         // while the first page was on its way is never taken for lost.
+        if !self.is_own_key(key) {
+            return None; // not one reconciliation could ever apply
+        }
         let mark = self
             .sync
             .entry(owner.server_id.clone())
@@ -746,11 +781,58 @@ impl PlayerState {
                 seq: UNSET,
                 applied: BTreeMap::new(),
             });
+        let mut noted = Noted {
+            server_id: owner.server_id.clone(),
+            player_id: owner.player_id,
+            seq: mark.seq,
+            reset: false,
+            evicted: None,
+            key: key.to_string(),
+            at: now,
+        };
         if mark.player_id != owner.player_id {
-            return None;
+            // Another player of this market now: that player's mark is of
+            // no use here any more (a reconciliation would start afresh).
+            *mark = SyncMark {
+                player_id: owner.player_id,
+                seq: UNSET,
+                applied: BTreeMap::new(),
+            };
+            noted.reset = true;
+            noted.seq = UNSET;
+        }
+        if mark.applied.len() >= MAX_APPLIED_KEYS {
+            // Bounded: a market that never reconciles (no operations
+            // listing) must not grow the save forever. The oldest go.
+            noted.evicted = mark
+                .applied
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = &noted.evicted {
+                mark.applied.remove(oldest);
+            }
         }
         mark.applied.insert(key.to_string(), now);
-        Some(owner.server_id.clone())
+        Some(noted)
+    }
+
+    /// An idempotency key this save made (see [`PlayerState::save_id`]).
+    pub fn is_own_key(&self, key: &str) -> bool {
+        !self.save_id.is_empty()
+            && key
+                .strip_prefix(self.save_id.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+    }
+
+    /// A fresh idempotency key of this save's.
+    pub fn new_key(&self) -> String {
+        format!(
+            "{}.{:016x}{:016x}",
+            self.save_id,
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        )
     }
 
     /// Compares a page of the server's record of `owner`'s operations
@@ -788,6 +870,13 @@ impl PlayerState {
         }
         let journaled: std::collections::HashSet<&str> =
             self.journal.values().map(|p| p.key.as_str()).collect();
+        let save_id = self.save_id.clone();
+        let own = |key: &str| {
+            !save_id.is_empty()
+                && key
+                    .strip_prefix(save_id.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        };
         let mut blocked = false;
         let mut lost = Vec::new();
         let Some(mark) = self.sync.get_mut(&owner.server_id) else {
@@ -800,6 +889,15 @@ impl PlayerState {
             if journaled.contains(op.key.as_str()) {
                 // Settles by its own answer; the mark waits for it.
                 blocked = true;
+                continue;
+            }
+            if !own(&op.key) {
+                // Another save's (of the same player), the game backend's
+                // grant, or a key from before save ids: never this save's
+                // to apply.
+                if !blocked {
+                    mark.seq = op.seq;
+                }
                 continue;
             }
             if mark.applied.contains_key(&op.key) {
@@ -816,12 +914,26 @@ impl PlayerState {
                 mark.seq = op.seq;
             }
         }
-        mark.applied
-            .retain(|_, noted| now.saturating_sub(*noted) < APPLIED_KEY_TTL_SECS);
+        let _ = now;
         lost.into_iter()
             .filter(|op| op.credits != 0 || !op.items.is_empty())
             .map(|op| self.apply_lost(op))
             .collect()
+    }
+
+    /// After a complete reconciliation that nothing journaled held back:
+    /// keys noted longer ago than [`APPLIED_KEY_TTL_SECS`] that no listing
+    /// confirmed are forgotten (operations settled while the first listing
+    /// was on its way, below the mark). Never mid-pass: a key still to be
+    /// listed must stay known.
+    pub fn forget_stale_keys(&mut self, server_id: &str, now: i64) -> bool {
+        let Some(mark) = self.sync.get_mut(server_id) else {
+            return false;
+        };
+        let before = mark.applied.len();
+        mark.applied
+            .retain(|_, noted| now.saturating_sub(*noted) < APPLIED_KEY_TTL_SECS);
+        mark.applied.len() != before
     }
 
     /// Applies what a lost operation moved in or out of the save. What went
@@ -1433,31 +1545,34 @@ mod tests {
             .is_empty());
         assert_eq!(s.sync["mkt_a"].seq, 3);
         // k1 settled here, k2 still journaled, k3 lost, k4 after k2.
-        s.note_applied(&owner(), "k1", 0);
-        s.journal_op("k2".into(), MarketChange::Cancel { listing_id: 1 }, None, 0);
+        let k = |n: &str| format!("{}.{n}", s.save_id);
+        let (k1, k2, k3, k4) = (k("k1"), k("k2"), k("k3"), k("k4"));
+        s.note_applied(&owner(), &k1, 0);
+        s.journal_op(k2.clone(), MarketChange::Cancel { listing_id: 1 }, None, 0);
         let ops = vec![
-            op(4, "k1", -10, &[("ore", 1)]),
-            op(5, "k2", 0, &[("ore", 2)]),
-            op(6, "k3", -20, &[("gem", 1)]),
-            op(7, "k4", 3, &[]),
+            op(4, &k1, -10, &[("ore", 1)]),
+            op(5, &k2, 0, &[("ore", 2)]),
+            op(6, &k3, -20, &[("gem", 1)]),
+            op(7, "other-save.k9", -20, &[("gem", 1)]),
+            op(8, &k4, 3, &[]),
         ];
-        let got = s.reconcile(&owner(), &page(ops.clone(), 7), 0);
+        let got = s.reconcile(&owner(), &page(ops.clone(), 8), 0);
         let keys: Vec<_> = got.iter().map(|r| r.key.as_str()).collect();
-        assert_eq!(keys, ["k3", "k4"]);
+        assert_eq!(keys, [k3.as_str(), k4.as_str()], "not another save's");
         assert_eq!(s.credits, before.0 - 20 + 3);
         assert_eq!(s.item_count("gem"), 1);
         assert_eq!(s.item_count("ore"), before.1, "k1 and k2 not applied here");
         let mark = &s.sync["mkt_a"];
         assert_eq!(mark.seq, 4, "stops before the journaled k2");
-        assert!(mark.applied.contains_key("k3") && mark.applied.contains_key("k4"));
-        assert!(!mark.applied.contains_key("k1"), "confirmed below the mark");
+        assert!(mark.applied.contains_key(&k3) && mark.applied.contains_key(&k4));
+        assert!(!mark.applied.contains_key(&k1), "confirmed below the mark");
         // k2 settles; the same page again applies nothing more.
-        let k2 = *s.journal.keys().next().unwrap();
-        s.journal.remove(&k2);
+        let op2 = *s.journal.keys().next().unwrap();
+        s.journal.remove(&op2);
         s.reindex();
-        s.note_applied(&owner(), "k2", 0);
-        assert!(s.reconcile(&owner(), &page(ops, 7), 0).is_empty());
-        assert_eq!(s.sync["mkt_a"].seq, 7);
+        s.note_applied(&owner(), &k2, 0);
+        assert!(s.reconcile(&owner(), &page(ops, 8), 0).is_empty());
+        assert_eq!(s.sync["mkt_a"].seq, 8);
         assert!(s.sync["mkt_a"].applied.is_empty());
     }
 
@@ -1467,9 +1582,10 @@ mod tests {
     fn an_operation_settled_before_the_first_reconciliation_is_not_lost() {
         let mut s = rich();
         let credits = s.credits;
-        s.note_applied(&owner(), "early", 0);
+        let early = format!("{}.early", s.save_id);
+        s.note_applied(&owner(), &early, 0);
         assert!(s.reconcile(&owner(), &page(vec![], 2), 0).is_empty());
-        let later = page(vec![op(3, "early", -10, &[])], 3);
+        let later = page(vec![op(3, &early, -10, &[])], 3);
         assert!(s.reconcile(&owner(), &later, 0).is_empty());
         assert_eq!(s.credits, credits);
     }
@@ -1480,7 +1596,8 @@ mod tests {
         let mut s = PlayerState::new("d", "n");
         s.credits = 5;
         s.reconcile(&owner(), &page(vec![], 0), 0);
-        let got = s.reconcile(&owner(), &page(vec![op(1, "k", -8, &[("ore", -1)])], 1), 0);
+        let key = s.new_key();
+        let got = s.reconcile(&owner(), &page(vec![op(1, &key, -8, &[("ore", -1)])], 1), 0);
         assert_eq!(got[0].shortfall, 3 + 1);
         assert_eq!(s.credits, 0);
         assert!(s.validate().is_ok());

@@ -140,8 +140,11 @@ enum Delta {
         player_id: Option<i64>,
     },
     Market(crate::state::MarketMirror),
-    /// A market's sync mark (`None`: removed).
+    /// A market's whole sync mark (`None`: removed): after a
+    /// reconciliation, which is rare.
     Sync(String, Option<crate::state::SyncMark>),
+    /// One settlement noted in a market's mark (every settlement: small).
+    Noted(crate::state::Noted),
 }
 
 impl Delta {
@@ -185,6 +188,18 @@ impl Delta {
             }
             Delta::Sync(server, None) => {
                 s.sync.remove(&server);
+            }
+            Delta::Noted(n) => {
+                let mark = s.sync.entry(n.server_id).or_default();
+                if n.reset || mark.player_id != n.player_id {
+                    mark.applied.clear();
+                }
+                mark.player_id = n.player_id;
+                mark.seq = n.seq;
+                if let Some(old) = n.evicted {
+                    mark.applied.remove(&old);
+                }
+                mark.applied.insert(n.key, n.at);
             }
         }
     }
@@ -805,6 +820,16 @@ impl PlayerStore {
         recovered
     }
 
+    /// After a complete, unblocked reconciliation with `server_id`: forgets
+    /// noted keys no listing confirmed for a long time.
+    pub fn forget_stale_keys(&mut self, server_id: &str) {
+        if self.state.forget_stale_keys(server_id, unix_now()) {
+            let mark = self.state.sync.get(server_id).cloned();
+            self.deltas.push(Delta::Sync(server_id.to_string(), mark));
+            self.changed(Origin::Game);
+        }
+    }
+
     /// Applies the definitive outcome of a journaled operation exactly once:
     /// the hold is committed or released, what came in is credited, and the
     /// operation leaves the journal — all or nothing. Costs the same however
@@ -828,9 +853,8 @@ impl PlayerStore {
         };
         self.deltas.push(Delta::Op(op_id, None));
         if let Some((owner, key)) = noted {
-            if let Some(server) = self.state.note_applied(&owner, &key, unix_now()) {
-                let mark = self.state.sync.get(&server).cloned();
-                self.deltas.push(Delta::Sync(server, mark));
+            if let Some(noted) = self.state.note_applied(&owner, &key, unix_now()) {
+                self.deltas.push(Delta::Noted(noted));
             }
         }
         let mut credits = credits_in != 0;

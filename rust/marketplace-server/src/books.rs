@@ -422,18 +422,16 @@ pub async fn operations(
     limit: i64,
 ) -> Result<marketplace_protocol::OperationsPage, sqlx::Error> {
     use std::collections::BTreeMap;
-    let (last_seq,): (i64,) = sqlx::query_as(
-        "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM ledger \
-         WHERE player_id = $1 AND idempotency_key IS NOT NULL",
-    )
-    .bind(player_id)
-    .fetch_one(&mut *conn)
-    .await?;
+    // The next operations: keys whose *first* row is after `after` (a key
+    // with a row at or before it was listed already, whatever rows it has
+    // after), in the order of their first rows.
     let keys: Vec<(String, i64)> = if limit > 0 {
         sqlx::query_as(
-            "SELECT idempotency_key, MIN(id) FROM ledger \
-             WHERE player_id = $1 AND idempotency_key IS NOT NULL AND id > $2 \
-             GROUP BY idempotency_key ORDER BY MIN(id) LIMIT $3",
+            "SELECT l.idempotency_key, MIN(l.id) FROM ledger l \
+             WHERE l.player_id = $1 AND l.idempotency_key IS NOT NULL AND l.id > $2 \
+             AND NOT EXISTS (SELECT 1 FROM ledger o WHERE o.player_id = $1 \
+                 AND o.idempotency_key = l.idempotency_key AND o.id <= $2) \
+             GROUP BY l.idempotency_key ORDER BY MIN(l.id) LIMIT $3",
         )
         .bind(player_id)
         .bind(after)
@@ -443,16 +441,36 @@ pub async fn operations(
     } else {
         Vec::new()
     };
+    // Every row of those keys, in one statement. A key's rows commit in one
+    // transaction, so a key seen above has all of its rows here.
+    let mut rows_of: BTreeMap<String, Vec<sqlx::any::AnyRow>> = BTreeMap::new();
+    if !keys.is_empty() {
+        let placeholders: Vec<String> = (0..keys.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT idempotency_key, id, at, action, item_id, quantity FROM ledger \
+             WHERE player_id = $1 AND idempotency_key IN ({}) ORDER BY id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(player_id);
+        for (key, _) in &keys {
+            query = query.bind(key);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let key: String = row.try_get("idempotency_key")?;
+            rows_of.entry(key).or_default().push(row);
+        }
+    }
+    // Read last: it is at least every seq listed.
+    let (last_seq,): (i64,) = sqlx::query_as(
+        "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM ledger \
+         WHERE player_id = $1 AND idempotency_key IS NOT NULL",
+    )
+    .bind(player_id)
+    .fetch_one(&mut *conn)
+    .await?;
     let mut operations = Vec::with_capacity(keys.len());
     for (key, _) in keys {
-        let rows = sqlx::query(
-            "SELECT id, at, action, item_id, quantity FROM ledger \
-             WHERE player_id = $1 AND idempotency_key = $2 ORDER BY id",
-        )
-        .bind(player_id)
-        .bind(&key)
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = rows_of.remove(&key).unwrap_or_default();
         let mut seq = i64::MAX;
         let mut at = 0;
         let mut credits = 0i64;

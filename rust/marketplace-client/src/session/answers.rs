@@ -56,14 +56,31 @@ impl TradingSession {
                 }
                 let after = store.state().sync.get(&owner.server_id).map(|m| m.seq);
                 let more = page.operations.len() >= SYNC_PAGE as usize && after > before;
+                // Held back by a journaled trade: the mark stopped before
+                // the last operation listed.
+                let blocked = page
+                    .operations
+                    .last()
+                    .is_some_and(|op| after < Some(op.seq));
                 if more {
                     self.sync_page(store, owner);
                 } else {
+                    if !blocked {
+                        store.forget_stale_keys(&owner.server_id);
+                    }
                     self.synced = Some(owner);
                 }
             }
+            (Tracked::Sync(owner), EventKind::Failed(error)) if error.is_definitive() => {
+                // A server without the operations listing (404), or one
+                // that refuses it: nothing to reconcile with this login.
+                tracing::info!(error = %error, "the market cannot list operations; no reconciliation");
+                self.sync_in_flight = false;
+                self.synced = Some(owner);
+            }
             (Tracked::Sync(_), _) => {
-                // Offline, or an answer that does not fit: try again later.
+                // Offline, another market now, or an answer that does not
+                // fit: try again later.
                 self.sync_in_flight = false;
                 self.next_sync = Instant::now() + Duration::from_secs(5);
             }

@@ -681,7 +681,7 @@ impl TradingSession {
         hold: Option<HoldKind>,
         origin: Option<RequestId>,
     ) -> Result<RequestId, ClientError> {
-        let key = crate::client::new_idempotency_key();
+        let key = store.state().new_key();
         let op_id = store.begin_trade(key, op, hold, unix_now())?;
         if let Some(owner) = self.client.owner() {
             // Logged in: the trade belongs to this market and player, on
@@ -915,8 +915,13 @@ impl TradingSession {
             // First contact: only where the record stands now.
             None => Command::Operations { after: 0, limit: 0 },
         };
-        match self.client.submit(command) {
-            Ok(id) => {
+        // Bound like a trade: only the owner's market lists its operations.
+        let id = self.client.next_request_id();
+        match self
+            .client
+            .submit_bound(id, command, None, Some(owner.clone()))
+        {
+            Ok(()) => {
                 self.tracked.insert(id, Tracked::Sync(owner));
                 self.sync_in_flight = true;
             }

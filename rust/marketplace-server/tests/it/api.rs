@@ -20,6 +20,7 @@ backend_tests!(
     ledger_records_every_change_and_is_append_only,
     metrics_and_health,
     shutdown_finishes_in_flight_requests,
+    operations_are_listed_once_each_in_pages,
 );
 
 /// The market's state. (`idempotency_keys` is left out on purpose: a
@@ -776,4 +777,92 @@ async fn shutdown_finishes_in_flight_requests(db: TestDb) {
     stopping.await.unwrap();
     pool.close().await;
     assert_eq!(check_books(&db).await.purchases, 1);
+}
+
+/// `GET /v1/me/operations` pages through a player's keyed operations: each
+/// once, in order, whole (a purchase's several ledger rows are one
+/// operation, never split by a page or counted against the next page),
+/// with what each moved in or out of the game's save; and only the
+/// player's own.
+async fn operations_are_listed_once_each_in_pages(db: TestDb) {
+    let t = TestServer::start(&db).await;
+    let seller = t.login("ops-seller").await;
+    let buyer = t.login("ops-buyer").await;
+    let mut bought = Vec::new();
+    for i in 0..3 {
+        let listing = t.create_listing(&seller, "relic", 10 + i).await;
+        let k = format!("buy-{i}");
+        let body = json!({"expected_price": 10 + i, "deposit": 10 + i}).to_string();
+        let r = t
+            .send(
+                Method::POST,
+                &format!("/v1/listings/{listing}/purchase"),
+                Some(&buyer.token),
+                Some(&k),
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        bought.push(k);
+        for j in 0..70 {
+            let r = t
+                .send(
+                    Method::POST,
+                    "/v1/me/deposits",
+                    Some(&buyer.token),
+                    Some(&format!("dep-{i}-{j}")),
+                    Some(json!({"quantity": 1}).to_string()),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        }
+    }
+    let mut after = 0;
+    let mut seen: Vec<(i64, String, String, i64, serde_json::Value)> = Vec::new();
+    loop {
+        let r = t
+            .get(&buyer, &format!("/v1/me/operations?after={after}&limit=50"))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let ops = r.body["operations"].as_array().unwrap().clone();
+        assert!(ops.len() <= 50);
+        for op in &ops {
+            seen.push((
+                op["seq"].as_i64().unwrap(),
+                op["key"].as_str().unwrap().to_string(),
+                op["kind"].as_str().unwrap().to_string(),
+                op["credits"].as_i64().unwrap(),
+                op["items"].clone(),
+            ));
+            assert!(op["seq"].as_i64().unwrap() <= r.body["last_seq"].as_i64().unwrap());
+        }
+        if ops.len() < 50 {
+            break;
+        }
+        after = seen.last().unwrap().0;
+    }
+    assert_eq!(seen.len(), 3 + 3 * 70, "every operation once");
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "in order");
+    let keys: std::collections::HashSet<_> = seen.iter().map(|s| s.1.clone()).collect();
+    assert_eq!(keys.len(), seen.len(), "no operation twice");
+    for (i, k) in bought.iter().enumerate() {
+        let op = seen
+            .iter()
+            .find(|s| &s.1 == k)
+            .expect("the purchase is listed");
+        assert_eq!(op.2, "purchase");
+        // The first was paid by a deposit from the save; the others from
+        // the balance the deposits built (nothing left the save for them).
+        let deposited = if i == 0 { 10 } else { 0 };
+        assert_eq!(op.3, -deposited, "its deposit left the save");
+        assert_eq!(op.4, json!({"relic": 1}), "its item came into the save");
+    }
+    let dep = seen.iter().find(|s| s.1 == "dep-0-0").unwrap();
+    assert_eq!((dep.2.as_str(), dep.3), ("deposit", -1));
+    // The seller's list has only the seller's listings, nothing of the buyer's.
+    let r = t.get(&seller, "/v1/me/operations?after=0&limit=200").await;
+    let theirs = r.body["operations"].as_array().unwrap();
+    assert_eq!(theirs.len(), 3);
+    assert!(theirs.iter().all(|o| o["kind"] == "create_listing"));
+    check_books(&db).await;
 }
