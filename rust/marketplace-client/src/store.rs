@@ -830,6 +830,28 @@ impl PlayerStore {
         }
     }
 
+    /// Moves every journaled operation bound to `from` to `to` (a market
+    /// that announced no id, bound by its address, announces one now).
+    pub fn rebind_ops(&mut self, from: &crate::state::Owner, to: &crate::state::Owner) {
+        let ids: Vec<OpId> = self
+            .state
+            .journal
+            .iter()
+            .filter(|(_, p)| p.owner.as_ref() == Some(from))
+            .map(|(id, _)| *id)
+            .collect();
+        let moved = !ids.is_empty();
+        for id in ids {
+            if let Some(op) = self.state.journal.get_mut(&id) {
+                op.owner = Some(to.clone());
+                self.deltas.push(Delta::Op(id, Some(op.clone())));
+            }
+        }
+        if moved {
+            self.changed(Origin::Trade);
+        }
+    }
+
     /// Applies the definitive outcome of a journaled operation exactly once:
     /// the hold is committed or released, what came in is credited, and the
     /// operation leaves the journal — all or nothing. Costs the same however

@@ -57,20 +57,21 @@ pub(super) async fn attempts(shared: &Shared, envelope: &Envelope) -> EventKind 
                     },
                     _ = stopping.wait_for(|s| *s) => return EventKind::Failed(shutting_down()),
                 };
+                let sent_to = shared.settings().server_url;
                 let result = exchange(shared, envelope, token.as_deref()).await;
                 drop(permit);
-                result
+                result.map(|reply| (reply, sent_to))
             }
             // No session yet and logging in failed: handled like any failure.
             Err(e) => Err(e.clone()),
         };
         let token = token.ok().flatten();
         let error = match result {
-            Ok(reply) => {
+            Ok((reply, sent_to)) => {
                 if let (Reply::LoggedIn(session), Command::Login { device_id, name }) =
                     (&reply, &envelope.command)
                 {
-                    remember_session(shared, session, device_id, name);
+                    remember_session(shared, session, device_id, name, &sent_to);
                 }
                 return EventKind::Done(reply);
             }
@@ -188,14 +189,28 @@ async fn bearer(
 /// Keeps a login's token — unless the game switched to another device while
 /// it was on the way: then the token is of the wrong player and is dropped
 /// (a trade sent with it would run under the wrong player's keys).
-fn remember_session(shared: &Shared, session: &Session, device_id: &str, name: &str) {
+///
+/// The same for a login sent to an address the game has left since
+/// (`set_config` while it was on the way): its token and its market are
+/// not the ones the game points at, and a trade bound to them would be
+/// bound to the wrong market.
+fn remember_session(
+    shared: &Shared,
+    session: &Session,
+    device_id: &str,
+    name: &str,
+    sent_to: &str,
+) {
     if let Ok(mut s) = shared.session.lock() {
         let current = s.credentials.as_ref().map(|(d, _)| d.as_str());
         if current.is_some_and(|d| d != device_id) {
             return;
         }
+        if shared.settings().server_url != sent_to {
+            return;
+        }
         s.token = Some(session.token.clone());
-        s.owner = Some(owner_of(session, &shared.settings().server_url));
+        s.owner = Some(owner_of(session, sent_to));
         s.credentials = Some((device_id.to_string(), name.to_string()));
         s.epoch += 1;
     }
@@ -255,9 +270,10 @@ async fn relogin(shared: &Shared, stale: Option<&str>) -> Result<(), ClientError
         owner: None,
     };
     shared.bucket.acquire().await;
+    let sent_to = shared.settings().server_url;
     match exchange(shared, &login, None).await? {
         Reply::LoggedIn(session) => {
-            remember_session(shared, &session, &device_id, &name);
+            remember_session(shared, &session, &device_id, &name, &sent_to);
             Ok(())
         }
         _ => Err(ClientError::new(

@@ -27,13 +27,14 @@ impl TradingSession {
         };
         match (tracked, event.kind) {
             (_, EventKind::Retrying { .. }) => {}
-            (Tracked::Login(device), EventKind::Done(Reply::LoggedIn(_)))
-                if device != store.state().device_id =>
+            (Tracked::Login(device), EventKind::Done(Reply::LoggedIn(s)))
+                if device != store.state().device_id || !self.is_current(&s) =>
             {
-                // The game logged in as another device meanwhile.
+                // The game logged in as another device, or pointed at
+                // another server, meanwhile.
                 let error = ClientError::new(
                     ErrorCode::InvalidArgument,
-                    "Superseded: the game logged in as another player meanwhile",
+                    "Superseded: the game logged in as another player or switched servers meanwhile",
                 );
                 self.ready
                     .push_back(SessionEvent::RequestFailed { request_id, error });
@@ -86,7 +87,7 @@ impl TradingSession {
             }
             (Tracked::QuietLogin(device), EventKind::Done(Reply::LoggedIn(s))) => {
                 self.quiet_login = None;
-                if device == store.state().device_id {
+                if device == store.state().device_id && self.is_current(&s) {
                     self.logged_in(store, &s);
                 }
             }
@@ -217,6 +218,34 @@ impl TradingSession {
         }
     }
 
+    /// The client holds a new login (the game's, the session's own, or one
+    /// the client made by itself): trades bound to this address while its
+    /// server announced no id (before an upgrade) belong to the id it
+    /// announces now, and parked trades may be at home.
+    pub(super) fn owner_changed(&mut self, store: &mut PlayerStore) {
+        let owner = self.client.owner();
+        if let Some(owner) = &owner {
+            if !owner.server_id.starts_with("url:") {
+                let url = self.client.config().server_url;
+                let by_address = crate::state::Owner {
+                    server_id: format!("url:{}", url.trim_end_matches('/')),
+                    player_id: owner.player_id,
+                };
+                store.rebind_ops(&by_address, owner);
+            }
+        }
+        self.last_owner = owner;
+        self.unpark(store);
+    }
+
+    /// True when `s` is the login the client holds now (not one overtaken
+    /// by a switch of device or server while it was on the way).
+    fn is_current(&self, s: &marketplace_protocol::Session) -> bool {
+        self.client.owner().is_some_and(|o| {
+            o.player_id == s.player_id && (s.server_id.is_empty() || o.server_id == s.server_id)
+        })
+    }
+
     /// What every login answer for the current device changes.
     fn logged_in(&mut self, store: &mut PlayerStore, s: &marketplace_protocol::Session) {
         store.set_player(s.player_id, &s.name);
@@ -225,9 +254,8 @@ impl TradingSession {
             // The wallet trades pay from: mirror it at once.
             let _ = self.refresh_account();
         }
-        // Trades that waited for their market may be at home now, and the
-        // save is compared with this market's record again.
-        self.unpark(store);
+        self.owner_changed(store);
+        // The save is compared with this market's record again.
         self.synced = None;
     }
 

@@ -265,6 +265,8 @@ pub struct TradingSession {
     next_quiet_login: Instant,
     /// Trades of another market or player than the current one, and why.
     parked: HashMap<OpId, ClientError>,
+    /// The login the parked trades were last compared with.
+    last_owner: Option<crate::state::Owner>,
     /// The market and player the save was last reconciled with (once per
     /// login); a pass in flight; when to look again.
     synced: Option<crate::state::Owner>,
@@ -323,6 +325,7 @@ impl TradingSession {
             quiet_login: None,
             next_quiet_login: Instant::now(),
             parked: HashMap::new(),
+            last_owner: None,
             synced: None,
             sync_in_flight: false,
             next_sync: Instant::now(),
@@ -398,7 +401,7 @@ impl TradingSession {
 
     /// Trades that waited for another market or player try again (they wait
     /// again at once, without a request, if the game still points elsewhere).
-    fn unpark(&mut self, store: &PlayerStore) {
+    pub(super) fn unpark(&mut self, store: &PlayerStore) {
         let parked: Vec<OpId> = self.parked.drain().map(|(op, _)| op).collect();
         for op in parked {
             if !store.state().journal.contains_key(&op) {
@@ -694,8 +697,17 @@ impl TradingSession {
     }
 
     /// True while a purchase of this listing is journaled and unsettled.
+    /// Listing ids are per market: a purchase waiting for another market
+    /// (parked) does not make this market's listing of the same id pending.
     pub fn is_purchase_pending(&self, store: &PlayerStore, listing_id: i64) -> bool {
-        store.state().is_buying(listing_id)
+        if !store.state().is_buying(listing_id) {
+            return false; // the common case, O(1)
+        }
+        let here = self.client.owner();
+        store.state().journal.values().any(|p| {
+            matches!(p.op, MarketChange::Purchase { listing_id: l, .. } if l == listing_id)
+                && (p.owner.is_none() || here.is_none() || p.owner == here)
+        })
     }
 
     /// Every trade waiting for its definitive answer, oldest first.
@@ -825,6 +837,10 @@ impl TradingSession {
         // again while these are reported are heard next frame.
         out.extend(self.refusals.drain(..));
         store.poll();
+        if !self.parked.is_empty() && self.client.owner() != self.last_owner {
+            // Logged in anew (by itself, too): parked trades look again.
+            self.owner_changed(store);
+        }
         self.maybe_sync(store);
         self.bind_unbound(store);
         self.send_durable(store);

@@ -76,6 +76,16 @@ fn a_trade_answered_on_one_market_is_never_sent_to_another() {
         .expect("the trade says why it waits");
     assert!(why.contains("market"), "{why}");
 
+    // Listing ids are per market: B's listing of the same id can be bought
+    // while A's purchase of it waits.
+    buyer.buy(listing, 40).expect("B's listing is not A's");
+    buyer.pump_until(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::PurchaseSucceeded { .. }))
+    });
+    buyer.events.clear();
+    assert_eq!(b.count("SELECT COUNT(*) FROM purchases"), 1);
+
     // Back to A: the trade goes with its key and settles as A's purchase.
     a.proxy.clear();
     buyer
@@ -86,10 +96,14 @@ fn a_trade_answered_on_one_market_is_never_sent_to_another() {
             .any(|e| matches!(e, SessionEvent::PurchaseSucceeded { .. }))
     });
     assert_eq!(a.count("SELECT COUNT(*) FROM purchases"), 1, "exactly once");
-    assert_eq!(b.count("SELECT COUNT(*) FROM purchases"), 0);
-    assert_eq!(buyer.store.state().credits, 60);
+    assert_eq!(b.count("SELECT COUNT(*) FROM purchases"), 1);
+    assert_eq!(buyer.store.state().credits, 20);
     assert_eq!(buyer.store.state().held_credits(), 0);
-    assert_eq!(buyer.store.state().item_count("item-0"), 1);
+    assert_eq!(
+        buyer.store.state().item_count("item-0"),
+        2,
+        "one from each market"
+    );
     assert!(buyer.store.state().journal.is_empty());
 }
 
@@ -165,4 +179,91 @@ fn the_server_refuses_changes_bound_to_another_market_or_player() {
     let (status, body) = attempt(&server_id, player_id, "k1");
     assert_eq!(status, 200, "{body}");
     assert_eq!(a.count("SELECT COUNT(*) FROM purchases"), 1);
+}
+
+/// A login still on its way to market A when the game points at B is not
+/// taken: its token and market are A's, and a trade bound to them would be
+/// bound to the wrong market.
+#[test]
+fn a_login_overtaken_by_a_server_switch_is_not_taken() {
+    let a = World::start();
+    let b = World::start();
+    let mut seller = Player::in_memory(&b, "seller-b", 0);
+    let listing = list_items(&b, &mut seller, &[10])[0];
+    let mut buyer = Player::in_memory(&a, "buyer", 100);
+    a.proxy.fault(
+        "/v1/sessions",
+        crate::support::proxy::Fault::Delay(Duration::from_millis(600)),
+        1,
+    );
+    let store = &buyer.store;
+    let login = buyer.session.as_mut().unwrap().login(store).unwrap();
+    buyer.frame();
+    // On its way to A (held by A's proxy) when the game points at B.
+    std::thread::sleep(Duration::from_millis(200));
+    buyer.set_config(b.client_config()).unwrap();
+    buyer.pump_until(Duration::from_secs(5), |e| {
+        e.iter().any(|e| match e {
+            SessionEvent::RequestFailed { request_id, .. } => *request_id == login,
+            SessionEvent::LoggedIn { request_id, .. } => *request_id == login,
+            _ => false,
+        })
+    });
+    assert!(
+        !buyer
+            .events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::LoggedIn { .. })),
+        "A's login is superseded: {:?}",
+        buyer.events
+    );
+    // A trade now belongs to B and goes there.
+    buyer.buy(listing, 10).unwrap();
+    buyer.settle(Duration::from_secs(10));
+    assert_eq!(b.count("SELECT COUNT(*) FROM purchases"), 1);
+    assert_eq!(a.count("SELECT COUNT(*) FROM purchases"), 0);
+    let owner = buyer.session().client().owner().expect("logged in at B");
+    assert_eq!(
+        owner.server_id,
+        b.raw_login("probe")["server_id"].as_str().unwrap()
+    );
+}
+
+/// A trade bound by address (its server announced no id: before an
+/// upgrade) is re-bound to the id the server at that address announces now,
+/// and settles — it is not parked forever.
+#[test]
+fn a_trade_bound_by_address_follows_its_server_after_an_upgrade() {
+    let world = World::start();
+    let mut seller = Player::in_memory(&world, "seller", 0);
+    let listing = list_items(&world, &mut seller, &[25])[0];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buyer.json");
+    let mut buyer = player_with(&world, &path, StoreOptions::default());
+    buyer.store.add_credits(100).unwrap();
+    buyer.login();
+    buyer.buy_answer_lost(&world, listing, 25);
+    buyer.quit();
+    world.proxy.clear();
+    // As an older server would have bound it: by address.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let url = world.client_config().server_url;
+    for op in doc["journal"].as_object_mut().unwrap().values_mut() {
+        op["owner"]["server_id"] = serde_json::json!(format!("url:{}", url.trim_end_matches('/')));
+    }
+    std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let mut buyer = player_with(&world, &path, StoreOptions::default());
+    buyer.login();
+    buyer.settle(Duration::from_secs(10));
+    assert_eq!(
+        buyer
+            .events
+            .iter()
+            .filter(|e| matches!(e, SessionEvent::PurchaseSucceeded { .. }))
+            .count(),
+        1
+    );
+    assert_eq!(world.count("SELECT COUNT(*) FROM purchases"), 1);
+    assert_eq!(buyer.store.state().credits, 75);
 }
