@@ -576,8 +576,9 @@ impl TradingMarketplace {
     }
 
     /// Gives the attached save's session this node's settings (starting it
-    /// if needed). A refused change (another server while trades wait) puts
-    /// back the setting in force.
+    /// if needed). A refused change (an invalid setting) puts back the
+    /// server in force. Another server while trades wait is fine: they wait
+    /// for theirs.
     fn apply_config(&mut self) -> Result<(), ClientError> {
         let Some((slot, _)) = &self.slot else {
             return Ok(());

@@ -31,7 +31,7 @@ use std::fmt;
 /// | `not_logged_in` | – | client: call `login` first | yes (nothing sent) |
 /// | `invalid_argument` | – | client: refused before sending | yes (nothing sent) |
 /// | `shutting_down` | – | client: the node is leaving; the operation stays journaled | no |
-/// | `trades_pending` | – | client: refused while trades wait for their answer (switching player, server or save file) | yes (nothing changed) |
+/// | `trades_pending` | – | client: refused while trades wait for their answer (switching player or save file) | yes (nothing changed) |
 /// | `insufficient_funds` | 409 | server: the market account's balance (after any deposit) is too low | yes |
 /// | `deposit_limit` | 403 | server: the player's deposits in the last 24 h reached the cap | yes |
 /// | `deposits_disabled` | 403 | server: only the game's backend may bring value in (server grants) | yes |

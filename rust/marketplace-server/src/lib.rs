@@ -61,7 +61,7 @@ mod serve;
 pub use auth::TokenSigner;
 pub use books::{audit as audit_connection, AuditReport};
 pub use config::Config;
-pub use db::{audit, Backend, Db};
+pub use db::{audit, new_server_id, Backend, Db};
 
 /// Shared state of every handler; cheap to clone.
 #[derive(Clone)]
@@ -281,8 +281,22 @@ async fn prune_expired(state: &AppState) -> Result<u64, sqlx::Error> {
         if n < PRUNE_CHUNK as u64 {
             // Deposits older than the cap's window count for nothing.
             let before = state.0.clock.now() - 2 * books::DEPOSIT_WINDOW_SECS;
-            if let Err(e) = state.0.db.prune_deposit_log(before).await {
-                tracing::warn!(error = %e, "pruning deposit windows failed");
+            loop {
+                match state
+                    .0
+                    .db
+                    .prune_deposit_log_chunk(before, PRUNE_CHUNK)
+                    .await
+                {
+                    Ok(n) if n == PRUNE_CHUNK as u64 => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pruning deposit windows failed");
+                        break;
+                    }
+                }
             }
             return Ok(total);
         }

@@ -1,5 +1,7 @@
 //! `marketplace-server`: serve the marketplace until SIGTERM or Ctrl-C.
 //! `marketplace-server audit --database URL`: prove the books balance.
+//! `marketplace-server new-server-id --database URL`: give a copied
+//! database a market identity of its own.
 
 use clap::Parser;
 use marketplace_server::{BoundServer, Config};
@@ -47,11 +49,45 @@ async fn audit(args: AuditArgs) -> std::process::ExitCode {
     }
 }
 
+/// `marketplace-server new-server-id`: gives the database a new market
+/// identity. Clients bind every trade to the identity they logged in to;
+/// a database copied from another market (a staging copy of production)
+/// must not answer trades meant for the original. Run it on the copy,
+/// with its servers stopped, before they serve: trades bound to the old
+/// identity then wait instead of running there.
+#[derive(Debug, Parser)]
+#[command(name = "marketplace-server new-server-id")]
+struct NewIdArgs {
+    /// The database whose identity changes (as for serving).
+    #[arg(
+        long,
+        env = "MARKET_DATABASE_URL",
+        default_value = "sqlite://marketplace.sqlite"
+    )]
+    database: String,
+}
+
+async fn new_server_id(args: NewIdArgs) -> std::process::ExitCode {
+    match marketplace_server::new_server_id(&args.database).await {
+        Ok((old, new)) => {
+            println!("market identity changed from {old} to {new}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("marketplace-server new-server-id: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("audit") {
-        let args = AuditArgs::parse_from(std::env::args().skip(1));
-        return audit(args).await;
+    match std::env::args().nth(1).as_deref() {
+        Some("audit") => return audit(AuditArgs::parse_from(std::env::args().skip(1))).await,
+        Some("new-server-id") => {
+            return new_server_id(NewIdArgs::parse_from(std::env::args().skip(1))).await
+        }
+        _ => {}
     }
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))

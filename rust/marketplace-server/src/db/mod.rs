@@ -64,6 +64,9 @@ impl Migration {
             Some(Step::HashDeviceIds) => "hash_device_ids",
             None => "",
         };
+        // Line endings do not count: a checkout that turns the files into
+        // CRLF must not make a server refuse its own database.
+        let sql = sql.replace("\r\n", "\n");
         let digest = Sha256::digest(format!("{sql}\n-- step: {step}").as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -338,12 +341,7 @@ impl Db {
     /// made on first start and kept in the database, so every replica and
     /// every address of this market announce the same one.
     pub async fn stored_server_id(&self) -> Result<String, sqlx::Error> {
-        let candidate = format!(
-            "mkt_{:016x}{:016x}",
-            rand::random::<u64>(),
-            rand::random::<u64>()
-        );
-        self.stored_value("server_id", candidate).await
+        self.stored_value("server_id", new_market_id()).await
     }
 
     /// A value of `server_secrets`, set to `candidate` if it has none yet
@@ -366,14 +364,23 @@ impl Db {
         Ok(value)
     }
 
-    /// Forgets deposits made before `before` (Unix seconds): they no longer
-    /// count towards any cap.
-    pub async fn prune_deposit_log(&self, before: i64) -> Result<u64, sqlx::Error> {
+    /// Forgets up to `limit` deposit buckets older than `before` (Unix
+    /// seconds): they no longer count towards any cap. In chunks, like the
+    /// answers, so that no write waits long behind it.
+    pub async fn prune_deposit_log_chunk(
+        &self,
+        before: i64,
+        limit: i64,
+    ) -> Result<u64, sqlx::Error> {
         let mut tx = self.begin_write().await?;
-        let done = sqlx::query("DELETE FROM deposit_log WHERE at < $1")
-            .bind(before)
-            .execute(&mut *tx)
-            .await?;
+        let done = sqlx::query(
+            "DELETE FROM deposit_log WHERE (player_id, item_id, at) IN \
+             (SELECT player_id, item_id, at FROM deposit_log WHERE at < $1 LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
     }
@@ -398,6 +405,42 @@ impl Db {
         tx.commit().await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Gives the database at `url` a new market identity (`server_id`);
+/// returns the old and the new. See `marketplace-server new-server-id`.
+pub async fn new_server_id(url: &str) -> Result<(String, String), String> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url)
+        .await
+        .map_err(|e| format!("cannot open the database: {e}"))?;
+    let old: Option<(String,)> =
+        sqlx::query_as("SELECT value FROM server_secrets WHERE name = 'server_id'")
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(|e| format!("not a marketplace database: {e}"))?;
+    let new = new_market_id();
+    sqlx::query("DELETE FROM server_secrets WHERE name = 'server_id'")
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query("INSERT INTO server_secrets (name, value) VALUES ('server_id', $1)")
+        .bind(&new)
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = conn.close().await;
+    Ok((old.map(|(v,)| v).unwrap_or_default(), new))
+}
+
+/// A fresh market identity.
+fn new_market_id() -> String {
+    format!(
+        "mkt_{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
 }
 
 /// Deletes up to `limit` stored answers older than `cutoff`, in the

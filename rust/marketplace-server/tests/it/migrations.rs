@@ -12,6 +12,7 @@ use serde_json::json;
 backend_tests!(
     an_old_database_is_upgraded_in_place,
     an_edited_applied_migration_stops_the_server,
+    hour_buckets_carry_over_and_a_copied_database_gets_its_own_identity,
 );
 
 async fn exec(db: &TestDb, sql: &str) {
@@ -170,4 +171,62 @@ async fn an_edited_applied_migration_stops_the_server(db: TestDb) {
     };
     assert!(err.contains("migration 4 (books)"), "{err}");
     assert!(err.contains("edited"), "{err}");
+}
+
+/// Migration 5 carries the old hour buckets of the deposit cap over (each
+/// counting from its hour's last minute: never shorter); and
+/// `new-server-id` gives a copied database an identity of its own, which
+/// the next start announces.
+async fn hour_buckets_carry_over_and_a_copied_database_gets_its_own_identity(db: TestDb) {
+    let config = Config::for_tests(&db.url);
+    Db::connect_up_to(&config, 4)
+        .await
+        .expect("version 4")
+        .close()
+        .await;
+    exec(
+        &db,
+        "INSERT INTO deposit_window (player_id, item_id, hour, amount) VALUES (7, '', 480000, 500)",
+    )
+    .await;
+    Db::connect(&config).await.expect("upgraded").close().await;
+    assert_eq!(
+        one(
+            &db,
+            "SELECT CAST(amount AS TEXT) FROM deposit_log WHERE player_id = 7 AND at = 1728003540"
+        )
+        .await
+        .as_deref(),
+        Some("500")
+    );
+    let t = TestServer::start(&db).await;
+    let first = t.login("who-am-i").await;
+    let r = t
+        .send(
+            reqwest::Method::POST,
+            "/v1/sessions",
+            None,
+            None,
+            Some(json!({"device_id": "who-am-i", "name": "w"}).to_string()),
+        )
+        .await;
+    let id = r.body["server_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("mkt_"));
+    drop((t, first));
+    let (old, new) = marketplace_server::new_server_id(&db.url)
+        .await
+        .expect("rotated");
+    assert_eq!(old, id);
+    assert_ne!(new, id);
+    let t = TestServer::start(&db).await;
+    let r = t
+        .send(
+            reqwest::Method::POST,
+            "/v1/sessions",
+            None,
+            None,
+            Some(json!({"device_id": "who-am-i", "name": "w"}).to_string()),
+        )
+        .await;
+    assert_eq!(r.body["server_id"].as_str(), Some(new.as_str()));
 }
