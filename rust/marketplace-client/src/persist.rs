@@ -64,10 +64,27 @@ impl SaveFs for RealFs {
         {
             File::open(dir)?.sync_all()
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
         {
-            // Windows cannot open a directory for syncing: there the rename
-            // itself is made durable before it returns (`durable_rename`).
+            // A directory handle (FILE_FLAG_BACKUP_SEMANTICS) can be flushed
+            // on NTFS, which writes the directory's entries — the rename —
+            // to disk. Best effort: file systems that refuse it (FAT, some
+            // network shares) still had the rename made with
+            // MOVEFILE_WRITE_THROUGH.
+            use std::os::windows::fs::OpenOptionsExt;
+            const FILE_FLAG_BACKUP_SEMANTICS: u32 = 0x0200_0000;
+            if let Ok(handle) = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(FILE_FLAG_BACKUP_SEMANTICS)
+                .open(dir)
+            {
+                let _ = handle.sync_all();
+            }
+            Ok(())
+        }
+        #[cfg(not(any(unix, windows)))]
+        {
             let _ = dir;
             Ok(())
         }
@@ -83,10 +100,12 @@ fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Replaces `to` with `from` on Windows. `std::fs::rename` uses
 /// `MoveFileExW(…, MOVEFILE_REPLACE_EXISTING)` alone, which may return
-/// before the new directory entry reaches the disk (NTFS logs it lazily);
-/// `MOVEFILE_WRITE_THROUGH` makes the call return only once the move is
-/// flushed — the Windows counterpart of our directory fsync. The file's
-/// own data was flushed (`FlushFileBuffers`, through `sync_all`) before.
+/// before the move reaches the disk. `MOVEFILE_WRITE_THROUGH` makes it
+/// return only once the move is flushed — documented for moves done as a
+/// copy (another volume); for a rename within a directory the flush of the
+/// directory handle that follows (`sync_dir`) is the counterpart of our
+/// POSIX directory fsync. The file's own data was flushed
+/// (`FlushFileBuffers`, through `sync_all`) before.
 #[cfg(windows)]
 fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
     use std::os::windows::ffi::OsStrExt;
