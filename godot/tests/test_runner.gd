@@ -237,6 +237,7 @@ func run_all() -> void:
 	await check_damaged_save_reported_to_ready_connection()
 	await check_scene_change_with_trade_in_flight(seller)
 	await check_server_grants()
+	await check_trade_waits_for_its_market()
 
 	# The nodes go, the save stays: a new node on the same file carries on
 	var alice_credits: int = alice.data.get_credits()
@@ -445,6 +446,46 @@ func check_damaged_save_reported_to_ready_connection() -> void:
 	check(parent.get_node("Data").get_credits() == 10, "the backup's content was loaded")
 	parent.queue_free()
 	await get_tree().process_frame
+
+
+# A purchase answered on market A (the answer lost) is never sent to
+# another market: pointed at B, it waits with its hold; pointed back at A
+# (another address of the same market), it settles as A's purchase.
+func check_trade_waits_for_its_market() -> void:
+	var lossy := OS.get_environment("MARKET_LOSSY_URL")
+	var other := OS.get_environment("MARKET_GRANTS_URL")
+	if lossy == "" or other == "":
+		print("  skip  a trade waits for its market (no MARKET_LOSSY_URL)")
+		return
+	var dave := make_player("dave", 0)
+	dave.market.login("dev-dave-%s" % run_id, "dave")
+	await until(func(): return events("dave", "logged_in").size() == 1)
+	dave.data.add_item("map", 1)
+	dave.market.create_listing("map", 1, 30)
+	await until(func(): return events("dave", "listing_created").size() == 1)
+	var listing: Dictionary = events("dave", "listing_created")[0][1]
+	var carol := make_player("carol", 100, self, lossy)
+	carol.market.login("dev-carol-%s" % run_id, "carol")
+	await until(func(): return events("carol", "logged_in").size() == 1)
+	carol.market.buy_listing(listing.id, 30)
+	var retried := await until(func():
+		var t: Array = carol.market.get_pending_trades()
+		return t.size() == 1 and t[0].attempts > 0)
+	check(retried, "the purchase's answer is lost and it is retried")
+	carol.market.server_url = other
+	var waiting := await until(func():
+		var t: Array = carol.market.get_pending_trades()
+		return t.size() == 1 and t[0].waiting_for_server != "")
+	check(waiting, "pointed at another market, the trade waits for its own (%s)" % str(carol.market.get_pending_trades()))
+	check(events("carol", "purchase_failed").is_empty() and events("carol", "hold_released").is_empty(), "nothing released on another market")
+	check(carol.data.get_held_credits() == 30, "the hold stays while it waits")
+	carol.market.server_url = server_url
+	var settled := await until(func(): return events("carol", "purchase_succeeded").size() == 1)
+	check(settled, "pointed back at its market, the trade settles there")
+	check(carol.data.get_credits() == 70 and carol.data.get_held_credits() == 0 and carol.data.get_item_count("map") == 1, "bought once: 70 credits, the map")
+	for p in [dave, carol]:
+		p.market.queue_free()
+		p.data.queue_free()
 
 
 func check_server_grants() -> void:

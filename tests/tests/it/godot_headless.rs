@@ -38,6 +38,9 @@ fn godot_check_suite() {
         fault_proxy::Fault::Delay(Duration::from_millis(1500)),
         1.0,
     );
+    // The same server losing every purchase's answer (after committing it).
+    let lossy = rt.block_on(fault_proxy::Proxy::start(server.addr()));
+    lossy.fault_randomly("/purchase", fault_proxy::Fault::LoseResponse, 1.0);
 
     // A second market where only the game's backend brings value in: its
     // players get their credits and items from the admin API before the
@@ -87,6 +90,7 @@ fn godot_check_suite() {
         .arg("res://tests/test_runner.tscn")
         .env("MARKET_SERVER_URL", server.url())
         .env("MARKET_SLOW_URL", slow.url())
+        .env("MARKET_LOSSY_URL", lossy.url())
         .env("MARKET_GRANTS_URL", grants.url())
         .env("MARKET_GRANTS_RUN", &grants_run)
         .stdout(Stdio::piped())

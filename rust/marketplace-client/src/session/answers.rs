@@ -323,6 +323,12 @@ impl TradingSession {
                     p.last_error = Some(error.code);
                 }
                 self.parked.insert(op_id, error);
+                if pending.owner.is_some() && pending.owner == self.client.owner() {
+                    // Re-bound or logged in meanwhile (this attempt was sent
+                    // before): it is at home now, so it goes again at once.
+                    self.unpark(store);
+                    return;
+                }
                 self.claim_left_journaled(store, &pending.op, origin, ErrorCode::WrongServer);
                 return;
             }
