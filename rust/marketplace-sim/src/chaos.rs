@@ -250,7 +250,15 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         }
         if cfg.crash_every > 0 && op > 0 && op % cfg.crash_every == 0 {
             let victim = rng.gen_range(0..players.len());
-            crash(&mut players, victim, &client_config)?;
+            // Some crashes also damage the main save file: the player comes
+            // back from the backup, one write older, and the session must
+            // find on the server what the save lost.
+            let damage = rng.gen_bool(0.3);
+            if crash(&mut players, victim, &client_config, damage)? {
+                *stats
+                    .entry("life: damaged save (backup loaded)")
+                    .or_default() += 1;
+            }
             told[victim].learn_keys(&players[victim]);
             players[victim]
                 .disk
@@ -514,6 +522,9 @@ fn frame_all(
                 SessionEvent::RequestRetrying { .. } => {
                     *stats.entry("retries (ambiguous answers)").or_default() += 1;
                 }
+                SessionEvent::TradeRecovered { .. } => {
+                    *stats.entry("trades recovered from the server").or_default() += 1;
+                }
                 _ => {}
             }
         }
@@ -554,7 +565,8 @@ fn crash(
     players: &mut [SimPlayer],
     i: usize,
     config: &marketplace_client::client::ClientConfig,
-) -> Result<(), String> {
+    damage_main: bool,
+) -> Result<bool, String> {
     let path = players[i].path.clone();
     let label = players[i].label.clone();
     let on_disk = std::fs::read(&path).ok();
@@ -573,13 +585,36 @@ fn crash(
             let _ = std::fs::remove_file(&path);
         }
     }
+    // The backup can stand in only if it has met the market (a sync mark):
+    // a backup older than the save's first login has nothing to compare
+    // with (documented) and is not what this run tests.
+    let damaged = damage_main && backup.as_deref().is_some_and(backup_knows_the_market);
     if let Some(bytes) = backup {
         std::fs::write(persist::backup_path(&path), bytes).map_err(|e| e.to_string())?;
+    }
+    if damaged {
+        std::fs::write(&path, b"{\"version\": 4, \"cred").map_err(|e| e.to_string())?;
     }
     let mut p = SimPlayer::open(&label, &path, config.clone())?;
     p.login().map_err(|e| e.to_string())?;
     players[i] = p;
-    Ok(())
+    Ok(damaged)
+}
+
+/// True when a save file's document has a sync mark set for a market.
+fn backup_knows_the_market(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|doc| {
+            doc.get("sync").and_then(|s| s.as_object()).map(|marks| {
+                marks.values().any(|m| {
+                    m.get("seq")
+                        .and_then(|v| v.as_i64())
+                        .is_some_and(|seq| seq >= 0)
+                })
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// A modified client: raw HTTP, no local checks, trying what the market
