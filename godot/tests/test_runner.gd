@@ -457,33 +457,34 @@ func check_trade_waits_for_its_market() -> void:
 	if lossy == "" or other == "":
 		print("  skip  a trade waits for its market (no MARKET_LOSSY_URL)")
 		return
-	var dave := make_player("dave", 0)
-	dave.market.login("dev-dave-%s" % run_id, "dave")
-	await until(func(): return events("dave", "logged_in").size() == 1)
-	dave.data.add_item("map", 1)
-	dave.market.create_listing("map", 1, 30)
-	await until(func(): return events("dave", "listing_created").size() == 1)
-	var listing: Dictionary = events("dave", "listing_created")[0][1]
-	var carol := make_player("carol", 100, self, lossy)
-	carol.market.login("dev-carol-%s" % run_id, "carol")
-	await until(func(): return events("carol", "logged_in").size() == 1)
-	carol.market.buy_listing(listing.id, 30)
+	var ab_seller := make_player("ab_seller", 0)
+	ab_seller.market.login("dev-ab_seller-%s" % run_id, "ab_seller")
+	await until(func(): return events("ab_seller", "logged_in").size() == 1)
+	ab_seller.data.add_item("map", 1)
+	ab_seller.market.create_listing("map", 1, 30)
+	await until(func(): return events("ab_seller", "listing_created").size() == 1)
+	var listing: Dictionary = events("ab_seller", "listing_created")[0][1]
+	var ab_buyer := make_player("ab_buyer", 100, self, lossy)
+	ab_buyer.market.login("dev-ab_buyer-%s" % run_id, "ab_buyer")
+	await until(func(): return events("ab_buyer", "logged_in").size() == 1)
+	var credits_before: int = ab_buyer.data.get_credits()
+	ab_buyer.market.buy_listing(listing.id, 30)
 	var retried := await until(func():
-		var t: Array = carol.market.get_pending_trades()
+		var t: Array = ab_buyer.market.get_pending_trades()
 		return t.size() == 1 and t[0].attempts > 0)
 	check(retried, "the purchase's answer is lost and it is retried")
-	carol.market.server_url = other
+	ab_buyer.market.server_url = other
 	var waiting := await until(func():
-		var t: Array = carol.market.get_pending_trades()
+		var t: Array = ab_buyer.market.get_pending_trades()
 		return t.size() == 1 and t[0].waiting_for_server != "")
-	check(waiting, "pointed at another market, the trade waits for its own (%s)" % str(carol.market.get_pending_trades()))
-	check(events("carol", "purchase_failed").is_empty() and events("carol", "hold_released").is_empty(), "nothing released on another market")
-	check(carol.data.get_held_credits() == 30, "the hold stays while it waits")
-	carol.market.server_url = server_url
-	var settled := await until(func(): return events("carol", "purchase_succeeded").size() == 1)
+	check(waiting, "pointed at another market, the trade waits for its own (%s)" % str(ab_buyer.market.get_pending_trades()))
+	check(events("ab_buyer", "purchase_failed").is_empty() and events("ab_buyer", "hold_released").is_empty(), "nothing released on another market")
+	check(ab_buyer.data.get_held_credits() == 30, "the hold stays while it waits")
+	ab_buyer.market.server_url = server_url
+	var settled := await until(func(): return events("ab_buyer", "purchase_succeeded").size() == 1)
 	check(settled, "pointed back at its market, the trade settles there")
-	check(carol.data.get_credits() == 70 and carol.data.get_held_credits() == 0 and carol.data.get_item_count("map") == 1, "bought once: 70 credits, the map")
-	for p in [dave, carol]:
+	check(ab_buyer.data.get_credits() == credits_before - 30 and ab_buyer.data.get_held_credits() == 0 and ab_buyer.data.get_item_count("map") == 1, "bought once: 30 credits spent, the map")
+	for p in [ab_seller, ab_buyer]:
 		p.market.queue_free()
 		p.data.queue_free()
 
