@@ -283,8 +283,11 @@ fn read_one(path: &Path) -> Result<Attempt, LoadError> {
     // which defaults to 0.)
     state.version = SCHEMA_VERSION;
     if state.save_id.is_empty() {
-        // Files before save ids get theirs now (written by the next save).
-        state.save_id = crate::state::new_save_id();
+        // Files before save ids get one derived from their device id: the
+        // main file and its backup (the same device) agree on it, so a
+        // backup loaded before any save wrote the id still owns the trades
+        // made since the upgrade.
+        state.save_id = crate::state::save_id_of_device(&state.device_id);
     }
     state.reindex();
     if let Err(problems) = state.validate() {

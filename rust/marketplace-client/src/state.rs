@@ -162,6 +162,17 @@ pub fn new_save_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// The save id of a file from before save ids: derived from its device id
+/// (FNV-1a), the same for the file and its backup.
+pub fn save_id_of_device(device_id: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in device_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// A key noted in [`SyncMark::applied`] is forgotten after this long even if
 /// no listing ever confirms it (an operation settled while the mark was
 /// being set up): the list stays small.
@@ -801,9 +812,12 @@ impl PlayerState {
             noted.reset = true;
             noted.seq = UNSET;
         }
-        if mark.applied.len() >= MAX_APPLIED_KEYS {
+        if mark.seq == UNSET && mark.applied.len() >= MAX_APPLIED_KEYS {
             // Bounded: a market that never reconciles (no operations
-            // listing) must not grow the save forever. The oldest go.
+            // listing) must not grow the save forever. The oldest go —
+            // only while no reconciliation has set the mark: once one has,
+            // a dropped key would make its operation look lost (the
+            // session reconciles again instead, see `SYNC_AGAIN_AT`).
             noted.evicted = mark
                 .applied
                 .iter()
@@ -1601,5 +1615,35 @@ mod tests {
         assert_eq!(got[0].shortfall, 3 + 1);
         assert_eq!(s.credits, 0);
         assert!(s.validate().is_ok());
+    }
+
+    /// Once a reconciliation set the mark, no noted key is ever dropped (a
+    /// dropped key would make its operation look lost); before, the list
+    /// is bounded. A file from before save ids gets the same id as its
+    /// backup (derived from the device).
+    #[test]
+    fn noted_keys_are_kept_once_the_mark_is_set_and_upgraded_files_agree() {
+        let mut s = rich();
+        for i in 0..MAX_APPLIED_KEYS + 10 {
+            let key = format!("{}.{i}", s.save_id);
+            s.note_applied(&owner(), &key, i as i64);
+        }
+        assert_eq!(
+            s.sync["mkt_a"].applied.len(),
+            MAX_APPLIED_KEYS,
+            "bounded while unset"
+        );
+        s.reconcile(&owner(), &page(vec![], 0), 0);
+        for i in 0..20 {
+            let key = format!("{}.more{i}", s.save_id);
+            s.note_applied(&owner(), &key, 0);
+        }
+        assert_eq!(
+            s.sync["mkt_a"].applied.len(),
+            MAX_APPLIED_KEYS + 20,
+            "kept once set"
+        );
+        assert_eq!(save_id_of_device("dev-1"), save_id_of_device("dev-1"));
+        assert_ne!(save_id_of_device("dev-1"), save_id_of_device("dev-2"));
     }
 }

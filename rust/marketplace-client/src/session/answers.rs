@@ -69,6 +69,11 @@ impl TradingSession {
                     if !blocked {
                         store.forget_stale_keys(&owner.server_id);
                     }
+                    self.noted_after_sync = store
+                        .state()
+                        .sync
+                        .get(&owner.server_id)
+                        .map_or(0, |m| m.applied.len());
                     self.synced = Some(owner);
                 }
             }
@@ -78,6 +83,7 @@ impl TradingSession {
                 tracing::info!(error = %error, "the market cannot list operations; no reconciliation");
                 self.sync_in_flight = false;
                 self.synced = Some(owner);
+                self.noted_after_sync = usize::MAX;
             }
             (Tracked::Sync(_), _) => {
                 // Offline, another market now, or an answer that does not

@@ -272,12 +272,22 @@ pub struct TradingSession {
     synced: Option<crate::state::Owner>,
     sync_in_flight: bool,
     next_sync: Instant,
+    /// Keys still noted after the last pass (held back by a journaled trade,
+    /// or just settled): a new pass waits for more than these.
+    noted_after_sync: usize,
+    /// Not before then (a pass held back by a journaled trade would
+    /// otherwise run again after every settlement).
+    next_resync: Instant,
     busy: bool,
     stall_after: Duration,
 }
 
 /// Operations per page when reconciling the save with the server's record.
 const SYNC_PAGE: u32 = 200;
+
+/// Keys noted since the last reconciliation that make the session
+/// reconcile again within the same login.
+const SYNC_AGAIN_AT: usize = 1000;
 
 /// Client events handled per `poll` by default: bounds one frame's work.
 pub const DEFAULT_EVENTS_PER_POLL: usize = 256;
@@ -329,6 +339,8 @@ impl TradingSession {
             synced: None,
             sync_in_flight: false,
             next_sync: Instant::now(),
+            noted_after_sync: 0,
+            next_resync: Instant::now(),
             busy: false,
             stall_after: DEFAULT_STALL_AFTER,
         };
@@ -912,7 +924,20 @@ impl TradingSession {
             return;
         };
         if self.synced.as_ref() == Some(&owner) {
-            return;
+            // Reconciled for this login; again when the keys noted since
+            // have piled up (a long session), so the list stays short.
+            let noted = store
+                .state()
+                .sync
+                .get(&owner.server_id)
+                .map_or(0, |m| m.applied.len());
+            if noted < SYNC_AGAIN_AT
+                || noted <= self.noted_after_sync
+                || Instant::now() < self.next_resync
+            {
+                return;
+            }
+            self.next_resync = Instant::now() + Duration::from_secs(30);
         }
         self.sync_page(store, owner);
     }

@@ -421,15 +421,15 @@ pub async fn new_server_id(url: &str) -> Result<(String, String), String> {
             .await
             .map_err(|e| format!("not a marketplace database: {e}"))?;
     let new = new_market_id();
-    sqlx::query("DELETE FROM server_secrets WHERE name = 'server_id'")
-        .execute(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    sqlx::query("INSERT INTO server_secrets (name, value) VALUES ('server_id', $1)")
-        .bind(&new)
-        .execute(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
+    // One statement: a server starting meanwhile sees the old id or the new.
+    sqlx::query(
+        "INSERT INTO server_secrets (name, value) VALUES ('server_id', $1) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .bind(&new)
+    .execute(&mut conn)
+    .await
+    .map_err(|e| e.to_string())?;
     let _ = conn.close().await;
     Ok((old.map(|(v,)| v).unwrap_or_default(), new))
 }
