@@ -129,6 +129,41 @@ pub struct Owner {
     pub player_id: i64,
 }
 
+impl Owner {
+    /// The owner a server too old to announce an id gets: its address.
+    pub fn by_address(server_url: &str, player_id: i64) -> Owner {
+        Owner {
+            server_id: format!("{BY_ADDRESS}{}", server_url.trim_end_matches('/')),
+            player_id,
+        }
+    }
+
+    /// Bound by address (see [`Owner::by_address`]), not by a market's id.
+    pub fn is_by_address(&self) -> bool {
+        self.server_id.starts_with(BY_ADDRESS)
+    }
+}
+
+/// The prefix of an [`Owner::by_address`] server id.
+const BY_ADDRESS: &str = "url:";
+
+/// Unix seconds now.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `key` was made by the save whose id is `save_id` (see
+/// [`PlayerState::new_key`]).
+fn key_of_save(save_id: &str, key: &str) -> bool {
+    !save_id.is_empty()
+        && key
+            .strip_prefix(save_id)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
 impl std::fmt::Display for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "player {} of market {}", self.player_id, self.server_id)
@@ -833,10 +868,7 @@ impl PlayerState {
 
     /// An idempotency key this save made (see [`PlayerState::save_id`]).
     pub fn is_own_key(&self, key: &str) -> bool {
-        !self.save_id.is_empty()
-            && key
-                .strip_prefix(self.save_id.as_str())
-                .is_some_and(|rest| rest.starts_with('.'))
+        key_of_save(&self.save_id, key)
     }
 
     /// A fresh idempotency key of this save's.
@@ -885,12 +917,6 @@ impl PlayerState {
         let journaled: std::collections::HashSet<&str> =
             self.journal.values().map(|p| p.key.as_str()).collect();
         let save_id = self.save_id.clone();
-        let own = |key: &str| {
-            !save_id.is_empty()
-                && key
-                    .strip_prefix(save_id.as_str())
-                    .is_some_and(|rest| rest.starts_with('.'))
-        };
         let mut blocked = false;
         let mut lost = Vec::new();
         let Some(mark) = self.sync.get_mut(&owner.server_id) else {
@@ -905,7 +931,7 @@ impl PlayerState {
                 blocked = true;
                 continue;
             }
-            if !own(&op.key) {
+            if !key_of_save(&save_id, &op.key) {
                 // Another save's (of the same player), the game backend's
                 // grant, or a key from before save ids: never this save's
                 // to apply.
@@ -928,7 +954,6 @@ impl PlayerState {
                 mark.seq = op.seq;
             }
         }
-        let _ = now;
         lost.into_iter()
             .filter(|op| op.credits != 0 || !op.items.is_empty())
             .map(|op| self.apply_lost(op))

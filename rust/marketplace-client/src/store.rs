@@ -37,6 +37,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::persist::{self, LoadError, RealFs, SaveFs};
+use crate::state::unix_now;
 use crate::state::{Hold, HoldId, HoldKind, OpId, PendingOp, PlayerState, Settled, StateError};
 use marketplace_protocol::MarketChange;
 
@@ -203,13 +204,6 @@ impl Delta {
             }
         }
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// A mutation sent from another thread.

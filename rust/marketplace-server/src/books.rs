@@ -501,9 +501,6 @@ pub async fn operations(
             }
             actions.push(action);
         }
-        if seq <= after {
-            continue;
-        }
         items.retain(|_, n| *n != 0);
         let has = |a: &str| actions.iter().any(|x| x == a);
         let kind = if has("purchase_pay") || has("purchase_items") {

@@ -220,13 +220,11 @@ fn remember_session(
 /// Who a login made us: the market's id (or, from a server too old to
 /// announce one, its address) and the player.
 pub fn owner_of(session: &Session, server_url: &str) -> Owner {
-    let server_id = if session.server_id.is_empty() {
-        format!("url:{}", server_url.trim_end_matches('/'))
-    } else {
-        session.server_id.clone()
-    };
+    if session.server_id.is_empty() {
+        return Owner::by_address(server_url, session.player_id);
+    }
     Owner {
-        server_id,
+        server_id: session.server_id.clone(),
         player_id: session.player_id,
     }
 }

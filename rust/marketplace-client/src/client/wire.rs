@@ -166,7 +166,7 @@ pub(super) async fn exchange(
         request = request.header(IDEMPOTENCY_HEADER, key);
     }
     if let Some(owner) = &envelope.owner {
-        if !owner.server_id.starts_with("url:") {
+        if !owner.is_by_address() {
             request = request.header(SERVER_HEADER, owner.server_id.as_str());
         }
         request = request.header(PLAYER_HEADER, owner.player_id);

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use marketplace_protocol::{ErrorCode, MarketChange};
 
-use super::{unix_now, SessionEvent, Tracked, TradingSession, SYNC_PAGE};
+use super::{SessionEvent, Tracked, TradingSession, SYNC_PAGE};
 use crate::client::{Command, Event, EventKind, Reply, RequestId};
 use crate::error::ClientError;
+use crate::state::unix_now;
 use crate::state::{Applied, OpId};
 use crate::store::{OpOutcome, PlayerStore};
 
@@ -231,12 +232,9 @@ impl TradingSession {
     pub(super) fn owner_changed(&mut self, store: &mut PlayerStore) {
         let owner = self.client.owner();
         if let Some(owner) = &owner {
-            if !owner.server_id.starts_with("url:") {
+            if !owner.is_by_address() {
                 let url = self.client.config().server_url;
-                let by_address = crate::state::Owner {
-                    server_id: format!("url:{}", url.trim_end_matches('/')),
-                    player_id: owner.player_id,
-                };
+                let by_address = crate::state::Owner::by_address(&url, owner.player_id);
                 store.rebind_ops(&by_address, owner);
             }
         }

@@ -44,6 +44,7 @@ use marketplace_protocol::{ErrorCode, Listing, ListingPage, MarketChange, Purcha
 
 use crate::client::{BrowseQuery, ClientConfig, Command, Event, MarketClient, RequestId};
 use crate::error::ClientError;
+use crate::state::unix_now;
 use crate::state::{HoldKind, OpId};
 use crate::store::PlayerStore;
 
@@ -294,13 +295,6 @@ pub const DEFAULT_EVENTS_PER_POLL: usize = 256;
 
 /// How long a trade may retry before [`SessionEvent::TradeStalled`].
 pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(60);
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 fn invalid(message: impl Into<String>) -> ClientError {
     ClientError::new(ErrorCode::InvalidArgument, message)
@@ -918,7 +912,7 @@ impl TradingSession {
             return;
         }
         let Some(owner) = self.client.owner() else {
-            if store.recovered_from_backup() && self.unbound.is_empty() {
+            if store.recovered_from_backup() {
                 self.request_quiet_login(store);
             }
             return;
