@@ -36,6 +36,9 @@ use std::fmt;
 /// | `deposit_limit` | 403 | server: the player's deposits in the last 24 h reached the cap | yes |
 /// | `deposits_disabled` | 403 | server: only the game's backend may bring value in (server grants) | yes |
 /// | `unknown_item` | 400 | server: the item is not in the catalog | yes |
+/// | `quantity_unavailable` | 409 | server: fewer units remain than the purchase asked for | yes |
+/// | `listing_expired` | 409 | server: the listing's time ran out (its escrow went back to the seller) | yes |
+/// | `order_closed` | 409 | server: the buy order is filled, cancelled or expired | yes |
 /// | `wrong_server` | 421 | server: the request was bound to another server or player (`X-Market-Server`, `X-Market-Player`); client: a journaled trade waits while the game points at another server or player | no (it goes once the game points back) |
 ///
 /// *Definitive* means the server decided and will decide the same on a retry:
@@ -74,11 +77,14 @@ pub enum ErrorCode {
     DepositsDisabled,
     UnknownItem,
     WrongServer,
+    QuantityUnavailable,
+    ListingExpired,
+    OrderClosed,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -109,6 +115,9 @@ impl ErrorCode {
         ErrorCode::DepositsDisabled,
         ErrorCode::UnknownItem,
         ErrorCode::WrongServer,
+        ErrorCode::QuantityUnavailable,
+        ErrorCode::ListingExpired,
+        ErrorCode::OrderClosed,
     ];
 
     /// The stable string GDScript matches on.
@@ -144,6 +153,9 @@ impl ErrorCode {
             ErrorCode::DepositsDisabled => "deposits_disabled",
             ErrorCode::UnknownItem => "unknown_item",
             ErrorCode::WrongServer => "wrong_server",
+            ErrorCode::QuantityUnavailable => "quantity_unavailable",
+            ErrorCode::ListingExpired => "listing_expired",
+            ErrorCode::OrderClosed => "order_closed",
         }
     }
 
@@ -168,7 +180,10 @@ impl ErrorCode {
             | ErrorCode::IdempotencyKeyReused
             | ErrorCode::RequestInProgress
             | ErrorCode::InsufficientFunds
-            | ErrorCode::InsufficientItems => 409,
+            | ErrorCode::InsufficientItems
+            | ErrorCode::QuantityUnavailable
+            | ErrorCode::ListingExpired
+            | ErrorCode::OrderClosed => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::WrongServer => 421,
             ErrorCode::RateLimited => 429,
@@ -209,7 +224,10 @@ impl ErrorCode {
             | ErrorCode::InsufficientFunds
             | ErrorCode::DepositLimit
             | ErrorCode::DepositsDisabled
-            | ErrorCode::UnknownItem => true,
+            | ErrorCode::UnknownItem
+            | ErrorCode::QuantityUnavailable
+            | ErrorCode::ListingExpired
+            | ErrorCode::OrderClosed => true,
             ErrorCode::Unauthorized
             | ErrorCode::RequestInProgress
             | ErrorCode::RateLimited

@@ -67,11 +67,16 @@ pub enum MarketChange {
     CreateListing {
         item_id: String,
         quantity: i64,
+        /// Per unit.
         price: i64,
         /// Items the game moves from its save into the market for this
         /// listing if the player's stash falls short (client deposits).
         #[serde(default, skip_serializing_if = "is_zero")]
         deposit: i64,
+        /// How long the listing may rest, in seconds (at most the server's
+        /// bound; absent: the server's default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_secs: Option<i64>,
     },
     /// `PATCH /v1/listings/{listing_id}`
     Reprice { listing_id: i64, price: i64 },
@@ -80,7 +85,11 @@ pub enum MarketChange {
     /// `POST /v1/listings/{listing_id}/purchase`
     Purchase {
         listing_id: i64,
+        /// Per unit.
         expected_price: i64,
+        /// Units to buy; absent: all that remain (the whole lot).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quantity: Option<i64>,
         /// Credits the game moves from its save into the market for this
         /// purchase if the player's balance falls short (client deposits).
         #[serde(default, skip_serializing_if = "is_zero")]
@@ -100,6 +109,30 @@ pub enum MarketChange {
         item_id: Option<String>,
         quantity: i64,
     },
+    /// `POST /v1/orders`: a buy order, matched at once against resting
+    /// sell listings and resting with what is left.
+    PlaceOrder {
+        item_id: String,
+        quantity: i64,
+        /// Per unit: the most the buyer pays.
+        max_price: i64,
+        /// The smallest fill the order takes (the rest of the order when
+        /// less remains); absent: 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_fill: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_secs: Option<i64>,
+        /// Credits the game moves from its save into the market for the
+        /// order's escrow if the account falls short (client deposits).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        deposit: i64,
+    },
+    /// `DELETE /v1/orders/{order_id}`
+    CancelOrder { order_id: i64 },
+    /// `POST /v1/me/deliveries/collect`: what the market owes the player
+    /// (bought items, refunds, expired escrow), into the game's save
+    /// (client deposits) or the market account (server grants).
+    Collect { delivery_ids: Vec<i64> },
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -186,13 +219,16 @@ pub struct Session {
 }
 
 /// Lifecycle of a listing. Only `Active` listings can be bought, repriced or
-/// cancelled; `Sold` and `Cancelled` are final.
+/// cancelled; `Sold`, `Cancelled` and `Expired` are final. (A listing past
+/// its `expires_at` shows `Expired` at once: nothing fills it from then on,
+/// whether or not its escrow has been sent back yet.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ListingStatus {
     Active,
     Sold,
     Cancelled,
+    Expired,
 }
 
 impl ListingStatus {
@@ -201,6 +237,7 @@ impl ListingStatus {
             ListingStatus::Active => "active",
             ListingStatus::Sold => "sold",
             ListingStatus::Cancelled => "cancelled",
+            ListingStatus::Expired => "expired",
         }
     }
 
@@ -209,6 +246,7 @@ impl ListingStatus {
             "active" => Some(ListingStatus::Active),
             "sold" => Some(ListingStatus::Sold),
             "cancelled" => Some(ListingStatus::Cancelled),
+            "expired" => Some(ListingStatus::Expired),
             _ => None,
         }
     }
@@ -219,15 +257,36 @@ pub struct Listing {
     pub id: i64,
     pub seller_id: i64,
     pub item_id: String,
+    /// Units listed.
     pub quantity: i64,
+    /// Per unit.
     pub price: i64,
     pub status: ListingStatus,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Units not yet sold (0 from servers before partial fills: then see
+    /// [`Listing::remaining`]).
+    #[serde(default)]
+    pub quantity_remaining: i64,
+    /// Unix seconds after which nothing fills it; `None`: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
     /// The seller's display name, when browsing (`GET /v1/listings`,
     /// `GET /v1/listings/{id}`); absent in trade answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seller_name: Option<String>,
+}
+
+impl Listing {
+    /// Units that can still be bought: `quantity_remaining`, or the whole
+    /// lot of an active listing from a server before partial fills.
+    pub fn remaining(&self) -> i64 {
+        if self.quantity_remaining == 0 && self.status == ListingStatus::Active {
+            self.quantity
+        } else {
+            self.quantity_remaining
+        }
+    }
 }
 
 /// `POST /v1/listings`
@@ -236,10 +295,13 @@ pub struct Listing {
 pub struct CreateListingRequest {
     pub item_id: String,
     pub quantity: i64,
+    /// Per unit.
     pub price: i64,
     /// Absent when 0 (servers before deposits refuse unknown fields).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deposit: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<i64>,
 }
 
 /// `PATCH /v1/listings/{id}`
@@ -253,7 +315,11 @@ pub struct RepriceRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseRequest {
+    /// Per unit.
     pub expected_price: i64,
+    /// Units to buy; absent: all that remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<i64>,
     /// Absent when 0 (servers before deposits refuse unknown fields).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deposit: i64,
@@ -290,6 +356,9 @@ pub struct AccountEnvelope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListingEnvelope {
     pub listing: Listing,
+    /// Resting buy orders the new or repriced listing filled at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fills: Vec<Fill>,
     /// What the change moved between the game's save and the market
     /// (absent from servers without books: then everything moved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -313,9 +382,13 @@ pub struct Purchase {
     pub buyer_id: i64,
     pub seller_id: i64,
     pub item_id: String,
+    /// Units bought.
     pub quantity: i64,
+    /// What the buyer paid in all (`unit_price × quantity`).
     pub price: i64,
     pub created_at: i64,
+    #[serde(default)]
+    pub unit_price: i64,
 }
 
 /// Answer of `POST /v1/listings/{id}/purchase`.
@@ -334,7 +407,11 @@ pub struct Sale {
     pub buyer_id: i64,
     pub item_id: String,
     pub quantity: i64,
+    /// What the buyer paid in all.
     pub price: i64,
+    /// Fees kept by the market; the seller receives `price - fee`.
+    #[serde(default)]
+    pub fee: i64,
     pub sold_at: i64,
     /// Unix seconds of the claim, `None` while the proceeds are unclaimed.
     pub claimed_at: Option<i64>,
@@ -390,6 +467,181 @@ pub struct Claim {
     pub transfer: Option<Transfer>,
 }
 
+/// Lifecycle of a buy order: `Active` until filled, cancelled or expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Active,
+    Filled,
+    Cancelled,
+    Expired,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Active => "active",
+            OrderStatus::Filled => "filled",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            OrderStatus::Active,
+            OrderStatus::Filled,
+            OrderStatus::Cancelled,
+            OrderStatus::Expired,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+/// A buy order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: i64,
+    pub buyer_id: i64,
+    pub item_id: String,
+    pub quantity: i64,
+    pub quantity_remaining: i64,
+    /// Per unit.
+    pub max_price: i64,
+    pub min_fill: i64,
+    /// Credits the order still holds in escrow (`quantity_remaining ×
+    /// max_price` while active; 0 once closed — the rest went back).
+    pub escrow: i64,
+    pub status: OrderStatus,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+/// One fill: units of a sell listing bought, by a buyer directly or by a
+/// buy order, at one price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fill {
+    /// The purchase (sale) id: the seller claims its proceeds by it.
+    pub id: i64,
+    pub listing_id: i64,
+    /// The buy order it filled; `None` for a direct purchase.
+    #[serde(default)]
+    pub order_id: Option<i64>,
+    pub buyer_id: i64,
+    pub seller_id: i64,
+    pub item_id: String,
+    pub quantity: i64,
+    pub unit_price: i64,
+    /// `unit_price × quantity`: what the buyer paid.
+    pub price: i64,
+    /// Listing fee and sales tax, kept by the market from the seller's
+    /// proceeds.
+    pub fee: i64,
+    pub created_at: i64,
+}
+
+/// Answer of `POST /v1/orders`, `DELETE /v1/orders/{id}` and
+/// `GET /v1/orders/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEnvelope {
+    pub order: Order,
+    /// The fills made by this request (placing: at once against resting
+    /// listings; `GET`: all of the order's fills).
+    #[serde(default)]
+    pub fills: Vec<Fill>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
+}
+
+/// Answer of `GET /v1/me/orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrdersPage {
+    pub orders: Vec<Order>,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+/// What the market owes a player and keeps for them until collected:
+/// items a buy order bought, the credits an order did not spend (a fill
+/// below its price, a cancel, an expiry), a listing's escrow after it
+/// expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: i64,
+    /// `order_items`, `order_refund`, `order_closed`, `listing_expired`,
+    /// `listing_returned`.
+    pub kind: String,
+    /// `None`: credits.
+    pub item_id: Option<String>,
+    pub quantity: i64,
+    #[serde(default)]
+    pub listing_id: Option<i64>,
+    #[serde(default)]
+    pub order_id: Option<i64>,
+    #[serde(default)]
+    pub fill_id: Option<i64>,
+    pub created_at: i64,
+    #[serde(default)]
+    pub collected_at: Option<i64>,
+}
+
+/// Answer of `GET /v1/me/deliveries?collected=&cursor=&limit=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveriesPage {
+    pub deliveries: Vec<Delivery>,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/me/deliveries/collect`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectRequest {
+    pub delivery_ids: Vec<i64>,
+}
+
+/// Answer of `POST /v1/me/deliveries/collect`: the deliveries this key
+/// collected (those of the request not collected before). Under client
+/// deposits each goes into the game's save (`transfer.delivered` > 0);
+/// under server grants into the market account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collected {
+    pub deliveries: Vec<Delivery>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
+}
+
+/// `POST /v1/orders`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderRequest {
+    pub item_id: String,
+    pub quantity: i64,
+    pub max_price: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_fill: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deposit: i64,
+}
+
+/// Answer of `GET /v1/fees/quote?item_id=&quantity=&price=`: what a sale
+/// of `quantity` units at `price` each would cost and bring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeeQuote {
+    pub quantity: i64,
+    pub unit_price: i64,
+    /// What the buyer pays: `unit_price × quantity`.
+    pub buyer_pays: i64,
+    pub listing_fee: i64,
+    pub sales_tax: i64,
+    /// `buyer_pays - listing_fee - sales_tax`.
+    pub seller_receives: i64,
+}
+
 /// The error envelope: `{"error": {...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorEnvelope {
@@ -406,6 +658,9 @@ pub struct ErrorBody {
     /// Present with `price_changed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_price: Option<i64>,
+    /// Present with `quantity_unavailable`: units that remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<i64>,
 }
 
 /// Checks an item id, device id or idempotency key: 1..=[`MAX_ID_LEN`] bytes of
@@ -439,6 +694,18 @@ pub fn check_positive(what: &str, value: i64) -> Result<(), String> {
 /// Checks a listing's quantity: 1..=[`MAX_QUANTITY`].
 pub fn check_quantity(value: i64) -> Result<(), String> {
     check_range("quantity", value, MAX_QUANTITY)
+}
+
+/// Checks what a trade of `quantity` units at `unit_price` moves in all:
+/// at most [`MAX_PRICE`], so every settlement stays within the bounds the
+/// books are reasoned about.
+pub fn check_total(quantity: i64, unit_price: i64) -> Result<i64, String> {
+    match quantity.checked_mul(unit_price) {
+        Some(total) if total <= MAX_PRICE => Ok(total),
+        _ => Err(format!(
+            "quantity × price must be at most {MAX_PRICE} credits"
+        )),
+    }
 }
 
 /// Checks a price (also an expected price): 1..=[`MAX_PRICE`].

@@ -174,6 +174,7 @@ async fn grant(
                     quantity: req.quantity,
                     listing_id: None,
                     purchase_id: None,
+                    ..Default::default()
                 },
             )
             .await?;

@@ -2,9 +2,10 @@
 //! value between them — and the audit that proves they balance.
 //!
 //! Every credit and item inside the market is in exactly one place: a
-//! player's account (credits) or stash (items), a listing's escrow (the
-//! listing while it is active), or unclaimed proceeds (a purchase not yet
-//! claimed). Value changes place only by a conditional update — a balance
+//! player's account (credits) or stash (items), a listing's escrow (what
+//! remains of the listing while it is active), a buy order's escrow,
+//! unclaimed proceeds (a fill not yet claimed, less its fees), a delivery
+//! waiting for its player, or the fees the market kept. Value changes place only by a conditional update — a balance
 //! or count can never go below zero, `CHECK` constraints say so twice — and
 //! every change of place is a ledger row with what moved (`item_id` NULL for
 //! credits, `quantity`).
@@ -18,6 +19,13 @@
 //! | `purchase_pay` | the buyer's account | proceeds |
 //! | `purchase_items` | the listing | the buyer's stash |
 //! | `claim` | proceeds | the seller's account |
+//! | `fee` | proceeds | the market's fees (the currency sink) |
+//! | `order_place` | the buyer's account | the order's escrow |
+//! | `fill_pay` | the order's escrow | proceeds |
+//! | `fill_items` | the listing | the buyer's stash, or a delivery (`delivery_id`) |
+//! | `order_return` | the order's escrow | the buyer's account, or a delivery |
+//! | `listing_return` | the listing (expired) | the seller's stash, or a delivery |
+//! | `collect` | a delivery | the player's account / stash |
 //!
 //! [`audit`] replays these rows and checks that what is in every place is
 //! what the ledger says, and that inside = inflow − outflow, per item and
@@ -197,6 +205,7 @@ pub async fn holding(
 }
 
 /// What moved, for the ledger.
+#[derive(Default)]
 pub struct Move<'a> {
     pub player_id: i64,
     pub action: &'a str,
@@ -205,6 +214,10 @@ pub struct Move<'a> {
     pub quantity: i64,
     pub listing_id: Option<i64>,
     pub purchase_id: Option<i64>,
+    pub order_id: Option<i64>,
+    /// Set when the move goes to (or, for `collect`, comes from) a
+    /// delivery waiting for the player rather than their account.
+    pub delivery_id: Option<i64>,
 }
 
 /// A ledger row that moves value.
@@ -213,33 +226,15 @@ pub async fn movement(
     ctx: &OpContext<'_>,
     m: Move<'_>,
 ) -> Result<(), sqlx::Error> {
-    let Move {
-        player_id,
-        action,
-        item_id,
-        quantity,
-        listing_id,
-        purchase_id,
-    } = m;
-    sqlx::query(
-        "INSERT INTO ledger (at, player_id, action, listing_id, purchase_id, amount, idempotency_key, request_id, item_id, quantity) \
-         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $9)",
-    )
-    .bind(ctx.now)
-    .bind(player_id)
-    .bind(action)
-    .bind(listing_id)
-    .bind(purchase_id)
-    .bind(ctx.idem_key)
-    .bind(ctx.request_id)
-    .bind(item_id)
-    .bind(quantity)
-    .execute(conn)
-    .await?;
-    Ok(())
+    movements(conn, ctx, &[m]).await
 }
 
 /// Several ledger rows in one statement (a trade writes up to four).
+///
+/// A row carries the request's idempotency key only when it is the
+/// requester's own: a fill also moves value of the resting side's owner,
+/// whose operations (`GET /v1/me/operations`) must not show another
+/// player's key.
 pub async fn movements(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
@@ -249,38 +244,33 @@ pub async fn movements(
         return Ok(());
     }
     let mut sql = String::from(
-        "INSERT INTO ledger (at, player_id, action, listing_id, purchase_id, idempotency_key, request_id, item_id, quantity) VALUES ",
+        "INSERT INTO ledger (at, player_id, action, listing_id, purchase_id, idempotency_key, request_id, item_id, quantity, order_id, delivery_id) VALUES ",
     );
+    const COLUMNS: usize = 11;
     for i in 0..moves.len() {
-        let b = i * 9;
         if i > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6,
-            b + 7,
-            b + 8,
-            b + 9
-        ));
+        let params: Vec<String> = (1..=COLUMNS)
+            .map(|c| format!("${}", i * COLUMNS + c))
+            .collect();
+        sql.push_str(&format!("({})", params.join(", ")));
     }
     let mut query = sqlx::query(&sql);
     for m in moves {
+        let key = (m.player_id == ctx.player_id && !ctx.idem_key.is_empty()).then_some(ctx.idem_key);
         query = query
             .bind(ctx.now)
             .bind(m.player_id)
             .bind(m.action)
             .bind(m.listing_id)
             .bind(m.purchase_id)
-            .bind(ctx.idem_key)
+            .bind(key)
             .bind(ctx.request_id)
             .bind(m.item_id)
-            .bind(m.quantity);
+            .bind(m.quantity)
+            .bind(m.order_id)
+            .bind(m.delivery_id);
     }
     query.execute(conn).await?;
     Ok(())
@@ -376,6 +366,7 @@ pub async fn deposit(
             quantity,
             listing_id: None,
             purchase_id: None,
+            ..Default::default()
         },
     )
     .await?;
@@ -402,6 +393,7 @@ pub async fn withdraw(
             quantity,
             listing_id,
             purchase_id,
+            ..Default::default()
         },
     )
     .await?;
@@ -573,6 +565,13 @@ pub struct Totals {
     pub unclaimed_proceeds: i64,
     pub stash_items: i64,
     pub escrow_items: i64,
+    /// Credits held by active buy orders.
+    pub order_escrow_credits: i64,
+    /// Waiting to be collected.
+    pub delivery_credits: i64,
+    pub delivery_items: i64,
+    /// Kept by the market (the currency sink).
+    pub fees: i64,
     pub inflow_credits: i64,
     pub outflow_credits: i64,
     pub inflow_items: i64,
@@ -580,17 +579,21 @@ pub struct Totals {
 }
 
 pub async fn totals(conn: &mut AnyConnection) -> Result<Totals, sqlx::Error> {
-    const SQL: [&str; 8] = [
+    const SQL: [&str; 12] = [
         "SELECT CAST(COALESCE(SUM(credits), 0) AS BIGINT) FROM accounts",
-        "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NULL",
+        "SELECT CAST(COALESCE(SUM(price - fee), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NULL",
         "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM stash",
-        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM listings WHERE status = 'active'",
+        "SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM listings WHERE status = 'active'",
+        "SELECT CAST(COALESCE(SUM(escrow), 0) AS BIGINT) FROM orders",
+        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM deliveries WHERE collected_at IS NULL AND item_id IS NULL",
+        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM deliveries WHERE collected_at IS NULL AND item_id IS NOT NULL",
+        "SELECT CAST(COALESCE(SUM(fee), 0) AS BIGINT) FROM purchases",
         "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NULL AND action IN ('deposit', 'grant', 'opening_proceeds')",
         "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NULL AND action = 'withdraw'",
         "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NOT NULL AND action IN ('deposit', 'grant', 'opening_escrow')",
         "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE item_id IS NOT NULL AND action = 'withdraw'",
     ];
-    let mut v = [0i64; 8];
+    let mut v = [0i64; 12];
     for (slot, sql) in v.iter_mut().zip(SQL) {
         *slot = sqlx::query_as::<_, (i64,)>(sql)
             .fetch_one(&mut *conn)
@@ -602,10 +605,14 @@ pub async fn totals(conn: &mut AnyConnection) -> Result<Totals, sqlx::Error> {
         unclaimed_proceeds: v[1],
         stash_items: v[2],
         escrow_items: v[3],
-        inflow_credits: v[4],
-        outflow_credits: v[5],
-        inflow_items: v[6],
-        outflow_items: v[7],
+        order_escrow_credits: v[4],
+        delivery_credits: v[5],
+        delivery_items: v[6],
+        fees: v[7],
+        inflow_credits: v[8],
+        outflow_credits: v[9],
+        inflow_items: v[10],
+        outflow_items: v[11],
     })
 }
 
@@ -630,6 +637,11 @@ enum Place {
     Stash(i64, String),
     Escrow(i64),
     Proceeds(i64),
+    OrderEscrow(i64),
+    /// A delivery waiting for its player: credits or one kind of item.
+    Delivery(i64, Option<String>),
+    /// The currency sink.
+    Fees,
 }
 
 /// Replays the ledger and compares every place with what it holds.
@@ -645,7 +657,7 @@ pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error>
     let mut inflow: BTreeMap<Option<String>, i64> = BTreeMap::new();
     let mut outflow: BTreeMap<Option<String>, i64> = BTreeMap::new();
     let rows = sqlx::query(
-        "SELECT id, player_id, action, listing_id, purchase_id, item_id, quantity FROM ledger \
+        "SELECT id, player_id, action, listing_id, purchase_id, order_id, delivery_id, item_id, quantity FROM ledger \
          WHERE quantity IS NOT NULL ORDER BY id",
     )
     .fetch_all(&mut *conn)
@@ -657,6 +669,8 @@ pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error>
         let action: String = row.try_get("action")?;
         let listing: Option<i64> = row.try_get("listing_id")?;
         let purchase: Option<i64> = row.try_get("purchase_id")?;
+        let order: Option<i64> = row.try_get("order_id")?;
+        let delivery: Option<i64> = row.try_get("delivery_id")?;
         let item: Option<String> = row.try_get("item_id")?;
         let q: i64 = row.try_get("quantity")?;
         moved += 1;
@@ -664,6 +678,15 @@ pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error>
             None => Place::Account(player),
             Some(i) => Place::Stash(player, i.clone()),
         };
+        // Where value owed to the row's player goes: a delivery when the
+        // row names one, else their account.
+        let owed = |item: &Option<String>| match delivery {
+            Some(d) => Place::Delivery(d, item.clone()),
+            None => own(item),
+        };
+        let escrow = Place::Escrow(listing.unwrap_or(0));
+        let order_escrow = Place::OrderEscrow(order.unwrap_or(0));
+        let proceeds = Place::Proceeds(purchase.unwrap_or(0));
         let mut add = |place: Place, delta: i64| *expected.entry(place).or_insert(0) += delta;
         match action.as_str() {
             "deposit" | "grant" => {
@@ -702,6 +725,30 @@ pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error>
                 add(Place::Proceeds(purchase.unwrap_or(0)), -q);
                 add(Place::Account(player), q);
             }
+            "fee" => {
+                add(proceeds, -q);
+                add(Place::Fees, q);
+            }
+            "order_place" => {
+                add(Place::Account(player), -q);
+                add(order_escrow, q);
+            }
+            "fill_pay" => {
+                add(order_escrow, -q);
+                add(proceeds, q);
+            }
+            "fill_items" | "listing_return" => {
+                add(escrow, -q);
+                add(owed(&item), q);
+            }
+            "order_return" => {
+                add(order_escrow, -q);
+                add(owed(&None), q);
+            }
+            "collect" => {
+                add(Place::Delivery(delivery.unwrap_or(0), item.clone()), -q);
+                add(own(&item), q);
+            }
             other => report
                 .mismatches
                 .push(format!("ledger row {id}: unknown movement {other:?}")),
@@ -727,17 +774,41 @@ pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error>
             row.try_get("quantity")?,
         );
     }
-    for row in sqlx::query("SELECT id, quantity FROM listings WHERE status = 'active'")
+    for row in sqlx::query("SELECT id, remaining FROM listings WHERE status = 'active'")
         .fetch_all(&mut *conn)
         .await?
     {
-        actual.insert(Place::Escrow(row.try_get("id")?), row.try_get("quantity")?);
+        actual.insert(Place::Escrow(row.try_get("id")?), row.try_get("remaining")?);
     }
-    for row in sqlx::query("SELECT id, price FROM purchases WHERE claimed_at IS NULL")
+    for row in sqlx::query("SELECT id, price - fee AS owed FROM purchases WHERE claimed_at IS NULL")
         .fetch_all(&mut *conn)
         .await?
     {
-        actual.insert(Place::Proceeds(row.try_get("id")?), row.try_get("price")?);
+        actual.insert(Place::Proceeds(row.try_get("id")?), row.try_get("owed")?);
+    }
+    for row in sqlx::query("SELECT id, escrow FROM orders WHERE escrow <> 0")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        actual.insert(Place::OrderEscrow(row.try_get("id")?), row.try_get("escrow")?);
+    }
+    for row in sqlx::query(
+        "SELECT id, item_id, quantity FROM deliveries WHERE collected_at IS NULL",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        actual.insert(
+            Place::Delivery(row.try_get("id")?, row.try_get("item_id")?),
+            row.try_get("quantity")?,
+        );
+    }
+    let (fees,): (i64,) =
+        sqlx::query_as("SELECT CAST(COALESCE(SUM(fee), 0) AS BIGINT) FROM purchases")
+            .fetch_one(&mut *conn)
+            .await?;
+    if fees != 0 {
+        actual.insert(Place::Fees, fees);
     }
     let mut places: Vec<&Place> = expected.keys().chain(actual.keys()).collect();
     places.sort();
@@ -759,13 +830,14 @@ pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error>
     let mut inside: BTreeMap<Option<String>, i64> = BTreeMap::new();
     for (place, n) in &actual {
         let kind = match place {
-            Place::Account(_) | Place::Proceeds(_) => None,
+            Place::Account(_) | Place::Proceeds(_) | Place::OrderEscrow(_) | Place::Fees => None,
             Place::Stash(_, item) => Some(item.clone()),
+            Place::Delivery(_, item) => item.clone(),
             Place::Escrow(_) => continue,
         };
         *inside.entry(kind).or_insert(0) += n;
     }
-    for row in sqlx::query("SELECT item_id, CAST(SUM(quantity) AS BIGINT) AS n FROM listings WHERE status = 'active' GROUP BY item_id")
+    for row in sqlx::query("SELECT item_id, CAST(SUM(remaining) AS BIGINT) AS n FROM listings WHERE status = 'active' GROUP BY item_id")
         .fetch_all(&mut *conn)
         .await?
     {
@@ -785,7 +857,11 @@ pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error>
             inside.get(kind).copied().unwrap_or(0),
         );
         let name = kind.as_deref().unwrap_or("credits");
-        let line = format!("{name}: {n} inside = {i} in − {o} out");
+        let line = if kind.is_none() && fees != 0 {
+            format!("{name}: {n} inside (of which {fees} kept as fees) = {i} in − {o} out")
+        } else {
+            format!("{name}: {n} inside = {i} in − {o} out")
+        };
         if n != i - o {
             report.mismatches.push(format!("conservation of {line}"));
         }

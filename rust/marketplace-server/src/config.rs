@@ -138,6 +138,38 @@ pub struct Config {
     /// Without it, the peer address is the client's.
     #[arg(long, env = "MARKET_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<crate::net::Cidr>,
+
+    /// Listing fee, charged from the seller's proceeds on each fill, in
+    /// basis points of the fill's value (250 = 2.5 %); 0 with no minimum: off.
+    #[arg(long, env = "MARKET_LISTING_FEE_BP", default_value_t = 0)]
+    pub listing_fee_bp: i64,
+    /// Smallest listing fee per fill, in credits.
+    #[arg(long, env = "MARKET_LISTING_FEE_MIN", default_value_t = 0)]
+    pub listing_fee_min: i64,
+    /// Largest listing fee per fill, in credits (0: no cap).
+    #[arg(long, env = "MARKET_LISTING_FEE_MAX", default_value_t = 0)]
+    pub listing_fee_max: i64,
+    /// Sales tax, charged from the seller's proceeds on each fill, in
+    /// basis points; 0 with no minimum: off.
+    #[arg(long, env = "MARKET_SALES_TAX_BP", default_value_t = 0)]
+    pub sales_tax_bp: i64,
+    #[arg(long, env = "MARKET_SALES_TAX_MIN", default_value_t = 0)]
+    pub sales_tax_min: i64,
+    /// 0: no cap.
+    #[arg(long, env = "MARKET_SALES_TAX_MAX", default_value_t = 0)]
+    pub sales_tax_max: i64,
+
+    /// How long a listing rests unless the seller asks for less.
+    #[arg(long, env = "MARKET_LISTING_DURATION_SECS", default_value_t = 30 * 86_400)]
+    pub listing_duration_secs: i64,
+    /// The longest a seller may ask for.
+    #[arg(long, env = "MARKET_LISTING_MAX_DURATION_SECS", default_value_t = 90 * 86_400)]
+    pub listing_max_duration_secs: i64,
+    /// How long a buy order rests unless the buyer asks for less.
+    #[arg(long, env = "MARKET_ORDER_DURATION_SECS", default_value_t = 30 * 86_400)]
+    pub order_duration_secs: i64,
+    #[arg(long, env = "MARKET_ORDER_MAX_DURATION_SECS", default_value_t = 90 * 86_400)]
+    pub order_max_duration_secs: i64,
 }
 
 impl Config {
@@ -172,6 +204,16 @@ impl Config {
             deposit_cap_items: 1_000,
             catalog: None,
             admin_key: Some("test-admin-key-test-admin-key-test-admin".into()),
+            listing_fee_bp: 0,
+            listing_fee_min: 0,
+            listing_fee_max: 0,
+            sales_tax_bp: 0,
+            sales_tax_min: 0,
+            sales_tax_max: 0,
+            listing_duration_secs: 30 * 86_400,
+            listing_max_duration_secs: 90 * 86_400,
+            order_duration_secs: 30 * 86_400,
+            order_max_duration_secs: 90 * 86_400,
         }
     }
 
@@ -192,7 +234,30 @@ impl Config {
                 Some(path) => Some(crate::economy::Catalog::load(path)?),
                 None => None,
             },
+            fees: self.fees(),
+            durations: crate::economy::Durations {
+                listing_default: self.listing_duration_secs,
+                listing_max: self.listing_max_duration_secs,
+                order_default: self.order_duration_secs,
+                order_max: self.order_max_duration_secs,
+            },
         })
+    }
+
+    fn fees(&self) -> crate::economy::Fees {
+        use crate::economy::FeeRule;
+        crate::economy::Fees {
+            listing: FeeRule {
+                rate_bp: self.listing_fee_bp,
+                min: self.listing_fee_min,
+                max: self.listing_fee_max,
+            },
+            sales_tax: FeeRule {
+                rate_bp: self.sales_tax_bp,
+                min: self.sales_tax_min,
+                max: self.sales_tax_max,
+            },
+        }
     }
 
     pub fn idempotency_retention(&self) -> Duration {
@@ -225,6 +290,18 @@ impl Config {
         }
         if self.deposit_cap_credits < 0 || self.deposit_cap_items < 0 {
             return Err("deposit caps must be at least 0".into());
+        }
+        let fees = self.fees();
+        fees.listing.validate("--listing-fee")?;
+        fees.sales_tax.validate("--sales-tax")?;
+        if self.listing_duration_secs < 1
+            || self.order_duration_secs < 1
+            || self.listing_duration_secs > self.listing_max_duration_secs
+            || self.order_duration_secs > self.order_max_duration_secs
+        {
+            return Err(
+                "durations must be at least 1 second and no longer than their maximum".into(),
+            );
         }
         if self.admin_key.as_ref().is_some_and(|k| k.len() < 32) {
             return Err("--admin-key must be at least 32 bytes".into());

@@ -80,6 +80,110 @@ pub struct Policy {
     pub deposit_cap_credits: i64,
     pub deposit_cap_items: i64,
     pub catalog: Option<Catalog>,
+    /// Off (zero) unless configured.
+    pub fees: Fees,
+    pub durations: Durations,
+}
+
+/// One fee: a rate of a fill's value with a minimum and a cap, never more
+/// than the value itself. Rates are in basis points (1/100 of a percent),
+/// so the arithmetic is whole credits, rounded up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FeeRule {
+    pub rate_bp: i64,
+    pub min: i64,
+    /// 0: no cap.
+    pub max: i64,
+}
+
+impl FeeRule {
+    pub fn is_off(&self) -> bool {
+        self.rate_bp == 0 && self.min == 0
+    }
+
+    /// The fee on a fill worth `gross` credits.
+    pub fn on(&self, gross: i64) -> i64 {
+        if self.is_off() || gross <= 0 {
+            return 0;
+        }
+        let rated = (i128::from(gross) * i128::from(self.rate_bp) + 9_999) / 10_000;
+        let mut fee = i64::try_from(rated).unwrap_or(i64::MAX).max(self.min);
+        if self.max > 0 {
+            fee = fee.min(self.max);
+        }
+        fee.min(gross)
+    }
+
+    pub fn validate(&self, what: &str) -> Result<(), String> {
+        if !(0..=10_000).contains(&self.rate_bp) || self.min < 0 || self.max < 0 {
+            return Err(format!(
+                "{what}: the rate must be 0..=10000 basis points and the minimum and cap at least 0"
+            ));
+        }
+        if self.max > 0 && self.min > self.max {
+            return Err(format!("{what}: the minimum is above the cap"));
+        }
+        Ok(())
+    }
+}
+
+/// The currency sink: charged on every fill, from the seller's proceeds,
+/// in the fill's transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fees {
+    /// The broker's fee for listing, charged on what sells (a listing
+    /// that never sells costs nothing).
+    pub listing: FeeRule,
+    pub sales_tax: FeeRule,
+}
+
+impl Fees {
+    /// (listing fee, sales tax) on a fill worth `gross`; together never
+    /// more than `gross`.
+    pub fn on(&self, gross: i64) -> (i64, i64) {
+        let listing = self.listing.on(gross);
+        let tax = self.sales_tax.on(gross).min(gross - listing);
+        (listing, tax)
+    }
+}
+
+/// How long listings and orders rest: a default and a bound, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durations {
+    pub listing_default: i64,
+    pub listing_max: i64,
+    pub order_default: i64,
+    pub order_max: i64,
+}
+
+impl Default for Durations {
+    fn default() -> Durations {
+        const DAY: i64 = 24 * 3600;
+        Durations {
+            listing_default: 30 * DAY,
+            listing_max: 90 * DAY,
+            order_default: 30 * DAY,
+            order_max: 90 * DAY,
+        }
+    }
+}
+
+impl Durations {
+    /// When a listing (`order` false) or an order made at `now` for
+    /// `asked` seconds expires: a request may ask for less than the bound,
+    /// never more.
+    pub fn expiry(&self, order: bool, now: i64, asked: Option<i64>) -> Result<i64, String> {
+        let (default, max) = if order {
+            (self.order_default, self.order_max)
+        } else {
+            (self.listing_default, self.listing_max)
+        };
+        let secs = asked.unwrap_or(default);
+        if secs < 1 || secs > max {
+            return Err(format!("duration_secs must be between 1 and {max}"));
+        }
+        Ok(now.saturating_add(secs))
+    }
 }
 
 /// Why the policy refuses an item, quantity or price.
@@ -150,6 +254,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fees_round_up_and_respect_minimum_cap_and_value() {
+        let off = FeeRule::default();
+        assert_eq!(off.on(1_000), 0);
+        let rule = FeeRule {
+            rate_bp: 250,
+            min: 2,
+            max: 100,
+        };
+        assert_eq!(rule.on(1_000), 25);
+        assert_eq!(rule.on(1_001), 26, "rounded up");
+        assert_eq!(rule.on(10), 2, "the minimum");
+        assert_eq!(rule.on(1), 1, "never more than the value");
+        assert_eq!(rule.on(1_000_000), 100, "the cap");
+        let fees = Fees {
+            listing: FeeRule {
+                rate_bp: 10_000,
+                min: 0,
+                max: 0,
+            },
+            sales_tax: rule,
+        };
+        assert_eq!(fees.on(50), (50, 0), "together never more than the value");
+        assert!(FeeRule { rate_bp: 10_001, min: 0, max: 0 }.validate("x").is_err());
+        assert!(FeeRule { rate_bp: 1, min: 5, max: 4 }.validate("x").is_err());
+    }
+
+    #[test]
+    fn durations_have_a_default_and_a_bound() {
+        let d = Durations::default();
+        assert_eq!(d.expiry(false, 100, None), Ok(100 + d.listing_default));
+        assert_eq!(d.expiry(true, 100, Some(60)), Ok(160));
+        assert!(d.expiry(true, 100, Some(d.order_max + 1)).is_err());
+        assert!(d.expiry(false, 100, Some(0)).is_err());
+    }
+
+    #[test]
     fn catalog_rules_apply() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.json");
@@ -163,6 +303,8 @@ mod tests {
             deposit_cap_credits: 1,
             deposit_cap_items: 1,
             catalog: Some(Catalog::load(&path).unwrap()),
+            fees: Fees::default(),
+            durations: Durations::default(),
         };
         assert_eq!(policy.check_listing("ore", 10, 5), Ok(()));
         assert!(matches!(

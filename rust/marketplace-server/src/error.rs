@@ -62,6 +62,12 @@ pub enum AppError {
     UnknownItem,
     #[error("{0}")]
     WrongServer(&'static str),
+    #[error("Only {available} left")]
+    QuantityUnavailable { available: i64 },
+    #[error("This listing has expired")]
+    ListingExpired,
+    #[error("This order is no longer active")]
+    OrderClosed,
     #[error("The server is busy; retry shortly")]
     Unavailable,
     #[error("Internal server error")]
@@ -90,6 +96,9 @@ impl AppError {
             AppError::DepositsDisabled => ErrorCode::DepositsDisabled,
             AppError::UnknownItem => ErrorCode::UnknownItem,
             AppError::WrongServer(_) => ErrorCode::WrongServer,
+            AppError::QuantityUnavailable { .. } => ErrorCode::QuantityUnavailable,
+            AppError::ListingExpired => ErrorCode::ListingExpired,
+            AppError::OrderClosed => ErrorCode::OrderClosed,
             AppError::Unavailable => ErrorCode::Unavailable,
             AppError::Internal(_) => ErrorCode::Internal,
         }
@@ -120,7 +129,10 @@ impl AppError {
             | AppError::InsufficientItems
             | AppError::DepositLimit { .. }
             | AppError::DepositsDisabled
-            | AppError::UnknownItem => Disposition::Refusal,
+            | AppError::UnknownItem
+            | AppError::QuantityUnavailable { .. }
+            | AppError::ListingExpired
+            | AppError::OrderClosed => Disposition::Refusal,
             AppError::Unauthorized
             | AppError::RequestInProgress
             | AppError::RateLimited { .. }
@@ -152,6 +164,10 @@ impl AppError {
                 code: self.code().as_str().to_string(),
                 message: self.to_string(),
                 current_price,
+                available: match self {
+                    AppError::QuantityUnavailable { available } => Some(*available),
+                    _ => None,
+                },
             },
         };
         serde_json::to_string(&envelope).unwrap_or_else(|_| {

@@ -309,6 +309,15 @@ fn answer_of(done: &Done) -> Result<Answer, AppError> {
         Done::Purchase(p) => Answer::json(StatusCode::OK, p),
         Done::Claim(c) => Answer::json(StatusCode::OK, c),
         Done::Moved(m) => Answer::json(StatusCode::OK, m),
+        Done::Order { envelope, created } => Answer::json(
+            if *created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            envelope,
+        ),
+        Done::Collected(c) => Answer::json(StatusCode::OK, c),
     }
 }
 
@@ -322,6 +331,9 @@ fn change_kind(change: &MarketChange) -> &'static str {
         MarketChange::Claim { .. } => "claim",
         MarketChange::Deposit { .. } => "deposit",
         MarketChange::Withdraw { .. } => "withdraw",
+        MarketChange::PlaceOrder { .. } => "place_order",
+        MarketChange::CancelOrder { .. } => "cancel_order",
+        MarketChange::Collect { .. } => "collect",
     }
 }
 

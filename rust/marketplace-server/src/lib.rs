@@ -50,6 +50,7 @@ mod market;
 mod metrics;
 mod net;
 mod op;
+mod order_routes;
 mod players;
 mod rate_limit;
 mod routes;
@@ -222,6 +223,7 @@ impl BoundServer {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let pruner = tokio::spawn(prune_idempotency_keys(state.clone(), stop_rx.clone()));
         let bans = tokio::spawn(admin::refresh_bans(state.clone(), stop_rx.clone()));
+        let expiry = tokio::spawn(sweep_expired_every_minute(state.clone(), stop_rx.clone()));
         let mut servers = vec![tokio::spawn(serve::serve(
             listener,
             routes::router(state.clone(), metrics_listener.is_none()),
@@ -252,6 +254,7 @@ impl BoundServer {
         }
         pruner.abort();
         bans.abort();
+        expiry.abort();
         state.0.db.close().await;
         Ok(())
     }
@@ -319,6 +322,44 @@ async fn prune_idempotency_keys(state: AppState, mut stop: tokio::sync::watch::R
     }
 }
 
+/// Listings and orders swept per transaction.
+const SWEEP_CHUNK: i64 = 100;
+
+/// Sends back what expired listings and orders hold, chunk by chunk (see
+/// [`market::expiry`]: the sweep only tidies — nothing fills past its
+/// time whether or not it ran); returns how many it closed.
+async fn sweep_expired(state: &AppState) -> Result<u64, error::AppError> {
+    let mut total = 0;
+    loop {
+        let mut tx = state.0.db.begin_write().await?;
+        let now = state.0.clock.now();
+        let n = market::expiry::sweep(&mut tx, &state.0.policy, now, SWEEP_CHUNK).await?;
+        tx.commit().await?;
+        total += n;
+        if n < SWEEP_CHUNK as u64 {
+            return Ok(total);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn sweep_expired_every_minute(
+    state: AppState,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        match sweep_expired(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(closed = n, "expired listings and orders sent back"),
+            Err(e) => tracing::warn!(error = %e, "the expiry sweep failed; it runs again in a minute"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// A server running on the current tokio runtime. Dropping it stops it
 /// without waiting; [`RunningServer::shutdown`] waits for a clean stop.
 pub struct RunningServer {
@@ -347,6 +388,12 @@ impl RunningServer {
     /// pruner would; returns how many went.
     pub async fn prune_now(&self) -> Result<u64, sqlx::Error> {
         prune_expired(&self.state).await
+    }
+
+    /// Runs the expiry sweep now, as the minutely task would; returns how
+    /// many listings and orders it closed.
+    pub async fn sweep_now(&self) -> Result<u64, String> {
+        sweep_expired(&self.state).await.map_err(|e| e.to_string())
     }
 
     /// Makes the SQLite writer panic (tests of its supervisor).

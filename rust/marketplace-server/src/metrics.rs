@@ -170,6 +170,13 @@ pub fn render_books(out: &mut String, t: &crate::books::Totals) {
         "market_book_credits{{place=\"proceeds\"}} {}",
         t.unclaimed_proceeds
     );
+    for (place, n) in [
+        ("orders", t.order_escrow_credits),
+        ("deliveries", t.delivery_credits),
+        ("fees", t.fees),
+    ] {
+        let _ = writeln!(out, "market_book_credits{{place=\"{place}\"}} {n}");
+    }
     let _ = writeln!(
         out,
         "# HELP market_book_items Items inside the market, by place."
@@ -184,6 +191,11 @@ pub fn render_books(out: &mut String, t: &crate::books::Totals) {
         out,
         "market_book_items{{place=\"escrow\"}} {}",
         t.escrow_items
+    );
+    let _ = writeln!(
+        out,
+        "market_book_items{{place=\"deliveries\"}} {}",
+        t.delivery_items
     );
     let _ = writeln!(out, "# HELP market_book_flow_total Value that entered (deposits, grants) or left (withdrawals) the market.");
     let _ = writeln!(out, "# TYPE market_book_flow_total counter");

@@ -21,7 +21,9 @@ use serde::Deserialize;
 use crate::error::{Answer, AppError};
 use crate::extract::{check_move, ApiJson, AuthPlayer, IdemKey, PathId, RequestId};
 use crate::idempotency::{self, Outcome};
-use crate::market::{listing_from_row, sale_from_row, BROWSE_COLUMNS, BROWSE_FROM, SALE_COLUMNS};
+use crate::market::{
+    as_of, listing_from_row, sale_from_row, BROWSE_COLUMNS, BROWSE_FROM, SALE_COLUMNS,
+};
 use crate::rate_limit::Caller;
 use crate::AppState;
 
@@ -44,6 +46,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/me/deposits", post(deposit))
         .route("/v1/me/withdrawals", post(withdraw))
         .route("/v1/sales/{id}/claim", post(claim))
+        .merge(crate::order_routes::router())
         .merge(crate::admin::router())
         .route("/healthz", get(healthz));
     if with_metrics {
@@ -112,7 +115,7 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     response
 }
 
-fn mutation_response(state: &AppState, outcome: Outcome) -> Response {
+pub(crate) fn mutation_response(state: &AppState, outcome: Outcome) -> Response {
     if outcome.replayed {
         state.0.metrics.record_replay();
     }
@@ -178,7 +181,7 @@ struct ListingQuery {
 }
 
 /// A page's size and the id it starts after, from `limit` and `cursor`.
-fn page(limit: Option<u32>, cursor: Option<&str>) -> Result<(u32, i64), AppError> {
+pub(crate) fn page(limit: Option<u32>, cursor: Option<&str>) -> Result<(u32, i64), AppError> {
     let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
     if limit == 0 || limit > MAX_PAGE_LIMIT {
         return Err(AppError::InvalidRequest(format!(
@@ -202,13 +205,34 @@ async fn list_listings(
     let Query(q) = query.map_err(|e| AppError::InvalidRequest(e.body_text()))?;
     let (limit, after) = page(q.limit, q.cursor.as_deref())?;
     let status = q.status.as_deref().unwrap_or("active");
+    let now = state.0.clock.now();
+    // The stored status, and whether the condition on the time that tells
+    // `active` from `expired` (before the sweep got there) applies: `$2`.
+    let (condition, timed) = match status {
+        "all" => ("", false),
+        "active" => (
+            " AND l.status = 'active' AND (l.expires_at IS NULL OR l.expires_at > $2)",
+            true,
+        ),
+        "expired" => (
+            " AND ((l.status = 'active' AND l.expires_at <= $2) OR l.closed_by = 'expiry')",
+            true,
+        ),
+        "sold" => (" AND l.status = 'sold'", false),
+        "cancelled" => (
+            " AND l.status = 'cancelled' AND COALESCE(l.closed_by, '') <> 'expiry'",
+            false,
+        ),
+        _ => {
+            return Err(AppError::InvalidRequest(
+                "status must be active, sold, cancelled, expired or all".into(),
+            ))
+        }
+    };
     let mut sql = format!("SELECT {BROWSE_COLUMNS} FROM {BROWSE_FROM} WHERE l.id > $1");
     let mut next_param = 2;
-    if status != "all" {
-        marketplace_protocol::ListingStatus::parse(status).ok_or_else(|| {
-            AppError::InvalidRequest("status must be active, sold, cancelled or all".into())
-        })?;
-        sql.push_str(&format!(" AND l.status = ${next_param}"));
+    sql.push_str(condition);
+    if timed {
         next_param += 1;
     }
     if let Some(item_id) = &q.item_id {
@@ -222,8 +246,8 @@ async fn list_listings(
     }
     sql.push_str(&format!(" ORDER BY l.id LIMIT ${next_param}"));
     let mut query = sqlx::query(&sql).bind(after);
-    if status != "all" {
-        query = query.bind(status);
+    if timed {
+        query = query.bind(now);
     }
     if let Some(item_id) = &q.item_id {
         query = query.bind(item_id);
@@ -237,7 +261,7 @@ async fn list_listings(
         .await?;
     let listings = rows
         .iter()
-        .map(listing_from_row)
+        .map(|row| listing_from_row(row).map(|l| as_of(l, now)))
         .collect::<Result<Vec<_>, _>>()?;
     let next_cursor = if listings.len() == limit as usize {
         listings.last().map(|l| l.id.to_string())
@@ -267,7 +291,8 @@ async fn get_listing(
     Answer::json(
         StatusCode::OK,
         &marketplace_protocol::ListingEnvelope {
-            listing: listing_from_row(&row)?,
+            listing: as_of(listing_from_row(&row)?, state.0.clock.now()),
+            fills: Vec::new(),
             transfer: None,
         },
     )
@@ -295,6 +320,7 @@ async fn create_listing(
         quantity: req.quantity,
         price: req.price,
         deposit: req.deposit,
+        duration_secs: req.duration_secs,
     };
     let outcome = idempotency::run(&state, player_id, key, request_id, mutation).await?;
     Ok(mutation_response(&state, outcome))
@@ -344,14 +370,23 @@ async fn purchase(
     ApiJson(req): ApiJson<PurchaseRequest>,
 ) -> Result<Response, AppError> {
     check_positive("expected_price", req.expected_price).map_err(AppError::InvalidRequest)?;
-    if !(0..=req.expected_price).contains(&req.deposit) {
+    if let Some(q) = req.quantity {
+        check_positive("quantity", q).map_err(AppError::InvalidRequest)?;
+    }
+    // Never more than the purchase can cost (the whole lot: its bound).
+    let most = match req.quantity {
+        Some(q) => req.expected_price.saturating_mul(q),
+        None => marketplace_protocol::MAX_PRICE,
+    };
+    if !(0..=most).contains(&req.deposit) {
         return Err(AppError::InvalidRequest(
-            "deposit must be between 0 and the expected price".into(),
+            "deposit must be between 0 and what the purchase costs".into(),
         ));
     }
     let mutation = MarketChange::Purchase {
         listing_id,
         expected_price: req.expected_price,
+        quantity: req.quantity,
         deposit: req.deposit,
     };
     let outcome = idempotency::run(&state, player_id, key, request_id, mutation).await;

@@ -122,6 +122,13 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0006_ledger_by_player.postgres.sql"),
         step: None,
     },
+    Migration {
+        version: 7,
+        name: "orders",
+        sqlite: include_str!("migrations/0007_orders.sqlite.sql"),
+        postgres: include_str!("migrations/0007_orders.postgres.sql"),
+        step: None,
+    },
 ];
 
 /// Arbitrary constant: the PostgreSQL advisory lock that serialises migrations

@@ -9,14 +9,16 @@ use super::{
 use crate::books::{self, Move};
 use crate::error::AppError;
 
-/// Withdraws a listing: the escrow goes back to the seller's stash — and,
-/// under client deposits, on to the game's save.
+/// Withdraws a listing: what remains of its escrow goes back to the
+/// seller's stash — and, under client deposits, on to the game's save.
+/// (What sold before stays sold; its proceeds are the seller's to claim.)
 pub(super) async fn run(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
     listing_id: i64,
 ) -> Result<Done, AppError> {
-    let listing = change_own_listing(conn, ctx, listing_id, SellerChange::Cancel).await?;
+    let (listing, returned) =
+        change_own_listing(conn, ctx, listing_id, SellerChange::Cancel).await?;
     let delivers = ctx.policy.delivers();
     let item = Some(listing.item_id.as_str());
     let me = ctx.player_id;
@@ -24,9 +26,10 @@ pub(super) async fn run(
         player_id: me,
         action: "cancel",
         item_id: item,
-        quantity: listing.quantity,
+        quantity: returned,
         listing_id: Some(listing_id),
         purchase_id: None,
+        ..Default::default()
     }];
     let delivered = if delivers {
         // Back to the stash and on to the save: the stash nets out.
@@ -34,23 +37,25 @@ pub(super) async fn run(
             player_id: me,
             action: "withdraw",
             item_id: item,
-            quantity: listing.quantity,
+            quantity: returned,
             listing_id: Some(listing_id),
             purchase_id: None,
+            ..Default::default()
         });
-        sqlx::query("UPDATE listings SET cancel_delivered = quantity WHERE id = $1")
+        sqlx::query("UPDATE listings SET cancel_delivered = returned WHERE id = $1")
             .bind(listing_id)
             .execute(&mut *conn)
             .await?;
-        listing.quantity
+        returned
     } else {
-        books::credit(conn, me, item, listing.quantity).await?;
+        books::credit(conn, me, item, returned).await?;
         0
     };
     books::movements(conn, ctx, &moves).await?;
     Ok(Done::Listing {
         envelope: ListingEnvelope {
             listing,
+            fills: Vec::new(),
             transfer: Some(Transfer {
                 deposited: 0,
                 delivered,
@@ -85,7 +90,11 @@ pub(super) async fn recall(
             ..Transfer::default()
         });
     Ok(Some(Done::Listing {
-        envelope: ListingEnvelope { listing, transfer },
+        envelope: ListingEnvelope {
+            listing,
+            fills: Vec::new(),
+            transfer,
+        },
         created: false,
     }))
 }

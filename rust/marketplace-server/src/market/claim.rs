@@ -49,6 +49,7 @@ pub(super) async fn run(
         quantity: amount,
         listing_id: Some(listing_id),
         purchase_id: Some(sale_id),
+        ..Default::default()
     }];
     let delivered = if delivers == 1 {
         // Into the account and on to the save: the account nets out.
@@ -59,6 +60,7 @@ pub(super) async fn run(
             quantity: amount,
             listing_id: Some(listing_id),
             purchase_id: Some(sale_id),
+            ..Default::default()
         });
         amount
     } else {

@@ -17,13 +17,34 @@ pub(super) async fn run(
     quantity: i64,
     price: i64,
     deposit: i64,
+    duration_secs: Option<i64>,
 ) -> Result<Done, AppError> {
     limits(marketplace_protocol::check_quantity(quantity))?;
     limits(marketplace_protocol::check_price("price", price))?;
+    limits(marketplace_protocol::check_total(quantity, price).map(drop))?;
     ctx.policy.check_listing(item_id, quantity, price)?;
+    let expires_at = ctx
+        .policy
+        .durations
+        .expiry(false, ctx.now, duration_secs)
+        .map_err(AppError::InvalidRequest)?;
     books::checkpoint(conn).await?;
-    let outcome = list_from_stash(conn, ctx, item_id, quantity, price, deposit).await;
-    books::keep_or_undo(conn, outcome).await
+    let outcome = list_from_stash(conn, ctx, item_id, quantity, price, deposit, expires_at).await;
+    let mut done = books::keep_or_undo(conn, outcome).await?;
+    // Listed: nothing below is a refusal. Resting buy orders at or above
+    // the price take what they want at once.
+    if let Done::Listing { envelope, .. } = &mut done {
+        let fills =
+            super::fills::match_listing(conn, ctx, envelope.listing.id, item_id, price, quantity)
+                .await?;
+        if !fills.is_empty() {
+            envelope.listing = super::fetch_listing(conn, envelope.listing.id)
+                .await?
+                .ok_or_else(|| AppError::Internal("a listing vanished".into()))?;
+            envelope.fills = fills;
+        }
+    }
+    Ok(done)
 }
 
 async fn list_from_stash(
@@ -33,13 +54,14 @@ async fn list_from_stash(
     quantity: i64,
     price: i64,
     deposit: i64,
+    expires_at: i64,
 ) -> Result<Done, AppError> {
     let deposited = cover(conn, ctx, Some(item_id), quantity, deposit).await?;
     // Deposited and escrowed at once: the stash changes by the difference.
     books::adjust(conn, ctx.player_id, Some(item_id), deposited - quantity).await?;
     let sql = format!(
-        "INSERT INTO listings (seller_id, item_id, quantity, price, status, created_at, updated_at, create_key, listed_price, deposited) \
-         VALUES ($1, $2, $3, $4, 'active', $5, $5, $6, $4, $7) RETURNING {LISTING_COLUMNS}"
+        "INSERT INTO listings (seller_id, item_id, quantity, price, status, created_at, updated_at, create_key, listed_price, deposited, remaining, expires_at) \
+         VALUES ($1, $2, $3, $4, 'active', $5, $5, $6, $4, $7, $3, $8) RETURNING {LISTING_COLUMNS}"
     );
     let row = sqlx::query(&sql)
         .bind(ctx.player_id)
@@ -49,6 +71,7 @@ async fn list_from_stash(
         .bind(ctx.now)
         .bind(ctx.idem_key)
         .bind(deposited)
+        .bind(expires_at)
         .fetch_one(&mut *conn)
         .await?;
     let listing = listing_from_row(&row)?;
@@ -62,6 +85,7 @@ async fn list_from_stash(
             quantity: deposited,
             listing_id: Some(listing.id),
             purchase_id: None,
+            ..Default::default()
         });
     }
     moves.push(Move {
@@ -71,11 +95,13 @@ async fn list_from_stash(
         quantity,
         listing_id: Some(listing.id),
         purchase_id: None,
+        ..Default::default()
     });
     books::movements(conn, ctx, &moves).await?;
     Ok(Done::Listing {
         envelope: ListingEnvelope {
             listing,
+            fills: Vec::new(),
             transfer: Some(Transfer {
                 deposited,
                 delivered: 0,
@@ -104,11 +130,19 @@ pub(super) async fn recall(
     listing.price = row
         .try_get::<Option<i64>, _>("listed_price")?
         .unwrap_or(listing.price);
-    listing.status = ListingStatus::Active;
-    listing.updated_at = listing.created_at;
     if listing.item_id != item_id || listing.quantity != quantity || listing.price != price {
         return mismatch();
     }
+    // As the answer left it: less what it sold at once to resting orders.
+    let fills = super::fills::fills_of_key(conn, ctx).await?;
+    let sold: i64 = fills.iter().map(|f| f.quantity).sum();
+    listing.quantity_remaining = listing.quantity - sold;
+    listing.status = if listing.quantity_remaining == 0 {
+        ListingStatus::Sold
+    } else {
+        ListingStatus::Active
+    };
+    listing.updated_at = listing.created_at;
     let transfer = row
         .try_get::<Option<i64>, _>("deposited")?
         .map(|deposited| Transfer {
@@ -117,7 +151,11 @@ pub(super) async fn recall(
             ..Transfer::default()
         });
     Ok(Some(Done::Listing {
-        envelope: ListingEnvelope { listing, transfer },
+        envelope: ListingEnvelope {
+            listing,
+            fills,
+            transfer,
+        },
         created: true,
     }))
 }

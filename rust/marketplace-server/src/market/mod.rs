@@ -38,8 +38,8 @@
 //! of a race take has none.
 
 use marketplace_protocol::{
-    Claim, Listing, ListingEnvelope, ListingStatus, MarketChange, Moved, PurchaseEnvelope, Sale,
-    Transfer,
+    Claim, Collected, Listing, ListingEnvelope, ListingStatus, MarketChange, Moved, OrderEnvelope,
+    PurchaseEnvelope, Sale, Transfer,
 };
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -51,7 +51,11 @@ pub use crate::op::OpContext;
 mod cancel;
 mod claim;
 mod create_listing;
+pub(crate) mod deliveries;
+pub(crate) mod expiry;
+mod fills;
 mod move_value;
+pub(crate) mod orders;
 mod purchase;
 mod reprice;
 
@@ -68,6 +72,12 @@ pub enum Done {
     Claim(Claim),
     /// A deposit or a withdrawal, with the account after it.
     Moved(Moved),
+    /// A buy order placed (`created`) or cancelled.
+    Order {
+        envelope: OrderEnvelope,
+        created: bool,
+    },
+    Collected(Collected),
 }
 
 impl Done {
@@ -79,6 +89,8 @@ impl Done {
             Done::Purchase(p) => p.transfer.as_mut(),
             Done::Claim(c) => c.transfer.as_mut(),
             Done::Moved(_) => None,
+            Done::Order { envelope, .. } => envelope.transfer.as_mut(),
+            Done::Collected(c) => c.transfer.as_mut(),
         }
     }
 }
@@ -111,9 +123,18 @@ pub async fn apply(
             quantity,
             price,
             deposit,
-        } => create_listing::run(conn, ctx, item_id, *quantity, *price, *deposit)
-            .await
-            .map(Effect::from),
+            duration_secs,
+        } => create_listing::run(
+            conn,
+            ctx,
+            item_id,
+            *quantity,
+            *price,
+            *deposit,
+            *duration_secs,
+        )
+        .await
+        .map(Effect::from),
         MarketChange::Reprice { listing_id, price } => reprice::run(conn, ctx, *listing_id, *price)
             .await
             .map(Effect::from),
@@ -123,8 +144,9 @@ pub async fn apply(
         MarketChange::Purchase {
             listing_id,
             expected_price,
+            quantity,
             deposit,
-        } => purchase::run(conn, ctx, *listing_id, *expected_price, *deposit).await,
+        } => purchase::run(conn, ctx, *listing_id, *expected_price, *quantity, *deposit).await,
         MarketChange::Claim { sale_id } => claim::run(conn, ctx, *sale_id).await.map(Effect::from),
         MarketChange::Deposit { item_id, quantity } => {
             move_value::run(conn, ctx, item_id.as_deref(), *quantity, true)
@@ -136,6 +158,13 @@ pub async fn apply(
                 .await
                 .map(Effect::from)
         }
+        MarketChange::PlaceOrder { .. } => orders::place(conn, ctx, change).await.map(Effect::from),
+        MarketChange::CancelOrder { order_id } => {
+            orders::cancel(conn, ctx, *order_id).await.map(Effect::from)
+        }
+        MarketChange::Collect { delivery_ids } => deliveries::collect(conn, ctx, delivery_ids)
+            .await
+            .map(Effect::from),
     }
 }
 
@@ -165,14 +194,22 @@ pub async fn recall(
         MarketChange::Purchase {
             listing_id,
             expected_price,
+            quantity,
             ..
-        } => purchase::recall(conn, ctx, *listing_id, *expected_price).await,
+        } => purchase::recall(conn, ctx, *listing_id, *expected_price, *quantity).await,
         MarketChange::Claim { sale_id } => claim::recall(conn, ctx, *sale_id).await,
         MarketChange::Deposit { item_id, quantity } => {
             move_value::recall(conn, ctx, item_id.as_deref(), *quantity, true).await
         }
         MarketChange::Withdraw { item_id, quantity } => {
             move_value::recall(conn, ctx, item_id.as_deref(), *quantity, false).await
+        }
+        MarketChange::PlaceOrder { .. } => orders::recall_place(conn, ctx, change).await,
+        MarketChange::CancelOrder { order_id } => {
+            orders::recall_cancel(conn, ctx, *order_id).await
+        }
+        MarketChange::Collect { delivery_ids } => {
+            deliveries::recall(conn, ctx, delivery_ids).await
         }
     }
 }
@@ -183,17 +220,24 @@ fn mismatch<T>() -> Result<T, AppError> {
     Err(AppError::IdempotencyKeyReused)
 }
 
-pub const LISTING_COLUMNS: &str =
-    "id, seller_id, item_id, quantity, price, status, created_at, updated_at";
+pub const LISTING_COLUMNS: &str = "id, seller_id, item_id, quantity, price, status, created_at, updated_at, \
+     remaining, expires_at, closed_by, returned";
 
 /// Listings with their seller's name, for browsing: select
 /// `BROWSE_COLUMNS` from `BROWSE_FROM`, naming listing columns `l.…`.
 pub const BROWSE_COLUMNS: &str = "l.id, l.seller_id, l.item_id, l.quantity, l.price, l.status, \
-     l.created_at, l.updated_at, p.name AS seller_name";
+     l.created_at, l.updated_at, l.remaining, l.expires_at, l.closed_by, p.name AS seller_name";
 pub const BROWSE_FROM: &str = "listings l JOIN players p ON p.id = l.seller_id";
 
+/// A listing as stored. An active listing past its expiry still says
+/// `active` here: [`as_of`] tells it as of a time.
 pub fn listing_from_row(row: &AnyRow) -> Result<Listing, sqlx::Error> {
     let status: String = row.try_get("status")?;
+    let closed_by: Option<String> = row.try_get("closed_by")?;
+    let status = match (status.as_str(), closed_by.as_deref()) {
+        ("cancelled", Some("expiry")) => "expired".to_string(),
+        _ => status,
+    };
     Ok(Listing {
         id: row.try_get("id")?,
         seller_id: row.try_get("seller_id")?,
@@ -208,11 +252,22 @@ pub fn listing_from_row(row: &AnyRow) -> Result<Listing, sqlx::Error> {
         updated_at: row.try_get("updated_at")?,
         // Only browsing selects it.
         seller_name: row.try_get("seller_name").ok(),
+        quantity_remaining: row.try_get("remaining")?,
+        expires_at: row.try_get("expires_at")?,
     })
 }
 
+/// The listing as of `now`: past its expiry nothing fills it, whether or
+/// not the sweep has sent its escrow back yet.
+pub fn as_of(mut listing: Listing, now: i64) -> Listing {
+    if listing.status == ListingStatus::Active && listing.expires_at.is_some_and(|t| t <= now) {
+        listing.status = ListingStatus::Expired;
+    }
+    listing
+}
+
 pub const SALE_COLUMNS: &str =
-    "id, listing_id, buyer_id, item_id, quantity, price, created_at, claimed_at";
+    "id, listing_id, buyer_id, item_id, quantity, price, fee, created_at, claimed_at";
 
 pub fn sale_from_row(row: &AnyRow) -> Result<Sale, sqlx::Error> {
     Ok(Sale {
@@ -222,6 +277,7 @@ pub fn sale_from_row(row: &AnyRow) -> Result<Sale, sqlx::Error> {
         item_id: row.try_get("item_id")?,
         quantity: row.try_get("quantity")?,
         price: row.try_get("price")?,
+        fee: row.try_get("fee")?,
         sold_at: row.try_get("created_at")?,
         claimed_at: row.try_get("claimed_at")?,
     })
@@ -276,6 +332,7 @@ pub(crate) fn seller_refusal(listing: Option<Listing>, player_id: i64) -> AppErr
         }
         Some(l) if l.status == ListingStatus::Sold => AppError::AlreadySold,
         Some(l) if l.status == ListingStatus::Cancelled => AppError::ListingCancelled,
+        Some(l) if l.status == ListingStatus::Expired => AppError::ListingExpired,
         Some(_) => {
             AppError::Internal("listing update matched nothing but the listing is active".into())
         }
@@ -326,20 +383,27 @@ pub(crate) enum SellerChange {
 }
 
 /// Applies `change` to the caller's listing if it is still active; otherwise
-/// says why not (not found, not the seller, sold, cancelled).
+/// says why not (not found, not the seller, sold, cancelled, expired). A
+/// cancel is also how a seller takes back a listing that expired before
+/// the sweep got to it; a reprice of one is refused (`listing_expired`).
+/// Returns the listing and, for a cancel, the units that go back.
 pub(crate) async fn change_own_listing(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
     listing_id: i64,
     change: SellerChange,
-) -> Result<Listing, AppError> {
-    let set = match change {
-        SellerChange::Reprice(_) => "price = $4",
-        SellerChange::Cancel => "status = 'cancelled', cancel_key = $4, cancel_delivered = 0",
+) -> Result<(Listing, i64), AppError> {
+    let (set, filter) = match change {
+        SellerChange::Reprice(_) => ("price = $4", "(expires_at IS NULL OR expires_at > $1) AND"),
+        SellerChange::Cancel => (
+            "status = 'cancelled', closed_by = 'seller', cancel_key = $4, cancel_delivered = 0, \
+             returned = remaining, remaining = 0",
+            "",
+        ),
     };
     let sql = format!(
         "UPDATE listings SET {set}, updated_at = $1 \
-         WHERE id = $2 AND seller_id = $3 AND status = 'active' RETURNING {LISTING_COLUMNS}"
+         WHERE {filter} id = $2 AND seller_id = $3 AND status = 'active' RETURNING {LISTING_COLUMNS}"
     );
     let mut query = sqlx::query(&sql)
         .bind(ctx.now)
@@ -350,9 +414,14 @@ pub(crate) async fn change_own_listing(
         SellerChange::Cancel => query.bind(ctx.idem_key),
     };
     match query.fetch_optional(&mut *conn).await? {
-        Some(row) => Ok(listing_from_row(&row)?),
+        Some(row) => Ok((
+            listing_from_row(&row)?,
+            row.try_get::<Option<i64>, _>("returned")?.unwrap_or(0),
+        )),
         None => Err(seller_refusal(
-            fetch_listing(conn, listing_id).await?,
+            fetch_listing(conn, listing_id)
+                .await?
+                .map(|l| as_of(l, ctx.now)),
             ctx.player_id,
         )),
     }

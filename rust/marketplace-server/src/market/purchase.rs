@@ -2,14 +2,19 @@ use marketplace_protocol::{ListingStatus, Purchase, PurchaseEnvelope, Transfer};
 use sqlx::AnyConnection;
 use sqlx::Row;
 
+use super::fills::{fee_move, fee_on};
 use super::{
-    cover, keyed_row, limits, listing_from_row, mismatch, Done, Effect, OpContext, LISTING_COLUMNS,
+    as_of, cover, keyed_row, limits, listing_from_row, mismatch, Done, Effect, OpContext,
+    LISTING_COLUMNS,
 };
 use crate::books::{self, Move};
 use crate::error::AppError;
 
-/// The purchase: one conditional update flips the listing to `sold` only if it
-/// is still active, at the price the buyer saw, and not the buyer's own. The
+/// The purchase: one conditional update takes the units from the listing
+/// only if it is still active, unexpired, holds them, is at the price the
+/// buyer saw, and is not the buyer's own; the last unit sells it. Without a
+/// quantity the buyer takes the whole lot, which only a listing nothing has
+/// been sold from still is (today's purchase). The
 /// buyer pays from the market account (after depositing what is missing,
 /// when the policy and the request allow), the price becomes the seller's
 /// unclaimed proceeds, the items go to the buyer's stash — and under client
@@ -21,23 +26,33 @@ pub(super) async fn run(
     ctx: &OpContext<'_>,
     listing_id: i64,
     expected_price: i64,
+    quantity: Option<i64>,
     deposit: i64,
 ) -> Result<Effect, AppError> {
     limits(marketplace_protocol::check_price(
         "expected_price",
         expected_price,
     ))?;
+    if let Some(q) = quantity {
+        limits(marketplace_protocol::check_quantity(q))?;
+    }
     // The race is decided here, by the one statement losers pay for. It
-    // changes nothing but the status, so a refusal found after it (the buyer
-    // cannot pay) can put the listing back exactly.
+    // changes nothing but the units and the status, so a refusal found
+    // after it (the buyer cannot pay) can put the listing back exactly.
+    // `$4` NULL: the whole lot.
     let row = sqlx::query(
-        "UPDATE listings SET status = 'sold' \
+        "UPDATE listings SET remaining = remaining - COALESCE($4, quantity), \
+         status = CASE WHEN remaining = COALESCE($4, quantity) THEN 'sold' ELSE status END \
          WHERE id = $1 AND status = 'active' AND price = $2 AND seller_id <> $3 \
+         AND remaining >= COALESCE($4, quantity) AND ($4 IS NOT NULL OR remaining = quantity) \
+         AND (expires_at IS NULL OR expires_at > $5) \
          RETURNING seller_id, item_id, quantity, price",
     )
     .bind(listing_id)
     .bind(expected_price)
     .bind(ctx.player_id)
+    .bind(quantity)
+    .bind(ctx.now)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
@@ -68,7 +83,7 @@ pub(super) async fn run(
         };
         match known.as_deref() {
             Some("purchase") => {
-                return match recall(conn, ctx, listing_id, expected_price).await? {
+                return match recall(conn, ctx, listing_id, expected_price, quantity).await? {
                     Some(done) => Ok(Effect {
                         done,
                         replayed: true,
@@ -81,15 +96,25 @@ pub(super) async fn run(
             Some(_) => return Err(AppError::IdempotencyKeyReused),
             None => {}
         }
-        let listing = row.as_ref().map(listing_from_row).transpose()?;
+        let listing = row
+            .as_ref()
+            .map(listing_from_row)
+            .transpose()?
+            .map(|l| as_of(l, ctx.now));
         return Err(match listing {
             None => AppError::NotFound("Listing"),
             Some(l) if l.seller_id == ctx.player_id => AppError::OwnListing,
             Some(l) if l.status == ListingStatus::Sold => AppError::AlreadySold,
             Some(l) if l.status == ListingStatus::Cancelled => AppError::ListingCancelled,
+            Some(l) if l.status == ListingStatus::Expired => AppError::ListingExpired,
             Some(l) if l.price != expected_price => AppError::PriceChanged {
                 current_price: l.price,
             },
+            Some(l) if l.quantity_remaining < quantity.unwrap_or(l.quantity) || quantity.is_none() => {
+                AppError::QuantityUnavailable {
+                    available: l.quantity_remaining,
+                }
+            }
             Some(_) => {
                 AppError::Internal("purchase matched nothing but the listing is buyable".into())
             }
@@ -97,25 +122,31 @@ pub(super) async fn run(
     };
     let seller_id: i64 = row.try_get("seller_id")?;
     let item_id: String = row.try_get("item_id")?;
-    let quantity: i64 = row.try_get("quantity")?;
-    let price: i64 = row.try_get("price")?;
+    let quantity = match quantity {
+        Some(q) => q,
+        None => row.try_get("quantity")?,
+    };
+    let unit_price: i64 = row.try_get("price")?;
     let won = Won {
         listing_id,
         seller_id,
         item_id,
         quantity,
-        price,
+        unit_price,
     };
     books::checkpoint(conn).await?;
     let outcome = pay_and_deliver(conn, ctx, &won, deposit).await;
     let outcome = books::keep_or_undo(conn, outcome).await;
     if matches!(&outcome, Err(refusal) if !refusal.is_infrastructure()) {
         // Nothing of the purchase stays: the writes after the checkpoint
-        // are undone; the listing (won before it) is for sale again.
-        sqlx::query("UPDATE listings SET status = 'active' WHERE id = $1")
-            .bind(listing_id)
-            .execute(&mut *conn)
-            .await?;
+        // are undone; the units (won before it) are for sale again.
+        sqlx::query(
+            "UPDATE listings SET status = 'active', remaining = remaining + $2 WHERE id = $1",
+        )
+        .bind(listing_id)
+        .bind(won.quantity)
+        .execute(&mut *conn)
+        .await?;
     }
     outcome.map(Effect::from)
 }
@@ -126,7 +157,7 @@ struct Won {
     seller_id: i64,
     item_id: String,
     quantity: i64,
-    price: i64,
+    unit_price: i64,
 }
 
 /// The rest of a purchase once the race is won: the buyer pays (depositing
@@ -143,9 +174,13 @@ async fn pay_and_deliver(
         seller_id,
         item_id,
         quantity,
-        price,
+        unit_price,
     } = won;
-    let (listing_id, seller_id, quantity, price) = (*listing_id, *seller_id, *quantity, *price);
+    let (listing_id, seller_id, quantity, unit_price) =
+        (*listing_id, *seller_id, *quantity, *unit_price);
+    let price = marketplace_protocol::check_total(quantity, unit_price)
+        .map_err(AppError::InvalidRequest)?;
+    let fee = fee_on(ctx, price);
     sqlx::query("UPDATE listings SET updated_at = $1 WHERE id = $2")
         .bind(ctx.now)
         .bind(listing_id)
@@ -173,8 +208,8 @@ async fn pay_and_deliver(
     books::adjust(conn, me, None, deposited - price).await?;
     let delivered = if ctx.policy.delivers() { quantity } else { 0 };
     let (purchase_id,): (i64,) = sqlx::query_as(
-        "INSERT INTO purchases (listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, buy_key, deposited, delivered) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        "INSERT INTO purchases (listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, buy_key, deposited, delivered, unit_price, fee) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
     )
     .bind(listing_id)
     .bind(me)
@@ -186,6 +221,8 @@ async fn pay_and_deliver(
     .bind(ctx.idem_key)
     .bind(deposited)
     .bind(delivered)
+    .bind(unit_price)
+    .bind(fee)
     .fetch_one(&mut *conn)
     .await?;
     if delivered == 0 {
@@ -201,6 +238,7 @@ async fn pay_and_deliver(
             quantity: deposited,
             listing_id: lid,
             purchase_id: pid,
+            ..Default::default()
         });
     }
     moves.push(Move {
@@ -210,6 +248,7 @@ async fn pay_and_deliver(
         quantity: price,
         listing_id: lid,
         purchase_id: pid,
+        ..Default::default()
     });
     moves.push(Move {
         player_id: me,
@@ -218,6 +257,7 @@ async fn pay_and_deliver(
         quantity,
         listing_id: lid,
         purchase_id: pid,
+        ..Default::default()
     });
     if delivered > 0 {
         moves.push(Move {
@@ -227,7 +267,11 @@ async fn pay_and_deliver(
             quantity,
             listing_id: lid,
             purchase_id: pid,
+            ..Default::default()
         });
+    }
+    if fee > 0 {
+        moves.push(fee_move(seller_id, fee, purchase_id, listing_id));
     }
     books::movements(conn, ctx, &moves).await?;
     let purchase = Purchase {
@@ -239,6 +283,7 @@ async fn pay_and_deliver(
         quantity,
         price,
         created_at: ctx.now,
+        unit_price,
     };
     Ok(Done::Purchase(PurchaseEnvelope {
         purchase,
@@ -256,10 +301,11 @@ pub(super) async fn recall(
     ctx: &OpContext<'_>,
     listing_id: i64,
     expected_price: i64,
+    quantity: Option<i64>,
 ) -> Result<Option<Done>, AppError> {
     let Some(row) = keyed_row(
                 conn,
-                "SELECT id, listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, deposited, delivered \
+                "SELECT id, listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, deposited, delivered, unit_price \
                  FROM purchases WHERE buyer_id = $1 AND buy_key = $2",
                 ctx,
             )
@@ -276,8 +322,18 @@ pub(super) async fn recall(
         quantity: row.try_get("quantity")?,
         price: row.try_get("price")?,
         created_at: row.try_get("created_at")?,
+        unit_price: 0,
     };
-    if purchase.listing_id != listing_id || purchase.price != expected_price {
+    // Purchases from before prices were per unit have none stored: the
+    // lot's price was the expected one.
+    let stored_unit: Option<i64> = row.try_get("unit_price")?;
+    let mut purchase = purchase;
+    let expected = stored_unit.unwrap_or(purchase.price);
+    purchase.unit_price = stored_unit.unwrap_or(purchase.price / purchase.quantity.max(1));
+    if purchase.listing_id != listing_id
+        || expected != expected_price
+        || quantity.is_some_and(|q| q != purchase.quantity)
+    {
         return mismatch();
     }
     let transfer = row

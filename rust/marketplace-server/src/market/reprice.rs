@@ -23,7 +23,8 @@ pub(super) async fn run(
             ctx.policy.check_listing(&l.item_id, l.quantity, price)?;
         }
     }
-    let listing = change_own_listing(conn, ctx, listing_id, SellerChange::Reprice(price)).await?;
+    let (mut listing, _) =
+        change_own_listing(conn, ctx, listing_id, SellerChange::Reprice(price)).await?;
     sqlx::query(
         "INSERT INTO listing_reprices (listing_id, seller_id, idem_key, price, at) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -35,9 +36,25 @@ pub(super) async fn run(
     .execute(&mut *conn)
     .await?;
     ledger(conn, ctx, "reprice", Some(listing_id), None, Some(price)).await?;
+    // At its new price it may meet resting buy orders.
+    let fills = super::fills::match_listing(
+        conn,
+        ctx,
+        listing_id,
+        &listing.item_id,
+        price,
+        listing.quantity_remaining,
+    )
+    .await?;
+    if !fills.is_empty() {
+        listing = fetch_listing(conn, listing_id)
+            .await?
+            .ok_or_else(|| AppError::Internal("a listing vanished".into()))?;
+    }
     Ok(Done::Listing {
         envelope: ListingEnvelope {
             listing,
+            fills,
             transfer: Some(Transfer::default()),
         },
         created: false,
@@ -73,12 +90,16 @@ pub(super) async fn recall(
             "reprice of missing listing {id}"
         )));
     };
+    let fills = super::fills::fills_of_key(conn, ctx).await?;
     listing.price = new_price;
-    listing.status = ListingStatus::Active;
     listing.updated_at = at;
+    if listing.status == ListingStatus::Cancelled || listing.status == ListingStatus::Expired {
+        listing.status = ListingStatus::Active;
+    }
     Ok(Some(Done::Listing {
         envelope: ListingEnvelope {
             listing,
+            fills,
             transfer: Some(Transfer::default()),
         },
         created: false,

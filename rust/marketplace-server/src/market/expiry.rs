@@ -1,0 +1,139 @@
+//! The expiry sweep: tidies listings and orders whose time ran out.
+//!
+//! The sweep decides nothing about fills. Every fill's conditional update
+//! checks `expires_at > now` itself, so a listing or order is closed to
+//! fills the second its time runs out, however far behind this sweep is.
+//! All the sweep does is send back what an expired listing or order still
+//! holds — as a delivery under client deposits, into the account under
+//! server grants — and mark it expired. Each one is a conditional update
+//! on `status = 'active'`, so a seller's cancel racing the sweep returns
+//! the escrow once, through whichever came first.
+
+use sqlx::AnyConnection;
+
+use super::fills::owe;
+use super::OpContext;
+use crate::books::{self, Move};
+use crate::economy::Policy;
+use crate::error::AppError;
+
+/// Expires up to `limit` listings and `limit` orders past their time at
+/// `now`; returns how many.
+pub async fn sweep(
+    conn: &mut AnyConnection,
+    policy: &Policy,
+    now: i64,
+    limit: i64,
+) -> Result<u64, AppError> {
+    // No requester: the rows carry no idempotency key.
+    let ctx = OpContext {
+        player_id: 0,
+        request_id: "expiry",
+        idem_key: "",
+        now,
+        policy,
+    };
+    let mut swept = 0;
+    let listings: Vec<(i64,)> = sqlx::query_as(
+        "SELECT id FROM listings WHERE status = 'active' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id,) in listings {
+        let row: Option<(i64, String, i64)> = sqlx::query_as(
+            "UPDATE listings SET status = 'cancelled', closed_by = 'expiry', returned = remaining, \
+             remaining = 0, updated_at = $1 \
+             WHERE id = $2 AND status = 'active' AND expires_at <= $1 \
+             RETURNING seller_id, item_id, returned",
+        )
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((seller, item, returned)) = row else {
+            continue;
+        };
+        swept += 1;
+        if returned == 0 {
+            continue;
+        }
+        let to = owe(
+            conn,
+            &ctx,
+            seller,
+            "listing_expired",
+            Some(&item),
+            returned,
+            Some(id),
+            None,
+            None,
+        )
+        .await?;
+        books::movements(
+            conn,
+            &ctx,
+            &[Move {
+                player_id: seller,
+                action: "listing_return",
+                item_id: Some(&item),
+                quantity: returned,
+                listing_id: Some(id),
+                delivery_id: to,
+                ..Default::default()
+            }],
+        )
+        .await?;
+    }
+    let orders: Vec<(i64,)> = sqlx::query_as(
+        "SELECT id FROM orders WHERE status = 'active' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id,) in orders {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "UPDATE orders SET status = 'expired', returned = escrow, escrow = 0, updated_at = $1 \
+             WHERE id = $2 AND status = 'active' AND expires_at <= $1 RETURNING buyer_id, returned",
+        )
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((buyer, returned)) = row else {
+            continue;
+        };
+        swept += 1;
+        if returned == 0 {
+            continue;
+        }
+        let to = owe(
+            conn,
+            &ctx,
+            buyer,
+            "order_expired",
+            None,
+            returned,
+            None,
+            Some(id),
+            None,
+        )
+        .await?;
+        books::movements(
+            conn,
+            &ctx,
+            &[Move {
+                player_id: buyer,
+                action: "order_return",
+                quantity: returned,
+                order_id: Some(id),
+                delivery_id: to,
+                ..Default::default()
+            }],
+        )
+        .await?;
+    }
+    Ok(swept)
+}
