@@ -258,7 +258,8 @@ pub async fn movements(
     }
     let mut query = sqlx::query(&sql);
     for m in moves {
-        let key = (m.player_id == ctx.player_id && !ctx.idem_key.is_empty()).then_some(ctx.idem_key);
+        let key =
+            (m.player_id == ctx.player_id && !ctx.idem_key.is_empty()).then_some(ctx.idem_key);
         query = query
             .bind(ctx.now)
             .bind(m.player_id)
@@ -790,13 +791,15 @@ pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error>
         .fetch_all(&mut *conn)
         .await?
     {
-        actual.insert(Place::OrderEscrow(row.try_get("id")?), row.try_get("escrow")?);
+        actual.insert(
+            Place::OrderEscrow(row.try_get("id")?),
+            row.try_get("escrow")?,
+        );
     }
-    for row in sqlx::query(
-        "SELECT id, item_id, quantity FROM deliveries WHERE collected_at IS NULL",
-    )
-    .fetch_all(&mut *conn)
-    .await?
+    for row in
+        sqlx::query("SELECT id, item_id, quantity FROM deliveries WHERE collected_at IS NULL")
+            .fetch_all(&mut *conn)
+            .await?
     {
         actual.insert(
             Place::Delivery(row.try_get("id")?, row.try_get("item_id")?),

@@ -276,8 +276,20 @@ mod tests {
             sales_tax: rule,
         };
         assert_eq!(fees.on(50), (50, 0), "together never more than the value");
-        assert!(FeeRule { rate_bp: 10_001, min: 0, max: 0 }.validate("x").is_err());
-        assert!(FeeRule { rate_bp: 1, min: 5, max: 4 }.validate("x").is_err());
+        assert!(FeeRule {
+            rate_bp: 10_001,
+            min: 0,
+            max: 0
+        }
+        .validate("x")
+        .is_err());
+        assert!(FeeRule {
+            rate_bp: 1,
+            min: 5,
+            max: 4
+        }
+        .validate("x")
+        .is_err());
     }
 
     #[test]

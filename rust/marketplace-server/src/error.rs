@@ -278,6 +278,9 @@ mod tests {
                 retry_after_secs: 1,
             },
             AppError::WrongServer("x"),
+            AppError::QuantityUnavailable { available: 1 },
+            AppError::ListingExpired,
+            AppError::OrderClosed,
             AppError::Unavailable,
             AppError::Internal("x".into()),
         ];
@@ -302,6 +305,9 @@ mod tests {
                 | AppError::DepositsDisabled
                 | AppError::UnknownItem
                 | AppError::WrongServer(_)
+                | AppError::QuantityUnavailable { .. }
+                | AppError::ListingExpired
+                | AppError::OrderClosed
                 | AppError::Unavailable
                 | AppError::Internal(_) => {}
             }

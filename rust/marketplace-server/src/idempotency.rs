@@ -567,11 +567,13 @@ mod tests {
         let a = MarketChange::Purchase {
             listing_id: 1,
             expected_price: 100,
+            quantity: None,
             deposit: 0,
         };
         let b = MarketChange::Purchase {
             listing_id: 1,
             expected_price: 101,
+            quantity: None,
             deposit: 0,
         };
         let c = MarketChange::Reprice {

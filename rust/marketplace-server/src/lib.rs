@@ -343,15 +343,14 @@ async fn sweep_expired(state: &AppState) -> Result<u64, error::AppError> {
     }
 }
 
-async fn sweep_expired_every_minute(
-    state: AppState,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn sweep_expired_every_minute(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         match sweep_expired(&state).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(closed = n, "expired listings and orders sent back"),
-            Err(e) => tracing::warn!(error = %e, "the expiry sweep failed; it runs again in a minute"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the expiry sweep failed; it runs again in a minute")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}

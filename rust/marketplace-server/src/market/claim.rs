@@ -6,7 +6,7 @@ use super::{keyed_row, mismatch, Done, OpContext};
 use crate::books::{self, Move};
 use crate::error::AppError;
 
-/// Pays out a sale once: the conditional update on `claimed_at IS NULL` lets
+/// Pays out a sale once, less the fees the market kept: the conditional update on `claimed_at IS NULL` lets
 /// exactly one of any number of concurrent claims through. The proceeds go
 /// to the seller's account — and under client deposits on to the save.
 pub(super) async fn run(
@@ -16,8 +16,8 @@ pub(super) async fn run(
 ) -> Result<Done, AppError> {
     let delivers = i64::from(ctx.policy.delivers());
     let row = sqlx::query(
-        "UPDATE purchases SET claimed_at = $1, claim_key = $4, claim_delivered = price * $5 \
-         WHERE id = $2 AND seller_id = $3 AND claimed_at IS NULL RETURNING listing_id, price",
+        "UPDATE purchases SET claimed_at = $1, claim_key = $4, claim_delivered = (price - fee) * $5 \
+         WHERE id = $2 AND seller_id = $3 AND claimed_at IS NULL RETURNING listing_id, price - fee AS amount",
     )
     .bind(ctx.now)
     .bind(sale_id)
@@ -40,7 +40,7 @@ pub(super) async fn run(
         });
     };
     let listing_id: i64 = row.try_get("listing_id")?;
-    let amount: i64 = row.try_get("price")?;
+    let amount: i64 = row.try_get("amount")?;
     let me = ctx.player_id;
     let mut moves = vec![Move {
         player_id: me,
@@ -87,14 +87,14 @@ pub(super) async fn recall(
 ) -> Result<Option<Done>, AppError> {
     let Some(row) = keyed_row(
         conn,
-        "SELECT id, price, claim_delivered FROM purchases WHERE seller_id = $1 AND claim_key = $2",
+        "SELECT id, price - fee AS amount, claim_delivered FROM purchases WHERE seller_id = $1 AND claim_key = $2",
         ctx,
     )
     .await?
     else {
         return Ok(None);
     };
-    let (id, amount): (i64, i64) = (row.try_get("id")?, row.try_get("price")?);
+    let (id, amount): (i64, i64) = (row.try_get("id")?, row.try_get("amount")?);
     if id != sale_id {
         return mismatch();
     }

@@ -96,7 +96,12 @@ pub(super) fn fee_on(ctx: &OpContext<'_>, gross: i64) -> i64 {
     listing + tax
 }
 
-pub(super) fn fee_move<'a>(seller_id: i64, fee: i64, purchase_id: i64, listing_id: i64) -> Move<'a> {
+pub(super) fn fee_move<'a>(
+    seller_id: i64,
+    fee: i64,
+    purchase_id: i64,
+    listing_id: i64,
+) -> Move<'a> {
     Move {
         player_id: seller_id,
         action: "fee",

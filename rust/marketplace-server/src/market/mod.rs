@@ -205,12 +205,8 @@ pub async fn recall(
             move_value::recall(conn, ctx, item_id.as_deref(), *quantity, false).await
         }
         MarketChange::PlaceOrder { .. } => orders::recall_place(conn, ctx, change).await,
-        MarketChange::CancelOrder { order_id } => {
-            orders::recall_cancel(conn, ctx, *order_id).await
-        }
-        MarketChange::Collect { delivery_ids } => {
-            deliveries::recall(conn, ctx, delivery_ids).await
-        }
+        MarketChange::CancelOrder { order_id } => orders::recall_cancel(conn, ctx, *order_id).await,
+        MarketChange::Collect { delivery_ids } => deliveries::recall(conn, ctx, delivery_ids).await,
     }
 }
 
@@ -220,7 +216,8 @@ fn mismatch<T>() -> Result<T, AppError> {
     Err(AppError::IdempotencyKeyReused)
 }
 
-pub const LISTING_COLUMNS: &str = "id, seller_id, item_id, quantity, price, status, created_at, updated_at, \
+pub const LISTING_COLUMNS: &str =
+    "id, seller_id, item_id, quantity, price, status, created_at, updated_at, \
      remaining, expires_at, closed_by, returned";
 
 /// Listings with their seller's name, for browsing: select

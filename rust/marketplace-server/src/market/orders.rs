@@ -18,7 +18,8 @@ use super::{cover, keyed_row, limits, mismatch, Done, OpContext};
 use crate::books::{self, Move};
 use crate::error::AppError;
 
-pub(crate) const ORDER_COLUMNS: &str = "id, buyer_id, item_id, quantity, remaining, max_price, min_fill, escrow, status, \
+pub(crate) const ORDER_COLUMNS: &str =
+    "id, buyer_id, item_id, quantity, remaining, max_price, min_fill, escrow, status, \
      created_at, updated_at, expires_at";
 
 pub(crate) fn order_from_row(row: &AnyRow) -> Result<Order, sqlx::Error> {

@@ -110,7 +110,9 @@ pub(super) async fn run(
             Some(l) if l.price != expected_price => AppError::PriceChanged {
                 current_price: l.price,
             },
-            Some(l) if l.quantity_remaining < quantity.unwrap_or(l.quantity) || quantity.is_none() => {
+            Some(l)
+                if l.quantity_remaining < quantity.unwrap_or(l.quantity) || quantity.is_none() =>
+            {
                 AppError::QuantityUnavailable {
                     available: l.quantity_remaining,
                 }

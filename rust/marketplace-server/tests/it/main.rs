@@ -12,3 +12,4 @@ mod concurrency;
 mod forever;
 mod hardening;
 mod migrations;
+mod orders;

@@ -13,6 +13,7 @@ backend_tests!(
     an_old_database_is_upgraded_in_place,
     an_edited_applied_migration_stops_the_server,
     hour_buckets_carry_over_and_a_copied_database_gets_its_own_identity,
+    lots_priced_per_lot_become_unit_prices_or_go_back_to_their_seller,
 );
 
 async fn exec(db: &TestDb, sql: &str) {
@@ -221,4 +222,84 @@ async fn hour_buckets_carry_over_and_a_copied_database_gets_its_own_identity(db:
     assert_eq!(old, id);
     assert_ne!(new, id);
     assert_eq!(announced(&db).await, new);
+}
+
+/// Migration 7: prices become per unit. An active lot whose price divides
+/// into whole credits per unit keeps selling at that unit price; one that
+/// does not is withdrawn and its escrow waits for the seller as a delivery.
+/// A purchase journaled by an old client (expected price: the lot's) is
+/// still recognised by its key; the books balance.
+async fn lots_priced_per_lot_become_unit_prices_or_go_back_to_their_seller(db: TestDb) {
+    let config = Config::for_tests(&db.url);
+    Db::connect_up_to(&config, 6)
+        .await
+        .expect("version 6")
+        .close()
+        .await;
+    for sql in [
+        "INSERT INTO players (id, device_id, name, created_at) VALUES (11, 'h-seller', 's', 0)",
+        "INSERT INTO players (id, device_id, name, created_at) VALUES (12, 'h-buyer', 'b', 0)",
+        // 4 units for 100: 25 each.
+        "INSERT INTO listings (id, seller_id, item_id, quantity, price, status, created_at, updated_at, create_key, listed_price, deposited) VALUES (21, 11, 'ore', 4, 100, 'active', 0, 0, 'k-l21', 100, 4)",
+        "INSERT INTO ledger (at, player_id, action, listing_id, idempotency_key, request_id, item_id, quantity) VALUES (0, 11, 'deposit', 21, 'k-l21', 'r', 'ore', 4)",
+        "INSERT INTO ledger (at, player_id, action, listing_id, idempotency_key, request_id, item_id, quantity) VALUES (0, 11, 'list', 21, 'k-l21', 'r', 'ore', 4)",
+        // 3 units for 100: no whole unit price.
+        "INSERT INTO listings (id, seller_id, item_id, quantity, price, status, created_at, updated_at, create_key, listed_price, deposited) VALUES (22, 11, 'gem', 3, 100, 'active', 0, 0, 'k-l22', 100, 3)",
+        "INSERT INTO ledger (at, player_id, action, listing_id, idempotency_key, request_id, item_id, quantity) VALUES (0, 11, 'deposit', 22, 'k-l22', 'r', 'gem', 3)",
+        "INSERT INTO ledger (at, player_id, action, listing_id, idempotency_key, request_id, item_id, quantity) VALUES (0, 11, 'list', 22, 'k-l22', 'r', 'gem', 3)",
+        // A lot of 2 bought for 60 by an old client: expected price 60.
+        "INSERT INTO listings (id, seller_id, item_id, quantity, price, status, created_at, updated_at) VALUES (23, 11, 'ore', 2, 60, 'sold', 0, 0)",
+        "INSERT INTO purchases (id, listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, buy_key, deposited, delivered) VALUES (31, 23, 12, 11, 'ore', 2, 60, 0, 'k-old-buy', 60, 2)",
+        "INSERT INTO operation_keys (player_id, idem_key, kind) VALUES (12, 'k-old-buy', 'purchase')",
+        "INSERT INTO ledger (at, player_id, action, listing_id, idempotency_key, request_id, item_id, quantity) VALUES (0, 11, 'deposit', 23, 'k-l23', 'r', 'ore', 2)",
+        "INSERT INTO ledger (at, player_id, action, listing_id, idempotency_key, request_id, item_id, quantity) VALUES (0, 11, 'list', 23, 'k-l23', 'r', 'ore', 2)",
+        "INSERT INTO ledger (at, player_id, action, listing_id, purchase_id, idempotency_key, request_id, quantity) VALUES (0, 12, 'deposit', 23, 31, 'k-old-buy', 'r', 60)",
+        "INSERT INTO ledger (at, player_id, action, listing_id, purchase_id, idempotency_key, request_id, quantity) VALUES (0, 12, 'purchase_pay', 23, 31, 'k-old-buy', 'r', 60)",
+        "INSERT INTO ledger (at, player_id, action, listing_id, purchase_id, idempotency_key, request_id, item_id, quantity) VALUES (0, 12, 'purchase_items', 23, 31, 'k-old-buy', 'r', 'ore', 2)",
+        "INSERT INTO ledger (at, player_id, action, listing_id, purchase_id, idempotency_key, request_id, item_id, quantity) VALUES (0, 12, 'withdraw', 23, 31, 'k-old-buy', 'r', 'ore', 2)",
+    ] {
+        exec(&db, sql).await;
+    }
+    if db.is_postgres() {
+        for table in ["players", "listings", "purchases"] {
+            exec(
+                &db,
+                &format!("SELECT setval(pg_get_serial_sequence('{table}', 'id'), 100)"),
+            )
+            .await;
+        }
+    }
+    let t = TestServer::start_with(config).await;
+    let buyer = t.login("h-buyer").await;
+    let seller = t.login("h-seller").await;
+    assert_eq!((buyer.id, seller.id), (12, 11));
+    let l21 = t.get(&buyer, "/v1/listings/21").await;
+    assert_eq!(
+        (
+            l21.body["listing"]["price"].as_i64(),
+            l21.body["listing"]["quantity_remaining"].as_i64()
+        ),
+        (Some(25), Some(4))
+    );
+    let l22 = t.get(&buyer, "/v1/listings/22").await;
+    assert_eq!(l22.body["listing"]["status"], "cancelled");
+    let waiting = t.get(&seller, "/v1/me/deliveries?collected=false").await;
+    assert_eq!(waiting.body["deliveries"][0]["kind"], "listing_returned");
+    assert_eq!(waiting.body["deliveries"][0]["quantity"], 3);
+    // The old client's journaled purchase replays as itself.
+    let r = t.purchase(&buyer, 23, 60, "k-old-buy").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["purchase"]["id"], 31);
+    // The migrated lot sells by the unit.
+    let r = t
+        .send(
+            reqwest::Method::POST,
+            "/v1/listings/21/purchase",
+            Some(&buyer.token),
+            Some(&crate::support::key()),
+            Some(json!({"expected_price": 25, "quantity": 1, "deposit": 25}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    check_books(&db).await;
 }

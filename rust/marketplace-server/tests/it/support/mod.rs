@@ -224,13 +224,18 @@ impl TestServer {
         r.body["listing"]["id"].as_i64().expect("listing id")
     }
 
+    /// Buys the whole lot at `price` per unit, offering to deposit what
+    /// a lot of up to 1,000 units would cost (only the shortfall is taken).
     pub async fn purchase(&self, buyer: &Player, listing: i64, price: i64, key: &str) -> Reply {
+        let deposit = price
+            .saturating_mul(1000)
+            .min(marketplace_protocol::MAX_PRICE);
         self.send(
             reqwest::Method::POST,
             &format!("/v1/listings/{listing}/purchase"),
             Some(&buyer.token),
             Some(key),
-            Some(json!({ "expected_price": price, "deposit": price }).to_string()),
+            Some(json!({ "expected_price": price, "deposit": deposit }).to_string()),
         )
         .await
     }
@@ -291,38 +296,60 @@ pub struct Books {
     pub unclaimed_total: i64,
     pub claimed_total: i64,
     pub claim_ledger_total: i64,
+    pub fees: i64,
 }
 
-/// Checks I1 (a listing is sold iff it has exactly one purchase) and the
-/// server's share of I2 (every purchase's price is either unclaimed or was
-/// claimed exactly once, as the ledger shows), and returns the figures.
+/// Checks I1 — every unit is sold at most once: a listing's fills never
+/// exceed its quantity and with what remains (or went back) make it up,
+/// it is sold exactly when all its units are; the same for buy orders;
+/// every fill is within both sides' prices and before both sides expired
+/// or closed — and the server's share of I2 (every fill's proceeds are
+/// unclaimed, or were claimed exactly once less the fees, as the ledger
+/// shows), and the audit (I6). Returns the figures.
 pub async fn check_books(db: &TestDb) -> Books {
     let pool = db.pool().await;
-    let sold_without_purchase = scalar(
-        &pool,
-        "SELECT COUNT(*) FROM listings l WHERE l.status = 'sold' \
-         AND NOT EXISTS (SELECT 1 FROM purchases p WHERE p.listing_id = l.id)",
-    )
-    .await;
-    assert_eq!(
-        sold_without_purchase, 0,
-        "I1: a sold listing has no purchase"
-    );
-    let purchase_of_unsold = scalar(
-        &pool,
-        "SELECT COUNT(*) FROM purchases p JOIN listings l ON l.id = p.listing_id WHERE l.status <> 'sold'",
-    )
-    .await;
-    assert_eq!(
-        purchase_of_unsold, 0,
-        "I1: a purchase of a listing that is not sold"
-    );
-    let doubled = scalar(
-        &pool,
-        "SELECT COUNT(*) FROM (SELECT listing_id FROM purchases GROUP BY listing_id HAVING COUNT(*) > 1) d",
-    )
-    .await;
-    assert_eq!(doubled, 0, "I1: a listing sold twice");
+    let checks: [(&str, &str); 9] = [
+        (
+            "I1: a listing's fills and what remains do not make up its quantity",
+            "SELECT COUNT(*) FROM listings l WHERE l.quantity <> l.remaining + COALESCE(l.returned, 0)              + (SELECT COALESCE(SUM(p.quantity), 0) FROM purchases p WHERE p.listing_id = l.id)              AND NOT (l.status = 'cancelled' AND l.returned IS NULL)",
+        ),
+        (
+            "I1: a listing sold with units left, or with units left and not active",
+            "SELECT COUNT(*) FROM listings WHERE (status = 'sold' AND remaining <> 0) \
+             OR (status = 'active' AND remaining = 0) OR (status = 'cancelled' AND remaining <> 0)",
+        ),
+        (
+            "I1: an order's fills and what remains do not make up its quantity",
+            "SELECT COUNT(*) FROM orders o WHERE o.quantity <> o.remaining              + (SELECT COALESCE(SUM(p.quantity), 0) FROM purchases p WHERE p.order_id = o.id)",
+        ),
+        (
+            "I1: an order's escrow is not what its remaining units cost",
+            "SELECT COUNT(*) FROM orders WHERE (status = 'active' AND escrow <> remaining * max_price)              OR (status <> 'active' AND escrow <> 0) OR (status = 'filled' AND remaining <> 0)",
+        ),
+        (
+            "I1: a fill above its order's price",
+            "SELECT COUNT(*) FROM purchases p JOIN orders o ON o.id = p.order_id WHERE p.unit_price > o.max_price",
+        ),
+        (
+            "I1: a fill below every price its listing ever asked",
+            "SELECT COUNT(*) FROM purchases p JOIN listings l ON l.id = p.listing_id              WHERE p.unit_price IS NOT NULL AND p.unit_price < l.price              AND p.unit_price < COALESCE(l.listed_price, l.price)              AND NOT EXISTS (SELECT 1 FROM listing_reprices r WHERE r.listing_id = l.id AND r.price <= p.unit_price)",
+        ),
+        (
+            "I1: a fill after its listing or order expired",
+            "SELECT COUNT(*) FROM purchases p JOIN listings l ON l.id = p.listing_id              LEFT JOIN orders o ON o.id = p.order_id              WHERE (l.expires_at IS NOT NULL AND p.created_at >= l.expires_at)              OR (o.expires_at IS NOT NULL AND p.created_at >= o.expires_at)",
+        ),
+        (
+            "I1: a fill of an order after it was cancelled",
+            "SELECT COUNT(*) FROM purchases p JOIN orders o ON o.id = p.order_id              WHERE o.status = 'cancelled' AND p.created_at > o.updated_at",
+        ),
+        (
+            "I1: a fill whose price is not its units at their price",
+            "SELECT COUNT(*) FROM purchases WHERE unit_price IS NOT NULL AND price <> unit_price * quantity",
+        ),
+    ];
+    for (what, sql) in checks {
+        assert_eq!(scalar(&pool, sql).await, 0, "{what}");
+    }
     let double_claims = scalar(
         &pool,
         "SELECT COUNT(*) FROM (SELECT purchase_id FROM ledger WHERE action = 'claim' \
@@ -330,6 +357,13 @@ pub async fn check_books(db: &TestDb) -> Books {
     )
     .await;
     assert_eq!(double_claims, 0, "I2: proceeds paid out twice");
+    let double_collects = scalar(
+        &pool,
+        "SELECT COUNT(*) FROM (SELECT delivery_id FROM ledger WHERE action = 'collect' \
+         GROUP BY delivery_id HAVING COUNT(*) > 1) d",
+    )
+    .await;
+    assert_eq!(double_collects, 0, "I2: a delivery collected twice");
     let books = Books {
         sold_listings: scalar(&pool, "SELECT COUNT(*) FROM listings WHERE status = 'sold'").await,
         purchases: scalar(&pool, "SELECT COUNT(*) FROM purchases").await,
@@ -341,7 +375,7 @@ pub async fn check_books(db: &TestDb) -> Books {
         .await,
         claimed_total: scalar(
             &pool,
-            "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NOT NULL",
+            "SELECT CAST(COALESCE(SUM(price - fee), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NOT NULL",
         )
         .await,
         claim_ledger_total: scalar(
@@ -349,11 +383,15 @@ pub async fn check_books(db: &TestDb) -> Books {
             "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE action = 'claim'",
         )
         .await,
+        fees: scalar(&pool, "SELECT CAST(COALESCE(SUM(fee), 0) AS BIGINT) FROM purchases").await,
     };
-    assert_eq!(books.sold_listings, books.purchases, "I1");
     assert_eq!(
         books.purchase_total,
-        books.unclaimed_total + books.claimed_total,
+        books.unclaimed_total + books.claimed_total + scalar(
+            &pool,
+            "SELECT CAST(COALESCE(SUM(fee), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NOT NULL",
+        )
+        .await,
         "I2: purchase money not accounted for"
     );
     assert_eq!(
