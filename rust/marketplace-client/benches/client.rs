@@ -72,6 +72,7 @@ fn purchases(
                 .submit(Command::Change(MarketChange::Purchase {
                     listing_id: listing,
                     expected_price: 10,
+                    quantity: None,
                     deposit: 10,
                 }))
                 .unwrap();
@@ -86,6 +87,7 @@ fn purchases(
                 .submit(Command::Change(MarketChange::Purchase {
                     listing_id: listing,
                     expected_price: 10,
+                    quantity: None,
                     deposit: 10,
                 }))
                 .unwrap();

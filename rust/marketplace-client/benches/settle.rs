@@ -92,6 +92,7 @@ fn journal(store: &mut PlayerStore, i: usize) -> u64 {
     let change = MarketChange::Purchase {
         listing_id: i as i64 + 1,
         expected_price: 5,
+        quantity: None,
         deposit: 5,
     };
     store.begin_op(format!("key-{i}"), change, Some(hold), 0)

@@ -1313,6 +1313,7 @@ mod tests {
             MarketChange::Purchase {
                 listing_id,
                 expected_price: price,
+                quantity: None,
                 deposit: price,
             },
             Some(h),
@@ -1457,6 +1458,7 @@ mod tests {
                 quantity: 3,
                 price: 5,
                 deposit: 3,
+                duration_secs: None,
             },
             Some(h),
             0,
@@ -1500,6 +1502,7 @@ mod tests {
             MarketChange::Purchase {
                 listing_id: 1,
                 expected_price: 60,
+                quantity: None,
                 deposit: 0,
             },
             Some(h),

@@ -4,7 +4,7 @@
 
 use godot::prelude::*;
 use marketplace_client::client::BrowseQuery;
-use marketplace_client::protocol::{Listing, Purchase, Sale};
+use marketplace_client::protocol::{Delivery, FeeQuote, Fill, Listing, Order, Purchase, Sale};
 use marketplace_client::{ClientError, ErrorCode, PendingTrade};
 
 fn put(d: &mut VarDictionary, key: &str, value: impl ToGodot) {
@@ -21,6 +21,9 @@ pub fn listing(l: &Listing) -> VarDictionary {
     put(&mut d, "status", GString::from(l.status.as_str()));
     put(&mut d, "created_at", l.created_at);
     put(&mut d, "updated_at", l.updated_at);
+    put(&mut d, "quantity_remaining", l.remaining());
+    // 0: never expires.
+    put(&mut d, "expires_at", l.expires_at.unwrap_or(0));
     // Browsing gives the seller's name; trade answers do not ("").
     put(
         &mut d,
@@ -47,6 +50,7 @@ pub fn purchase(p: &Purchase) -> VarDictionary {
     put(&mut d, "item_id", GString::from(p.item_id.as_str()));
     put(&mut d, "quantity", p.quantity);
     put(&mut d, "price", p.price);
+    put(&mut d, "unit_price", p.unit_price);
     put(&mut d, "created_at", p.created_at);
     d
 }
@@ -59,7 +63,97 @@ pub fn sale(s: &Sale) -> VarDictionary {
     put(&mut d, "item_id", GString::from(s.item_id.as_str()));
     put(&mut d, "quantity", s.quantity);
     put(&mut d, "price", s.price);
+    put(&mut d, "fee", s.fee);
     put(&mut d, "sold_at", s.sold_at);
+    d
+}
+
+/// A buy order, with the server's field names; `expires_at` 0: never.
+pub fn order(o: &Order) -> VarDictionary {
+    let mut d = VarDictionary::new();
+    put(&mut d, "id", o.id);
+    put(&mut d, "buyer_id", o.buyer_id);
+    put(&mut d, "item_id", GString::from(o.item_id.as_str()));
+    put(&mut d, "quantity", o.quantity);
+    put(&mut d, "quantity_remaining", o.quantity_remaining);
+    put(&mut d, "max_price", o.max_price);
+    put(&mut d, "min_fill", o.min_fill);
+    put(&mut d, "escrow", o.escrow);
+    put(&mut d, "status", GString::from(o.status.as_str()));
+    put(&mut d, "created_at", o.created_at);
+    put(&mut d, "updated_at", o.updated_at);
+    put(&mut d, "expires_at", o.expires_at.unwrap_or(0));
+    d
+}
+
+pub fn orders(os: &[Order]) -> VarArray {
+    let mut a = VarArray::new();
+    for o in os {
+        a.push(&order(o).to_variant());
+    }
+    a
+}
+
+/// One fill; `order_id` 0: a direct purchase.
+pub fn fill(f: &Fill) -> VarDictionary {
+    let mut d = VarDictionary::new();
+    put(&mut d, "id", f.id);
+    put(&mut d, "listing_id", f.listing_id);
+    put(&mut d, "order_id", f.order_id.unwrap_or(0));
+    put(&mut d, "buyer_id", f.buyer_id);
+    put(&mut d, "seller_id", f.seller_id);
+    put(&mut d, "item_id", GString::from(f.item_id.as_str()));
+    put(&mut d, "quantity", f.quantity);
+    put(&mut d, "unit_price", f.unit_price);
+    put(&mut d, "price", f.price);
+    put(&mut d, "fee", f.fee);
+    put(&mut d, "created_at", f.created_at);
+    d
+}
+
+pub fn fills(fs: &[Fill]) -> VarArray {
+    let mut a = VarArray::new();
+    for f in fs {
+        a.push(&fill(f).to_variant());
+    }
+    a
+}
+
+/// A delivery; `item_id` "": credits.
+pub fn delivery(x: &Delivery) -> VarDictionary {
+    let mut d = VarDictionary::new();
+    put(&mut d, "id", x.id);
+    put(&mut d, "kind", GString::from(x.kind.as_str()));
+    put(
+        &mut d,
+        "item_id",
+        GString::from(x.item_id.as_deref().unwrap_or("")),
+    );
+    put(&mut d, "quantity", x.quantity);
+    put(&mut d, "listing_id", x.listing_id.unwrap_or(0));
+    put(&mut d, "order_id", x.order_id.unwrap_or(0));
+    put(&mut d, "created_at", x.created_at);
+    d
+}
+
+pub fn deliveries(xs: &[Delivery]) -> VarArray {
+    let mut a = VarArray::new();
+    for x in xs {
+        a.push(&delivery(x).to_variant());
+    }
+    a
+}
+
+/// `quantity`, `unit_price`, `buyer_pays`, `listing_fee`, `sales_tax`,
+/// `seller_receives`.
+pub fn fee_quote(q: &FeeQuote) -> VarDictionary {
+    let mut d = VarDictionary::new();
+    put(&mut d, "quantity", q.quantity);
+    put(&mut d, "unit_price", q.unit_price);
+    put(&mut d, "buyer_pays", q.buyer_pays);
+    put(&mut d, "listing_fee", q.listing_fee);
+    put(&mut d, "sales_tax", q.sales_tax);
+    put(&mut d, "seller_receives", q.seller_receives);
     d
 }
 
@@ -91,6 +185,7 @@ pub fn pending_trade(t: &PendingTrade) -> VarDictionary {
     put(&mut d, "kind", t.kind);
     put(&mut d, "listing_id", t.listing_id.unwrap_or(0));
     put(&mut d, "sale_id", t.sale_id.unwrap_or(0));
+    put(&mut d, "order_id", t.order_id.unwrap_or(0));
     put(&mut d, "item_id", t.item_id.as_deref().unwrap_or(""));
     put(&mut d, "quantity", t.quantity.unwrap_or(0));
     put(&mut d, "amount", t.amount);

@@ -288,6 +288,31 @@ impl TradingMarketplace {
     /// gone out that the save no longer had. Reported once, after saving.
     #[signal]
     fn trade_recovered(kind: GString, credits: i64, items: VarDictionary, shortfall: i64);
+    /// A buy order is placed: its credits are in escrow on the server (the
+    /// hold is spent). `fills` are what it bought at once (each: `id`,
+    /// `listing_id`, `quantity`, `unit_price`, `price`, `fee`, …); their
+    /// items, and credits it paid below `max_price`, wait as deliveries
+    /// (`collect_deliveries`) — or are in the market account under server
+    /// grants.
+    #[signal]
+    fn order_placed(request_id: i64, order: VarDictionary, fills: VarArray);
+    /// A buy order is cancelled; `returned` credits of its escrow are back.
+    #[signal]
+    fn order_cancelled(request_id: i64, order: VarDictionary, returned: i64);
+    /// A page of the player's buy orders (`get_orders`).
+    #[signal]
+    fn orders_updated(request_id: i64, orders: VarArray, next_cursor: GString);
+    /// A `collect_deliveries` request is over: `deliveries` (each: `id`,
+    /// `kind` — `"order_items"`, `"order_refund"`, `"order_expired"`,
+    /// `"listing_expired"`, `"listing_returned"` —, `item_id` ("" for
+    /// credits), `quantity`, …) are in the save (or the market account
+    /// under server grants), saved before this signal.
+    #[signal]
+    fn deliveries_collected(request_id: i64, deliveries: VarArray);
+    /// What a sale would cost in fees (`quote_fees`): `buyer_pays`,
+    /// `listing_fee`, `sales_tax`, `seller_receives`, …
+    #[signal]
+    fn fees_quoted(request_id: i64, quote: VarDictionary);
 
     /// Logs in. Without arguments (or with empty ones) the identity saved
     /// in `LocalPlayerData` is used (a new player gets a random device id);
@@ -329,12 +354,23 @@ impl TradingMarketplace {
         self.request("listings", None, |session, _| session.browse(query?))
     }
 
-    /// Lists `quantity` items for `price` credits; they leave the inventory at once.
+    /// Lists `quantity` items at `price` credits each; they leave the
+    /// inventory at once. The listing rests `duration_sec` seconds (0: the
+    /// server's default; never more than its bound), then its unsold items
+    /// come back as a delivery. Resting buy orders at or above the price
+    /// may buy some at once (claim their proceeds like any sale).
     #[func]
-    fn create_listing(&mut self, item_id: GString, quantity: i64, price: i64) -> Gd<MarketRequest> {
+    fn create_listing(
+        &mut self,
+        item_id: GString,
+        quantity: i64,
+        price: i64,
+        #[opt(default = 0)] duration_sec: i64,
+    ) -> Gd<MarketRequest> {
         let item_id = item_id.to_string();
+        let duration = (duration_sec > 0).then_some(duration_sec);
         self.request("create_listing", None, |session, store| {
-            session.create_listing(store, &item_id, quantity, price)
+            session.create_listing_for(store, &item_id, quantity, price, duration)
         })
     }
 
@@ -354,11 +390,93 @@ impl TradingMarketplace {
         })
     }
 
-    /// Buys a listing at the price the player saw; reserves the credits at once.
+    /// Buys `quantity` units of a listing at the unit price the player saw
+    /// (`quantity` 0: all that remains, as the last page showed it);
+    /// reserves `quantity × expected_price` credits at once.
+    /// `purchase_failed` with `"quantity_unavailable"` when fewer remain.
     #[func]
-    fn buy_listing(&mut self, listing_id: i64, expected_price: i64) -> Gd<MarketRequest> {
+    fn buy_listing(
+        &mut self,
+        listing_id: i64,
+        expected_price: i64,
+        #[opt(default = 0)] quantity: i64,
+    ) -> Gd<MarketRequest> {
         self.request("purchase", Some(listing_id), |session, store| {
-            session.buy(store, listing_id, expected_price)
+            if quantity > 0 {
+                session.buy_units(store, listing_id, expected_price, quantity)
+            } else {
+                session.buy(store, listing_id, expected_price)
+            }
+        })
+    }
+
+    /// Places a buy order: up to `quantity` units of `item_id` at up to
+    /// `max_price` each. Holds `quantity × max_price` credits at once
+    /// (shown in `get_held_credits()` until the server takes them into the
+    /// order's escrow). It buys from the cheapest listings at once and
+    /// rests with the rest for `duration_sec` (0: the server's default),
+    /// filling while the player is away; `min_fill` (0: any) is the
+    /// smallest part it takes. Then `order_placed`.
+    #[func]
+    fn place_buy_order(
+        &mut self,
+        item_id: GString,
+        quantity: i64,
+        max_price: i64,
+        #[opt(default = 0)] min_fill: i64,
+        #[opt(default = 0)] duration_sec: i64,
+    ) -> Gd<MarketRequest> {
+        let item_id = item_id.to_string();
+        let min_fill = (min_fill > 0).then_some(min_fill);
+        let duration = (duration_sec > 0).then_some(duration_sec);
+        self.request("place_order", None, |session, store| {
+            session.place_buy_order(store, &item_id, quantity, max_price, min_fill, duration)
+        })
+    }
+
+    /// Cancels one of the player's buy orders; what its escrow still holds
+    /// comes back (`order_cancelled`; `"order_closed"` when it was filled,
+    /// cancelled or expired already).
+    #[func]
+    fn cancel_order(&mut self, order_id: i64) -> Gd<MarketRequest> {
+        self.request("cancel_order", None, |session, store| {
+            session.cancel_order(store, order_id)
+        })
+    }
+
+    /// The player's buy orders (`orders_updated`): `status` `"active"`,
+    /// `"closed"` or `""` (all); `cursor` from the previous page.
+    #[func]
+    fn get_orders(
+        &mut self,
+        #[opt(default = "")] status: GString,
+        #[opt(default = "")] cursor: GString,
+    ) -> Gd<MarketRequest> {
+        let status = status.to_string();
+        let cursor = cursor.to_string();
+        self.request("orders", None, |session, _| {
+            session.list_orders(
+                (!status.is_empty()).then_some(status.as_str()),
+                (!cursor.is_empty()).then_some(cursor),
+            )
+        })
+    }
+
+    /// Collects what the market keeps for the player — items and refunds
+    /// of buy orders, unsold items of expired listings — exactly once
+    /// (`deliveries_collected`, after saving).
+    #[func]
+    fn collect_deliveries(&mut self) -> Gd<MarketRequest> {
+        self.request("collect", None, |session, _| session.collect_deliveries())
+    }
+
+    /// What selling `quantity` units at `price` each would cost in fees
+    /// and bring (`fees_quoted`): show "buyer pays / you receive" before
+    /// the player confirms.
+    #[func]
+    fn quote_fees(&mut self, quantity: i64, price: i64) -> Gd<MarketRequest> {
+        self.request("fee_quote", None, |session, _| {
+            session.quote_fees(quantity, price)
         })
     }
 
@@ -857,6 +975,49 @@ impl TradingMarketplace {
                 .market_account_updated()
                 .emit(id(request_id), &convert::account(account)),
             SessionEvent::BusyChanged { busy } => self.signals().busy_changed().emit(*busy),
+            SessionEvent::OrderPlaced {
+                request_id,
+                order,
+                fills,
+            } => self.signals().order_placed().emit(
+                id(request_id),
+                &convert::order(order),
+                &convert::fills(fills),
+            ),
+            SessionEvent::OrderCancelled {
+                request_id,
+                order,
+                returned,
+            } => self.signals().order_cancelled().emit(
+                id(request_id),
+                &convert::order(order),
+                *returned,
+            ),
+            SessionEvent::OrdersListed {
+                request_id,
+                orders,
+                next_cursor,
+            } => self.signals().orders_updated().emit(
+                id(request_id),
+                &convert::orders(orders),
+                next_cursor.as_deref().unwrap_or(""),
+            ),
+            SessionEvent::DeliveriesCollected {
+                request_id,
+                deliveries,
+                error,
+            } => {
+                if let Some(error) = error {
+                    self.emit_failure(id(request_id), None, error);
+                }
+                self.signals()
+                    .deliveries_collected()
+                    .emit(id(request_id), &convert::deliveries(deliveries))
+            }
+            SessionEvent::FeesQuoted { request_id, quote } => self
+                .signals()
+                .fees_quoted()
+                .emit(id(request_id), &convert::fee_quote(quote)),
             SessionEvent::TradeRecovered {
                 kind,
                 credits,

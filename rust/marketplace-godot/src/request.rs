@@ -302,6 +302,37 @@ fn result_of(event: &SessionEvent, ends_on_failure: bool) -> Option<VarDictionar
             put(&mut d, "quantity", *quantity);
         }
         AccountUpdated { account, .. } => put(&mut d, "account", convert::account(account)),
+        OrderPlaced { order, fills, .. } => {
+            put(&mut d, "order", convert::order(order));
+            put(&mut d, "fills", convert::fills(fills));
+        }
+        OrderCancelled {
+            order, returned, ..
+        } => {
+            put(&mut d, "order", convert::order(order));
+            put(&mut d, "returned", *returned);
+        }
+        OrdersListed {
+            orders,
+            next_cursor,
+            ..
+        } => {
+            put(&mut d, "orders", convert::orders(orders));
+            put(
+                &mut d,
+                "next_cursor",
+                GString::from(next_cursor.as_deref().unwrap_or("")),
+            );
+        }
+        DeliveriesCollected {
+            deliveries, error, ..
+        } => {
+            if let Some(error) = error {
+                d = failure(id, error);
+            }
+            put(&mut d, "deliveries", convert::deliveries(deliveries));
+        }
+        FeesQuoted { quote, .. } => put(&mut d, "quote", convert::fee_quote(quote)),
         RequestFailed { error, .. } if ends_on_failure => d = failure(id, error),
         RequestFailed { .. }
         | ProceedsClaimed { .. }

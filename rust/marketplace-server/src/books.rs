@@ -498,6 +498,12 @@ pub async fn operations(
         let has = |a: &str| actions.iter().any(|x| x == a);
         let kind = if has("purchase_pay") || has("purchase_items") {
             "purchase"
+        } else if has("order_place") {
+            "place_order"
+        } else if has("collect") {
+            "collect"
+        } else if has("order_return") {
+            "cancel_order"
         } else if has("list") {
             "create_listing"
         } else if has("cancel") {

@@ -173,6 +173,21 @@ pub enum Command {
         after: i64,
         limit: u32,
     },
+    /// A page of the player's buy orders (`GET /v1/me/orders`).
+    MyOrders {
+        /// `active`, `closed` or `None` (all).
+        status: Option<String>,
+        cursor: Option<String>,
+    },
+    /// A page of what waits for the player (`GET /v1/me/deliveries`).
+    ListDeliveries {
+        cursor: Option<String>,
+    },
+    /// What a sale of `quantity` units at `price` each costs in fees.
+    FeeQuote {
+        quantity: i64,
+        price: i64,
+    },
     /// A change of the market: carries an idempotency key and is retried
     /// until a definitive answer.
     Change(MarketChange),
@@ -207,6 +222,12 @@ pub enum Reply {
     Moved(Moved),
     Account(AccountEnvelope),
     Operations(OperationsPage),
+    /// A buy order placed or cancelled, with the fills placing it made.
+    Order(marketplace_protocol::OrderEnvelope),
+    Orders(marketplace_protocol::OrdersPage),
+    Deliveries(marketplace_protocol::DeliveriesPage),
+    Collected(marketplace_protocol::Collected),
+    FeeQuote(marketplace_protocol::FeeQuote),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

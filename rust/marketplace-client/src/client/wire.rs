@@ -13,6 +13,10 @@ use marketplace_protocol::{
     PurchaseEnvelope, PurchaseRequest, RepriceRequest, SalesPage, Session, SessionRequest,
     IDEMPOTENCY_HEADER, PLAYER_HEADER, SERVER_HEADER,
 };
+use marketplace_protocol::{
+    CollectRequest, Collected, DeliveriesPage, FeeQuote, OrderEnvelope, OrderStatus, OrdersPage,
+    PlaceOrderRequest,
+};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 
@@ -65,6 +69,7 @@ pub(crate) fn request_of(command: &Command) -> WireRequest {
             quantity,
             price,
             deposit,
+            duration_secs,
         }) => (
             Method::POST,
             "/v1/listings".to_string(),
@@ -73,6 +78,7 @@ pub(crate) fn request_of(command: &Command) -> WireRequest {
                 quantity: *quantity,
                 price: *price,
                 deposit: *deposit,
+                duration_secs: *duration_secs,
             }),
         ),
         Command::Change(MarketChange::Reprice { listing_id, price }) => (
@@ -86,15 +92,69 @@ pub(crate) fn request_of(command: &Command) -> WireRequest {
         Command::Change(MarketChange::Purchase {
             listing_id,
             expected_price,
+            quantity,
             deposit,
         }) => (
             Method::POST,
             format!("/v1/listings/{listing_id}/purchase"),
             json(&PurchaseRequest {
                 expected_price: *expected_price,
+                quantity: *quantity,
                 deposit: *deposit,
             }),
         ),
+        Command::Change(MarketChange::PlaceOrder {
+            item_id,
+            quantity,
+            max_price,
+            min_fill,
+            duration_secs,
+            deposit,
+        }) => (
+            Method::POST,
+            "/v1/orders".to_string(),
+            json(&PlaceOrderRequest {
+                item_id: item_id.clone(),
+                quantity: *quantity,
+                max_price: *max_price,
+                min_fill: *min_fill,
+                duration_secs: *duration_secs,
+                deposit: *deposit,
+            }),
+        ),
+        Command::Change(MarketChange::CancelOrder { order_id }) => {
+            (Method::DELETE, format!("/v1/orders/{order_id}"), None)
+        }
+        Command::Change(MarketChange::Collect { delivery_ids }) => (
+            Method::POST,
+            "/v1/me/deliveries/collect".to_string(),
+            json(&CollectRequest {
+                delivery_ids: delivery_ids.clone(),
+            }),
+        ),
+        Command::MyOrders { status, cursor } => {
+            query.push(("limit", marketplace_protocol::MAX_PAGE_LIMIT.to_string()));
+            if let Some(s) = status {
+                query.push(("status", s.clone()));
+            }
+            if let Some(c) = cursor {
+                query.push(("cursor", c.clone()));
+            }
+            (Method::GET, "/v1/me/orders".to_string(), None)
+        }
+        Command::ListDeliveries { cursor } => {
+            query.push(("limit", marketplace_protocol::MAX_PAGE_LIMIT.to_string()));
+            query.push(("collected", "false".to_string()));
+            if let Some(c) = cursor {
+                query.push(("cursor", c.clone()));
+            }
+            (Method::GET, "/v1/me/deliveries".to_string(), None)
+        }
+        Command::FeeQuote { quantity, price } => {
+            query.push(("quantity", quantity.to_string()));
+            query.push(("price", price.to_string()));
+            (Method::GET, "/v1/fees/quote".to_string(), None)
+        }
         Command::Change(MarketChange::Deposit { item_id, quantity }) => (
             Method::POST,
             "/v1/me/deposits".to_string(),
@@ -257,7 +317,9 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             price,
             ..
         }) => {
-            let ListingEnvelope { listing, transfer } = decode(bytes)?;
+            let ListingEnvelope {
+                listing, transfer, ..
+            } = decode(bytes)?;
             if &listing.item_id != item_id
                 || listing.quantity != *quantity
                 || listing.price != *price
@@ -271,14 +333,18 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             Ok(Reply::Listing(listing, transfer))
         }
         Command::Change(MarketChange::Reprice { listing_id, price }) => {
-            let ListingEnvelope { listing, transfer } = decode(bytes)?;
+            let ListingEnvelope {
+                listing, transfer, ..
+            } = decode(bytes)?;
             if listing.id != *listing_id || listing.price != *price {
                 return Err(bad_response("the listing does not match the request"));
             }
             Ok(Reply::Listing(listing, transfer))
         }
         Command::Change(MarketChange::Cancel { listing_id }) => {
-            let ListingEnvelope { listing, transfer } = decode(bytes)?;
+            let ListingEnvelope {
+                listing, transfer, ..
+            } = decode(bytes)?;
             // Settlement follows the server's listing even beyond this
             // build's limits: a cancellation the server made must settle.
             if listing.id != *listing_id
@@ -286,7 +352,7 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
                 || listing.quantity < 1
                 || marketplace_protocol::check_id("item_id", &listing.item_id).is_err()
                 || transfer.as_ref().is_some_and(|t| {
-                    t.deposited != 0 || (t.delivered != 0 && t.delivered != listing.quantity)
+                    t.deposited != 0 || !(0..=listing.quantity).contains(&t.delivered)
                 })
             {
                 return Err(bad_response("the listing was not cancelled"));
@@ -296,15 +362,26 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
         Command::Change(MarketChange::Purchase {
             listing_id,
             expected_price,
+            quantity,
             ..
         }) => {
             let PurchaseEnvelope { purchase, transfer } = decode(bytes)?;
+            // Per unit since partial fills; a server from before answers
+            // the lot's price, which was the expected one.
+            let unit_ok = if purchase.unit_price == 0 {
+                purchase.price == *expected_price
+            } else {
+                purchase.unit_price == *expected_price
+                    && purchase.quantity.checked_mul(purchase.unit_price) == Some(purchase.price)
+            };
+            let most = expected_price.saturating_mul(quantity.unwrap_or(purchase.quantity));
             if purchase.listing_id != *listing_id
-                || purchase.price != *expected_price
+                || !unit_ok
                 || purchase.quantity < 1
+                || quantity.is_some_and(|q| q != purchase.quantity)
                 || marketplace_protocol::check_id("item_id", &purchase.item_id).is_err()
                 || transfer.as_ref().is_some_and(|t| {
-                    !(0..=*expected_price).contains(&t.deposited)
+                    !(0..=most).contains(&t.deposited)
                         || (t.delivered != 0 && t.delivered != purchase.quantity)
                 })
             {
@@ -340,8 +417,9 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
         }
         Command::Change(MarketChange::Claim { sale_id }) => {
             let claim: Claim = decode(bytes)?;
+            // 0 when the fees took all of a sale.
             if claim.sale_id != *sale_id
-                || claim.amount < 1
+                || claim.amount < 0
                 || claim.transfer.as_ref().is_some_and(|t| {
                     t.deposited != 0 || (t.delivered != 0 && t.delivered != claim.amount)
                 })
@@ -358,6 +436,92 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
                 return Err(bad_response("the move does not match the request"));
             }
             Ok(Reply::Moved(moved))
+        }
+        Command::Change(MarketChange::PlaceOrder {
+            item_id,
+            quantity,
+            max_price,
+            ..
+        }) => {
+            let envelope: OrderEnvelope = decode(bytes)?;
+            let o = &envelope.order;
+            let escrow = quantity.saturating_mul(*max_price);
+            let filled: i64 = envelope.fills.iter().map(|f| f.quantity).sum();
+            if &o.item_id != item_id
+                || o.quantity != *quantity
+                || o.max_price != *max_price
+                || o.id < 1
+                || envelope.fills.iter().any(|f| {
+                    f.quantity < 1
+                        || f.unit_price < 1
+                        || f.unit_price > *max_price
+                        || f.order_id != Some(o.id)
+                })
+                || filled > *quantity
+                || envelope
+                    .transfer
+                    .as_ref()
+                    .is_some_and(|t| !(0..=escrow).contains(&t.deposited) || t.delivered != 0)
+            {
+                return Err(bad_response("the order does not match the request"));
+            }
+            Ok(Reply::Order(envelope))
+        }
+        Command::Change(MarketChange::CancelOrder { order_id }) => {
+            let envelope: OrderEnvelope = decode(bytes)?;
+            let o = &envelope.order;
+            let escrow = o.quantity.saturating_mul(o.max_price);
+            if o.id != *order_id
+                || o.status != OrderStatus::Cancelled
+                || envelope
+                    .transfer
+                    .as_ref()
+                    .is_some_and(|t| t.deposited != 0 || !(0..=escrow).contains(&t.delivered))
+            {
+                return Err(bad_response("the order was not cancelled"));
+            }
+            Ok(Reply::Order(envelope))
+        }
+        Command::Change(MarketChange::Collect { delivery_ids }) => {
+            let collected: Collected = decode(bytes)?;
+            let total: i64 = collected.deliveries.iter().map(|d| d.quantity).sum();
+            let sane = !collected.deliveries.is_empty()
+                && collected.deliveries.iter().all(|d| {
+                    delivery_ids.contains(&d.id)
+                        && (1..=marketplace_protocol::MAX_PRICE).contains(&d.quantity)
+                        && d.item_id
+                            .as_deref()
+                            .is_none_or(|i| marketplace_protocol::check_id("item_id", i).is_ok())
+                })
+                && collected.transfer.as_ref().is_some_and(|t| {
+                    t.deposited == 0 && (t.delivered == 0 || t.delivered == total)
+                });
+            if !sane {
+                return Err(bad_response("the deliveries do not match the request"));
+            }
+            Ok(Reply::Collected(collected))
+        }
+        Command::MyOrders { .. } => {
+            let page: OrdersPage = decode(bytes)?;
+            Ok(Reply::Orders(page))
+        }
+        Command::ListDeliveries { .. } => {
+            let mut page: DeliveriesPage = decode(bytes)?;
+            page.deliveries.retain(|d| {
+                d.id >= 1
+                    && d.quantity >= 1
+                    && d.item_id
+                        .as_deref()
+                        .is_none_or(|i| marketplace_protocol::check_id("item_id", i).is_ok())
+            });
+            Ok(Reply::Deliveries(page))
+        }
+        Command::FeeQuote { .. } => {
+            let quote: FeeQuote = decode(bytes)?;
+            if quote.listing_fee < 0 || quote.sales_tax < 0 || quote.seller_receives < 0 {
+                return Err(bad_response("a negative fee"));
+            }
+            Ok(Reply::FeeQuote(quote))
         }
         Command::Account => {
             let account: AccountEnvelope = decode(bytes)?;
@@ -479,6 +643,7 @@ mod tests {
         let buy = Command::Change(MarketChange::Purchase {
             listing_id: 7,
             expected_price: 100,
+            quantity: None,
             deposit: 100,
         });
         let ok = br#"{"purchase":{"id":1,"listing_id":7,"buyer_id":2,"seller_id":1,"item_id":"ore","quantity":1,"price":100,"created_at":0}}"#;
@@ -546,6 +711,7 @@ mod tests {
                     quantity: 2,
                     price: 30,
                     deposit: 0,
+                    duration_secs: None,
                 }),
                 Method::POST,
                 "/v1/listings",
@@ -558,6 +724,7 @@ mod tests {
                     quantity: 2,
                     price: 30,
                     deposit: 2,
+                    duration_secs: None,
                 }),
                 Method::POST,
                 "/v1/listings",
@@ -585,6 +752,7 @@ mod tests {
                 Command::Change(MarketChange::Purchase {
                     listing_id: 7,
                     expected_price: 100,
+                    quantity: None,
                     deposit: 0,
                 }),
                 Method::POST,
@@ -596,6 +764,7 @@ mod tests {
                 Command::Change(MarketChange::Purchase {
                     listing_id: 7,
                     expected_price: 100,
+                    quantity: None,
                     deposit: 40,
                 }),
                 Method::POST,

@@ -112,8 +112,35 @@ impl TradingSession {
                 });
             }
             (Tracked::Browse, EventKind::Done(Reply::Listings(page))) => {
+                for l in &page.listings {
+                    self.note_lot(l);
+                }
                 self.ready
                     .push_back(SessionEvent::ListingsUpdated { request_id, page });
+            }
+            (Tracked::Orders, EventKind::Done(Reply::Orders(page))) => {
+                self.ready.push_back(SessionEvent::OrdersListed {
+                    request_id,
+                    orders: page.orders,
+                    next_cursor: page.next_cursor,
+                });
+            }
+            (Tracked::FeeQuote, EventKind::Done(Reply::FeeQuote(quote))) => {
+                self.ready
+                    .push_back(SessionEvent::FeesQuoted { request_id, quote });
+            }
+            (Tracked::CollectAll { origin }, EventKind::Done(Reply::Deliveries(page))) => {
+                self.collect_page(store, origin, page);
+            }
+            (Tracked::CollectAll { origin }, kind) => {
+                // A page could not be read: collects already journaled go
+                // on; the request ends when they have settled.
+                let error = match kind {
+                    EventKind::Failed(error) => error,
+                    _ => ClientError::new(ErrorCode::BadResponse, "unexpected answer"),
+                };
+                self.collect_failed(origin, error);
+                self.collect_listed(store, origin);
             }
             (Tracked::Account, EventKind::Done(Reply::Account(envelope))) => {
                 store.set_market(envelope.economy.mode, &envelope.account);
@@ -123,6 +150,7 @@ impl TradingSession {
                 });
             }
             (Tracked::GetListing, EventKind::Done(Reply::Listing(listing, _))) => {
+                self.note_lot(&listing);
                 self.ready.push_back(SessionEvent::ListingFetched {
                     request_id,
                     listing,
@@ -240,6 +268,14 @@ impl TradingSession {
         }
         self.last_owner = owner;
         self.unpark(store);
+    }
+
+    /// Remembers how many units a listing has left, for "buy the lot".
+    fn note_lot(&mut self, listing: &marketplace_protocol::Listing) {
+        if self.lots.len() >= 4096 {
+            self.lots.clear();
+        }
+        self.lots.insert(listing.id, listing.remaining());
     }
 
     /// True when `s` is the login the client holds now (not one overtaken
@@ -403,7 +439,13 @@ impl TradingSession {
             ),
             (MarketChange::Cancel { .. }, EventKind::Done(Reply::Listing(listing, transfer))) => {
                 let into_save = transfer.as_ref().is_none_or(|t| t.delivered > 0);
-                let items = (listing.item_id.clone(), listing.quantity);
+                // What came back: the units not sold (a server from before
+                // partial fills returned the whole lot).
+                let back = transfer
+                    .as_ref()
+                    .filter(|t| t.delivered > 0)
+                    .map_or(listing.quantity, |t| t.delivered);
+                let items = (listing.item_id.clone(), back);
                 (
                     OpOutcome::Applied(Applied {
                         items_in: into_save.then(|| items.clone()),
@@ -453,6 +495,63 @@ impl TradingSession {
                     },
                 )
             }
+            (MarketChange::PlaceOrder { .. }, EventKind::Done(Reply::Order(envelope))) => (
+                OpOutcome::Applied(Applied {
+                    hold_spent: envelope
+                        .transfer
+                        .as_ref()
+                        .filter(|_| !held_in_market)
+                        .map(|t| t.deposited),
+                    market_view: envelope.transfer.as_ref().and_then(|t| t.account.clone()),
+                    ..Applied::default()
+                }),
+                SessionEvent::OrderPlaced {
+                    request_id: origin,
+                    order: envelope.order,
+                    fills: envelope.fills,
+                },
+            ),
+            (MarketChange::CancelOrder { .. }, EventKind::Done(Reply::Order(envelope))) => {
+                let transfer = envelope.transfer.as_ref();
+                let into_save = transfer.is_some_and(|t| t.delivered > 0);
+                let order = envelope.order;
+                // What the escrow held: the units left at the order's price.
+                let returned = transfer.filter(|_| into_save).map_or(
+                    order.quantity_remaining.saturating_mul(order.max_price),
+                    |t| t.delivered,
+                );
+                (
+                    OpOutcome::Applied(Applied {
+                        credits_in: if into_save { returned } else { 0 },
+                        market_credits_in: if into_save { 0 } else { returned },
+                        market_view: transfer.and_then(|t| t.account.clone()),
+                        ..Applied::default()
+                    }),
+                    SessionEvent::OrderCancelled {
+                        request_id: origin,
+                        order,
+                        returned,
+                    },
+                )
+            }
+            (MarketChange::Collect { .. }, EventKind::Done(Reply::Collected(collected))) => {
+                let Some(applied) = super::orders::applied_of_collect(&collected) else {
+                    tracing::warn!(
+                        op = op_id,
+                        "a collect answered with mixed kinds; it stays journaled"
+                    );
+                    self.claim_left_journaled(store, &pending.op, origin, ErrorCode::BadResponse);
+                    return;
+                };
+                (
+                    OpOutcome::Applied(applied),
+                    SessionEvent::DeliveriesCollected {
+                        request_id: origin,
+                        deliveries: collected.deliveries,
+                        error: None,
+                    },
+                )
+            }
             (MarketChange::Deposit { .. }, EventKind::Done(Reply::Moved(moved))) => {
                 store.set_market_view(&moved.account);
                 (
@@ -491,6 +590,20 @@ impl TradingSession {
             return;
         }
         self.progress.remove(&op_id);
+        if matches!(pending.op, MarketChange::Collect { .. }) && self.is_collect(origin) {
+            // Part of a `collect_deliveries` request: reported with its end.
+            let (collected, error) = match event {
+                SessionEvent::DeliveriesCollected { deliveries, .. } => (deliveries, None),
+                SessionEvent::RequestFailed { error, .. } if error.code == ErrorCode::NotFound => {
+                    // Collected meanwhile by another of this save's keys.
+                    (Vec::new(), None)
+                }
+                SessionEvent::RequestFailed { error, .. } => (Vec::new(), Some(error)),
+                _ => (Vec::new(), None),
+            };
+            self.collect_settled(store, origin, collected, error);
+            return;
+        }
         let claim = match (&pending.op, &event) {
             (MarketChange::Claim { .. }, SessionEvent::ProceedsClaimed { amount, .. }) => {
                 Some((*amount, None))
@@ -525,6 +638,14 @@ impl TradingSession {
         origin: RequestId,
         code: ErrorCode,
     ) {
+        if matches!(op, MarketChange::Collect { .. }) && self.is_collect(origin) {
+            let error = ClientError::new(
+                code,
+                "A collect could not settle now; it is kept and retried on the next start",
+            );
+            self.collect_settled(store, origin, Vec::new(), Some(error));
+            return;
+        }
         if !matches!(op, MarketChange::Claim { .. }) {
             return;
         }

@@ -49,6 +49,7 @@ use crate::state::{HoldKind, OpId};
 use crate::store::PlayerStore;
 
 mod answers;
+mod orders;
 
 /// What the game hears about, in order. The Godot layer turns each into a
 /// signal.
@@ -149,6 +150,39 @@ pub enum SessionEvent {
         items: Vec<(String, i64)>,
         shortfall: i64,
     },
+    /// A buy order was placed: its price is in escrow (the hold committed),
+    /// `fills` are what it bought at once — their items and any refund
+    /// wait as deliveries (client deposits) or are in the market account.
+    OrderPlaced {
+        request_id: RequestId,
+        order: marketplace_protocol::Order,
+        fills: Vec<marketplace_protocol::Fill>,
+    },
+    /// A buy order was cancelled; `returned` credits of its escrow came
+    /// back (into the save, or the market account under server grants).
+    OrderCancelled {
+        request_id: RequestId,
+        order: marketplace_protocol::Order,
+        returned: i64,
+    },
+    OrdersListed {
+        request_id: RequestId,
+        orders: Vec<marketplace_protocol::Order>,
+        next_cursor: Option<String>,
+    },
+    /// A `collect_deliveries` request is over: `deliveries` came in (into
+    /// the save, or the market account under server grants), saved before
+    /// this is reported. `error` is the first failure, if any (what it
+    /// concerned stays waiting for the next call).
+    DeliveriesCollected {
+        request_id: RequestId,
+        deliveries: Vec<marketplace_protocol::Delivery>,
+        error: Option<ClientError>,
+    },
+    FeesQuoted {
+        request_id: RequestId,
+        quote: marketplace_protocol::FeeQuote,
+    },
     /// A `claim_proceeds` request is over: every unclaimed sale it found has
     /// settled (`sales` claimed for `amount` credits in all). `error` is the
     /// first refusal, if any (its sale stays unclaimed for the next call).
@@ -173,9 +207,11 @@ pub struct PendingTrade {
     pub kind: &'static str,
     pub listing_id: Option<i64>,
     pub sale_id: Option<i64>,
+    /// The buy order (`cancel_order`).
+    pub order_id: Option<i64>,
     pub item_id: Option<String>,
     pub quantity: Option<i64>,
-    /// The price (purchase, listing, reprice), else 0.
+    /// The price per unit (purchase, listing, reprice, buy order), else 0.
     pub amount: i64,
     /// Unix seconds when the player made the trade.
     pub created_at: i64,
@@ -214,6 +250,13 @@ enum Tracked {
     },
     /// A page of the player's operations, to reconcile the save with.
     Sync(crate::state::Owner),
+    Orders,
+    FeeQuote,
+    /// `collect_deliveries`: the deliveries page by page, then one collect
+    /// per kind of item, all reported under `origin`.
+    CollectAll {
+        origin: RequestId,
+    },
 }
 
 struct Unsent {
@@ -258,6 +301,10 @@ pub struct TradingSession {
     /// Requests refused locally, reported on the next poll.
     refusals: VecDeque<SessionEvent>,
     claims: HashMap<RequestId, ClaimProgress>,
+    collects: HashMap<RequestId, orders::CollectProgress>,
+    /// Listing → units remaining, as the last page or listing read showed
+    /// them: what "buy the whole lot" means for a listing.
+    lots: HashMap<i64, i64>,
     /// Durable trades never sent and not bound to a market yet: they wait
     /// for a login to say where they belong.
     unbound: Vec<Unsent>,
@@ -325,6 +372,8 @@ impl TradingSession {
             deferred: VecDeque::new(),
             refusals: VecDeque::new(),
             claims: HashMap::new(),
+            collects: HashMap::new(),
+            lots: HashMap::new(),
             unbound: Vec::new(),
             quiet_login: None,
             next_quiet_login: Instant::now(),
@@ -522,19 +571,36 @@ impl TradingSession {
         request_id
     }
 
-    /// Buys a listing at the price the player saw. Reserves the credits at
-    /// once; refuses locally (nothing sent, nothing held) with
-    /// `purchase_in_progress`, `insufficient_credits` or `invalid_argument`.
+    /// Buys the whole lot (all that remains of it as the last browse or
+    /// `get_listing` showed; one unit of a listing never seen) at the unit
+    /// price the player saw. See [`TradingSession::buy_units`].
     pub fn buy(
         &mut self,
         store: &mut PlayerStore,
         listing_id: i64,
         expected_price: i64,
     ) -> Result<RequestId, ClientError> {
+        let units = self.lots.get(&listing_id).copied().unwrap_or(1).max(1);
+        self.buy_units(store, listing_id, expected_price, units)
+    }
+
+    /// Buys `quantity` units of a listing at the unit price the player saw.
+    /// Reserves `quantity × expected_price` credits at once; refuses
+    /// locally (nothing sent, nothing held) with `purchase_in_progress`,
+    /// `insufficient_credits` or `invalid_argument`.
+    pub fn buy_units(
+        &mut self,
+        store: &mut PlayerStore,
+        listing_id: i64,
+        expected_price: i64,
+        quantity: i64,
+    ) -> Result<RequestId, ClientError> {
         if listing_id < 1 {
             return Err(invalid("listing id must be positive"));
         }
         marketplace_protocol::check_price("price", expected_price).map_err(invalid)?;
+        marketplace_protocol::check_quantity(quantity).map_err(invalid)?;
+        let total = marketplace_protocol::check_total(quantity, expected_price).map_err(invalid)?;
         if self.is_purchase_pending(store, listing_id) {
             return Err(ClientError::new(
                 ErrorCode::PurchaseInProgress,
@@ -543,31 +609,29 @@ impl TradingSession {
         }
         // Client deposits: the price is held in the save and deposited with
         // the purchase. Server grants: it is held in the market account.
-        let (hold, deposit) = if self.grants_only(store) {
-            (
-                HoldKind::MarketCredits {
-                    amount: expected_price,
-                },
-                0,
-            )
-        } else {
-            (
-                HoldKind::Credits {
-                    amount: expected_price,
-                },
-                expected_price,
-            )
-        };
+        let (hold, deposit) = self.credit_hold(store, total);
         self.journal(
             store,
             MarketChange::Purchase {
                 listing_id,
                 expected_price,
+                quantity: Some(quantity),
                 deposit,
             },
             Some(hold),
             None,
         )
+    }
+
+    /// The hold for spending `amount` credits, and the deposit that goes
+    /// with it: held in the save and deposited with the trade (client
+    /// deposits), or held in the market account (server grants).
+    fn credit_hold(&self, store: &PlayerStore, amount: i64) -> (HoldKind, i64) {
+        if self.grants_only(store) {
+            (HoldKind::MarketCredits { amount }, 0)
+        } else {
+            (HoldKind::Credits { amount }, amount)
+        }
     }
 
     /// True when the server's policy (as of the last login) takes no deposits.
@@ -615,8 +679,8 @@ impl TradingSession {
         self.send_now(Command::Account, Tracked::Account)
     }
 
-    /// Lists items for sale. Escrows them at once; they return to the
-    /// inventory if the server refuses.
+    /// Lists items for sale at `price` per unit, for the server's default
+    /// duration. See [`TradingSession::create_listing_for`].
     pub fn create_listing(
         &mut self,
         store: &mut PlayerStore,
@@ -624,7 +688,27 @@ impl TradingSession {
         quantity: i64,
         price: i64,
     ) -> Result<RequestId, ClientError> {
+        self.create_listing_for(store, item_id, quantity, price, None)
+    }
+
+    /// Lists items for sale at `price` per unit, resting for
+    /// `duration_secs` (at most the server's bound; `None`: its default).
+    /// Escrows them at once; they return to the inventory if the server
+    /// refuses. Resting buy orders at or above the price may buy some or
+    /// all at once (their proceeds are claimed like any sale).
+    pub fn create_listing_for(
+        &mut self,
+        store: &mut PlayerStore,
+        item_id: &str,
+        quantity: i64,
+        price: i64,
+        duration_secs: Option<i64>,
+    ) -> Result<RequestId, ClientError> {
         marketplace_protocol::check_id("item_id", item_id).map_err(invalid)?;
+        marketplace_protocol::check_total(quantity, price).map_err(invalid)?;
+        if duration_secs.is_some_and(|d| d < 1) {
+            return Err(invalid("duration must be at least 1 second"));
+        }
         marketplace_protocol::check_quantity(quantity).map_err(invalid)?;
         marketplace_protocol::check_price("price", price).map_err(invalid)?;
         let (hold, deposit) = if self.grants_only(store) {
@@ -647,6 +731,7 @@ impl TradingSession {
                 quantity,
                 price,
                 deposit,
+                duration_secs,
             },
             Some(hold),
             None,
@@ -737,18 +822,45 @@ impl TradingSession {
         progress: Option<&Progress>,
         now: i64,
     ) -> PendingTrade {
+        let mut order_id = None;
         let (kind, listing_id, sale_id, item_id, quantity, amount) = match &pending.op {
             MarketChange::Purchase {
                 listing_id,
                 expected_price,
+                quantity,
                 ..
             } => (
                 "purchase",
                 Some(*listing_id),
                 None,
                 None,
-                None,
+                *quantity,
                 *expected_price,
+            ),
+            MarketChange::PlaceOrder {
+                item_id,
+                quantity,
+                max_price,
+                ..
+            } => (
+                "place_order",
+                None,
+                None,
+                Some(item_id.clone()),
+                Some(*quantity),
+                *max_price,
+            ),
+            MarketChange::CancelOrder { order_id: o } => {
+                order_id = Some(*o);
+                ("cancel_order", None, None, None, None, 0)
+            }
+            MarketChange::Collect { delivery_ids } => (
+                "collect",
+                None,
+                None,
+                None,
+                Some(delivery_ids.len() as i64),
+                0,
             ),
             MarketChange::CreateListing {
                 item_id,
@@ -788,6 +900,7 @@ impl TradingSession {
             kind,
             listing_id,
             sale_id,
+            order_id,
             item_id,
             quantity,
             amount,
@@ -1091,7 +1204,12 @@ impl SessionEvent {
             | TradeStalled { request_id, .. }
             | Withdrawn { request_id, .. }
             | AccountUpdated { request_id, .. }
-            | ClaimsDone { request_id, .. } => Some(*request_id),
+            | ClaimsDone { request_id, .. }
+            | OrderPlaced { request_id, .. }
+            | OrderCancelled { request_id, .. }
+            | OrdersListed { request_id, .. }
+            | DeliveriesCollected { request_id, .. }
+            | FeesQuoted { request_id, .. } => Some(*request_id),
             BusyChanged { .. } | TradeRecovered { .. } => None,
         }
     }

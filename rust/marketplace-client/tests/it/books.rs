@@ -177,9 +177,12 @@ fn under_client_deposits_the_account_stays_invisible() {
     seller.login();
     buyer.login();
     assert_eq!(buyer.store.state().market.mode, EconomyMode::ClientDeposits);
-    seller.sell("ore", 2, 120).unwrap();
+    // Two at 60 each: the whole lot costs 120.
+    seller.sell("ore", 2, 60).unwrap();
     let listing = seller.wait_listed();
-    buyer.buy(listing, 120).unwrap();
+    let store = &mut buyer.store;
+    let session = buyer.session.as_mut().unwrap();
+    session.buy_units(store, listing, 60, 2).unwrap();
     buyer.settle(Duration::from_secs(10));
     assert_eq!(
         (

@@ -77,10 +77,10 @@ proptest! {
                 Step::Trade { amount, buy } => {
                     if buy {
                         if let Ok(h) = store.reserve_credits(amount) {
-                            store.begin_op(format!("k{}", store.generation()), MarketChange::Purchase { listing_id: 1, expected_price: amount, deposit: amount }, Some(h), 0);
+                            store.begin_op(format!("k{}", store.generation()), MarketChange::Purchase { listing_id: 1, expected_price: amount, quantity: None, deposit: amount }, Some(h), 0);
                         }
                     } else if let Ok(h) = store.escrow_items("ore", 1 + amount % 3) {
-                        store.begin_op(format!("k{}", store.generation()), MarketChange::CreateListing { item_id: "ore".into(), quantity: 1 + amount % 3, price: amount, deposit: 0 }, Some(h), 0);
+                        store.begin_op(format!("k{}", store.generation()), MarketChange::CreateListing { item_id: "ore".into(), quantity: 1 + amount % 3, price: amount, deposit: 0, duration_secs: None }, Some(h), 0);
                     }
                 }
                 Step::Settle { pick, applied } => {
