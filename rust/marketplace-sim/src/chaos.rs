@@ -18,7 +18,9 @@
 //! them (deposits within the cap) stays in their market accounts.
 //!
 //! At the end, with the faults off and every player settled, it checks:
-//! - **I1** every listing sold at most once; sold ⇔ exactly one purchase;
+//! - **I1** every unit sold at most once: a listing's (and a buy order's)
+//!   fills and what remains make up its quantity, sold ⇔ nothing remains,
+//!   no fill above its order's price or after an expiry;
 //! - **I2** credits (available + held, plus unclaimed proceeds) and items
 //!   (inventories + escrow + active listings) equal what the players started with;
 //! - **I3** every acknowledged purchase, sale and claim is on the server and in
@@ -136,6 +138,8 @@ struct Told {
     /// idempotency key of the attempt that was released.
     released: Vec<(i64, String, bool, Option<String>)>,
     claimed: Vec<i64>,
+    /// Buy orders placed since the last look.
+    placed: Vec<i64>,
     /// Request id → idempotency key of every purchase attempt, also of
     /// those re-sent by a restarted session under new request ids.
     keys: HashMap<u64, String>,
@@ -236,6 +240,9 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         )?);
     }
     let mut told: Vec<Told> = (0..cfg.players).map(|_| Told::default()).collect();
+    // Each player's buy orders as placed (to cancel some).
+    let mut orders: Vec<std::collections::BTreeSet<i64>> =
+        (0..cfg.players).map(|_| Default::default()).collect();
     // What players have seen on the market: listing id → (price, seller id).
     let mut known: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
     let mut stats: HashMap<&'static str, i64> = HashMap::new();
@@ -345,10 +352,12 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
                 Ok(())
             } else {
                 let (item, have) = owned[rng.gen_range(0..owned.len())].clone();
-                let qty = rng.gen_range(1..=have.min(2));
+                let qty = rng.gen_range(1..=have.min(3));
+                // Some listings are short-lived: the clock moves past them.
+                let duration = rng.gen_bool(0.2).then(|| rng.gen_range(30..300));
                 *stats.entry("listings attempted").or_default() += 1;
                 p.session
-                    .create_listing(&mut p.store, &item, qty, rng.gen_range(10..300))
+                    .create_listing_for(&mut p.store, &item, qty, rng.gen_range(10..300), duration)
                     .map(drop)
             }
         } else if roll < 75 {
@@ -376,15 +385,51 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
                     ..Default::default()
                 })
                 .map(drop)
-        } else {
+        } else if roll < 92 {
             p.session.claim_proceeds().map(drop)
+        } else if roll < 96 {
+            // A buy order: matched at once against resting listings, the
+            // rest fills while the player does other things.
+            let (item, _) = ITEMS[rng.gen_range(0..ITEMS.len())];
+            let qty = rng.gen_range(1..=3);
+            let min_fill = rng.gen_bool(0.2).then_some(qty);
+            let duration = rng.gen_bool(0.5).then(|| rng.gen_range(30..600));
+            *stats.entry("buy orders attempted").or_default() += 1;
+            p.session
+                .place_buy_order(&mut p.store, item, qty, rng.gen_range(10..300), min_fill, duration)
+                .map(drop)
+        } else if roll < 98 {
+            match orders[i].iter().next().copied() {
+                Some(order) => {
+                    orders[i].remove(&order);
+                    p.session.cancel_order(&mut p.store, order).map(drop)
+                }
+                None => Ok(()),
+            }
+        } else {
+            p.session.collect_deliveries().map(drop)
         };
+        if cfg.ops >= 50 && op % 50 == 25 {
+            // Time passes: short-lived listings and orders expire (nothing
+            // fills them from now on), and the sweep sends back what they
+            // hold — sometimes before, sometimes after their owners act.
+            if let Some(server) = market.server.as_ref() {
+                server.clock().advance(120);
+                if rng.gen_bool(0.7) {
+                    market.rt.block_on(server.sweep_now())?;
+                }
+                *stats.entry("clock moved (expiry)").or_default() += 1;
+            }
+        }
         if let Err(e) = result {
             *stats.entry("refused locally").or_default() += 1;
             let _ = e;
         }
         let awake: Vec<bool> = paused_until.iter().map(|u| *u <= op).collect();
         frame_all(&mut players, &awake, &mut told, &mut known, &mut stats);
+        for (k, t) in told.iter_mut().enumerate() {
+            orders[k].extend(t.placed.drain(..));
+        }
         // Back-pressure: keep the backlog bounded so the run measures faults,
         // not an ever-growing queue. (Paused players and players whose disk
         // fails hold their trades back on purpose; they do not count.)
@@ -428,6 +473,18 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         frame_all(&mut players, &awake, &mut told, &mut known, &mut stats);
         std::thread::sleep(Duration::from_millis(1));
     }
+    // Everyone collects what waits for them, then settles again.
+    for p in &mut players {
+        p.session.collect_deliveries().map_err(|e| e.to_string())?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !players.iter().all(SimPlayer::is_settled) {
+        if Instant::now() > deadline {
+            return Err("players did not settle after collecting".into());
+        }
+        frame_all(&mut players, &awake, &mut told, &mut known, &mut stats);
+        std::thread::sleep(Duration::from_millis(1));
+    }
     for p in &mut players {
         p.store
             .flush(Duration::from_secs(10))
@@ -442,10 +499,11 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         let refused = get("cheats refused");
         let deposits = get("cheater deposits within the cap");
         let bought = get("cheater purchases paid from capped deposits");
+        let ordered = get("cheater orders and own deliveries from capped deposits");
         report.check(
             "cheaters refused",
-            tried == refused + deposits + bought,
-            format!("{tried} attempts by {} modified clients: {refused} refused; allowed: {deposits} deposits within the cap, {bought} purchases paid from them", cfg.cheaters),
+            tried == refused + deposits + bought + ordered,
+            format!("{tried} attempts by {} modified clients: {refused} refused; allowed: {deposits} deposits within the cap, {bought} purchases and {ordered} orders or own deliveries paid from them", cfg.cheaters),
         );
     }
     let faults = market
@@ -524,6 +582,17 @@ fn frame_all(
                 }
                 SessionEvent::TradeRecovered { .. } => {
                     *stats.entry("trades recovered from the server").or_default() += 1;
+                }
+                SessionEvent::OrderPlaced { order, fills, .. } => {
+                    told[i].placed.push(order.id);
+                    *stats.entry("buy orders placed").or_default() += 1;
+                    *stats.entry("fills made by placing orders").or_default() += fills.len() as i64;
+                }
+                SessionEvent::OrderCancelled { .. } => {
+                    *stats.entry("buy orders cancelled").or_default() += 1;
+                }
+                SessionEvent::DeliveriesCollected { deliveries, .. } => {
+                    *stats.entry("deliveries collected").or_default() += deliveries.len() as i64;
                 }
                 _ => {}
             }
@@ -657,7 +726,7 @@ impl Cheater {
         report: &mut Report,
     ) -> Result<(), String> {
         let listing = known.iter().next().map(|(id, (price, _))| (*id, *price));
-        let (path, body, allowed): (String, serde_json::Value, &[u16]) = match rng.gen_range(0..6) {
+        let (path, body, allowed): (String, serde_json::Value, &[u16]) = match rng.gen_range(0..9) {
             // Buying without offering a deposit: only what its capped
             // deposits already paid for can go through.
             0 => match listing {
@@ -687,6 +756,28 @@ impl Cheater {
                 "/v1/listings".into(),
                 serde_json::json!({"item_id": "ore", "quantity": 9_000_000_000i64, "price": 1, "deposit": 9_000_000_000i64}),
                 &[400],
+            ),
+            // Past a listing's quantity: refused whatever it offers.
+            5 => match listing {
+                Some((id, price)) => (
+                    format!("/v1/listings/{id}/purchase"),
+                    serde_json::json!({"expected_price": price, "quantity": 1_000, "deposit": price * 1_000}),
+                    &[409, 404, 403],
+                ),
+                None => return Ok(()),
+            },
+            // Someone's delivery (or its own, twice): only its own, once.
+            6 => (
+                "/v1/me/deliveries/collect".into(),
+                serde_json::json!({"delivery_ids": [rng.gen_range(1..300), rng.gen_range(1..300)]}),
+                &[200, 404],
+            ),
+            // A buy order escrowing less than it costs: only what its capped
+            // deposits already hold can pay for it.
+            7 => (
+                "/v1/orders".into(),
+                serde_json::json!({"item_id": "ore", "quantity": 5, "max_price": 100, "deposit": 1}),
+                &[201, 409, 403],
             ),
             // Deposits are allowed up to the cap, refused beyond it.
             _ => (
@@ -724,6 +815,10 @@ impl Cheater {
             *stats
                 .entry("cheater purchases paid from capped deposits")
                 .or_default() += 1;
+        } else if status == 201 || (status == 200 && path.ends_with("/collect")) {
+            *stats
+                .entry("cheater orders and own deliveries from capped deposits")
+                .or_default() += 1;
         } else if status == 200 {
             *stats.entry("cheater deposits within the cap").or_default() += 1;
         } else {
@@ -744,16 +839,28 @@ fn check_invariants(
     let q = |sql: &str| market.query_i64(sql);
     let qb = |sql: &str, b: &[i64]| market.query_i64_bind(sql, b);
 
-    // I1
+    // I1, per unit: a listing's fills and what remains (or went back)
+    // make up its quantity; sold exactly when nothing remains; the same
+    // for buy orders; no fill above its order's price or after either side
+    // expired.
     let sold = q("SELECT COUNT(*) FROM listings WHERE status = 'sold'")?;
     let purchases = q("SELECT COUNT(*) FROM purchases")?;
-    let doubled = q("SELECT COUNT(*) FROM (SELECT listing_id FROM purchases GROUP BY listing_id HAVING COUNT(*) > 1) d")?;
-    let orphan = q("SELECT COUNT(*) FROM listings l WHERE l.status = 'sold' AND NOT EXISTS (SELECT 1 FROM purchases p WHERE p.listing_id = l.id)")?;
-    let unsold = q("SELECT COUNT(*) FROM purchases p JOIN listings l ON l.id = p.listing_id WHERE l.status <> 'sold'")?;
+    let overfilled = q("SELECT COUNT(*) FROM listings l WHERE l.quantity <> l.remaining + COALESCE(l.returned, 0) \
+         + (SELECT COALESCE(SUM(p.quantity), 0) FROM purchases p WHERE p.listing_id = l.id) \
+         AND NOT (l.status = 'cancelled' AND l.returned IS NULL)")?;
+    let wrong_status = q("SELECT COUNT(*) FROM listings WHERE (status = 'sold' AND remaining <> 0) \
+         OR (status = 'active' AND remaining = 0)")?;
+    let orders_overfilled = q("SELECT COUNT(*) FROM orders o WHERE o.quantity <> o.remaining \
+         + (SELECT COALESCE(SUM(p.quantity), 0) FROM purchases p WHERE p.order_id = o.id)")?;
+    let out_of_price = q("SELECT COUNT(*) FROM purchases p JOIN orders o ON o.id = p.order_id WHERE p.unit_price > o.max_price")?;
+    let late = q("SELECT COUNT(*) FROM purchases p JOIN listings l ON l.id = p.listing_id \
+         LEFT JOIN orders o ON o.id = p.order_id \
+         WHERE (l.expires_at IS NOT NULL AND p.created_at >= l.expires_at) \
+         OR (o.expires_at IS NOT NULL AND p.created_at >= o.expires_at)")?;
     report.check(
-        "I1 exactly-once sale",
-        doubled == 0 && orphan == 0 && unsold == 0 && sold == purchases,
-        format!("{sold} listings sold, {purchases} purchase records, {doubled} sold twice, {orphan} sold without a purchase, {unsold} purchases of unsold listings"),
+        "I1 every unit sold at most once",
+        overfilled == 0 && wrong_status == 0 && orders_overfilled == 0 && out_of_price == 0 && late == 0,
+        format!("{sold} listings sold out, {purchases} fills; {overfilled} listings and {orders_overfilled} orders whose fills do not add up, {wrong_status} with a wrong status, {out_of_price} fills above their order's price, {late} after an expiry"),
     );
 
     // I2
@@ -761,9 +868,14 @@ fn check_invariants(
         .iter()
         .map(|p| p.store.state().total_credits())
         .sum();
+    // Inside the market for players: unclaimed proceeds (less fees), buy
+    // orders' escrow, credits waiting to be collected; the fees are the
+    // sink.
     let unclaimed = q(
-        "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NULL",
-    )?;
+        "SELECT CAST(COALESCE(SUM(price - fee), 0) AS BIGINT) FROM purchases WHERE claimed_at IS NULL",
+    )? + q("SELECT CAST(COALESCE(SUM(escrow), 0) AS BIGINT) FROM orders")?
+        + q("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM deliveries WHERE collected_at IS NULL AND item_id IS NULL")?
+        + q("SELECT CAST(COALESCE(SUM(fee), 0) AS BIGINT) FROM purchases")?;
     // What the cheaters brought in and took out (capped deposits, and what
     // they bought with them): the closed system is the honest players plus
     // the market, with the cheaters as its only openings.
@@ -791,7 +903,7 @@ fn check_invariants(
     report.check(
         "I2 credits conserved",
         local_credits + unclaimed + accounts == start_credits + cheat_credits,
-        format!("players {local_credits} + unclaimed proceeds {unclaimed} + market accounts {accounts} = {} (started with {start_credits}, cheaters brought {cheat_credits} within their caps)", local_credits + unclaimed + accounts),
+        format!("players {local_credits} + proceeds, order escrow, deliveries and fees {unclaimed} + market accounts {accounts} = {} (started with {start_credits}, cheaters brought {cheat_credits} within their caps)", local_credits + unclaimed + accounts),
     );
     let mut items_ok = true;
     let mut detail = Vec::new();
@@ -803,7 +915,12 @@ fn check_invariants(
         let listed = market.rt.block_on(async {
             use sqlx::Connection;
             let mut conn = sqlx::AnyConnection::connect(&market.config.database).await.map_err(|e| e.to_string())?;
-            let (n,): (i64,) = sqlx::query_as("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM listings WHERE status = 'active' AND item_id = $1")
+            let (n,): (i64,) = sqlx::query_as("SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM listings WHERE status = 'active' AND item_id = $1")
+                .bind(item)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (waiting,): (i64,) = sqlx::query_as("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM deliveries WHERE collected_at IS NULL AND item_id = $1")
                 .bind(item)
                 .fetch_one(&mut conn)
                 .await
@@ -813,7 +930,7 @@ fn check_invariants(
                 .fetch_one(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok::<i64, String>(n + stashed)
+            Ok::<i64, String>(n + stashed + waiting)
         })?;
         let start = per_player * cfg.players as i64;
         let cheat_items = flow("deposit", Some(item))? - flow("withdraw", Some(item))?;
@@ -862,18 +979,37 @@ fn check_invariants(
     let mut acknowledged = 0;
     for (p, t) in players.iter().zip(told) {
         let Some(id) = p.player_id() else { continue };
-        let spent = qb(
-            "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE buyer_id = $1",
-            &[id],
-        )?;
-        let earned = qb("SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE seller_id = $1 AND claimed_at IS NOT NULL", &[id])?;
-        let expected = START_CREDITS - spent + earned;
+        // Everything that crossed between this save and the market is a
+        // `deposit` (out of the save) or `withdraw` (into it) row of the
+        // player: purchases, sales claimed, orders placed and cancelled,
+        // deliveries collected, cancelled and expired listings alike.
+        let moved = |action: &str, item: Option<&str>| -> Result<i64, String> {
+            let kind = match item {
+                None => "item_id IS NULL".to_string(),
+                Some(i) => format!("item_id = '{i}'"),
+            };
+            qb(
+                &format!("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger WHERE player_id = $1 AND action = '{action}' AND {kind}"),
+                &[id],
+            )
+        };
+        let expected = START_CREDITS - moved("deposit", None)? + moved("withdraw", None)?;
         if p.store.state().total_credits() != expected {
             mismatches.push(format!(
                 "{}: credits {} but the server implies {expected}",
                 p.label,
                 p.store.state().total_credits()
             ));
+        }
+        for (item, start) in ITEMS {
+            let expected = start - moved("deposit", Some(item))? + moved("withdraw", Some(item))?;
+            let have = p.store.state().item_count(item) + p.store.state().escrowed_items(item);
+            if have != expected {
+                mismatches.push(format!(
+                    "{}: {have} {item} but the server implies {expected}",
+                    p.label
+                ));
+            }
         }
         for (listing, purchase) in &t.bought {
             acknowledged += 1;
@@ -900,7 +1036,7 @@ fn check_invariants(
         "I3 acknowledged operations durable",
         mismatches.is_empty(),
         if mismatches.is_empty() {
-            format!("{acknowledged} acknowledged purchases and claims found; every player's credits match the server's records")
+            format!("{acknowledged} acknowledged purchases and claims found; every player's credits and items match what the server's ledger moved in and out of their save")
         } else {
             mismatches.join("; ")
         },
