@@ -140,6 +140,11 @@ struct Told {
     claimed: Vec<i64>,
     /// Buy orders placed since the last look.
     placed: Vec<i64>,
+    /// What a save restored from its backup had spent again before the
+    /// market reported the lost trade (its shortfall), per item (`None`:
+    /// credits): the game's to settle, reported to it — the market created
+    /// nothing (its deposits were within the caps and its books balance).
+    spent_twice: BTreeMap<Option<String>, i64>,
     /// Request id → idempotency key of every purchase attempt, also of
     /// those re-sent by a restarted session under new request ids.
     keys: HashMap<u64, String>,
@@ -165,6 +170,11 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     };
     let mut config = Config::for_tests(database);
     config.rate_limit_per_sec = 0.0;
+    // The currency sink on: 2 % sales tax and a listing fee of at least 1
+    // per fill, kept from the sellers' proceeds.
+    config.sales_tax_bp = 200;
+    config.listing_fee_bp = 50;
+    config.listing_fee_min = 1;
     let mut market = Market::start(config)?;
     let client_config = sim_client_config(&market.url());
     let mut rng = StdRng::seed_from_u64(cfg.seed);
@@ -396,7 +406,14 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
             let duration = rng.gen_bool(0.5).then(|| rng.gen_range(30..600));
             *stats.entry("buy orders attempted").or_default() += 1;
             p.session
-                .place_buy_order(&mut p.store, item, qty, rng.gen_range(10..300), min_fill, duration)
+                .place_buy_order(
+                    &mut p.store,
+                    item,
+                    qty,
+                    rng.gen_range(10..300),
+                    min_fill,
+                    duration,
+                )
                 .map(drop)
         } else if roll < 98 {
             match orders[i].iter().next().copied() {
@@ -580,8 +597,26 @@ fn frame_all(
                 SessionEvent::RequestRetrying { .. } => {
                     *stats.entry("retries (ambiguous answers)").or_default() += 1;
                 }
-                SessionEvent::TradeRecovered { .. } => {
+                SessionEvent::TradeRecovered {
+                    credits,
+                    items,
+                    shortfall,
+                    ..
+                } => {
                     *stats.entry("trades recovered from the server").or_default() += 1;
+                    // What the restored save had spent again before the
+                    // market told it: attributed as the store takes it,
+                    // credits first, then items in order.
+                    let mut left = shortfall;
+                    let mut parts = vec![(None, credits)];
+                    parts.extend(items.into_iter().map(|(i, n)| (Some(i), n)));
+                    for (kind, n) in parts {
+                        let short = left.min((-n).max(0));
+                        if short > 0 {
+                            *told[i].spent_twice.entry(kind).or_default() += short;
+                            left -= short;
+                        }
+                    }
                 }
                 SessionEvent::OrderPlaced { order, fills, .. } => {
                     told[i].placed.push(order.id);
@@ -848,15 +883,21 @@ fn check_invariants(
     let overfilled = q("SELECT COUNT(*) FROM listings l WHERE l.quantity <> l.remaining + COALESCE(l.returned, 0) \
          + (SELECT COALESCE(SUM(p.quantity), 0) FROM purchases p WHERE p.listing_id = l.id) \
          AND NOT (l.status = 'cancelled' AND l.returned IS NULL)")?;
-    let wrong_status = q("SELECT COUNT(*) FROM listings WHERE (status = 'sold' AND remaining <> 0) \
-         OR (status = 'active' AND remaining = 0)")?;
-    let orders_overfilled = q("SELECT COUNT(*) FROM orders o WHERE o.quantity <> o.remaining \
-         + (SELECT COALESCE(SUM(p.quantity), 0) FROM purchases p WHERE p.order_id = o.id)")?;
+    let wrong_status = q(
+        "SELECT COUNT(*) FROM listings WHERE (status = 'sold' AND remaining <> 0) \
+         OR (status = 'active' AND remaining = 0)",
+    )?;
+    let orders_overfilled = q(
+        "SELECT COUNT(*) FROM orders o WHERE o.quantity <> o.remaining \
+         + (SELECT COALESCE(SUM(p.quantity), 0) FROM purchases p WHERE p.order_id = o.id)",
+    )?;
     let out_of_price = q("SELECT COUNT(*) FROM purchases p JOIN orders o ON o.id = p.order_id WHERE p.unit_price > o.max_price")?;
-    let late = q("SELECT COUNT(*) FROM purchases p JOIN listings l ON l.id = p.listing_id \
+    let late = q(
+        "SELECT COUNT(*) FROM purchases p JOIN listings l ON l.id = p.listing_id \
          LEFT JOIN orders o ON o.id = p.order_id \
          WHERE (l.expires_at IS NOT NULL AND p.created_at >= l.expires_at) \
-         OR (o.expires_at IS NOT NULL AND p.created_at >= o.expires_at)")?;
+         OR (o.expires_at IS NOT NULL AND p.created_at >= o.expires_at)",
+    )?;
     report.check(
         "I1 every unit sold at most once",
         overfilled == 0 && wrong_status == 0 && orders_overfilled == 0 && out_of_price == 0 && late == 0,
@@ -900,10 +941,21 @@ fn check_invariants(
     let cheat_credits = flow("deposit", None)? - flow("withdraw", None)?;
     let accounts = q("SELECT CAST(COALESCE(SUM(credits), 0) AS BIGINT) FROM accounts")?;
     let start_credits = START_CREDITS * cfg.players as i64;
+    let twice = |kind: Option<&str>| -> i64 {
+        told.iter()
+            .map(|t| {
+                t.spent_twice
+                    .get(&kind.map(str::to_string))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let cheat_credits = cheat_credits + twice(None);
     report.check(
         "I2 credits conserved",
         local_credits + unclaimed + accounts == start_credits + cheat_credits,
-        format!("players {local_credits} + proceeds, order escrow, deliveries and fees {unclaimed} + market accounts {accounts} = {} (started with {start_credits}, cheaters brought {cheat_credits} within their caps)", local_credits + unclaimed + accounts),
+        format!("players {local_credits} + proceeds, order escrow, deliveries and fees {unclaimed} + market accounts {accounts} = {} (started with {start_credits}; cheaters within their caps and saves restored from backups that spent again what they had lost: {cheat_credits})", local_credits + unclaimed + accounts),
     );
     let mut items_ok = true;
     let mut detail = Vec::new();
@@ -933,13 +985,14 @@ fn check_invariants(
             Ok::<i64, String>(n + stashed + waiting)
         })?;
         let start = per_player * cfg.players as i64;
-        let cheat_items = flow("deposit", Some(item))? - flow("withdraw", Some(item))?;
+        let cheat_items =
+            flow("deposit", Some(item))? - flow("withdraw", Some(item))? + twice(Some(item));
         items_ok &= local + listed == start + cheat_items;
         detail.push(format!(
             "{item}: {local} held + {listed} listed = {} of {start}{}",
             local + listed,
             if cheat_items != 0 {
-                format!(" {cheat_items:+} by cheaters")
+                format!(" {cheat_items:+} by cheaters and restored saves")
             } else {
                 String::new()
             }
@@ -993,7 +1046,14 @@ fn check_invariants(
                 &[id],
             )
         };
-        let expected = START_CREDITS - moved("deposit", None)? + moved("withdraw", None)?;
+        let twice = |kind: Option<&str>| {
+            t.spent_twice
+                .get(&kind.map(str::to_string))
+                .copied()
+                .unwrap_or(0)
+        };
+        let expected =
+            START_CREDITS - moved("deposit", None)? + moved("withdraw", None)? + twice(None);
         if p.store.state().total_credits() != expected {
             mismatches.push(format!(
                 "{}: credits {} but the server implies {expected}",
@@ -1002,11 +1062,25 @@ fn check_invariants(
             ));
         }
         for (item, start) in ITEMS {
-            let expected = start - moved("deposit", Some(item))? + moved("withdraw", Some(item))?;
+            let expected = start - moved("deposit", Some(item))?
+                + moved("withdraw", Some(item))?
+                + twice(Some(item));
             let have = p.store.state().item_count(item) + p.store.state().escrowed_items(item);
             if have != expected {
+                let rows = market.rt.block_on(async {
+                    use sqlx::{Connection, Row};
+                    let mut conn = sqlx::AnyConnection::connect(&market.config.database).await.map_err(|e| e.to_string())?;
+                    let rows = sqlx::query("SELECT id, action, quantity, COALESCE(idempotency_key, '-') AS k, COALESCE(listing_id, 0) AS l, COALESCE(delivery_id, 0) AS d FROM ledger WHERE player_id = $1 AND item_id = $2 ORDER BY id")
+                        .bind(id)
+                        .bind(item)
+                        .fetch_all(&mut conn)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<Vec<String>, String>(rows.iter().map(|r| format!("#{} {} {} key {} listing {} delivery {}",
+                        r.get::<i64, _>("id"), r.get::<String, _>("action"), r.get::<i64, _>("quantity"), r.get::<String, _>("k"), r.get::<i64, _>("l"), r.get::<i64, _>("d"))).collect())
+                })?;
                 mismatches.push(format!(
-                    "{}: {have} {item} but the server implies {expected}",
+                    "{}: {have} {item} but the server implies {expected}; its {item} rows: {rows:?}",
                     p.label
                 ));
             }
