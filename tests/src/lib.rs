@@ -236,12 +236,22 @@ pub async fn scalar(database: &str, sql: &str) -> i64 {
 
 /// I1 and the server's half of I2, read from the database.
 pub async fn check_books(database: &str) {
-    let doubled = scalar(database, "SELECT COUNT(*) FROM (SELECT listing_id FROM purchases GROUP BY listing_id HAVING COUNT(*) > 1) d").await;
-    assert_eq!(doubled, 0, "I1: a listing sold twice");
-    let orphan = scalar(database, "SELECT COUNT(*) FROM listings l WHERE l.status = 'sold' AND NOT EXISTS (SELECT 1 FROM purchases p WHERE p.listing_id = l.id)").await;
-    assert_eq!(orphan, 0, "I1: sold without a purchase");
-    let unsold = scalar(database, "SELECT COUNT(*) FROM purchases p JOIN listings l ON l.id = p.listing_id WHERE l.status <> 'sold'").await;
-    assert_eq!(unsold, 0, "I1: a purchase of a listing that is not sold");
+    // I1 per unit: every listing's and every buy order's fills and what
+    // remains (or went back) make up its quantity; a listing is sold
+    // exactly when nothing remains; no fill above its order's price.
+    let checks = [
+        ("I1: a listing's fills do not add up", "SELECT COUNT(*) FROM listings l WHERE l.quantity <> l.remaining + COALESCE(l.returned, 0) \
+            + (SELECT COALESCE(SUM(p.quantity), 0) FROM purchases p WHERE p.listing_id = l.id) \
+            AND NOT (l.status = 'cancelled' AND l.returned IS NULL)"),
+        ("I1: sold with units left, or active with none", "SELECT COUNT(*) FROM listings WHERE (status = 'sold' AND remaining <> 0) OR (status = 'active' AND remaining = 0)"),
+        ("I1: an order's fills do not add up", "SELECT COUNT(*) FROM orders o WHERE o.quantity <> o.remaining \
+            + (SELECT COALESCE(SUM(p.quantity), 0) FROM purchases p WHERE p.order_id = o.id)"),
+        ("I1: a fill above its order's price", "SELECT COUNT(*) FROM purchases p JOIN orders o ON o.id = p.order_id WHERE p.unit_price > o.max_price"),
+        ("I1: an order's escrow is not what its units cost", "SELECT COUNT(*) FROM orders WHERE (status = 'active' AND escrow <> remaining * max_price) OR (status <> 'active' AND escrow <> 0)"),
+    ];
+    for (what, sql) in checks {
+        assert_eq!(scalar(database, sql).await, 0, "{what}");
+    }
 }
 
 /// An HTTP answer.

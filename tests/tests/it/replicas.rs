@@ -180,3 +180,90 @@ async fn three_replicas_share_one_postgres() {
         assert!(l > 0);
     }
 }
+
+/// Buy orders and listings of one item race across three replicas on one
+/// PostgreSQL: sellers list into the bids and buyers place orders into the
+/// asks at the same moment, on different processes, with direct partial
+/// purchases and order cancels in the middle. Never a unit filled twice,
+/// never beyond a side's quantity, never above an order's price, and the
+/// books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_and_listings_race_across_three_replicas() {
+    let Some(db) = postgres_url("the replica order suite").await else {
+        return;
+    };
+    let replicas: Vec<ServerProcess> = (0..3).map(|_| ServerProcess::start(&db, &[])).collect();
+    let bases: Arc<Vec<String>> = Arc::new(replicas.iter().map(ServerProcess::url).collect());
+    let api = Api::default();
+    let mut tasks = Vec::new();
+    for i in 0..24usize {
+        let (api, bases) = (api.clone(), bases.clone());
+        tasks.push(tokio::spawn(async move {
+            let base = &bases[i % 3];
+            let (_, token) = api.login(base, &format!("racer-{i}")).await;
+            let post = |path: &'static str, body: serde_json::Value| {
+                let (api, base, token) = (api.clone(), base.clone(), token.clone());
+                async move {
+                    api.send(&base, reqwest::Method::POST, path, Some(&token), Some(&key()), Some(body))
+                        .await
+                        .expect("a replica answers")
+                }
+            };
+            match i % 4 {
+                // Sellers: 3 units between 9 and 12 each.
+                0 | 1 => {
+                    let r = post("/v1/listings", serde_json::json!({"item_id": "ore", "quantity": 3, "price": 9 + (i % 4) as i64, "deposit": 3})).await;
+                    assert_eq!(r.status, 201, "{}", r.text);
+                    let listing = r.body["listing"]["id"].as_i64().unwrap();
+                    // Someone buys one unit directly, racing the orders.
+                    let (_, buyer) = api.login(&bases[(i + 1) % 3], &format!("direct-{i}")).await;
+                    let _ = api
+                        .send(&bases[(i + 1) % 3], reqwest::Method::POST, &format!("/v1/listings/{listing}/purchase"), Some(&buyer), Some(&key()),
+                            Some(serde_json::json!({"expected_price": 9 + (i % 4) as i64, "quantity": 1, "deposit": 12})))
+                        .await;
+                }
+                // Buyers: orders of 4 at up to 11; every other one cancelled.
+                _ => {
+                    let r = post("/v1/orders", serde_json::json!({"item_id": "ore", "quantity": 4, "max_price": 11, "deposit": 44})).await;
+                    assert_eq!(r.status, 201, "{}", r.text);
+                    if i % 8 == 2 {
+                        let id = r.body["order"]["id"].as_i64().unwrap();
+                        let r = api
+                            .send(&bases[(i + 2) % 3], reqwest::Method::DELETE, &format!("/v1/orders/{id}"), Some(&token), Some(&key()), None)
+                            .await
+                            .unwrap();
+                        assert!(r.status == 200 || r.code() == "order_closed", "{}", r.text);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let fills = scalar(
+        &db,
+        "SELECT COUNT(*) FROM purchases WHERE order_id IS NOT NULL",
+    )
+    .await;
+    assert!(fills > 0, "orders met listings");
+    check_books(&db).await;
+    let mut conn = {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(&db).await.expect("connect")
+    };
+    let audit = marketplace_server::audit_connection(&mut conn)
+        .await
+        .expect("audit");
+    assert!(audit.ok(), "I6: {:#?}", audit.mismatches);
+    // Crossed book check: no resting bid at or above a resting ask.
+    let crossed = scalar(
+        &db,
+        "SELECT COUNT(*) FROM orders o JOIN listings l ON l.item_id = o.item_id \
+         WHERE o.status = 'active' AND l.status = 'active' AND o.max_price >= l.price \
+         AND l.seller_id <> o.buyer_id",
+    )
+    .await;
+    assert_eq!(crossed, 0, "a bid and an ask rest crossed");
+}
