@@ -238,6 +238,7 @@ func run_all() -> void:
 	await check_scene_change_with_trade_in_flight(seller)
 	await check_server_grants()
 	await check_trade_waits_for_its_market()
+	await check_orders_partial_fills_expiry_and_deliveries()
 
 	# The nodes go, the save stays: a new node on the same file carries on
 	var alice_credits: int = alice.data.get_credits()
@@ -566,3 +567,67 @@ func check_scene_change_with_trade_in_flight(seller: Dictionary) -> void:
 	check(carol_buy.is_ok() and carol_buy.result.purchase.listing_id == listing["id"], "the request made by the freed node completed too")
 	shop2.queue_free()
 	await get_tree().process_frame
+
+
+## Buy orders, partial fills, expiry and deliveries, as a game uses them:
+## an order holds its price at once and rests; a listing sells into it at the
+## bid; the items wait as deliveries until collected; a lot is bought in
+## parts; a listing past its time is refused and taken back; fees quoted.
+func check_orders_partial_fills_expiry_and_deliveries() -> void:
+	var item := "ore_" + run_id
+	var ob := make_player("order_buyer", 1000)
+	var sel := make_player("order_seller", 0)
+	sel.data.add_item(item, 6)
+	var logins := [await ob.market.login("dev-ob-" + run_id, "ob").completed, await sel.market.login("dev-sel-" + run_id, "sel").completed]
+	check(logins[0].ok and logins[1].ok, "order players log in")
+
+	var order_request: MarketRequest = ob.market.place_buy_order(item, 4, 30)
+	check(ob.data.get_held_credits() == 120 and ob.data.get_credits() == 880, "place_buy_order holds quantity × max_price at once")
+	var placed: Dictionary = await order_request.completed
+	check(placed.ok and placed.order.status == "active" and placed.order.quantity_remaining == 4, "the order rests (%s)" % placed)
+	check(ob.data.get_held_credits() == 0 and ob.data.get_credits() == 880, "its credits are the order's escrow now")
+
+	var sold: Dictionary = await sel.market.create_listing(item, 3, 25).completed
+	check(sold.ok and sold.listing.status == "sold" and sold.listing.quantity_remaining == 0, "a listing below the bid sells into it at once (%s)" % sold)
+	var got: Dictionary = await ob.market.collect_deliveries().completed
+	check(got.ok and got.deliveries.size() == 1 and ob.data.get_item_count(item) == 3, "the order's items arrive once collected (%s)" % got)
+	var again: Dictionary = await ob.market.collect_deliveries().completed
+	check(again.ok and again.deliveries.is_empty() and ob.data.get_item_count(item) == 3, "a second collect brings nothing")
+
+	# One unit left on the order at 30; two listed at 20: one fills the
+	# order, one rests and is bought directly, in part of a lot.
+	var lot: Dictionary = await sel.market.create_listing(item, 2, 20).completed
+	check(lot.ok and lot.listing.quantity_remaining == 1, "the rest of the order took one unit of the lot")
+	var part: Dictionary = await ob.market.buy_listing(lot.listing.id, 20, 1).completed
+	check(part.ok and part.purchase.quantity == 1 and part.purchase.price == 20, "buy_listing with a quantity buys part of a lot (%s)" % part)
+	var more: Dictionary = await ob.market.buy_listing(lot.listing.id, 20, 1).completed
+	check(not more.ok and more.code == "already_sold", "nothing left to buy: already_sold")
+	got = await ob.market.collect_deliveries().completed
+	check(got.ok and ob.data.get_item_count(item) == 5, "the order's last unit arrives")
+	var orders: Dictionary = await ob.market.get_orders("closed").completed
+	check(orders.ok and orders.orders.any(func(o): return o.id == placed.order.id and o.status == "filled"), "get_orders shows the filled order")
+
+	# An order nobody sells into: cancelled, its escrow comes back.
+	var idle: Dictionary = await ob.market.place_buy_order(item, 2, 5).completed
+	var before: int = ob.data.get_credits()
+	var cancelled: Dictionary = await ob.market.cancel_order(idle.order.id).completed
+	check(cancelled.ok and cancelled.returned == 10 and ob.data.get_credits() == before + 10, "cancel_order returns the escrow (%s)" % cancelled)
+
+	# A listing past its time: nothing fills it; the seller takes it back.
+	var short: Dictionary = await sel.market.create_listing(item, 1, 40, 1).completed
+	check(short.ok and short.listing.expires_at > 0, "a listing can ask for a short life")
+	await get_tree().create_timer(2.2).timeout
+	var late: Dictionary = await ob.market.buy_listing(short.listing.id, 40, 1).completed
+	check(not late.ok and late.code == "listing_expired", "an expired listing is refused (%s)" % late)
+	var back: Dictionary = await sel.market.cancel_listing(short.listing.id).completed
+	check(back.ok and sel.data.get_item_count(item) == 0 + 1, "its seller takes the unsold item back")
+
+	var quote: Dictionary = await sel.market.quote_fees(2, 50).completed
+	check(quote.ok and quote.quote.buyer_pays == 100 and quote.quote.seller_receives == 100 - quote.quote.listing_fee - quote.quote.sales_tax, "quote_fees says what the buyer pays and the seller receives")
+
+	var claimed: Dictionary = await sel.market.claim_proceeds().completed
+	check(claimed.ok, "the seller claims the fills' proceeds")
+	var credits: int = ob.data.get_credits() + ob.data.get_held_credits() + sel.data.get_credits() + sel.data.get_held_credits()
+	check(credits == 1000, "credits conserved through orders, fills and deliveries (%d)" % credits)
+	check(ob.data.get_item_count(item) + sel.data.get_item_count(item) == 6, "items conserved")
+	check(ob.data.validate_inventory() and sel.data.validate_inventory(), "both saves validate")
