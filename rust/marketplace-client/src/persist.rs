@@ -11,6 +11,22 @@
 //! is a complete previous one. Loading falls back to the backup when the main
 //! file is missing or unreadable — and says so; both unreadable is an error
 //! that leaves the files alone for the player to rescue.
+//!
+//! # The log: a save costs what changed
+//! Writing the whole document for every change costs what the document
+//! weighs — ten thousand items, a thousand pending trades — at every
+//! settlement. So between two such writes, changes are *appended* to
+//! `NAME.log` instead: one line per batch, fsynced ([`SaveFs::append_synced`]).
+//! The log's first line names the document it continues (`log_epoch`, which
+//! every document write changes); a load applies the log's complete lines
+//! to the document they continue and ignores a log of another document (one
+//! written before a crash cut a document write short, or the main file's
+//! log when the backup is loaded). A line cut short by a crash ends the
+//! log: nothing after it is read, and the writer starts a fresh document
+//! before appending again. The document is rewritten — and the log started
+//! afresh — when the log grows past the document's own size (so writing
+//! costs, amortised, about twice what changed), after any failed write, and
+//! on load from the backup.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -22,6 +38,8 @@ use crate::state::{PlayerState, SCHEMA_VERSION};
 /// a step on purpose (disk full, read-only); the game uses [`RealFs`].
 pub trait SaveFs: Send + 'static {
     fn write_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Appends `bytes` to `path` (which exists) and makes them durable.
+    fn append_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     fn link_or_copy(&mut self, from: &Path, to: &Path) -> io::Result<()>;
     fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()>;
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()>;
@@ -40,6 +58,12 @@ impl SaveFs for RealFs {
             .open(path)?;
         file.write_all(bytes)?;
         file.sync_all()
+    }
+
+    fn append_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut file = OpenOptions::new().append(true).open(path)?;
+        file.write_all(bytes)?;
+        file.sync_data()
     }
 
     fn link_or_copy(&mut self, from: &Path, to: &Path) -> io::Result<()> {
@@ -141,6 +165,116 @@ pub fn backup_path(path: &Path) -> PathBuf {
 
 pub fn temp_path(path: &Path) -> PathBuf {
     with_suffix(path, ".tmp")
+}
+
+/// The append-only log beside the save file.
+pub fn log_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".log")
+}
+
+/// The first line of a log: the document it continues.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LogHeader {
+    log_epoch: u64,
+}
+
+/// One appended line: the changes of generations up to `g`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LogLine<T> {
+    g: u64,
+    d: T,
+}
+
+/// Starts the log of the document with `epoch`, replacing any other log
+/// whole (temp file, rename, directory sync: a crash leaves the old log or
+/// the new one). Returns its size.
+pub fn start_log(fs: &mut dyn SaveFs, path: &Path, epoch: u64) -> io::Result<u64> {
+    let mut header =
+        serde_json::to_vec(&LogHeader { log_epoch: epoch }).map_err(io::Error::other)?;
+    header.push(b'\n');
+    let log = log_path(path);
+    let tmp = with_suffix(&log, ".tmp");
+    fs.write_synced(&tmp, &header)?;
+    fs.rename(&tmp, &log)?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs.sync_dir(&dir)?;
+    Ok(header.len() as u64)
+}
+
+/// Appends one line of changes to the log; returns its size in bytes.
+pub fn append_log<T: serde::Serialize>(
+    fs: &mut dyn SaveFs,
+    path: &Path,
+    generation: u64,
+    changes: &T,
+) -> io::Result<u64> {
+    let mut line = serde_json::to_vec(&LogLine {
+        g: generation,
+        d: changes,
+    })
+    .map_err(io::Error::other)?;
+    line.push(b'\n');
+    fs.append_synced(&log_path(path), &line)?;
+    Ok(line.len() as u64)
+}
+
+/// What the log beside a document says.
+pub struct LogRead<T> {
+    /// The changes of each complete line, in order.
+    pub batches: Vec<T>,
+    /// The log continues this document and ends cleanly: appending to it
+    /// may go on. False: no log, another document's, or one cut short —
+    /// the next write must be a whole document.
+    pub usable: bool,
+    /// Its size (of the part read).
+    pub bytes: u64,
+}
+
+/// Reads the log continuing the document with `epoch`.
+pub fn read_log<T: serde::de::DeserializeOwned>(path: &Path, epoch: u64) -> LogRead<T> {
+    let nothing = LogRead {
+        batches: Vec::new(),
+        usable: false,
+        bytes: 0,
+    };
+    let Ok(bytes) = fs::read(log_path(path)) else {
+        return nothing;
+    };
+    let mut lines = bytes.split_inclusive(|b| *b == b'\n');
+    let Some(first) = lines.next() else {
+        return nothing;
+    };
+    let header = first
+        .strip_suffix(b"\n")
+        .and_then(|l| serde_json::from_slice::<LogHeader>(l).ok());
+    if header.is_none_or(|h| h.log_epoch != epoch) {
+        return nothing;
+    }
+    let mut read = LogRead {
+        batches: Vec::new(),
+        usable: true,
+        bytes: first.len() as u64,
+    };
+    for line in lines {
+        // Only whole lines count: a crash may have cut the last one short.
+        let parsed = line
+            .strip_suffix(b"\n")
+            .and_then(|l| serde_json::from_slice::<LogLine<T>>(l).ok());
+        match parsed {
+            Some(LogLine { d, .. }) => {
+                read.batches.push(d);
+                read.bytes += line.len() as u64;
+            }
+            None => {
+                read.usable = false;
+                break;
+            }
+        }
+    }
+    read
 }
 
 /// The file whose OS lock says "this save is open": `NAME.lock`. (The save

@@ -33,7 +33,9 @@ use serde::{Deserialize, Serialize};
 /// version 3 the market account mirror and its holds; version 4 binds each
 /// journal entry to the market and player that accepted it (`owner`; entries
 /// of older files are bound at their first send after the upgrade).
-pub const SCHEMA_VERSION: u32 = 4;
+/// Version 5 keeps an append-only log of changes beside the document
+/// (`log_epoch` names the log that continues it; see [`crate::persist`]).
+pub const SCHEMA_VERSION: u32 = 5;
 
 pub type HoldId = u64;
 pub type OpId = u64;
@@ -215,7 +217,7 @@ pub const APPLIED_KEY_TTL_SECS: i64 = 30 * 24 * 3600;
 
 /// What [`PlayerState::note_applied`] changed in a mark: exactly, so the
 /// save writer's copy follows without copying the mark.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Noted {
     pub server_id: String,
     pub player_id: i64,
@@ -382,6 +384,11 @@ pub struct PlayerState {
     /// the player's operations there (schema 4).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sync: BTreeMap<String, SyncMark>,
+    /// Which append-only log continues this document (schema 5): the save
+    /// writer's business, set when it writes the document; not part of
+    /// what two states compare.
+    #[serde(default)]
+    pub log_epoch: u64,
     #[serde(skip)]
     index: Index,
 }
@@ -463,6 +470,7 @@ impl PlayerState {
             next_op_id: 1,
             market: MarketMirror::default(),
             sync: BTreeMap::new(),
+            log_epoch: 0,
             index: Index::default(),
         }
     }

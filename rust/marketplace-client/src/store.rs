@@ -113,6 +113,10 @@ pub struct StoreOptions {
     pub fs: Box<dyn SaveFs>,
     /// Pause before retrying a failed write. Default: 1 s.
     pub retry_after: Duration,
+    /// How far the append-only log may grow before the document is written
+    /// whole again: the larger of this and the document's size. 0: no log,
+    /// every save writes the whole document. Default: 64 KiB.
+    pub log_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -121,13 +125,15 @@ impl Default for StoreOptions {
             autosave: true,
             fs: Box::new(RealFs),
             retry_after: Duration::from_secs(1),
+            log_bytes: MIN_LOG_BYTES,
         }
     }
 }
 
 /// One change of the document, as the writer's copy applies it: the new
-/// value of what changed (so applying it can never fail).
-#[derive(Debug, Clone)]
+/// value of what changed (so applying it can never fail). Also what the
+/// save's log records ([`persist::append_log`]), and what a load replays.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum Delta {
     Credits(i64),
     /// An item's new count; 0 removes it.
@@ -255,6 +261,67 @@ struct Slot {
     writes: u64,
 }
 
+/// The writer's view of the log beside the document (see [`persist`]).
+struct LogStart {
+    /// Appending may go on: the log continues the document on disk and
+    /// ends cleanly.
+    usable: bool,
+    bytes: u64,
+    /// The size of the document when it was last written.
+    document: u64,
+    /// [`StoreOptions::log_bytes`].
+    limit: u64,
+}
+
+/// The log may grow to the document's size (at least this) before the
+/// document is written again: writing costs, amortised, about twice what
+/// changed.
+pub const MIN_LOG_BYTES: u64 = 64 * 1024;
+
+impl LogStart {
+    /// Saves one batch of changes: appended to the log, or — when the log
+    /// cannot take it (none, cut short, grown past the document, a write
+    /// failed) — the whole document written anew and the log started
+    /// afresh. Any failure leaves the log unusable, so the next attempt
+    /// writes the whole document: nothing is ever appended after a line a
+    /// failure may have cut short.
+    fn write(
+        &mut self,
+        fs: &mut dyn SaveFs,
+        path: &Path,
+        copy: &mut PlayerState,
+        generation: u64,
+        changes: &[Delta],
+    ) -> std::io::Result<()> {
+        let result = if self.usable && self.limit > 0 && self.bytes < self.document.max(self.limit)
+        {
+            persist::append_log(fs, path, generation, &changes).map(|n| self.bytes += n)
+        } else {
+            self.rewrite(fs, path, copy)
+        };
+        if result.is_err() {
+            self.usable = false;
+        }
+        result
+    }
+
+    fn rewrite(
+        &mut self,
+        fs: &mut dyn SaveFs,
+        path: &Path,
+        copy: &mut PlayerState,
+    ) -> std::io::Result<()> {
+        self.usable = false;
+        copy.log_epoch = copy.log_epoch.wrapping_add(1).max(1);
+        let bytes = serde_json::to_vec(&*copy).map_err(std::io::Error::other)?;
+        persist::save_atomically(fs, path, &bytes)?;
+        self.bytes = persist::start_log(fs, path, copy.log_epoch)?;
+        self.document = bytes.len() as u64;
+        self.usable = true;
+        Ok(())
+    }
+}
+
 struct Writer {
     shared: Arc<(Mutex<Slot>, Condvar)>,
     results: mpsc::Receiver<Result<u64, String>>,
@@ -269,6 +336,7 @@ impl Writer {
         mut fs: Box<dyn SaveFs>,
         mut copy: PlayerState,
         lock: Option<std::fs::File>,
+        log: LogStart,
     ) -> std::io::Result<Writer> {
         let shared = Arc::new((Mutex::new(Slot::default()), Condvar::new()));
         let (tx, results) = mpsc::channel();
@@ -278,6 +346,7 @@ impl Writer {
             .spawn(move || {
                 let _lock = lock;
                 let mut copy_generation = 0;
+                let mut log = log;
                 loop {
                     let (lock, cv) = &*inner;
                     let batches = {
@@ -296,15 +365,18 @@ impl Writer {
                             };
                         }
                     };
+                    let changes: Vec<Delta> = batches
+                        .iter()
+                        .flat_map(|(_, deltas)| deltas.iter().cloned())
+                        .collect();
                     for (generation, deltas) in batches {
                         for delta in deltas {
                             delta.apply(&mut copy);
                         }
                         copy_generation = generation;
                     }
-                    let result = serde_json::to_vec(&copy)
-                        .map_err(std::io::Error::other)
-                        .and_then(|bytes| persist::save_atomically(fs.as_mut(), &path, &bytes))
+                    let result = log
+                        .write(fs.as_mut(), &path, &mut copy, copy_generation, &changes)
                         .map_err(|e| format!("saving {} failed: {e}", path.display()));
                     // Report on the channel first, so that whoever wakes up on
                     // the condition variable finds the result there too.
@@ -336,6 +408,8 @@ impl Writer {
     }
 
     fn hand_over(&self, generation: u64, deltas: Vec<Delta>, rewrite: bool) {
+        // A rewrite (a retry, a load from the backup) writes the whole
+        // document: see `LogStart::write`.
         let (lock, cv) = &*self.shared;
         if let Ok(mut slot) = lock.lock() {
             if !deltas.is_empty() || rewrite {
@@ -405,6 +479,53 @@ enum Origin {
     Trade,
 }
 
+/// The document as its log continues it, and where the log stands. A log
+/// whose changes leave the document inconsistent (it cannot come from this
+/// writer) is not used: the document alone is loaded, and the next write
+/// replaces both.
+fn continued_by_log(path: &Path, document: PlayerState) -> (PlayerState, LogStart) {
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    let read: persist::LogRead<Vec<Delta>> = persist::read_log(path, document.log_epoch);
+    let mut start = LogStart {
+        usable: read.usable,
+        bytes: read.bytes,
+        document: size,
+        limit: MIN_LOG_BYTES,
+    };
+    if read.batches.is_empty() {
+        return (document, start);
+    }
+    let mut state = document.clone();
+    for delta in read.batches.into_iter().flatten() {
+        delta.apply(&mut state);
+    }
+    state.reindex();
+    match state.validate() {
+        Ok(()) => (state, start),
+        Err(problems) => {
+            tracing::error!(
+                ?problems,
+                "the save's log does not fit its document; loading the document alone"
+            );
+            start.usable = false;
+            (document, start)
+        }
+    }
+}
+
+/// What opening the save at `path` would load — the document continued by
+/// its log, or the backup — without opening it (no lock, nothing written):
+/// for tools, and tests that look at what is on disk.
+pub fn read_saved(path: &Path) -> Result<Option<PlayerState>, LoadError> {
+    let loaded = persist::load(path)?;
+    Ok(match loaded.state {
+        Some(state) if loaded.recovered_from_backup.is_none() => {
+            Some(continued_by_log(path, state).0)
+        }
+        other => other,
+    })
+}
+
 impl PlayerStore {
     /// Opens (or creates on first save) the save file at `path`. A new
     /// player gets a random device id and `default_name`. Refused with
@@ -417,17 +538,32 @@ impl PlayerStore {
         let path = path.as_ref().to_path_buf();
         let lock = persist::lock(&path)?;
         let loaded = persist::load(&path)?;
-        let mut state = loaded
-            .state
-            .unwrap_or_else(|| PlayerState::new(new_device_id(), default_name));
+        let mut log = LogStart {
+            usable: false,
+            bytes: 0,
+            document: 0,
+            limit: options.log_bytes,
+        };
+        let mut state = match loaded.state {
+            // The main document, continued by its log (a backup's log is
+            // the damaged main file's, and is not read).
+            Some(state) if loaded.recovered_from_backup.is_none() => {
+                let (state, start) = continued_by_log(&path, state);
+                log.usable = start.usable;
+                log.bytes = start.bytes;
+                log.document = start.document;
+                state
+            }
+            Some(state) => state,
+            None => PlayerState::new(new_device_id(), default_name),
+        };
         state.reindex();
-        let writer =
-            Writer::start(path.clone(), options.fs, state.clone(), lock).map_err(|source| {
-                LoadError::Io {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
+        let writer = Writer::start(path.clone(), options.fs, state.clone(), lock, log).map_err(
+            |source| LoadError::Io {
+                path: path.clone(),
+                source,
+            },
+        )?;
         let mut store = Self::build(state, Some(path), Some(writer), options.autosave);
         store.retry_after = options.retry_after;
         if let Some(message) = loaded.recovered_from_backup {

@@ -169,6 +169,12 @@ impl SaveFs for Disk {
         }
         RealFs.write_synced(path, bytes)
     }
+    fn append_synced(&mut self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        if self.is_failing() {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        RealFs.append_synced(path, bytes)
+    }
     fn link_or_copy(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
         RealFs.link_or_copy(from, to)
     }

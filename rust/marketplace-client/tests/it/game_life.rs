@@ -63,7 +63,9 @@ fn autosave_off_still_saves_and_sends_trades() {
         buyer.frame();
         std::thread::sleep(Duration::from_millis(5));
     }
-    let on_disk: PlayerState = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let on_disk: PlayerState = marketplace_client::store::read_saved(&path)
+        .unwrap()
+        .unwrap();
     assert_eq!(on_disk.credits, 1_000, "autosave off: not written yet");
     // …but a trade is saved, sent and settled.
     buyer.buy(listings[0], 100).unwrap();
@@ -71,7 +73,9 @@ fn autosave_off_still_saves_and_sends_trades() {
         e.iter().any(purchase_succeeded)
     });
     buyer.store.flush(Duration::from_secs(5)).unwrap();
-    let on_disk: PlayerState = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let on_disk: PlayerState = marketplace_client::store::read_saved(&path)
+        .unwrap()
+        .unwrap();
     assert_eq!((on_disk.credits, on_disk.item_count("item-0")), (905, 1));
     assert!(on_disk.journal.is_empty());
 }
@@ -502,8 +506,9 @@ fn saved_means_nothing_newer_waits() {
         for e in events {
             if let StoreEvent::Saved { generation } = e {
                 saved_at.push(generation);
-                let on_disk: PlayerState =
-                    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                let on_disk: PlayerState = marketplace_client::store::read_saved(&path)
+                    .unwrap()
+                    .unwrap();
                 assert_eq!(
                     on_disk.item_count("ore"),
                     2,

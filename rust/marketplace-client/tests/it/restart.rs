@@ -35,10 +35,19 @@ fn crash_after_the_server_committed_settles_once_on_restart() {
         1,
         "the server has it"
     );
-    // Crash: what is on disk now is all that survives.
+    // Crash: what is on disk now is all that survives (the document and
+    // its log).
+    let log = marketplace_client::persist::log_path(&path);
     let on_disk = std::fs::read(&path).unwrap();
+    let log_on_disk = std::fs::read(&log).ok();
     drop(buyer);
     std::fs::write(&path, &on_disk).unwrap();
+    match log_on_disk {
+        Some(bytes) => std::fs::write(&log, bytes).unwrap(),
+        None => {
+            let _ = std::fs::remove_file(&log);
+        }
+    }
     world.proxy.clear();
 
     let mut buyer = open_player(&world, &path);
@@ -266,7 +275,13 @@ fn a_backup_older_than_a_committed_trade_is_reconciled_with_the_server() {
     buyer.settle(Duration::from_secs(10));
     assert_eq!(buyer.store.state().credits, 85);
     buyer.store.flush(Duration::from_secs(5)).unwrap();
-    let before_trade = std::fs::read(&path).unwrap();
+    // The save as a whole document (its log folded in).
+    let before_trade = serde_json::to_vec(
+        &marketplace_client::store::read_saved(&path)
+            .unwrap()
+            .expect("saved"),
+    )
+    .unwrap();
 
     // The trade: sent once its journal entry is on disk, committed by the
     // server, its answer lost; the game quits.

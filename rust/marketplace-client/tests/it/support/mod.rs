@@ -328,6 +328,17 @@ impl marketplace_client::persist::SaveFs for TestFs {
         }
         marketplace_client::persist::RealFs.write_synced(path, bytes)
     }
+    fn append_synced(&mut self, path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        let delay = self.write_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        marketplace_client::persist::RealFs.append_synced(path, bytes)
+    }
     fn link_or_copy(
         &mut self,
         from: &std::path::Path,
