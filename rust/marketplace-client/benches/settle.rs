@@ -9,14 +9,76 @@
 //! one by one (a new one is journaled after each, untimed, so exactly that
 //! many stay pending), each followed by the poll that hands the change to
 //! the writer thread and the events to the game — the main thread's whole
-//! share of a settlement. Prints the mean and p99 per settlement; the goal
+//! share of a settlement — and by its save, alone (each settlement is a
+//! write of its own, as at a game's pace). Prints the mean and p99 per settlement; the goal
 //! is a flat line (within 2×) from 10 to 10,000 on both axes.
+//!
+//! And what the save costs on the writer thread: bytes written per
+//! settlement (document writes and log appends, counted at the file
+//! system) and the writer thread's CPU per settlement (Linux: from
+//! `/proc/self/task/*/stat`). The log keeps both flat; the whole-document
+//! writes of before grew with the save (the `log off` rows show them).
 
 use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use marketplace_client::persist::{RealFs, SaveFs};
 use marketplace_client::state::Applied;
 use marketplace_client::{MarketChange, OpOutcome, PlayerStore, StoreOptions};
+
+/// The real file system, counting the bytes written.
+#[derive(Clone, Default)]
+struct Counting(Arc<AtomicU64>);
+
+impl SaveFs for Counting {
+    fn write_synced(&mut self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        RealFs.write_synced(path, bytes)
+    }
+    fn append_synced(&mut self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        RealFs.append_synced(path, bytes)
+    }
+    fn link_or_copy(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+        RealFs.link_or_copy(from, to)
+    }
+    fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn sync_dir(&mut self, dir: &Path) -> std::io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+}
+
+/// CPU seconds used so far by the threads named `name` (Linux; 0 elsewhere).
+fn thread_cpu(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !name.starts_with(comm.trim()) || comm.trim().is_empty() {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis: utime, stime are
+        // the 12th and 13th.
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            for i in [11, 12] {
+                ticks += fields
+                    .get(i)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    ticks as f64 / 100.0
+}
 
 const SETTLED: usize = 2_000;
 
@@ -24,31 +86,53 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    println!("main-thread cost of one settlement (settle + poll + events), {SETTLED} settlements per row");
-    println!("| trades pending | inventory items | mean | p99 |");
-    println!("|---|---|---|---|");
-    for &(pending, inventory) in &[
-        (10, 10),
-        (1_000, 10),
-        (10_000, 10),
-        (10, 10_000),
-        (10_000, 10_000),
+    println!("cost of one settlement (settle + poll + events on the main thread; bytes written and CPU on the writer thread), {SETTLED} settlements per row");
+    println!("| trades pending | inventory items | save | main thread mean | main thread p99 | bytes written | writer CPU |");
+    println!("|---|---|---|---|---|---|---|");
+    for &(pending, inventory, log) in &[
+        (10, 10, true),
+        (1_000, 10, true),
+        (10_000, 10, true),
+        (10, 10_000, true),
+        (1_000, 10_000, true),
+        (10_000, 10_000, true),
+        (10, 10_000, false),
+        (10_000, 10_000, false),
     ] {
-        let (mean, p99) = measure(pending, inventory);
+        let m = measure(pending, inventory, log);
         println!(
-            "| {pending} | {inventory} | {:.1} µs | {:.1} µs |",
-            mean.as_secs_f64() * 1e6,
-            p99.as_secs_f64() * 1e6
+            "| {pending} | {inventory} | {} | {:.1} µs | {:.1} µs | {} B | {:.0} µs |",
+            if log { "log" } else { "log off" },
+            m.mean.as_secs_f64() * 1e6,
+            m.p99.as_secs_f64() * 1e6,
+            m.bytes_per_settlement,
+            m.writer_cpu_per_settlement * 1e6,
         );
     }
 }
 
-fn measure(pending: usize, inventory: usize) -> (Duration, Duration) {
+struct Measured {
+    mean: Duration,
+    p99: Duration,
+    bytes_per_settlement: u64,
+    writer_cpu_per_settlement: f64,
+}
+
+fn measure(pending: usize, inventory: usize, log: bool) -> Measured {
     let dir = tempfile::tempdir().expect("temp dir");
+    let counting = Counting::default();
     let mut store = PlayerStore::open(
         dir.path().join("player.json"),
         "bench",
-        StoreOptions::default(),
+        StoreOptions {
+            fs: Box::new(counting.clone()),
+            log_bytes: if log {
+                StoreOptions::default().log_bytes
+            } else {
+                0
+            },
+            ..StoreOptions::default()
+        },
     )
     .expect("store opens");
     store
@@ -62,8 +146,11 @@ fn measure(pending: usize, inventory: usize) -> (Duration, Duration) {
     let mut events = Vec::new();
     store.drain_events(&mut events);
 
-    let mut costs = Vec::with_capacity(SETTLED);
-    for n in 0..SETTLED {
+    // Whole-document saves of a large save are slow: fewer of them.
+    let settled = if log { SETTLED } else { SETTLED / 10 };
+    let (mut written, mut cpu) = (0u64, 0f64);
+    let mut costs = Vec::with_capacity(settled);
+    for n in 0..settled {
         let op = ops.pop_front().expect("a pending trade");
         let outcome = OpOutcome::Applied(Applied {
             items_in: Some((format!("bought_{}", n % 20), 1)),
@@ -75,15 +162,28 @@ fn measure(pending: usize, inventory: usize) -> (Duration, Duration) {
         events.clear();
         store.drain_events(&mut events);
         costs.push(started.elapsed());
+        // The settlement on disk: what the writer spent on it alone.
+        let (w, c) = (
+            counting.0.load(Ordering::Relaxed),
+            thread_cpu("player-store-writer"),
+        );
+        store.flush(Duration::from_secs(30)).expect("flush");
+        written += counting.0.load(Ordering::Relaxed) - w;
+        cpu += thread_cpu("player-store-writer") - c;
         // Keep exactly `pending` trades waiting (not timed).
         ops.push_back(journal(&mut store, pending + n));
         store.poll();
         store.drain_events(&mut events);
+        store.flush(Duration::from_secs(30)).expect("flush");
     }
-    store.flush(Duration::from_secs(30)).expect("flush");
     costs.sort();
     let mean = costs.iter().sum::<Duration>() / costs.len() as u32;
-    (mean, costs[costs.len() * 99 / 100])
+    Measured {
+        mean,
+        p99: costs[costs.len() * 99 / 100],
+        bytes_per_settlement: written / settled as u64,
+        writer_cpu_per_settlement: cpu / settled as f64,
+    }
 }
 
 /// Journals purchase number `i` with its credit hold.
