@@ -3,7 +3,9 @@ extends Control
 ##
 ## Browse what other pilots sell, buy (the price is held at once and the
 ## Buy button shows the purchase pending until the server answers), sell
-## from the cargo hold, collect sales proceeds. Credits only come in through
+## from the cargo hold (the fee the market keeps is quoted as you set the
+## price), collect sales proceeds, place buy orders ("10 fuel rods at up to
+## 25 cr each") that fill while you are away, and collect what they bought. Credits only come in through
 ## explicit, labelled game actions ("mission reward") and sales — never
 ## because the player is broke.
 ##
@@ -42,6 +44,11 @@ var notice: PanelContainer
 var notice_label: Label
 var listings_box: VBoxContainer
 var cargo_box: VBoxContainer
+var orders_box: VBoxContainer
+var order_item: OptionButton
+var order_quantity: SpinBox
+var order_price: SpinBox
+var fee_label: Label
 ## The latest refresh: an older page arriving late is dropped.
 var latest_page := -1
 
@@ -67,7 +74,11 @@ func _ready() -> void:
 		status_label.text = "Offline — %s" % login.message
 		return
 	status_label.text = "Online as %s" % login.player_name
+	# While you were away: what buy orders bought, what expired listings
+	# brought back — into the save, once.
+	await collect_deliveries(true)
 	await refresh()
+	show_orders()
 	if OS.get_environment("MARKET_DEMO_SHOWCASE") == "1":
 		showcase()
 
@@ -215,6 +226,46 @@ func build_ui() -> void:
 	collect.text = "Collect sales proceeds"
 	collect.pressed.connect(_on_collect.bind(collect))
 	side.add_child(collect)
+	fee_label = label("", 12, MUTED)
+	fee_label.autowrap_mode = TextServer.AUTOWRAP_WORD
+	side.add_child(fee_label)
+	side.add_child(HSeparator.new())
+
+	# Buy orders: "up to N of an item at up to P each", filled over time.
+	side.add_child(label("Buy order", 18, TEXT))
+	var order_row := HBoxContainer.new()
+	order_item = OptionButton.new()
+	for item_id in ITEMS:
+		order_item.add_item(item_name(item_id))
+		order_item.set_item_metadata(order_item.item_count - 1, item_id)
+	order_item.size_flags_horizontal = Control.SIZE_EXPAND_FILL
+	order_row.add_child(order_item)
+	order_quantity = SpinBox.new()
+	order_quantity.min_value = 1
+	order_quantity.max_value = 100
+	order_quantity.value = 10
+	order_quantity.prefix = "×"
+	order_row.add_child(order_quantity)
+	order_price = SpinBox.new()
+	order_price.min_value = 1
+	order_price.max_value = 100000
+	order_price.value = 25
+	order_price.suffix = "cr"
+	order_price.custom_minimum_size.x = 90
+	order_row.add_child(order_price)
+	side.add_child(order_row)
+	var place := Button.new()
+	place.text = "Place order"
+	place.tooltip_text = "Holds quantity × price at once; buys the cheapest listings now and the rest as they appear."
+	place.pressed.connect(_on_place_order.bind(place))
+	side.add_child(place)
+	orders_box = VBoxContainer.new()
+	orders_box.add_theme_constant_override("separation", 4)
+	side.add_child(orders_box)
+	var deliveries := Button.new()
+	deliveries.text = "Collect deliveries"
+	deliveries.pressed.connect(func(): collect_deliveries(false))
+	side.add_child(deliveries)
 	side.add_child(HSeparator.new())
 	side.add_child(label("Missions", 13, MUTED))
 	var mission := Button.new()
@@ -315,6 +366,7 @@ func show_cargo() -> void:
 		price.value = 100
 		price.suffix = "cr"
 		price.custom_minimum_size.x = 96
+		price.value_changed.connect(func(value): quote(int(value)))
 		row.add_child(price)
 		var sell := Button.new()
 		sell.text = "Sell 1"
@@ -354,8 +406,8 @@ func show_listings(listings: Array) -> void:
 		item.add_theme_constant_override("separation", 8)
 		item.add_child(swatch(listing.item_id))
 		item.add_child(label(item_name(listing.item_id)))
-		if listing.quantity > 1:
-			item.add_child(label("×%d" % listing.quantity, 15, MUTED))
+		if listing.quantity_remaining > 1:
+			item.add_child(label("×%d" % listing.quantity_remaining, 15, MUTED))
 		var seller: String = "You" if mine else (listing.seller_name if listing.seller_name != "" else "Pilot #%d" % listing.seller_id)
 		var action := Button.new()
 		if mine:
@@ -366,10 +418,11 @@ func show_listings(listings: Array) -> void:
 			action.disabled = true
 		else:
 			action.text = "Buy"
-			action.disabled = data.get_credits() < listing.price
+			action.disabled = data.get_credits() < listing.price * listing.quantity_remaining
 			action.tooltip_text = "Not enough credits" if action.disabled else ""
 			action.pressed.connect(_on_buy.bind(listing, action))
-		var row := columns([item, label(seller, 14, MUTED), label(cr(listing.price), 15, GOOD), action], TEXT, 15)
+		var price_text: String = cr(listing.price) + (" each" if listing.quantity_remaining > 1 else "")
+		var row := columns([item, label(seller, 14, MUTED), label(price_text, 15, GOOD), action], TEXT, 15)
 		var background := PanelContainer.new()
 		var style := StyleBoxFlat.new()
 		style.bg_color = ROW
@@ -408,9 +461,10 @@ func _on_buy(listing: Dictionary, button: Button) -> void:
 	# the server's definitive answer.
 	button.disabled = true
 	button.text = "Buying…"
-	var result: Dictionary = await market.buy_listing(listing.id, listing.price).completed
+	# All that remains of the lot, at the unit price shown.
+	var result: Dictionary = await market.buy_listing(listing.id, listing.price, listing.quantity_remaining).completed
 	if result.ok:
-		say("Bought %s for %s" % [item_name(listing.item_id), cr(listing.price)], GOOD)
+		say("Bought %d %s for %s" % [result.purchase.quantity, item_name(listing.item_id), cr(result.purchase.price)], GOOD)
 	else:
 		match result.code:
 			"already_sold":
@@ -419,6 +473,10 @@ func _on_buy(listing: Dictionary, button: Button) -> void:
 				say("The seller changed the price to %s — refresh and try again" % cr(result.get("current_price", 0)), HOLD)
 			"insufficient_credits":
 				say("Not enough credits for that", HOLD)
+			"quantity_unavailable":
+				say("Part of that lot was sold meanwhile — refresh and try again", HOLD)
+			"listing_expired":
+				say("That listing has expired", HOLD)
 			_:
 				say(result.message, HOLD)
 	refresh()
@@ -454,6 +512,85 @@ func _on_collect(button: Button) -> void:
 		say("No sales to collect yet")
 	else:
 		say("Collected %s from %d sale(s)" % [cr(result.amount), result.sales], GOOD)
+
+
+## "Sell 1 at P: the buyer pays P, you receive R" — from the server's fees.
+func quote(price: int) -> void:
+	var result: Dictionary = await market.quote_fees(1, price).completed
+	if result.ok:
+		var q: Dictionary = result.quote
+		var kept: int = q.listing_fee + q.sales_tax
+		fee_label.text = "Selling 1 at %s: you receive %s%s" % [cr(q.buyer_pays), cr(q.seller_receives), " (the market keeps %s)" % cr(kept) if kept > 0 else " (no fees)"]
+
+
+func _on_place_order(button: Button) -> void:
+	var item_id: String = order_item.get_item_metadata(order_item.selected)
+	var quantity := int(order_quantity.value)
+	var price := int(order_price.value)
+	button.disabled = true
+	var result: Dictionary = await market.place_buy_order(item_id, quantity, price).completed
+	if is_instance_valid(button):
+		button.disabled = false
+	if not result.ok:
+		say("Insufficient credits for that order" if result.code == "insufficient_credits" else result.message, HOLD)
+		return
+	var bought := 0
+	for fill in result.fills:
+		bought += fill.quantity
+	if bought > 0:
+		say("Order placed: %d %s bought at once, %d waiting" % [bought, item_name(item_id), result.order.quantity_remaining], GOOD)
+		collect_deliveries(false)
+	else:
+		say("Order placed: up to %d %s at %s each" % [quantity, item_name(item_id), cr(price)], GOOD)
+	show_orders()
+	refresh()
+
+
+func show_orders() -> void:
+	var result: Dictionary = await market.get_orders("active").completed
+	if not result.ok or not is_instance_valid(orders_box):
+		return
+	for child in orders_box.get_children():
+		child.queue_free()
+	for order in result.orders:
+		var row := HBoxContainer.new()
+		var text := label("%s: %d of %d left at ≤ %s (%s held)" % [item_name(order.item_id), order.quantity_remaining, order.quantity, cr(order.max_price), cr(order.escrow)], 13, MUTED)
+		text.size_flags_horizontal = Control.SIZE_EXPAND_FILL
+		text.autowrap_mode = TextServer.AUTOWRAP_WORD
+		row.add_child(text)
+		var cancel := Button.new()
+		cancel.text = "Cancel"
+		cancel.pressed.connect(_on_cancel_order.bind(order, cancel))
+		row.add_child(cancel)
+		orders_box.add_child(row)
+
+
+func _on_cancel_order(order: Dictionary, button: Button) -> void:
+	button.disabled = true
+	var result: Dictionary = await market.cancel_order(order.id).completed
+	say("Order cancelled: %s back" % cr(result.returned) if result.ok else result.message, GOOD if result.ok else HOLD)
+	collect_deliveries(false)
+	show_orders()
+
+
+## Brings in what the market kept for the player: items and refunds of buy
+## orders, unsold items of expired listings. `quiet`: say nothing when
+## there was nothing (at login).
+func collect_deliveries(quiet: bool) -> void:
+	var result: Dictionary = await market.collect_deliveries().completed
+	if not result.ok:
+		if not quiet:
+			say(result.message, HOLD)
+		return
+	if result.deliveries.is_empty():
+		if not quiet:
+			say("Nothing waiting")
+		return
+	var parts := []
+	for d in result.deliveries:
+		parts.append("%s %s" % [cr(d.quantity) if d.item_id == "" else "%d" % d.quantity, "" if d.item_id == "" else item_name(d.item_id)])
+	say(("While you were away: " if quiet else "Delivered: ") + ", ".join(parts), GOOD)
+	show_orders()
 
 
 func _on_mission_reward() -> void:
