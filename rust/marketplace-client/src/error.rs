@@ -17,6 +17,8 @@ pub struct ClientError {
     pub message: String,
     /// With `price_changed`: the listing's price now.
     pub current_price: Option<i64>,
+    /// With `quantity_unavailable`: the units that remain.
+    pub available: Option<i64>,
     /// With `rate_limited`: the server's `Retry-After`.
     pub retry_after: Option<Duration>,
 }
@@ -27,6 +29,7 @@ impl ClientError {
             code,
             message: sanitize(&message.into()),
             current_price: None,
+            available: None,
             retry_after: None,
         }
     }

@@ -312,8 +312,17 @@ impl LogStart {
         copy: &mut PlayerState,
     ) -> std::io::Result<()> {
         self.usable = false;
-        copy.log_epoch = copy.log_epoch.wrapping_add(1).max(1);
+        // A new document names a log no other document ever named (a
+        // random epoch: a damaged main file's log can never be taken for
+        // this one's).
+        copy.log_epoch = rand::random::<u64>().max(1);
         let bytes = serde_json::to_vec(&*copy).map_err(std::io::Error::other)?;
+        // The document about to become the backup keeps its log beside it,
+        // so a load from the backup is one document write behind, not more.
+        let log = persist::log_path(path);
+        if log.exists() {
+            fs.link_or_copy(&log, &persist::log_path(&persist::backup_path(path)))?;
+        }
         persist::save_atomically(fs, path, &bytes)?;
         self.bytes = persist::start_log(fs, path, copy.log_epoch)?;
         self.document = bytes.len() as u64;
@@ -479,11 +488,13 @@ enum Origin {
     Trade,
 }
 
-/// The document as its log continues it, and where the log stands. A log
-/// whose changes leave the document inconsistent (it cannot come from this
-/// writer) is not used: the document alone is loaded, and the next write
-/// replaces both.
-fn continued_by_log(path: &Path, document: PlayerState) -> (PlayerState, LogStart) {
+/// The document at `path` as its log continues it, where the log stands,
+/// and whether the log fitted. A log whose changes leave the document
+/// inconsistent (it cannot come from this writer) is not used: the
+/// document alone is loaded (and reported, like a load from the backup, so
+/// the session reconciles with the market), and the next write replaces
+/// both.
+fn continued_by_log(path: &Path, document: PlayerState) -> (PlayerState, LogStart, bool) {
     let size = std::fs::metadata(path).map_or(0, |m| m.len());
     let read: persist::LogRead<Vec<Delta>> = persist::read_log(path, document.log_epoch);
     let mut start = LogStart {
@@ -493,7 +504,7 @@ fn continued_by_log(path: &Path, document: PlayerState) -> (PlayerState, LogStar
         limit: MIN_LOG_BYTES,
     };
     if read.batches.is_empty() {
-        return (document, start);
+        return (document, start, true);
     }
     let mut state = document.clone();
     for delta in read.batches.into_iter().flatten() {
@@ -501,14 +512,14 @@ fn continued_by_log(path: &Path, document: PlayerState) -> (PlayerState, LogStar
     }
     state.reindex();
     match state.validate() {
-        Ok(()) => (state, start),
+        Ok(()) => (state, start, true),
         Err(problems) => {
             tracing::error!(
                 ?problems,
                 "the save's log does not fit its document; loading the document alone"
             );
             start.usable = false;
-            (document, start)
+            (document, start, false)
         }
     }
 }
@@ -522,7 +533,8 @@ pub fn read_saved(path: &Path) -> Result<Option<PlayerState>, LoadError> {
         Some(state) if loaded.recovered_from_backup.is_none() => {
             Some(continued_by_log(path, state).0)
         }
-        other => other,
+        Some(state) => Some(continued_by_log(&persist::backup_path(path), state).0),
+        None => None,
     })
 }
 
@@ -544,17 +556,25 @@ impl PlayerStore {
             document: 0,
             limit: options.log_bytes,
         };
+        let mut recovered = loaded.recovered_from_backup;
         let mut state = match loaded.state {
-            // The main document, continued by its log (a backup's log is
-            // the damaged main file's, and is not read).
-            Some(state) if loaded.recovered_from_backup.is_none() => {
-                let (state, start) = continued_by_log(&path, state);
+            // The main document, continued by its log.
+            Some(state) if recovered.is_none() => {
+                let (state, start, fits) = continued_by_log(&path, state);
                 log.usable = start.usable;
                 log.bytes = start.bytes;
                 log.document = start.document;
+                if !fits {
+                    recovered = Some(format!(
+                        "the changes logged beside {} did not fit it; loaded the document alone",
+                        path.display()
+                    ));
+                }
                 state
             }
-            Some(state) => state,
+            // The backup, continued by its own log (kept beside it when it
+            // was replaced); the next write starts a fresh document.
+            Some(state) => continued_by_log(&persist::backup_path(&path), state).0,
             None => PlayerState::new(new_device_id(), default_name),
         };
         state.reindex();
@@ -566,7 +586,7 @@ impl PlayerStore {
         )?;
         let mut store = Self::build(state, Some(path), Some(writer), options.autosave);
         store.retry_after = options.retry_after;
-        if let Some(message) = loaded.recovered_from_backup {
+        if let Some(message) = recovered {
             store.from_backup = true;
             tracing::warn!(%message, "player data recovered from backup");
             store

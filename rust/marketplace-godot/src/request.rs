@@ -237,6 +237,9 @@ pub fn failure(request_id: i64, error: &ClientError) -> VarDictionary {
     if let Some(price) = error.current_price {
         put(&mut d, "current_price", price);
     }
+    if let Some(available) = error.available {
+        put(&mut d, "available", available);
+    }
     d
 }
 

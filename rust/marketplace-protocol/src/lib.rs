@@ -45,6 +45,15 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// correlate logs and ledger rows.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// Sent by clients that know the codes added with partial fills and expiry
+/// (`quantity_unavailable`, `listing_expired`, `order_closed`), with
+/// [`PROTOCOL_VERSION`]. To a client without it, the server answers those
+/// refusals with the older codes that mean the same to it (`already_sold`,
+/// `listing_cancelled`): a client treats a code it does not know as
+/// ambiguous and would retry a refused trade forever.
+pub const PROTOCOL_HEADER: &str = "x-market-protocol";
+pub const PROTOCOL_VERSION: u32 = 2;
+
 /// A change sent with this header is refused with `wrong_server` (421, not
 /// definitive) by any server whose [`Session::server_id`] differs: a
 /// journaled trade is only ever carried out by the server that accepted it.
@@ -570,8 +579,8 @@ pub struct OrdersPage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     pub id: i64,
-    /// `order_items`, `order_refund`, `order_closed`, `listing_expired`,
-    /// `listing_returned`.
+    /// `order_items`, `order_refund`, `order_expired`, `listing_expired`,
+    /// `listing_returned` (a lot withdrawn by the upgrade to unit prices).
     pub kind: String,
     /// `None`: credits.
     pub item_id: Option<String>,
@@ -628,8 +637,8 @@ pub struct PlaceOrderRequest {
     pub deposit: i64,
 }
 
-/// Answer of `GET /v1/fees/quote?item_id=&quantity=&price=`: what a sale
-/// of `quantity` units at `price` each would cost and bring.
+/// Answer of `GET /v1/fees/quote?quantity=&price=`: what a listing of
+/// `quantity` units at `price` each costs in fees and brings when it sells.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeeQuote {
     pub quantity: i64,

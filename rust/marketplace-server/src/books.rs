@@ -835,6 +835,39 @@ pub async fn audit(conn: &mut AnyConnection) -> Result<AuditReport, sqlx::Error>
                 .push(format!("{place:?} holds {have}, the ledger says {want}"));
         }
     }
+    // Every unit sold at most once (I1): a listing's fills and what remains
+    // or went back make up its quantity, an order's fills and what remains
+    // make up its, and an order holds exactly what its remaining units
+    // cost. (Listings cancelled before partial fills recorded no return.)
+    const UNITS: [(&str, &str); 3] = [
+        (
+            "listing",
+            "SELECT l.id FROM listings l WHERE l.quantity <> l.remaining + COALESCE(l.returned, 0) \
+             + (SELECT COALESCE(SUM(p.quantity), 0) FROM purchases p WHERE p.listing_id = l.id) \
+             AND NOT (l.status = 'cancelled' AND l.returned IS NULL) ORDER BY l.id LIMIT 5",
+        ),
+        (
+            "order",
+            "SELECT o.id FROM orders o WHERE o.quantity <> o.remaining \
+             + (SELECT COALESCE(SUM(p.quantity), 0) FROM purchases p WHERE p.order_id = o.id) \
+             ORDER BY o.id LIMIT 5",
+        ),
+        (
+            "order (escrow)",
+            "SELECT id FROM orders WHERE (status = 'active' AND escrow <> remaining * max_price) \
+             OR (status <> 'active' AND escrow <> 0) ORDER BY id LIMIT 5",
+        ),
+    ];
+    for (what, sql) in UNITS {
+        for (id,) in sqlx::query_as::<_, (i64,)>(sql)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            report.mismatches.push(format!(
+                "{what} {id}: its units do not add up (fills, remaining, returned)"
+            ));
+        }
+    }
     // Conservation: inside = in − out, for credits and per item.
     let mut inside: BTreeMap<Option<String>, i64> = BTreeMap::new();
     for (place, n) in &actual {

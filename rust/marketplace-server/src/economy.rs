@@ -101,15 +101,30 @@ impl FeeRule {
         self.rate_bp == 0 && self.min == 0
     }
 
-    /// The fee on a fill worth `gross` credits.
+    /// The fee on a fill worth `gross` credits: the whole of a listing.
     pub fn on(&self, gross: i64) -> i64 {
-        if self.is_off() || gross <= 0 {
+        self.on_part(gross, 1, 1)
+    }
+
+    /// The fee on a fill of `part` of a listing's `of` units, worth
+    /// `gross`. The minimum and the cap belong to the listing: a fill pays
+    /// its share of them (rounded down), so a lot sold unit by unit pays no
+    /// more minimums than the lot sold at once — a buyer cannot make a
+    /// seller pay the minimum over and over.
+    pub fn on_part(&self, gross: i64, part: i64, of: i64) -> i64 {
+        if self.is_off() || gross <= 0 || part <= 0 {
             return 0;
         }
+        let share = |x: i64| {
+            i64::try_from(i128::from(x) * i128::from(part) / i128::from(of.max(part)))
+                .unwrap_or(i64::MAX)
+        };
         let rated = (i128::from(gross) * i128::from(self.rate_bp) + 9_999) / 10_000;
-        let mut fee = i64::try_from(rated).unwrap_or(i64::MAX).max(self.min);
+        let mut fee = i64::try_from(rated)
+            .unwrap_or(i64::MAX)
+            .max(share(self.min));
         if self.max > 0 {
-            fee = fee.min(self.max);
+            fee = fee.min(share(self.max));
         }
         fee.min(gross)
     }
@@ -141,8 +156,14 @@ impl Fees {
     /// (listing fee, sales tax) on a fill worth `gross`; together never
     /// more than `gross`.
     pub fn on(&self, gross: i64) -> (i64, i64) {
-        let listing = self.listing.on(gross);
-        let tax = self.sales_tax.on(gross).min(gross - listing);
+        self.on_part(gross, 1, 1)
+    }
+
+    /// The same for a fill of `part` of a listing's `of` units (see
+    /// [`FeeRule::on_part`]).
+    pub fn on_part(&self, gross: i64, part: i64, of: i64) -> (i64, i64) {
+        let listing = self.listing.on_part(gross, part, of);
+        let tax = self.sales_tax.on_part(gross, part, of).min(gross - listing);
         (listing, tax)
     }
 }

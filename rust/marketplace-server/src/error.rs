@@ -189,6 +189,15 @@ impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> AppError {
         match e {
             sqlx::Error::PoolTimedOut => AppError::Unavailable,
+            // PostgreSQL gave up on the transaction to break a deadlock or a
+            // serialization conflict: nothing was written, and the same
+            // request may simply run again (503, retried by the client).
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("40P01") | Some("40001")) =>
+            {
+                tracing::warn!(error = %db, "transaction aborted by the database; the client retries");
+                AppError::Unavailable
+            }
             other => AppError::Internal(other.to_string()),
         }
     }

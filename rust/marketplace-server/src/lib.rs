@@ -325,6 +325,10 @@ async fn prune_idempotency_keys(state: AppState, mut stop: tokio::sync::watch::R
 /// Listings and orders swept per transaction.
 const SWEEP_CHUNK: i64 = 100;
 
+/// Arbitrary constant: the PostgreSQL advisory lock one sweeping replica
+/// holds for its transaction.
+const EXPIRY_LOCK_ID: i64 = 0x6578_7069_7279;
+
 /// Sends back what expired listings and orders hold, chunk by chunk (see
 /// [`market::expiry`]: the sweep only tidies — nothing fills past its
 /// time whether or not it ran); returns how many it closed.
@@ -332,6 +336,17 @@ async fn sweep_expired(state: &AppState) -> Result<u64, error::AppError> {
     let mut total = 0;
     loop {
         let mut tx = state.0.db.begin_write().await?;
+        if state.0.db.backend() == db::Backend::Postgres {
+            // One replica sweeps at a time; the others find it taken and
+            // leave it (their next minute comes).
+            let (mine,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(EXPIRY_LOCK_ID)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !mine {
+                return Ok(total);
+            }
+        }
         let now = state.0.clock.now();
         let n = market::expiry::sweep(&mut tx, &state.0.policy, now, SWEEP_CHUNK).await?;
         tx.commit().await?;

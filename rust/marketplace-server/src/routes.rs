@@ -55,9 +55,44 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
     router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(older_clients))
         .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// A client that does not send [`marketplace_protocol::PROTOCOL_HEADER`]
+/// predates the codes of partial fills and expiry and would take them for
+/// ambiguous answers (retrying a refused trade forever): it gets the older
+/// codes that mean the same to it. The stored idempotent answer is the
+/// precise one; the translation happens here, on every answer alike.
+async fn older_clients(req: Request, next: Next) -> Response {
+    let knows = req
+        .headers()
+        .contains_key(marketplace_protocol::PROTOCOL_HEADER);
+    let response = next.run(req).await;
+    if knows || response.status() != StatusCode::CONFLICT {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return AppError::Internal("unreadable answer".into()).into_response();
+    };
+    let older = serde_json::from_slice::<marketplace_protocol::ErrorEnvelope>(&bytes)
+        .ok()
+        .and_then(|mut envelope| {
+            let code = match envelope.error.code.as_str() {
+                "quantity_unavailable" => "already_sold",
+                "listing_expired" => "listing_cancelled",
+                _ => return None,
+            };
+            envelope.error.code = code.to_string();
+            envelope.error.available = None;
+            serde_json::to_vec(&envelope).ok()
+        });
+    let body = older.unwrap_or_else(|| bytes.to_vec());
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// `/metrics` (and `/healthz`) alone, for `--metrics-listen`.

@@ -222,6 +222,10 @@ pub(super) async fn exchange(
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
+    request = request.header(
+        marketplace_protocol::PROTOCOL_HEADER,
+        marketplace_protocol::PROTOCOL_VERSION,
+    );
     if let Some(key) = &envelope.key {
         request = request.header(IDEMPOTENCY_HEADER, key);
     }
@@ -564,6 +568,7 @@ fn parse_failure(status: u16, bytes: &[u8], retry_after: Option<Duration>) -> Cl
             Some(code) if code.http_status() == Some(status) => {
                 let mut e = ClientError::new(code, env.error.message);
                 e.current_price = env.error.current_price.filter(|p| *p > 0);
+                e.available = env.error.available.filter(|n| *n >= 0);
                 e
             }
             _ => ClientError::new(

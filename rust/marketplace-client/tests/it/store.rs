@@ -645,37 +645,40 @@ fn a_log_of_another_document_is_ignored() {
 }
 
 #[test]
-fn a_damaged_document_falls_back_to_the_backup_without_its_log() {
+fn a_damaged_document_falls_back_to_the_backup_and_the_backups_own_log() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("player.json");
+    // A document, then changes logged beside it.
     let mut store = open_logged(&path);
     store.add_item("ore", 1).unwrap();
     store.flush(Duration::from_secs(5)).unwrap();
+    for _ in 0..2 {
+        store.add_item("ore", 1).unwrap();
+        store.flush(Duration::from_secs(5)).unwrap();
+    }
     drop(store);
-    // Rewritten on open? No: the second store continues the log. Force a
-    // second document so a backup exists.
-    let mut store = PlayerStore::open(
-        &path,
-        "Ann",
-        StoreOptions {
-            log_bytes: 0,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
-    store.add_item("ore", 1).unwrap();
-    store.flush(Duration::from_secs(5)).unwrap();
-    drop(store);
-    let mut store = open_logged(&path);
-    store.add_item("ore", 1).unwrap();
+    // The next document write: the old document becomes the backup and
+    // keeps its log beside it.
+    let mut store = open(&path);
+    store.add_item("gem", 1).unwrap();
     store.flush(Duration::from_secs(5)).unwrap();
     drop(store);
     std::fs::write(&path, b"{\"version\": 5, \"cred").unwrap();
     let store = open_logged(&path);
     assert!(store.recovered_from_backup());
     assert_eq!(
-        store.state().item_count("ore"),
-        1,
-        "the backup, without the damaged document's log"
+        (
+            store.state().item_count("ore"),
+            store.state().item_count("gem")
+        ),
+        (3, 0),
+        "the backup as its own log continued it: one document write behind"
+    );
+    assert_eq!(
+        marketplace_client::store::read_saved(&path)
+            .unwrap()
+            .unwrap()
+            .item_count("ore"),
+        3
     );
 }

@@ -28,15 +28,26 @@ pub(super) async fn run(
         .durations
         .expiry(false, ctx.now, duration_secs)
         .map_err(AppError::InvalidRequest)?;
+    // The item's book first, before any row of an account or a listing:
+    // every change that matches takes its locks in this order, so two of
+    // them cannot wait for each other (see `fills`).
+    super::fills::lock_book(conn, item_id).await?;
     books::checkpoint(conn).await?;
     let outcome = list_from_stash(conn, ctx, item_id, quantity, price, deposit, expires_at).await;
     let mut done = books::keep_or_undo(conn, outcome).await?;
     // Listed: nothing below is a refusal. Resting buy orders at or above
     // the price take what they want at once.
     if let Done::Listing { envelope, .. } = &mut done {
-        let fills =
-            super::fills::match_listing(conn, ctx, envelope.listing.id, item_id, price, quantity)
-                .await?;
+        let fills = super::fills::match_listing(
+            conn,
+            ctx,
+            envelope.listing.id,
+            item_id,
+            price,
+            quantity,
+            quantity,
+        )
+        .await?;
         if !fills.is_empty() {
             envelope.listing = super::fetch_listing(conn, envelope.listing.id)
                 .await?

@@ -35,7 +35,7 @@ pub async fn sweep(
     };
     let mut swept = 0;
     let listings: Vec<(i64,)> = sqlx::query_as(
-        "SELECT id FROM listings WHERE status = 'active' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+        "SELECT id FROM listings WHERE status = 'active' AND expires_at <= $1 ORDER BY expires_at, id LIMIT $2",
     )
     .bind(now)
     .bind(limit)
@@ -87,7 +87,7 @@ pub async fn sweep(
         .await?;
     }
     let orders: Vec<(i64,)> = sqlx::query_as(
-        "SELECT id FROM orders WHERE status = 'active' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+        "SELECT id FROM orders WHERE status = 'active' AND expires_at <= $1 ORDER BY expires_at, id LIMIT $2",
     )
     .bind(now)
     .bind(limit)

@@ -16,7 +16,10 @@
 //!
 //! Matching changes on one item run one at a time: each first bumps the
 //! item's row in `item_books`, which every backend locks for the rest of
-//! the transaction. Without it, on PostgreSQL a bid and an ask placed at
+//! the transaction — *before* any other row (an account, a listing), so
+//! two matching changes always take their locks in the same order and
+//! cannot deadlock each other. (The bump is bookkeeping, not value: a
+//! refusal that follows it is still a refusal that moved nothing.) Without it, on PostgreSQL a bid and an ask placed at
 //! the same moment could each miss the other (neither sees the other's
 //! uncommitted row) and rest crossed. Direct purchases, cancels and the
 //! expiry sweep do not take the lock — they cannot make the book cross —
@@ -39,6 +42,11 @@ use crate::error::AppError;
 
 /// How many candidates one statement reads; matching pages on.
 const CANDIDATES: i64 = 16;
+
+/// The most candidates one matching change looks at (while it holds the
+/// item's book): the rest rests. Candidates skipped for their minimum fill
+/// cannot make one change walk the whole book.
+const MAX_SCANNED: usize = 512;
 
 /// Takes the item's book for the rest of the transaction.
 pub(super) async fn lock_book(conn: &mut AnyConnection, item_id: &str) -> Result<(), sqlx::Error> {
@@ -89,13 +97,15 @@ pub(crate) async fn owe(
     Ok(Some(id))
 }
 
-/// The fees on a fill worth `gross`, and the ledger row that moves them
-/// from the seller's proceeds to the market's sink.
-pub(super) fn fee_on(ctx: &OpContext<'_>, gross: i64) -> i64 {
-    let (listing, tax) = ctx.policy.fees.on(gross);
+/// The fees on a fill of `part` of a listing's `of` units worth `gross`
+/// (see [`crate::economy::FeeRule::on_part`]).
+pub(super) fn fee_on(ctx: &OpContext<'_>, gross: i64, part: i64, of: i64) -> i64 {
+    let (listing, tax) = ctx.policy.fees.on_part(gross, part, of);
     listing + tax
 }
 
+/// The ledger row that moves a fill's fees from the seller's proceeds to
+/// the market's sink.
 pub(super) fn fee_move<'a>(
     seller_id: i64,
     fee: i64,
@@ -124,6 +134,8 @@ struct OrderFill<'a> {
     item_id: &'a str,
     quantity: i64,
     unit_price: i64,
+    /// The listing's units, for its share of the fee's minimum and cap.
+    listed: i64,
 }
 
 /// Records an order fill: the purchase row with its fees, the items and any
@@ -134,7 +146,7 @@ async fn record(
     f: &OrderFill<'_>,
 ) -> Result<Fill, AppError> {
     let gross = f.unit_price * f.quantity;
-    let fee = fee_on(ctx, gross);
+    let fee = fee_on(ctx, gross, f.quantity, f.listed);
     let (purchase_id,): (i64,) = sqlx::query_as(
         "INSERT INTO purchases (listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, order_id, unit_price, fee, taker_id, taker_key) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
@@ -298,14 +310,15 @@ pub(super) async fn match_order(
     min_fill: i64,
     mut left: i64,
 ) -> Result<Vec<Fill>, AppError> {
-    lock_book(conn, item_id).await?;
+    // The caller holds the item's book.
     let me = ctx.player_id;
     let mut fills = Vec::new();
+    let mut scanned = 0;
     // Price-time order, paged by the last candidate seen.
     let (mut after_price, mut after_id) = (0i64, 0i64);
     'pages: while left > 0 {
         let rows = sqlx::query(
-            "SELECT id, seller_id, price, remaining FROM listings \
+            "SELECT id, seller_id, price, remaining, quantity FROM listings \
              WHERE item_id = $1 AND status = 'active' AND price <= $2 AND seller_id <> $3 \
              AND (expires_at IS NULL OR expires_at > $4) \
              AND (price > $5 OR (price = $5 AND id > $6)) \
@@ -324,9 +337,14 @@ pub(super) async fn match_order(
             break;
         }
         for row in &rows {
+            scanned += 1;
+            if scanned > MAX_SCANNED {
+                break 'pages;
+            }
             let listing_id: i64 = row.try_get("id")?;
             let seller_id: i64 = row.try_get("seller_id")?;
             let price: i64 = row.try_get("price")?;
+            let listed: i64 = row.try_get("quantity")?;
             let mut available: i64 = row.try_get("remaining")?;
             (after_price, after_id) = (price, listing_id);
             // A direct purchase may take units between the read and the
@@ -350,6 +368,7 @@ pub(super) async fn match_order(
                         item_id,
                         quantity: q,
                         unit_price: price,
+                        listed,
                     };
                     fills.push(record(conn, ctx, &fill).await?);
                     left -= q;
@@ -377,17 +396,20 @@ pub(super) async fn match_order(
 
 /// A listing just created or repriced (`left` units at `price`) sells to
 /// the best resting buy orders.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn match_listing(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
     listing_id: i64,
     item_id: &str,
     price: i64,
+    listed: i64,
     mut left: i64,
 ) -> Result<Vec<Fill>, AppError> {
-    lock_book(conn, item_id).await?;
+    // The caller holds the item's book.
     let me = ctx.player_id;
     let mut fills = Vec::new();
+    let mut scanned = 0;
     let (mut after_price, mut after_id) = (i64::MAX, 0i64);
     'pages: while left > 0 {
         let rows = sqlx::query(
@@ -410,6 +432,10 @@ pub(super) async fn match_listing(
             break;
         }
         for row in &rows {
+            scanned += 1;
+            if scanned > MAX_SCANNED {
+                break 'pages;
+            }
             let order_id: i64 = row.try_get("id")?;
             let buyer_id: i64 = row.try_get("buyer_id")?;
             let max_price: i64 = row.try_get("max_price")?;
@@ -439,6 +465,7 @@ pub(super) async fn match_listing(
                 item_id,
                 quantity: q,
                 unit_price: max_price,
+                listed,
             };
             fills.push(record(conn, ctx, &fill).await?);
             left -= q;

@@ -120,6 +120,8 @@ pub(super) async fn place(
     change: &MarketChange,
 ) -> Result<Done, AppError> {
     let t = terms(ctx, change)?;
+    // The item's book before the buyer's account (see `fills`).
+    fills::lock_book(conn, t.item_id).await?;
     books::checkpoint(conn).await?;
     let outcome = escrow(conn, ctx, &t).await;
     let (order_id, deposited) = books::keep_or_undo(conn, outcome).await?;

@@ -12,9 +12,16 @@ use crate::error::AppError;
 
 /// The purchase: one conditional update takes the units from the listing
 /// only if it is still active, unexpired, holds them, is at the price the
-/// buyer saw, and is not the buyer's own; the last unit sells it. Without a
-/// quantity the buyer takes the whole lot, which only a listing nothing has
-/// been sold from still is (today's purchase). The
+/// buyer saw, and is not the buyer's own; the last unit sells it.
+///
+/// **Without a quantity** the request speaks as clients did before partial
+/// fills: it buys all that remains of the lot, and `expected_price` is
+/// what those units cost *together* (what such a client held and shows).
+/// Its refusals use only the codes those clients know (`price_changed`
+/// with the lot's price now, `listing_cancelled`), so they stay definitive
+/// for them.
+///
+/// The
 /// buyer pays from the market account (after depositing what is missing,
 /// when the policy and the request allow), the price becomes the seller's
 /// unclaimed proceeds, the items go to the buyer's stash — and under client
@@ -36,22 +43,42 @@ pub(super) async fn run(
     if let Some(q) = quantity {
         limits(marketplace_protocol::check_quantity(q))?;
     }
+    let legacy = quantity.is_none();
+    // In units: the lot's price per unit and its units, when the lot total
+    // the request expects is what the remaining units cost now (else a
+    // price no listing has, so the race below is lost and says why).
+    let (unit_price, units) = match quantity {
+        Some(q) => (expected_price, q),
+        None => {
+            let lot: Option<(i64, i64)> =
+                sqlx::query_as("SELECT price, remaining FROM listings WHERE id = $1")
+                    .bind(listing_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            match lot {
+                Some((unit, remaining))
+                    if remaining > 0 && unit.checked_mul(remaining) == Some(expected_price) =>
+                {
+                    (unit, remaining)
+                }
+                _ => (0, 1),
+            }
+        }
+    };
     // The race is decided here, by the one statement losers pay for. It
     // changes nothing but the units and the status, so a refusal found
     // after it (the buyer cannot pay) can put the listing back exactly.
-    // `$4` NULL: the whole lot.
     let row = sqlx::query(
-        "UPDATE listings SET remaining = remaining - COALESCE($4, quantity), \
-         status = CASE WHEN remaining = COALESCE($4, quantity) THEN 'sold' ELSE status END \
+        "UPDATE listings SET remaining = remaining - $4, \
+         status = CASE WHEN remaining = $4 THEN 'sold' ELSE status END \
          WHERE id = $1 AND status = 'active' AND price = $2 AND seller_id <> $3 \
-         AND remaining >= COALESCE($4, quantity) AND ($4 IS NOT NULL OR remaining = quantity) \
-         AND (expires_at IS NULL OR expires_at > $5) \
-         RETURNING seller_id, item_id, quantity, price",
+         AND remaining >= $4 AND (expires_at IS NULL OR expires_at > $5) \
+         RETURNING seller_id, item_id, price, quantity",
     )
     .bind(listing_id)
-    .bind(expected_price)
+    .bind(unit_price)
     .bind(ctx.player_id)
-    .bind(quantity)
+    .bind(units)
     .bind(ctx.now)
     .fetch_optional(&mut *conn)
     .await?;
@@ -101,22 +128,25 @@ pub(super) async fn run(
             .map(listing_from_row)
             .transpose()?
             .map(|l| as_of(l, ctx.now));
+        // What the lot costs now, for a request that speaks in lots.
+        let lot =
+            |l: &marketplace_protocol::Listing| l.price.saturating_mul(l.quantity_remaining.max(1));
         return Err(match listing {
             None => AppError::NotFound("Listing"),
             Some(l) if l.seller_id == ctx.player_id => AppError::OwnListing,
             Some(l) if l.status == ListingStatus::Sold => AppError::AlreadySold,
             Some(l) if l.status == ListingStatus::Cancelled => AppError::ListingCancelled,
+            Some(l) if l.status == ListingStatus::Expired && legacy => AppError::ListingCancelled,
             Some(l) if l.status == ListingStatus::Expired => AppError::ListingExpired,
+            Some(l) if legacy => AppError::PriceChanged {
+                current_price: lot(&l),
+            },
             Some(l) if l.price != expected_price => AppError::PriceChanged {
                 current_price: l.price,
             },
-            Some(l)
-                if l.quantity_remaining < quantity.unwrap_or(l.quantity) || quantity.is_none() =>
-            {
-                AppError::QuantityUnavailable {
-                    available: l.quantity_remaining,
-                }
-            }
+            Some(l) if l.quantity_remaining < units => AppError::QuantityUnavailable {
+                available: l.quantity_remaining,
+            },
             Some(_) => {
                 AppError::Internal("purchase matched nothing but the listing is buyable".into())
             }
@@ -124,17 +154,16 @@ pub(super) async fn run(
     };
     let seller_id: i64 = row.try_get("seller_id")?;
     let item_id: String = row.try_get("item_id")?;
-    let quantity = match quantity {
-        Some(q) => q,
-        None => row.try_get("quantity")?,
-    };
+    let quantity = units;
     let unit_price: i64 = row.try_get("price")?;
+    let listed: i64 = row.try_get("quantity")?;
     let won = Won {
         listing_id,
         seller_id,
         item_id,
         quantity,
         unit_price,
+        listed,
     };
     books::checkpoint(conn).await?;
     let outcome = pay_and_deliver(conn, ctx, &won, deposit).await;
@@ -160,6 +189,8 @@ struct Won {
     item_id: String,
     quantity: i64,
     unit_price: i64,
+    /// The listing's units (its share of the fee's minimum and cap).
+    listed: i64,
 }
 
 /// The rest of a purchase once the race is won: the buyer pays (depositing
@@ -177,12 +208,13 @@ async fn pay_and_deliver(
         item_id,
         quantity,
         unit_price,
+        listed,
     } = won;
     let (listing_id, seller_id, quantity, unit_price) =
         (*listing_id, *seller_id, *quantity, *unit_price);
     let price = marketplace_protocol::check_total(quantity, unit_price)
         .map_err(AppError::InvalidRequest)?;
-    let fee = fee_on(ctx, price);
+    let fee = fee_on(ctx, price, quantity, *listed);
     sqlx::query("UPDATE listings SET updated_at = $1 WHERE id = $2")
         .bind(ctx.now)
         .bind(listing_id)
@@ -326,16 +358,17 @@ pub(super) async fn recall(
         created_at: row.try_get("created_at")?,
         unit_price: 0,
     };
-    // Purchases from before prices were per unit have none stored: the
-    // lot's price was the expected one.
+    // A request without a quantity expected what the units cost together
+    // (so did every purchase from before prices were per unit, which have
+    // no unit price stored); one with a quantity, the unit price.
     let stored_unit: Option<i64> = row.try_get("unit_price")?;
     let mut purchase = purchase;
-    let expected = stored_unit.unwrap_or(purchase.price);
     purchase.unit_price = stored_unit.unwrap_or(purchase.price / purchase.quantity.max(1));
-    if purchase.listing_id != listing_id
-        || expected != expected_price
-        || quantity.is_some_and(|q| q != purchase.quantity)
-    {
+    let matches = match quantity {
+        None => purchase.price == expected_price,
+        Some(q) => stored_unit == Some(expected_price) && q == purchase.quantity,
+    };
+    if purchase.listing_id != listing_id || !matches {
         return mismatch();
     }
     let transfer = row

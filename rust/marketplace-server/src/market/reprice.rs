@@ -21,7 +21,11 @@ pub(super) async fn run(
     if let Some(l) = fetch_listing(conn, listing_id).await? {
         if l.seller_id == ctx.player_id && l.status == ListingStatus::Active {
             ctx.policy.check_listing(&l.item_id, l.quantity, price)?;
+            limits(marketplace_protocol::check_total(l.quantity_remaining, price).map(drop))?;
         }
+        // The item's book before the listing's row (the order every
+        // matching change takes its locks in).
+        super::fills::lock_book(conn, &l.item_id).await?;
     }
     let (mut listing, _) =
         change_own_listing(conn, ctx, listing_id, SellerChange::Reprice(price)).await?;
@@ -43,6 +47,7 @@ pub(super) async fn run(
         listing_id,
         &listing.item_id,
         price,
+        listing.quantity,
         listing.quantity_remaining,
     )
     .await?;

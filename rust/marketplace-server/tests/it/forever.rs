@@ -78,7 +78,7 @@ async fn replays_after_the_retention_get_the_first_outcome(db: TestDb) {
     )
     .await;
     assert_eq!(later.status, StatusCode::OK);
-    let bought = t.purchase(&buyer, listing, 150, &k_buy).await;
+    let bought = t.purchase(&buyer, listing, 300, &k_buy).await;
     assert_eq!(bought.status, StatusCode::OK, "{}", bought.text);
     let sale = bought.body["purchase"]["id"].as_i64().unwrap();
     let claimed = t.claim(&seller, sale, &k_claim).await;
@@ -96,7 +96,7 @@ async fn replays_after_the_retention_get_the_first_outcome(db: TestDb) {
     assert_eq!(cancelled.status, StatusCode::OK);
 
     // Within the retention: byte for byte.
-    let again = t.purchase(&buyer, listing, 150, &k_buy).await;
+    let again = t.purchase(&buyer, listing, 300, &k_buy).await;
     assert_eq!(again.text, bought.text);
 
     let before = (
@@ -151,7 +151,7 @@ async fn replays_after_the_retention_get_the_first_outcome(db: TestDb) {
         (Some(listing), Some(120))
     );
 
-    let r = t.purchase(&buyer, listing, 150, &k_buy).await;
+    let r = t.purchase(&buyer, listing, 300, &k_buy).await;
     assert_eq!(
         r.status,
         StatusCode::OK,
@@ -201,8 +201,8 @@ async fn replays_after_the_retention_get_the_first_outcome(db: TestDb) {
         .unwrap();
     assert_eq!(price.0, 150, "the old reprice was not applied again");
     // The rebuilt answers are stored again: the next replay is byte-identical.
-    let r2 = t.purchase(&buyer, listing, 150, &k_buy).await;
-    let r3 = t.purchase(&buyer, listing, 150, &k_buy).await;
+    let r2 = t.purchase(&buyer, listing, 300, &k_buy).await;
+    let r3 = t.purchase(&buyer, listing, 300, &k_buy).await;
     assert_eq!(r3.text, r2.text);
     let books = check_books(&db).await;
     assert_eq!(

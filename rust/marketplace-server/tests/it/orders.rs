@@ -26,6 +26,7 @@ backend_tests!(
     listings_racing_into_one_order_and_its_cancel_never_overfill,
     under_server_grants_fills_land_in_the_account,
     a_cheater_cannot_fill_past_quantities_or_collect_twice,
+    older_clients_get_codes_they_know,
 );
 
 async fn call(t: &TestServer, who: &Player, method: Method, path: &str, body: Value) -> Reply {
@@ -143,7 +144,8 @@ async fn partial_purchases_take_units_and_the_whole_lot_stays_the_default(db: Te
     assert_eq!(shown.body["listing"]["quantity_remaining"], 3);
     assert_eq!(shown.body["listing"]["status"], "active");
 
-    // Without a quantity: the whole lot, which it no longer is.
+    // Without a quantity the request speaks in lots, as clients did before
+    // partial fills: all that remains, at what it costs together (3 × 20).
     let r = call(
         &t,
         &buyer,
@@ -154,11 +156,11 @@ async fn partial_purchases_take_units_and_the_whole_lot_stays_the_default(db: Te
     .await;
     assert_eq!(
         (r.status, r.code()),
-        (StatusCode::CONFLICT, "quantity_unavailable"),
+        (StatusCode::CONFLICT, "price_changed"),
         "{}",
         r.text
     );
-    assert_eq!(r.body["error"]["available"], 3);
+    assert_eq!(r.body["error"]["current_price"], 60, "the lot's price now");
     // More than remains: refused, with what remains.
     let r = call(
         &t,
@@ -169,6 +171,7 @@ async fn partial_purchases_take_units_and_the_whole_lot_stays_the_default(db: Te
     )
     .await;
     assert_eq!(r.code(), "quantity_unavailable");
+    assert_eq!(r.body["error"]["available"], 3);
     let r = call(
         &t,
         &buyer,
@@ -196,14 +199,29 @@ async fn partial_purchases_take_units_and_the_whole_lot_stays_the_default(db: Te
     .await;
     assert_eq!(r.code(), "already_sold");
 
-    // Today's purchase of a whole lot, untouched.
+    // A client from before partial fills buys a whole lot of 2 at 30 each
+    // for 60, as it always did: it held 60 and is answered 60.
+    let l3 = id(&list(&t, &seller, "gem", 2, 30).await, "listing");
+    let r = call(
+        &t,
+        &buyer,
+        Method::POST,
+        &format!("/v1/listings/{l3}/purchase"),
+        json!({"expected_price": 30, "deposit": 30}),
+    )
+    .await;
+    assert_eq!(
+        (r.code(), r.body["error"]["current_price"].as_i64()),
+        ("price_changed", Some(60)),
+        "the unit price alone is not what the lot costs"
+    );
     let l2 = id(&list(&t, &seller, "gem", 2, 30).await, "listing");
     let r = call(
         &t,
         &buyer,
         Method::POST,
         &format!("/v1/listings/{l2}/purchase"),
-        json!({"expected_price": 30, "deposit": 60}),
+        json!({"expected_price": 60, "deposit": 60}),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -834,5 +852,76 @@ async fn a_cheater_cannot_fill_past_quantities_or_collect_twice(db: TestDb) {
         .map(|r| r.body["deliveries"].as_array().map_or(0, Vec::len))
         .collect();
     assert_eq!(got.iter().sum::<usize>(), 1, "{} / {}", a.text, b.text);
+    check_books(&db).await;
+}
+
+/// A client from before partial fills and expiry (no protocol header)
+/// would take the new codes for ambiguous answers and retry forever: it
+/// gets the older codes that mean the same to it, definitive for it.
+async fn older_clients_get_codes_they_know(db: TestDb) {
+    let t = TestServer::start(&db).await;
+    let seller = t.login("old-seller").await;
+    let buyer = t.login("old-buyer").await;
+    let l = id(&list(&t, &seller, "ore", 2, 10).await, "listing");
+    let old = |path: String, body: Value| {
+        let (http, base, token) = (t.http.clone(), t.base.clone(), buyer.token.clone());
+        async move {
+            let r = http
+                .post(format!("{base}{path}"))
+                .bearer_auth(token)
+                .header("idempotency-key", key())
+                .json(&body)
+                .send()
+                .await
+                .expect("answer");
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, body) = old(
+        format!("/v1/listings/{l}/purchase"),
+        json!({"expected_price": 10, "quantity": 5, "deposit": 50}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("already_sold")),
+        "quantity_unavailable, said as an older client understands it"
+    );
+    let r = call(
+        &t,
+        &seller,
+        Method::POST,
+        "/v1/listings",
+        json!({"item_id": "ore", "quantity": 1, "price": 10, "deposit": 1, "duration_secs": 5}),
+    )
+    .await;
+    let short = id(&r, "listing");
+    t.server.clock().advance(6);
+    let buyer = t.login("old-buyer").await;
+    let r = t
+        .http
+        .post(format!("{}/v1/listings/{short}/purchase", t.base))
+        .bearer_auth(&buyer.token)
+        .header("idempotency-key", key())
+        .json(&json!({"expected_price": 10, "quantity": 1, "deposit": 10}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"]["code"], "listing_cancelled",
+        "listing_expired, for an older client"
+    );
+    // A current client hears the precise code.
+    let r = call(
+        &t,
+        &buyer,
+        Method::POST,
+        &format!("/v1/listings/{short}/purchase"),
+        json!({"expected_price": 10, "quantity": 1, "deposit": 10}),
+    )
+    .await;
+    assert_eq!(r.code(), "listing_expired");
     check_books(&db).await;
 }

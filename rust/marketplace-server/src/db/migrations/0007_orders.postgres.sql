@@ -74,7 +74,8 @@ CREATE UNIQUE INDEX orders_by_cancel_key ON orders (buyer_id, cancel_key)
 
 CREATE INDEX orders_by_buyer ON orders (buyer_id, id)
 
-CREATE INDEX orders_book ON orders (item_id, status, max_price, id)
+-- The best bid first: highest price, then the oldest.
+CREATE INDEX orders_book ON orders (item_id, status, max_price DESC, id)
 
 CREATE INDEX orders_by_expiry ON orders (status, expires_at)
 

@@ -167,7 +167,13 @@ impl TestServer {
         key: Option<&str>,
         body: Option<String>,
     ) -> Reply {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header(
+                marketplace_protocol::PROTOCOL_HEADER,
+                marketplace_protocol::PROTOCOL_VERSION,
+            );
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }
