@@ -27,6 +27,7 @@ backend_tests!(
     under_server_grants_fills_land_in_the_account,
     a_cheater_cannot_fill_past_quantities_or_collect_twice,
     older_clients_get_codes_they_know,
+    the_audit_counts_units,
 );
 
 async fn call(t: &TestServer, who: &Player, method: Method, path: &str, body: Value) -> Reply {
@@ -924,4 +925,32 @@ async fn older_clients_get_codes_they_know(db: TestDb) {
     .await;
     assert_eq!(r.code(), "listing_expired");
     check_books(&db).await;
+}
+
+/// The audit proves I1 per unit from the tables: a fill's units tampered
+/// with are named.
+async fn the_audit_counts_units(db: TestDb) {
+    let t = TestServer::start(&db).await;
+    let seller = t.login("unit-seller").await;
+    let buyer = t.login("unit-buyer").await;
+    order(&t, &buyer, "ore", 3, 10, json!({})).await;
+    list(&t, &seller, "ore", 2, 10).await;
+    check_books(&db).await;
+    let pool = db.pool().await;
+    sqlx::query("UPDATE purchases SET quantity = quantity + 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let audit = marketplace_server::audit_connection(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .mismatches
+            .iter()
+            .any(|m| m.contains("units do not add up")),
+        "{:#?}",
+        audit.mismatches
+    );
 }
