@@ -209,6 +209,11 @@ impl SimPlayer {
             StoreOptions {
                 fs: Box::new(disk.clone()),
                 retry_after: Duration::from_millis(20),
+                // The log folds into the document as soon as it outgrows
+                // it: documents (and so backups) are rewritten often, so
+                // crashes meet every state of the two files, and a damaged
+                // main file leaves a backup that knows the market.
+                log_bytes: 1,
                 ..StoreOptions::default()
             },
         )
