@@ -13,11 +13,13 @@
 //! write of its own, as at a game's pace). Prints the mean and p99 per settlement; the goal
 //! is a flat line (within 2×) from 10 to 10,000 on both axes.
 //!
-//! And what the save costs on the writer thread: bytes written per
-//! settlement (document writes and log appends, counted at the file
-//! system) and the writer thread's CPU per settlement (Linux: from
-//! `/proc/self/task/*/stat`). The log keeps both flat; the whole-document
-//! writes of before grew with the save (the `log off` rows show them).
+//! And what the save costs on the writer thread, each settlement saved
+//! alone: the log line it appends (counted at the file system), the
+//! document writes that happened meanwhile, what a settlement costs in the
+//! long run (its line plus its share of the document write that comes each
+//! time the log has grown to the document's size), and the writer thread's
+//! CPU per settlement (Linux: `/proc/self/task/*/stat`). The `log off` rows
+//! write the whole document every time, as saves did before the log.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -29,17 +31,27 @@ use marketplace_client::persist::{RealFs, SaveFs};
 use marketplace_client::state::Applied;
 use marketplace_client::{MarketChange, OpOutcome, PlayerStore, StoreOptions};
 
-/// The real file system, counting the bytes written.
+/// The real file system, counting the bytes written: whole files
+/// (documents, log headers) and appended log lines apart.
 #[derive(Clone, Default)]
-struct Counting(Arc<AtomicU64>);
+struct Counting {
+    written: Arc<AtomicU64>,
+    appended: Arc<AtomicU64>,
+    documents: Arc<AtomicU64>,
+}
 
 impl SaveFs for Counting {
     fn write_synced(&mut self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        self.0.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.written
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if bytes.len() > 64 {
+            self.documents.fetch_add(1, Ordering::Relaxed);
+        }
         RealFs.write_synced(path, bytes)
     }
     fn append_synced(&mut self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        self.0.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.appended
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         RealFs.append_synced(path, bytes)
     }
     fn link_or_copy(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
@@ -87,8 +99,8 @@ fn main() {
         return;
     }
     println!("cost of one settlement (settle + poll + events on the main thread; bytes written and CPU on the writer thread), {SETTLED} settlements per row");
-    println!("| trades pending | inventory items | save | main thread mean | main thread p99 | bytes written | writer CPU |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| trades pending | inventory items | save | main thread mean | main thread p99 | appended | documents written | bytes, amortised | writer CPU |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &(pending, inventory, log) in &[
         (10, 10, true),
         (1_000, 10, true),
@@ -101,11 +113,14 @@ fn main() {
     ] {
         let m = measure(pending, inventory, log);
         println!(
-            "| {pending} | {inventory} | {} | {:.1} µs | {:.1} µs | {} B | {:.0} µs |",
+            "| {pending} | {inventory} | {} | {:.1} µs | {:.1} µs | {} B | {} of {} KiB | {} B | {:.0} µs |",
             if log { "log" } else { "log off" },
             m.mean.as_secs_f64() * 1e6,
             m.p99.as_secs_f64() * 1e6,
-            m.bytes_per_settlement,
+            m.appended_per_settlement,
+            m.documents,
+            m.document_bytes / 1024,
+            m.amortised_bytes,
             m.writer_cpu_per_settlement * 1e6,
         );
     }
@@ -114,7 +129,17 @@ fn main() {
 struct Measured {
     mean: Duration,
     p99: Duration,
-    bytes_per_settlement: u64,
+    /// Log lines appended per settlement.
+    appended_per_settlement: u64,
+    /// Whole documents written during the measured settlements, and the
+    /// document's size.
+    documents: u64,
+    document_bytes: u64,
+    /// What a settlement costs in the long run: its line, plus its share
+    /// of the document write that comes each time the log has grown to
+    /// the document's size (at least 64 KiB) — or, with the log off, the
+    /// document itself.
+    amortised_bytes: u64,
     writer_cpu_per_settlement: f64,
 }
 
@@ -166,18 +191,22 @@ fn measure(pending: usize, inventory: usize, log: bool) -> Measured {
     // … then each settlement saved alone: what the writer writes and spends
     // on it. (Whole-document saves of a large save are slow: fewer of them.)
     let settled = if log { SETTLED } else { SETTLED / 10 };
-    let (mut written, mut cpu) = (0u64, 0f64);
+    let (mut appended, mut written, mut documents, mut cpu) = (0u64, 0u64, 0u64, 0f64);
     for n in SETTLED..SETTLED + settled {
         let op = ops.pop_front().expect("a pending trade");
         store.settle_op(op, &bought(n)).expect("settles");
         store.poll();
         store.drain_events(&mut events);
-        let (w, c) = (
-            counting.0.load(Ordering::Relaxed),
+        let (a, w, d, c) = (
+            counting.appended.load(Ordering::Relaxed),
+            counting.written.load(Ordering::Relaxed),
+            counting.documents.load(Ordering::Relaxed),
             thread_cpu("player-store-writer"),
         );
         store.flush(Duration::from_secs(30)).expect("flush");
-        written += counting.0.load(Ordering::Relaxed) - w;
+        appended += counting.appended.load(Ordering::Relaxed) - a;
+        written += counting.written.load(Ordering::Relaxed) - w;
+        documents += counting.documents.load(Ordering::Relaxed) - d;
         cpu += thread_cpu("player-store-writer") - c;
         ops.push_back(journal(&mut store, pending + n));
         store.poll();
@@ -186,10 +215,21 @@ fn measure(pending: usize, inventory: usize, log: bool) -> Measured {
     }
     costs.sort();
     let mean = costs.iter().sum::<Duration>() / costs.len() as u32;
+    let document_bytes = std::fs::metadata(dir.path().join("player.json")).map_or(0, |m| m.len());
+    let line = appended / settled as u64;
+    let amortised_bytes = if log {
+        let limit = document_bytes.max(StoreOptions::default().log_bytes);
+        line + document_bytes * line / limit.max(1)
+    } else {
+        written / settled as u64
+    };
     Measured {
         mean,
         p99: costs[costs.len() * 99 / 100],
-        bytes_per_settlement: written / settled as u64,
+        appended_per_settlement: line,
+        documents,
+        document_bytes,
+        amortised_bytes,
         writer_cpu_per_settlement: cpu / settled as f64,
     }
 }
