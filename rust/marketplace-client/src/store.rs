@@ -271,6 +271,10 @@ struct LogStart {
     document: u64,
     /// [`StoreOptions::log_bytes`].
     limit: u64,
+    /// A backup document exists. Until one does, every save writes the
+    /// whole document (cheap while a save is young): the second save of a
+    /// new file leaves the first as its backup, as saves always did.
+    backup: bool,
 }
 
 /// The log may grow to the document's size (at least this) before the
@@ -326,6 +330,7 @@ impl LogStart {
         persist::save_atomically(fs, path, &bytes)?;
         self.bytes = persist::start_log(fs, path, copy.log_epoch)?;
         self.document = bytes.len() as u64;
+        self.backup = persist::backup_path(path).exists();
         self.usable = true;
         Ok(())
     }
@@ -502,6 +507,7 @@ fn continued_by_log(path: &Path, document: PlayerState) -> (PlayerState, LogStar
         bytes: read.bytes,
         document: size,
         limit: MIN_LOG_BYTES,
+        backup: true,
     };
     if read.batches.is_empty() {
         return (document, start, true);
@@ -555,6 +561,7 @@ impl PlayerStore {
             bytes: 0,
             document: 0,
             limit: options.log_bytes,
+            backup: persist::backup_path(&path).exists(),
         };
         let mut recovered = loaded.recovered_from_backup;
         let mut state = match loaded.state {

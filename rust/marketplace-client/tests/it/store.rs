@@ -548,7 +548,11 @@ fn a_change_appends_what_changed_not_the_whole_document() {
         store.add_item(&format!("item-{i}"), 1 + i % 7).unwrap();
     }
     store.flush(Duration::from_secs(10)).unwrap();
-    // The first save wrote the document (no log yet to continue).
+    // The first two saves write the document (no log yet to continue; then
+    // no backup yet): from then on, changes are appended.
+    store.add_credits(1).unwrap();
+    store.flush(Duration::from_secs(10)).unwrap();
+    assert!(persist::backup_path(&path).exists());
     let (document, log) = sizes(&path);
     assert!(document > 50_000, "a large inventory: {document} bytes");
     store.add_credits(5).unwrap();
