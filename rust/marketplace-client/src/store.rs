@@ -297,7 +297,10 @@ impl LogStart {
         generation: u64,
         changes: &[Delta],
     ) -> std::io::Result<()> {
-        let result = if self.usable && self.limit > 0 && self.bytes < self.document.max(self.limit)
+        let result = if self.usable
+            && self.backup
+            && self.limit > 0
+            && self.bytes < self.document.max(self.limit)
         {
             persist::append_log(fs, path, generation, &changes).map(|n| self.bytes += n)
         } else {
