@@ -634,7 +634,9 @@ fn a_log_of_another_document_is_ignored() {
     let mut store = open_logged(&path);
     store.add_item("ore", 1).unwrap();
     store.flush(Duration::from_secs(5)).unwrap();
-    store.add_item("ore", 5).unwrap();
+    store.add_credits(1).unwrap(); // the document again: now with a backup
+    store.flush(Duration::from_secs(5)).unwrap();
+    store.add_item("ore", 5).unwrap(); // appended
     store.flush(Duration::from_secs(5)).unwrap();
     drop(store);
     // The document of before (another epoch) put back, as a crash between
