@@ -221,6 +221,16 @@ pub fn append_log<T: serde::Serialize>(
     Ok(line.len() as u64)
 }
 
+/// The epoch the log beside `path` names (its header), if it has one.
+pub fn log_epoch(path: &Path) -> Option<u64> {
+    let file = File::open(log_path(path)).ok()?;
+    let mut first = String::new();
+    io::BufRead::read_line(&mut io::BufReader::new(file), &mut first).ok()?;
+    serde_json::from_str::<LogHeader>(first.trim_end())
+        .ok()
+        .map(|h| h.log_epoch)
+}
+
 /// What the log beside a document says.
 pub struct LogRead<T> {
     /// The changes of each complete line, in order.

@@ -319,16 +319,20 @@ impl LogStart {
         copy: &mut PlayerState,
     ) -> std::io::Result<()> {
         self.usable = false;
+        let previous_epoch = copy.log_epoch;
         // A new document names a log no other document ever named (a
         // random epoch: a damaged main file's log can never be taken for
         // this one's).
         copy.log_epoch = rand::random::<u64>().max(1);
         let bytes = serde_json::to_vec(&*copy).map_err(std::io::Error::other)?;
         // The document about to become the backup keeps its log beside it,
-        // so a load from the backup is one document write behind, not more.
+        // so a load from the backup is one document write behind, not more
+        // — if that log is the document's own (not a damaged main file's
+        // after a load from the backup). Best effort: the backup's log only
+        // helps a later rescue, and a stale one is never replayed (epochs).
         let log = persist::log_path(path);
-        if log.exists() {
-            fs.link_or_copy(&log, &persist::log_path(&persist::backup_path(path)))?;
+        if path.exists() && persist::log_epoch(path) == Some(previous_epoch) {
+            let _ = fs.link_or_copy(&log, &persist::log_path(&persist::backup_path(path)));
         }
         persist::save_atomically(fs, path, &bytes)?;
         self.bytes = persist::start_log(fs, path, copy.log_epoch)?;

@@ -94,9 +94,11 @@ pub enum MarketChange {
     /// `POST /v1/listings/{listing_id}/purchase`
     Purchase {
         listing_id: i64,
-        /// Per unit.
+        /// Per unit — or, without a `quantity`, what all the remaining
+        /// units cost together (how clients before partial fills spoke).
         expected_price: i64,
-        /// Units to buy; absent: all that remain (the whole lot).
+        /// Units to buy; absent: all that remain, `expected_price` being
+        /// their price together.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         quantity: Option<i64>,
         /// Credits the game moves from its save into the market for this
@@ -324,7 +326,8 @@ pub struct RepriceRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseRequest {
-    /// Per unit.
+    /// Per unit; without a `quantity`, what all the remaining units cost
+    /// together.
     pub expected_price: i64,
     /// Units to buy; absent: all that remain.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -101,32 +101,26 @@ impl FeeRule {
         self.rate_bp == 0 && self.min == 0
     }
 
-    /// The fee on a fill worth `gross` credits: the whole of a listing.
+    /// The fee on a listing that sold `gross` credits' worth in all.
     pub fn on(&self, gross: i64) -> i64 {
-        self.on_part(gross, 1, 1)
-    }
-
-    /// The fee on a fill of `part` of a listing's `of` units, worth
-    /// `gross`. The minimum and the cap belong to the listing: a fill pays
-    /// its share of them (rounded down), so a lot sold unit by unit pays no
-    /// more minimums than the lot sold at once — a buyer cannot make a
-    /// seller pay the minimum over and over.
-    pub fn on_part(&self, gross: i64, part: i64, of: i64) -> i64 {
-        if self.is_off() || gross <= 0 || part <= 0 {
+        if self.is_off() || gross <= 0 {
             return 0;
         }
-        let share = |x: i64| {
-            i64::try_from(i128::from(x) * i128::from(part) / i128::from(of.max(part)))
-                .unwrap_or(i64::MAX)
-        };
         let rated = (i128::from(gross) * i128::from(self.rate_bp) + 9_999) / 10_000;
-        let mut fee = i64::try_from(rated)
-            .unwrap_or(i64::MAX)
-            .max(share(self.min));
+        let mut fee = i64::try_from(rated).unwrap_or(i64::MAX).max(self.min);
         if self.max > 0 {
-            fee = fee.min(share(self.max));
+            fee = fee.min(self.max);
         }
         fee.min(gross)
+    }
+
+    /// What a fill worth `gross` adds to its listing's fee, after the
+    /// listing sold `before`: the fee is the listing's, so a lot sold in
+    /// parts pays exactly what it pays sold at once — the minimum once, the
+    /// cap once, one rounding — whoever chooses the parts.
+    pub fn on_fill(&self, before: i64, gross: i64) -> i64 {
+        let total = before.saturating_add(gross);
+        (self.on(total) - self.on(before.max(0))).clamp(0, gross.max(0))
     }
 
     pub fn validate(&self, what: &str) -> Result<(), String> {
@@ -153,18 +147,23 @@ pub struct Fees {
 }
 
 impl Fees {
-    /// (listing fee, sales tax) on a fill worth `gross`; together never
-    /// more than `gross`.
+    /// (listing fee, sales tax) on a listing that sold `gross` in all
+    /// (a quote); together never more than `gross`.
     pub fn on(&self, gross: i64) -> (i64, i64) {
-        self.on_part(gross, 1, 1)
+        self.on_fill(0, gross)
     }
 
-    /// The same for a fill of `part` of a listing's `of` units (see
-    /// [`FeeRule::on_part`]).
-    pub fn on_part(&self, gross: i64, part: i64, of: i64) -> (i64, i64) {
-        let listing = self.listing.on_part(gross, part, of);
-        let tax = self.sales_tax.on_part(gross, part, of).min(gross - listing);
+    /// (listing fee, sales tax) a fill worth `gross` adds, after its
+    /// listing sold `before` (see [`FeeRule::on_fill`]); together never
+    /// more than `gross`.
+    pub fn on_fill(&self, before: i64, gross: i64) -> (i64, i64) {
+        let listing = self.listing.on_fill(before, gross);
+        let tax = self.sales_tax.on_fill(before, gross).min(gross - listing);
         (listing, tax)
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.listing.is_off() && self.sales_tax.is_off()
     }
 }
 

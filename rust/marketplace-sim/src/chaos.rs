@@ -682,7 +682,19 @@ fn crash(
         backup_path.clone(),
         persist::log_path(&backup_path),
     ];
-    let at_crash: Vec<Option<Vec<u8>>> = files.iter().map(|f| std::fs::read(f).ok()).collect();
+    // Read until two reads agree: the writer thread may be between the
+    // steps of a save, and a crash leaves files as they were at one instant.
+    let read_all =
+        || -> Vec<Option<Vec<u8>>> { files.iter().map(|f| std::fs::read(f).ok()).collect() };
+    let mut at_crash = read_all();
+    for _ in 0..50 {
+        let again = read_all();
+        if again == at_crash {
+            break;
+        }
+        at_crash = again;
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // Replace the player (dropping the old one stops its threads) and put the
     // files back as they were at the instant of the crash.
     let placeholder = SimPlayer::open(

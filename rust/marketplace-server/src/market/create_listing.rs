@@ -38,16 +38,9 @@ pub(super) async fn run(
     // Listed: nothing below is a refusal. Resting buy orders at or above
     // the price take what they want at once.
     if let Done::Listing { envelope, .. } = &mut done {
-        let fills = super::fills::match_listing(
-            conn,
-            ctx,
-            envelope.listing.id,
-            item_id,
-            price,
-            quantity,
-            quantity,
-        )
-        .await?;
+        let fills =
+            super::fills::match_listing(conn, ctx, envelope.listing.id, item_id, price, quantity)
+                .await?;
         if !fills.is_empty() {
             envelope.listing = super::fetch_listing(conn, envelope.listing.id)
                 .await?

@@ -17,8 +17,10 @@
 //! Matching changes on one item run one at a time: each first bumps the
 //! item's row in `item_books`, which every backend locks for the rest of
 //! the transaction — *before* any other row (an account, a listing), so
-//! two matching changes always take their locks in the same order and
-//! cannot deadlock each other. (The bump is bookkeeping, not value: a
+//! two matching changes on one item take their locks in the same order
+//! and cannot wait for each other. (Through account rows, changes on two
+//! items can still meet under server grants; PostgreSQL then aborts one,
+//! which is answered 503 and retried with its key.) (The bump is bookkeeping, not value: a
 //! refusal that follows it is still a refusal that moved nothing.) Without it, on PostgreSQL a bid and an ask placed at
 //! the same moment could each miss the other (neither sees the other's
 //! uncommitted row) and rest crossed. Direct purchases, cancels and the
@@ -44,8 +46,9 @@ use crate::error::AppError;
 const CANDIDATES: i64 = 16;
 
 /// The most candidates one matching change looks at (while it holds the
-/// item's book): the rest rests. Candidates skipped for their minimum fill
-/// cannot make one change walk the whole book.
+/// item's book): the rest rests. Candidates whose minimum fill does not fit
+/// are left out by the query itself; this bounds what races (a candidate
+/// cancelled or bought meanwhile) can make one change walk.
 const MAX_SCANNED: usize = 512;
 
 /// Takes the item's book for the rest of the transaction.
@@ -97,11 +100,28 @@ pub(crate) async fn owe(
     Ok(Some(id))
 }
 
-/// The fees on a fill of `part` of a listing's `of` units worth `gross`
-/// (see [`crate::economy::FeeRule::on_part`]).
-pub(super) fn fee_on(ctx: &OpContext<'_>, gross: i64, part: i64, of: i64) -> i64 {
-    let (listing, tax) = ctx.policy.fees.on_part(gross, part, of);
-    listing + tax
+/// The fees a fill worth `gross` adds to its listing's: the listing's fee
+/// on everything it sold grows by them (see
+/// [`crate::economy::FeeRule::on_fill`]). Reads what the listing sold
+/// before — its row is locked by the fill's own update, so the sum is the
+/// one this fill follows. No statement when fees are off.
+pub(super) async fn fee_on(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    listing_id: i64,
+    gross: i64,
+) -> Result<i64, sqlx::Error> {
+    if ctx.policy.fees.is_off() {
+        return Ok(0);
+    }
+    let (before,): (i64,) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM purchases WHERE listing_id = $1",
+    )
+    .bind(listing_id)
+    .fetch_one(conn)
+    .await?;
+    let (listing, tax) = ctx.policy.fees.on_fill(before, gross);
+    Ok(listing + tax)
 }
 
 /// The ledger row that moves a fill's fees from the seller's proceeds to
@@ -134,8 +154,6 @@ struct OrderFill<'a> {
     item_id: &'a str,
     quantity: i64,
     unit_price: i64,
-    /// The listing's units, for its share of the fee's minimum and cap.
-    listed: i64,
 }
 
 /// Records an order fill: the purchase row with its fees, the items and any
@@ -146,7 +164,7 @@ async fn record(
     f: &OrderFill<'_>,
 ) -> Result<Fill, AppError> {
     let gross = f.unit_price * f.quantity;
-    let fee = fee_on(ctx, gross, f.quantity, f.listed);
+    let fee = fee_on(conn, ctx, f.listing_id, gross).await?;
     let (purchase_id,): (i64,) = sqlx::query_as(
         "INSERT INTO purchases (listing_id, buyer_id, seller_id, item_id, quantity, price, created_at, order_id, unit_price, fee, taker_id, taker_key) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
@@ -318,10 +336,11 @@ pub(super) async fn match_order(
     let (mut after_price, mut after_id) = (0i64, 0i64);
     'pages: while left > 0 {
         let rows = sqlx::query(
-            "SELECT id, seller_id, price, remaining, quantity FROM listings \
+            "SELECT id, seller_id, price, remaining FROM listings \
              WHERE item_id = $1 AND status = 'active' AND price <= $2 AND seller_id <> $3 \
              AND (expires_at IS NULL OR expires_at > $4) \
              AND (price > $5 OR (price = $5 AND id > $6)) \
+             AND (remaining >= $8 OR remaining >= $9) \
              ORDER BY price, id LIMIT $7",
         )
         .bind(item_id)
@@ -331,6 +350,9 @@ pub(super) async fn match_order(
         .bind(after_price)
         .bind(after_id)
         .bind(CANDIDATES)
+        // Only listings a fill of the order's minimum (or its rest) fits.
+        .bind(min_fill)
+        .bind(left)
         .fetch_all(&mut *conn)
         .await?;
         if rows.is_empty() {
@@ -344,7 +366,6 @@ pub(super) async fn match_order(
             let listing_id: i64 = row.try_get("id")?;
             let seller_id: i64 = row.try_get("seller_id")?;
             let price: i64 = row.try_get("price")?;
-            let listed: i64 = row.try_get("quantity")?;
             let mut available: i64 = row.try_get("remaining")?;
             (after_price, after_id) = (price, listing_id);
             // A direct purchase may take units between the read and the
@@ -368,7 +389,6 @@ pub(super) async fn match_order(
                         item_id,
                         quantity: q,
                         unit_price: price,
-                        listed,
                     };
                     fills.push(record(conn, ctx, &fill).await?);
                     left -= q;
@@ -396,14 +416,12 @@ pub(super) async fn match_order(
 
 /// A listing just created or repriced (`left` units at `price`) sells to
 /// the best resting buy orders.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn match_listing(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
     listing_id: i64,
     item_id: &str,
     price: i64,
-    listed: i64,
     mut left: i64,
 ) -> Result<Vec<Fill>, AppError> {
     // The caller holds the item's book.
@@ -417,6 +435,7 @@ pub(super) async fn match_listing(
              WHERE item_id = $1 AND status = 'active' AND max_price >= $2 AND buyer_id <> $3 \
              AND (expires_at IS NULL OR expires_at > $4) \
              AND (max_price < $5 OR (max_price = $5 AND id > $6)) \
+             AND (min_fill <= $8 OR remaining <= $8) \
              ORDER BY max_price DESC, id LIMIT $7",
         )
         .bind(item_id)
@@ -426,6 +445,8 @@ pub(super) async fn match_listing(
         .bind(after_price)
         .bind(after_id)
         .bind(CANDIDATES)
+        // Only orders whose minimum (or rest) what is left can fill.
+        .bind(left)
         .fetch_all(&mut *conn)
         .await?;
         if rows.is_empty() {
@@ -465,7 +486,6 @@ pub(super) async fn match_listing(
                 item_id,
                 quantity: q,
                 unit_price: max_price,
-                listed,
             };
             fills.push(record(conn, ctx, &fill).await?);
             left -= q;

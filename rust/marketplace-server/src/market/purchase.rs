@@ -44,6 +44,7 @@ pub(super) async fn run(
         limits(marketplace_protocol::check_quantity(q))?;
     }
     let legacy = quantity.is_none();
+    let requested = quantity;
     // In units: the lot's price per unit and its units, when the lot total
     // the request expects is what the remaining units cost now (else a
     // price no listing has, so the race below is lost and says why).
@@ -73,7 +74,7 @@ pub(super) async fn run(
          status = CASE WHEN remaining = $4 THEN 'sold' ELSE status END \
          WHERE id = $1 AND status = 'active' AND price = $2 AND seller_id <> $3 \
          AND remaining >= $4 AND (expires_at IS NULL OR expires_at > $5) \
-         RETURNING seller_id, item_id, price, quantity",
+         RETURNING seller_id, item_id, price",
     )
     .bind(listing_id)
     .bind(unit_price)
@@ -156,14 +157,12 @@ pub(super) async fn run(
     let item_id: String = row.try_get("item_id")?;
     let quantity = units;
     let unit_price: i64 = row.try_get("price")?;
-    let listed: i64 = row.try_get("quantity")?;
     let won = Won {
         listing_id,
         seller_id,
         item_id,
         quantity,
         unit_price,
-        listed,
     };
     books::checkpoint(conn).await?;
     let outcome = pay_and_deliver(conn, ctx, &won, deposit).await;
@@ -179,6 +178,27 @@ pub(super) async fn run(
         .execute(&mut *conn)
         .await?;
     }
+    if matches!(outcome, Err(AppError::IdempotencyKeyReused)) {
+        // The key is taken. With units still for sale the race above is
+        // won again by a replay of a purchase this key made (its stored
+        // answer pruned): then the replay gets that purchase, not a
+        // refusal a client would settle on.
+        let known: Option<(String,)> = sqlx::query_as(
+            "SELECT kind FROM operation_keys WHERE player_id = $1 AND idem_key = $2",
+        )
+        .bind(ctx.player_id)
+        .bind(ctx.idem_key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if known.is_some_and(|(kind,)| kind == "purchase") {
+            if let Some(done) = recall(conn, ctx, listing_id, expected_price, requested).await? {
+                return Ok(Effect {
+                    done,
+                    replayed: true,
+                });
+            }
+        }
+    }
     outcome.map(Effect::from)
 }
 
@@ -189,8 +209,6 @@ struct Won {
     item_id: String,
     quantity: i64,
     unit_price: i64,
-    /// The listing's units (its share of the fee's minimum and cap).
-    listed: i64,
 }
 
 /// The rest of a purchase once the race is won: the buyer pays (depositing
@@ -208,13 +226,12 @@ async fn pay_and_deliver(
         item_id,
         quantity,
         unit_price,
-        listed,
     } = won;
     let (listing_id, seller_id, quantity, unit_price) =
         (*listing_id, *seller_id, *quantity, *unit_price);
     let price = marketplace_protocol::check_total(quantity, unit_price)
         .map_err(AppError::InvalidRequest)?;
-    let fee = fee_on(ctx, price, quantity, *listed);
+    let fee = fee_on(conn, ctx, listing_id, price).await?;
     sqlx::query("UPDATE listings SET updated_at = $1 WHERE id = $2")
         .bind(ctx.now)
         .bind(listing_id)

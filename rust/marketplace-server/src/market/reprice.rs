@@ -47,7 +47,6 @@ pub(super) async fn run(
         listing_id,
         &listing.item_id,
         price,
-        listing.quantity,
         listing.quantity_remaining,
     )
     .await?;

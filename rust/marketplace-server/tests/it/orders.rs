@@ -28,6 +28,8 @@ backend_tests!(
     a_cheater_cannot_fill_past_quantities_or_collect_twice,
     older_clients_get_codes_they_know,
     the_audit_counts_units,
+    a_partial_purchase_replayed_after_pruning_gets_its_first_answer,
+    a_lot_sold_unit_by_unit_pays_the_fees_of_the_lot,
 );
 
 async fn call(t: &TestServer, who: &Player, method: Method, path: &str, body: Value) -> Reply {
@@ -953,4 +955,61 @@ async fn the_audit_counts_units(db: TestDb) {
         "{:#?}",
         audit.mismatches
     );
+}
+
+/// A key's stored answer pruned, its listing still holding units: the
+/// replay wins the race again, finds its key taken by its own purchase,
+/// and answers that purchase — never a refusal the client would settle on.
+async fn a_partial_purchase_replayed_after_pruning_gets_its_first_answer(db: TestDb) {
+    let t = TestServer::start(&db).await;
+    let seller = t.login("replay-seller").await;
+    let buyer = t.login("replay-buyer").await;
+    let l = id(&list(&t, &seller, "ore", 5, 10).await, "listing");
+    let k = key();
+    let path = format!("/v1/listings/{l}/purchase");
+    let body = json!({"expected_price": 10, "quantity": 2, "deposit": 20});
+    let first = call_keyed(&t, &buyer, Method::POST, &path, body.clone(), &k).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    t.server.clock().advance(9 * 86_400);
+    t.server.prune_now().await.expect("prune");
+    let buyer = t.login("replay-buyer").await;
+    let again = call_keyed(&t, &buyer, Method::POST, &path, body, &k).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.body["purchase"], first.body["purchase"]);
+    let shown = t.get(&buyer, &format!("/v1/listings/{l}")).await;
+    assert_eq!(
+        shown.body["listing"]["quantity_remaining"], 3,
+        "bought once"
+    );
+    check_books(&db).await;
+}
+
+/// The fee is the listing's: a buyer taking one unit at a time makes the
+/// seller pay no more than the lot sold at once.
+async fn a_lot_sold_unit_by_unit_pays_the_fees_of_the_lot(db: TestDb) {
+    let mut config = Config::for_tests(&db.url);
+    config.listing_fee_bp = 100;
+    config.listing_fee_min = 3;
+    config.sales_tax_bp = 250;
+    let t = TestServer::start_with(config).await;
+    let seller = t.login("lot-seller").await;
+    let buyer = t.login("nibbler").await;
+    let l = id(&list(&t, &seller, "ore", 10, 7).await, "listing");
+    let quote = t.get(&seller, "/v1/fees/quote?quantity=10&price=7").await;
+    let whole =
+        quote.body["listing_fee"].as_i64().unwrap() + quote.body["sales_tax"].as_i64().unwrap();
+    assert_eq!(whole, 3 + 2, "the minimum of 3, and 2.5 % of 70 rounded up");
+    for _ in 0..10 {
+        let r = call(
+            &t,
+            &buyer,
+            Method::POST,
+            &format!("/v1/listings/{l}/purchase"),
+            json!({"expected_price": 7, "quantity": 1, "deposit": 7}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    let books = check_books(&db).await;
+    assert_eq!(books.fees, whole, "unit by unit, the fees of the lot");
 }
