@@ -455,6 +455,16 @@ func showcase() -> void:
 			buttons[0].emit_signal("pressed")
 			break
 	say("Listed %s for %s" % [item_name("scrap_metal"), cr(30)] if listed.ok else listed.message, GOOD)
+	# A buy order on the panel, and what it bought collected.
+	order_quantity.value = 3
+	order_price.value = 40
+	await _on_place_order(Button.new())
+	await collect_deliveries(false)
+	await quote(30)
+	if OS.get_environment("MARKET_DEMO_QUIT") == "1":
+		print("showcase done: ", message_label.text, " | ", fee_label.text)
+		get_tree().quit()
+
 
 func _on_buy(listing: Dictionary, button: Button) -> void:
 	# The price is held at once; the button shows the purchase pending until

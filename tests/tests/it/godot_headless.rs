@@ -131,3 +131,47 @@ fn rand_suffix() -> u64 {
         .unwrap_or(0);
     t ^ u64::from(std::process::id()).rotate_left(32)
 }
+
+/// The demo shop (`godot/scenes/shop.tscn`, through the `Market` autoload)
+/// runs in a real Godot against a server, its showcase to the end (a
+/// listing, a purchase, a buy order from the panel, deliveries collected,
+/// a fee quote): no script error, no panic, a clean quit.
+#[test]
+fn demo_shop_runs_without_script_errors() {
+    let Some(godot) = marketplace_e2e::godot::godot_binary("Godot demo shop") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join("project");
+    marketplace_e2e::godot::make_project(&project);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("sqlite://{}/market.sqlite", work.path().display());
+    let server = rt
+        .block_on(marketplace_server::spawn(
+            marketplace_server::Config::for_tests(url),
+        ))
+        .expect("server starts");
+    let mut command = Command::new(&godot);
+    marketplace_e2e::godot::isolate_user_data(&mut command, work.path());
+    let output = command
+        .args(["--headless", "--quit-after", "100000", "--path"])
+        .arg(&project)
+        .arg("res://scenes/shop.tscn")
+        .env("MARKET_SERVER_URL", server.url())
+        .env("MARKET_DEMO_SHOWCASE", "1")
+        .env("MARKET_DEMO_QUIT", "1")
+        .output()
+        .expect("GDRUST_GODOT_BIN runs");
+    rt.block_on(server.shutdown());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "the shop quit with {}",
+        output.status
+    );
+    for bad in ["SCRIPT ERROR", "Parse Error", "[panic"] {
+        assert!(!stderr.contains(bad), "{bad} in the demo shop:\n{stderr}");
+    }
+}
