@@ -625,6 +625,14 @@ func check_orders_partial_fills_expiry_and_deliveries() -> void:
 	var quote: Dictionary = await sel.market.quote_fees(2, 50).completed
 	check(quote.ok and quote.quote.buyer_pays == 100 and quote.quote.seller_receives == 100 - quote.quote.listing_fee - quote.quote.sales_tax, "quote_fees says what the buyer pays and the seller receives")
 
+	# Market data for the item: the summary, the book's depth, the history.
+	var summary: Dictionary = await ob.market.get_market_summary(item).completed
+	check(summary.ok and summary.summary.last_price == 20 and summary.summary.trades_24h == 3, "get_market_summary (%s)" % summary)
+	var depth: Dictionary = await ob.market.get_depth(item).completed
+	check(depth.ok and depth.depth.asks.is_empty() and depth.depth.bids.is_empty(), "get_depth of an empty book")
+	var history: Dictionary = await ob.market.get_price_history(item, "hour").completed
+	check(history.ok and history.history.candles.size() >= 1 and history.history.candles[-1].volume >= 1, "get_price_history has candles (%s)" % history)
+
 	var claimed: Dictionary = await sel.market.claim_proceeds().completed
 	check(claimed.ok, "the seller claims the fills' proceeds")
 	var credits: int = ob.data.get_credits() + ob.data.get_held_credits() + sel.data.get_credits() + sel.data.get_held_credits()

@@ -4,7 +4,9 @@
 
 use godot::prelude::*;
 use marketplace_client::client::BrowseQuery;
-use marketplace_client::protocol::{Delivery, FeeQuote, Fill, Listing, Order, Purchase, Sale};
+use marketplace_client::protocol::{
+    Delivery, Depth, FeeQuote, Fill, Listing, MarketSummary, Order, PriceHistory, Purchase, Sale,
+};
 use marketplace_client::{ClientError, ErrorCode, PendingTrade};
 
 fn put(d: &mut VarDictionary, key: &str, value: impl ToGodot) {
@@ -142,6 +144,66 @@ pub fn deliveries(xs: &[Delivery]) -> VarArray {
         a.push(&delivery(x).to_variant());
     }
     a
+}
+
+/// `item_id`, `best_ask`, `best_bid` (0: none), `ask_quantity`,
+/// `bid_quantity`, `last_price` (0: never traded), `volume_24h`,
+/// `trades_24h`, `at`.
+pub fn market_summary(m: &MarketSummary) -> VarDictionary {
+    let mut d = VarDictionary::new();
+    put(&mut d, "item_id", GString::from(m.item_id.as_str()));
+    put(&mut d, "best_ask", m.best_ask.unwrap_or(0));
+    put(&mut d, "best_bid", m.best_bid.unwrap_or(0));
+    put(&mut d, "ask_quantity", m.ask_quantity);
+    put(&mut d, "bid_quantity", m.bid_quantity);
+    put(&mut d, "last_price", m.last_price.unwrap_or(0));
+    put(&mut d, "volume_24h", m.volume_24h);
+    put(&mut d, "trades_24h", m.trades_24h);
+    put(&mut d, "at", m.at);
+    d
+}
+
+/// `item_id`, `asks` and `bids`: arrays of `{price, quantity, count}`, the
+/// best level first.
+pub fn depth(x: &Depth) -> VarDictionary {
+    let side = |levels: &[marketplace_client::protocol::DepthLevel]| {
+        let mut a = VarArray::new();
+        for l in levels {
+            let mut d = VarDictionary::new();
+            put(&mut d, "price", l.price);
+            put(&mut d, "quantity", l.quantity);
+            put(&mut d, "count", l.count);
+            a.push(&d.to_variant());
+        }
+        a
+    };
+    let mut d = VarDictionary::new();
+    put(&mut d, "item_id", GString::from(x.item_id.as_str()));
+    put(&mut d, "asks", side(&x.asks));
+    put(&mut d, "bids", side(&x.bids));
+    d
+}
+
+/// `item_id`, `interval`, `candles`: `{start, open, high, low, close,
+/// volume, trades}`, oldest first.
+pub fn price_history(h: &PriceHistory) -> VarDictionary {
+    let mut candles = VarArray::new();
+    for c in &h.candles {
+        let mut d = VarDictionary::new();
+        put(&mut d, "start", c.start);
+        put(&mut d, "open", c.open);
+        put(&mut d, "high", c.high);
+        put(&mut d, "low", c.low);
+        put(&mut d, "close", c.close);
+        put(&mut d, "volume", c.volume);
+        put(&mut d, "trades", c.trades);
+        candles.push(&d.to_variant());
+    }
+    let mut d = VarDictionary::new();
+    put(&mut d, "item_id", GString::from(h.item_id.as_str()));
+    put(&mut d, "interval", GString::from(h.interval.as_str()));
+    put(&mut d, "candles", candles);
+    d
 }
 
 /// `quantity`, `unit_price`, `buyer_pays`, `listing_fee`, `sales_tax`,

@@ -313,6 +313,19 @@ impl TradingMarketplace {
     /// `listing_fee`, `sales_tax`, `seller_receives`, …
     #[signal]
     fn fees_quoted(request_id: i64, quote: VarDictionary);
+    /// An item's market summary (`get_market_summary`): `best_ask`,
+    /// `best_bid` (0: none), `last_price` (0: never traded), `volume_24h`,
+    /// `trades_24h`, `ask_quantity`, `bid_quantity`.
+    #[signal]
+    fn market_summary_updated(request_id: i64, summary: VarDictionary);
+    /// An item's book by price level (`get_depth`): `asks` and `bids`, each
+    /// an array of `{price, quantity, count}`, the best level first.
+    #[signal]
+    fn depth_updated(request_id: i64, depth: VarDictionary);
+    /// An item's price history (`get_price_history`): `candles`, each
+    /// `{start, open, high, low, close, volume, trades}`, oldest first.
+    #[signal]
+    fn price_history_updated(request_id: i64, history: VarDictionary);
 
     /// Logs in. Without arguments (or with empty ones) the identity saved
     /// in `LocalPlayerData` is used (a new player gets a random device id);
@@ -468,6 +481,51 @@ impl TradingMarketplace {
     #[func]
     fn collect_deliveries(&mut self) -> Gd<MarketRequest> {
         self.request("collect", None, |session, _| session.collect_deliveries())
+    }
+
+    /// An item's market summary: best ask and bid, last price, 24 h volume
+    /// (`market_summary_updated`; awaited: `summary`).
+    #[func]
+    fn get_market_summary(&mut self, item_id: GString) -> Gd<MarketRequest> {
+        let item_id = item_id.to_string();
+        self.request("market_summary", None, |session, _| {
+            session.market_summary(&item_id)
+        })
+    }
+
+    /// An item's book by price level, `levels` (1–100) a side
+    /// (`depth_updated`; awaited: `depth`).
+    #[func]
+    fn get_depth(
+        &mut self,
+        item_id: GString,
+        #[opt(default = 20)] levels: i64,
+    ) -> Gd<MarketRequest> {
+        let item_id = item_id.to_string();
+        let levels = u32::try_from(levels).unwrap_or(0);
+        self.request("depth", None, |session, _| session.depth(&item_id, levels))
+    }
+
+    /// An item's price history as candles per `"hour"` or `"day"`, between
+    /// `from` and `to` (Unix seconds; 0: the last 48 intervals)
+    /// (`price_history_updated`; awaited: `history`).
+    #[func]
+    fn get_price_history(
+        &mut self,
+        item_id: GString,
+        #[opt(default = "hour")] interval: GString,
+        #[opt(default = 0)] from: i64,
+        #[opt(default = 0)] to: i64,
+    ) -> Gd<MarketRequest> {
+        let (item_id, interval) = (item_id.to_string(), interval.to_string());
+        self.request("price_history", None, |session, _| {
+            session.price_history(
+                &item_id,
+                &interval,
+                (from > 0).then_some(from),
+                (to > 0).then_some(to),
+            )
+        })
     }
 
     /// What selling `quantity` units at `price` each would cost in fees
@@ -1018,6 +1076,24 @@ impl TradingMarketplace {
                 .signals()
                 .fees_quoted()
                 .emit(id(request_id), &convert::fee_quote(quote)),
+            SessionEvent::MarketSummary {
+                request_id,
+                summary,
+            } => self
+                .signals()
+                .market_summary_updated()
+                .emit(id(request_id), &convert::market_summary(summary)),
+            SessionEvent::DepthListed { request_id, depth } => self
+                .signals()
+                .depth_updated()
+                .emit(id(request_id), &convert::depth(depth)),
+            SessionEvent::PriceHistory {
+                request_id,
+                history,
+            } => self
+                .signals()
+                .price_history_updated()
+                .emit(id(request_id), &convert::price_history(history)),
             SessionEvent::TradeRecovered {
                 kind,
                 credits,

@@ -336,6 +336,9 @@ fn result_of(event: &SessionEvent, ends_on_failure: bool) -> Option<VarDictionar
             put(&mut d, "deliveries", convert::deliveries(deliveries));
         }
         FeesQuoted { quote, .. } => put(&mut d, "quote", convert::fee_quote(quote)),
+        MarketSummary { summary, .. } => put(&mut d, "summary", convert::market_summary(summary)),
+        DepthListed { depth, .. } => put(&mut d, "depth", convert::depth(depth)),
+        PriceHistory { history, .. } => put(&mut d, "history", convert::price_history(history)),
         RequestFailed { error, .. } if ends_on_failure => d = failure(id, error),
         RequestFailed { .. }
         | ProceedsClaimed { .. }

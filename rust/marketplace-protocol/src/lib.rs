@@ -654,6 +654,71 @@ pub struct FeeQuote {
     pub seller_receives: i64,
 }
 
+/// Answer of `GET /v1/market/{item_id}/summary`: what an item trades at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarketSummary {
+    pub item_id: String,
+    /// The lowest unit price of an active listing; `None`: no seller.
+    pub best_ask: Option<i64>,
+    /// The highest price of an active buy order; `None`: no buyer.
+    pub best_bid: Option<i64>,
+    /// Units for sale and units wanted, in all.
+    pub ask_quantity: i64,
+    pub bid_quantity: i64,
+    /// The unit price of the last fill; `None`: never traded.
+    pub last_price: Option<i64>,
+    /// Units traded and fills over the last 24 hours.
+    pub volume_24h: i64,
+    pub trades_24h: i64,
+    /// Server time the figures are for (Unix seconds).
+    pub at: i64,
+}
+
+/// One price level of the book: the units at that price and how many
+/// listings or orders make them up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepthLevel {
+    pub price: i64,
+    pub quantity: i64,
+    pub count: i64,
+}
+
+/// Answer of `GET /v1/market/{item_id}/depth?levels=`: the book, the best
+/// levels first on each side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Depth {
+    pub item_id: String,
+    /// Sell listings, cheapest first.
+    pub asks: Vec<DepthLevel>,
+    /// Buy orders, highest first.
+    pub bids: Vec<DepthLevel>,
+}
+
+/// One interval of an item's price history, from its fills.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candle {
+    /// Unix seconds the interval starts at (UTC, aligned to the interval).
+    pub start: i64,
+    /// Unit prices: of the first fill, the highest, the lowest, the last.
+    pub open: i64,
+    pub high: i64,
+    pub low: i64,
+    pub close: i64,
+    /// Units traded and fills.
+    pub volume: i64,
+    pub trades: i64,
+}
+
+/// Answer of `GET /v1/market/{item_id}/history?interval=hour|day&from=&to=`:
+/// intervals with at least one fill, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceHistory {
+    pub item_id: String,
+    /// `hour` or `day`.
+    pub interval: String,
+    pub candles: Vec<Candle>,
+}
+
 /// The error envelope: `{"error": {...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorEnvelope {

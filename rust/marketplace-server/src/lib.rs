@@ -47,6 +47,7 @@ mod error;
 mod extract;
 mod idempotency;
 mod market;
+mod market_data;
 mod metrics;
 mod net;
 mod op;

@@ -47,6 +47,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/me/withdrawals", post(withdraw))
         .route("/v1/sales/{id}/claim", post(claim))
         .merge(crate::order_routes::router())
+        .merge(crate::market_data::router())
         .merge(crate::admin::router())
         .route("/healthz", get(healthz));
     if with_metrics {

@@ -183,6 +183,22 @@ pub enum Command {
     ListDeliveries {
         cursor: Option<String>,
     },
+    /// An item's market data: summary, depth, price history.
+    MarketSummary {
+        item_id: String,
+    },
+    Depth {
+        item_id: String,
+        levels: u32,
+    },
+    PriceHistory {
+        item_id: String,
+        /// `hour` or `day`.
+        interval: String,
+        /// Unix seconds; `None`: the server's default range.
+        from: Option<i64>,
+        to: Option<i64>,
+    },
     /// What a sale of `quantity` units at `price` each costs in fees.
     FeeQuote {
         quantity: i64,
@@ -228,6 +244,9 @@ pub enum Reply {
     Deliveries(marketplace_protocol::DeliveriesPage),
     Collected(marketplace_protocol::Collected),
     FeeQuote(marketplace_protocol::FeeQuote),
+    MarketSummary(marketplace_protocol::MarketSummary),
+    Depth(marketplace_protocol::Depth),
+    PriceHistory(marketplace_protocol::PriceHistory),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

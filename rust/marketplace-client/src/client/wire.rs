@@ -155,6 +155,28 @@ pub(crate) fn request_of(command: &Command) -> WireRequest {
             query.push(("price", price.to_string()));
             (Method::GET, "/v1/fees/quote".to_string(), None)
         }
+        Command::MarketSummary { item_id } => {
+            (Method::GET, format!("/v1/market/{item_id}/summary"), None)
+        }
+        Command::Depth { item_id, levels } => {
+            query.push(("levels", levels.to_string()));
+            (Method::GET, format!("/v1/market/{item_id}/depth"), None)
+        }
+        Command::PriceHistory {
+            item_id,
+            interval,
+            from,
+            to,
+        } => {
+            query.push(("interval", interval.clone()));
+            if let Some(from) = from {
+                query.push(("from", from.to_string()));
+            }
+            if let Some(to) = to {
+                query.push(("to", to.to_string()));
+            }
+            (Method::GET, format!("/v1/market/{item_id}/history"), None)
+        }
         Command::Change(MarketChange::Deposit { item_id, quantity }) => (
             Method::POST,
             "/v1/me/deposits".to_string(),
@@ -519,6 +541,27 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
                         .is_none_or(|i| marketplace_protocol::check_id("item_id", i).is_ok())
             });
             Ok(Reply::Deliveries(page))
+        }
+        Command::MarketSummary { item_id } => {
+            let summary: marketplace_protocol::MarketSummary = decode(bytes)?;
+            if &summary.item_id != item_id {
+                return Err(bad_response("another item"));
+            }
+            Ok(Reply::MarketSummary(summary))
+        }
+        Command::Depth { item_id, .. } => {
+            let depth: marketplace_protocol::Depth = decode(bytes)?;
+            if &depth.item_id != item_id {
+                return Err(bad_response("another item"));
+            }
+            Ok(Reply::Depth(depth))
+        }
+        Command::PriceHistory { item_id, .. } => {
+            let history: marketplace_protocol::PriceHistory = decode(bytes)?;
+            if &history.item_id != item_id {
+                return Err(bad_response("another item"));
+            }
+            Ok(Reply::PriceHistory(history))
         }
         Command::FeeQuote { .. } => {
             let quote: FeeQuote = decode(bytes)?;

@@ -129,6 +129,22 @@ impl TradingSession {
                 self.ready
                     .push_back(SessionEvent::FeesQuoted { request_id, quote });
             }
+            (Tracked::MarketData, EventKind::Done(Reply::MarketSummary(summary))) => {
+                self.ready.push_back(SessionEvent::MarketSummary {
+                    request_id,
+                    summary,
+                });
+            }
+            (Tracked::MarketData, EventKind::Done(Reply::Depth(depth))) => {
+                self.ready
+                    .push_back(SessionEvent::DepthListed { request_id, depth });
+            }
+            (Tracked::MarketData, EventKind::Done(Reply::PriceHistory(history))) => {
+                self.ready.push_back(SessionEvent::PriceHistory {
+                    request_id,
+                    history,
+                });
+            }
             (Tracked::CollectAll { origin }, EventKind::Done(Reply::Deliveries(page))) => {
                 self.collect_page(store, origin, page);
             }

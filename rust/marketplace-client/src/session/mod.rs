@@ -183,6 +183,18 @@ pub enum SessionEvent {
         request_id: RequestId,
         quote: marketplace_protocol::FeeQuote,
     },
+    MarketSummary {
+        request_id: RequestId,
+        summary: marketplace_protocol::MarketSummary,
+    },
+    DepthListed {
+        request_id: RequestId,
+        depth: marketplace_protocol::Depth,
+    },
+    PriceHistory {
+        request_id: RequestId,
+        history: marketplace_protocol::PriceHistory,
+    },
     /// A `claim_proceeds` request is over: every unclaimed sale it found has
     /// settled (`sales` claimed for `amount` credits in all). `error` is the
     /// first refusal, if any (its sale stays unclaimed for the next call).
@@ -252,6 +264,8 @@ enum Tracked {
     Sync(crate::state::Owner),
     Orders,
     FeeQuote,
+    /// Market data: the reply is reported as it comes.
+    MarketData,
     /// `collect_deliveries`: the deliveries page by page, then one collect
     /// per kind of item, all reported under `origin`.
     CollectAll {
@@ -1209,7 +1223,10 @@ impl SessionEvent {
             | OrderCancelled { request_id, .. }
             | OrdersListed { request_id, .. }
             | DeliveriesCollected { request_id, .. }
-            | FeesQuoted { request_id, .. } => Some(*request_id),
+            | FeesQuoted { request_id, .. }
+            | MarketSummary { request_id, .. }
+            | DepthListed { request_id, .. }
+            | PriceHistory { request_id, .. } => Some(*request_id),
             BusyChanged { .. } | TradeRecovered { .. } => None,
         }
     }

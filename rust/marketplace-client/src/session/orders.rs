@@ -117,6 +117,50 @@ impl TradingSession {
         self.send_now(Command::FeeQuote { quantity, price }, Tracked::FeeQuote)
     }
 
+    /// An item's market summary: best ask and bid, last price, 24 h volume.
+    pub fn market_summary(&mut self, item_id: &str) -> Result<RequestId, ClientError> {
+        marketplace_protocol::check_id("item_id", item_id).map_err(invalid)?;
+        let command = Command::MarketSummary {
+            item_id: item_id.to_string(),
+        };
+        self.send_now(command, Tracked::MarketData)
+    }
+
+    /// An item's book by price level, `levels` (1–100) a side.
+    pub fn depth(&mut self, item_id: &str, levels: u32) -> Result<RequestId, ClientError> {
+        marketplace_protocol::check_id("item_id", item_id).map_err(invalid)?;
+        if !(1..=100).contains(&levels) {
+            return Err(invalid("levels must be between 1 and 100"));
+        }
+        let command = Command::Depth {
+            item_id: item_id.to_string(),
+            levels,
+        };
+        self.send_now(command, Tracked::MarketData)
+    }
+
+    /// An item's price history: candles per `hour` or `day` between `from`
+    /// and `to` (Unix seconds; `None`: the last 48 intervals).
+    pub fn price_history(
+        &mut self,
+        item_id: &str,
+        interval: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<RequestId, ClientError> {
+        marketplace_protocol::check_id("item_id", item_id).map_err(invalid)?;
+        if !matches!(interval, "hour" | "day") {
+            return Err(invalid("interval must be hour or day"));
+        }
+        let command = Command::PriceHistory {
+            item_id: item_id.to_string(),
+            interval: interval.to_string(),
+            from,
+            to,
+        };
+        self.send_now(command, Tracked::MarketData)
+    }
+
     /// Collects everything the market keeps for the player. Ends with one
     /// [`SessionEvent::DeliveriesCollected`], after what came in is saved.
     pub fn collect_deliveries(&mut self) -> Result<RequestId, ClientError> {

@@ -376,3 +376,54 @@ fn fees_are_quoted_and_taken_from_the_proceeds() {
     );
     audit(&world);
 }
+
+#[test]
+fn market_data_reaches_the_game() {
+    let world = World::start();
+    let mut seller = Player::in_memory(&world, "md-seller", 0);
+    seller.store.add_item("ore", 3).unwrap();
+    let mut buyer = Player::in_memory(&world, "md-buyer", 100);
+    seller.login();
+    buyer.login();
+    seller.sell("ore", 3, 20).unwrap();
+    let listing = seller.wait_listed();
+    let store = &mut buyer.store;
+    let session = buyer.session.as_mut().unwrap();
+    session.buy_units(store, listing, 20, 1).unwrap();
+    buyer.settle(T);
+    let (s, d, h) = {
+        let session = buyer.session();
+        (
+            session.market_summary("ore").unwrap(),
+            session.depth("ore", 5).unwrap(),
+            session.price_history("ore", "hour", None, None).unwrap(),
+        )
+    };
+    buyer.pump_until(T, |e| {
+        [s, d, h]
+            .iter()
+            .all(|id| e.iter().any(|e| e.request_id() == Some(*id)))
+    });
+    let summary = buyer.find(|e| match e {
+        SessionEvent::MarketSummary { summary, .. } => Some(summary.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        (summary.best_ask, summary.last_price, summary.volume_24h),
+        (Some(20), Some(20), 1)
+    );
+    let depth = buyer.find(|e| match e {
+        SessionEvent::DepthListed { depth, .. } => Some(depth.clone()),
+        _ => None,
+    });
+    assert_eq!(depth.asks[0].quantity, 2);
+    let history = buyer.find(|e| match e {
+        SessionEvent::PriceHistory { history, .. } => Some(history.clone()),
+        _ => None,
+    });
+    assert_eq!(history.candles.len(), 1);
+    assert_eq!(
+        buyer.session().depth("ore", 0).unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
+}

@@ -129,6 +129,13 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0007_orders.postgres.sql"),
         step: None,
     },
+    Migration {
+        version: 8,
+        name: "market_data",
+        sqlite: include_str!("migrations/0008_market_data.sqlite.sql"),
+        postgres: include_str!("migrations/0008_market_data.postgres.sql"),
+        step: None,
+    },
 ];
 
 /// Arbitrary constant: the PostgreSQL advisory lock that serialises migrations

@@ -11,5 +11,6 @@ mod books;
 mod concurrency;
 mod forever;
 mod hardening;
+mod market_data;
 mod migrations;
 mod orders;

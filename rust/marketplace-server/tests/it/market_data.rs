@@ -1,0 +1,183 @@
+//! Market data per item over raw HTTP: the summary (best ask and bid, last
+//! price, 24 h volume), the book's depth by price level, and candles that
+//! equal what the fills say (recomputed here from the rows). Both
+//! databases.
+
+use crate::support::{check_books, key, Player, TestDb, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+backend_tests!(
+    the_summary_and_depth_show_the_book,
+    candles_are_what_the_fills_say,
+);
+
+async fn post(t: &TestServer, who: &Player, path: &str, body: Value) -> Value {
+    let r = t
+        .send(
+            Method::POST,
+            path,
+            Some(&who.token),
+            Some(&key()),
+            Some(body.to_string()),
+        )
+        .await;
+    assert!(r.status.is_success(), "{path}: {}", r.text);
+    r.body
+}
+
+async fn the_summary_and_depth_show_the_book(db: TestDb) {
+    let t = TestServer::start(&db).await;
+    let a = t.login("md-seller-a").await;
+    let b = t.login("md-seller-b").await;
+    let buyer = t.login("md-buyer").await;
+    let empty = t.get(&buyer, "/v1/market/ore/summary").await;
+    assert_eq!(empty.status, StatusCode::OK, "{}", empty.text);
+    assert!(empty.body["best_ask"].is_null() && empty.body["last_price"].is_null());
+    for (who, q, p) in [(&a, 2, 12), (&b, 3, 12), (&a, 1, 15)] {
+        post(
+            &t,
+            who,
+            "/v1/listings",
+            json!({"item_id": "ore", "quantity": q, "price": p, "deposit": q}),
+        )
+        .await;
+    }
+    for (q, p) in [(2, 8), (1, 9), (4, 9)] {
+        post(
+            &t,
+            &buyer,
+            "/v1/orders",
+            json!({"item_id": "ore", "quantity": q, "max_price": p, "deposit": q * p}),
+        )
+        .await;
+    }
+    let s = t.get(&buyer, "/v1/market/ore/summary").await.body;
+    assert_eq!(
+        (s["best_ask"].as_i64(), s["best_bid"].as_i64()),
+        (Some(12), Some(9))
+    );
+    assert_eq!(
+        (s["ask_quantity"].as_i64(), s["bid_quantity"].as_i64()),
+        (Some(6), Some(7))
+    );
+    let d = t.get(&buyer, "/v1/market/ore/depth?levels=2").await.body;
+    assert_eq!(
+        d["asks"],
+        json!([{"price": 12, "quantity": 5, "count": 2}, {"price": 15, "quantity": 1, "count": 1}])
+    );
+    assert_eq!(
+        d["bids"],
+        json!([{"price": 9, "quantity": 5, "count": 2}, {"price": 8, "quantity": 2, "count": 1}])
+    );
+    // A sale into the best bid moves the last price and the volume.
+    post(
+        &t,
+        &a,
+        "/v1/listings",
+        json!({"item_id": "ore", "quantity": 3, "price": 9, "deposit": 3}),
+    )
+    .await;
+    let s = t.get(&buyer, "/v1/market/ore/summary").await.body;
+    assert_eq!(
+        (
+            s["last_price"].as_i64(),
+            s["volume_24h"].as_i64(),
+            s["trades_24h"].as_i64()
+        ),
+        (Some(9), Some(3), Some(2))
+    );
+    let bad = t.get(&buyer, "/v1/market/ore/depth?levels=0").await;
+    assert_eq!(bad.code(), "invalid_request");
+    let bad = t.get(&buyer, "/v1/market/%3Cscript%3E/summary").await;
+    assert_eq!(bad.code(), "invalid_request");
+    let anon = t
+        .send(Method::GET, "/v1/market/ore/summary", None, None, None)
+        .await;
+    assert_eq!(anon.status, StatusCode::UNAUTHORIZED);
+    check_books(&db).await;
+}
+
+async fn candles_are_what_the_fills_say(db: TestDb) {
+    let t = TestServer::start(&db).await;
+    let mut seller = t.login("c-seller").await;
+    let mut buyer = t.login("c-buyer").await;
+    // Fills over three hours at changing prices.
+    for (hour, prices) in [(0, vec![10, 14, 9]), (1, vec![]), (2, vec![11, 13])] {
+        for p in prices {
+            let l = post(
+                &t,
+                &seller,
+                "/v1/listings",
+                json!({"item_id": "gem", "quantity": 2, "price": p, "deposit": 2}),
+            )
+            .await;
+            let id = l["listing"]["id"].as_i64().unwrap();
+            post(
+                &t,
+                &buyer,
+                &format!("/v1/listings/{id}/purchase"),
+                json!({"expected_price": p, "quantity": 1 + p % 2, "deposit": (1 + p % 2) * p}),
+            )
+            .await;
+        }
+        let _ = hour;
+        t.server.clock().advance(3_600);
+        // Tokens live an hour in tests: log in again.
+        seller = t.login("c-seller").await;
+        buyer = t.login("c-buyer").await;
+    }
+    let buyer = t.login("c-buyer").await;
+    let now = t.server.clock().now();
+    let h = t
+        .get(
+            &buyer,
+            &format!(
+                "/v1/market/gem/history?interval=hour&from={}&to={}",
+                now - 4 * 3_600,
+                now
+            ),
+        )
+        .await;
+    assert_eq!(h.status, StatusCode::OK, "{}", h.text);
+    // Recomputed from the rows.
+    let pool = db.pool().await;
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT created_at, quantity, unit_price FROM purchases WHERE item_id = 'gem' ORDER BY created_at, id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let mut expected: Vec<Value> = Vec::new();
+    for (at, q, p) in rows {
+        let start = at.div_euclid(3_600) * 3_600;
+        match expected.last_mut() {
+            Some(c) if c["start"] == start => {
+                c["high"] = json!(c["high"].as_i64().unwrap().max(p));
+                c["low"] = json!(c["low"].as_i64().unwrap().min(p));
+                c["close"] = json!(p);
+                c["volume"] = json!(c["volume"].as_i64().unwrap() + q);
+                c["trades"] = json!(c["trades"].as_i64().unwrap() + 1);
+            }
+            _ => expected.push(json!({"start": start, "open": p, "high": p, "low": p, "close": p, "volume": q, "trades": 1})),
+        }
+    }
+    assert_eq!(expected.len(), 2, "two hours with fills");
+    assert_eq!(h.body["candles"], json!(expected));
+    let d = t
+        .get(&buyer, "/v1/market/gem/history?interval=day")
+        .await
+        .body;
+    assert_eq!(d["candles"].as_array().map(Vec::len), Some(1));
+    let bad = t.get(&buyer, "/v1/market/gem/history?interval=week").await;
+    assert_eq!(bad.code(), "invalid_request");
+    let bad = t
+        .get(
+            &buyer,
+            &format!("/v1/market/gem/history?interval=hour&from=0&to={now}"),
+        )
+        .await;
+    assert_eq!(bad.code(), "invalid_request", "too many intervals");
+    check_books(&db).await;
+}
