@@ -35,6 +35,8 @@ async fn sweep(db: &TestDb, label: &str, in_flight: usize) {
     let mut config = Config::for_tests(&db.url);
     config.deposit_cap_credits = 1_000_000_000;
     config.deposit_cap_items = 1_000_000;
+    // Market data answers kept as in production (2 s): the reads below.
+    config.market_data_cache_ms = Config::defaults().market_data_cache_ms;
     let t = Arc::new(TestServer::start_with(config).await);
     let gate = Arc::new(Semaphore::new(32));
     let mut tasks = Vec::new();
@@ -109,6 +111,46 @@ async fn sweep(db: &TestDb, label: &str, in_flight: usize) {
         "every order filled in one fill of its two units"
     );
     check_books(db).await;
+    if in_flight > 1 {
+        read_market_data(&t, label).await;
+    }
+}
+
+/// The shop screen's reads on that item, 10,000 fills behind it: summary,
+/// depth and an hourly history, 2,000 each, 16 in flight.
+async fn read_market_data(t: &Arc<TestServer>, label: &str) {
+    let reader = t.login("market-watcher").await;
+    for (what, path) in [
+        ("summary", "/v1/market/ore/summary"),
+        ("depth", "/v1/market/ore/depth?levels=20"),
+        ("history", "/v1/market/ore/history?interval=hour"),
+    ] {
+        let gate = Arc::new(Semaphore::new(16));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..2_000 {
+            let (t, gate, token) = (t.clone(), gate.clone(), reader.token.clone());
+            tasks.push(tokio::spawn(async move {
+                let _p = gate.acquire_owned().await.expect("gate");
+                let sent = Instant::now();
+                let r = t.send(Method::GET, path, Some(&token), None, None).await;
+                assert_eq!(r.status, 200, "{}", r.text);
+                sent.elapsed()
+            }));
+        }
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.push(task.await.expect("read"));
+        }
+        let elapsed = started.elapsed();
+        latencies.sort();
+        println!(
+            "{label:<10} {what:<8} {:>7.0} requests/s  p50 {:>6.2} ms  p99 {:>6.2} ms  (16 in flight, 2,000 requests)",
+            2_000.0 / elapsed.as_secs_f64(),
+            latencies[1_000].as_secs_f64() * 1e3,
+            latencies[1_980].as_secs_f64() * 1e3
+        );
+    }
 }
 
 fn main() {

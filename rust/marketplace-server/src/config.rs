@@ -170,6 +170,11 @@ pub struct Config {
     pub order_duration_secs: i64,
     #[arg(long, env = "MARKET_ORDER_MAX_DURATION_SECS", default_value_t = 90 * 86_400)]
     pub order_max_duration_secs: i64,
+
+    /// How long a market data answer (summary, depth, history of an item)
+    /// is served to every player who asks for the same; 0: not kept.
+    #[arg(long, env = "MARKET_DATA_CACHE_MS", default_value_t = 2_000)]
+    pub market_data_cache_ms: u64,
 }
 
 impl Config {
@@ -214,6 +219,8 @@ impl Config {
             listing_max_duration_secs: 90 * 86_400,
             order_duration_secs: 30 * 86_400,
             order_max_duration_secs: 90 * 86_400,
+            // Tests see every change at once; the cache has a test of its own.
+            market_data_cache_ms: 0,
         }
     }
 

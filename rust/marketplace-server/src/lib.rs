@@ -71,6 +71,8 @@ pub struct AppState(pub(crate) Arc<Inner>);
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
+    /// Market data answers, kept for a moment (see [`market_data`]).
+    pub(crate) market_cache: market_data::Cache,
     pub(crate) policy: Arc<economy::Policy>,
     pub(crate) bans: admin::Bans,
     pub(crate) clock: Arc<Clock>,
@@ -165,6 +167,9 @@ impl BoundServer {
         };
         let clock = Arc::new(Clock::default());
         let state = AppState(Arc::new(Inner {
+            market_cache: market_data::Cache::new(std::time::Duration::from_millis(
+                config.market_data_cache_ms,
+            )),
             policy,
             bans,
             limiter: rate_limit::RateLimiter::new(

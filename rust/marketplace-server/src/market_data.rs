@@ -5,8 +5,13 @@
 //! Everything is read through the reader pool with indexed queries (the
 //! book indexes of migration 7, `purchases_by_item` of migration 8) and
 //! bounded: depth to [`MAX_LEVELS`] levels a side, history to
-//! [`MAX_CANDLES`] intervals and [`MAX_FILLS`] fills scanned. Pushed
-//! changes and precomputed candles are the live market's next steps.
+//! [`MAX_CANDLES`] intervals and [`MAX_FILLS`] fills scanned.
+//!
+//! Every player's shop screen asks for these: an answer is kept for
+//! `--market-data-cache-ms` (2 s) and served to every player who asks for the same thing
+//! meanwhile (per replica; these are figures to show, not to trade on —
+//! trades check prices themselves). A history without an end is the one
+//! ending now, so it is cached by its interval and range, not its `to`.
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -26,6 +31,57 @@ pub const MAX_LEVELS: i64 = 100;
 pub const MAX_CANDLES: i64 = 500;
 /// Most fills one history answer reads (the oldest beyond it are left out).
 pub const MAX_FILLS: i64 = 100_000;
+
+/// Entries kept at most; beyond, the cache starts afresh.
+const CACHE_ENTRIES: usize = 10_000;
+
+/// Recent market data answers by what was asked.
+pub struct Cache {
+    keep_for: std::time::Duration,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Answer)>>,
+}
+
+impl Cache {
+    pub fn new(keep_for: std::time::Duration) -> Cache {
+        Cache {
+            keep_for,
+            entries: Default::default(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<Answer> {
+        let entries = self.entries.lock().ok()?;
+        entries
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < self.keep_for)
+            .map(|(_, answer)| answer.clone())
+    }
+
+    fn put(&self, key: String, answer: &Answer) {
+        if self.keep_for.is_zero() {
+            return;
+        }
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= CACHE_ENTRIES {
+                entries.clear();
+            }
+            entries.insert(key, (std::time::Instant::now(), answer.clone()));
+        }
+    }
+}
+
+/// The cached answer for `key`, or `compute`'s (then kept).
+async fn cached<F>(state: &AppState, key: String, compute: F) -> Result<Answer, AppError>
+where
+    F: std::future::Future<Output = Result<Answer, AppError>>,
+{
+    if let Some(answer) = state.0.market_cache.get(&key) {
+        return Ok(answer);
+    }
+    let answer = compute.await?;
+    state.0.market_cache.put(key, &answer);
+    Ok(answer)
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -52,6 +108,11 @@ async fn summary(
     path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Answer, AppError> {
     let item_id = item(path)?;
+    let key = format!("summary {item_id}");
+    cached(&state, key, summary_of(&state, item_id)).await
+}
+
+async fn summary_of(state: &AppState, item_id: String) -> Result<Answer, AppError> {
     let now = state.0.clock.now();
     let db = state.0.db.reader();
     let (best_ask, ask_quantity): (Option<i64>, i64) = sqlx::query_as(
@@ -119,6 +180,11 @@ async fn depth(
             "levels must be between 1 and {MAX_LEVELS}"
         )));
     }
+    let key = format!("depth {item_id} {levels}");
+    cached(&state, key, depth_of(&state, item_id, levels)).await
+}
+
+async fn depth_of(state: &AppState, item_id: String, levels: i64) -> Result<Answer, AppError> {
     let now = state.0.clock.now();
     let db = state.0.db.reader();
     let side = |sql: &str| {
@@ -197,6 +263,27 @@ async fn history(
             "from must be before to, at most {MAX_CANDLES} intervals apart"
         )));
     }
+    let key = format!(
+        "history {item_id} {interval} {} {}",
+        q.from.map_or("-".into(), |f| f.to_string()),
+        q.to.map_or("now".into(), |t| t.to_string())
+    );
+    cached(
+        &state,
+        key,
+        history_of(&state, item_id, interval, step, from, to),
+    )
+    .await
+}
+
+async fn history_of(
+    state: &AppState,
+    item_id: String,
+    interval: String,
+    step: i64,
+    from: i64,
+    to: i64,
+) -> Result<Answer, AppError> {
     let rows = sqlx::query(&format!(
         "SELECT created_at, quantity, {UNIT} AS unit FROM purchases \
          WHERE item_id = $1 AND created_at >= $2 AND created_at <= $3 \

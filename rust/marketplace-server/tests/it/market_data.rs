@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 backend_tests!(
     the_summary_and_depth_show_the_book,
     candles_are_what_the_fills_say,
+    answers_are_kept_for_a_moment,
 );
 
 async fn post(t: &TestServer, who: &Player, path: &str, body: Value) -> Value {
@@ -180,4 +181,31 @@ async fn candles_are_what_the_fills_say(db: TestDb) {
         .await;
     assert_eq!(bad.code(), "invalid_request", "too many intervals");
     check_books(&db).await;
+}
+
+/// Every player's shop screen asks: the same answer is served to all for
+/// the cache's time, then computed anew.
+async fn answers_are_kept_for_a_moment(db: TestDb) {
+    let mut config = marketplace_server::Config::for_tests(&db.url);
+    config.market_data_cache_ms = 300;
+    let t = TestServer::start_with(config).await;
+    let seller = t.login("cache-seller").await;
+    let reader = t.login("cache-reader").await;
+    let first = t.get(&reader, "/v1/market/ore/summary").await.body;
+    assert!(first["best_ask"].is_null());
+    post(
+        &t,
+        &seller,
+        "/v1/listings",
+        json!({"item_id": "ore", "quantity": 1, "price": 12, "deposit": 1}),
+    )
+    .await;
+    let kept = t.get(&reader, "/v1/market/ore/summary").await.body;
+    assert_eq!(kept, first, "served from the cache");
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    let fresh = t.get(&reader, "/v1/market/ore/summary").await.body;
+    assert_eq!(
+        fresh["best_ask"], 12,
+        "computed anew after the cache's time"
+    );
 }
