@@ -329,6 +329,15 @@ func check_paused_tree(seller: Dictionary, alice: Dictionary) -> void:
 	await until(func(): return events("alice", "purchase_succeeded").size() > bought_before)
 	check(events("alice", "purchase_succeeded").size() > bought_before, "a purchase completes while the tree is paused")
 	check(alice.data.get_item_count("pause_token") == 1, "and the item arrives while paused")
+	# A buy order placed in a pause menu, filled by a listing, its items
+	# collected — all while paused.
+	var order: Dictionary = await alice.market.place_buy_order("pause_ore", 1, 9).completed
+	check(order.ok and order.order.status == "active", "a buy order is placed while paused")
+	seller.data.add_item("pause_ore", 1)
+	var sold: Dictionary = await seller.market.create_listing("pause_ore", 1, 9).completed
+	check(sold.ok and sold.listing.status == "sold", "a listing sells into it while paused")
+	var got: Dictionary = await alice.market.collect_deliveries().completed
+	check(got.ok and alice.data.get_item_count("pause_ore") == 1, "and its delivery is collected while paused")
 	get_tree().paused = false
 
 
