@@ -284,8 +284,8 @@ pub fn error(e: &ClientError) -> (GString, GString) {
     )
 }
 
-/// `refresh_listings(filter)`: `{status, item_id, seller_id, cursor, limit}`,
-/// all optional. Unknown keys or wrong types are refused with a message.
+/// `refresh_listings(filter)`: `{status, item_id, item_prefix, seller_id,
+/// min_price, max_price, sort, cursor, limit}`, all optional. Unknown keys or wrong types are refused with a message.
 pub fn browse_query(filter: &VarDictionary) -> Result<BrowseQuery, ClientError> {
     let mut q = BrowseQuery::default();
     for (key, value) in filter.iter_shared() {
@@ -299,6 +299,12 @@ pub fn browse_query(filter: &VarDictionary) -> Result<BrowseQuery, ClientError> 
         match key.as_str() {
             "status" => q.status = Some(value.try_to::<GString>().map_err(|_| bad())?.to_string()),
             "item_id" => q.item_id = Some(value.try_to::<GString>().map_err(|_| bad())?.to_string()),
+            "item_prefix" => {
+                q.item_prefix = Some(value.try_to::<GString>().map_err(|_| bad())?.to_string())
+            }
+            "sort" => q.sort = Some(value.try_to::<GString>().map_err(|_| bad())?.to_string()),
+            "min_price" => q.min_price = Some(value.try_to::<i64>().map_err(|_| bad())?),
+            "max_price" => q.max_price = Some(value.try_to::<i64>().map_err(|_| bad())?),
             "cursor" => q.cursor = Some(value.try_to::<GString>().map_err(|_| bad())?.to_string()),
             "seller_id" => q.seller_id = Some(value.try_to::<i64>().map_err(|_| bad())?),
             "limit" => {
@@ -309,7 +315,7 @@ pub fn browse_query(filter: &VarDictionary) -> Result<BrowseQuery, ClientError> 
                 return Err(ClientError::new(
                     ErrorCode::InvalidArgument,
                     format!(
-                        "refresh_listings: unknown filter key {other:?} (use status, item_id, seller_id, cursor, limit)"
+                        "refresh_listings: unknown filter key {other:?} (use status, item_id, item_prefix, seller_id, min_price, max_price, sort, cursor, limit)"
                     ),
                 ))
             }

@@ -211,9 +211,69 @@ async fn create_session(
 struct ListingQuery {
     status: Option<String>,
     item_id: Option<String>,
+    /// Items whose id starts with this.
+    item_prefix: Option<String>,
     seller_id: Option<i64>,
+    /// Unit price bounds, inclusive.
+    min_price: Option<i64>,
+    max_price: Option<i64>,
+    /// `oldest` (the default), `newest` or `price` (cheapest first).
+    sort: Option<String>,
     cursor: Option<String>,
     limit: Option<u32>,
+}
+
+/// How a page of listings is ordered, and where the next page starts.
+enum Order {
+    Oldest { after: i64 },
+    Newest { before: i64 },
+    Price { price: i64, id: i64 },
+}
+
+impl Order {
+    /// From `sort` and `cursor`: a cursor is the one this server issued for
+    /// the same order (`id`, or `price.id` for `price`).
+    fn parse(sort: Option<&str>, cursor: Option<&str>) -> Result<Order, AppError> {
+        let bad = || AppError::InvalidRequest("cursor is not one this server issued".into());
+        let cursor = cursor.filter(|c| !c.is_empty());
+        let number = |c: &str| c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(bad);
+        Ok(match sort.unwrap_or("oldest") {
+            "oldest" => Order::Oldest {
+                after: cursor.map(number).transpose()?.unwrap_or(0),
+            },
+            "newest" => Order::Newest {
+                before: cursor.map(number).transpose()?.unwrap_or(i64::MAX),
+            },
+            "price" => match cursor {
+                None => Order::Price { price: 0, id: 0 },
+                Some(c) => {
+                    let (p, id) = c.split_once('.').ok_or_else(bad)?;
+                    Order::Price {
+                        price: number(p)?,
+                        id: number(id)?,
+                    }
+                }
+            },
+            _ => {
+                return Err(AppError::InvalidRequest(
+                    "sort must be oldest, newest or price".into(),
+                ))
+            }
+        })
+    }
+
+    fn cursor_of(&self, last: &marketplace_protocol::Listing) -> String {
+        match self {
+            Order::Oldest { .. } | Order::Newest { .. } => last.id.to_string(),
+            Order::Price { .. } => format!("{}.{}", last.price, last.id),
+        }
+    }
+}
+
+/// A value bound to a browse query.
+enum Bind {
+    Int(i64),
+    Text(String),
 }
 
 /// A page's size and the id it starts after, from `limit` and `cursor`.
@@ -239,19 +299,20 @@ async fn list_listings(
     query: Result<Query<ListingQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Answer, AppError> {
     let Query(q) = query.map_err(|e| AppError::InvalidRequest(e.body_text()))?;
-    let (limit, after) = page(q.limit, q.cursor.as_deref())?;
+    let (limit, _) = page(q.limit, None)?;
+    let order = Order::parse(q.sort.as_deref(), q.cursor.as_deref())?;
     let status = q.status.as_deref().unwrap_or("active");
     let now = state.0.clock.now();
     // The stored status, and whether the condition on the time that tells
-    // `active` from `expired` (before the sweep got there) applies: `$2`.
+    // `active` from `expired` (before the sweep got there) applies.
     let (condition, timed) = match status {
         "all" => ("", false),
         "active" => (
-            " AND l.status = 'active' AND (l.expires_at IS NULL OR l.expires_at > $2)",
+            " AND l.status = 'active' AND (l.expires_at IS NULL OR l.expires_at > {now})",
             true,
         ),
         "expired" => (
-            " AND ((l.status = 'active' AND l.expires_at <= $2) OR l.closed_by = 'expiry')",
+            " AND ((l.status = 'active' AND l.expires_at <= {now}) OR l.closed_by = 'expiry')",
             true,
         ),
         "sold" => (" AND l.status = 'sold'", false),
@@ -265,42 +326,73 @@ async fn list_listings(
             ))
         }
     };
-    let mut sql = format!("SELECT {BROWSE_COLUMNS} FROM {BROWSE_FROM} WHERE l.id > $1");
-    let mut next_param = 2;
-    sql.push_str(condition);
+    // Every value below is bound; `$n` numbers follow the order pushed.
+    let mut sql = format!("SELECT {BROWSE_COLUMNS} FROM {BROWSE_FROM} WHERE 1 = 1");
+    let mut binds: Vec<Bind> = Vec::new();
+    let mut param = |sql: &mut String, text: &str, value: Bind| {
+        binds.push(value);
+        sql.push_str(&text.replace("{}", &format!("${}", binds.len())));
+    };
     if timed {
-        next_param += 1;
+        let (before, after) = condition.split_once("{now}").unwrap_or((condition, ""));
+        param(&mut sql, &format!("{before}{{}}{after}"), Bind::Int(now));
+    } else {
+        sql.push_str(condition);
     }
     if let Some(item_id) = &q.item_id {
         check_id("item_id", item_id).map_err(AppError::InvalidRequest)?;
-        sql.push_str(&format!(" AND l.item_id = ${next_param}"));
-        next_param += 1;
+        param(&mut sql, " AND l.item_id = {}", Bind::Text(item_id.clone()));
     }
-    if q.seller_id.is_some() {
-        sql.push_str(&format!(" AND l.seller_id = ${next_param}"));
-        next_param += 1;
-    }
-    sql.push_str(&format!(" ORDER BY l.id LIMIT ${next_param}"));
-    let mut query = sqlx::query(&sql).bind(after);
-    if timed {
-        query = query.bind(now);
-    }
-    if let Some(item_id) = &q.item_id {
-        query = query.bind(item_id);
+    if let Some(prefix) = &q.item_prefix {
+        check_id("item_prefix", prefix).map_err(AppError::InvalidRequest)?;
+        // `_` is a LIKE wildcard and may be in an id: escaped.
+        let pattern = format!("{}%", prefix.replace('_', "\\_"));
+        param(
+            &mut sql,
+            " AND l.item_id LIKE {} ESCAPE '\\'",
+            Bind::Text(pattern),
+        );
     }
     if let Some(seller_id) = q.seller_id {
-        query = query.bind(seller_id);
+        param(&mut sql, " AND l.seller_id = {}", Bind::Int(seller_id));
     }
-    let rows = query
-        .bind(i64::from(limit))
-        .fetch_all(state.0.db.reader())
-        .await?;
+    if let Some(min) = q.min_price {
+        param(&mut sql, " AND l.price >= {}", Bind::Int(min));
+    }
+    if let Some(max) = q.max_price {
+        param(&mut sql, " AND l.price <= {}", Bind::Int(max));
+    }
+    match order {
+        Order::Oldest { after } => {
+            param(&mut sql, " AND l.id > {}", Bind::Int(after));
+            sql.push_str(" ORDER BY l.id");
+        }
+        Order::Newest { before } => {
+            param(&mut sql, " AND l.id < {}", Bind::Int(before));
+            sql.push_str(" ORDER BY l.id DESC");
+        }
+        Order::Price { price, id } => {
+            param(&mut sql, " AND (l.price > {}", Bind::Int(price));
+            param(&mut sql, " OR (l.price = {}", Bind::Int(price));
+            param(&mut sql, " AND l.id > {}))", Bind::Int(id));
+            sql.push_str(" ORDER BY l.price, l.id");
+        }
+    }
+    param(&mut sql, " LIMIT {}", Bind::Int(i64::from(limit)));
+    let mut query = sqlx::query(&sql);
+    for b in binds {
+        query = match b {
+            Bind::Int(n) => query.bind(n),
+            Bind::Text(t) => query.bind(t),
+        };
+    }
+    let rows = query.fetch_all(state.0.db.reader()).await?;
     let listings = rows
         .iter()
         .map(|row| listing_from_row(row).map(|l| as_of(l, now)))
         .collect::<Result<Vec<_>, _>>()?;
     let next_cursor = if listings.len() == limit as usize {
-        listings.last().map(|l| l.id.to_string())
+        listings.last().map(|l| order.cursor_of(l))
     } else {
         None
     };

@@ -141,10 +141,17 @@ pub struct RequestId(pub u64);
 /// Filter and page of `GET /v1/listings`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BrowseQuery {
-    /// `active` (the server's default), `sold`, `cancelled` or `all`.
+    /// `active` (the server's default), `sold`, `cancelled`, `expired` or `all`.
     pub status: Option<String>,
     pub item_id: Option<String>,
+    /// Items whose id starts with this.
+    pub item_prefix: Option<String>,
     pub seller_id: Option<i64>,
+    /// Unit price bounds, inclusive.
+    pub min_price: Option<i64>,
+    pub max_price: Option<i64>,
+    /// `oldest` (the server's default), `newest` or `price` (cheapest first).
+    pub sort: Option<String>,
     pub cursor: Option<String>,
     pub limit: Option<u32>,
 }

@@ -54,7 +54,11 @@ pub(crate) fn request_of(command: &Command) -> WireRequest {
             let params = [
                 ("status", q.status.clone()),
                 ("item_id", q.item_id.clone()),
+                ("item_prefix", q.item_prefix.clone()),
                 ("seller_id", q.seller_id.map(|s| s.to_string())),
+                ("min_price", q.min_price.map(|p| p.to_string())),
+                ("max_price", q.max_price.map(|p| p.to_string())),
+                ("sort", q.sort.clone()),
                 ("cursor", q.cursor.clone()),
                 ("limit", q.limit.map(|l| l.to_string())),
             ];

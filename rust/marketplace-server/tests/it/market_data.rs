@@ -11,6 +11,7 @@ backend_tests!(
     the_summary_and_depth_show_the_book,
     candles_are_what_the_fills_say,
     answers_are_kept_for_a_moment,
+    listings_sort_filter_and_page,
 );
 
 async fn post(t: &TestServer, who: &Player, path: &str, body: Value) -> Value {
@@ -208,4 +209,104 @@ async fn answers_are_kept_for_a_moment(db: TestDb) {
         fresh["best_ask"], 12,
         "computed anew after the cache's time"
     );
+}
+
+/// A shop screen's browsing: cheapest first or newest first, by price
+/// range and by item id prefix, paged without gaps or repeats.
+async fn listings_sort_filter_and_page(db: TestDb) {
+    let t = TestServer::start(&db).await;
+    let seller = t.login("browse-seller").await;
+    let reader = t.login("browse-reader").await;
+    let mut made = Vec::new();
+    for (item, price) in [
+        ("ore_red", 30),
+        ("ore_blue", 10),
+        ("gem", 20),
+        ("ore_red", 10),
+        ("orex", 50),
+        ("ore_1", 40),
+    ] {
+        let l = post(
+            &t,
+            &seller,
+            "/v1/listings",
+            json!({"item_id": item, "quantity": 1, "price": price, "deposit": 1}),
+        )
+        .await;
+        made.push((l["listing"]["id"].as_i64().unwrap(), item, price));
+    }
+    let ids = |v: &Value| -> Vec<i64> {
+        v["listings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["id"].as_i64().unwrap())
+            .collect()
+    };
+    // Cheapest first, two a page, every listing once.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let r = t
+            .get(
+                &reader,
+                &format!("/v1/listings?sort=price&limit=2&cursor={cursor}"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        seen.extend(ids(&r.body));
+        match r.body["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    let mut by_price = made.clone();
+    by_price.sort_by_key(|(id, _, p)| (*p, *id));
+    assert_eq!(
+        seen,
+        by_price.iter().map(|(id, _, _)| *id).collect::<Vec<_>>()
+    );
+    let newest = t
+        .get(&reader, "/v1/listings?sort=newest&limit=3")
+        .await
+        .body;
+    let mut last3: Vec<i64> = made.iter().map(|(id, _, _)| *id).collect();
+    last3.reverse();
+    last3.truncate(3);
+    assert_eq!(ids(&newest), last3);
+    // A price range and an id prefix (`_` is a letter here, not a wildcard).
+    let ranged = t
+        .get(&reader, "/v1/listings?min_price=15&max_price=40&sort=price")
+        .await
+        .body;
+    let prices: Vec<i64> = ranged["listings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["price"].as_i64().unwrap())
+        .collect();
+    assert_eq!(prices, vec![20, 30, 40]);
+    let prefixed = t
+        .get(&reader, "/v1/listings?item_prefix=ore_&sort=price")
+        .await
+        .body;
+    let items: Vec<&str> = prefixed["listings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["item_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        items,
+        vec!["ore_blue", "ore_red", "ore_red", "ore_1"],
+        "orex is not ore_…"
+    );
+    for bad in [
+        "/v1/listings?sort=random",
+        "/v1/listings?sort=price&cursor=12",
+        "/v1/listings?item_prefix=a%25",
+    ] {
+        assert_eq!(t.get(&reader, bad).await.code(), "invalid_request", "{bad}");
+    }
+    check_books(&db).await;
 }
