@@ -634,6 +634,17 @@ func check_orders_partial_fills_expiry_and_deliveries() -> void:
 	var quote: Dictionary = await sel.market.quote_fees(2, 50).completed
 	check(quote.ok and quote.quote.buyer_pays == 100 and quote.quote.seller_receives == 100 - quote.quote.listing_fee - quote.quote.sales_tax, "quote_fees says what the buyer pays and the seller receives")
 
+	# Browsing by price and prefix.
+	sel.data.add_item(item, 2)
+	await sel.market.create_listing(item, 1, 70).completed
+	await sel.market.create_listing(item, 1, 60).completed
+	var cheap: Dictionary = await ob.market.refresh_listings({"item_prefix": "ore_" + run_id.left(4), "sort": "price", "max_price": 65}).completed
+	check(cheap.ok and cheap.listings.size() >= 1 and cheap.listings.all(func(l): return l.price <= 65), "refresh_listings sorts and filters by price and prefix (%s)" % cheap.get("message", ""))
+	var bad_sort: Dictionary = await ob.market.refresh_listings({"sort": "random"}).completed
+	check(not bad_sort.ok and bad_sort.code == "invalid_request", "an unknown sort is refused")
+	for l in (await sel.market.refresh_listings({"item_id": item}).completed).listings:
+		await sel.market.cancel_listing(l.id).completed
+
 	# Market data for the item: the summary, the book's depth, the history.
 	var summary: Dictionary = await ob.market.get_market_summary(item).completed
 	check(summary.ok and summary.summary.last_price == 20 and summary.summary.trades_24h == 3, "get_market_summary (%s)" % summary)
@@ -646,5 +657,5 @@ func check_orders_partial_fills_expiry_and_deliveries() -> void:
 	check(claimed.ok, "the seller claims the fills' proceeds")
 	var credits: int = ob.data.get_credits() + ob.data.get_held_credits() + sel.data.get_credits() + sel.data.get_held_credits()
 	check(credits == 1000, "credits conserved through orders, fills and deliveries (%d)" % credits)
-	check(ob.data.get_item_count(item) + sel.data.get_item_count(item) == 6, "items conserved")
+	check(ob.data.get_item_count(item) + sel.data.get_item_count(item) == 6 + 2, "items conserved (6, and 2 listed and taken back while browsing)")
 	check(ob.data.validate_inventory() and sel.data.validate_inventory(), "both saves validate")
