@@ -39,6 +39,7 @@ use std::fmt;
 /// | `quantity_unavailable` | 409 | server: fewer units remain than the purchase asked for | yes |
 /// | `listing_expired` | 409 | server: the listing's time ran out (its escrow went back to the seller) | yes |
 /// | `order_closed` | 409 | server: the buy order is filled, cancelled or expired | yes |
+/// | `save_restoring` | – | client: the save was restored from its backup; new trades wait until the market has told it what it lost | yes (nothing sent) |
 /// | `wrong_server` | 421 | server: the request was bound to another server or player (`X-Market-Server`, `X-Market-Player`); client: a journaled trade waits while the game points at another server or player | no (it goes once the game points back) |
 ///
 /// *Definitive* means the server decided and will decide the same on a retry:
@@ -80,11 +81,12 @@ pub enum ErrorCode {
     QuantityUnavailable,
     ListingExpired,
     OrderClosed,
+    SaveRestoring,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -118,6 +120,7 @@ impl ErrorCode {
         ErrorCode::QuantityUnavailable,
         ErrorCode::ListingExpired,
         ErrorCode::OrderClosed,
+        ErrorCode::SaveRestoring,
     ];
 
     /// The stable string GDScript matches on.
@@ -156,6 +159,7 @@ impl ErrorCode {
             ErrorCode::QuantityUnavailable => "quantity_unavailable",
             ErrorCode::ListingExpired => "listing_expired",
             ErrorCode::OrderClosed => "order_closed",
+            ErrorCode::SaveRestoring => "save_restoring",
         }
     }
 
@@ -197,7 +201,8 @@ impl ErrorCode {
             | ErrorCode::NotLoggedIn
             | ErrorCode::InvalidArgument
             | ErrorCode::ShuttingDown
-            | ErrorCode::TradesPending => return None,
+            | ErrorCode::TradesPending
+            | ErrorCode::SaveRestoring => return None,
         })
     }
 
@@ -227,7 +232,8 @@ impl ErrorCode {
             | ErrorCode::UnknownItem
             | ErrorCode::QuantityUnavailable
             | ErrorCode::ListingExpired
-            | ErrorCode::OrderClosed => true,
+            | ErrorCode::OrderClosed
+            | ErrorCode::SaveRestoring => true,
             ErrorCode::Unauthorized
             | ErrorCode::RequestInProgress
             | ErrorCode::RateLimited

@@ -19,7 +19,7 @@ use crate::extract::{ApiJson, AuthPlayer, IdemKey, PathId, RequestId};
 use crate::idempotency;
 use crate::market::deliveries::{delivery_from_row, DELIVERY_COLUMNS};
 use crate::market::orders::{as_of, order_from_row, with_fills, ORDER_COLUMNS};
-use crate::routes::{mutation_response, page};
+use crate::routes::{mutation_response, next_cursor, page};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -165,11 +165,7 @@ async fn my_orders(
         .iter()
         .map(|row| order_from_row(row).map(|o| as_of(o, now)))
         .collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if orders.len() == limit as usize {
-        orders.last().map(|o| o.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&orders, limit, |o| o.id.to_string());
     Answer::json(
         StatusCode::OK,
         &OrdersPage {
@@ -212,11 +208,7 @@ async fn my_deliveries(
         .iter()
         .map(delivery_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if deliveries.len() == limit as usize {
-        deliveries.last().map(|d| d.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&deliveries, limit, |d| d.id.to_string());
     Answer::json(
         StatusCode::OK,
         &DeliveriesPage {

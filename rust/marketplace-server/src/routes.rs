@@ -270,6 +270,18 @@ impl Order {
     }
 }
 
+/// The cursor of the page after `items` (a full page of `limit`), made of
+/// its last item; `None` after the last page.
+pub(crate) fn next_cursor<T>(
+    items: &[T],
+    limit: u32,
+    cursor: impl Fn(&T) -> String,
+) -> Option<String> {
+    (items.len() == limit as usize)
+        .then(|| items.last().map(cursor))
+        .flatten()
+}
+
 /// A value bound to a browse query.
 enum Bind {
     Int(i64),
@@ -391,11 +403,7 @@ async fn list_listings(
         .iter()
         .map(|row| listing_from_row(row).map(|l| as_of(l, now)))
         .collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if listings.len() == limit as usize {
-        listings.last().map(|l| order.cursor_of(l))
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&listings, limit, |l| order.cursor_of(l));
     Answer::json(
         StatusCode::OK,
         &ListingPage {
@@ -558,11 +566,7 @@ async fn my_sales(
         .iter()
         .map(sale_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if sales.len() == limit as usize {
-        sales.last().map(|s| s.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&sales, limit, |s| s.id.to_string());
     Answer::json(StatusCode::OK, &SalesPage { sales, next_cursor })
 }
 

@@ -67,6 +67,9 @@ impl TradingSession {
                 if more {
                     self.sync_page(store, owner);
                 } else {
+                    // A restored save now holds what the market says it
+                    // lost: trading resumes.
+                    self.restoring = false;
                     if !blocked {
                         store.forget_stale_keys(&owner.server_id);
                     }
@@ -82,6 +85,7 @@ impl TradingSession {
                 // A server without the operations listing (404), or one
                 // that refuses it: nothing to reconcile with this login.
                 tracing::info!(error = %error, "the market cannot list operations; no reconciliation");
+                self.restoring = false;
                 self.sync_in_flight = false;
                 self.synced = Some(owner);
                 self.noted_after_sync = usize::MAX;

@@ -342,6 +342,10 @@ pub struct TradingSession {
     next_resync: Instant,
     busy: bool,
     stall_after: Duration,
+    /// The save came from its backup and the market has not yet told it
+    /// what it lost: new trades wait (`save_restoring`), so the player
+    /// cannot spend again what a lost trade already took.
+    restoring: bool,
 }
 
 /// Operations per page when reconciling the save with the server's record.
@@ -400,6 +404,7 @@ impl TradingSession {
             next_resync: Instant::now(),
             busy: false,
             stall_after: DEFAULT_STALL_AFTER,
+            restoring: store.recovered_from_backup(),
         };
         // Journaled operations must be able to settle even before the game
         // logs in: the client may log in by itself as the saved identity.
@@ -789,6 +794,12 @@ impl TradingSession {
         hold: Option<HoldKind>,
         origin: Option<RequestId>,
     ) -> Result<RequestId, ClientError> {
+        if self.restoring {
+            return Err(ClientError::new(
+                ErrorCode::SaveRestoring,
+                "The save was restored from its backup; trading resumes once the market has told it what it lost",
+            ));
+        }
         let key = store.state().new_key();
         let op_id = store.begin_trade(key, op, hold, unix_now())?;
         if let Some(owner) = self.client.owner() {

@@ -303,6 +303,11 @@ fn a_backup_older_than_a_committed_trade_is_reconciled_with_the_server() {
         "the backup has no trace of it"
     );
     assert_eq!(buyer.store.state().credits, 85);
+    // Until the market has told it what it lost, the restored save cannot
+    // spend again the credits the lost trade took.
+    let early = buyer.buy(listings[1], 40).unwrap_err();
+    assert_eq!(early.code, marketplace_client::ErrorCode::SaveRestoring);
+    assert_eq!(buyer.store.state().credits, 85, "nothing held");
     // No login by the game: a save restored from its backup logs in itself.
     buyer.pump_until(Duration::from_secs(10), |e| {
         e.iter()
@@ -339,6 +344,13 @@ fn a_backup_older_than_a_committed_trade_is_reconciled_with_the_server() {
     );
     assert_eq!(buyer.store.state().item_count("item-0"), 1, "delivered");
     assert_eq!(buyer.store.state().item_count("item-1"), 1);
+    // Told what it lost: trading resumes (this listing is sold already:
+    // refused by the market, the hold given back).
+    buyer
+        .buy(listings[1], 40)
+        .expect("trading resumes once reconciled");
+    buyer.settle(Duration::from_secs(5));
+    assert_eq!(buyer.store.state().credits, 45);
 
     // Again later (another login, another start): nothing twice.
     buyer.login();
