@@ -19,7 +19,7 @@ use crate::extract::{ApiJson, AuthPlayer, IdemKey, PathId, RequestId};
 use crate::idempotency;
 use crate::market::deliveries::{delivery_from_row, DELIVERY_COLUMNS};
 use crate::market::orders::{as_of, order_from_row, with_fills, ORDER_COLUMNS};
-use crate::routes::{mutation_response, next_cursor, page};
+use crate::routes::{done_filter, mutation_response, own_page, page};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -154,18 +154,17 @@ async fn my_orders(
     let sql = format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE buyer_id = $1 AND id > $2{filter} ORDER BY id LIMIT $3"
     );
-    let rows = sqlx::query(&sql)
-        .bind(player_id)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(state.0.db.reader())
-        .await?;
     let now = state.0.clock.now();
-    let orders = rows
-        .iter()
-        .map(|row| order_from_row(row).map(|o| as_of(o, now)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = next_cursor(&orders, limit, |o| o.id.to_string());
+    let (orders, next_cursor) = own_page(
+        &state,
+        &sql,
+        player_id,
+        after,
+        limit,
+        |row| order_from_row(row).map(|o| as_of(o, now)),
+        |o| o.id,
+    )
+    .await?;
     Answer::json(
         StatusCode::OK,
         &OrdersPage {
@@ -190,25 +189,20 @@ async fn my_deliveries(
 ) -> Result<Answer, AppError> {
     let Query(q) = query.map_err(|e| AppError::InvalidRequest(e.body_text()))?;
     let (limit, after) = page(q.limit, q.cursor.as_deref())?;
-    let filter = match q.collected {
-        None => "",
-        Some(false) => " AND collected_at IS NULL",
-        Some(true) => " AND collected_at IS NOT NULL",
-    };
     let sql = format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE player_id = $1 AND id > $2{filter} ORDER BY id LIMIT $3"
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE player_id = $1 AND id > $2{} ORDER BY id LIMIT $3",
+        done_filter(q.collected, "collected_at")
     );
-    let rows = sqlx::query(&sql)
-        .bind(player_id)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(state.0.db.reader())
-        .await?;
-    let deliveries = rows
-        .iter()
-        .map(delivery_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = next_cursor(&deliveries, limit, |d| d.id.to_string());
+    let (deliveries, next_cursor) = own_page(
+        &state,
+        &sql,
+        player_id,
+        after,
+        limit,
+        delivery_from_row,
+        |d| d.id,
+    )
+    .await?;
     Answer::json(
         StatusCode::OK,
         &DeliveriesPage {

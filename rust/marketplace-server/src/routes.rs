@@ -282,6 +282,39 @@ pub(crate) fn next_cursor<T>(
         .flatten()
 }
 
+/// `AND <column> IS [NOT] NULL` for a `claimed`/`collected` filter: `None`
+/// all rows, `Some(false)` those not done yet, `Some(true)` those done.
+pub(crate) fn done_filter(done: Option<bool>, column: &str) -> String {
+    match done {
+        None => String::new(),
+        Some(false) => format!(" AND {column} IS NULL"),
+        Some(true) => format!(" AND {column} IS NOT NULL"),
+    }
+}
+
+/// A page of the player's own rows, oldest first: `sql` selects with
+/// `<owner> = $1 AND id > $2 … ORDER BY id LIMIT $3`. Returns the rows and
+/// the cursor of the next page.
+pub(crate) async fn own_page<T>(
+    state: &AppState,
+    sql: &str,
+    player_id: i64,
+    after: i64,
+    limit: u32,
+    from_row: impl Fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
+    id: impl Fn(&T) -> i64,
+) -> Result<(Vec<T>, Option<String>), AppError> {
+    let rows = sqlx::query(sql)
+        .bind(player_id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(state.0.db.reader())
+        .await?;
+    let items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    let cursor = next_cursor(&items, limit, |x| id(x).to_string());
+    Ok((items, cursor))
+}
+
 /// A value bound to a browse query.
 enum Bind {
     Int(i64),
@@ -548,25 +581,15 @@ async fn my_sales(
 ) -> Result<Answer, AppError> {
     let Query(q) = query.map_err(|e| AppError::InvalidRequest(e.body_text()))?;
     let (limit, after) = page(q.limit, q.cursor.as_deref())?;
-    let filter = match q.claimed {
-        None => "",
-        Some(false) => " AND claimed_at IS NULL",
-        Some(true) => " AND claimed_at IS NOT NULL",
-    };
     let sql = format!(
-        "SELECT {SALE_COLUMNS} FROM purchases WHERE seller_id = $1 AND id > $2{filter} ORDER BY id LIMIT $3"
+        "SELECT {SALE_COLUMNS} FROM purchases WHERE seller_id = $1 AND id > $2{} ORDER BY id LIMIT $3",
+        done_filter(q.claimed, "claimed_at")
     );
-    let rows = sqlx::query(&sql)
-        .bind(player_id)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(state.0.db.reader())
+    let (sales, next_cursor) =
+        own_page(&state, &sql, player_id, after, limit, sale_from_row, |s| {
+            s.id
+        })
         .await?;
-    let sales = rows
-        .iter()
-        .map(sale_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = next_cursor(&sales, limit, |s| s.id.to_string());
     Answer::json(StatusCode::OK, &SalesPage { sales, next_cursor })
 }
 
