@@ -14,22 +14,60 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// What every Godot run here needs: the binary, a new project in a
+/// temporary directory, and a marketplace server on SQLite beside it.
+struct Stage {
+    godot: std::ffi::OsString,
+    work: tempfile::TempDir,
+    project: std::path::PathBuf,
+    rt: tokio::runtime::Runtime,
+    server: marketplace_server::RunningServer,
+}
+
+impl Stage {
+    /// `None` (with a SKIPPED line naming `what`) without a Godot binary.
+    fn new(what: &str) -> Option<Stage> {
+        let godot = marketplace_e2e::godot::godot_binary(what)?;
+        let work = tempfile::tempdir().unwrap();
+        let project = work.path().join("project");
+        marketplace_e2e::godot::make_project(&project);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let url = format!("sqlite://{}/market.sqlite", work.path().display());
+        let server = rt
+            .block_on(marketplace_server::spawn(
+                marketplace_server::Config::for_tests(url),
+            ))
+            .expect("server starts");
+        Some(Stage {
+            godot,
+            work,
+            project,
+            rt,
+            server,
+        })
+    }
+
+    /// Stops the server cleanly.
+    fn finish(self) {
+        let Stage { rt, server, .. } = self;
+        rt.block_on(server.shutdown());
+    }
+
+    /// Godot, headless, on the project, with its own user data.
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.godot);
+        marketplace_e2e::godot::isolate_user_data(&mut command, self.work.path());
+        command.arg("--headless").arg("--path").arg(&self.project);
+        command
+    }
+}
+
 #[test]
 fn godot_check_suite() {
-    let Some(godot) = marketplace_e2e::godot::godot_binary("Godot headless check suite") else {
+    let Some(stage) = Stage::new("Godot headless check suite") else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let project = work.path().join("project");
-    marketplace_e2e::godot::make_project(&project);
-
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let url = format!("sqlite://{}/market.sqlite", work.path().display());
-    let server = rt
-        .block_on(marketplace_server::spawn(
-            marketplace_server::Config::for_tests(url),
-        ))
-        .expect("server starts");
+    let (work, rt, server) = (&stage.work, &stage.rt, &stage.server);
     // The same server with every purchase delayed: trades in flight across
     // a scene change.
     let slow = rt.block_on(fault_proxy::Proxy::start(server.addr()));
@@ -82,11 +120,8 @@ fn godot_check_suite() {
         }
     });
 
-    let mut command = Command::new(&godot);
-    marketplace_e2e::godot::isolate_user_data(&mut command, work.path());
-    let mut child = command
-        .args(["--headless", "--path"])
-        .arg(&project)
+    let mut child = stage
+        .command()
         .arg("res://tests/test_runner.tscn")
         .env("MARKET_SERVER_URL", server.url())
         .env("MARKET_SLOW_URL", slow.url())
@@ -112,8 +147,8 @@ fn godot_check_suite() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}\n{stderr}");
-    rt.block_on(server.shutdown());
     rt.block_on(grants.shutdown());
+    stage.finish();
     let status = status.expect("Godot finished within 180 s (a clean quit)");
     assert!(status.success(), "the check suite failed: {status}");
     assert!(stdout.contains("ALL CHECKS PASSED"));
@@ -138,31 +173,20 @@ fn rand_suffix() -> u64 {
 /// a fee quote): no script error, no panic, a clean quit.
 #[test]
 fn demo_shop_runs_without_script_errors() {
-    let Some(godot) = marketplace_e2e::godot::godot_binary("Godot demo shop") else {
+    let Some(stage) = Stage::new("Godot demo shop") else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let project = work.path().join("project");
-    marketplace_e2e::godot::make_project(&project);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let url = format!("sqlite://{}/market.sqlite", work.path().display());
-    let server = rt
-        .block_on(marketplace_server::spawn(
-            marketplace_server::Config::for_tests(url),
-        ))
-        .expect("server starts");
-    let mut command = Command::new(&godot);
-    marketplace_e2e::godot::isolate_user_data(&mut command, work.path());
-    let output = command
-        .args(["--headless", "--quit-after", "100000", "--path"])
-        .arg(&project)
+    let server = &stage.server;
+    let output = stage
+        .command()
+        .args(["--quit-after", "100000"])
         .arg("res://scenes/shop.tscn")
         .env("MARKET_SERVER_URL", server.url())
         .env("MARKET_DEMO_SHOWCASE", "1")
         .env("MARKET_DEMO_QUIT", "1")
         .output()
         .expect("GDRUST_GODOT_BIN runs");
-    rt.block_on(server.shutdown());
+    stage.finish();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}\n{stderr}");
