@@ -716,6 +716,12 @@ fn crash(
     // with (documented) and is not what this run tests.
     let damaged = damage_main && at_crash[2].as_deref().is_some_and(backup_knows_the_market);
     if damaged {
+        // The main file is replaced by a damaged one. (Written in place it
+        // would also damage the backup whenever the two are one file: a
+        // save links the backup to the main file before its rename, and a
+        // failing disk can stop it between the two — a state a crash with
+        // a torn write can never damage, since the rename is atomic.)
+        let _ = std::fs::remove_file(&path);
         std::fs::write(&path, b"{\"version\": 5, \"cred").map_err(|e| e.to_string())?;
     }
     let mut p = SimPlayer::open(&label, &path, config.clone())?;
