@@ -719,6 +719,140 @@ pub struct PriceHistory {
     pub candles: Vec<Candle>,
 }
 
+/// One change pushed by `GET /v1/stream` (server-sent events: `id:` is
+/// `seq`, `event: market`, `data:` this JSON).
+///
+/// **A hint, never money.** Nothing a client holds in escrow or has
+/// journaled is decided by a pushed event: holds settle on the answers to
+/// the player's own requests (I4), and the books stay the truth. An event
+/// only says "this changed; here is how it looks now".
+///
+/// `seq` orders every event of the market in commit order (an event is
+/// written in the transaction of its change). Reconnecting with the last
+/// `seq` seen (`after=` or `Last-Event-ID`) resumes with nothing missed
+/// and nothing twice while the server still keeps the events after it;
+/// otherwise the stream says `reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamEvent {
+    pub seq: i64,
+    /// Server time of the change (Unix seconds).
+    pub at: i64,
+    #[serde(flatten)]
+    pub change: StreamChange,
+}
+
+/// What changed. Public changes (`listing`, `order`, `trade`) go to every
+/// subscriber of the item; the others only to the player named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamChange {
+    /// A listing after its change: `created`, `updated` (repriced or
+    /// partly bought), `sold`, `cancelled` or `expired`. A listing that is
+    /// no longer `active` leaves the shop.
+    Listing { change: String, listing: Listing },
+    /// A buy order after its change: `placed`, `updated` (partly filled),
+    /// `filled`, `cancelled` or `expired`.
+    Order { change: String, order: Order },
+    /// Units changed hands at a price (the ticker).
+    Trade {
+        item_id: String,
+        quantity: i64,
+        unit_price: i64,
+        fill_id: i64,
+    },
+    /// Yours: a fill of your listing (`fill.seller_id` is you) or of your
+    /// buy order (`fill.buyer_id` is you).
+    Fill { fill: Fill },
+    /// Yours: something the market keeps for you to collect.
+    Delivery { delivery: Delivery },
+    /// Yours: a notification was written or brought up to date.
+    Notification { notification: Notification },
+}
+
+impl StreamChange {
+    /// The item a public change is about (`None` for a private one).
+    pub fn item_id(&self) -> Option<&str> {
+        match self {
+            StreamChange::Listing { listing, .. } => Some(&listing.item_id),
+            StreamChange::Order { order, .. } => Some(&order.item_id),
+            StreamChange::Trade { item_id, .. } => Some(item_id),
+            _ => None,
+        }
+    }
+}
+
+/// Sent as `event: reload` when the events after the client's `seq` are
+/// no longer kept (or the client sent none it could resume from): reload
+/// what is on screen, then go on from `head`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReload {
+    /// The newest `seq` at the time: the stream goes on after it.
+    pub head: i64,
+}
+
+/// Sent as `event: ready` once the events missed since `after` are sent:
+/// from here on the stream is live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReady {
+    pub head: i64,
+}
+
+/// What happened while a player was away, kept by the server until the
+/// player acknowledges it: one summary per listing or order, brought up to
+/// date by every fill until acknowledged (not one per fill).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub id: i64,
+    /// `sold` (units of your listing were bought), `order_filled` (your buy
+    /// order bought units), `listing_expired`, `order_expired`.
+    pub kind: String,
+    pub item_id: String,
+    #[serde(default)]
+    pub listing_id: Option<i64>,
+    #[serde(default)]
+    pub order_id: Option<i64>,
+    /// Units sold, bought, or sent back by the expiry.
+    pub quantity: i64,
+    /// Credits: `sold`, the proceeds after fees (claim them); 
+    /// `order_filled`, what the units cost; `order_expired`, credits sent
+    /// back.
+    pub credits: i64,
+    /// Fees kept from a `sold`'s proceeds.
+    #[serde(default)]
+    pub fee: i64,
+    /// Fills summed up.
+    pub fills: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Answer of `GET /v1/me/notifications`: the notifications not yet
+/// acknowledged, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationsPage {
+    pub notifications: Vec<Notification>,
+    /// Deliveries waiting to be collected (see `GET /v1/me/deliveries`).
+    #[serde(default)]
+    pub deliveries_waiting: i64,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/me/notifications/ack`: the notifications the client has
+/// saved and shown. Acknowledging one twice, or one already pruned,
+/// changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    pub ids: Vec<i64>,
+}
+
+/// Most notifications acknowledged in one request.
+pub const MAX_ACK_IDS: usize = 200;
+
+/// Most items one stream subscribes to by id (`items=`).
+pub const MAX_STREAM_ITEMS: usize = 64;
+
 /// The error envelope: `{"error": {...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorEnvelope {

@@ -162,6 +162,7 @@ async fn grant(
                 idem_key: &key,
                 now,
                 policy: &state.0.policy,
+                outbox: Default::default(),
             };
             books::credit(&mut tx, player_id, req.item_id.as_deref(), req.quantity).await?;
             books::movement(

@@ -175,6 +175,35 @@ pub struct Config {
     /// is served to every player who asks for the same; 0: not kept.
     #[arg(long, env = "MARKET_DATA_CACHE_MS", default_value_t = 2_000)]
     pub market_data_cache_ms: u64,
+
+    /// How often each replica looks for events other replicas committed
+    /// (its own are sent at once).
+    #[arg(long, env = "MARKET_STREAM_POLL_MS", default_value_t = 100)]
+    pub stream_poll_ms: u64,
+
+    /// Stream connections one player may hold on a replica; one more ends
+    /// the oldest.
+    #[arg(long, env = "MARKET_STREAM_MAX_PER_PLAYER", default_value_t = 4)]
+    pub stream_max_per_player: usize,
+
+    /// Stream connections a replica serves at most (each also counts
+    /// against --max-connections); more get 503 and retry.
+    #[arg(long, env = "MARKET_STREAM_MAX_SUBSCRIBERS", default_value_t = 10_000)]
+    pub stream_max_subscribers: usize,
+
+    /// Events a subscriber may fall behind by before it is cut off (it
+    /// resumes from its last event on its next connection).
+    #[arg(long, env = "MARKET_STREAM_BUFFER", default_value_t = 4096)]
+    pub stream_buffer: usize,
+
+    /// How long events are kept for clients that reconnect; one further
+    /// behind is told to reload.
+    #[arg(long, env = "MARKET_STREAM_RETENTION_SECS", default_value_t = 3_600)]
+    pub stream_retention_secs: u64,
+
+    /// How long a notification nobody acknowledged is kept.
+    #[arg(long, env = "MARKET_NOTIFICATION_RETENTION_DAYS", default_value_t = 30)]
+    pub notification_retention_days: u64,
 }
 
 impl Config {
@@ -221,6 +250,12 @@ impl Config {
             order_max_duration_secs: 90 * 86_400,
             // Tests see every change at once; the cache has a test of its own.
             market_data_cache_ms: 0,
+            stream_poll_ms: 100,
+            stream_max_per_player: 4,
+            stream_max_subscribers: 10_000,
+            stream_buffer: 4096,
+            stream_retention_secs: 3_600,
+            notification_retention_days: 30,
         }
     }
 
@@ -290,6 +325,12 @@ impl Config {
         if self.header_timeout_secs == 0 || self.request_timeout_secs == 0 {
             return Err(
                 "--header-timeout-secs and --request-timeout-secs must be at least 1".into(),
+            );
+        }
+        if self.stream_poll_ms == 0 || self.stream_max_per_player == 0 || self.stream_buffer == 0 {
+            return Err(
+                "--stream-poll-ms, --stream-max-per-player and --stream-buffer must be at least 1"
+                    .into(),
             );
         }
         if self.max_connections == 0 {

@@ -119,6 +119,10 @@ pub async fn run(
         }
     };
     drop(guard);
+    if result.is_ok() {
+        // Committed: this replica's subscribers hear of it now.
+        state.0.stream.wake();
+    }
     result
 }
 
@@ -193,6 +197,7 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
         idem_key: &job.key,
         now: job.now,
         policy: &job.policy,
+        outbox: Default::default(),
     };
     // The stored answer may have been pruned: the key is still known if it
     // changed something, and the rows it changed rebuild the answer. (A
@@ -259,6 +264,11 @@ async fn execute_in(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<Outcome
         Err(e) if e.is_business_outcome() => (Answer::from(&e), Some(e.code())),
         Err(e) => return Err(e),
     };
+    if code.is_none() && !replayed {
+        // Last of the change's writes but one: it takes the stream's
+        // counter, held to the commit (see `stream`).
+        crate::stream::publish(conn, &ctx).await?;
+    }
     sqlx::query(
         "UPDATE idempotency_keys SET status_code = $1, response_body = $2 \
          WHERE player_id = $3 AND idem_key = $4",

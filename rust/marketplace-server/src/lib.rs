@@ -56,6 +56,7 @@ mod players;
 mod rate_limit;
 mod routes;
 mod serve;
+mod stream;
 
 // The crate's surface: start a server ([`spawn`], [`BoundServer`]) with a
 // [`Config`]; audit a database's books; and what tests need to reach past
@@ -85,6 +86,11 @@ pub(crate) struct Inner {
     pub(crate) group_commit: Option<idempotency::GroupCommit>,
     /// This market's identity (`server_secrets`), announced at login.
     pub(crate) server_id: String,
+    /// The change stream's subscribers on this replica.
+    pub(crate) stream: Arc<stream::Hub>,
+    /// Turns true when the server starts shutting down (long-lived
+    /// streams end on it).
+    pub(crate) stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// Why the server could not start.
@@ -183,6 +189,8 @@ impl BoundServer {
                 .then(|| idempotency::GroupCommit::start(db.clone())),
             clock,
             server_id,
+            stream: Arc::new(stream::Hub::new(config.stream_buffer)),
+            stop: tokio::sync::watch::channel(false).0,
             db,
             config,
         }));
@@ -226,7 +234,12 @@ impl BoundServer {
             header_timeout: Duration::from_secs(config.header_timeout_secs),
             exempt: config.trusted_proxies.clone(),
         };
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_rx = state.0.stop.subscribe();
+        let tailer = tokio::spawn(state.0.stream.clone().tail(
+            state.0.db.clone(),
+            Duration::from_millis(config.stream_poll_ms),
+            stop_rx.clone(),
+        ));
         let pruner = tokio::spawn(prune_idempotency_keys(state.clone(), stop_rx.clone()));
         let bans = tokio::spawn(admin::refresh_bans(state.clone(), stop_rx.clone()));
         let expiry = tokio::spawn(sweep_expired_every_minute(state.clone(), stop_rx.clone()));
@@ -246,7 +259,7 @@ impl BoundServer {
         }
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
-        let _ = stop_tx.send(true);
+        let _ = state.0.stop.send(true);
         let all = async {
             for server in &mut servers {
                 let _ = server.await;
@@ -261,6 +274,7 @@ impl BoundServer {
         pruner.abort();
         bans.abort();
         expiry.abort();
+        tailer.abort();
         state.0.db.close().await;
         Ok(())
     }
@@ -288,6 +302,9 @@ async fn prune_expired(state: &AppState) -> Result<u64, sqlx::Error> {
         };
         total += n;
         if n < PRUNE_CHUNK as u64 {
+            if let Err(e) = stream::prune(state).await {
+                tracing::warn!(error = %e, "pruning the stream and the inbox failed");
+            }
             // Deposits older than the cap's window count for nothing.
             let before = state.0.clock.now() - 2 * books::DEPOSIT_WINDOW_SECS;
             loop {
@@ -356,6 +373,7 @@ async fn sweep_expired(state: &AppState) -> Result<u64, error::AppError> {
         let now = state.0.clock.now();
         let n = market::expiry::sweep(&mut tx, &state.0.policy, now, SWEEP_CHUNK).await?;
         tx.commit().await?;
+        state.0.stream.wake();
         total += n;
         if n < SWEEP_CHUNK as u64 {
             return Ok(total);

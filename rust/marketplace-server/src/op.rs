@@ -4,6 +4,7 @@
 //! ([`crate::books`]), which therefore do not depend on each other's types.
 
 use crate::economy::Policy;
+use crate::stream::Outbox;
 
 /// Who is asking, the identifiers recorded in the ledger, and the policy.
 pub struct OpContext<'a> {
@@ -12,4 +13,7 @@ pub struct OpContext<'a> {
     pub idem_key: &'a str,
     pub now: i64,
     pub policy: &'a Policy,
+    /// What the change touched, for the change stream: published in the
+    /// same transaction if the change succeeds ([`crate::stream::publish`]).
+    pub outbox: Outbox,
 }

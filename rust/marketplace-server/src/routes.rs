@@ -48,6 +48,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/sales/{id}/claim", post(claim))
         .merge(crate::order_routes::router())
         .merge(crate::market_data::router())
+        .merge(crate::stream::router())
         .merge(crate::admin::router())
         .route("/healthz", get(healthz));
     if with_metrics {
@@ -714,6 +715,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let mut text = state.0.metrics.render();
+    state.0.stream.render_metrics(&mut text);
     match state.0.db.reader().acquire().await {
         Ok(mut conn) => match crate::books::totals(&mut conn).await {
             Ok(t) => crate::metrics::render_books(&mut text, &t),

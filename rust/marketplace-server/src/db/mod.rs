@@ -136,6 +136,13 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0008_market_data.postgres.sql"),
         step: None,
     },
+    Migration {
+        version: 9,
+        name: "stream",
+        sqlite: include_str!("migrations/0009_stream.sqlite.sql"),
+        postgres: include_str!("migrations/0009_stream.postgres.sql"),
+        step: None,
+    },
 ];
 
 /// Arbitrary constant: the PostgreSQL advisory lock that serialises migrations

@@ -79,6 +79,7 @@ async fn list_from_stash(
         .fetch_one(&mut *conn)
         .await?;
     let listing = listing_from_row(&row)?;
+    ctx.outbox.listing_created(listing.id);
     let me = ctx.player_id;
     let mut moves = Vec::with_capacity(2);
     if deposited > 0 {

@@ -32,6 +32,7 @@ pub async fn sweep(
         idem_key: "",
         now,
         policy,
+        outbox: Default::default(),
     };
     let mut swept = 0;
     let listings: Vec<(i64,)> = sqlx::query_as(
@@ -55,6 +56,7 @@ pub async fn sweep(
         let Some((seller, item, returned)) = row else {
             continue;
         };
+        ctx.outbox.listing(id);
         swept += 1;
         if returned == 0 {
             continue;
@@ -105,6 +107,7 @@ pub async fn sweep(
         let Some((buyer, returned)) = row else {
             continue;
         };
+        ctx.outbox.order(id);
         swept += 1;
         if returned == 0 {
             continue;
@@ -135,5 +138,6 @@ pub async fn sweep(
         )
         .await?;
     }
+    crate::stream::publish(conn, &ctx).await?;
     Ok(swept)
 }

@@ -97,6 +97,7 @@ pub(crate) async fn owe(
     .bind(ctx.now)
     .fetch_one(conn)
     .await?;
+    ctx.outbox.delivery(id);
     Ok(Some(id))
 }
 
@@ -183,6 +184,7 @@ async fn record(
     .bind(ctx.idem_key)
     .fetch_one(&mut *conn)
     .await?;
+    ctx.outbox.fill(purchase_id);
     let (lid, oid, pid) = (Some(f.listing_id), Some(f.order_id), Some(purchase_id));
     let items_to = owe(
         conn,

@@ -47,6 +47,7 @@ use sqlx::{AnyConnection, Row};
 use crate::books;
 use crate::error::AppError;
 pub use crate::op::OpContext;
+pub(crate) use fills::{fill_from_row, FILL_COLUMNS};
 
 mod cancel;
 mod claim;
@@ -411,10 +412,13 @@ pub(crate) async fn change_own_listing(
         SellerChange::Cancel => query.bind(ctx.idem_key),
     };
     match query.fetch_optional(&mut *conn).await? {
-        Some(row) => Ok((
-            listing_from_row(&row)?,
-            row.try_get::<Option<i64>, _>("returned")?.unwrap_or(0),
-        )),
+        Some(row) => {
+            ctx.outbox.listing(listing_id);
+            Ok((
+                listing_from_row(&row)?,
+                row.try_get::<Option<i64>, _>("returned")?.unwrap_or(0),
+            ))
+        }
         None => Err(seller_refusal(
             fetch_listing(conn, listing_id)
                 .await?

@@ -178,6 +178,7 @@ async fn escrow(
     .bind(deposited)
     .fetch_one(&mut *conn)
     .await?;
+    ctx.outbox.order_placed(order_id);
     let mut moves = Vec::with_capacity(2);
     if deposited > 0 {
         moves.push(Move {
@@ -271,6 +272,9 @@ pub(super) async fn cancel(
         .bind(ctx.player_id)
         .fetch_optional(&mut *conn)
         .await?;
+    if row.is_some() {
+        ctx.outbox.order(order_id);
+    }
     let Some(row) = row else {
         return Err(match fetch(conn, order_id).await? {
             None => AppError::NotFound("Order"),

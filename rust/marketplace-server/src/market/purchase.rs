@@ -276,6 +276,7 @@ async fn pay_and_deliver(
     .bind(fee)
     .fetch_one(&mut *conn)
     .await?;
+    ctx.outbox.fill(purchase_id);
     if delivered == 0 {
         books::credit(conn, me, Some(item_id), quantity).await?;
     }

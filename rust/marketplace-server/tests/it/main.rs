@@ -14,3 +14,4 @@ mod hardening;
 mod market_data;
 mod migrations;
 mod orders;
+mod stream;
