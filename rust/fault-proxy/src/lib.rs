@@ -4,8 +4,10 @@
 //! matching [`Rule`] — forwards it to the server and relays the answer, or
 //! misbehaves: drops the answer after the server has committed, delays,
 //! resets the connection before forwarding, answers 500 itself, or holds the
-//! answer until the client gives up. It understands just enough HTTP
-//! (`Content-Length` bodies, which is all the marketplace uses).
+//! answer until the client gives up. It understands just enough HTTP:
+//! `Content-Length` bodies, which is all the marketplace's requests and
+//! answers use, and a chunked answer (the change stream), which it relays
+//! as it comes until either side closes or [`Proxy::cut_streams`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +60,7 @@ pub struct Proxy {
     upstream: Arc<Mutex<SocketAddr>>,
     rules: Arc<Mutex<Vec<Rule>>>,
     pub stats: Arc<Stats>,
+    cuts: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -74,15 +77,16 @@ impl Proxy {
         let upstream = Arc::new(Mutex::new(upstream));
         let rules: Arc<Mutex<Vec<Rule>>> = Arc::default();
         let stats: Arc<Stats> = Arc::default();
+        let (cuts, cut_rx) = tokio::sync::watch::channel(0u64);
         let (u, r, s) = (upstream.clone(), rules.clone(), stats.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
-                let (u, r, s) = (u.clone(), r.clone(), s.clone());
+                let (u, r, s, c) = (u.clone(), r.clone(), s.clone(), cut_rx.clone());
                 tokio::spawn(async move {
-                    let _ = serve_connection(client, u, r, s).await;
+                    let _ = serve_connection(client, u, r, s, c).await;
                 });
             }
         });
@@ -91,8 +95,15 @@ impl Proxy {
             upstream,
             rules,
             stats,
+            cuts,
             task,
         }
+    }
+
+    /// Drops every streamed answer being relayed now (both connections
+    /// closed at once, as a network that fails mid-stream).
+    pub fn cut_streams(&self) {
+        self.cuts.send_modify(|n| *n += 1);
     }
 
     pub fn url(&self) -> String {
@@ -190,6 +201,7 @@ async fn serve_connection(
     upstream: Arc<Mutex<SocketAddr>>,
     rules: Arc<Mutex<Vec<Rule>>>,
     stats: Arc<Stats>,
+    mut cuts: tokio::sync::watch::Receiver<u64>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut server: Option<(TcpStream, Vec<u8>)> = None;
@@ -257,8 +269,42 @@ async fn serve_connection(
                 );
                 client.write_all(answer.as_bytes()).await?;
             }
-            _ => client.write_all(&answer).await?,
+            _ => {
+                client.write_all(&answer).await?;
+                if is_chunked(&answer) {
+                    // A stream: relay what came with the head, then all
+                    // that follows, until a side closes or a cut.
+                    client.write_all(upstream_buf).await?;
+                    upstream_buf.clear();
+                    cuts.borrow_and_update();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        tokio::select! {
+                            n = upstream_conn.read(&mut chunk) => {
+                                let n = n?;
+                                if n == 0 {
+                                    return Ok(());
+                                }
+                                client.write_all(&chunk[..n]).await?;
+                            }
+                            _ = cuts.changed() => {
+                                client.set_zero_linger()?;
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// True when the message's head says its body is chunked.
+fn is_chunked(message: &[u8]) -> bool {
+    let end = find(message, b"\r\n\r\n").unwrap_or(message.len());
+    String::from_utf8_lossy(&message[..end])
+        .to_ascii_lowercase()
+        .lines()
+        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"))
 }

@@ -186,6 +186,58 @@ pub struct SyncMark {
     pub seq: i64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub applied: BTreeMap<String, i64>,
+    /// Notifications of this market already shown, by id, with the number
+    /// of fills they summed then: one comes back to the game only when it
+    /// is new or has grown (at most [`MAX_NOTICES`], the newest).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notices: BTreeMap<i64, i64>,
+}
+
+/// At most this many shown notifications are remembered per market.
+pub const MAX_NOTICES: usize = 256;
+
+impl PlayerState {
+    /// Notes notifications of `owner`'s market as shown; returns those that
+    /// are new or have grown since last shown (the rest were shown before).
+    pub fn note_notices<'a>(
+        &mut self,
+        owner: &Owner,
+        notices: &'a [marketplace_protocol::Notification],
+    ) -> Vec<&'a marketplace_protocol::Notification> {
+        let mark = self
+            .sync
+            .entry(owner.server_id.clone())
+            .or_insert_with(|| SyncMark {
+                player_id: owner.player_id,
+                seq: UNSET,
+                ..SyncMark::default()
+            });
+        if mark.player_id != owner.player_id {
+            // Another player of this market: that player's mark goes, as
+            // when a settlement is noted (a reconciliation starts afresh).
+            *mark = SyncMark {
+                player_id: owner.player_id,
+                seq: UNSET,
+                ..SyncMark::default()
+            };
+        }
+        let mut fresh = Vec::new();
+        for n in notices {
+            if mark
+                .notices
+                .get(&n.id)
+                .is_some_and(|fills| *fills >= n.fills)
+            {
+                continue;
+            }
+            mark.notices.insert(n.id, n.fills);
+            fresh.push(n);
+        }
+        while mark.notices.len() > MAX_NOTICES {
+            mark.notices.pop_first();
+        }
+        fresh
+    }
 }
 
 /// [`SyncMark::seq`] before the first reconciliation with that market.
@@ -834,6 +886,7 @@ impl PlayerState {
                 player_id: owner.player_id,
                 seq: UNSET,
                 applied: BTreeMap::new(),
+                notices: BTreeMap::new(),
             });
         let mut noted = Noted {
             server_id: owner.server_id.clone(),
@@ -851,6 +904,7 @@ impl PlayerState {
                 player_id: owner.player_id,
                 seq: UNSET,
                 applied: BTreeMap::new(),
+                notices: BTreeMap::new(),
             };
             noted.reset = true;
             noted.seq = UNSET;
@@ -912,12 +966,14 @@ impl PlayerState {
             // First contact: the record as it stands now. Keys noted before
             // (settled meanwhile) stay until seen or forgotten by age.
             let applied = known.map(|m| m.applied.clone()).unwrap_or_default();
+            let notices = known.map(|m| m.notices.clone()).unwrap_or_default();
             self.sync.insert(
                 owner.server_id.clone(),
                 SyncMark {
                     player_id: owner.player_id,
                     seq: page.last_seq.max(0),
                     applied,
+                    notices,
                 },
             );
             return Vec::new();

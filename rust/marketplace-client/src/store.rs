@@ -984,6 +984,23 @@ impl PlayerStore {
         recovered
     }
 
+    /// Notes notifications as shown (see [`PlayerState::note_notices`]);
+    /// returns the new ones. The note is saved like a trade: a game hears
+    /// of a notification once it is on disk, and never again.
+    pub fn note_notices<'a>(
+        &mut self,
+        owner: &crate::state::Owner,
+        notices: &'a [marketplace_protocol::Notification],
+    ) -> Vec<&'a marketplace_protocol::Notification> {
+        let fresh = self.state.note_notices(owner, notices);
+        if !fresh.is_empty() {
+            let mark = self.state.sync.get(&owner.server_id).cloned();
+            self.deltas.push(Delta::Sync(owner.server_id.clone(), mark));
+            self.changed(Origin::Trade);
+        }
+        fresh
+    }
+
     /// After a complete, unblocked reconciliation with `server_id`: forgets
     /// noted keys no listing confirmed for a long time.
     pub fn forget_stale_keys(&mut self, server_id: &str) {

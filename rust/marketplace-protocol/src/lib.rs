@@ -813,7 +813,7 @@ pub struct Notification {
     pub order_id: Option<i64>,
     /// Units sold, bought, or sent back by the expiry.
     pub quantity: i64,
-    /// Credits: `sold`, the proceeds after fees (claim them); 
+    /// Credits: `sold`, the proceeds after fees (claim them);
     /// `order_filled`, what the units cost; `order_expired`, credits sent
     /// back.
     pub credits: i64,

@@ -34,7 +34,11 @@ use crate::error::ClientError;
 use crate::state::Owner;
 
 mod retry;
+mod stream;
 mod wire;
+
+pub use stream::{StreamNotice, StreamOptions};
+pub(crate) use wire::notification_is_sane;
 
 use retry::attempts;
 pub use retry::owner_of;
@@ -211,6 +215,15 @@ pub enum Command {
         quantity: i64,
         price: i64,
     },
+    /// A page of the player's open notifications.
+    Notifications {
+        cursor: Option<String>,
+    },
+    /// Closes notifications the game has saved and shown (naturally
+    /// idempotent: no key).
+    AckNotifications {
+        ids: Vec<i64>,
+    },
     /// A change of the market: carries an idempotency key and is retried
     /// until a definitive answer.
     Change(MarketChange),
@@ -254,6 +267,9 @@ pub enum Reply {
     MarketSummary(marketplace_protocol::MarketSummary),
     Depth(marketplace_protocol::Depth),
     PriceHistory(marketplace_protocol::PriceHistory),
+    Notifications(marketplace_protocol::NotificationsPage),
+    /// How many of the notifications were still open.
+    Acked(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,6 +322,11 @@ struct Shared {
     bucket: TokenBucket,
     gate: Semaphore,
     stopping: watch::Sender<bool>,
+    /// The change stream's task, its position (the last `seq` handed over;
+    /// -1: none yet) and the queue to the game.
+    stream: Mutex<stream::Slot>,
+    stream_seq: std::sync::atomic::AtomicI64,
+    outlet: stream::Outlet,
 }
 
 #[derive(Default)]
@@ -324,6 +345,7 @@ pub struct MarketClient {
     shared: Arc<Shared>,
     commands: tokio::sync::mpsc::UnboundedSender<Envelope>,
     events: mpsc::Receiver<Event>,
+    notices: mpsc::Receiver<StreamNotice>,
     thread: Option<JoinHandle<()>>,
     stop: Option<tokio::sync::oneshot::Sender<Duration>>,
 }
@@ -341,6 +363,7 @@ impl MarketClient {
             })?;
         let (event_tx, events) = mpsc::channel();
         let (stopping, _) = watch::channel(false);
+        let (outlet, notices) = stream::Outlet::new();
         let worker_threads = config.worker_threads.max(1);
         let shared = Arc::new(Shared {
             bucket: TokenBucket::new(config.max_requests_per_second),
@@ -355,6 +378,9 @@ impl MarketClient {
             session: Mutex::new(SessionState::default()),
             logged_in: Notify::new(),
             stopping,
+            stream: Mutex::new(stream::Slot::default()),
+            stream_seq: std::sync::atomic::AtomicI64::new(-1),
+            outlet,
         });
         let (commands, command_rx) = tokio::sync::mpsc::unbounded_channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel();
@@ -404,6 +430,7 @@ impl MarketClient {
             shared,
             commands,
             events,
+            notices,
             thread: Some(thread),
             stop: Some(stop),
         })
@@ -502,6 +529,40 @@ impl MarketClient {
             match self.events.try_recv() {
                 Ok(event) => {
                     out.push(event);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        n
+    }
+
+    /// Opens the change stream (replacing one already open): it connects
+    /// once logged in, reconnects with backoff and resumes where it was.
+    /// `resume` false starts at the server's present (another market or
+    /// player than the stream before), with a [`StreamNotice::Reload`].
+    pub fn open_stream(&self, options: StreamOptions, resume: bool) {
+        stream::open(&self.shared, options, resume);
+    }
+
+    /// Closes the change stream.
+    pub fn close_stream(&self) {
+        stream::close(&self.shared.stream);
+    }
+
+    /// The last event the stream handed over (`None`: none yet).
+    pub fn stream_position(&self) -> Option<i64> {
+        let seq = self.shared.stream_seq.load(Ordering::Acquire);
+        (seq >= 0).then_some(seq)
+    }
+
+    /// Moves up to `max` stream notices into `out`; never blocks.
+    pub fn poll_stream(&self, out: &mut Vec<StreamNotice>, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.notices.try_recv() {
+                Ok(notice) => {
+                    out.push(notice);
                     n += 1;
                 }
                 Err(_) => break,

@@ -141,6 +141,33 @@ fn backoff(config: &ClientConfig, attempt: u32, retry_after: Option<Duration>) -
     }
 }
 
+/// The token for the change stream: the current one, or a login with the
+/// remembered credentials, or — with none — a wait for the game's login.
+pub(super) async fn stream_token(shared: &Shared) -> Result<String, ClientError> {
+    loop {
+        let notified = shared.logged_in.notified();
+        let has_credentials = {
+            let session = shared.session.lock().map_err(|_| poisoned())?;
+            if let Some(token) = &session.token {
+                return Ok(token.clone());
+            }
+            session.credentials.is_some()
+        };
+        if has_credentials {
+            relogin(shared, None).await?;
+            continue;
+        }
+        notified.await;
+    }
+}
+
+/// After the stream was refused its token: logs in again (once for every
+/// concurrent caller), errors left to the next connection attempt.
+pub(super) async fn relogin_for_stream(shared: &Shared) {
+    let stale = shared.session.lock().ok().and_then(|s| s.token.clone());
+    let _ = relogin(shared, stale.as_deref()).await;
+}
+
 /// The token for a request. Without one, a request logs in by itself with
 /// the remembered credentials (a journaled operation re-sent after a restart
 /// must not wait for the game to log in). With no credentials yet, a

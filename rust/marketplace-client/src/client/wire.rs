@@ -198,6 +198,18 @@ pub(crate) fn request_of(command: &Command) -> WireRequest {
             }),
         ),
         Command::Account => (Method::GET, "/v1/me/account".to_string(), None),
+        Command::Notifications { cursor } => {
+            query.push(("limit", marketplace_protocol::MAX_PAGE_LIMIT.to_string()));
+            if let Some(c) = cursor {
+                query.push(("cursor", c.clone()));
+            }
+            (Method::GET, "/v1/me/notifications".to_string(), None)
+        }
+        Command::AckNotifications { ids } => (
+            Method::POST,
+            "/v1/me/notifications/ack".to_string(),
+            json(&marketplace_protocol::AckRequest { ids: ids.clone() }),
+        ),
         Command::Operations { after, limit } => {
             query.push(("after", after.to_string()));
             query.push(("limit", limit.to_string()));
@@ -289,7 +301,7 @@ pub(super) async fn exchange(
     }
 }
 
-fn transport_error(e: reqwest::Error) -> ClientError {
+pub(super) fn transport_error(e: reqwest::Error) -> ClientError {
     // Messages never include the URL: it may carry secrets.
     let e = e.without_url();
     if e.is_timeout() {
@@ -574,6 +586,22 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             }
             Ok(Reply::FeeQuote(quote))
         }
+        Command::Notifications { .. } => {
+            let mut page: marketplace_protocol::NotificationsPage = decode(bytes)?;
+            page.notifications.retain(notification_is_sane);
+            Ok(Reply::Notifications(page))
+        }
+        Command::AckNotifications { ids } => {
+            #[derive(serde::Deserialize)]
+            struct Acked {
+                acked: u64,
+            }
+            let acked: Acked = decode(bytes)?;
+            if acked.acked > ids.len() as u64 {
+                return Err(bad_response("more acknowledged than asked"));
+            }
+            Ok(Reply::Acked(acked.acked))
+        }
         Command::Account => {
             let account: AccountEnvelope = decode(bytes)?;
             if account.account.credits < 0 || account.account.stash.values().any(|n| *n < 0) {
@@ -582,6 +610,17 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             Ok(Reply::Account(account))
         }
     }
+}
+
+/// A notification a game can show: ids and figures in range (a hostile
+/// server's others are dropped: they are only notices).
+pub(crate) fn notification_is_sane(n: &marketplace_protocol::Notification) -> bool {
+    n.id > 0
+        && marketplace_protocol::check_id("item_id", &n.item_id).is_ok()
+        && (0..=marketplace_protocol::MAX_HOLDING).contains(&n.quantity)
+        && (0..=marketplace_protocol::MAX_HOLDING).contains(&n.credits)
+        && (0..=marketplace_protocol::MAX_HOLDING).contains(&n.fee)
+        && n.fills >= 0
 }
 
 fn listing_is_sane(l: &Listing) -> bool {
@@ -600,7 +639,11 @@ fn listing_is_sane(l: &Listing) -> bool {
 /// it is classified by its status as one of the retryable codes (invariant
 /// I4). A well-formed envelope with a code this client does not know is
 /// treated the same way: a newer server's refusal is not guessed at.
-fn parse_failure(status: u16, bytes: &[u8], retry_after: Option<Duration>) -> ClientError {
+pub(super) fn parse_failure(
+    status: u16,
+    bytes: &[u8],
+    retry_after: Option<Duration>,
+) -> ClientError {
     let ambiguous = match status {
         401 => ErrorCode::Unauthorized,
         408 => ErrorCode::Timeout,

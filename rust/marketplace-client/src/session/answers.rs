@@ -115,6 +115,12 @@ impl TradingSession {
                     name: s.name,
                 });
             }
+            (Tracked::Inbox { first }, EventKind::Done(Reply::Notifications(page))) => {
+                self.inbox_page(store, page, first);
+            }
+            (Tracked::Inbox { .. } | Tracked::Ack, _) => {
+                // Unread or unacknowledged: the next login reads it again.
+            }
             (Tracked::Browse, EventKind::Done(Reply::Listings(page))) => {
                 for l in &page.listings {
                     self.note_lot(l);
@@ -291,7 +297,7 @@ impl TradingSession {
     }
 
     /// Remembers how many units a listing has left, for "buy the lot".
-    fn note_lot(&mut self, listing: &marketplace_protocol::Listing) {
+    pub(super) fn note_lot(&mut self, listing: &marketplace_protocol::Listing) {
         if self.lots.len() >= 4096 {
             self.lots.clear();
         }
@@ -317,6 +323,7 @@ impl TradingSession {
         self.owner_changed(store);
         // The save is compared with this market's record again.
         self.synced = None;
+        self.live_after_login();
     }
 
     /// A failed attempt that will be retried: counted, reported, and — once a

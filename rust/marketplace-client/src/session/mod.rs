@@ -49,6 +49,7 @@ use crate::state::{HoldKind, OpId};
 use crate::store::PlayerStore;
 
 mod answers;
+mod live;
 mod orders;
 
 /// What the game hears about, in order. The Godot layer turns each into a
@@ -195,6 +196,26 @@ pub enum SessionEvent {
         request_id: RequestId,
         history: marketplace_protocol::PriceHistory,
     },
+    /// A change of the market from the stream (a hint: it never settles a
+    /// trade; see [`marketplace_protocol::StreamEvent`]).
+    MarketChanged {
+        event: Box<marketplace_protocol::StreamEvent>,
+    },
+    /// The stream connected and caught up (`live`), or lost its
+    /// connection (`error`) and is reconnecting.
+    MarketLive {
+        live: bool,
+        error: Option<ClientError>,
+    },
+    /// Changes may have been missed: read what is on screen again.
+    MarketReload,
+    /// What happened while the player was away (or just now, by others):
+    /// reported once, after it is saved.
+    Notification {
+        notification: marketplace_protocol::Notification,
+    },
+    /// Deliveries wait to be collected (at login).
+    DeliveriesWaiting { count: i64 },
     /// A `claim_proceeds` request is over: every unclaimed sale it found has
     /// settled (`sales` claimed for `amount` credits in all). `error` is the
     /// first refusal, if any (its sale stays unclaimed for the next call).
@@ -266,6 +287,12 @@ enum Tracked {
     FeeQuote,
     /// Market data: the reply is reported as it comes.
     MarketData,
+    /// A page of the inbox (`first`: the login's first).
+    Inbox {
+        first: bool,
+    },
+    /// An acknowledgement of notifications; its answer changes nothing.
+    Ack,
     /// `collect_deliveries`: the deliveries page by page, then one collect
     /// per kind of item, all reported under `origin`.
     CollectAll {
@@ -346,6 +373,7 @@ pub struct TradingSession {
     /// what it lost: new trades wait (`save_restoring`), so the player
     /// cannot spend again what a lost trade already took.
     restoring: bool,
+    live: live::Live,
 }
 
 /// Operations per page when reconciling the save with the server's record.
@@ -405,6 +433,7 @@ impl TradingSession {
             busy: false,
             stall_after: DEFAULT_STALL_AFTER,
             restoring: store.recovered_from_backup(),
+            live: live::Live::default(),
         };
         // Journaled operations must be able to settle even before the game
         // logs in: the client may log in by itself as the saved identity.
@@ -1005,15 +1034,20 @@ impl TradingSession {
             self.handle(store, event);
             handled += 1;
         }
+        if !budget.is_some_and(|b| started.elapsed() >= b) {
+            self.poll_stream(store, max_client_events);
+        }
         // Settlements are handed to the writer now; reported once durable.
         store.poll();
         out.extend(self.ready.drain(..));
         let durable = store.durable_generation();
         while self.deferred.front().is_some_and(|(g, _)| *g <= durable) {
             if let Some((_, e)) = self.deferred.pop_front() {
+                self.reported(&e);
                 out.push(e);
             }
         }
+        self.ack_reported();
         let busy = self.pending_count() > 0;
         if busy != self.busy {
             self.busy = busy;
@@ -1238,7 +1272,13 @@ impl SessionEvent {
             | MarketSummary { request_id, .. }
             | DepthListed { request_id, .. }
             | PriceHistory { request_id, .. } => Some(*request_id),
-            BusyChanged { .. } | TradeRecovered { .. } => None,
+            BusyChanged { .. }
+            | TradeRecovered { .. }
+            | MarketChanged { .. }
+            | MarketLive { .. }
+            | MarketReload
+            | Notification { .. }
+            | DeliveriesWaiting { .. } => None,
         }
     }
 

@@ -8,6 +8,7 @@ mod books;
 mod faults;
 mod game_life;
 mod ledger_props;
+mod live;
 mod orders;
 mod owners;
 mod restart;

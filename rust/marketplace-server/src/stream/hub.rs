@@ -130,18 +130,38 @@ impl Hub {
     /// The stream's figures in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write;
-        let _ = writeln!(out, "# HELP market_stream_subscribers Open stream connections on this replica.");
+        let _ = writeln!(
+            out,
+            "# HELP market_stream_subscribers Open stream connections on this replica."
+        );
         let _ = writeln!(out, "# TYPE market_stream_subscribers gauge");
         let _ = writeln!(out, "market_stream_subscribers {}", self.subscribers());
-        let _ = writeln!(out, "# HELP market_stream_head The newest event this replica has read.");
+        let _ = writeln!(
+            out,
+            "# HELP market_stream_head The newest event this replica has read."
+        );
         let _ = writeln!(out, "# TYPE market_stream_head gauge");
         let _ = writeln!(out, "market_stream_head {}", self.head());
-        let _ = writeln!(out, "# HELP market_stream_events_total Events this replica handed to its subscribers.");
+        let _ = writeln!(
+            out,
+            "# HELP market_stream_events_total Events this replica handed to its subscribers."
+        );
         let _ = writeln!(out, "# TYPE market_stream_events_total counter");
-        let _ = writeln!(out, "market_stream_events_total {}", self.published.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP market_stream_lagged_total Subscribers cut off for reading too slowly.");
+        let _ = writeln!(
+            out,
+            "market_stream_events_total {}",
+            self.published.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP market_stream_lagged_total Subscribers cut off for reading too slowly."
+        );
         let _ = writeln!(out, "# TYPE market_stream_lagged_total counter");
-        let _ = writeln!(out, "market_stream_lagged_total {}", self.lagged.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "market_stream_lagged_total {}",
+            self.lagged.load(Ordering::Relaxed)
+        );
     }
 
     /// Subscribes to the frames after [`Hub::head`] (read it after this).

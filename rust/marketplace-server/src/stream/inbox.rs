@@ -22,8 +22,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use marketplace_protocol::{
-    AckRequest, Fill, Listing, ListingStatus, Notification, NotificationsPage, Order,
-    OrderStatus, MAX_ACK_IDS,
+    AckRequest, Fill, Listing, ListingStatus, Notification, NotificationsPage, Order, OrderStatus,
+    MAX_ACK_IDS,
 };
 use serde::Deserialize;
 use sqlx::any::AnyRow;
@@ -93,7 +93,9 @@ pub(super) async fn bring_up_to_date(
     let mut deltas: BTreeMap<(i64, &'static str, i64), Delta> = BTreeMap::new();
     for f in fills {
         if f.seller_id != actor {
-            let d = deltas.entry((f.seller_id, "sold", f.listing_id)).or_default();
+            let d = deltas
+                .entry((f.seller_id, "sold", f.listing_id))
+                .or_default();
             d.item_id.clone_from(&f.item_id);
             d.quantity += f.quantity;
             d.credits += f.price - f.fee;
@@ -253,7 +255,11 @@ const ACKED_KEPT_SECS: i64 = 24 * 3600;
 
 /// Deletes acknowledged notifications after a day and open ones after
 /// `retention_secs`, in chunks; returns how many went.
-pub(crate) async fn prune(db: &crate::Db, now: i64, retention_secs: i64) -> Result<u64, sqlx::Error> {
+pub(crate) async fn prune(
+    db: &crate::Db,
+    now: i64,
+    retention_secs: i64,
+) -> Result<u64, sqlx::Error> {
     let mut total = 0;
     loop {
         let mut tx = db.begin_write().await?;

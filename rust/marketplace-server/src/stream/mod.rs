@@ -38,8 +38,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use marketplace_protocol::{
-    Delivery, Fill, Listing, ListingStatus, Order, OrderStatus, StreamChange,
-    StreamEvent,
+    Delivery, Fill, Listing, ListingStatus, Order, OrderStatus, StreamChange, StreamEvent,
 };
 use sqlx::{AnyConnection, Row};
 
@@ -195,7 +194,9 @@ pub async fn publish(conn: &mut AnyConnection, ctx: &OpContext<'_>) -> Result<us
     .await?;
     let deliveries: Vec<(i64, Delivery)> = read_rows(
         conn,
-        &format!("SELECT {DELIVERY_COLUMNS}, player_id FROM deliveries WHERE id IN (?) ORDER BY id"),
+        &format!(
+            "SELECT {DELIVERY_COLUMNS}, player_id FROM deliveries WHERE id IN (?) ORDER BY id"
+        ),
         &touched.deliveries,
         |r| Ok((r.try_get("player_id")?, delivery_from_row(r)?)),
     )
@@ -366,7 +367,6 @@ async fn read_rows<T>(
     }
     Ok(out)
 }
-
 
 /// Events deleted per transaction while pruning.
 const PRUNE_CHUNK: i64 = 1000;

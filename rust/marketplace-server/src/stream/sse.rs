@@ -91,7 +91,9 @@ async fn subscribe(
             .transpose()?,
     };
     if after.is_some_and(|a| a < 0) {
-        return Err(AppError::InvalidRequest("after must not be negative".into()));
+        return Err(AppError::InvalidRequest(
+            "after must not be negative".into(),
+        ));
     }
     let config = &state.0.config;
     let hub = state.0.stream.clone();
@@ -179,18 +181,31 @@ async fn run(
                     .fetch_one(state.0.db.reader())
                     .await;
             let holes = pruned.map(|(p,)| p > a).unwrap_or(true);
-            if holes && tx.send(control("reload", &StreamReload { head })).await.is_err() {
+            if holes
+                && tx
+                    .send(control("reload", &StreamReload { head }))
+                    .await
+                    .is_err()
+            {
                 return;
             }
         }
         Some(_) => {
-            if tx.send(control("reload", &StreamReload { head })).await.is_err() {
+            if tx
+                .send(control("reload", &StreamReload { head }))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
         None => {}
     }
-    if tx.send(control("ready", &StreamReady { head })).await.is_err() {
+    if tx
+        .send(control("ready", &StreamReady { head }))
+        .await
+        .is_err()
+    {
         return;
     }
     let mut stop = state.0.stop.subscribe();

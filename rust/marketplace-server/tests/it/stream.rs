@@ -169,10 +169,11 @@ async fn order(t: &TestServer, buyer: &Player, item: &str, quantity: i64, max_pr
 /// The events the whole table holds, oldest first.
 async fn table(db: &TestDb) -> Vec<(i64, Value)> {
     let pool = db.pool().await;
-    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, body FROM stream_events ORDER BY seq")
-        .fetch_all(&pool)
-        .await
-        .expect("events");
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, body FROM stream_events ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .expect("events");
     rows.into_iter()
         .map(|(seq, body)| (seq, serde_json::from_str(&body).expect("JSON")))
         .collect()
@@ -183,10 +184,24 @@ async fn table(db: &TestDb) -> Vec<(i64, Value)> {
 async fn trade(t: &TestServer, a: &Player, b: &Player, item: &str) {
     let l = list(t, a, item, 5, 10).await;
     buy(t, b, l, 2, 10).await;
-    call(t, a, Method::PATCH, &format!("/v1/listings/{l}"), json!({"price": 12})).await;
+    call(
+        t,
+        a,
+        Method::PATCH,
+        &format!("/v1/listings/{l}"),
+        json!({"price": 12}),
+    )
+    .await;
     buy(t, b, l, 3, 12).await;
     let l2 = list(t, a, item, 2, 20).await;
-    call(t, a, Method::DELETE, &format!("/v1/listings/{l2}"), Value::Null).await;
+    call(
+        t,
+        a,
+        Method::DELETE,
+        &format!("/v1/listings/{l2}"),
+        Value::Null,
+    )
+    .await;
     order(t, b, item, 4, 9).await;
     list(t, a, item, 3, 8).await;
 }
@@ -314,7 +329,13 @@ async fn a_resume_from_before_what_is_kept_says_reload(db: TestDb) {
     // Bad input is refused clearly.
     for q in ["after=-1", "after=x", &format!("items={}", "a,".repeat(65))] {
         let r = t
-            .send(Method::GET, &format!("/v1/stream?{q}"), Some(&b.token), None, None)
+            .send(
+                Method::GET,
+                &format!("/v1/stream?{q}"),
+                Some(&b.token),
+                None,
+                None,
+            )
             .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}: {}", r.text);
     }
@@ -436,7 +457,14 @@ async fn a_slow_subscriber_is_cut_off_and_the_market_goes_on(db: TestDb) {
     list(&t, &a, "ore", 100, 10).await;
     for i in 0..100 {
         let l = list(&t, &a, "gem", 1, 10 + i).await;
-        call(&t, &a, Method::DELETE, &format!("/v1/listings/{l}"), Value::Null).await;
+        call(
+            &t,
+            &a,
+            Method::DELETE,
+            &format!("/v1/listings/{l}"),
+            Value::Null,
+        )
+        .await;
     }
     let pool = db.pool().await;
     let (expected,): (i64,) = sqlx::query_as(
@@ -481,9 +509,16 @@ async fn a_slow_subscriber_is_cut_off_and_the_market_goes_on(db: TestDb) {
         }
     }
     let text = String::from_utf8_lossy(&text);
-    assert!(text.contains("event: lagged"), "{}", &text[text.len().saturating_sub(400)..]);
+    assert!(
+        text.contains("event: lagged"),
+        "{}",
+        &text[text.len().saturating_sub(400)..]
+    );
     let metrics = t.send(Method::GET, "/metrics", None, None, None).await.text;
-    assert!(!metrics.contains("market_stream_lagged_total 0\n"), "{metrics}");
+    assert!(
+        !metrics.contains("market_stream_lagged_total 0\n"),
+        "{metrics}"
+    );
 }
 
 async fn the_inbox_sums_fills_per_listing_and_order_until_acknowledged(db: TestDb) {
@@ -501,7 +536,12 @@ async fn the_inbox_sums_fills_per_listing_and_order_until_acknowledged(db: TestD
     }
     let r = t.get(&seller, "/v1/me/notifications").await;
     let n = &r.body["notifications"];
-    assert_eq!(n.as_array().map(Vec::len), Some(1), "one per listing: {}", r.text);
+    assert_eq!(
+        n.as_array().map(Vec::len),
+        Some(1),
+        "one per listing: {}",
+        r.text
+    );
     assert_eq!(n[0]["kind"], "sold");
     assert_eq!(n[0]["quantity"], 5);
     assert_eq!(n[0]["credits"], 35);
@@ -520,7 +560,11 @@ async fn the_inbox_sums_fills_per_listing_and_order_until_acknowledged(db: TestD
     assert_eq!(n[0]["quantity"], 6);
     assert_eq!(n[0]["credits"], 6 * 9, "fills at the resting order's price");
     assert_eq!(n[0]["fills"], 3);
-    assert!(r.body["deliveries_waiting"].as_i64().unwrap_or(0) >= 3, "{}", r.text);
+    assert!(
+        r.body["deliveries_waiting"].as_i64().unwrap_or(0) >= 3,
+        "{}",
+        r.text
+    );
     // The seller filled the order itself: no "sold" for those.
     let r = t.get(&seller, "/v1/me/notifications").await;
     assert_eq!(r.body["notifications"].as_array().map(Vec::len), Some(1));
@@ -663,4 +707,69 @@ async fn a_player_holds_a_bounded_number_of_streams(db: TestDb) {
     drop(second);
     drop(third);
     drop(b1);
+}
+
+/// Two replicas on one PostgreSQL database serve the same stream: a
+/// subscriber of each sees the same events in the same order, whichever
+/// replica made the change; a client whose replica dies resumes on the
+/// other without a loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_serve_the_same_stream() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let one = TestServer::start(&db).await;
+    let two = TestServer::start(&db).await;
+    let a = one.login("rep-a").await;
+    let b = two.login("rep-b").await;
+    let w = one.login("rep-w").await;
+    let mut on_one = Stream::open(&one, &w, "").await;
+    on_one.until_ready().await;
+    let mut on_two = Stream::open(&two, &w, "").await;
+    on_two.until_ready().await;
+    // Changes on both replicas, interleaved.
+    for round in 0..5 {
+        let (seller_on, buyer_on) = if round % 2 == 0 {
+            (&one, &two)
+        } else {
+            (&two, &one)
+        };
+        let l = list(seller_on, &a, "ore", 3, 10).await;
+        buy(buyer_on, &b, l, 1, 10).await;
+        buy(seller_on, &b, l, 2, 10).await;
+    }
+    let (public,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM stream_events WHERE recipient_id IS NULL")
+            .fetch_one(&db.pool().await)
+            .await
+            .expect("count");
+    let seen_one: Vec<i64> = on_one
+        .take(public as usize)
+        .await
+        .iter()
+        .map(|e| e.id.unwrap_or(0))
+        .collect();
+    let half: Vec<i64> = on_two
+        .take(public as usize / 2)
+        .await
+        .iter()
+        .map(|e| e.id.unwrap_or(0))
+        .collect();
+    assert_eq!(half, seen_one[..half.len()]);
+    // Replica two dies mid-stream (dropped: its tasks abort, no goodbye);
+    // its subscriber comes back on replica one.
+    drop(on_two);
+    drop(two);
+    let last = *half.last().expect("events");
+    let mut resumed = Stream::open(&one, &w, &format!("after={last}")).await;
+    let rest: Vec<i64> = resumed
+        .until_ready()
+        .await
+        .iter()
+        .map(|e| e.id.unwrap_or(0))
+        .collect();
+    let mut all = half.clone();
+    all.extend(rest);
+    assert_eq!(all, seen_one, "the same events, once each, in order");
+    check_books(&db).await;
 }
