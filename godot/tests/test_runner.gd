@@ -239,6 +239,7 @@ func run_all() -> void:
 	await check_server_grants()
 	await check_trade_waits_for_its_market()
 	await check_orders_partial_fills_expiry_and_deliveries()
+	await check_live_market()
 
 	# The nodes go, the save stays: a new node on the same file carries on
 	var alice_credits: int = alice.data.get_credits()
@@ -659,3 +660,65 @@ func check_orders_partial_fills_expiry_and_deliveries() -> void:
 	check(credits == 1000, "credits conserved through orders, fills and deliveries (%d)" % credits)
 	check(ob.data.get_item_count(item) + sel.data.get_item_count(item) == 6 + 2, "items conserved (6, and 2 listed and taken back while browsing)")
 	check(ob.data.validate_inventory() and sel.data.validate_inventory(), "both saves validate")
+
+
+## The live market: a second client's purchase removes the row from the
+## first client's shop without a refresh; what sold while the seller was
+## away arrives once, as one summary, after the next login — never again.
+func check_live_market() -> void:
+	var item := "live_" + run_id
+	var shop := make_player("live_shop", 0)
+	var buyer := make_player("live_buyer", 1000)
+	shop.data.add_item(item, 1)
+	shop.market.watched_items = PackedStringArray([item])
+	var rows := {}
+	var live := []
+	shop.market.market_live_changed.connect(func(up, _reason): live.append(up))
+	shop.market.market_listing_changed.connect(func(_change, listing):
+		if listing.item_id != item:
+			return
+		if listing.status == "active":
+			rows[listing.id] = listing
+		else:
+			rows.erase(listing.id))
+	var logins := [await shop.market.login("dev-live-shop-" + run_id, "shop").completed, await buyer.market.login("dev-live-buyer-" + run_id, "buyer").completed]
+	check(logins[0].ok and logins[1].ok, "live players log in")
+	check(await until(func(): return live.has(true), 10.0), "the shop goes live after login (market_live_changed)")
+	var listed: Dictionary = await shop.market.create_listing(item, 1, 10).completed
+	var page: Dictionary = await shop.market.refresh_listings({"item_id": item}).completed
+	for l in page.listings:
+		rows[l.id] = l
+	check(listed.ok and rows.has(listed.listing.id), "the shop shows its listing")
+	var bought: Dictionary = await buyer.market.buy_listing(listed.listing.id, 10).completed
+	check(bought.ok, "another client buys it (%s)" % bought)
+	check(await until(func(): return not rows.has(listed.listing.id), 10.0), "the row leaves the first client's shop without a refresh")
+
+	# Away: the seller lists three units and leaves (its save closes); the
+	# buyer takes two, one at a time.
+	var seller := make_player("live_away", 0)
+	var notes := []
+	seller.market.notification_received.connect(func(n): notes.append(n))
+	seller.data.add_item(item, 3)
+	var in_: Dictionary = await seller.market.login("dev-live-away-" + run_id, "away").completed
+	var lot: Dictionary = await seller.market.create_listing(item, 3, 5).completed
+	check(in_.ok and lot.ok, "the seller lists three units")
+	var home: String = seller.data.save_path
+	check(seller.data.change_save_path(save_file("live_elsewhere")) == "", "the seller leaves (another save)")
+	for i in 2:
+		var part: Dictionary = await buyer.market.buy_listing(lot.listing.id, 5, 1).completed
+		check(part.ok, "a unit sells while the seller is away (%s)" % part)
+	check(seller.data.change_save_path(home) == "", "the seller comes back")
+	await seller.market.login().completed
+	check(await until(func(): return notes.size() >= 1, 10.0), "what sold while away arrives after login")
+	await get_tree().create_timer(0.5).timeout
+	check(notes.size() == 1 and notes[0].kind == "sold" and notes[0].quantity == 2 and notes[0].fills == 2 and notes[0].credits == 10, "as one summary of two fills (%s)" % [notes])
+	# Leave and come back again: nothing new, nothing twice.
+	check(seller.data.change_save_path(save_file("live_elsewhere")) == "", "the seller leaves again")
+	check(seller.data.change_save_path(home) == "", "and comes back")
+	await seller.market.login().completed
+	await get_tree().create_timer(1.0).timeout
+	check(notes.size() == 1, "the summary is not told twice (%d)" % notes.size())
+	for p in [shop, buyer, seller]:
+		p.market.queue_free()
+		p.data.queue_free()
+	await get_tree().process_frame

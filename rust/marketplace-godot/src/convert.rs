@@ -138,6 +138,26 @@ pub fn delivery(x: &Delivery) -> VarDictionary {
     d
 }
 
+/// A notification: `id`, `kind` (`"sold"`, `"order_filled"`,
+/// `"listing_expired"`, `"order_expired"`), `item_id`, `listing_id`,
+/// `order_id` (0: none), `quantity`, `credits`, `fee`, `fills`,
+/// `created_at`, `updated_at`.
+pub fn notification(n: &marketplace_client::protocol::Notification) -> VarDictionary {
+    let mut d = VarDictionary::new();
+    put(&mut d, "id", n.id);
+    put(&mut d, "kind", GString::from(n.kind.as_str()));
+    put(&mut d, "item_id", GString::from(n.item_id.as_str()));
+    put(&mut d, "listing_id", n.listing_id.unwrap_or(0));
+    put(&mut d, "order_id", n.order_id.unwrap_or(0));
+    put(&mut d, "quantity", n.quantity);
+    put(&mut d, "credits", n.credits);
+    put(&mut d, "fee", n.fee);
+    put(&mut d, "fills", n.fills);
+    put(&mut d, "created_at", n.created_at);
+    put(&mut d, "updated_at", n.updated_at);
+    d
+}
+
 pub fn deliveries(xs: &[Delivery]) -> VarArray {
     let mut a = VarArray::new();
     for x in xs {

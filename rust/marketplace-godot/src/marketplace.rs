@@ -116,6 +116,17 @@ pub struct TradingMarketplace {
     #[var(set = set_stall_after_sec)]
     #[export(range = (1.0, 86400.0, 1.0, or_greater))]
     stall_after_sec: f64,
+    /// Live market: once logged in, changes are pushed (the
+    /// `market_*` signals, `own_fill`, `notification_received`). Off: no
+    /// connection is kept; nothing else changes.
+    #[var(set = set_live)]
+    #[export]
+    live: bool,
+    /// Items whose public changes are pushed; empty: every item. (Own
+    /// listings, orders and notifications come whatever this says.)
+    #[var(set = set_watched_items)]
+    #[export]
+    watched_items: PackedStringArray,
     /// The save this node trades on, and its listener id there.
     slot: Option<(SlotRef, u64)>,
     /// The `LocalPlayerData` node `slot` came from.
@@ -143,6 +154,8 @@ impl INode for TradingMarketplace {
             max_frame_time_msec: 1.0,
             shutdown_grace_sec: 1.0,
             stall_after_sec: marketplace_client::session::DEFAULT_STALL_AFTER.as_secs_f64(),
+            live: true,
+            watched_items: PackedStringArray::new(),
             slot: None,
             data_id: None,
             config_dirty: true,
@@ -326,6 +339,47 @@ impl TradingMarketplace {
     /// `{start, open, high, low, close, volume, trades}`, oldest first.
     #[signal]
     fn price_history_updated(request_id: i64, history: VarDictionary);
+
+    // The live market (`live`): pushed changes are hints for the screen —
+    // none of them settles a trade; the request signals above do.
+
+    /// A listing changed on the market: `change` is `"created"`,
+    /// `"updated"` (repriced, or partly bought), `"sold"`, `"cancelled"` or
+    /// `"expired"`; `listing` is how it is now (as in `listings_updated`).
+    /// A listing whose `status` is not `"active"` leaves the shop.
+    #[signal]
+    fn market_listing_changed(change: GString, listing: VarDictionary);
+    /// A buy order changed: `"placed"`, `"updated"`, `"filled"`,
+    /// `"cancelled"`, `"expired"`; `order` as in `orders_updated`.
+    #[signal]
+    fn market_order_changed(change: GString, order: VarDictionary);
+    /// Units changed hands (the ticker).
+    #[signal]
+    fn market_trade(item_id: GString, quantity: i64, unit_price: i64);
+    /// One of the player's listings sold units, or one of their buy orders
+    /// bought some (`fill` as in `order_placed`; the player is its
+    /// `seller_id` or `buyer_id`).
+    #[signal]
+    fn own_fill(fill: VarDictionary);
+    /// Something waits for the player to collect (`collect_deliveries`).
+    #[signal]
+    fn delivery_waiting(delivery: VarDictionary);
+    /// What happened while the player was away, or by others just now:
+    /// one summary per listing or order (see `convert::notification`),
+    /// emitted once, after it is saved.
+    #[signal]
+    fn notification_received(notification: VarDictionary);
+    /// At login: `count` deliveries wait to be collected.
+    #[signal]
+    fn deliveries_waiting(count: i64);
+    /// The live connection is up (`live`), or down and reconnecting by
+    /// itself (`reason`: a stable code such as `"offline"`).
+    #[signal]
+    fn market_live_changed(live: bool, reason: GString);
+    /// Changes may have been missed (first connection, a long pause): call
+    /// `refresh_listings` (and re-read what else is on screen).
+    #[signal]
+    fn market_reload_needed();
 
     /// Logs in. Without arguments (or with empty ones) the identity saved
     /// in `LocalPlayerData` is used (a new player gets a random device id);
@@ -661,6 +715,18 @@ impl TradingMarketplace {
     }
 
     #[func]
+    fn set_live(&mut self, on: bool) {
+        self.live = on;
+        self.config_dirty = true;
+    }
+
+    #[func]
+    fn set_watched_items(&mut self, items: PackedStringArray) {
+        self.watched_items = items;
+        self.config_dirty = true;
+    }
+
+    #[func]
     fn set_max_frame_time_msec(&mut self, ms: f64) {
         self.max_frame_time_msec = sane_f64("max_frame_time_msec", ms, 1.0, 0.1, 100.0);
     }
@@ -765,11 +831,25 @@ impl TradingMarketplace {
         let mut s = slot.borrow_mut();
         s.shutdown_grace = grace;
         let result = s.configure(config);
+        let items: Vec<String> = self
+            .watched_items
+            .as_slice()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut watch = Ok(());
         if let Some(session) = s.session.as_mut() {
             session.set_stall_after(stall);
             if result.is_err() {
                 self.server_url = session.client().config().server_url.as_str().into();
             }
+            watch = session.watch(items, false);
+            if session.is_live() != self.live {
+                session.set_live(self.live);
+            }
+        }
+        if let Err(e) = &watch {
+            godot_error!("TradingMarketplace.watched_items: {}", e.message);
         }
         self.config_dirty = false;
         result
@@ -930,6 +1010,36 @@ impl TradingMarketplace {
                 error.current_price.unwrap_or(0),
             ),
             None => self.signals().request_failed().emit(id, &code, &message),
+        }
+    }
+
+    fn emit_market(&mut self, event: &marketplace_client::protocol::StreamEvent) {
+        use marketplace_client::protocol::StreamChange;
+        match &event.change {
+            StreamChange::Listing { change, listing } => self
+                .signals()
+                .market_listing_changed()
+                .emit(change.as_str(), &convert::listing(listing)),
+            StreamChange::Order { change, order } => self
+                .signals()
+                .market_order_changed()
+                .emit(change.as_str(), &convert::order(order)),
+            StreamChange::Trade {
+                item_id,
+                quantity,
+                unit_price,
+                ..
+            } => self
+                .signals()
+                .market_trade()
+                .emit(item_id.as_str(), *quantity, *unit_price),
+            StreamChange::Fill { fill } => self.signals().own_fill().emit(&convert::fill(fill)),
+            StreamChange::Delivery { delivery } => self
+                .signals()
+                .delivery_waiting()
+                .emit(&convert::delivery(delivery)),
+            // Told by the session once saved (`notification_received`).
+            StreamChange::Notification { .. } => {}
         }
     }
 
@@ -1094,6 +1204,19 @@ impl TradingMarketplace {
                 .signals()
                 .price_history_updated()
                 .emit(id(request_id), &convert::price_history(history)),
+            SessionEvent::MarketChanged { event } => self.emit_market(event),
+            SessionEvent::MarketLive { live, error } => self.signals().market_live_changed().emit(
+                *live,
+                error.as_ref().map(|e| e.code.as_str()).unwrap_or(""),
+            ),
+            SessionEvent::MarketReload => self.signals().market_reload_needed().emit(),
+            SessionEvent::Notification { notification } => self
+                .signals()
+                .notification_received()
+                .emit(&convert::notification(notification)),
+            SessionEvent::DeliveriesWaiting { count } => {
+                self.signals().deliveries_waiting().emit(*count)
+            }
             SessionEvent::TradeRecovered {
                 kind,
                 credits,

@@ -345,7 +345,12 @@ fn result_of(event: &SessionEvent, ends_on_failure: bool) -> Option<VarDictionar
         | RequestRetrying { .. }
         | TradeStalled { .. }
         | BusyChanged { .. }
-        | TradeRecovered { .. } => return None,
+        | TradeRecovered { .. }
+        | MarketChanged { .. }
+        | MarketLive { .. }
+        | MarketReload
+        | Notification { .. }
+        | DeliveriesWaiting { .. } => return None,
     }
     Some(d)
 }

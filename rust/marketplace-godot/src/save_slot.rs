@@ -50,6 +50,9 @@ pub struct SaveSlot {
     /// Events no node is left to hear: they still complete their
     /// `MarketRequest`s (an `await` outlives the node that made it).
     orphans: VecDeque<SessionEvent>,
+    /// Notifications nobody was there to hear (saved and acknowledged
+    /// already): told to the next `TradingMarketplace` that attaches.
+    unheard: VecDeque<SessionEvent>,
     last_tick: u64,
     /// Closed by a save-slot switch: whoever still holds it lets go.
     pub closed: bool,
@@ -86,6 +89,7 @@ pub fn open(path: &Path, default_name: &str, autosave: bool) -> Result<(SlotRef,
         data_attached: false,
         listeners: Vec::new(),
         orphans: VecDeque::new(),
+        unheard: VecDeque::new(),
         last_tick: u64::MAX,
         closed: false,
     }));
@@ -250,7 +254,9 @@ impl SaveSlot {
             n.set(id + 1);
             id
         });
-        self.listeners.push((id, VecDeque::new()));
+        // The first to attach hears what happened while nobody listened.
+        let queue = std::mem::take(&mut self.unheard);
+        self.listeners.push((id, queue));
         id
     }
 
@@ -296,7 +302,21 @@ impl SaveSlot {
     fn deliver(&mut self, events: Vec<SessionEvent>) {
         let n = self.listeners.len();
         if n == 0 {
-            self.orphans.extend(events);
+            for event in events {
+                match event {
+                    SessionEvent::Notification { .. } | SessionEvent::DeliveriesWaiting { .. } => {
+                        if self.unheard.len() >= MAX_QUEUED {
+                            self.unheard.pop_front();
+                        }
+                        self.unheard.push_back(event);
+                    }
+                    // Hints for a screen nobody shows.
+                    SessionEvent::MarketChanged { .. }
+                    | SessionEvent::MarketLive { .. }
+                    | SessionEvent::MarketReload => {}
+                    other => self.orphans.push_back(other),
+                }
+            }
             return;
         }
         for event in events {
