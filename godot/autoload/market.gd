@@ -17,3 +17,9 @@ func _ready() -> void:
 	var url := OS.get_environment("MARKET_SERVER_URL")
 	if url != "":
 		market.server_url = url
+	# A second pilot on the same machine (two windows side by side).
+	var save := OS.get_environment("MARKET_DEMO_SAVE")
+	if save != "":
+		var refused := data.change_save_path(save)
+		if refused != "":
+			push_error("MARKET_DEMO_SAVE: " + refused)

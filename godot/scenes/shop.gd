@@ -5,12 +5,19 @@ extends Control
 ## Buy button shows the purchase pending until the server answers), sell
 ## from the cargo hold (the fee the market keeps is quoted as you set the
 ## price), collect sales proceeds, place buy orders ("10 fuel rods at up to
-## 25 cr each") that fill while you are away, and collect what they bought. Credits only come in through
+## 25 cr each") that fill while you are away, and collect what they bought.
+## The market is live: a listing another pilot buys leaves the list at
+## once, a repriced one changes in place, the selected item's price chart
+## follows its trades, and what happened while you were away is told once
+## after login ("While you were away"). Credits only come in through
 ## explicit, labelled game actions ("mission reward") and sales — never
 ## because the player is broke.
 ##
 ## Start the server first (`cargo xtask demo` does, and keeps it running),
-## then run this scene. MARKET_SERVER_URL overrides the server address.
+## then run this scene. MARKET_SERVER_URL overrides the server address;
+## MARKET_DEMO_SAVE another save file, for a second pilot side by side
+## (`MARKET_DEMO_SAVE=user://second.json godot --path godot`): buy in one
+## window and watch the row leave the other.
 
 ## Display names and colours of the game's items.
 const ITEMS := {
@@ -49,6 +56,14 @@ var order_item: OptionButton
 var order_quantity: SpinBox
 var order_price: SpinBox
 var fee_label: Label
+var live_label: Label
+var away_panel: PanelContainer
+var away_box: VBoxContainer
+var chart: Control
+## The item the chart shows ("" : none yet).
+var chart_item := ""
+## What is on screen, by listing id: kept up to date by the live market.
+var shown := {}
 ## The latest refresh: an older page arriving late is dropped.
 var latest_page := -1
 
@@ -65,6 +80,14 @@ func _ready() -> void:
 	market.request_retrying.connect(func(_id, _attempt, reason): status_label.text = "Connection trouble (%s) — retrying" % reason.replace("_", " "))
 	market.trade_stalled.connect(func(_id, _trade): show_notice())
 	market.busy_changed.connect(func(busy): if not busy: show_notice())
+	# The live market: hints for the screen (a purchase still settles only
+	# on its own answer).
+	market.market_listing_changed.connect(_on_listing_changed)
+	market.market_reload_needed.connect(refresh)
+	market.market_live_changed.connect(_on_live_changed)
+	market.market_trade.connect(func(item_id, _q, _p): if item_id == chart_item: show_chart(item_id))
+	market.notification_received.connect(_on_notification)
+	market.deliveries_waiting.connect(func(count): away_line("%d deliver%s waiting — collected for you" % [count, "y" if count == 1 else "ies"]))
 	show_credits()
 	show_cargo()
 	show_notice()
@@ -78,6 +101,7 @@ func _ready() -> void:
 	# brought back — into the save, once.
 	await collect_deliveries(true)
 	await refresh()
+	show_chart("scrap_metal")
 	show_orders()
 	if OS.get_environment("MARKET_DEMO_SHOWCASE") == "1":
 		showcase()
@@ -180,6 +204,13 @@ func build_ui() -> void:
 	notice.visible = false
 	page.add_child(notice)
 
+	# While you were away: notifications, told once after login.
+	away_box = VBoxContainer.new()
+	away_box.add_child(label("While you were away", 15, GOOD))
+	away_panel = panel_with(away_box)
+	away_panel.visible = false
+	page.add_child(away_panel)
+
 	var body := HBoxContainer.new()
 	body.size_flags_vertical = Control.SIZE_EXPAND_FILL
 	body.add_theme_constant_override("separation", 16)
@@ -196,6 +227,8 @@ func build_ui() -> void:
 	var for_sale := label("For sale", 18, TEXT)
 	for_sale.size_flags_horizontal = Control.SIZE_EXPAND_FILL
 	market_head.add_child(for_sale)
+	live_label = label("○ connecting", 12, MUTED)
+	market_head.add_child(live_label)
 	var refresh_button := Button.new()
 	refresh_button.text = "Refresh"
 	refresh_button.pressed.connect(refresh)
@@ -210,6 +243,10 @@ func build_ui() -> void:
 	listings_box.size_flags_horizontal = Control.SIZE_EXPAND_FILL
 	listings_box.add_theme_constant_override("separation", 6)
 	scroll.add_child(listings_box)
+	chart = Control.new()
+	chart.set_script(preload("res://scenes/price_chart.gd"))
+	chart.custom_minimum_size = Vector2(0, 110)
+	market_col.add_child(chart)
 
 	# The player's side: cargo, proceeds, missions.
 	var side := VBoxContainer.new()
@@ -392,7 +429,60 @@ func refresh() -> void:
 	if not page.ok:
 		say("Could not load the market: " + page.message, HOLD)
 		return
+	shown.clear()
+	for listing in page.listings:
+		shown[listing.id] = listing
 	show_listings(page.listings)
+
+
+## A listing changed on the market (another pilot bought or repriced it,
+## or a new one was listed): the list follows without a refresh.
+func _on_listing_changed(change: String, listing: Dictionary) -> void:
+	if listing.status != "active":
+		if not shown.erase(listing.id):
+			return
+	elif shown.has(listing.id) or change == "created":
+		shown[listing.id] = listing
+	else:
+		return
+	show_listings(shown.values())
+
+
+func _on_live_changed(live: bool, reason: String) -> void:
+	live_label.text = "● live" if live else "○ reconnecting (%s)" % reason.replace("_", " ")
+	live_label.add_theme_color_override("font_color", GOOD if live else HOLD)
+
+
+## One line of the "While you were away" panel per notification.
+func _on_notification(n: Dictionary) -> void:
+	var what := item_name(n.item_id)
+	match n.kind:
+		"sold":
+			away_line("Sold %d %s for %s — collect your proceeds" % [n.quantity, what, cr(n.credits)])
+		"order_filled":
+			away_line("Your buy order got %d %s for %s" % [n.quantity, what, cr(n.credits)])
+			collect_deliveries(true)
+		"listing_expired":
+			away_line("Your %s listing expired; %d back in deliveries" % [what, n.quantity])
+			collect_deliveries(true)
+		"order_expired":
+			away_line("Your buy order for %s expired; %s back" % [what, cr(n.credits)])
+			collect_deliveries(true)
+		_:
+			away_line("%s: %s" % [n.kind, what])
+
+
+func away_line(text: String) -> void:
+	away_box.add_child(label("• " + text, 14, TEXT))
+	away_panel.visible = true
+
+
+## The price chart of `item_id`: its hourly candles.
+func show_chart(item_id: String) -> void:
+	chart_item = item_id
+	var result: Dictionary = await market.get_price_history(item_id, "hour").completed
+	if result.ok and item_id == chart_item and is_instance_valid(chart):
+		chart.show_history(item_name(item_id), result.history.candles)
 
 
 func show_listings(listings: Array) -> void:
@@ -405,7 +495,12 @@ func show_listings(listings: Array) -> void:
 		var item := HBoxContainer.new()
 		item.add_theme_constant_override("separation", 8)
 		item.add_child(swatch(listing.item_id))
-		item.add_child(label(item_name(listing.item_id)))
+		var name_button := LinkButton.new()
+		name_button.text = item_name(listing.item_id)
+		name_button.underline = LinkButton.UNDERLINE_MODE_ON_HOVER
+		name_button.tooltip_text = "Show its price history"
+		name_button.pressed.connect(show_chart.bind(listing.item_id))
+		item.add_child(name_button)
 		if listing.quantity_remaining > 1:
 			item.add_child(label("×%d" % listing.quantity_remaining, 15, MUTED))
 		var seller: String = "You" if mine else (listing.seller_name if listing.seller_name != "" else "Pilot #%d" % listing.seller_id)
@@ -447,8 +542,7 @@ func showcase() -> void:
 		data.add_item("scrap_metal", 2)
 		data.add_item("nav_chip", 1)
 	var listed: Dictionary = await market.create_listing("scrap_metal", 1, 30).completed
-	var page: Dictionary = await market.refresh_listings({}).completed
-	show_listings(page.listings)
+	await refresh()
 	for row in listings_box.get_children():
 		var buttons := row.find_children("*", "Button", true, false)
 		if not buttons.is_empty() and buttons[0].text == "Buy":

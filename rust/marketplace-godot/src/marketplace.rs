@@ -1205,10 +1205,10 @@ impl TradingMarketplace {
                 .price_history_updated()
                 .emit(id(request_id), &convert::price_history(history)),
             SessionEvent::MarketChanged { event } => self.emit_market(event),
-            SessionEvent::MarketLive { live, error } => self.signals().market_live_changed().emit(
-                *live,
-                error.as_ref().map(|e| e.code.as_str()).unwrap_or(""),
-            ),
+            SessionEvent::MarketLive { live, error } => self
+                .signals()
+                .market_live_changed()
+                .emit(*live, error.as_ref().map(|e| e.code.as_str()).unwrap_or("")),
             SessionEvent::MarketReload => self.signals().market_reload_needed().emit(),
             SessionEvent::Notification { notification } => self
                 .signals()
