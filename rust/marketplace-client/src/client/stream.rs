@@ -217,7 +217,7 @@ async fn connect(
                 "The marketplace's stream did not answer in time",
             ))
         }
-        Ok(r) => r.map_err(|e| super::wire::transport_error(e))?,
+        Ok(r) => r.map_err(super::wire::transport_error)?,
     };
     let status = response.status().as_u16();
     if status != 200 {
@@ -315,10 +315,7 @@ impl Parser {
     pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<Vec<Frame>, ClientError> {
         self.buf.extend_from_slice(bytes);
         let mut frames = Vec::new();
-        loop {
-            let Some(end) = find_blank_line(&self.buf) else {
-                break;
-            };
+        while let Some(end) = find_blank_line(&self.buf) {
             let raw: Vec<u8> = self.buf.drain(..end.1).collect();
             let text = String::from_utf8_lossy(&raw[..end.0]);
             let mut frame = Frame {

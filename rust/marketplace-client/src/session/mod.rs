@@ -1034,7 +1034,7 @@ impl TradingSession {
             self.handle(store, event);
             handled += 1;
         }
-        if !budget.is_some_and(|b| started.elapsed() >= b) {
+        if budget.is_none_or(|b| started.elapsed() < b) {
             self.poll_stream(store, max_client_events);
         }
         // Settlements are handed to the writer now; reported once durable.

@@ -36,6 +36,37 @@ pub struct Frame {
     pub text: Bytes,
 }
 
+/// The events in `(after, through]`, oldest first, at most `limit`.
+pub async fn read_frames(
+    db: &Db,
+    after: i64,
+    through: i64,
+    limit: i64,
+) -> Result<Vec<Frame>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT seq, item_id, owner_id, recipient_id, body FROM stream_events \
+         WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(after)
+    .bind(through)
+    .bind(limit)
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            use sqlx::Row;
+            let body: String = r.try_get("body")?;
+            Ok(Frame::new(
+                r.try_get("seq")?,
+                r.try_get("item_id")?,
+                r.try_get("owner_id")?,
+                r.try_get("recipient_id")?,
+                &body,
+            ))
+        })
+        .collect()
+}
+
 impl Frame {
     pub fn new(
         seq: i64,
@@ -79,6 +110,9 @@ impl Filter {
     }
 }
 
+/// Per player: each open subscription's id and the sender that ends it.
+type Subscriptions = HashMap<i64, Vec<(u64, watch::Sender<bool>)>>;
+
 pub struct Hub {
     frames: broadcast::Sender<Arc<Frame>>,
     /// The newest `seq` handed to the channel.
@@ -87,7 +121,7 @@ pub struct Hub {
     pruned_through: AtomicI64,
     wake: Notify,
     /// Open subscriptions per player, each with the sender that ends it.
-    open: Mutex<HashMap<i64, Vec<(u64, watch::Sender<bool>)>>>,
+    open: Mutex<Subscriptions>,
     next_id: AtomicU64,
     total: AtomicUsize,
     /// Events handed out, subscribers cut off for lagging, replaced.
@@ -251,24 +285,17 @@ impl Hub {
             if seq <= head {
                 return Ok(());
             }
-            let rows: Vec<(i64, Option<String>, Option<i64>, Option<i64>, String)> =
-                sqlx::query_as(
-                    "SELECT seq, item_id, owner_id, recipient_id, body FROM stream_events \
-                     WHERE seq > $1 ORDER BY seq LIMIT $2",
-                )
-                .bind(head)
-                .bind(BATCH)
-                .fetch_all(db.reader())
-                .await?;
-            if rows.is_empty() {
+            let frames = read_frames(db, head, seq, BATCH).await?;
+            if frames.is_empty() {
                 // Pruned under us (a replica that slept through the
                 // retention): subscribers behind it will be told to reload.
                 self.head.store(seq, Ordering::Release);
                 return Ok(());
             }
-            let full = rows.len() as i64 == BATCH;
-            for (seq, item_id, owner_id, recipient_id, body) in rows {
-                let frame = Arc::new(Frame::new(seq, item_id, owner_id, recipient_id, &body));
+            let full = frames.len() as i64 == BATCH;
+            for frame in frames {
+                let seq = frame.seq;
+                let frame = Arc::new(frame);
                 // Head first, then send: a subscriber that reads the head
                 // after subscribing gets every later frame from the channel.
                 self.head.store(seq, Ordering::Release);

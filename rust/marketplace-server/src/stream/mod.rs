@@ -158,7 +158,7 @@ pub async fn publish(conn: &mut AnyConnection, ctx: &OpContext<'_>) -> Result<us
         conn,
         &format!("SELECT {FILL_COLUMNS} FROM purchases WHERE id IN (?) ORDER BY id"),
         &touched.fills,
-        |r| fill_from_row(r),
+        fill_from_row,
     )
     .await?;
     let mut listing_ids = touched.listings.clone();

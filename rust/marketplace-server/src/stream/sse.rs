@@ -190,16 +190,15 @@ async fn run(
                 return;
             }
         }
-        Some(_) => {
+        Some(_)
             if tx
                 .send(control("reload", &StreamReload { head }))
                 .await
-                .is_err()
-            {
-                return;
-            }
+                .is_err() =>
+        {
+            return;
         }
-        None => {}
+        _ => {}
     }
     if tx
         .send(control("ready", &StreamReady { head }))
@@ -268,20 +267,11 @@ async fn backfill(
 ) -> Result<bool, sqlx::Error> {
     let mut from = after;
     while from < head {
-        let rows: Vec<(i64, Option<String>, Option<i64>, Option<i64>, String)> = sqlx::query_as(
-            "SELECT seq, item_id, owner_id, recipient_id, body FROM stream_events \
-             WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(from)
-        .bind(head)
-        .bind(BACKFILL_PAGE)
-        .fetch_all(state.0.db.reader())
-        .await?;
-        let Some(last) = rows.last().map(|r| r.0) else {
+        let frames = super::hub::read_frames(&state.0.db, from, head, BACKFILL_PAGE).await?;
+        let Some(last) = frames.last().map(|f| f.seq) else {
             break;
         };
-        for (seq, item_id, owner_id, recipient_id, body) in rows {
-            let frame = Frame::new(seq, item_id, owner_id, recipient_id, &body);
+        for frame in frames {
             if filter.wants(&frame) && tx.send(frame.text).await.is_err() {
                 return Ok(false);
             }
