@@ -26,7 +26,7 @@ use axum::routing::get;
 use axum::Router;
 use marketplace_protocol::{check_id, StreamReady, StreamReload, MAX_STREAM_ITEMS};
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::hub::{Admission, Filter, Frame};
 use crate::error::AppError;
@@ -36,6 +36,9 @@ use crate::AppState;
 /// A comment line this often keeps proxies from closing an idle stream and
 /// lets the server notice a ban or a dead peer.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Events sent in one write at most.
+const BATCH_FRAMES: usize = 256;
 
 /// Rows per backfill read.
 const BACKFILL_PAGE: i64 = 500;
@@ -215,14 +218,37 @@ async fn run(
     loop {
         let out = tokio::select! {
             frame = rx.recv() => match frame {
-                Ok(frame) if frame.seq > cursor => {
-                    cursor = frame.seq;
-                    if !filter.wants(&frame) {
+                Ok(frame) => {
+                    // Whatever else is already waiting goes in the same
+                    // write: under load, one syscall carries many events.
+                    let mut out = Vec::new();
+                    let mut next = Some(frame);
+                    let mut taken = 0;
+                    while let Some(frame) = next.take() {
+                        if frame.seq > cursor {
+                            cursor = frame.seq;
+                            if filter.wants(&frame) {
+                                out.extend_from_slice(&frame.text);
+                            }
+                        }
+                        taken += 1;
+                        if taken < BATCH_FRAMES {
+                            next = match rx.try_recv() {
+                                Ok(f) => Some(f),
+                                Err(TryRecvError::Lagged(_)) => {
+                                    hub.lagged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    let _ = tx.try_send(control("lagged", &StreamReady { head: cursor }));
+                                    return;
+                                }
+                                Err(_) => None,
+                            };
+                        }
+                    }
+                    if out.is_empty() {
                         continue;
                     }
-                    frame.text.clone()
+                    Bytes::from(out)
                 }
-                Ok(_) => continue,
                 Err(RecvError::Lagged(_)) => {
                     hub.lagged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let _ = tx.try_send(control("lagged", &StreamReady { head: cursor }));
