@@ -133,47 +133,66 @@ pub(super) async fn bring_up_to_date(
             d.credits += returned;
         }
     }
+    // One statement per chunk: each open notification is brought up to
+    // date, or made (the keys are distinct, so no row of a statement
+    // conflicts with another of it).
+    let deltas: Vec<_> = deltas.into_iter().collect();
     let mut out = Vec::with_capacity(deltas.len());
-    for ((player, kind, subject), d) in deltas {
-        let column = subject_column(kind);
-        let updated = sqlx::query(&format!(
-            "UPDATE notifications SET quantity = quantity + $1, credits = credits + $2, \
-             fee = fee + $3, fills = fills + $4, updated_at = $5 \
-             WHERE player_id = $6 AND acked_at IS NULL AND kind = $7 AND {column} = $8 \
-             RETURNING {COLUMNS}"
-        ))
-        .bind(d.quantity)
-        .bind(d.credits)
-        .bind(d.fee)
-        .bind(d.fills)
-        .bind(ctx.now)
-        .bind(player)
-        .bind(kind)
-        .bind(subject)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let row = match updated {
-            Some(row) => row,
-            None => {
-                sqlx::query(&format!(
-                    "INSERT INTO notifications (player_id, kind, item_id, {column}, quantity, credits, \
-                     fee, fills, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
-                     RETURNING {COLUMNS}"
-                ))
-                .bind(player)
-                .bind(kind)
-                .bind(&d.item_id)
-                .bind(subject)
+    for chunk in deltas.chunks(50) {
+        let mut sql = String::from(
+            "INSERT INTO notifications (player_id, kind, subject_id, item_id, listing_id, order_id, \
+             quantity, credits, fee, fills, created_at, updated_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 11;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 10,
+                b + 11,
+                b + 11
+            ));
+        }
+        sql.push_str(&format!(
+            " ON CONFLICT (player_id, kind, subject_id) WHERE acked_at IS NULL DO UPDATE SET \
+             quantity = notifications.quantity + excluded.quantity, \
+             credits = notifications.credits + excluded.credits, \
+             fee = notifications.fee + excluded.fee, fills = notifications.fills + excluded.fills, \
+             updated_at = excluded.updated_at RETURNING player_id, {COLUMNS}"
+        ));
+        let mut q = sqlx::query(&sql);
+        for ((player, kind, subject), d) in chunk {
+            let (listing, order) = match subject_column(kind) {
+                "listing_id" => (Some(*subject), None),
+                _ => (None, Some(*subject)),
+            };
+            q = q
+                .bind(*player)
+                .bind(*kind)
+                .bind(*subject)
+                .bind(d.item_id.clone())
+                .bind(listing)
+                .bind(order)
                 .bind(d.quantity)
                 .bind(d.credits)
                 .bind(d.fee)
                 .bind(d.fills)
-                .bind(ctx.now)
-                .fetch_one(&mut *conn)
-                .await?
-            }
-        };
-        out.push((player, from_row(&row)?));
+                .bind(ctx.now);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            out.push((row.try_get("player_id")?, from_row(&row)?));
+        }
     }
     Ok(out)
 }

@@ -22,12 +22,13 @@ CREATE TABLE stream_events (
 
 CREATE INDEX stream_events_by_time ON stream_events (created_at)
 
--- What happened while a player was away: one row per listing or order
--- and kind, brought up to date until acknowledged.
+-- What happened while a player was away: one open row per listing or
+-- order (`subject_id`) and kind, brought up to date until acknowledged.
 CREATE TABLE notifications (
     id INTEGER PRIMARY KEY,
     player_id BIGINT NOT NULL REFERENCES players (id),
     kind TEXT NOT NULL,
+    subject_id BIGINT NOT NULL,
     item_id TEXT NOT NULL,
     listing_id BIGINT,
     order_id BIGINT,
@@ -41,5 +42,7 @@ CREATE TABLE notifications (
 )
 
 CREATE INDEX notifications_by_player ON notifications (player_id, acked_at, id)
+
+CREATE UNIQUE INDEX notifications_open ON notifications (player_id, kind, subject_id) WHERE acked_at IS NULL
 
 CREATE INDEX notifications_by_time ON notifications (updated_at)
