@@ -117,7 +117,7 @@ pub struct TradingMarketplace {
     #[export(range = (1.0, 86400.0, 1.0, or_greater))]
     stall_after_sec: f64,
     /// Live market: once logged in, changes are pushed (the
-    /// `market_*` signals, `own_fill`, `notification_received`). Off: no
+    /// `market_*` signals, `delivery_waiting`, `notification_received`). Off: no
     /// connection is kept; nothing else changes.
     #[var(set = set_live)]
     #[export]
@@ -341,7 +341,9 @@ impl TradingMarketplace {
     fn price_history_updated(request_id: i64, history: VarDictionary);
 
     // The live market (`live`): pushed changes are hints for the screen —
-    // none of them settles a trade; the request signals above do.
+    // none of them settles a trade; the request signals above do. Others'
+    // fills of the player's listings and orders arrive as
+    // `notification_received` (one summary per listing or order).
 
     /// A listing changed on the market: `change` is `"created"`,
     /// `"updated"` (repriced, or partly bought), `"sold"`, `"cancelled"` or
@@ -356,11 +358,6 @@ impl TradingMarketplace {
     /// Units changed hands (the ticker).
     #[signal]
     fn market_trade(item_id: GString, quantity: i64, unit_price: i64);
-    /// One of the player's listings sold units, or one of their buy orders
-    /// bought some (`fill` as in `order_placed`; the player is its
-    /// `seller_id` or `buyer_id`).
-    #[signal]
-    fn own_fill(fill: VarDictionary);
     /// Something waits for the player to collect (`collect_deliveries`).
     #[signal]
     fn delivery_waiting(delivery: VarDictionary);
@@ -1033,7 +1030,6 @@ impl TradingMarketplace {
                 .signals()
                 .market_trade()
                 .emit(item_id.as_str(), *quantity, *unit_price),
-            StreamChange::Fill { fill } => self.signals().own_fill().emit(&convert::fill(fill)),
             StreamChange::Delivery { delivery } => self
                 .signals()
                 .delivery_waiting()

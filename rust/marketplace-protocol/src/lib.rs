@@ -742,7 +742,10 @@ pub struct StreamEvent {
 }
 
 /// What changed. Public changes (`listing`, `order`, `trade`) go to every
-/// subscriber of the item; the others only to the player named.
+/// subscriber of the item; the others only to the player named. A fill of
+/// a player's listing or order by someone else reaches them as a
+/// `notification` (one summary per listing or order, not one per fill);
+/// their own requests' fills are in their answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StreamChange {
@@ -760,9 +763,6 @@ pub enum StreamChange {
         unit_price: i64,
         fill_id: i64,
     },
-    /// Yours: a fill of your listing (`fill.seller_id` is you) or of your
-    /// buy order (`fill.buyer_id` is you).
-    Fill { fill: Fill },
     /// Yours: something the market keeps for you to collect.
     Delivery { delivery: Delivery },
     /// Yours: a notification was written or brought up to date.

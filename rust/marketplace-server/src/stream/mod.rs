@@ -252,14 +252,6 @@ pub async fn publish(conn: &mut AnyConnection, ctx: &OpContext<'_>) -> Result<us
                 fill_id: fill.id,
             },
         });
-        for party in [fill.seller_id, fill.buyer_id] {
-            events.push(Pending {
-                item_id: None,
-                owner_id: None,
-                recipient_id: Some(party),
-                change: StreamChange::Fill { fill: fill.clone() },
-            });
-        }
     }
     for (player, delivery) in deliveries {
         events.push(Pending {
