@@ -159,6 +159,121 @@ impl Told {
     }
 }
 
+/// A client that only watches the change stream, through the same faulty
+/// proxy as the players, its connection cut now and then: at the end it
+/// must have seen every public event once, in order.
+struct StreamWatcher {
+    client: marketplace_client::MarketClient,
+    /// `seq` of every public event, in the order they came.
+    seen: Vec<i64>,
+    /// Where the stream started: the head of its first `ready`.
+    from: Option<i64>,
+    reloads: usize,
+    notices: Vec<marketplace_client::client::StreamNotice>,
+}
+
+impl StreamWatcher {
+    fn start(
+        config: &marketplace_client::client::ClientConfig,
+        device: &str,
+    ) -> Result<StreamWatcher, String> {
+        let client =
+            marketplace_client::MarketClient::start(config.clone()).map_err(|e| e.to_string())?;
+        client.set_credentials(device, "watcher");
+        client
+            .submit(marketplace_client::Command::Login {
+                device_id: device.to_string(),
+                name: "watcher".into(),
+            })
+            .map_err(|e| e.to_string())?;
+        client.open_stream(Default::default(), false);
+        Ok(StreamWatcher {
+            client,
+            seen: Vec::new(),
+            from: None,
+            reloads: 0,
+            notices: Vec::new(),
+        })
+    }
+
+    fn poll(&mut self) {
+        let mut events = Vec::new();
+        self.client.poll(&mut events, usize::MAX);
+        self.client.poll_stream(&mut self.notices, usize::MAX);
+        for notice in self.notices.drain(..) {
+            match notice {
+                marketplace_client::client::StreamNotice::Event(e)
+                    if e.change.item_id().is_some() =>
+                {
+                    self.seen.push(e.seq)
+                }
+                marketplace_client::client::StreamNotice::Reload => self.reloads += 1,
+                marketplace_client::client::StreamNotice::Live { head } => {
+                    self.from.get_or_insert(head);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits for the stream to catch up with the table, then compares.
+    /// Polls until the stream went live (its position fixed), so that the
+    /// run has something to miss.
+    fn until_live(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.from.is_none() {
+            if Instant::now() > deadline {
+                return Err("the watcher's stream never went live".into());
+            }
+            self.poll();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Waits for the stream to catch up with the table, then compares:
+    /// every public event after the stream's start, once, in order.
+    fn check(&mut self, market: &Market, report: &mut Report) -> Result<(), String> {
+        let from = self.from.unwrap_or(0);
+        let last = market.query_i64(
+            "SELECT COALESCE(MAX(seq), 0) FROM stream_events WHERE recipient_id IS NULL",
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.seen.last().copied().unwrap_or(from) < last && Instant::now() < deadline {
+            self.poll();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let count = market.query_i64_bind(
+            "SELECT COUNT(*) FROM stream_events WHERE recipient_id IS NULL AND seq > $1",
+            &[from],
+        )?;
+        let sum = market.query_i64_bind(
+            "SELECT CAST(COALESCE(SUM(seq), 0) AS BIGINT) FROM stream_events WHERE recipient_id IS NULL AND seq > $1",
+            &[from],
+        )?;
+        let in_order = self.seen.windows(2).all(|w| w[0] < w[1]);
+        let seen_sum: i64 = self.seen.iter().sum();
+        // (Nothing is pruned during a run.)
+        let gapless =
+            market.query_i64("SELECT COALESCE(MAX(seq), 0) - COUNT(*) FROM stream_events")? == 0;
+        report.check(
+            "stream: every public event once, in order",
+            in_order && self.seen.len() as i64 == count && seen_sum == sum && self.reloads == 1,
+            format!(
+                "{} of {count} public events after the stream's start (seq {from}) seen through cuts, restarts and faults, in order: {in_order}; told to reload {} time(s) (1: the start)",
+                self.seen.len(),
+                self.reloads
+            ),
+        );
+        report.check(
+            "stream: numbered without a gap",
+            gapless,
+            "the outbox's sequence numbers have no hole (commit order)".to_string(),
+        );
+        Ok(())
+    }
+}
+
 pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let database = match &cfg.postgres_admin_url {
@@ -217,6 +332,20 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     if !logged_in {
         return Err("players could not log in".into());
     }
+    // A few players watch the whole market live; the rest only their own
+    // (notifications): every session is live, through the faults.
+    for (i, p) in players.iter_mut().enumerate() {
+        if i >= 3 {
+            p.session
+                .watch(Vec::new(), true)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let mut watcher = StreamWatcher::start(
+        &client_config,
+        &format!("chaos-watch-{}-{}", cfg.seed, rand::random::<u32>()),
+    )?;
+    watcher.until_live()?;
 
     // Faults on.
     let r = cfg.fault_rate;
@@ -261,6 +390,12 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         .collect();
 
     for op in 0..cfg.ops {
+        watcher.poll();
+        if op % 97 == 50 {
+            // The network drops every open stream mid-way.
+            market.proxy.cut_streams();
+            *stats.entry("stream cuts").or_default() += 1;
+        }
         if restart_at.contains(&op) {
             market.restart_server()?;
             *stats.entry("server restarts").or_default() += 1;
@@ -510,6 +645,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
 
     let cheater_ids: Vec<i64> = cheaters.iter().map(|c| c.id).collect();
     check_invariants(&market, &players, &cheater_ids, &told, cfg, &mut report)?;
+    watcher.check(&market, &mut report)?;
     if cfg.cheaters > 0 {
         let get = |k| stats.get(k).copied().unwrap_or(0);
         let tried = get("cheats attempted");

@@ -106,7 +106,8 @@ impl Outlet {
 
 /// Starts (or restarts) the stream with `options`. `resume` keeps the
 /// position of the one before (same market and player); otherwise it starts
-/// at the server's present, with a `Reload` first.
+/// at the server's present, announced by a `Reload` once the server has
+/// said where that is.
 pub(super) fn open(shared: &Arc<Shared>, options: StreamOptions, resume: bool) {
     let Some(runtime) = shared.runtime.get() else {
         return;
@@ -141,9 +142,6 @@ enum Ended {
 async fn run(shared: Arc<Shared>, options: StreamOptions) {
     let mut stopping = shared.stopping.subscribe();
     let mut failures: u32 = 0;
-    if shared.stream_seq.load(Ordering::Acquire) < 0 {
-        shared.outlet.send(StreamNotice::Reload);
-    }
     loop {
         if *stopping.borrow() {
             return;
@@ -257,7 +255,12 @@ async fn connect(
                         .map(|r| r.head)
                         .unwrap_or(0);
                     if shared.stream_seq.load(Ordering::Acquire) < 0 {
+                        // A fresh stream has a position only now: the game
+                        // re-reads what it shows after this, so nothing
+                        // between opening and here goes unnoticed (even
+                        // when the first connections fail before `ready`).
                         shared.stream_seq.store(head, Ordering::Release);
+                        shared.outlet.send(StreamNotice::Reload);
                     }
                     *failures = 0;
                     shared.outlet.send(StreamNotice::Live { head });

@@ -166,9 +166,28 @@ async fn run(
 ) {
     let hub = state.0.stream.clone();
     let mut cursor = head;
-    match after {
-        Some(a) if a >= hub.pruned_through() && a <= head => {
-            match backfill(&state, &filter, a, head, &tx).await {
+    if let Some(a) = after {
+        // Resume against the database's committed head, not this
+        // replica's tailer: a client coming from a replica further ahead
+        // (or reconnecting the instant after a commit) resumes instead of
+        // reloading, and its `ready` means "everything committed before
+        // you connected is behind you". Live frames at or below the
+        // cursor are skipped, so nothing arrives twice.
+        let committed: Result<(i64, i64), _> =
+            sqlx::query_as("SELECT seq, pruned_through FROM stream_head WHERE id = 1")
+                .fetch_one(state.0.db.reader())
+                .await;
+        let (seq, pruned) = match committed {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::warn!(error = %e, "stream head read failed");
+                return;
+            }
+        };
+        cursor = seq.max(head);
+        let mut reload = !(a >= pruned.max(hub.pruned_through()) && a <= cursor);
+        if !reload {
+            match backfill(&state, &filter, a, cursor, &tx).await {
                 Ok(true) => {}
                 Ok(false) => return, // the client went away
                 Err(e) => {
@@ -183,28 +202,19 @@ async fn run(
                 sqlx::query_as("SELECT pruned_through FROM stream_head WHERE id = 1")
                     .fetch_one(state.0.db.reader())
                     .await;
-            let holes = pruned.map(|(p,)| p > a).unwrap_or(true);
-            if holes
-                && tx
-                    .send(control("reload", &StreamReload { head }))
-                    .await
-                    .is_err()
-            {
-                return;
-            }
+            reload = pruned.map(|(p,)| p > a).unwrap_or(true);
         }
-        Some(_)
-            if tx
-                .send(control("reload", &StreamReload { head }))
+        if reload
+            && tx
+                .send(control("reload", &StreamReload { head: cursor }))
                 .await
-                .is_err() =>
+                .is_err()
         {
             return;
         }
-        _ => {}
     }
     if tx
-        .send(control("ready", &StreamReady { head }))
+        .send(control("ready", &StreamReady { head: cursor }))
         .await
         .is_err()
     {

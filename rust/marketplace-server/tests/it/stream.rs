@@ -771,3 +771,54 @@ async fn replicas_serve_the_same_stream() {
     assert_eq!(all, seen_one, "the same events, once each, in order");
     check_books(&db).await;
 }
+
+/// A client that saw events on a replica whose tailer is ahead resumes on
+/// one that has not polled yet: it gets the events from the table, not a
+/// `reload`, and its `ready` head covers everything committed.
+#[tokio::test]
+async fn a_resume_ahead_of_this_replicas_tailer_is_served_from_the_table() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let one = TestServer::start(&db).await;
+    let mut slow = Config::for_tests(&db.url);
+    // This replica hears of the other's commits only by polling: never,
+    // within this test.
+    slow.stream_poll_ms = 600_000;
+    let two = TestServer::start_with(slow).await;
+    let a = one.login("ahead-a").await;
+    let b = one.login("ahead-b").await;
+    let w = one.login("ahead-w").await;
+    let mut on_one = Stream::open(&one, &w, "").await;
+    let start = on_one.until_ready().await;
+    assert!(start.is_empty());
+    let l = list(&one, &a, "ore", 3, 10).await;
+    buy(&one, &b, l, 1, 10).await;
+    let seen: Vec<i64> = on_one
+        .take(3)
+        .await
+        .iter()
+        .map(|e| e.id.unwrap_or(0))
+        .collect();
+    // More happens after the client's last event.
+    buy(&one, &b, l, 2, 10).await;
+    let resume_from = seen[1];
+    let mut on_two = Stream::open(&two, &w, &format!("after={resume_from}")).await;
+    let backfill: Vec<i64> = on_two
+        .until_ready()
+        .await
+        .iter()
+        .map(|e| e.id.unwrap_or(0))
+        .collect();
+    let all = table(&db).await;
+    let public: Vec<i64> = all
+        .iter()
+        .filter(|(s, e)| {
+            *s > resume_from
+                && ["listing", "order", "trade"].contains(&e["type"].as_str().unwrap_or(""))
+        })
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(public.len() > 1);
+    assert_eq!(backfill, public, "no reload, nothing missed");
+}
