@@ -719,6 +719,28 @@ pub struct PriceHistory {
     pub candles: Vec<Candle>,
 }
 
+/// One item found by `GET /v1/items?search=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemMatch {
+    pub item_id: String,
+    /// The catalog's display name, if it gives one.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Answer of `GET /v1/items?search=&limit=`: items whose id starts with
+/// the text or whose catalog name holds it, best matches first. Without a
+/// catalog (`catalog: false`) the items on the book whose id starts with
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemSearch {
+    pub items: Vec<ItemMatch>,
+    pub catalog: bool,
+}
+
+/// The longest item search text.
+pub const MAX_SEARCH_CHARS: usize = 64;
+
 /// One change pushed by `GET /v1/stream` (server-sent events: `id:` is
 /// `seq`, `event: market`, `data:` this JSON).
 ///

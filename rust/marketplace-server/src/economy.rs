@@ -14,8 +14,9 @@
 //!   out to the save.
 //!
 //! A catalog (`--catalog FILE`) lists the tradeable items with their largest
-//! quantity per listing and their price range; other items are refused with
-//! `unknown_item`.
+//! quantity per listing, their price range and optionally the name players
+//! see (what item search matches besides the id); other items are refused
+//! with `unknown_item`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,9 +25,12 @@ use marketplace_protocol::{Economy, EconomyMode};
 use serde::Deserialize;
 
 /// One tradeable item's rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ItemRule {
+    /// The name players see ("Iron ore"); search matches it.
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default = "default_max_quantity")]
     pub max_quantity: i64,
     #[serde(default = "default_min_price")]
@@ -45,11 +49,23 @@ fn default_max_price() -> i64 {
     marketplace_protocol::MAX_PRICE
 }
 
-/// `{"items": {"ore": {"max_quantity": 100, "min_price": 1, "max_price": 5000}, …}}`
+/// `{"items": {"ore": {"name": "Iron ore", "max_quantity": 100, "min_price": 1, "max_price": 5000}, …}}`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Catalog {
     pub items: HashMap<String, ItemRule>,
+}
+
+/// The longest display name a catalog may give an item.
+pub const MAX_ITEM_NAME: usize = 64;
+
+/// How well an item matches a search: lower first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    IdPrefix,
+    NamePrefix,
+    NameWord,
+    NameInside,
 }
 
 impl Catalog {
@@ -68,8 +84,54 @@ impl Catalog {
             {
                 return Err(format!("catalog item {id:?}: limits out of range"));
             }
+            if let Some(name) = &rule.name {
+                if name.trim().is_empty()
+                    || name.chars().count() > MAX_ITEM_NAME
+                    || name.chars().any(char::is_control)
+                {
+                    return Err(format!(
+                        "catalog item {id:?}: a name is 1 to {MAX_ITEM_NAME} printable characters"
+                    ));
+                }
+            }
         }
         Ok(catalog)
+    }
+
+    /// Items whose id starts with `text` or whose name holds it (case
+    /// aside: both are compared lowercased), best matches
+    /// first — id prefix, name prefix, a word of the name, anywhere in the
+    /// name — then by id; at most `limit`.
+    pub fn search(&self, text: &str, limit: usize) -> Vec<(&str, Option<&str>)> {
+        let needle = text.trim().to_lowercase();
+        let mut found: Vec<(Rank, &str, Option<&str>)> = self
+            .items
+            .iter()
+            .filter_map(|(id, rule)| {
+                let name = rule.name.as_deref();
+                let rank = if id.to_lowercase().starts_with(&needle) {
+                    Rank::IdPrefix
+                } else {
+                    let lower = name?.to_lowercase();
+                    if lower.starts_with(&needle) {
+                        Rank::NamePrefix
+                    } else if lower
+                        .split(|c: char| !c.is_alphanumeric())
+                        .any(|word| word.starts_with(&needle))
+                    {
+                        Rank::NameWord
+                    } else if lower.contains(&needle) {
+                        Rank::NameInside
+                    } else {
+                        return None;
+                    }
+                };
+                Some((rank, id.as_str(), name))
+            })
+            .collect();
+        found.sort_unstable();
+        found.truncate(limit);
+        found.into_iter().map(|(_, id, name)| (id, name)).collect()
     }
 }
 
@@ -319,6 +381,43 @@ mod tests {
         assert_eq!(d.expiry(true, 100, Some(60)), Ok(160));
         assert!(d.expiry(true, 100, Some(d.order_max + 1)).is_err());
         assert!(d.expiry(false, 100, Some(0)).is_err());
+    }
+
+    #[test]
+    fn catalog_search_ranks_id_then_name_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        std::fs::write(
+            &path,
+            r#"{"items": {
+                "ore_iron": {"name": "Iron ore"},
+                "ore_gold": {"name": "Gold ore"},
+                "ingot_iron": {"name": "Refined iron ingot"},
+                "ironwood": {},
+                "hull": {"name": "Hull plating (Mk II)"},
+                "gem": {}
+            }}"#,
+        )
+        .unwrap();
+        let catalog = Catalog::load(&path).unwrap();
+        let ids = |text: &str| -> Vec<&str> {
+            catalog
+                .search(text, 10)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        assert_eq!(ids("iron"), ["ironwood", "ore_iron", "ingot_iron"]);
+        assert_eq!(ids("ORE"), ["ore_gold", "ore_iron"]);
+        assert_eq!(ids("mk"), ["hull"]);
+        assert_eq!(ids("on ore"), ["ore_iron"]);
+        assert!(ids("silver").is_empty());
+        assert_eq!(catalog.search("o", 1).len(), 1, "limited");
+        assert_eq!(catalog.search("hull", 1)[0].1, Some("Hull plating (Mk II)"));
+        for bad in [r#"{"name": ""}"#, r#"{"name": "a\nb"}"#] {
+            std::fs::write(&path, format!(r#"{{"items": {{"x": {bad}}}}}"#)).unwrap();
+            assert!(Catalog::load(&path).is_err(), "{bad}");
+        }
     }
 
     #[test]

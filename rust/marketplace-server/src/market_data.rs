@@ -1,6 +1,8 @@
 //! Market data per item, read from the book and the fills: a summary (best
 //! ask and bid, last price, 24 h volume), the depth of the book (price
-//! levels), and the price history (candles per hour or day).
+//! levels), the price history (candles per hour or day) — and the item
+//! search behind a shop's search box (`/v1/items?search=`: catalog ids and
+//! display names, or the ids on the book without a catalog).
 //!
 //! Everything is read through the reader pool with indexed queries (the
 //! book indexes of migration 7, `purchases_by_item` of migration 8) and
@@ -17,7 +19,10 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use marketplace_protocol::{check_id, Candle, Depth, DepthLevel, MarketSummary, PriceHistory};
+use marketplace_protocol::{
+    check_id, Candle, Depth, DepthLevel, ItemMatch, ItemSearch, MarketSummary, PriceHistory,
+    MAX_SEARCH_CHARS,
+};
 use serde::Deserialize;
 use sqlx::Row;
 
@@ -88,6 +93,97 @@ pub fn router() -> Router<AppState> {
         .route("/v1/market/{item_id}/summary", get(summary))
         .route("/v1/market/{item_id}/depth", get(depth))
         .route("/v1/market/{item_id}/history", get(history))
+        .route("/v1/items", get(items))
+}
+
+/// The most items one search answers with.
+pub const MAX_SEARCH_RESULTS: usize = 100;
+
+/// The search text of `?search=`: trimmed, 1 to [`MAX_SEARCH_CHARS`]
+/// printable characters.
+pub(crate) fn search_text(text: &str) -> Result<String, AppError> {
+    let text = text.trim();
+    if text.is_empty()
+        || text.chars().count() > MAX_SEARCH_CHARS
+        || text.chars().any(char::is_control)
+    {
+        return Err(AppError::InvalidRequest(format!(
+            "search is 1 to {MAX_SEARCH_CHARS} printable characters"
+        )));
+    }
+    Ok(text.to_string())
+}
+
+#[derive(Deserialize)]
+struct ItemsQuery {
+    search: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/items?search=&limit=`.
+async fn items(
+    State(state): State<AppState>,
+    _player: AuthPlayer,
+    query: Result<Query<ItemsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Answer, AppError> {
+    let Query(q) = query.map_err(|e| AppError::InvalidRequest(e.body_text()))?;
+    let text = search_text(q.search.as_deref().unwrap_or(""))?;
+    let limit = q.limit.unwrap_or(20).clamp(1, MAX_SEARCH_RESULTS);
+    if let Some(catalog) = &state.0.policy.catalog {
+        // In memory: no database, no cache needed.
+        let items = catalog
+            .search(&text, limit)
+            .into_iter()
+            .map(|(id, name)| ItemMatch {
+                item_id: id.to_string(),
+                name: name.map(str::to_string),
+            })
+            .collect();
+        return Answer::json(
+            StatusCode::OK,
+            &ItemSearch {
+                items,
+                catalog: true,
+            },
+        );
+    }
+    // Without a catalog an id is all there is: ids on the book (for sale or
+    // wanted) starting with the text, as typed.
+    let key = format!("items {limit} {text}");
+    let db = state.0.db.clone();
+    cached(&state, key, async move {
+        let pattern = format!("{}%", like_escape(&text));
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT item_id FROM listings WHERE status = 'active' AND item_id LIKE $1 ESCAPE '\\' \
+             UNION SELECT item_id FROM orders WHERE status = 'active' AND item_id LIKE $1 ESCAPE '\\' \
+             ORDER BY item_id LIMIT $2",
+        )
+        .bind(&pattern)
+        .bind(limit as i64)
+        .fetch_all(db.reader())
+        .await?;
+        Answer::json(
+            StatusCode::OK,
+            &ItemSearch {
+                items: rows
+                    .into_iter()
+                    .map(|(item_id,)| ItemMatch {
+                        item_id,
+                        name: None,
+                    })
+                    .collect(),
+                catalog: false,
+            },
+        )
+    })
+    .await
+}
+
+/// `text` for a `LIKE … ESCAPE '\'` pattern, its wildcards taken literally.
+pub(crate) fn like_escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 fn item(

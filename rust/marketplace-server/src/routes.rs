@@ -214,6 +214,9 @@ struct ListingQuery {
     item_id: Option<String>,
     /// Items whose id starts with this.
     item_prefix: Option<String>,
+    /// Items whose id starts with this or whose catalog name holds it
+    /// (see `/v1/items`).
+    search: Option<String>,
     seller_id: Option<i64>,
     /// Unit price bounds, inclusive.
     min_price: Option<i64>,
@@ -392,12 +395,41 @@ async fn list_listings(
     if let Some(prefix) = &q.item_prefix {
         check_id("item_prefix", prefix).map_err(AppError::InvalidRequest)?;
         // `_` is a LIKE wildcard and may be in an id: escaped.
-        let pattern = format!("{}%", prefix.replace('_', "\\_"));
+        let pattern = format!("{}%", crate::market_data::like_escape(prefix));
         param(
             &mut sql,
             " AND l.item_id LIKE {} ESCAPE '\\'",
             Bind::Text(pattern),
         );
+    }
+    if let Some(text) = &q.search {
+        let text = crate::market_data::search_text(text)?;
+        match &state.0.policy.catalog {
+            Some(catalog) => {
+                let ids = catalog.search(&text, crate::market_data::MAX_SEARCH_RESULTS);
+                if ids.is_empty() {
+                    sql.push_str(" AND 1 = 0");
+                } else {
+                    for (i, (id, _)) in ids.iter().enumerate() {
+                        let text = if i == 0 {
+                            " AND l.item_id IN ({}"
+                        } else {
+                            ", {}"
+                        };
+                        param(&mut sql, text, Bind::Text(id.to_string()));
+                    }
+                    sql.push(')');
+                }
+            }
+            None => {
+                let pattern = format!("{}%", crate::market_data::like_escape(&text));
+                param(
+                    &mut sql,
+                    " AND l.item_id LIKE {} ESCAPE '\\'",
+                    Bind::Text(pattern),
+                );
+            }
+        }
     }
     if let Some(seller_id) = q.seller_id {
         param(&mut sql, " AND l.seller_id = {}", Bind::Int(seller_id));

@@ -4,6 +4,7 @@
 //! databases.
 
 use crate::support::{check_books, key, Player, TestDb, TestServer};
+use marketplace_server::Config;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -12,6 +13,7 @@ backend_tests!(
     candles_are_what_the_fills_say,
     answers_are_kept_for_a_moment,
     listings_sort_filter_and_page,
+    items_are_found_by_id_and_catalog_name,
 );
 
 async fn post(t: &TestServer, who: &Player, path: &str, body: Value) -> Value {
@@ -308,5 +310,96 @@ async fn listings_sort_filter_and_page(db: TestDb) {
     ] {
         assert_eq!(t.get(&reader, bad).await.code(), "invalid_request", "{bad}");
     }
+    check_books(&db).await;
+}
+
+fn ids_of(page: &Value, key: &str, field: &str) -> Vec<String> {
+    page[key]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|v| v[field].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// A shop's search box: with a catalog, ids and display names match
+/// (case aside), best first, and browsing filters by the same search;
+/// without one, the ids on the book that start with the text.
+async fn items_are_found_by_id_and_catalog_name(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.json");
+    std::fs::write(
+        &catalog,
+        r#"{"items": {
+            "ore_iron": {"name": "Iron ore"},
+            "ore_gold": {"name": "Gold ore"},
+            "ingot_iron": {"name": "Refined iron ingot"},
+            "hull_mk2": {"name": "Hull plating (Mk II)"},
+            "gem": {}
+        }}"#,
+    )
+    .unwrap();
+    let mut config = Config::for_tests(&db.url);
+    config.catalog = Some(catalog);
+    let t = TestServer::start_with(config).await;
+    let seller = t.login("search-seller").await;
+    let reader = t.login("search-reader").await;
+    for (item, price) in [
+        ("ore_iron", 10),
+        ("ingot_iron", 30),
+        ("ore_gold", 50),
+        ("gem", 70),
+    ] {
+        post(
+            &t,
+            &seller,
+            "/v1/listings",
+            json!({"item_id": item, "quantity": 1, "price": price, "deposit": 1}),
+        )
+        .await;
+    }
+    let found = t.get(&reader, "/v1/items?search=IRON").await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.text);
+    assert_eq!(found.body["catalog"], true);
+    assert_eq!(
+        ids_of(&found.body, "items", "item_id"),
+        ["ore_iron", "ingot_iron"]
+    );
+    assert_eq!(found.body["items"][0]["name"], "Iron ore");
+    let mk = t.get(&reader, "/v1/items?search=mk%20ii").await.body;
+    assert_eq!(ids_of(&mk, "items", "item_id"), ["hull_mk2"]);
+    // Browsing by the same search: what is for sale of those items.
+    let listed = t
+        .get(&reader, "/v1/listings?search=iron&sort=price")
+        .await
+        .body;
+    assert_eq!(
+        ids_of(&listed, "listings", "item_id"),
+        ["ore_iron", "ingot_iron"]
+    );
+    let none = t.get(&reader, "/v1/listings?search=silver").await.body;
+    assert!(ids_of(&none, "listings", "item_id").is_empty());
+    for bad in [
+        "/v1/items",
+        "/v1/items?search=",
+        "/v1/items?search=%0A",
+        &format!("/v1/items?search={}", "a".repeat(65)),
+        "/v1/listings?search=",
+    ] {
+        assert_eq!(t.get(&reader, bad).await.code(), "invalid_request", "{bad}");
+    }
+    t.server.shutdown().await;
+
+    // No catalog: ids on the book (for sale or wanted), as typed; LIKE's
+    // wildcards are letters here.
+    let t = TestServer::start(&db).await;
+    let found = t.get(&reader, "/v1/items?search=ore_").await.body;
+    assert_eq!(found["catalog"], false);
+    assert_eq!(ids_of(&found, "items", "item_id"), ["ore_gold", "ore_iron"]);
+    assert!(found["items"][0]["name"].is_null());
+    let wild = t.get(&reader, "/v1/items?search=%25").await.body;
+    assert!(ids_of(&wild, "items", "item_id").is_empty(), "{wild}");
+    let listed = t.get(&reader, "/v1/listings?search=ing").await.body;
+    assert_eq!(ids_of(&listed, "listings", "item_id"), ["ingot_iron"]);
     check_books(&db).await;
 }
