@@ -643,6 +643,13 @@ func check_orders_partial_fills_expiry_and_deliveries() -> void:
 	check(cheap.ok and cheap.listings.size() >= 1 and cheap.listings.all(func(l): return l.price <= 65), "refresh_listings sorts and filters by price and prefix (%s)" % cheap.get("message", ""))
 	var bad_sort: Dictionary = await ob.market.refresh_listings({"sort": "random"}).completed
 	check(not bad_sort.ok and bad_sort.code == "invalid_request", "an unknown sort is refused")
+	# A search box: items by id prefix (this server has no catalog, so no names).
+	var found: Dictionary = await ob.market.search_items(item.left(item.length() - 1)).completed
+	check(found.ok and not found.catalog and found.items.any(func(i): return i.item_id == item and i.name == ""), "search_items finds the item by its id's start (%s)" % found)
+	var searched: Dictionary = await ob.market.refresh_listings({"search": item, "sort": "price"}).completed
+	check(searched.ok and searched.listings.size() >= 2 and searched.listings.all(func(l): return l.item_id == item), "refresh_listings by search")
+	var empty_search: Dictionary = await ob.market.search_items("").completed
+	check(not empty_search.ok and empty_search.code == "invalid_argument", "an empty search is refused before it is sent")
 	for l in (await sel.market.refresh_listings({"item_id": item}).completed).listings:
 		await sel.market.cancel_listing(l.id).completed
 

@@ -183,6 +183,23 @@ pub fn market_summary(m: &MarketSummary) -> VarDictionary {
     d
 }
 
+/// Items found, each `{item_id, name}` (`name` empty: the catalog gives
+/// none).
+pub fn item_matches(items: &[marketplace_client::protocol::ItemMatch]) -> VarArray {
+    let mut a = VarArray::new();
+    for i in items {
+        let mut d = VarDictionary::new();
+        put(&mut d, "item_id", GString::from(i.item_id.as_str()));
+        put(
+            &mut d,
+            "name",
+            GString::from(i.name.as_deref().unwrap_or("")),
+        );
+        a.push(&d.to_variant());
+    }
+    a
+}
+
 /// `item_id`, `asks` and `bids`: arrays of `{price, quantity, count}`, the
 /// best level first.
 pub fn depth(x: &Depth) -> VarDictionary {
@@ -304,8 +321,8 @@ pub fn error(e: &ClientError) -> (GString, GString) {
     )
 }
 
-/// `refresh_listings(filter)`: `{status, item_id, item_prefix, seller_id,
-/// min_price, max_price, sort, cursor, limit}`, all optional. Unknown keys or wrong types are refused with a message.
+/// `refresh_listings(filter)`: `{status, item_id, item_prefix, search,
+/// seller_id, min_price, max_price, sort, cursor, limit}`, all optional. Unknown keys or wrong types are refused with a message.
 pub fn browse_query(filter: &VarDictionary) -> Result<BrowseQuery, ClientError> {
     let mut q = BrowseQuery::default();
     for (key, value) in filter.iter_shared() {
@@ -322,6 +339,7 @@ pub fn browse_query(filter: &VarDictionary) -> Result<BrowseQuery, ClientError> 
             "item_prefix" => {
                 q.item_prefix = Some(value.try_to::<GString>().map_err(|_| bad())?.to_string())
             }
+            "search" => q.search = Some(value.try_to::<GString>().map_err(|_| bad())?.to_string()),
             "sort" => q.sort = Some(value.try_to::<GString>().map_err(|_| bad())?.to_string()),
             "min_price" => q.min_price = Some(value.try_to::<i64>().map_err(|_| bad())?),
             "max_price" => q.max_price = Some(value.try_to::<i64>().map_err(|_| bad())?),
@@ -335,7 +353,7 @@ pub fn browse_query(filter: &VarDictionary) -> Result<BrowseQuery, ClientError> 
                 return Err(ClientError::new(
                     ErrorCode::InvalidArgument,
                     format!(
-                        "refresh_listings: unknown filter key {other:?} (use status, item_id, item_prefix, seller_id, min_price, max_price, sort, cursor, limit)"
+                        "refresh_listings: unknown filter key {other:?} (use status, item_id, item_prefix, search, seller_id, min_price, max_price, sort, cursor, limit)"
                     ),
                 ))
             }

@@ -331,6 +331,11 @@ impl TradingMarketplace {
     /// `trades_24h`, `ask_quantity`, `bid_quantity`.
     #[signal]
     fn market_summary_updated(request_id: i64, summary: VarDictionary);
+    /// Items found by `search_items`, best first: each `{item_id, name}`
+    /// (`name` empty when the catalog gives none); `catalog`: the server
+    /// has a catalog, so names were searched too.
+    #[signal]
+    fn items_found(request_id: i64, items: VarArray, catalog: bool);
     /// An item's book by price level (`get_depth`): `asks` and `bids`, each
     /// an array of `{price, quantity, count}`, the best level first.
     #[signal]
@@ -541,6 +546,23 @@ impl TradingMarketplace {
         let item_id = item_id.to_string();
         self.request("market_summary", None, |session, _| {
             session.market_summary(&item_id)
+        })
+    }
+
+    /// Items whose id starts with `text` or whose catalog display name
+    /// holds it (case aside), best first, at most `limit` (1–100): a shop's
+    /// search box (`items_found`; awaited: `items`, `catalog`). Browse what
+    /// is for sale of them with `refresh_listings({"search": text})`.
+    #[func]
+    fn search_items(
+        &mut self,
+        text: GString,
+        #[opt(default = 20)] limit: i64,
+    ) -> Gd<MarketRequest> {
+        let text = text.to_string();
+        let limit = u32::try_from(limit).unwrap_or(0);
+        self.request("search_items", None, |session, _| {
+            session.search_items(&text, limit)
         })
     }
 
@@ -1189,6 +1211,15 @@ impl TradingMarketplace {
                 .signals()
                 .market_summary_updated()
                 .emit(id(request_id), &convert::market_summary(summary)),
+            SessionEvent::ItemsFound {
+                request_id,
+                items,
+                catalog,
+            } => self.signals().items_found().emit(
+                id(request_id),
+                &convert::item_matches(items),
+                *catalog,
+            ),
             SessionEvent::DepthListed { request_id, depth } => self
                 .signals()
                 .depth_updated()

@@ -338,6 +338,10 @@ fn result_of(event: &SessionEvent, ends_on_failure: bool) -> Option<VarDictionar
         FeesQuoted { quote, .. } => put(&mut d, "quote", convert::fee_quote(quote)),
         MarketSummary { summary, .. } => put(&mut d, "summary", convert::market_summary(summary)),
         DepthListed { depth, .. } => put(&mut d, "depth", convert::depth(depth)),
+        ItemsFound { items, catalog, .. } => {
+            put(&mut d, "items", convert::item_matches(items));
+            put(&mut d, "catalog", *catalog);
+        }
         PriceHistory { history, .. } => put(&mut d, "history", convert::price_history(history)),
         RequestFailed { error, .. } if ends_on_failure => d = failure(id, error),
         RequestFailed { .. }

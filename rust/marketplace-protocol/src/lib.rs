@@ -741,6 +741,9 @@ pub struct ItemSearch {
 /// The longest item search text.
 pub const MAX_SEARCH_CHARS: usize = 64;
 
+/// The longest display name a catalog may give an item.
+pub const MAX_ITEM_NAME_CHARS: usize = 64;
+
 /// One change pushed by `GET /v1/stream` (server-sent events: `id:` is
 /// `seq`, `event: market`, `data:` this JSON).
 ///

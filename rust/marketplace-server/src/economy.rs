@@ -56,8 +56,7 @@ pub struct Catalog {
     pub items: HashMap<String, ItemRule>,
 }
 
-/// The longest display name a catalog may give an item.
-pub const MAX_ITEM_NAME: usize = 64;
+use marketplace_protocol::MAX_ITEM_NAME_CHARS as MAX_ITEM_NAME;
 
 /// How well an item matches a search: lower first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -150,6 +150,8 @@ pub struct BrowseQuery {
     pub item_id: Option<String>,
     /// Items whose id starts with this.
     pub item_prefix: Option<String>,
+    /// Items whose id starts with this or whose catalog name holds it.
+    pub search: Option<String>,
     pub seller_id: Option<i64>,
     /// Unit price bounds, inclusive.
     pub min_price: Option<i64>,
@@ -193,6 +195,11 @@ pub enum Command {
     /// A page of what waits for the player (`GET /v1/me/deliveries`).
     ListDeliveries {
         cursor: Option<String>,
+    },
+    /// Items by id prefix or catalog name (`GET /v1/items?search=`).
+    SearchItems {
+        search: String,
+        limit: u32,
     },
     /// An item's market data: summary, depth, price history.
     MarketSummary {
@@ -265,6 +272,7 @@ pub enum Reply {
     Collected(marketplace_protocol::Collected),
     FeeQuote(marketplace_protocol::FeeQuote),
     MarketSummary(marketplace_protocol::MarketSummary),
+    Items(marketplace_protocol::ItemSearch),
     Depth(marketplace_protocol::Depth),
     PriceHistory(marketplace_protocol::PriceHistory),
     Notifications(marketplace_protocol::NotificationsPage),

@@ -55,6 +55,7 @@ pub(crate) fn request_of(command: &Command) -> WireRequest {
                 ("status", q.status.clone()),
                 ("item_id", q.item_id.clone()),
                 ("item_prefix", q.item_prefix.clone()),
+                ("search", q.search.clone()),
                 ("seller_id", q.seller_id.map(|s| s.to_string())),
                 ("min_price", q.min_price.map(|p| p.to_string())),
                 ("max_price", q.max_price.map(|p| p.to_string())),
@@ -161,6 +162,11 @@ pub(crate) fn request_of(command: &Command) -> WireRequest {
         }
         Command::MarketSummary { item_id } => {
             (Method::GET, format!("/v1/market/{item_id}/summary"), None)
+        }
+        Command::SearchItems { search, limit } => {
+            query.push(("search", search.clone()));
+            query.push(("limit", limit.to_string()));
+            (Method::GET, "/v1/items".to_string(), None)
         }
         Command::Depth { item_id, levels } => {
             query.push(("levels", levels.to_string()));
@@ -564,6 +570,20 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
                 return Err(bad_response("another item"));
             }
             Ok(Reply::MarketSummary(summary))
+        }
+        Command::SearchItems { limit, .. } => {
+            let found: marketplace_protocol::ItemSearch = decode(bytes)?;
+            let sane = found.items.len() <= *limit as usize
+                && found.items.iter().all(|i| {
+                    marketplace_protocol::check_id("item_id", &i.item_id).is_ok()
+                        && i.name.as_ref().is_none_or(|n| {
+                            n.chars().count() <= marketplace_protocol::MAX_ITEM_NAME_CHARS
+                        })
+                });
+            if !sane {
+                return Err(bad_response("an item that cannot be"));
+            }
+            Ok(Reply::Items(found))
         }
         Command::Depth { item_id, .. } => {
             let depth: marketplace_protocol::Depth = decode(bytes)?;

@@ -145,6 +145,13 @@ impl TradingSession {
                     summary,
                 });
             }
+            (Tracked::MarketData, EventKind::Done(Reply::Items(found))) => {
+                self.ready.push_back(SessionEvent::ItemsFound {
+                    request_id,
+                    items: found.items,
+                    catalog: found.catalog,
+                });
+            }
             (Tracked::MarketData, EventKind::Done(Reply::Depth(depth))) => {
                 self.ready
                     .push_back(SessionEvent::DepthListed { request_id, depth });

@@ -188,6 +188,13 @@ pub enum SessionEvent {
         request_id: RequestId,
         summary: marketplace_protocol::MarketSummary,
     },
+    /// Items matching a search, best first; `catalog`: the server has a
+    /// catalog (names were searched too).
+    ItemsFound {
+        request_id: RequestId,
+        items: Vec<marketplace_protocol::ItemMatch>,
+        catalog: bool,
+    },
     DepthListed {
         request_id: RequestId,
         depth: marketplace_protocol::Depth,
@@ -1270,6 +1277,7 @@ impl SessionEvent {
             | DeliveriesCollected { request_id, .. }
             | FeesQuoted { request_id, .. }
             | MarketSummary { request_id, .. }
+            | ItemsFound { request_id, .. }
             | DepthListed { request_id, .. }
             | PriceHistory { request_id, .. } => Some(*request_id),
             BusyChanged { .. }

@@ -126,6 +126,29 @@ impl TradingSession {
         self.send_now(command, Tracked::MarketData)
     }
 
+    /// Items whose id starts with `text` or whose catalog name holds it,
+    /// best first, at most `limit` (1–100): a shop's search box.
+    pub fn search_items(&mut self, text: &str, limit: u32) -> Result<RequestId, ClientError> {
+        let text = text.trim();
+        if text.is_empty()
+            || text.chars().count() > marketplace_protocol::MAX_SEARCH_CHARS
+            || text.chars().any(char::is_control)
+        {
+            return Err(invalid(format!(
+                "search is 1 to {} printable characters",
+                marketplace_protocol::MAX_SEARCH_CHARS
+            )));
+        }
+        if !(1..=100).contains(&limit) {
+            return Err(invalid("limit must be between 1 and 100"));
+        }
+        let command = Command::SearchItems {
+            search: text.to_string(),
+            limit,
+        };
+        self.send_now(command, Tracked::MarketData)
+    }
+
     /// An item's book by price level, `levels` (1–100) a side.
     pub fn depth(&mut self, item_id: &str, levels: u32) -> Result<RequestId, ClientError> {
         marketplace_protocol::check_id("item_id", item_id).map_err(invalid)?;

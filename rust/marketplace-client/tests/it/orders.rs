@@ -391,16 +391,17 @@ fn market_data_reaches_the_game() {
     let session = buyer.session.as_mut().unwrap();
     session.buy_units(store, listing, 20, 1).unwrap();
     buyer.settle(T);
-    let (s, d, h) = {
+    let (s, d, h, f) = {
         let session = buyer.session();
         (
             session.market_summary("ore").unwrap(),
             session.depth("ore", 5).unwrap(),
             session.price_history("ore", "hour", None, None).unwrap(),
+            session.search_items(" or ", 5).unwrap(),
         )
     };
     buyer.pump_until(T, |e| {
-        [s, d, h]
+        [s, d, h, f]
             .iter()
             .all(|id| e.iter().any(|e| e.request_id() == Some(*id)))
     });
@@ -422,8 +423,24 @@ fn market_data_reaches_the_game() {
         _ => None,
     });
     assert_eq!(history.candles.len(), 1);
+    let (items, catalog) = buyer.find(|e| match e {
+        SessionEvent::ItemsFound { items, catalog, .. } => Some((items.clone(), *catalog)),
+        _ => None,
+    });
+    assert!(!catalog, "this world has no catalog: ids on the book");
+    assert_eq!(
+        items.iter().map(|i| i.item_id.as_str()).collect::<Vec<_>>(),
+        ["ore"]
+    );
     assert_eq!(
         buyer.session().depth("ore", 0).unwrap_err().code,
         ErrorCode::InvalidArgument
     );
+    for (text, limit) in [("", 5), ("ore", 0), ("ore", 101), ("a\nb", 5)] {
+        assert_eq!(
+            buyer.session().search_items(text, limit).unwrap_err().code,
+            ErrorCode::InvalidArgument,
+            "{text:?} {limit}"
+        );
+    }
 }
