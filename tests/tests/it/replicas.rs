@@ -3,13 +3,103 @@
 //! advisory lock); buyers spread across them race for every listing; the
 //! same key is replayed on different replicas at once; one replica is killed
 //! with SIGKILL mid-load. No acknowledged purchase is lost, nothing is sold
-//! twice, the survivors keep serving.
+//! twice, the survivors keep serving — and a change-stream subscriber of the
+//! killed replica resumes on a survivor missing nothing, seeing nothing
+//! twice.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use marketplace_e2e::{check_books, key, postgres_url, scalar, Api, Reply, ServerProcess};
+
+/// Follows the change stream like a client behind a balancer: reads
+/// `event: market` frames, and when its replica dies, reconnects to the
+/// next with `after=` its last `seq`. Returns the stream's start (the
+/// first `ready` head) and every public `seq` seen, in order, once it has
+/// seen `until` (set when the load is over).
+async fn follow_stream(
+    bases: Arc<Vec<String>>,
+    mut replica: usize,
+    token: String,
+    until: Arc<std::sync::atomic::AtomicI64>,
+    started: tokio::sync::oneshot::Sender<()>,
+) -> (i64, Vec<i64>, usize) {
+    let mut started = Some(started);
+    let mut start = None;
+    let mut last: Option<i64> = None;
+    let mut seen = Vec::new();
+    let mut reconnects = 0;
+    // No overall timeout: a stream is long; silence is caught per chunk.
+    let http = reqwest::Client::new();
+    loop {
+        let mut url = format!("{}/v1/stream", bases[replica % bases.len()]);
+        if let Some(after) = last.or(start) {
+            url.push_str(&format!("?after={after}"));
+        }
+        let response = http.get(&url).bearer_auth(&token).send().await;
+        let mut response = match response {
+            Ok(r) if r.status() == 200 => r,
+            _ => {
+                replica += 1;
+                reconnects += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let mut buf = String::new();
+        loop {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk()).await;
+            let Ok(Ok(Some(bytes))) = chunk else {
+                break; // killed, cut or silent: resume elsewhere
+            };
+            buf.push_str(&String::from_utf8_lossy(&bytes));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    frame
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+                };
+                match field("event:").as_deref() {
+                    Some("market") => {
+                        let seq: i64 = field("id:").and_then(|s| s.parse().ok()).unwrap_or(-1);
+                        let data: serde_json::Value = field("data:")
+                            .and_then(|d| serde_json::from_str(&d).ok())
+                            .unwrap_or_default();
+                        assert_eq!(data["seq"].as_i64(), Some(seq), "{frame}");
+                        if ["listing", "order", "trade"]
+                            .contains(&data["type"].as_str().unwrap_or(""))
+                        {
+                            seen.push(seq);
+                        }
+                        last = Some(seq);
+                    }
+                    Some("ready") => {
+                        if start.is_none() {
+                            let head = field("data:")
+                                .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+                                .and_then(|v| v["head"].as_i64())
+                                .unwrap_or(-1);
+                            start = Some(head);
+                            if let Some(s) = started.take() {
+                                let _ = s.send(());
+                            }
+                        }
+                    }
+                    Some(other) => panic!("unexpected stream event {other}: {frame}"),
+                    None => {} // a comment (ping)
+                }
+            }
+            let target = until.load(Ordering::SeqCst);
+            if target > 0 && last.or(start).unwrap_or(0) >= target {
+                return (start.unwrap_or(0), seen, reconnects);
+            }
+        }
+        replica += 1;
+        reconnects += 1;
+    }
+}
 
 const LISTINGS: usize = 40;
 const BUYERS: usize = 12;
@@ -74,6 +164,18 @@ async fn three_replicas_share_one_postgres() {
     for i in 0..BUYERS {
         buyers.push(api.login(&bases[i % 3], &format!("rep-buyer-{i}")).await);
     }
+    // A subscriber of the replica about to be killed.
+    let (_, watcher) = api.login(&bases[2], "rep-watcher").await;
+    let until = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let follower = tokio::spawn(follow_stream(
+        bases.clone(),
+        2,
+        watcher,
+        until.clone(),
+        started_tx,
+    ));
+    started_rx.await.expect("the stream went live");
 
     // The same key on three replicas at once: one purchase, one answer.
     let replayed = listings[0];
@@ -167,6 +269,39 @@ async fn three_replicas_share_one_postgres() {
         LISTINGS as i64
     );
     check_books(&db).await;
+
+    // The subscriber of the killed replica went on on another, and has
+    // every public event after its start once, in order.
+    let last_public = scalar(
+        &db,
+        "SELECT COALESCE(MAX(seq), 0) FROM stream_events WHERE recipient_id IS NULL",
+    )
+    .await;
+    until.store(last_public.max(1), Ordering::SeqCst);
+    let (start, seen, reconnects) = tokio::time::timeout(Duration::from_secs(60), follower)
+        .await
+        .expect("the subscriber catches up")
+        .unwrap();
+    assert!(
+        reconnects >= 1,
+        "the killed replica's stream was resumed elsewhere"
+    );
+    let expected_count = scalar(
+        &db,
+        &format!("SELECT COUNT(*) FROM stream_events WHERE recipient_id IS NULL AND seq > {start}"),
+    )
+    .await;
+    let expected_sum = scalar(
+        &db,
+        &format!("SELECT CAST(COALESCE(SUM(seq), 0) AS BIGINT) FROM stream_events WHERE recipient_id IS NULL AND seq > {start}"),
+    )
+    .await;
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    assert_eq!(
+        (seen.len() as i64, seen.iter().sum::<i64>()),
+        (expected_count, expected_sum),
+        "every public event after the start, across the kill"
+    );
 
     // The survivors keep serving.
     for base in &bases[..2] {
