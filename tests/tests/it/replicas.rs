@@ -75,18 +75,17 @@ async fn follow_stream(
                         }
                         last = Some(seq);
                     }
-                    Some("ready") => {
-                        if start.is_none() {
-                            let head = field("data:")
-                                .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
-                                .and_then(|v| v["head"].as_i64())
-                                .unwrap_or(-1);
-                            start = Some(head);
-                            if let Some(s) = started.take() {
-                                let _ = s.send(());
-                            }
+                    Some("ready") if start.is_none() => {
+                        let head = field("data:")
+                            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+                            .and_then(|v| v["head"].as_i64())
+                            .unwrap_or(-1);
+                        start = Some(head);
+                        if let Some(s) = started.take() {
+                            let _ = s.send(());
                         }
                     }
+                    Some("ready") => {}
                     Some(other) => panic!("unexpected stream event {other}: {frame}"),
                     None => {} // a comment (ping)
                 }
