@@ -87,7 +87,7 @@ func _ready() -> void:
 	market.market_live_changed.connect(_on_live_changed)
 	market.market_trade.connect(func(item_id, _q, _p): if item_id == chart_item: show_chart(item_id))
 	market.notification_received.connect(_on_notification)
-	market.deliveries_waiting.connect(func(count): away_line("%d deliver%s waiting — collected for you" % [count, "y" if count == 1 else "ies"]))
+	market.deliveries_waiting.connect(func(count): away_line(0, "%d deliver%s waiting — collected for you" % [count, "y" if count == 1 else "ies"]))
 	show_credits()
 	show_cargo()
 	show_notice()
@@ -456,24 +456,34 @@ func _on_live_changed(live: bool, reason: String) -> void:
 ## One line of the "While you were away" panel per notification.
 func _on_notification(n: Dictionary) -> void:
 	var what := item_name(n.item_id)
+	# The same id again carries larger totals (more of it filled): its line
+	# is replaced, not added to.
 	match n.kind:
 		"sold":
-			away_line("Sold %d %s for %s — collect your proceeds" % [n.quantity, what, cr(n.credits)])
+			away_line(n.id, "Sold %d %s for %s — collect your proceeds" % [n.quantity, what, cr(n.credits)])
 		"order_filled":
-			away_line("Your buy order got %d %s for %s" % [n.quantity, what, cr(n.credits)])
+			away_line(n.id, "Your buy order got %d %s for %s" % [n.quantity, what, cr(n.credits)])
 			collect_deliveries(true)
 		"listing_expired":
-			away_line("Your %s listing expired; %d back in deliveries" % [what, n.quantity])
+			away_line(n.id, "Your %s listing expired; %d back in deliveries" % [what, n.quantity])
 			collect_deliveries(true)
 		"order_expired":
-			away_line("Your buy order for %s expired; %s back" % [what, cr(n.credits)])
+			away_line(n.id, "Your buy order for %s expired; %s back" % [what, cr(n.credits)])
 			collect_deliveries(true)
 		_:
-			away_line("%s: %s" % [n.kind, what])
+			away_line(n.id, "%s: %s" % [n.kind, what])
 
 
-func away_line(text: String) -> void:
-	away_box.add_child(label("• " + text, 14, TEXT))
+## Notification id → its line in the "While you were away" panel.
+var away_lines := {}
+
+
+func away_line(id: int, text: String) -> void:
+	if away_lines.has(id) and is_instance_valid(away_lines[id]):
+		away_lines[id].text = "• " + text
+	else:
+		away_lines[id] = label("• " + text, 14, TEXT)
+		away_box.add_child(away_lines[id])
 	away_panel.visible = true
 
 

@@ -293,6 +293,19 @@ pub fn lock_path(path: &Path) -> PathBuf {
     with_suffix(path, ".lock")
 }
 
+/// A save's OS lock, released when dropped — explicitly, not by closing the
+/// file: a child process the game (or a test) spawns at that moment holds a
+/// copy of the descriptor until it `exec`s, and a `flock` lives as long as
+/// any copy, so closing alone could leave the save locked against the next
+/// store for a moment.
+pub struct SaveLock(File);
+
+impl Drop for SaveLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
 /// Takes the exclusive OS lock of `path`'s save for as long as the returned
 /// file is open: a second game instance, or a second store in this one,
 /// gets [`LoadError::Locked`] and touches nothing. The lock is advisory
@@ -303,7 +316,7 @@ pub fn lock_path(path: &Path) -> PathBuf {
 /// locks — the save still opens, unlocked (`Ok(None)`, with a warning):
 /// the player keeps their data, and a read-only disk shows up as failing
 /// saves rather than as no data at all.
-pub fn lock(path: &Path) -> Result<Option<File>, LoadError> {
+pub fn lock(path: &Path) -> Result<Option<SaveLock>, LoadError> {
     let lock_file = lock_path(path);
     let file = match OpenOptions::new()
         .read(true)
@@ -319,7 +332,7 @@ pub fn lock(path: &Path) -> Result<Option<File>, LoadError> {
         }
     };
     match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
+        Ok(()) => Ok(Some(SaveLock(file))),
         Err(std::fs::TryLockError::WouldBlock) => Err(LoadError::Locked {
             path: path.to_path_buf(),
         }),

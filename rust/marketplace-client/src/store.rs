@@ -356,7 +356,7 @@ impl Writer {
         path: PathBuf,
         mut fs: Box<dyn SaveFs>,
         mut copy: PlayerState,
-        lock: Option<std::fs::File>,
+        lock: Option<persist::SaveLock>,
         log: LogStart,
     ) -> std::io::Result<Writer> {
         let shared = Arc::new((Mutex::new(Slot::default()), Condvar::new()));

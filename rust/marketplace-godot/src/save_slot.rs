@@ -261,12 +261,13 @@ impl SaveSlot {
     }
 
     /// Removes a listener; if it was the last, what it had not heard yet
-    /// still completes its requests (next tick).
+    /// still completes its requests (next tick), and its notifications
+    /// wait for the next node to attach.
     pub fn unlisten(&mut self, id: u64) {
         if let Some(i) = self.listeners.iter().position(|(l, _)| *l == id) {
             let (_, queue) = self.listeners.remove(i);
             if self.listeners.is_empty() {
-                self.orphans.extend(queue);
+                self.deliver(queue.into());
             }
         }
     }

@@ -865,11 +865,16 @@ pub struct NotificationsPage {
 
 /// `POST /v1/me/notifications/ack`: the notifications the client has
 /// saved and shown. Acknowledging one twice, or one already pruned,
-/// changes nothing.
+/// changes nothing. With `fills` (one per id), a notification is closed
+/// only if it has not grown past what the client showed: a fill that
+/// lands between the read and the acknowledgement keeps it open, to be
+/// told with its new figures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
     pub ids: Vec<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fills: Option<Vec<i64>>,
 }
 
 /// Most notifications acknowledged in one request.

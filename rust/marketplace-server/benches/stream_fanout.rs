@@ -61,7 +61,7 @@ impl Server {
             .args(["--rate-limit-per-sec", "0"])
             .args(["--max-connections", "19000"])
             .args(["--max-connections-per-ip", "19000"])
-            .args(["--stream-max-subscribers", "19000"])
+            .args(["--stream-max-subscribers", "18000"])
             .args(["--market-data-cache-ms", "0"])
             .args(["--deposit-cap-items", "1000000000"])
             .args(["--deposit-cap-credits", "1000000000000"])

@@ -187,7 +187,8 @@ pub struct Config {
     pub stream_max_per_player: usize,
 
     /// Stream connections a replica serves at most (each also counts
-    /// against --max-connections); more get 503 and retry.
+    /// against --max-connections, and at most 4/5 of it are streams);
+    /// more get 503 and retry.
     #[arg(long, env = "MARKET_STREAM_MAX_SUBSCRIBERS", default_value_t = 10_000)]
     pub stream_max_subscribers: usize,
 
@@ -302,6 +303,14 @@ impl Config {
         }
     }
 
+    /// Open streams this replica admits: the flag, but never more than
+    /// four fifths of `--max-connections`, so trades always find room.
+    pub fn stream_subscriber_cap(&self) -> usize {
+        self.stream_max_subscribers
+            .min(self.max_connections.saturating_mul(4) / 5)
+            .max(1)
+    }
+
     pub fn idempotency_retention(&self) -> Duration {
         Duration::from_secs(self.idempotency_retention_hours.max(24) * 3600)
     }
@@ -335,6 +344,12 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
+        }
+        if self.stream_retention_secs > 30 * 86_400 || self.notification_retention_days > 3_650 {
+            return Err(
+                "--stream-retention-secs is at most 30 days, --notification-retention-days at most 3650"
+                    .into(),
+            );
         }
         if self.deposit_cap_credits < 0 || self.deposit_cap_items < 0 {
             return Err("deposit caps must be at least 0".into());

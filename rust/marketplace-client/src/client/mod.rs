@@ -229,7 +229,8 @@ pub enum Command {
     /// Closes notifications the game has saved and shown (naturally
     /// idempotent: no key).
     AckNotifications {
-        ids: Vec<i64>,
+        /// Each notification's id and the `fills` the game was shown.
+        acks: Vec<(i64, i64)>,
     },
     /// A change of the market: carries an idempotency key and is retried
     /// until a definitive answer.

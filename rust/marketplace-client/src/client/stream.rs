@@ -223,6 +223,10 @@ async fn connect(
         return Err(super::wire::parse_failure(status, &bytes, None));
     }
     let mut parser = Parser::default();
+    // A connection that ends before `ready` (a server that failed after
+    // answering) or is `replaced` (another of the player's connections
+    // took its place) counts as a failure: backed off, never a tight loop.
+    let mut went_live = false;
     loop {
         let chunk = match tokio::time::timeout(SILENCE, response.chunk()).await {
             Err(_) => {
@@ -232,7 +236,13 @@ async fn connect(
                 ))
             }
             Ok(Err(e)) => return Err(super::wire::transport_error(e)),
-            Ok(Ok(None)) => return Ok(Ended::Resume),
+            Ok(Ok(None)) if went_live => return Ok(Ended::Resume),
+            Ok(Ok(None)) => {
+                return Err(ClientError::new(
+                    ErrorCode::Offline,
+                    "The marketplace's stream ended before it was ready",
+                ))
+            }
             Ok(Ok(Some(bytes))) => bytes,
         };
         for frame in parser.push(&chunk)? {
@@ -261,7 +271,13 @@ async fn connect(
                         // when the first connections fail before `ready`).
                         shared.stream_seq.store(head, Ordering::Release);
                         shared.outlet.send(StreamNotice::Reload);
+                    } else {
+                        // Everything up to the head was sent or filtered
+                        // out: a client watching quiet items moves on too,
+                        // and never falls behind what the server keeps.
+                        shared.stream_seq.fetch_max(head, Ordering::AcqRel);
                     }
+                    went_live = true;
                     *failures = 0;
                     shared.outlet.send(StreamNotice::Live { head });
                 }
@@ -272,8 +288,14 @@ async fn connect(
                     shared.stream_seq.store(reload.head, Ordering::Release);
                     shared.outlet.send(StreamNotice::Reload);
                 }
-                // `lagged`, `replaced` and anything newer: the server ends
-                // the connection after it; resume from the position.
+                "replaced" => {
+                    return Err(ClientError::new(
+                        ErrorCode::Offline,
+                        "Another connection of this player took the marketplace's stream",
+                    ))
+                }
+                // `lagged` and anything newer: the server ends the
+                // connection after it; resume from the position.
                 _ => {}
             }
         }

@@ -211,10 +211,13 @@ pub(crate) fn request_of(command: &Command) -> WireRequest {
             }
             (Method::GET, "/v1/me/notifications".to_string(), None)
         }
-        Command::AckNotifications { ids } => (
+        Command::AckNotifications { acks } => (
             Method::POST,
             "/v1/me/notifications/ack".to_string(),
-            json(&marketplace_protocol::AckRequest { ids: ids.clone() }),
+            json(&marketplace_protocol::AckRequest {
+                ids: acks.iter().map(|(id, _)| *id).collect(),
+                fills: Some(acks.iter().map(|(_, fills)| *fills).collect()),
+            }),
         ),
         Command::Operations { after, limit } => {
             query.push(("after", after.to_string()));
@@ -611,13 +614,13 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             page.notifications.retain(notification_is_sane);
             Ok(Reply::Notifications(page))
         }
-        Command::AckNotifications { ids } => {
+        Command::AckNotifications { acks } => {
             #[derive(serde::Deserialize)]
             struct Acked {
                 acked: u64,
             }
             let acked: Acked = decode(bytes)?;
-            if acked.acked > ids.len() as u64 {
+            if acked.acked > acks.len() as u64 {
                 return Err(bad_response("more acknowledged than asked"));
             }
             Ok(Reply::Acked(acked.acked))
@@ -819,6 +822,35 @@ mod tests {
                 "/v1/listings/9",
                 vec![],
                 None,
+            ),
+            (
+                Command::Browse(BrowseQuery {
+                    search: Some("iron ore".into()),
+                    ..Default::default()
+                }),
+                Method::GET,
+                "/v1/listings",
+                vec![("search", "iron ore")],
+                None,
+            ),
+            (
+                Command::SearchItems {
+                    search: "mk ii".into(),
+                    limit: 7,
+                },
+                Method::GET,
+                "/v1/items",
+                vec![("search", "mk ii"), ("limit", "7")],
+                None,
+            ),
+            (
+                Command::AckNotifications {
+                    acks: vec![(4, 2), (9, 1)],
+                },
+                Method::POST,
+                "/v1/me/notifications/ack",
+                vec![],
+                Some(json!({"ids": [4, 9], "fills": [2, 1]})),
             ),
             (
                 Command::Change(MarketChange::CreateListing {

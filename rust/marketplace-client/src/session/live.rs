@@ -31,8 +31,15 @@ pub(super) struct Live {
     pub watching: StreamOptions,
     /// The login the stream was opened for: reopened for another one.
     pub opened_for: Option<crate::state::Owner>,
-    /// Notifications reported and not acknowledged yet.
-    pub to_ack: Vec<i64>,
+    /// Notifications reported and not acknowledged yet, with the fills
+    /// they were reported with.
+    pub to_ack: Vec<(i64, i64)>,
+    /// Whether the game was last told the stream is up (told on changes
+    /// only, not at every reconnection attempt).
+    pub told_up: Option<bool>,
+    /// The stream's first `Reload` (its start, right after the login's
+    /// inbox read) is still to come.
+    pub starting: bool,
 }
 
 impl Default for Live {
@@ -42,6 +49,8 @@ impl Default for Live {
             watching: StreamOptions::default(),
             opened_for: None,
             to_ack: Vec::new(),
+            told_up: None,
+            starting: false,
         }
     }
 }
@@ -89,10 +98,15 @@ impl TradingSession {
 
     /// Reads the inbox again (the session does it at every login).
     pub fn fetch_notifications(&mut self) -> Result<crate::client::RequestId, ClientError> {
+        self.fetch_inbox(true)
+    }
+
+    /// `first`: also tell how many deliveries wait (at a login).
+    fn fetch_inbox(&mut self, first: bool) -> Result<crate::client::RequestId, ClientError> {
         let id = self
             .client
             .submit(Command::Notifications { cursor: None })?;
-        self.tracked.insert(id, Tracked::Inbox { first: true });
+        self.tracked.insert(id, Tracked::Inbox { first });
         Ok(id)
     }
 
@@ -110,6 +124,9 @@ impl TradingSession {
 
     fn open_stream(&mut self, owner: crate::state::Owner) {
         let resume = self.live.opened_for.as_ref() == Some(&owner);
+        if !resume {
+            self.live.starting = true;
+        }
         self.client.open_stream(self.live.watching.clone(), resume);
         self.live.opened_for = Some(owner);
     }
@@ -120,17 +137,33 @@ impl TradingSession {
         self.client.poll_stream(&mut notices, max);
         for notice in notices {
             match notice {
-                StreamNotice::Live { .. } => self.ready.push_back(SessionEvent::MarketLive {
-                    live: true,
-                    error: None,
-                }),
-                StreamNotice::Down { error, .. } => {
-                    self.ready.push_back(SessionEvent::MarketLive {
-                        live: false,
-                        error: Some(error),
-                    })
+                StreamNotice::Live { .. } => {
+                    if self.live.told_up != Some(true) {
+                        self.live.told_up = Some(true);
+                        self.ready.push_back(SessionEvent::MarketLive {
+                            live: true,
+                            error: None,
+                        });
+                    }
                 }
-                StreamNotice::Reload => self.ready.push_back(SessionEvent::MarketReload),
+                StreamNotice::Down { error, .. } => {
+                    if self.live.told_up != Some(false) {
+                        self.live.told_up = Some(false);
+                        self.ready.push_back(SessionEvent::MarketLive {
+                            live: false,
+                            error: Some(error),
+                        });
+                    }
+                }
+                StreamNotice::Reload => {
+                    // Missed changes may include the player's own
+                    // notifications: the inbox is read again (not at the
+                    // stream's start: the login just read it).
+                    if !std::mem::take(&mut self.live.starting) {
+                        let _ = self.fetch_inbox(false);
+                    }
+                    self.ready.push_back(SessionEvent::MarketReload);
+                }
                 StreamNotice::Event(event) => match &event.change {
                     StreamChange::Notification { notification } => {
                         if crate::client::notification_is_sane(notification) {
@@ -182,10 +215,10 @@ impl TradingSession {
             .into_iter()
             .cloned()
             .collect();
-        let shown_before: Vec<i64> = list
+        let shown_before: Vec<(i64, i64)> = list
             .iter()
             .filter(|n| !fresh.iter().any(|f| f.id == n.id))
-            .map(|n| n.id)
+            .map(|n| (n.id, n.fills))
             .collect();
         self.ack(shown_before);
         for notification in fresh {
@@ -196,7 +229,7 @@ impl TradingSession {
     /// Notifications just reported (their note is on disk): acknowledged.
     pub(super) fn reported(&mut self, event: &SessionEvent) {
         if let SessionEvent::Notification { notification } = event {
-            self.live.to_ack.push(notification.id);
+            self.live.to_ack.push((notification.id, notification.fills));
         }
     }
 
@@ -205,10 +238,10 @@ impl TradingSession {
         self.ack(ids);
     }
 
-    fn ack(&mut self, ids: Vec<i64>) {
-        for chunk in ids.chunks(marketplace_protocol::MAX_ACK_IDS) {
+    fn ack(&mut self, acks: Vec<(i64, i64)>) {
+        for chunk in acks.chunks(marketplace_protocol::MAX_ACK_IDS) {
             if let Ok(id) = self.client.submit(Command::AckNotifications {
-                ids: chunk.to_vec(),
+                acks: chunk.to_vec(),
             }) {
                 // A lost acknowledgement shows nothing twice (the note is
                 // saved); the next login acknowledges it again.

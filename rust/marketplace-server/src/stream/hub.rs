@@ -220,6 +220,9 @@ impl Hub {
             self.total.fetch_sub(1, Ordering::Relaxed);
         }
         if self.total.load(Ordering::Relaxed) >= max {
+            if mine.is_empty() {
+                open.remove(&player_id);
+            }
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -250,17 +253,26 @@ impl Hub {
 
     /// Reads the head, then new events, until `stop`.
     pub async fn tail(self: Arc<Self>, db: Db, poll: Duration, mut stop: watch::Receiver<bool>) {
-        match sqlx::query_as::<_, (i64, i64)>(
-            "SELECT seq, pruned_through FROM stream_head WHERE id = 1",
-        )
-        .fetch_one(db.reader())
-        .await
-        {
-            Ok((seq, pruned)) => {
-                self.head.store(seq, Ordering::Release);
-                self.pruned_through.store(pruned, Ordering::Release);
+        // Start at the present: never hand out the kept history as if it
+        // were new (subscribers would skip it, but it would fill the ring).
+        loop {
+            match sqlx::query_as::<_, (i64, i64)>(
+                "SELECT seq, pruned_through FROM stream_head WHERE id = 1",
+            )
+            .fetch_one(db.reader())
+            .await
+            {
+                Ok((seq, pruned)) => {
+                    self.head.fetch_max(seq, Ordering::AcqRel);
+                    self.pruned_through.fetch_max(pruned, Ordering::AcqRel);
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "the stream could not read its head"),
             }
-            Err(e) => tracing::warn!(error = %e, "the stream could not read its head"),
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
         loop {
             if let Err(e) = self.read_new(&db).await {

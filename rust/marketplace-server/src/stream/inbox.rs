@@ -253,16 +253,40 @@ async fn ack(
     if req.ids.is_empty() {
         return Answer::json(StatusCode::OK, &Acked { acked: 0 });
     }
-    let placeholders: Vec<String> = (0..req.ids.len()).map(|i| format!("${}", i + 3)).collect();
-    let sql = format!(
-        "UPDATE notifications SET acked_at = $1 WHERE player_id = $2 AND acked_at IS NULL \
-         AND id IN ({})",
-        placeholders.join(", ")
-    );
+    let sql = match &req.fills {
+        None => {
+            let placeholders: Vec<String> =
+                (0..req.ids.len()).map(|i| format!("${}", i + 3)).collect();
+            format!(
+                "UPDATE notifications SET acked_at = $1 WHERE player_id = $2 AND acked_at IS NULL \
+                 AND id IN ({})",
+                placeholders.join(", ")
+            )
+        }
+        Some(fills) if fills.len() == req.ids.len() => {
+            // Closed only as shown: one that grew since stays open.
+            let pairs: Vec<String> = (0..req.ids.len())
+                .map(|i| format!("(id = ${} AND fills <= ${})", 2 * i + 3, 2 * i + 4))
+                .collect();
+            format!(
+                "UPDATE notifications SET acked_at = $1 WHERE player_id = $2 AND acked_at IS NULL \
+                 AND ({})",
+                pairs.join(" OR ")
+            )
+        }
+        Some(_) => {
+            return Err(AppError::InvalidRequest(
+                "fills, when given, has one entry per id".into(),
+            ))
+        }
+    };
     let mut tx = state.0.db.begin_write().await?;
     let mut q = sqlx::query(&sql).bind(state.0.clock.now()).bind(me);
-    for id in &req.ids {
+    for (i, id) in req.ids.iter().enumerate() {
         q = q.bind(*id);
+        if let Some(fills) = req.fills.as_ref().and_then(|f| f.get(i)) {
+            q = q.bind(*fills);
+        }
     }
     let acked = q.execute(&mut *tx).await?.rows_affected();
     tx.commit().await?;
@@ -279,23 +303,34 @@ pub(crate) async fn prune(
     now: i64,
     retention_secs: i64,
 ) -> Result<u64, sqlx::Error> {
+    // One indexed condition per pass (`notifications_acked`,
+    // `notifications_by_time`): an `OR` of the two would scan the table.
     let mut total = 0;
-    loop {
-        let mut tx = db.begin_write().await?;
-        let n = sqlx::query(
+    for (condition, cutoff) in [
+        (
+            "acked_at IS NOT NULL AND acked_at < $1",
+            now - ACKED_KEPT_SECS,
+        ),
+        ("updated_at < $1", now - retention_secs),
+    ] {
+        let sql = format!(
             "DELETE FROM notifications WHERE id IN (SELECT id FROM notifications \
-             WHERE (acked_at IS NOT NULL AND acked_at < $1) OR updated_at < $2 LIMIT 500)",
-        )
-        .bind(now - ACKED_KEPT_SECS)
-        .bind(now - retention_secs)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        total += n;
-        if n < 500 {
-            return Ok(total);
+             WHERE {condition} LIMIT 500)"
+        );
+        loop {
+            let mut tx = db.begin_write().await?;
+            let n = sqlx::query(&sql)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            total += n;
+            if n < 500 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    Ok(total)
 }

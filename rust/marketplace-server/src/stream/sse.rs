@@ -40,6 +40,10 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Events sent in one write at most.
 const BATCH_FRAMES: usize = 256;
 
+/// A subscriber whose socket takes nothing for this long is cut off (it
+/// resumes by sequence when it reads again).
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
 /// Rows per backfill read.
 const BACKFILL_PAGE: i64 = 500;
 
@@ -104,13 +108,25 @@ async fn subscribe(
         .admit(
             me,
             config.stream_max_per_player,
-            config.stream_max_subscribers,
+            config.stream_subscriber_cap(),
         )
         .ok_or(AppError::Unavailable)?;
     // Subscribe first, then read the head: every frame after it comes
-    // through the channel (see `Hub::read_new`).
+    // through the channel (see `Hub::read_new`). The head is the
+    // database's committed one, not this replica's tailer's: a client
+    // coming from a replica further ahead (or reconnecting the instant
+    // after a commit, or right after a restart) resumes instead of
+    // reloading, and `ready` means "everything committed before you
+    // connected is behind you". Live frames at or below it are skipped,
+    // so nothing arrives twice. Read before answering: a database that
+    // cannot answer is a 503 the client backs off from, not an empty 200.
     let rx = hub.receiver();
-    let head = hub.head();
+    let (committed, pruned): (i64, i64) =
+        sqlx::query_as("SELECT seq, pruned_through FROM stream_head WHERE id = 1")
+            .fetch_one(state.0.db.reader())
+            .await?;
+    let head = committed.max(hub.head());
+    let pruned = pruned.max(hub.pruned_through());
     let filter = Filter {
         player_id: me,
         items,
@@ -122,8 +138,11 @@ async fn subscribe(
         state.clone(),
         admission,
         filter,
-        after,
-        head,
+        Start {
+            after,
+            head,
+            pruned,
+        },
         rx,
         tx,
         lifetime,
@@ -151,6 +170,14 @@ fn control(event: &str, data: &impl serde::Serialize) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
+/// Where a subscription starts: the client's resume point, and the
+/// committed head and pruning cut read when it connected.
+struct Start {
+    after: Option<i64>,
+    head: i64,
+    pruned: i64,
+}
+
 /// Feeds one subscriber's body until it ends; the body channel closing
 /// (the client went away) ends it too.
 #[allow(clippy::too_many_arguments)]
@@ -158,36 +185,28 @@ async fn run(
     state: AppState,
     mut admission: Admission,
     filter: Filter,
-    after: Option<i64>,
-    head: i64,
+    start: Start,
     mut rx: tokio::sync::broadcast::Receiver<Arc<Frame>>,
     tx: tokio::sync::mpsc::Sender<Bytes>,
     lifetime: Duration,
 ) {
     let hub = state.0.stream.clone();
-    let mut cursor = head;
-    if let Some(a) = after {
-        // Resume against the database's committed head, not this
-        // replica's tailer: a client coming from a replica further ahead
-        // (or reconnecting the instant after a commit) resumes instead of
-        // reloading, and its `ready` means "everything committed before
-        // you connected is behind you". Live frames at or below the
-        // cursor are skipped, so nothing arrives twice.
-        let committed: Result<(i64, i64), _> =
-            sqlx::query_as("SELECT seq, pruned_through FROM stream_head WHERE id = 1")
-                .fetch_one(state.0.db.reader())
-                .await;
-        let (seq, pruned) = match committed {
-            Ok(row) => row,
-            Err(e) => {
-                tracing::warn!(error = %e, "stream head read failed");
-                return;
-            }
-        };
-        cursor = seq.max(head);
-        let mut reload = !(a >= pruned.max(hub.pruned_through()) && a <= cursor);
+    let mut stop = state.0.stop.subscribe();
+    let deadline = tokio::time::sleep(lifetime);
+    tokio::pin!(deadline);
+    let mut cursor = start.head;
+    if let Some(a) = start.after {
+        let mut reload = !(a >= start.pruned && a <= cursor);
         if !reload {
-            match backfill(&state, &filter, a, cursor, &tx).await {
+            // A replaced, banned-by-shutdown or expired subscription stops
+            // reading the table too, not only sending live frames.
+            let filled = tokio::select! {
+                r = backfill(&state, &filter, a, cursor, &tx) => r,
+                _ = admission.ended.wait_for(|e| *e) => return,
+                _ = stop.wait_for(|s| *s) => return,
+                _ = &mut deadline => return,
+            };
+            match filled {
                 Ok(true) => {}
                 Ok(false) => return, // the client went away
                 Err(e) => {
@@ -220,9 +239,6 @@ async fn run(
     {
         return;
     }
-    let mut stop = state.0.stop.subscribe();
-    let deadline = tokio::time::sleep(lifetime);
-    tokio::pin!(deadline);
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.tick().await;
     loop {
@@ -232,6 +248,8 @@ async fn run(
                     // Whatever else is already waiting goes in the same
                     // write: under load, one syscall carries many events.
                     let mut out = Vec::new();
+                    // What the client will have seen if this batch is lost.
+                    let sent_through = cursor;
                     let mut next = Some(frame);
                     let mut taken = 0;
                     while let Some(frame) = next.take() {
@@ -247,7 +265,7 @@ async fn run(
                                 Ok(f) => Some(f),
                                 Err(TryRecvError::Lagged(_)) => {
                                     hub.lagged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                    let _ = tx.try_send(control("lagged", &StreamReady { head: cursor }));
+                                    let _ = tx.try_send(control("lagged", &StreamReady { head: sent_through }));
                                     return;
                                 }
                                 Err(_) => None,
@@ -282,9 +300,15 @@ async fn run(
         };
         // A body the client does not read fills this channel: then the
         // subscriber is as slow as the socket, and `Lagged` cuts it off
-        // once it can write again — or an end below, whichever is first.
+        // once it can write again — or an end below, whichever is first;
+        // a socket that takes nothing for `WRITE_STALL` is cut off too, so
+        // a stalled reader holds its queued frames for seconds, not hours.
         tokio::select! {
             sent = tx.send(out) => if sent.is_err() { return },
+            _ = tokio::time::sleep(WRITE_STALL) => {
+                hub.lagged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
             _ = admission.ended.wait_for(|e| *e) => return,
             _ = &mut deadline => return,
             _ = stop.wait_for(|s| *s) => return,

@@ -590,8 +590,27 @@ async fn the_inbox_sums_fills_per_listing_and_order_until_acknowledged(db: TestD
     let n = &r.body["notifications"];
     assert_eq!(n[0]["quantity"], 1);
     assert_ne!(n[0]["id"], id);
+    // A fill between reading and acknowledging: the acknowledgement of
+    // what was shown (1 fill) leaves the grown summary open, to be told.
+    let id = n[0]["id"].as_i64().expect("id");
+    buy(&t, &other, l, 1, 7).await;
+    let ack = |fills: i64| {
+        t.send(
+            Method::POST,
+            "/v1/me/notifications/ack",
+            Some(&seller.token),
+            None,
+            Some(json!({ "ids": [id], "fills": [fills] }).to_string()),
+        )
+    };
+    assert_eq!(ack(1).await.body["acked"], 0, "grown since it was shown");
+    let r = t.get(&seller, "/v1/me/notifications").await;
+    assert_eq!(r.body["notifications"][0]["id"], id);
+    assert_eq!(r.body["notifications"][0]["quantity"], 2);
+    assert_eq!(ack(2).await.body["acked"], 1);
     // Malformed acknowledgements are refused.
     for body in [
+        json!({"ids": [1, 2], "fills": [1]}),
         json!({"ids": "x"}),
         json!({"ids": [1], "extra": 1}),
         json!({ "ids": (0..201).collect::<Vec<i64>>() }),

@@ -46,3 +46,5 @@ CREATE INDEX notifications_by_player ON notifications (player_id, acked_at, id)
 CREATE UNIQUE INDEX notifications_open ON notifications (player_id, kind, subject_id) WHERE acked_at IS NULL
 
 CREATE INDEX notifications_by_time ON notifications (updated_at)
+
+CREATE INDEX notifications_acked ON notifications (acked_at) WHERE acked_at IS NOT NULL
