@@ -281,17 +281,7 @@ fn notifications_of_the_time_away_arrive_once_after_they_are_saved() {
         e.iter()
             .any(|e| matches!(e, SessionEvent::MarketLive { live: true, .. }))
     });
-    for _ in 0..50 {
-        seller.frame();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(
-        count(&seller.events, |e| matches!(
-            e,
-            SessionEvent::Notification { .. }
-        )),
-        0
-    );
+    assert_no_notification_within(&mut seller, 50);
 }
 
 #[test]
@@ -350,17 +340,7 @@ fn a_notification_saved_but_not_acknowledged_is_not_told_twice() {
     seller.pump_until(T, |_| {
         world.count("SELECT COUNT(*) FROM notifications WHERE acked_at IS NULL") == 0
     });
-    for _ in 0..20 {
-        seller.frame();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(
-        count(&seller.events, |e| matches!(
-            e,
-            SessionEvent::Notification { .. }
-        )),
-        0
-    );
+    assert_no_notification_within(&mut seller, 20);
 }
 
 #[test]
@@ -406,4 +386,19 @@ fn a_game_that_turns_live_off_hears_nothing_and_watching_filters() {
         .events
         .iter()
         .any(|e| matches!(e, SessionEvent::MarketChanged { .. })));
+}
+
+/// Runs `frames` frames of the player's game, 5 ms apart: nothing is told.
+fn assert_no_notification_within(player: &mut Player, frames: usize) {
+    for _ in 0..frames {
+        player.frame();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        count(&player.events, |e| matches!(
+            e,
+            SessionEvent::Notification { .. }
+        )),
+        0
+    );
 }

@@ -206,6 +206,16 @@ async fn trade(t: &TestServer, a: &Player, b: &Player, item: &str) {
     list(t, a, item, 3, 8).await;
 }
 
+/// The numbers of the table's events about `item`.
+fn events_of(all: &[(i64, Value)], item: &str) -> Vec<i64> {
+    all.iter()
+        .filter(|(_, e)| {
+            e["listing"]["item_id"] == item || e["order"]["item_id"] == item || e["item_id"] == item
+        })
+        .map(|(s, _)| *s)
+        .collect()
+}
+
 async fn events_arrive_once_in_order_across_reconnects_and_a_restart(db: TestDb) {
     let t = TestServer::start(&db).await;
     let a = t.login("stream-a").await;
@@ -250,15 +260,7 @@ async fn events_arrive_once_in_order_across_reconnects_and_a_restart(db: TestDb)
     assert_eq!(changes, ["created", "updated", "updated", "sold"]);
 
     // The subscriber of one item saw some, then drops.
-    let ore_events: Vec<i64> = all
-        .iter()
-        .filter(|(_, e)| {
-            e["listing"]["item_id"] == "ore"
-                || e["order"]["item_id"] == "ore"
-                || e["item_id"] == "ore"
-        })
-        .map(|(s, _)| *s)
-        .collect();
+    let ore_events = events_of(&all, "ore");
     let got = hopping.take(3).await;
     drop(hopping);
     let last = got[2].id.expect("id");
@@ -269,15 +271,7 @@ async fn events_arrive_once_in_order_across_reconnects_and_a_restart(db: TestDb)
     let t = TestServer::start_with(config).await;
     trade(&t, &a, &b, "ore").await;
     let all = table(&db).await;
-    let ore_events_now: Vec<i64> = all
-        .iter()
-        .filter(|(_, e)| {
-            e["listing"]["item_id"] == "ore"
-                || e["order"]["item_id"] == "ore"
-                || e["item_id"] == "ore"
-        })
-        .map(|(s, _)| *s)
-        .collect();
+    let ore_events_now = events_of(&all, "ore");
     assert!(ore_events_now.len() > ore_events.len());
     let mut resumed = Stream::open(&t, &watcher, &format!("items=ore&after={last}")).await;
     let backfill = resumed.until_ready().await;
