@@ -354,7 +354,7 @@ pub struct MarketClient {
     shared: Arc<Shared>,
     commands: tokio::sync::mpsc::UnboundedSender<Envelope>,
     events: mpsc::Receiver<Event>,
-    notices: mpsc::Receiver<StreamNotice>,
+    notices: mpsc::Receiver<(u64, StreamNotice)>,
     thread: Option<JoinHandle<()>>,
     stop: Option<tokio::sync::oneshot::Sender<Duration>>,
 }
@@ -567,12 +567,17 @@ impl MarketClient {
 
     /// Moves up to `max` stream notices into `out`; never blocks.
     pub fn poll_stream(&self, out: &mut Vec<StreamNotice>, max: usize) -> usize {
+        let current = self.shared.outlet.generation();
         let mut n = 0;
         while n < max {
             match self.notices.try_recv() {
-                Ok(notice) => {
-                    out.push(notice);
-                    n += 1;
+                Ok((generation, notice)) => {
+                    // A stream replaced by one for another player or
+                    // market: what it still sent is not this one's.
+                    if generation == current {
+                        out.push(notice);
+                        n += 1;
+                    }
                 }
                 Err(_) => break,
             }

@@ -17,7 +17,7 @@
 //!   15 s), ends the connection; an event that does not parse is skipped
 //!   (a newer server's kind) without losing the position.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -72,33 +72,48 @@ pub(super) struct Slot {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// The notice queue's sending side, shared with the task.
+/// The notice queue's sending side, shared with the task. Each notice
+/// carries the generation of the stream that sent it: a stream opened
+/// afresh (another player or market) starts a new generation, and what
+/// the old one still had queued, or sends while it is being stopped, is
+/// never handed to the game as the new player's.
 pub(super) struct Outlet {
-    tx: mpsc::SyncSender<StreamNotice>,
+    tx: mpsc::SyncSender<(u64, StreamNotice)>,
     /// Something was dropped: a `Reload` is owed before the next notice.
     dropped: AtomicBool,
+    generation: AtomicU64,
 }
 
 impl Outlet {
-    pub(super) fn new() -> (Outlet, mpsc::Receiver<StreamNotice>) {
+    pub(super) fn new() -> (Outlet, mpsc::Receiver<(u64, StreamNotice)>) {
         let (tx, rx) = mpsc::sync_channel(NOTICE_QUEUE);
         (
             Outlet {
                 tx,
                 dropped: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
             },
             rx,
         )
     }
 
-    fn send(&self, notice: StreamNotice) {
+    /// The generation whose notices count.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn send(&self, generation: u64, notice: StreamNotice) {
         if self.dropped.load(Ordering::Acquire) {
-            if self.tx.try_send(StreamNotice::Reload).is_err() {
+            if self
+                .tx
+                .try_send((generation, StreamNotice::Reload))
+                .is_err()
+            {
                 return;
             }
             self.dropped.store(false, Ordering::Release);
         }
-        if self.tx.try_send(notice).is_err() {
+        if self.tx.try_send((generation, notice)).is_err() {
             self.dropped.store(true, Ordering::Release);
         }
     }
@@ -120,9 +135,11 @@ pub(super) fn open(shared: &Arc<Shared>, options: StreamOptions, resume: bool) {
     }
     if !resume {
         shared.stream_seq.store(-1, Ordering::Release);
+        shared.outlet.generation.fetch_add(1, Ordering::AcqRel);
     }
+    let generation = shared.outlet.generation();
     let for_task = shared.clone();
-    slot.task = Some(runtime.spawn(async move { run(for_task, options).await }));
+    slot.task = Some(runtime.spawn(async move { run(for_task, options, generation).await }));
 }
 
 pub(super) fn close(slot: &Mutex<Slot>) {
@@ -139,7 +156,7 @@ enum Ended {
     Resume,
 }
 
-async fn run(shared: Arc<Shared>, options: StreamOptions) {
+async fn run(shared: Arc<Shared>, options: StreamOptions, generation: u64) {
     let mut stopping = shared.stopping.subscribe();
     let mut failures: u32 = 0;
     loop {
@@ -147,7 +164,7 @@ async fn run(shared: Arc<Shared>, options: StreamOptions) {
             return;
         }
         let result = tokio::select! {
-            r = connect(&shared, &options, &mut failures) => r,
+            r = connect(&shared, &options, &mut failures, generation) => r,
             _ = stopping.wait_for(|s| *s) => return,
         };
         let error = match result {
@@ -156,10 +173,13 @@ async fn run(shared: Arc<Shared>, options: StreamOptions) {
         };
         failures += 1;
         let retry_in = delay(failures);
-        shared.outlet.send(StreamNotice::Down {
-            error: error.clone(),
-            retry_in,
-        });
+        shared.outlet.send(
+            generation,
+            StreamNotice::Down {
+                error: error.clone(),
+                retry_in,
+            },
+        );
         if error.code == ErrorCode::Unauthorized {
             super::retry::relogin_for_stream(&shared).await;
         }
@@ -183,6 +203,7 @@ async fn connect(
     shared: &Shared,
     options: &StreamOptions,
     failures: &mut u32,
+    generation: u64,
 ) -> Result<Ended, ClientError> {
     let token = super::retry::stream_token(shared).await?;
     let config = shared.settings();
@@ -254,7 +275,9 @@ async fn connect(
                         shared.stream_seq.store(seq, Ordering::Release);
                     }
                     match serde_json::from_str::<StreamEvent>(&frame.data) {
-                        Ok(event) => shared.outlet.send(StreamNotice::Event(Box::new(event))),
+                        Ok(event) => shared
+                            .outlet
+                            .send(generation, StreamNotice::Event(Box::new(event))),
                         Err(e) => {
                             tracing::debug!(error = %e, "skipped a stream event this client does not know")
                         }
@@ -270,7 +293,7 @@ async fn connect(
                         // between opening and here goes unnoticed (even
                         // when the first connections fail before `ready`).
                         shared.stream_seq.store(head, Ordering::Release);
-                        shared.outlet.send(StreamNotice::Reload);
+                        shared.outlet.send(generation, StreamNotice::Reload);
                     } else {
                         // Everything up to the head was sent or filtered
                         // out: a client watching quiet items moves on too,
@@ -279,14 +302,14 @@ async fn connect(
                     }
                     went_live = true;
                     *failures = 0;
-                    shared.outlet.send(StreamNotice::Live { head });
+                    shared.outlet.send(generation, StreamNotice::Live { head });
                 }
                 "reload" => {
                     let Ok(reload) = serde_json::from_str::<StreamReload>(&frame.data) else {
                         return Err(bad("a reload without a head"));
                     };
                     shared.stream_seq.store(reload.head, Ordering::Release);
-                    shared.outlet.send(StreamNotice::Reload);
+                    shared.outlet.send(generation, StreamNotice::Reload);
                 }
                 "replaced" => {
                     return Err(ClientError::new(
@@ -440,13 +463,33 @@ mod tests {
     fn a_full_queue_drops_and_owes_a_reload() {
         let (outlet, rx) = Outlet::new();
         for _ in 0..NOTICE_QUEUE + 10 {
-            outlet.send(StreamNotice::Live { head: 1 });
+            outlet.send(0, StreamNotice::Live { head: 1 });
         }
         let drained: Vec<_> = rx.try_iter().collect();
         assert_eq!(drained.len(), NOTICE_QUEUE);
-        outlet.send(StreamNotice::Live { head: 2 });
-        assert_eq!(rx.try_recv().ok(), Some(StreamNotice::Reload));
-        assert_eq!(rx.try_recv().ok(), Some(StreamNotice::Live { head: 2 }));
+        outlet.send(0, StreamNotice::Live { head: 2 });
+        assert_eq!(rx.try_recv().ok(), Some((0, StreamNotice::Reload)));
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some((0, StreamNotice::Live { head: 2 }))
+        );
+    }
+
+    #[test]
+    fn notices_carry_the_generation_of_the_stream_that_sent_them() {
+        let (outlet, rx) = Outlet::new();
+        let old = outlet.generation();
+        outlet.send(old, StreamNotice::Live { head: 1 });
+        // Opened afresh for another player: a new generation.
+        outlet.generation.fetch_add(1, Ordering::AcqRel);
+        let new = outlet.generation();
+        outlet.send(new, StreamNotice::Live { head: 2 });
+        let kept: Vec<StreamNotice> = rx
+            .try_iter()
+            .filter(|(g, _)| *g == outlet.generation())
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(kept, vec![StreamNotice::Live { head: 2 }]);
     }
 
     #[test]
