@@ -49,6 +49,12 @@ impl TokenSigner {
 
     /// Returns the player id of a valid, unexpired token.
     pub fn verify(&self, token: &str, now: i64) -> Option<i64> {
+        self.verify_until(token, now)
+            .map(|(player_id, _)| player_id)
+    }
+
+    /// The player and the token's expiry (Unix seconds), if it is valid.
+    pub fn verify_until(&self, token: &str, now: i64) -> Option<(i64, i64)> {
         let (payload, sig) = token.rsplit_once('.')?;
         let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
         self.mac(payload).verify_slice(&sig).ok()?;
@@ -61,7 +67,7 @@ impl TokenSigner {
         if parts.next().is_some() || expires_at <= now {
             return None;
         }
-        Some(player_id)
+        Some((player_id, expires_at))
     }
 }
 

@@ -132,7 +132,16 @@ async fn subscribe(
         items,
         market: q.market.unwrap_or(true),
     };
-    let lifetime = Duration::from_secs(config.token_ttl_secs.max(1));
+    // The stream lives as long as the token it was opened with: a ban or a
+    // token past its time ends it, and the client logs in again.
+    let now = state.0.clock.now();
+    let expires_at = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| state.0.signer.verify_until(t.trim(), now))
+        .map_or(now + config.token_ttl_secs as i64, |(_, at)| at);
+    let lifetime = Duration::from_secs(expires_at.saturating_sub(now).max(1) as u64);
     let (tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(run(
         state.clone(),
