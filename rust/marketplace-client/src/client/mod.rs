@@ -574,7 +574,9 @@ impl MarketClient {
                 Ok((generation, notice)) => {
                     // A stream replaced by one for another player or
                     // market: what it still sent is not this one's.
-                    if generation == current {
+                    // (Generations only grow: a newer one's notices, from
+                    // a stream opened while this poll ran, are kept.)
+                    if generation >= current {
                         out.push(notice);
                         n += 1;
                     }

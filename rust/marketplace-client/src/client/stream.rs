@@ -160,7 +160,10 @@ async fn run(shared: Arc<Shared>, options: StreamOptions, generation: u64) {
     let mut stopping = shared.stopping.subscribe();
     let mut failures: u32 = 0;
     loop {
-        if *stopping.borrow() {
+        // Replaced by a stream for another player (`abort` may find this
+        // task mid-poll on another worker): it must not touch the
+        // position the new one starts from.
+        if *stopping.borrow() || shared.outlet.generation() != generation {
             return;
         }
         let result = tokio::select! {
@@ -267,6 +270,12 @@ async fn connect(
             Ok(Ok(Some(bytes))) => bytes,
         };
         for frame in parser.push(&chunk)? {
+            if shared.outlet.generation() != generation {
+                return Err(ClientError::new(
+                    ErrorCode::Offline,
+                    "The stream was replaced",
+                ));
+            }
             match frame.event.as_str() {
                 "market" => {
                     if let Some(seq) = frame.id {

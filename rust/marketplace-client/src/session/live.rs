@@ -63,7 +63,10 @@ impl TradingSession {
         if !on {
             self.client.close_stream();
             self.live.opened_for = None;
+            self.live.told_up = None;
         } else if let Some(owner) = self.client.owner() {
+            // Not after a login: the stream's first reload re-reads the
+            // inbox (what came while live was off).
             self.open_stream(owner);
         }
     }
@@ -89,6 +92,9 @@ impl TradingSession {
         self.live.watching = StreamOptions { items, own_only };
         if self.live.on {
             if let Some(owner) = self.live.opened_for.clone() {
+                // The reconnection is told (a node that attaches later and
+                // sets what it watches learns the stream's state).
+                self.live.told_up = None;
                 self.client.open_stream(self.live.watching.clone(), true);
                 self.live.opened_for = Some(owner);
             }
@@ -116,19 +122,22 @@ impl TradingSession {
         let Some(owner) = self.client.owner() else {
             return;
         };
-        if self.live.on {
-            self.open_stream(owner);
+        if self.live.on && !self.open_stream(owner) {
+            // A fresh stream's first reload comes right after this read.
+            self.live.starting = true;
         }
         let _ = self.fetch_notifications();
     }
 
-    fn open_stream(&mut self, owner: crate::state::Owner) {
+    /// Opens the stream for `owner`; true when it resumes the one before.
+    fn open_stream(&mut self, owner: crate::state::Owner) -> bool {
         let resume = self.live.opened_for.as_ref() == Some(&owner);
         if !resume {
-            self.live.starting = true;
+            self.live.told_up = None;
         }
         self.client.open_stream(self.live.watching.clone(), resume);
         self.live.opened_for = Some(owner);
+        resume
     }
 
     /// Takes up to `max` stream notices into events.

@@ -386,6 +386,23 @@ fn a_game_that_turns_live_off_hears_nothing_and_watching_filters() {
         .events
         .iter()
         .any(|e| matches!(e, SessionEvent::MarketChanged { .. })));
+
+    // What sells while live is off is told once it is on again: the
+    // stream goes live (told) and its first reload re-reads the inbox.
+    off.store.add_item("ore", 1).expect("items");
+    off.sell("ore", 1, 5).expect("sell");
+    let listing = off.wait_listed();
+    let mut buyer = Player::in_memory(&world, "filter-buyer", 100);
+    buyer.login();
+    buyer.buy(listing, 5).expect("buy");
+    buyer.settle(T);
+    assert_no_notification_within(&mut off, 20);
+    off.session().set_live(true);
+    off.pump_until(T, |e| {
+        e.iter()
+            .any(|e| matches!(e, SessionEvent::MarketLive { live: true, .. }))
+            && e.iter().any(|e| matches!(e, SessionEvent::Notification { notification } if notification.listing_id == Some(listing)))
+    });
 }
 
 /// Runs `frames` frames of the player's game, 5 ms apart: nothing is told.
