@@ -13,7 +13,8 @@ extends Node
 
 func _ready() -> void:
 	# A server address from the environment wins (the demo server may be on
-	# another port); otherwise the node's server_url from the inspector.
+	# another port); otherwise the project's `trading_marketplace/server_url`
+	# (its `.debug` override when run from the editor).
 	var url := OS.get_environment("MARKET_SERVER_URL")
 	if url != "":
 		market.server_url = url

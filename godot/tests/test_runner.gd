@@ -316,6 +316,11 @@ func check_inspector(alice: Dictionary) -> void:
 	var warnings: PackedStringArray = odd.get_setup_warnings()
 	check(warnings.size() == 2 and warnings[1].contains("http"), "a non-http server_url is warned about (%s)" % warnings)
 	odd.free()
+	# The server address comes from Project Settings, the build's feature
+	# override first: this debug run gets server_url.debug, not the base.
+	var fresh := TradingMarketplace.new()
+	check(ProjectSettings.get_setting("trading_marketplace/server_url") == "https://market.example.com" and fresh.server_url == "http://127.0.0.1:8080", "server_url defaults to the project setting's .debug override (%s)" % fresh.server_url)
+	fresh.free()
 
 
 func check_paused_tree(seller: Dictionary, alice: Dictionary) -> void:

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use godot::classes::node::ProcessMode;
-use godot::classes::{Engine, INode, Node};
+use godot::classes::{Engine, INode, Node, ProjectSettings};
 use godot::prelude::*;
 use marketplace_client::client::{duration_from_secs, ClientConfig};
 use marketplace_client::{
@@ -77,7 +77,10 @@ use crate::save_slot::{self, SlotRef};
 #[class(tool, base=Node)]
 pub struct TradingMarketplace {
     /// Base URL of the marketplace server (`http://` or `https://`).
-    /// Changing it is refused while trades wait for their answer.
+    /// Changing it is refused while trades wait for their answer. Its
+    /// default is the project setting `trading_marketplace/server_url`,
+    /// with feature-tag overrides (`server_url.debug`, `server_url.release`,
+    /// …), so debug and release builds can point at different servers.
     #[var(set = set_server_url)]
     #[export]
     server_url: GString,
@@ -145,7 +148,7 @@ impl INode for TradingMarketplace {
         base.to_init_gd().set_process_mode(ProcessMode::ALWAYS);
         let defaults = ClientConfig::default();
         TradingMarketplace {
-            server_url: defaults.server_url.as_str().into(),
+            server_url: project_server_url().unwrap_or_else(|| defaults.server_url.as_str().into()),
             player_data: None,
             max_concurrent_requests: defaults.max_concurrent_requests as i64,
             request_timeout_sec: defaults.request_timeout.as_secs_f64(),
@@ -1261,4 +1264,21 @@ impl TradingMarketplace {
             }
         }
     }
+}
+
+/// The project setting naming the marketplace server.
+pub const SERVER_URL_SETTING: &str = "trading_marketplace/server_url";
+
+/// `trading_marketplace/server_url` with its feature-tag override for this
+/// build (`.debug`, `.release`, a custom tag), if the project sets one.
+fn project_server_url() -> Option<GString> {
+    let settings = ProjectSettings::singleton();
+    if !settings.has_setting(SERVER_URL_SETTING) {
+        return None;
+    }
+    settings
+        .get_setting_with_override(SERVER_URL_SETTING)
+        .try_to::<GString>()
+        .ok()
+        .filter(|url| !url.is_empty())
 }
