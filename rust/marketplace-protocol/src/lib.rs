@@ -906,6 +906,21 @@ pub struct ErrorBody {
 
 /// Checks an item id, device id or idempotency key: 1..=[`MAX_ID_LEN`] bytes of
 /// ASCII letters, digits, `_`, `-`, `.` or `:`.
+/// An item search text, trimmed: 1 to [`MAX_SEARCH_CHARS`] printable
+/// characters (both sides check it alike).
+pub fn check_search(text: &str) -> Result<&str, String> {
+    let text = text.trim();
+    if text.is_empty()
+        || text.chars().count() > MAX_SEARCH_CHARS
+        || text.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "search is 1 to {MAX_SEARCH_CHARS} printable characters"
+        ));
+    }
+    Ok(text)
+}
+
 pub fn check_id(what: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!("{what} must not be empty"));

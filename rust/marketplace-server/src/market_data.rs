@@ -21,7 +21,6 @@ use axum::routing::get;
 use axum::Router;
 use marketplace_protocol::{
     check_id, Candle, Depth, DepthLevel, ItemMatch, ItemSearch, MarketSummary, PriceHistory,
-    MAX_SEARCH_CHARS,
 };
 use serde::Deserialize;
 use sqlx::Row;
@@ -99,19 +98,11 @@ pub fn router() -> Router<AppState> {
 /// The most items one search answers with.
 pub const MAX_SEARCH_RESULTS: usize = 100;
 
-/// The search text of `?search=`: trimmed, 1 to [`MAX_SEARCH_CHARS`]
-/// printable characters.
+/// The search text of `?search=`, trimmed and checked.
 pub(crate) fn search_text(text: &str) -> Result<String, AppError> {
-    let text = text.trim();
-    if text.is_empty()
-        || text.chars().count() > MAX_SEARCH_CHARS
-        || text.chars().any(char::is_control)
-    {
-        return Err(AppError::InvalidRequest(format!(
-            "search is 1 to {MAX_SEARCH_CHARS} printable characters"
-        )));
-    }
-    Ok(text.to_string())
+    marketplace_protocol::check_search(text)
+        .map(str::to_string)
+        .map_err(AppError::InvalidRequest)
 }
 
 #[derive(Deserialize)]

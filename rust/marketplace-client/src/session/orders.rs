@@ -129,16 +129,7 @@ impl TradingSession {
     /// Items whose id starts with `text` or whose catalog name holds it,
     /// best first, at most `limit` (1–100): a shop's search box.
     pub fn search_items(&mut self, text: &str, limit: u32) -> Result<RequestId, ClientError> {
-        let text = text.trim();
-        if text.is_empty()
-            || text.chars().count() > marketplace_protocol::MAX_SEARCH_CHARS
-            || text.chars().any(char::is_control)
-        {
-            return Err(invalid(format!(
-                "search is 1 to {} printable characters",
-                marketplace_protocol::MAX_SEARCH_CHARS
-            )));
-        }
+        let text = marketplace_protocol::check_search(text).map_err(invalid)?;
         if !(1..=100).contains(&limit) {
             return Err(invalid("limit must be between 1 and 100"));
         }
