@@ -256,12 +256,7 @@ impl Hub {
         // Start at the present: never hand out the kept history as if it
         // were new (subscribers would skip it, but it would fill the ring).
         loop {
-            match sqlx::query_as::<_, (i64, i64)>(
-                "SELECT seq, pruned_through FROM stream_head WHERE id = 1",
-            )
-            .fetch_one(db.reader())
-            .await
-            {
+            match read_head(&db).await {
                 Ok((seq, pruned)) => {
                     self.head.fetch_max(seq, Ordering::AcqRel);
                     self.pruned_through.fetch_max(pruned, Ordering::AcqRel);
@@ -288,10 +283,7 @@ impl Hub {
 
     async fn read_new(&self, db: &Db) -> Result<(), sqlx::Error> {
         loop {
-            let (seq, pruned): (i64, i64) =
-                sqlx::query_as("SELECT seq, pruned_through FROM stream_head WHERE id = 1")
-                    .fetch_one(db.reader())
-                    .await?;
+            let (seq, pruned) = read_head(db).await?;
             self.pruned_through.fetch_max(pruned, Ordering::AcqRel);
             let head = self.head();
             if seq <= head {
@@ -319,6 +311,13 @@ impl Hub {
             }
         }
     }
+}
+
+/// The database's committed head and pruning cut: `(seq, pruned_through)`.
+pub(super) async fn read_head(db: &Db) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as("SELECT seq, pruned_through FROM stream_head WHERE id = 1")
+        .fetch_one(db.reader())
+        .await
 }
 
 /// An admitted subscription; dropping it frees its place.

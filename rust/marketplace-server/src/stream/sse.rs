@@ -121,10 +121,7 @@ async fn subscribe(
     // so nothing arrives twice. Read before answering: a database that
     // cannot answer is a 503 the client backs off from, not an empty 200.
     let rx = hub.receiver();
-    let (committed, pruned): (i64, i64) =
-        sqlx::query_as("SELECT seq, pruned_through FROM stream_head WHERE id = 1")
-            .fetch_one(state.0.db.reader())
-            .await?;
+    let (committed, pruned) = super::hub::read_head(&state.0.db).await?;
     let head = committed.max(hub.head());
     let pruned = pruned.max(hub.pruned_through());
     let filter = Filter {
@@ -226,11 +223,10 @@ async fn run(
             // Pruned before or while we read (by any replica)? Then what
             // was read may have holes. The pruner announces its cut
             // before deleting, so the database's word is final.
-            let pruned: Result<(i64,), _> =
-                sqlx::query_as("SELECT pruned_through FROM stream_head WHERE id = 1")
-                    .fetch_one(state.0.db.reader())
-                    .await;
-            reload = pruned.map(|(p,)| p > a).unwrap_or(true);
+            reload = super::hub::read_head(&state.0.db)
+                .await
+                .map(|(_, pruned)| pruned > a)
+                .unwrap_or(true);
         }
         if reload
             && tx
