@@ -563,6 +563,18 @@ async fn the_inbox_sums_fills_per_listing_and_order_until_acknowledged(db: TestD
     // Acknowledged: gone; acknowledging again changes nothing; a later
     // fill starts a new summary.
     let id = r.body["notifications"][0]["id"].as_i64().expect("id");
+    // A modified client acknowledging another player's notification
+    // closes nothing.
+    let r = t
+        .send(
+            Method::POST,
+            "/v1/me/notifications/ack",
+            Some(&buyer.token),
+            None,
+            Some(json!({ "ids": [id] }).to_string()),
+        )
+        .await;
+    assert_eq!(r.body["acked"], 0, "{}", r.text);
     for expected in [1, 0] {
         let r = t
             .send(
