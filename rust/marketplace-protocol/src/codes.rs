@@ -40,6 +40,8 @@ use std::fmt;
 /// | `listing_expired` | 409 | server: the listing's time ran out (its escrow went back to the seller) | yes |
 /// | `order_closed` | 409 | server: the buy order is filled, cancelled or expired | yes |
 /// | `save_restoring` | – | client: the save was restored from its backup; new trades wait until the market has told it what it lost | yes (nothing sent) |
+/// | `identity_refused` | 401 | server: the identity token failed a check (signature, issuer, audience, expiry, key); get a fresh token | yes |
+/// | `identity_linked` | 409 | server: the identity belongs to another player, or this player already has one from that provider | yes |
 /// | `wrong_server` | 421 | server: the request was bound to another server or player (`X-Market-Server`, `X-Market-Player`); client: a journaled trade waits while the game points at another server or player | no (it goes once the game points back) |
 ///
 /// *Definitive* means the server decided and will decide the same on a retry:
@@ -82,11 +84,13 @@ pub enum ErrorCode {
     ListingExpired,
     OrderClosed,
     SaveRestoring,
+    IdentityRefused,
+    IdentityLinked,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 36] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -121,6 +125,8 @@ impl ErrorCode {
         ErrorCode::ListingExpired,
         ErrorCode::OrderClosed,
         ErrorCode::SaveRestoring,
+        ErrorCode::IdentityRefused,
+        ErrorCode::IdentityLinked,
     ];
 
     /// The stable string GDScript matches on.
@@ -160,6 +166,8 @@ impl ErrorCode {
             ErrorCode::ListingExpired => "listing_expired",
             ErrorCode::OrderClosed => "order_closed",
             ErrorCode::SaveRestoring => "save_restoring",
+            ErrorCode::IdentityRefused => "identity_refused",
+            ErrorCode::IdentityLinked => "identity_linked",
         }
     }
 
@@ -171,7 +179,7 @@ impl ErrorCode {
     pub fn http_status(self) -> Option<u16> {
         Some(match self {
             ErrorCode::InvalidRequest | ErrorCode::UnknownItem => 400,
-            ErrorCode::Unauthorized => 401,
+            ErrorCode::Unauthorized | ErrorCode::IdentityRefused => 401,
             ErrorCode::Forbidden
             | ErrorCode::OwnListing
             | ErrorCode::DepositLimit
@@ -187,7 +195,8 @@ impl ErrorCode {
             | ErrorCode::InsufficientItems
             | ErrorCode::QuantityUnavailable
             | ErrorCode::ListingExpired
-            | ErrorCode::OrderClosed => 409,
+            | ErrorCode::OrderClosed
+            | ErrorCode::IdentityLinked => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::WrongServer => 421,
             ErrorCode::RateLimited => 429,
@@ -233,7 +242,9 @@ impl ErrorCode {
             | ErrorCode::QuantityUnavailable
             | ErrorCode::ListingExpired
             | ErrorCode::OrderClosed
-            | ErrorCode::SaveRestoring => true,
+            | ErrorCode::SaveRestoring
+            | ErrorCode::IdentityRefused
+            | ErrorCode::IdentityLinked => true,
             ErrorCode::Unauthorized
             | ErrorCode::RequestInProgress
             | ErrorCode::RateLimited

@@ -203,12 +203,44 @@ pub struct Transfer {
     pub account: Option<Account>,
 }
 
-/// `POST /v1/sessions`
+/// `POST /v1/sessions`: log in by device id, or by an identity token of
+/// one of the market's identity providers (exactly one of the two).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRequest {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub device_id: String,
     pub name: String,
+    /// A JWT from the game's identity provider (see the README's "Player
+    /// identity"); the player is its `(provider, subject)` for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_token: Option<String>,
+}
+
+/// `POST /v1/me/identities`: link the identity this token proves to the
+/// logged-in player (whose session proves the device).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkIdentityRequest {
+    pub identity_token: String,
+}
+
+/// One provider identity of a player.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedIdentity {
+    pub provider: String,
+    pub subject: String,
+    pub linked_at: i64,
+}
+
+/// Answer of `GET`/`POST /v1/me/identities` and `DELETE …/{provider}`: the
+/// player's ways in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identities {
+    pub identities: Vec<LinkedIdentity>,
+    /// Whether a device id logs this player in (false for a player a token
+    /// login made).
+    pub device: bool,
 }
 
 /// Answer of `POST /v1/sessions`.

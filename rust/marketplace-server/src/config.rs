@@ -202,6 +202,16 @@ pub struct Config {
     #[arg(long, env = "MARKET_STREAM_RETENTION_SECS", default_value_t = 3_600)]
     pub stream_retention_secs: u64,
 
+    /// A JSON file of identity providers whose tokens log players in (see
+    /// the README's "Player identity"); none by default.
+    #[arg(long, env = "MARKET_IDENTITY_PROVIDERS")]
+    pub identity_providers: Option<std::path::PathBuf>,
+
+    /// Whether a device id alone logs a player in (the embedded quick
+    /// start's way). Turn it off when every player has a provider identity.
+    #[arg(long, env = "MARKET_DEVICE_LOGINS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub device_logins: bool,
+
     /// How long a notification nobody acknowledged is kept.
     #[arg(long, env = "MARKET_NOTIFICATION_RETENTION_DAYS", default_value_t = 30)]
     pub notification_retention_days: u64,
@@ -257,6 +267,8 @@ impl Config {
             stream_buffer: 4096,
             stream_retention_secs: 3_600,
             notification_retention_days: 30,
+            identity_providers: None,
+            device_logins: true,
         }
     }
 
@@ -285,6 +297,14 @@ impl Config {
                 order_max: self.order_max_duration_secs,
             },
         })
+    }
+
+    /// The identity providers `--identity-providers` names (none without it).
+    pub fn identity_providers(&self) -> Result<crate::identity::Providers, String> {
+        match &self.identity_providers {
+            Some(path) => crate::identity::Providers::load(path),
+            None => Ok(crate::identity::Providers::default()),
+        }
     }
 
     fn fees(&self) -> crate::economy::Fees {

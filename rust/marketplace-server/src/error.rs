@@ -68,6 +68,10 @@ pub enum AppError {
     ListingExpired,
     #[error("This order is no longer active")]
     OrderClosed,
+    #[error("{0}")]
+    IdentityRefused(&'static str),
+    #[error("{0}")]
+    IdentityLinked(&'static str),
     #[error("The server is busy; retry shortly")]
     Unavailable,
     #[error("Internal server error")]
@@ -99,6 +103,8 @@ impl AppError {
             AppError::QuantityUnavailable { .. } => ErrorCode::QuantityUnavailable,
             AppError::ListingExpired => ErrorCode::ListingExpired,
             AppError::OrderClosed => ErrorCode::OrderClosed,
+            AppError::IdentityRefused(_) => ErrorCode::IdentityRefused,
+            AppError::IdentityLinked(_) => ErrorCode::IdentityLinked,
             AppError::Unavailable => ErrorCode::Unavailable,
             AppError::Internal(_) => ErrorCode::Internal,
         }
@@ -132,7 +138,9 @@ impl AppError {
             | AppError::UnknownItem
             | AppError::QuantityUnavailable { .. }
             | AppError::ListingExpired
-            | AppError::OrderClosed => Disposition::Refusal,
+            | AppError::OrderClosed
+            | AppError::IdentityRefused(_)
+            | AppError::IdentityLinked(_) => Disposition::Refusal,
             AppError::Unauthorized
             | AppError::RequestInProgress
             | AppError::RateLimited { .. }
@@ -290,6 +298,8 @@ mod tests {
             AppError::QuantityUnavailable { available: 1 },
             AppError::ListingExpired,
             AppError::OrderClosed,
+            AppError::IdentityRefused("x"),
+            AppError::IdentityLinked("x"),
             AppError::Unavailable,
             AppError::Internal("x".into()),
         ];
@@ -317,6 +327,8 @@ mod tests {
                 | AppError::QuantityUnavailable { .. }
                 | AppError::ListingExpired
                 | AppError::OrderClosed
+                | AppError::IdentityRefused(_)
+                | AppError::IdentityLinked(_)
                 | AppError::Unavailable
                 | AppError::Internal(_) => {}
             }

@@ -17,6 +17,7 @@
 //! - [`routes`]: HTTP handlers, extractors (token, key, JSON) and middleware.
 //! - [`error`]: the one error type that becomes every error answer.
 //! - [`serve`]: the connection loop (connection cap, header and request timeouts).
+//! - [`identity`], `players`: who a player is (device ids, the game's identity providers, linking).
 //! - [`auth`], [`rate_limit`], [`net`], [`metrics`]: the supporting cast.
 //!
 //! # Running in-process
@@ -46,6 +47,7 @@ mod economy;
 mod error;
 mod extract;
 mod idempotency;
+pub mod identity;
 mod market;
 mod market_data;
 mod metrics;
@@ -76,6 +78,8 @@ pub(crate) struct Inner {
     pub(crate) market_cache: market_data::Cache,
     pub(crate) policy: Arc<economy::Policy>,
     pub(crate) bans: admin::Bans,
+    /// The game's identity providers (`--identity-providers`).
+    pub(crate) identities: identity::Providers,
     pub(crate) clock: Arc<Clock>,
     pub(crate) db: Db,
     pub(crate) signer: auth::TokenSigner,
@@ -154,6 +158,10 @@ impl BoundServer {
     pub async fn bind(config: Config) -> Result<BoundServer, StartError> {
         config.validate().map_err(StartError::Config)?;
         let policy = Arc::new(config.policy().map_err(StartError::Config)?);
+        let identities = config.identity_providers().map_err(StartError::Config)?;
+        if !identities.is_empty() {
+            tracing::info!(providers = ?identities.names(), "identity tokens accepted");
+        }
         let db = Db::connect(&config).await?;
         let bans = admin::Bans::load(&db).await?;
         let secret = match &config.token_secret {
@@ -178,6 +186,7 @@ impl BoundServer {
             )),
             policy,
             bans,
+            identities,
             limiter: rate_limit::RateLimiter::new(
                 config.rate_limit_per_sec,
                 config.rate_limit_burst,

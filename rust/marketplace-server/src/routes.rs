@@ -9,7 +9,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Query, Request, 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use marketplace_protocol::{
     check_id, check_name, check_positive, AccountEnvelope, CreateListingRequest, ListingPage,
@@ -46,6 +46,8 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/me/deposits", post(deposit))
         .route("/v1/me/withdrawals", post(withdraw))
         .route("/v1/sales/{id}/claim", post(claim))
+        .route("/v1/me/identities", get(my_identities).post(link_identity))
+        .route("/v1/me/identities/{provider}", delete(unlink_identity))
         .merge(crate::order_routes::router())
         .merge(crate::market_data::router())
         .merge(crate::stream::router())
@@ -182,18 +184,45 @@ async fn create_session(
             Instant::now(),
         )
         .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
-    check_id("device_id", &req.device_id).map_err(AppError::InvalidRequest)?;
     check_name(&req.name).map_err(AppError::InvalidRequest)?;
     let now = state.0.clock.now();
-    let player_id = crate::players::log_in_device(
-        &state.0.db,
-        &req.device_id,
-        &req.name,
-        now,
-        &request_id,
-        |player| state.0.bans.contains(player),
-    )
-    .await?;
+    let banned = |player| state.0.bans.contains(player);
+    let player_id = match (&req.identity_token, req.device_id.is_empty()) {
+        (Some(token), true) => {
+            let identity = state.0.identities.verify(token).await?;
+            crate::players::log_in_identity(
+                &state.0.db,
+                &identity,
+                &req.name,
+                now,
+                &request_id,
+                banned,
+            )
+            .await?
+        }
+        (None, false) => {
+            if !state.0.config.device_logins {
+                return Err(AppError::Forbidden(
+                    "This market logs players in by identity token only",
+                ));
+            }
+            check_id("device_id", &req.device_id).map_err(AppError::InvalidRequest)?;
+            crate::players::log_in_device(
+                &state.0.db,
+                &req.device_id,
+                &req.name,
+                now,
+                &request_id,
+                banned,
+            )
+            .await?
+        }
+        _ => {
+            return Err(AppError::InvalidRequest(
+                "Give either device_id or identity_token".into(),
+            ))
+        }
+    };
     let expires_at = now.saturating_add(state.0.config.token_ttl_secs as i64);
     Answer::json(
         StatusCode::OK,
@@ -206,6 +235,42 @@ async fn create_session(
             server_id: state.0.server_id.clone(),
         },
     )
+}
+
+/// The player's ways in (provider identities; whether a device id works).
+async fn my_identities(
+    State(state): State<AppState>,
+    AuthPlayer(player_id): AuthPlayer,
+) -> Result<Answer, AppError> {
+    let identities = crate::players::identities(&state.0.db, player_id).await?;
+    Answer::json(StatusCode::OK, &identities)
+}
+
+/// Links the identity a token proves to the logged-in player: the session
+/// proves the device, the token the identity.
+async fn link_identity(
+    State(state): State<AppState>,
+    AuthPlayer(player_id): AuthPlayer,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    ApiJson(req): ApiJson<marketplace_protocol::LinkIdentityRequest>,
+) -> Result<Answer, AppError> {
+    let identity = state.0.identities.verify(&req.identity_token).await?;
+    let now = state.0.clock.now();
+    let identities =
+        crate::players::link(&state.0.db, player_id, &identity, now, &request_id).await?;
+    Answer::json(StatusCode::OK, &identities)
+}
+
+async fn unlink_identity(
+    State(state): State<AppState>,
+    AuthPlayer(player_id): AuthPlayer,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    axum::extract::Path(provider): axum::extract::Path<String>,
+) -> Result<Answer, AppError> {
+    let now = state.0.clock.now();
+    let identities =
+        crate::players::unlink(&state.0.db, player_id, &provider, now, &request_id).await?;
+    Answer::json(StatusCode::OK, &identities)
 }
 
 #[derive(Deserialize)]

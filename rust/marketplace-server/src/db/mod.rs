@@ -143,6 +143,13 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0009_stream.postgres.sql"),
         step: None,
     },
+    Migration {
+        version: 10,
+        name: "identities",
+        sqlite: include_str!("migrations/0010_identities.sqlite.sql"),
+        postgres: include_str!("migrations/0010_identities.postgres.sql"),
+        step: None,
+    },
 ];
 
 /// Arbitrary constant: the PostgreSQL advisory lock that serialises migrations

@@ -355,7 +355,7 @@ async fn the_catalog_refuses_unknown_items_and_out_of_range_listings(db: TestDb)
     check_books(&db).await;
 }
 
-const ADMIN: &str = "test-admin-key-test-admin-key-test-admin";
+pub const ADMIN: &str = "test-admin-key-test-admin-key-test-admin";
 
 async fn admin(
     t: &TestServer,

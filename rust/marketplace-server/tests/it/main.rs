@@ -11,6 +11,7 @@ mod books;
 mod concurrency;
 mod forever;
 mod hardening;
+mod identity;
 mod market_data;
 mod migrations;
 mod orders;
