@@ -29,10 +29,9 @@ const PURCHASES: usize = 200;
 
 fn login(client: &MarketClient, device: &str) {
     client
-        .submit(Command::Login {
-            device_id: device.into(),
-            name: device.into(),
-        })
+        .submit(Command::Login(
+            marketplace_client::client::Credentials::device(device, device),
+        ))
         .expect("login");
     wait_all(client, 1);
 }

@@ -20,6 +20,7 @@ pub mod client;
 pub mod error;
 pub mod paths;
 pub mod persist;
+pub mod recovery;
 pub mod session;
 pub mod state;
 pub mod store;

@@ -181,10 +181,9 @@ impl StreamWatcher {
             marketplace_client::MarketClient::start(config.clone()).map_err(|e| e.to_string())?;
         client.set_credentials(device, "watcher");
         client
-            .submit(marketplace_client::Command::Login {
-                device_id: device.to_string(),
-                name: "watcher".into(),
-            })
+            .submit(marketplace_client::Command::Login(
+                marketplace_client::client::Credentials::device(device, "watcher"),
+            ))
             .map_err(|e| e.to_string())?;
         client.open_stream(Default::default(), false);
         Ok(StreamWatcher {

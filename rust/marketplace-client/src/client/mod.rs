@@ -162,13 +162,74 @@ pub struct BrowseQuery {
     pub limit: Option<u32>,
 }
 
+/// Who to log in as: the save's device, or — when `identity_token` is
+/// set — the player of an identity of the game's own identity provider
+/// (the README's "Player identity"; the device is then not sent).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub device_id: String,
+    pub name: String,
+    pub identity_token: Option<String>,
+}
+
+impl Credentials {
+    pub fn device(device_id: &str, name: &str) -> Credentials {
+        Credentials {
+            device_id: device_id.to_string(),
+            name: name.to_string(),
+            identity_token: None,
+        }
+    }
+
+    /// Whether `other` names the same player: the same device, or tokens
+    /// of the same issuer and subject (a fresh token of one identity is
+    /// not another player).
+    pub fn same_player(&self, other: &Credentials) -> bool {
+        match (&self.identity_token, &other.identity_token) {
+            (None, None) => self.device_id == other.device_id,
+            (Some(a), Some(b)) => {
+                a == b || token_subject(a).is_some_and(|s| Some(s) == token_subject(b))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Never prints a token.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("device_id", &self.device_id)
+            .field("name", &self.name)
+            .field(
+                "identity_token",
+                &self.identity_token.as_ref().map(|_| ".."),
+            )
+            .finish()
+    }
+}
+
+/// The `iss` and `sub` of a JWT, read without checking it (only to tell
+/// one identity from another; the server checks the token).
+fn token_subject(token: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        iss: Option<String>,
+        sub: Option<String>,
+    }
+    let claims: Claims = serde_json::from_slice(&json).ok()?;
+    Some((claims.iss?, claims.sub?))
+}
+
 /// Everything the marketplace API offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Login {
-        device_id: String,
-        name: String,
-    },
+    Login(Credentials),
     Browse(BrowseQuery),
     GetListing {
         listing_id: i64,
@@ -232,6 +293,17 @@ pub enum Command {
         /// Each notification's id and the `fills` the game was shown.
         acks: Vec<(i64, i64)>,
     },
+    /// The player's ways in (`GET /v1/me/identities`).
+    Identities,
+    /// Links the identity a token proves to the logged-in player (linking
+    /// what is already the player's changes nothing: no key needed).
+    LinkIdentity {
+        identity_token: String,
+    },
+    /// Removes the player's identity of a provider.
+    UnlinkIdentity {
+        provider: String,
+    },
     /// A change of the market: carries an idempotency key and is retried
     /// until a definitive answer.
     Change(MarketChange),
@@ -274,6 +346,7 @@ pub enum Reply {
     FeeQuote(marketplace_protocol::FeeQuote),
     MarketSummary(marketplace_protocol::MarketSummary),
     Items(marketplace_protocol::ItemSearch),
+    Identities(marketplace_protocol::Identities),
     Depth(marketplace_protocol::Depth),
     PriceHistory(marketplace_protocol::PriceHistory),
     Notifications(marketplace_protocol::NotificationsPage),
@@ -343,7 +416,7 @@ struct SessionState {
     token: Option<String>,
     /// Who the token is for: the market that issued it and the player.
     owner: Option<Owner>,
-    credentials: Option<(String, String)>,
+    credentials: Option<Credentials>,
     /// Bumped on every new token, so concurrent 401s log in again once.
     epoch: u64,
 }
@@ -647,14 +720,40 @@ impl MarketClient {
     /// themselves (after a restart, or when a token expires).
     /// A different device id is a different player: its token is forgotten.
     pub fn set_credentials(&self, device_id: &str, name: &str) {
+        self.remember(Credentials::device(device_id, name));
+    }
+
+    /// Remembers credentials; another player's forget the token.
+    pub fn remember(&self, credentials: Credentials) {
         if let Ok(mut s) = self.shared.session.lock() {
-            if s.credentials.as_ref().is_some_and(|(d, _)| d != device_id) {
+            if s.credentials
+                .as_ref()
+                .is_some_and(|c| !c.same_player(&credentials))
+            {
                 s.token = None;
                 s.owner = None;
                 s.epoch += 1;
             }
-            s.credentials = Some((device_id.to_string(), name.to_string()));
+            s.credentials = Some(credentials);
         }
+    }
+
+    /// Who the client logs in as by itself, if anyone.
+    pub fn credentials(&self) -> Option<Credentials> {
+        self.shared
+            .session
+            .lock()
+            .ok()
+            .and_then(|s| s.credentials.clone())
+    }
+
+    /// True when the remembered credentials are an identity token's.
+    pub fn logs_in_by_token(&self) -> bool {
+        self.shared.session.lock().ok().is_some_and(|s| {
+            s.credentials
+                .as_ref()
+                .is_some_and(|c| c.identity_token.is_some())
+        })
     }
 
     /// True once a login succeeded (the token may still expire; requests

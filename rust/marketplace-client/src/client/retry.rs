@@ -10,8 +10,8 @@ use marketplace_protocol::{ErrorCode, Session};
 
 use super::wire::exchange;
 use super::{
-    poisoned, shutting_down, ClientConfig, Command, Envelope, Event, EventKind, Reply, RequestId,
-    Shared,
+    poisoned, shutting_down, ClientConfig, Command, Credentials, Envelope, Event, EventKind, Reply,
+    RequestId, Shared,
 };
 use crate::error::ClientError;
 use crate::state::Owner;
@@ -68,10 +68,10 @@ pub(super) async fn attempts(shared: &Shared, envelope: &Envelope) -> EventKind 
         let token = token.ok().flatten();
         let error = match result {
             Ok((reply, sent_to)) => {
-                if let (Reply::LoggedIn(session), Command::Login { device_id, name }) =
+                if let (Reply::LoggedIn(session), Command::Login(credentials)) =
                     (&reply, &envelope.command)
                 {
-                    remember_session(shared, session, device_id, name, &sent_to);
+                    remember_session(shared, session, credentials, &sent_to);
                 }
                 return EventKind::Done(reply);
             }
@@ -221,16 +221,12 @@ async fn bearer(
 /// (`set_config` while it was on the way): its token and its market are
 /// not the ones the game points at, and a trade bound to them would be
 /// bound to the wrong market.
-fn remember_session(
-    shared: &Shared,
-    session: &Session,
-    device_id: &str,
-    name: &str,
-    sent_to: &str,
-) {
+fn remember_session(shared: &Shared, session: &Session, credentials: &Credentials, sent_to: &str) {
     if let Ok(mut s) = shared.session.lock() {
-        let current = s.credentials.as_ref().map(|(d, _)| d.as_str());
-        if current.is_some_and(|d| d != device_id) {
+        if s.credentials
+            .as_ref()
+            .is_some_and(|c| !c.same_player(credentials))
+        {
             return;
         }
         if shared.settings().server_url != sent_to {
@@ -238,7 +234,7 @@ fn remember_session(
         }
         s.token = Some(session.token.clone());
         s.owner = Some(owner_of(session, sent_to));
-        s.credentials = Some((device_id.to_string(), name.to_string()));
+        s.credentials = Some(credentials.clone());
         s.epoch += 1;
     }
     shared.logged_in.notify_waiters();
@@ -279,7 +275,7 @@ async fn relogin(shared: &Shared, stale: Option<&str>) -> Result<(), ClientError
         }
         s.credentials.clone()
     };
-    let Some((device_id, name)) = credentials else {
+    let Some(credentials) = credentials else {
         return Err(ClientError::new(
             ErrorCode::NotLoggedIn,
             "Log in to the marketplace first",
@@ -287,10 +283,7 @@ async fn relogin(shared: &Shared, stale: Option<&str>) -> Result<(), ClientError
     };
     let login = Envelope {
         id: RequestId(0),
-        command: Command::Login {
-            device_id: device_id.clone(),
-            name: name.clone(),
-        },
+        command: Command::Login(credentials.clone()),
         key: None,
         owner: None,
     };
@@ -298,7 +291,7 @@ async fn relogin(shared: &Shared, stale: Option<&str>) -> Result<(), ClientError
     let sent_to = shared.settings().server_url;
     match exchange(shared, &login, None).await? {
         Reply::LoggedIn(session) => {
-            remember_session(shared, &session, &device_id, &name, &sent_to);
+            remember_session(shared, &session, &credentials, &sent_to);
             Ok(())
         }
         _ => Err(ClientError::new(

@@ -42,12 +42,17 @@ fn json<T: serde::Serialize>(value: &T) -> Option<serde_json::Value> {
 pub(crate) fn request_of(command: &Command) -> WireRequest {
     let mut query: Vec<(&'static str, String)> = Vec::new();
     let (method, path, body) = match command {
-        Command::Login { device_id, name } => (
+        Command::Login(c) => (
             Method::POST,
             "/v1/sessions".to_string(),
             json(&SessionRequest {
-                device_id: device_id.clone(),
-                name: name.clone(),
+                device_id: if c.identity_token.is_some() {
+                    String::new()
+                } else {
+                    c.device_id.clone()
+                },
+                name: c.name.clone(),
+                identity_token: c.identity_token.clone(),
             }),
         ),
         Command::Browse(q) => {
@@ -163,6 +168,19 @@ pub(crate) fn request_of(command: &Command) -> WireRequest {
         Command::MarketSummary { item_id } => {
             (Method::GET, format!("/v1/market/{item_id}/summary"), None)
         }
+        Command::Identities => (Method::GET, "/v1/me/identities".to_string(), None),
+        Command::LinkIdentity { identity_token } => (
+            Method::POST,
+            "/v1/me/identities".to_string(),
+            json(&marketplace_protocol::LinkIdentityRequest {
+                identity_token: identity_token.clone(),
+            }),
+        ),
+        Command::UnlinkIdentity { provider } => (
+            Method::DELETE,
+            format!("/v1/me/identities/{provider}"),
+            None,
+        ),
         Command::SearchItems { search, limit } => {
             query.push(("search", search.clone()));
             query.push(("limit", limit.to_string()));
@@ -574,6 +592,18 @@ fn parse_success(command: &Command, bytes: &[u8]) -> Result<Reply, ClientError> 
             }
             Ok(Reply::MarketSummary(summary))
         }
+        Command::Identities | Command::LinkIdentity { .. } | Command::UnlinkIdentity { .. } => {
+            let identities: marketplace_protocol::Identities = decode(bytes)?;
+            let sane = identities.identities.len() <= 64
+                && identities
+                    .identities
+                    .iter()
+                    .all(|i| i.provider.len() <= 32 && i.subject.chars().count() <= 255);
+            if !sane {
+                return Err(bad_response("identities out of bounds"));
+            }
+            Ok(Reply::Identities(identities))
+        }
         Command::SearchItems { limit, .. } => {
             let found: marketplace_protocol::ItemSearch = decode(bytes)?;
             let sane = found.items.len() <= *limit as usize
@@ -796,14 +826,22 @@ mod tests {
         use serde_json::json;
         let table: Vec<Row> = vec![
             (
-                Command::Login {
-                    device_id: "d".into(),
-                    name: "Ann".into(),
-                },
+                Command::Login(crate::client::Credentials::device("d", "Ann")),
                 Method::POST,
                 "/v1/sessions",
                 vec![],
                 Some(json!({"device_id": "d", "name": "Ann"})),
+            ),
+            (
+                Command::Login(crate::client::Credentials {
+                    device_id: "d".into(),
+                    name: "Ann".into(),
+                    identity_token: Some("a.b.c".into()),
+                }),
+                Method::POST,
+                "/v1/sessions",
+                vec![],
+                Some(json!({"identity_token": "a.b.c", "name": "Ann"})),
             ),
             (
                 Command::Browse(BrowseQuery {

@@ -145,6 +145,12 @@ impl TradingSession {
                     summary,
                 });
             }
+            (Tracked::Identities, EventKind::Done(Reply::Identities(identities))) => {
+                self.ready.push_back(SessionEvent::IdentitiesListed {
+                    request_id,
+                    identities,
+                });
+            }
             (Tracked::MarketData, EventKind::Done(Reply::Items(found))) => {
                 self.ready.push_back(SessionEvent::ItemsFound {
                     request_id,

@@ -195,6 +195,11 @@ pub enum SessionEvent {
         items: Vec<marketplace_protocol::ItemMatch>,
         catalog: bool,
     },
+    /// The player's ways in, after listing, linking or unlinking.
+    IdentitiesListed {
+        request_id: RequestId,
+        identities: marketplace_protocol::Identities,
+    },
     DepthListed {
         request_id: RequestId,
         depth: marketplace_protocol::Depth,
@@ -294,6 +299,8 @@ enum Tracked {
     FeeQuote,
     /// Market data: the reply is reported as it comes.
     MarketData,
+    /// The player's identities (list, link, unlink).
+    Identities,
     /// A page of the inbox (`first`: the login's first).
     Inbox {
         first: bool,
@@ -549,16 +556,87 @@ impl TradingSession {
         Ok(())
     }
 
+    /// Logs in as the player of an identity of the game's identity provider
+    /// (the token is a JWT the game got from it; see the README's "Player
+    /// identity"). The device id stays in the save for the day the game
+    /// logs in by device again; the name, if given, is saved. The token is
+    /// kept in memory only, to log in again while it is valid: a game that
+    /// gets `unauthorized` or `identity_refused` later logs in with a
+    /// fresh token. Trades already journaled stay their own player's: they
+    /// go when the game is that player again (a token login as another
+    /// player parks them, it never sends them as someone else).
+    pub fn login_with_token(
+        &mut self,
+        store: &mut PlayerStore,
+        identity_token: &str,
+        name: &str,
+    ) -> Result<RequestId, ClientError> {
+        if identity_token.is_empty() || identity_token.len() > 8 * 1024 {
+            return Err(invalid("identity_token must be 1 to 8192 bytes"));
+        }
+        let device_id = store.state().device_id.clone();
+        let name = if name.is_empty() {
+            store.state().player_name.clone()
+        } else {
+            name.to_string()
+        };
+        store
+            .set_identity(&device_id, &name)
+            .map_err(|e| invalid(e.to_string()))?;
+        let credentials = crate::client::Credentials {
+            device_id: device_id.clone(),
+            name,
+            identity_token: Some(identity_token.to_string()),
+        };
+        self.client.remember(credentials.clone());
+        self.send_now(Command::Login(credentials), Tracked::Login(device_id))
+    }
+
+    /// Links the identity `identity_token` proves to the logged-in player:
+    /// from then on a login with that identity, on any device, is this
+    /// player. Refused with `identity_linked` when the identity is another
+    /// player's (or this player has one of that provider already).
+    pub fn link_identity(&mut self, identity_token: &str) -> Result<RequestId, ClientError> {
+        if identity_token.is_empty() || identity_token.len() > 8 * 1024 {
+            return Err(invalid("identity_token must be 1 to 8192 bytes"));
+        }
+        let command = Command::LinkIdentity {
+            identity_token: identity_token.to_string(),
+        };
+        self.send_now(command, Tracked::Identities)
+    }
+
+    /// Unlinks the player's identity of `provider` (refused with
+    /// `forbidden` when it is the player's last way in).
+    pub fn unlink_identity(&mut self, provider: &str) -> Result<RequestId, ClientError> {
+        let ok = (1..=32).contains(&provider.len())
+            && provider
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(invalid("provider is 1-32 of a-z, 0-9, _ and -"));
+        }
+        let command = Command::UnlinkIdentity {
+            provider: provider.to_string(),
+        };
+        self.send_now(command, Tracked::Identities)
+    }
+
+    /// The player's ways in: its provider identities, and whether its
+    /// device id logs it in.
+    pub fn identities(&mut self) -> Result<RequestId, ClientError> {
+        self.send_now(Command::Identities, Tracked::Identities)
+    }
+
     /// Logs in as the store's device and name.
     pub fn login(&mut self, store: &PlayerStore) -> Result<RequestId, ClientError> {
         let state = store.state();
-        self.client
-            .set_credentials(&state.device_id, &state.player_name);
-        let command = Command::Login {
-            device_id: state.device_id.clone(),
-            name: state.player_name.clone(),
-        };
-        self.send_now(command, Tracked::Login(state.device_id.clone()))
+        let credentials = crate::client::Credentials::device(&state.device_id, &state.player_name);
+        self.client.remember(credentials.clone());
+        self.send_now(
+            Command::Login(credentials),
+            Tracked::Login(state.device_id.clone()),
+        )
     }
 
     pub fn browse(&mut self, query: BrowseQuery) -> Result<RequestId, ClientError> {
@@ -1148,10 +1226,17 @@ impl TradingSession {
             return;
         }
         let device = store.state().device_id.clone();
-        let command = Command::Login {
-            device_id: device.clone(),
-            name: store.state().player_name.clone(),
-        };
+        // As whoever the game last logged in as: its identity token if it
+        // logged in by one (a device login here would make, or be, another
+        // player), else the save's device.
+        let credentials = self
+            .client
+            .credentials()
+            .filter(|c| c.device_id == device)
+            .unwrap_or_else(|| {
+                crate::client::Credentials::device(&device, &store.state().player_name)
+            });
+        let command = Command::Login(credentials);
         if let Ok(id) = self.client.submit(command) {
             self.tracked.insert(id, Tracked::QuietLogin(device));
             self.quiet_login = Some(id);
@@ -1278,6 +1363,7 @@ impl SessionEvent {
             | FeesQuoted { request_id, .. }
             | MarketSummary { request_id, .. }
             | ItemsFound { request_id, .. }
+            | IdentitiesListed { request_id, .. }
             | DepthListed { request_id, .. }
             | PriceHistory { request_id, .. } => Some(*request_id),
             BusyChanged { .. }

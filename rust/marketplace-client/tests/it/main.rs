@@ -7,6 +7,7 @@ mod support;
 mod books;
 mod faults;
 mod game_life;
+mod identity;
 mod ledger_props;
 mod live;
 mod orders;
