@@ -240,6 +240,7 @@ func run_all() -> void:
 	await check_trade_waits_for_its_market()
 	await check_orders_partial_fills_expiry_and_deliveries()
 	await check_live_market()
+	await check_identity()
 
 	# The nodes go, the save stays: a new node on the same file carries on
 	var alice_credits: int = alice.data.get_credits()
@@ -731,6 +732,42 @@ func check_live_market() -> void:
 	await get_tree().create_timer(1.0).timeout
 	check(notes.size() == 1, "the summary is not told twice (%d)" % notes.size())
 	for p in [shop, buyer, seller]:
+		p.market.queue_free()
+		p.data.queue_free()
+	await get_tree().process_frame
+
+
+func check_identity() -> void:
+	var token := OS.get_environment("MARKET_IDENTITY_TOKEN")
+	if token == "":
+		check(false, "the harness passes MARKET_IDENTITY_TOKEN")
+		return
+	# A player without an account plays on one device, then links the
+	# game's account (a token its backend minted).
+	var first := make_player("id_first", 0)
+	var in_: Dictionary = await first.market.login("dev-" + "%032x" % [randi()], "pilot").completed
+	check(in_.ok, "the device player logs in")
+	var code: String = first.market.get_recovery_code()
+	check(code.length() == 34 and code.count("-") == 6, "a device id the addon made has a recovery code (%s)" % code)
+	var linked: Dictionary = await first.market.link_identity(token).completed
+	check(linked.ok and linked.identities.identities.size() == 1 and linked.identities.device, "link_identity links the account (%s)" % [linked])
+	var listed: Dictionary = await first.market.get_identities().completed
+	check(listed.ok and listed.identities.identities[0].subject == OS.get_environment("MARKET_IDENTITY_SUBJECT"), "get_identities names it")
+	# A second device logs in by token: the same player.
+	var second := make_player("id_second", 0)
+	var by_token: Dictionary = await second.market.login_with_token(OS.get_environment("MARKET_IDENTITY_TOKEN_2"), "pilot").completed
+	check(by_token.ok and by_token.player_id == in_.player_id, "login_with_token on another device is the same player (%s)" % [by_token])
+	check(second.data.get_player_id() == in_.player_id, "and the save knows it")
+	# A forged token is refused with a stable code.
+	var forged: Dictionary = await second.market.login_with_token(OS.get_environment("MARKET_FORGED_TOKEN")).completed
+	check(not forged.ok and forged.code == "identity_refused", "a forged token is refused (%s)" % [forged])
+	# A third device types the recovery code.
+	var third := make_player("id_third", 0)
+	var typo: Dictionary = await third.market.login_with_recovery_code("0000-0000-0000-0000-0000-0000-0001").completed
+	check(not typo.ok and typo.code == "invalid_argument", "a mistyped recovery code is refused (%s)" % [typo])
+	var recovered: Dictionary = await third.market.login_with_recovery_code(code.to_lower().replace("-", " ")).completed
+	check(recovered.ok and recovered.player_id == in_.player_id, "the recovery code logs in as the player (%s)" % [recovered])
+	for p in [first, second, third]:
 		p.market.queue_free()
 		p.data.queue_free()
 	await get_tree().process_frame

@@ -200,6 +200,22 @@ pub fn item_matches(items: &[marketplace_client::protocol::ItemMatch]) -> VarArr
     a
 }
 
+/// `identities` (each `{provider, subject, linked_at}`) and `device`.
+pub fn identities(x: &marketplace_client::protocol::Identities) -> VarDictionary {
+    let mut list = VarArray::new();
+    for i in &x.identities {
+        let mut d = VarDictionary::new();
+        put(&mut d, "provider", GString::from(i.provider.as_str()));
+        put(&mut d, "subject", GString::from(i.subject.as_str()));
+        put(&mut d, "linked_at", i.linked_at);
+        list.push(&d.to_variant());
+    }
+    let mut d = VarDictionary::new();
+    put(&mut d, "identities", list);
+    put(&mut d, "device", x.device);
+    d
+}
+
 /// `item_id`, `asks` and `bids`: arrays of `{price, quantity, count}`, the
 /// best level first.
 pub fn depth(x: &Depth) -> VarDictionary {

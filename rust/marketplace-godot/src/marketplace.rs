@@ -347,6 +347,11 @@ impl TradingMarketplace {
     /// `{start, open, high, low, close, volume, trades}`, oldest first.
     #[signal]
     fn price_history_updated(request_id: i64, history: VarDictionary);
+    /// The player's ways in (`get_identities`, `link_identity`,
+    /// `unlink_identity`): `identities`, each `{provider, subject,
+    /// linked_at}`, and `device` (whether the device id logs this player in).
+    #[signal]
+    fn identities_updated(request_id: i64, identities: VarDictionary);
 
     // The live market (`live`): pushed changes are hints for the screen —
     // none of them settles a trade; the request signals above do. Others'
@@ -412,6 +417,94 @@ impl TradingMarketplace {
                 };
                 session.set_identity(store, &device, &name)?;
             }
+            session.login(store)
+        })
+    }
+
+    /// Logs in with the game's own account: `identity_token` is a JWT from
+    /// the game's identity provider (Epic Online Services, Firebase, Auth0,
+    /// or the game's backend vouching for a Steam ticket — see the README's
+    /// "Player identity"). Every device that logs in with the same account
+    /// is the same market player. The token is kept in memory only, to log
+    /// in again while it is valid; on `unauthorized` or `identity_refused`
+    /// later, log in with a fresh one. `player_name`, if given, is saved.
+    #[func]
+    fn login_with_token(
+        &mut self,
+        identity_token: GString,
+        #[opt(default = "")] player_name: GString,
+    ) -> Gd<MarketRequest> {
+        let (token, name) = (identity_token.to_string(), player_name.to_string());
+        self.request("login", None, |session, store| {
+            session.login_with_token(store, &token, &name)
+        })
+    }
+
+    /// Links the account `identity_token` proves to the logged-in player,
+    /// so that a new device logging in with it is this player
+    /// (`identities_updated`; awaited: `identities`). Refused with
+    /// `identity_linked` when that account is another player's.
+    #[func]
+    fn link_identity(&mut self, identity_token: GString) -> Gd<MarketRequest> {
+        let token = identity_token.to_string();
+        self.request("link_identity", None, |session, _| {
+            session.link_identity(&token)
+        })
+    }
+
+    /// Unlinks the player's account of `provider` (`identities_updated`);
+    /// refused with `forbidden` when it is the player's last way in.
+    #[func]
+    fn unlink_identity(&mut self, provider: GString) -> Gd<MarketRequest> {
+        let provider = provider.to_string();
+        self.request("unlink_identity", None, |session, _| {
+            session.unlink_identity(&provider)
+        })
+    }
+
+    /// The player's linked accounts (`identities_updated`; awaited:
+    /// `identities`).
+    #[func]
+    fn get_identities(&mut self) -> Gd<MarketRequest> {
+        self.request("get_identities", None, |session, _| session.identities())
+    }
+
+    /// The save's device id written for a human to keep (`7GQ2-…`, 34
+    /// characters): shown to a player without an account, it moves them to
+    /// a new device with `login_with_recovery_code`. Whoever has it *is*
+    /// the player: show it only on the player's request. Empty when the
+    /// game chose the device id itself.
+    #[func]
+    fn get_recovery_code(&mut self) -> GString {
+        let code = self.attach().ok().and_then(|slot| {
+            let s = slot.borrow();
+            marketplace_client::recovery::recovery_code(&s.store.state().device_id)
+        });
+        GString::from(code.unwrap_or_default().as_str())
+    }
+
+    /// Logs in as the player a recovery code stands for (see
+    /// `get_recovery_code`); the code's device id is saved, so later logins
+    /// are that player. A mistyped code fails with `invalid_argument`;
+    /// like `login` with another device, refused with `trades_pending`
+    /// while this save's trades wait for their answer.
+    #[func]
+    fn login_with_recovery_code(
+        &mut self,
+        code: GString,
+        #[opt(default = "")] player_name: GString,
+    ) -> Gd<MarketRequest> {
+        let (code, name) = (code.to_string(), player_name.to_string());
+        self.request("login", None, |session, store| {
+            let device = marketplace_client::recovery::device_id_of(&code).map_err(|why| {
+                ClientError::new(ErrorCode::InvalidArgument, format!("Not a recovery code: {why}"))
+            })?;
+            let name = if name.is_empty() {
+                store.state().player_name.clone()
+            } else {
+                name
+            };
+            session.set_identity(store, &device, &name)?;
             session.login(store)
         })
     }
@@ -1223,6 +1316,13 @@ impl TradingMarketplace {
                 &convert::item_matches(items),
                 *catalog,
             ),
+            SessionEvent::IdentitiesListed {
+                request_id,
+                identities,
+            } => self
+                .signals()
+                .identities_updated()
+                .emit(id(request_id), &convert::identities(identities)),
             SessionEvent::DepthListed { request_id, depth } => self
                 .signals()
                 .depth_updated()

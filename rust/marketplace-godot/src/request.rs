@@ -338,6 +338,9 @@ fn result_of(event: &SessionEvent, ends_on_failure: bool) -> Option<VarDictionar
         FeesQuoted { quote, .. } => put(&mut d, "quote", convert::fee_quote(quote)),
         MarketSummary { summary, .. } => put(&mut d, "summary", convert::market_summary(summary)),
         DepthListed { depth, .. } => put(&mut d, "depth", convert::depth(depth)),
+        IdentitiesListed { identities, .. } => {
+            put(&mut d, "identities", convert::identities(identities))
+        }
         ItemsFound { items, catalog, .. } => {
             put(&mut d, "items", convert::item_matches(items));
             put(&mut d, "catalog", *catalog);

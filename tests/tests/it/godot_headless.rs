@@ -14,9 +14,13 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+const IDENTITY_ISSUER: &str = "https://game.test";
+
 /// What every Godot run here needs: the binary, a new project in a
 /// temporary directory, and a marketplace server on SQLite beside it.
 struct Stage {
+    /// Signs the suite's identity tokens.
+    identity_key: fake_identity_provider::SigningKey,
     godot: std::ffi::OsString,
     work: tempfile::TempDir,
     project: std::path::PathBuf,
@@ -33,12 +37,25 @@ impl Stage {
         marketplace_e2e::godot::make_project(&project);
         let rt = tokio::runtime::Runtime::new().unwrap();
         let url = format!("sqlite://{}/market.sqlite", work.path().display());
+        let mut config = marketplace_server::Config::for_tests(url);
+        // The game's identity provider: a key set in a file, its key made now.
+        let key = fake_identity_provider::SigningKey::generate(
+            fake_identity_provider::Kind::Es256,
+            "godot-suite",
+        );
+        let keys = work.path().join("jwks.json");
+        std::fs::write(&keys, fake_identity_provider::jwks(&[&key]).to_string()).unwrap();
+        let providers = work.path().join("providers.json");
+        let file = serde_json::json!({"providers": [{
+            "name": "game", "issuer": IDENTITY_ISSUER, "audience": ["market"], "jwks_file": keys,
+        }]});
+        std::fs::write(&providers, file.to_string()).unwrap();
+        config.identity_providers = Some(providers);
         let server = rt
-            .block_on(marketplace_server::spawn(
-                marketplace_server::Config::for_tests(url),
-            ))
+            .block_on(marketplace_server::spawn(config))
             .expect("server starts");
         Some(Stage {
+            identity_key: key,
             godot,
             work,
             project,
@@ -120,9 +137,19 @@ fn godot_check_suite() {
         }
     });
 
+    let subject = format!("godot-pilot-{}", rand_suffix());
+    let claims = fake_identity_provider::claims(IDENTITY_ISSUER, "market", &subject);
+    let impostor = fake_identity_provider::SigningKey::generate(
+        fake_identity_provider::Kind::Es256,
+        "godot-suite",
+    );
     let mut child = stage
         .command()
         .arg("res://tests/test_runner.tscn")
+        .env("MARKET_IDENTITY_SUBJECT", &subject)
+        .env("MARKET_IDENTITY_TOKEN", stage.identity_key.sign(&claims))
+        .env("MARKET_IDENTITY_TOKEN_2", stage.identity_key.sign(&claims))
+        .env("MARKET_FORGED_TOKEN", impostor.sign(&claims))
         .env("MARKET_SERVER_URL", server.url())
         .env("MARKET_SLOW_URL", slow.url())
         .env("MARKET_LOSSY_URL", lossy.url())

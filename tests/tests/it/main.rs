@@ -5,4 +5,5 @@
 
 mod black_box;
 mod godot_headless;
+mod identity;
 mod replicas;
