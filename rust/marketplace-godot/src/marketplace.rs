@@ -497,7 +497,10 @@ impl TradingMarketplace {
         let (code, name) = (code.to_string(), player_name.to_string());
         self.request("login", None, |session, store| {
             let device = marketplace_client::recovery::device_id_of(&code).map_err(|why| {
-                ClientError::new(ErrorCode::InvalidArgument, format!("Not a recovery code: {why}"))
+                ClientError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("Not a recovery code: {why}"),
+                )
             })?;
             let name = if name.is_empty() {
                 store.state().player_name.clone()

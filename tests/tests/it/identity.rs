@@ -69,7 +69,12 @@ async fn identity(database: &str, dir: &tempfile::TempDir) {
         key.sign(&idp::claims(ISSUER, "another-game", "acct-1")),
     ] {
         let r = token_login(forged).await;
-        assert_eq!((r.status, r.code()), (401, "identity_refused"), "{}", r.text);
+        assert_eq!(
+            (r.status, r.code()),
+            (401, "identity_refused"),
+            "{}",
+            r.text
+        );
     }
     // A token of another player's identity cannot be linked.
     let (_, other) = api.login(&base, "bb-id-other").await;
@@ -90,7 +95,12 @@ async fn identity(database: &str, dir: &tempfile::TempDir) {
     // Device logins off: only tokens get in.
     let server = ServerProcess::start(
         database,
-        &["--identity-providers", &providers, "--device-logins", "false"],
+        &[
+            "--identity-providers",
+            &providers,
+            "--device-logins",
+            "false",
+        ],
     );
     let r = api
         .send(
@@ -115,7 +125,12 @@ async fn identity(database: &str, dir: &tempfile::TempDir) {
         )
         .await
         .unwrap();
-    assert_eq!(r.body["player_id"].as_i64(), Some(device_player), "{}", r.text);
+    assert_eq!(
+        r.body["player_id"].as_i64(),
+        Some(device_player),
+        "{}",
+        r.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
