@@ -419,6 +419,11 @@ pub struct PlayerState {
     pub save_id: String,
     pub player_id: Option<i64>,
     pub player_name: String,
+    /// The last login was by identity token (never the token itself): after
+    /// a restart the client does not log in by itself — the device is not
+    /// this player — and waits for the game's `login_with_token`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub identity_login: bool,
     /// Available credits (held credits are in `holds`).
     pub credits: i64,
     /// Item id → count; counts are always ≥ 1 (an item at 0 is removed).
@@ -493,6 +498,7 @@ impl PartialEq for PlayerState {
             && self.save_id == other.save_id
             && self.player_id == other.player_id
             && self.player_name == other.player_name
+            && self.identity_login == other.identity_login
             && self.credits == other.credits
             && self.inventory == other.inventory
             && self.holds == other.holds
@@ -514,6 +520,7 @@ impl PlayerState {
             save_id: new_save_id(),
             player_id: None,
             player_name: player_name.into(),
+            identity_login: false,
             credits: 0,
             inventory: BTreeMap::new(),
             holds: BTreeMap::new(),

@@ -145,6 +145,8 @@ enum Delta {
         device_id: String,
         player_name: String,
         player_id: Option<i64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        identity_login: bool,
     },
     Market(crate::state::MarketMirror),
     /// A market's whole sync mark (`None`: removed): after a
@@ -184,10 +186,12 @@ impl Delta {
                 device_id,
                 player_name,
                 player_id,
+                identity_login,
             } => {
                 s.device_id = device_id;
                 s.player_name = player_name;
                 s.player_id = player_id;
+                s.identity_login = identity_login;
             }
             Delta::Market(m) => s.market = m,
             Delta::Sync(server, Some(mark)) => {
@@ -884,6 +888,15 @@ impl PlayerStore {
         Ok(())
     }
 
+    /// Records whether the last login was by identity token (see
+    /// [`PlayerState::identity_login`]).
+    pub fn set_identity_login(&mut self, by_token: bool) {
+        if self.state.identity_login != by_token {
+            self.state.identity_login = by_token;
+            self.identity_changed();
+        }
+    }
+
     /// Records who the server says we are.
     pub fn set_player(&mut self, player_id: i64, name: &str) {
         if self.state.player_id != Some(player_id) || self.state.player_name != name {
@@ -898,6 +911,7 @@ impl PlayerStore {
             device_id: self.state.device_id.clone(),
             player_name: self.state.player_name.clone(),
             player_id: self.state.player_id,
+            identity_login: self.state.identity_login,
         });
         self.changed(Origin::Trade);
     }

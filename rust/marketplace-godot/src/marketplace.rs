@@ -478,7 +478,12 @@ impl TradingMarketplace {
     fn get_recovery_code(&mut self) -> GString {
         let code = self.attach().ok().and_then(|slot| {
             let s = slot.borrow();
-            marketplace_client::recovery::recovery_code(&s.store.state().device_id)
+            let state = s.store.state();
+            // After a login by account, the save's device is not the player.
+            if state.identity_login {
+                return None;
+            }
+            marketplace_client::recovery::recovery_code(&state.device_id)
         });
         GString::from(code.unwrap_or_default().as_str())
     }

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
+use jsonwebtoken::jwk::{AlgorithmParameters, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -228,6 +228,14 @@ impl Providers {
             if p.leeway_secs > 300 {
                 return Err(named("leeway_secs is at most 300"));
             }
+            if !(100..=10_000).contains(&p.jwks_timeout_ms)
+                || p.jwks_min_refetch_secs < 1
+                || p.jwks_max_age_secs < 60
+            {
+                return Err(named(
+                    "jwks_timeout_ms is 100-10000, jwks_min_refetch_secs at least 1, jwks_max_age_secs at least 60",
+                ));
+            }
             let sources = [
                 p.jwks_url.is_some(),
                 p.jwks_file.is_some(),
@@ -275,12 +283,17 @@ impl Providers {
                 };
                 let from = match (&p.jwks_url, &p.jwks_file) {
                     (Some(url), _) => {
-                        if !(url.starts_with("https://") || url.starts_with("http://")) {
-                            return Err(named("jwks_url is an http(s) URL"));
+                        let loopback = ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"]
+                            .iter()
+                            .any(|l| url.starts_with(l));
+                        if !(url.starts_with("https://") || loopback) {
+                            return Err(named(
+                                "jwks_url must be https:// (http:// only on loopback): keys read in clear could be swapped",
+                            ));
                         }
                         let client = reqwest::Client::builder()
-                            .timeout(Duration::from_millis(p.jwks_timeout_ms.max(1)))
-                            .redirect(reqwest::redirect::Policy::limited(3))
+                            .timeout(Duration::from_millis(p.jwks_timeout_ms))
+                            .redirect(reqwest::redirect::Policy::none())
                             .build()
                             .map_err(|e| named(&e.to_string()))?;
                         SetLocation::Url(client, url.clone())
@@ -296,9 +309,9 @@ impl Providers {
                 (
                     KeySource::Set {
                         from,
-                        timeout: Duration::from_millis(p.jwks_timeout_ms.max(1)),
+                        timeout: Duration::from_millis(p.jwks_timeout_ms),
                         min_refetch: Duration::from_secs(p.jwks_min_refetch_secs),
-                        max_age: Duration::from_secs(p.jwks_max_age_secs.max(1)),
+                        max_age: Duration::from_secs(p.jwks_max_age_secs),
                         cache: tokio::sync::Mutex::new(KeyCache::default()),
                     },
                     algorithms,
@@ -410,9 +423,16 @@ impl Provider {
         let stale = cache.fetched.is_none_or(|at| now - at >= max_age);
         let found = cache.find(kid, alg);
         let may_read = cache.tried.is_none_or(|at| now - at >= min_refetch);
+        let mut held_back = false;
+        if (found.is_none() || stale) && !may_read {
+            held_back = true;
+        }
         if (found.is_none() || stale) && may_read {
-            cache.tried = Some(now);
-            match tokio::time::timeout(timeout, read_key_set(from)).await {
+            let result = tokio::time::timeout(timeout, read_key_set(from)).await;
+            // Marked once the read finished: a login that gives up in the
+            // middle (its client went away) does not use up the interval.
+            cache.tried = Some(Instant::now());
+            match result {
                 Ok(Ok(keys)) => {
                     cache.keys = keys;
                     cache.fetched = Some(now);
@@ -428,8 +448,10 @@ impl Provider {
         if let Some(key) = cache.find(kid, alg) {
             return Ok(key);
         }
-        if cache.fetched.is_none() {
-            // Never read: nothing can be told about the token yet.
+        if cache.fetched.is_none() || held_back {
+            // Never read, or not read again yet for this key id (the
+            // provider may have just rotated to it): nothing final can be
+            // told about the token yet; the client retries.
             return Err(AppError::Unavailable);
         }
         Err(AppError::IdentityRefused(
@@ -487,10 +509,21 @@ async fn read_key_set(from: &SetLocation) -> Result<Vec<CachedKey>, String> {
 /// marked for encryption are left out: a published key set must never be
 /// an HMAC secret.
 fn parse_key_set(bytes: &[u8]) -> Result<Vec<CachedKey>, String> {
-    let set: JwkSet =
+    #[derive(Deserialize)]
+    struct Document {
+        keys: Vec<serde_json::Value>,
+    }
+    let set: Document =
         serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = Vec::new();
-    for jwk in &set.keys {
+    // One key at a time: a key of a kind this server does not use (ES512,
+    // X25519) is skipped, not a reason to refuse the whole set.
+    for jwk in set
+        .keys
+        .into_iter()
+        .filter_map(|k| serde_json::from_value::<jsonwebtoken::jwk::Jwk>(k).ok())
+    {
+        let jwk = &jwk;
         if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_))
             || jwk
                 .common
@@ -560,6 +593,16 @@ mod tests {
         let mut device = hs_provider();
         device.providers[0].name = "device".into();
         assert!(Providers::from_config(device, secret).is_err());
+        let mut clear = hs_provider();
+        clear.providers[0].hs256_secret_env = None;
+        clear.providers[0].jwks_url = Some("http://keys.example/jwks.json".into());
+        assert!(Providers::from_config(clear.clone(), secret)
+            .unwrap_err()
+            .contains("https"));
+        clear.providers[0].jwks_url = Some("http://127.0.0.1:9/jwks.json".into());
+        assert!(Providers::from_config(clear.clone(), secret).is_ok());
+        clear.providers[0].jwks_min_refetch_secs = 0;
+        assert!(Providers::from_config(clear, secret).is_err());
     }
 
     #[test]
@@ -570,5 +613,11 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].kid.as_deref(), Some("b"));
         assert!(parse_key_set(b"<html>").is_err());
+        // A key of a kind not used here is skipped, not fatal.
+        let mixed = br#"{"keys":[{"kty":"EC","crv":"P-521","alg":"ES512","x":"AQ","y":"AQ","kid":"odd"},
+            {"kty":"OKP","crv":"X25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"dh"},
+            {"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"b"}]}"#;
+        let keys = parse_key_set(mixed).unwrap();
+        assert!(keys.iter().any(|k| k.kid.as_deref() == Some("b")));
     }
 }

@@ -161,6 +161,10 @@ impl BoundServer {
         let identities = config.identity_providers().map_err(StartError::Config)?;
         if !identities.is_empty() {
             tracing::info!(providers = ?identities.names(), "identity tokens accepted");
+        } else if !config.device_logins {
+            return Err(StartError::Config(
+                "--device-logins false needs --identity-providers: nobody could log in".into(),
+            ));
         }
         let db = Db::connect(&config).await?;
         let bans = admin::Bans::load(&db).await?;

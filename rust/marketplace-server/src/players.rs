@@ -31,11 +31,14 @@ pub async fn log_in_device(
 ) -> Result<i64, AppError> {
     let mut tx = db.begin_write().await?;
     // A row an older replica wrote with the id in clear (a rolling upgrade)
-    // is upgraded in place, so that player keeps its account. A token-made
-    // player's placeholder is never taken for one.
+    // is upgraded in place, so that player keeps its account. A stored
+    // hash or a token-made player's placeholder is never taken for one (a
+    // leaked hash sent as a device id would otherwise be renamed to its own
+    // hash and log in as that player).
     let hash = crate::auth::device_hash(device_id);
     sqlx::query(
-        "UPDATE players SET device_id = $1 WHERE device_id = $2 AND device_id NOT LIKE 'identity:%'",
+        "UPDATE players SET device_id = $1 WHERE device_id = $2 \
+         AND device_id NOT LIKE 'identity:%' AND device_id NOT LIKE 'sha256:%'",
     )
     .bind(&hash)
     .bind(device_id)
@@ -58,12 +61,16 @@ pub async fn log_in_device(
     Ok(player_id)
 }
 
-/// Logs in the player of a provider identity, making one (with no device)
-/// on its first login. Like [`log_in_device`], in one transaction that a
-/// banned player's login rolls back.
+/// Logs in the player of a provider identity. On the identity's first
+/// login it becomes the player of `device` when that device has one (the
+/// save played by device before the game had accounts: proving both at
+/// once links them) and that player has no identity of this provider yet;
+/// otherwise a new player with no device. Like [`log_in_device`], in one
+/// transaction that a banned player's login rolls back.
 pub async fn log_in_identity(
     db: &Db,
     identity: &Identity,
+    device: Option<&str>,
     name: &str,
     now: i64,
     request_id: &str,
@@ -83,19 +90,13 @@ pub async fn log_in_identity(
                 player_id
             }
             None => {
-                let placeholder = format!(
-                    "{NO_DEVICE_PREFIX}{}{}",
-                    crate::random_id(),
-                    crate::random_id()
-                );
-                let (player_id,): (i64,) = sqlx::query_as(
-                    "INSERT INTO players (device_id, name, created_at) VALUES ($1, $2, $3) RETURNING id",
-                )
-                .bind(&placeholder)
-                .bind(name)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
+                let player_id = match device_player(&mut tx, device, &identity.provider).await? {
+                    Some(player_id) => {
+                        lock_player(&mut tx, player_id).await?;
+                        player_id
+                    }
+                    None => new_tokens_player(&mut tx, name, now).await?,
+                };
                 if !insert_identity(&mut tx, identity, player_id, now).await? {
                     tx.rollback().await?;
                     continue;
@@ -126,6 +127,7 @@ pub async fn link(
     request_id: &str,
 ) -> Result<Identities, AppError> {
     let mut tx = db.begin_write().await?;
+    lock_player(&mut tx, player_id).await?;
     match owner_of(&mut tx, identity).await? {
         Some(owner) if owner == player_id => {}
         Some(_) => return Err(AppError::IdentityLinked(
@@ -168,6 +170,9 @@ pub async fn unlink(
     request_id: &str,
 ) -> Result<Identities, AppError> {
     let mut tx = db.begin_write().await?;
+    // The player's row first: two unlinks at once take turns, so the second
+    // sees what the first left (and cannot remove the last way in).
+    lock_player(&mut tx, player_id).await?;
     let before = identities_in(&mut tx, player_id).await?;
     if !before.identities.iter().any(|i| i.provider == provider) {
         return Err(AppError::NotFound("identity"));
@@ -219,6 +224,59 @@ async fn identities_in(
             .collect(),
         device: device.is_some_and(|(d,)| !d.starts_with(NO_DEVICE_PREFIX)),
     })
+}
+
+/// The player `device` logs in as, if it has one and that player has no
+/// identity of `provider` yet.
+async fn device_player(
+    conn: &mut sqlx::AnyConnection,
+    device: Option<&str>,
+    provider: &str,
+) -> Result<Option<i64>, AppError> {
+    let Some(device) = device else {
+        return Ok(None);
+    };
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT p.id FROM players p WHERE p.device_id = $1 AND NOT EXISTS \
+         (SELECT 1 FROM identities i WHERE i.player_id = p.id AND i.provider = $2)",
+    )
+    .bind(crate::auth::device_hash(device))
+    .bind(provider)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|(id,)| id))
+}
+
+/// A player made by a token login: no device logs in as it.
+async fn new_tokens_player(
+    conn: &mut sqlx::AnyConnection,
+    name: &str,
+    now: i64,
+) -> Result<i64, AppError> {
+    let placeholder = format!(
+        "{NO_DEVICE_PREFIX}{}{}",
+        crate::random_id(),
+        crate::random_id()
+    );
+    let (player_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO players (device_id, name, created_at) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(&placeholder)
+    .bind(name)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(player_id)
+}
+
+/// Takes the player's row for the rest of the transaction (PostgreSQL's
+/// row lock; SQLite has one writer anyway).
+async fn lock_player(conn: &mut sqlx::AnyConnection, player_id: i64) -> Result<(), AppError> {
+    sqlx::query("UPDATE players SET name = name WHERE id = $1")
+        .bind(player_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 async fn owner_of(

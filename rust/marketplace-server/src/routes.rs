@@ -188,11 +188,16 @@ async fn create_session(
     let now = state.0.clock.now();
     let banned = |player| state.0.bans.contains(player);
     let player_id = match (&req.identity_token, req.device_id.is_empty()) {
-        (Some(token), true) => {
+        (Some(token), _) => {
             let identity = state.0.identities.verify(token).await?;
+            let device = (!req.device_id.is_empty()).then_some(req.device_id.as_str());
+            if let Some(device) = device {
+                check_id("device_id", device).map_err(AppError::InvalidRequest)?;
+            }
             crate::players::log_in_identity(
                 &state.0.db,
                 &identity,
+                device,
                 &req.name,
                 now,
                 &request_id,

@@ -45,12 +45,10 @@ pub(crate) fn request_of(command: &Command) -> WireRequest {
         Command::Login(c) => (
             Method::POST,
             "/v1/sessions".to_string(),
+            // With a token, the device goes along: a first login of an
+            // account on a save that played by device links the two.
             json(&SessionRequest {
-                device_id: if c.identity_token.is_some() {
-                    String::new()
-                } else {
-                    c.device_id.clone()
-                },
+                device_id: c.device_id.clone(),
                 name: c.name.clone(),
                 identity_token: c.identity_token.clone(),
             }),
@@ -841,7 +839,7 @@ mod tests {
                 Method::POST,
                 "/v1/sessions",
                 vec![],
-                Some(json!({"identity_token": "a.b.c", "name": "Ann"})),
+                Some(json!({"device_id": "d", "identity_token": "a.b.c", "name": "Ann"})),
             ),
             (
                 Command::Browse(BrowseQuery {

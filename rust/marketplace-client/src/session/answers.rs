@@ -28,7 +28,7 @@ impl TradingSession {
         };
         match (tracked, event.kind) {
             (_, EventKind::Retrying { .. }) => {}
-            (Tracked::Login(device), EventKind::Done(Reply::LoggedIn(s)))
+            (Tracked::Login(device, _), EventKind::Done(Reply::LoggedIn(s)))
                 if device != store.state().device_id || !self.is_current(&s) =>
             {
                 // The game logged in as another device, or pointed at
@@ -107,7 +107,8 @@ impl TradingSession {
                 self.quiet_login = None;
                 self.next_quiet_login = Instant::now() + Duration::from_secs(2);
             }
-            (Tracked::Login(_), EventKind::Done(Reply::LoggedIn(s))) => {
+            (Tracked::Login(_, by_token), EventKind::Done(Reply::LoggedIn(s))) => {
+                store.set_identity_login(by_token);
                 self.logged_in(store, &s);
                 self.ready.push_back(SessionEvent::LoggedIn {
                     request_id,

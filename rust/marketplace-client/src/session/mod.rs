@@ -275,8 +275,8 @@ pub struct PendingTrade {
 /// What a request id stands for.
 #[derive(Debug, Clone)]
 enum Tracked {
-    /// A login as this device.
-    Login(String),
+    /// A login as this device (by identity token: `true`).
+    Login(String, bool),
     /// A login the session made by itself, to learn which market and player
     /// unbound trades will belong to; not reported.
     QuietLogin(String),
@@ -451,10 +451,14 @@ impl TradingSession {
         };
         // Journaled operations must be able to settle even before the game
         // logs in: the client may log in by itself as the saved identity.
+        // Not when the game last logged in by identity token: the device is
+        // not that player, and only the game has a token.
         let state = store.state();
-        session
-            .client
-            .set_credentials(&state.device_id, &state.player_name);
+        if !state.identity_login {
+            session
+                .client
+                .set_credentials(&state.device_id, &state.player_name);
+        }
         let pending: Vec<OpId> = store.state().journal.keys().copied().collect();
         // They may be newer than the last save (a store that outlived an
         // earlier session): sent once everything up to now is on disk —
@@ -589,7 +593,8 @@ impl TradingSession {
             identity_token: Some(identity_token.to_string()),
         };
         self.client.remember(credentials.clone());
-        self.send_now(Command::Login(credentials), Tracked::Login(device_id))
+        store.set_identity_login(true);
+        self.send_now(Command::Login(credentials), Tracked::Login(device_id, true))
     }
 
     /// Links the identity `identity_token` proves to the logged-in player:
@@ -635,7 +640,7 @@ impl TradingSession {
         self.client.remember(credentials.clone());
         self.send_now(
             Command::Login(credentials),
-            Tracked::Login(state.device_id.clone()),
+            Tracked::Login(state.device_id.clone(), false),
         )
     }
 
@@ -1226,6 +1231,14 @@ impl TradingSession {
             return;
         }
         let device = store.state().device_id.clone();
+        let token = self
+            .client
+            .credentials()
+            .is_some_and(|c| c.identity_token.is_some());
+        if store.state().identity_login && !token {
+            // Restarted after a login by token: the game logs in again.
+            return;
+        }
         // As whoever the game last logged in as: its identity token if it
         // logged in by one (a device login here would make, or be, another
         // player), else the save's device.

@@ -204,3 +204,57 @@ fn an_expired_session_logs_in_again_with_the_token_not_the_device() {
         1
     );
 }
+
+#[test]
+fn after_a_restart_a_token_player_waits_for_the_games_login_instead_of_logging_in_by_device() {
+    let world = world(3600);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("pilot.json");
+    let mut p = Player::on_disk(world.client_config(), &path, "Ann");
+    let id = p
+        .session
+        .as_mut()
+        .expect("session")
+        .login_with_token(&mut p.store, &token("restarting"), "Ann")
+        .expect("sent");
+    let player = logged_in_as(&mut p, id);
+    p.store.add_item("ore", 1).expect("add");
+    p.quit();
+
+    // The game starts again and sells before it has logged in.
+    let mut p = Player::on_disk(world.client_config(), &path, "Ann");
+    assert!(
+        p.store.state().identity_login,
+        "the save remembers how it logged in"
+    );
+    p.sell("ore", 1, 10).expect("journaled");
+    let until = std::time::Instant::now() + Duration::from_millis(1_500);
+    while std::time::Instant::now() < until {
+        p.frame();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        world.count("SELECT COUNT(*) FROM players"),
+        1,
+        "no device player was made behind the game's back"
+    );
+    assert_eq!(world.count("SELECT COUNT(*) FROM listings"), 0);
+    // The game logs in with a fresh token: the trade goes, as that player.
+    let id = p
+        .session
+        .as_mut()
+        .expect("session")
+        .login_with_token(&mut p.store, &token("restarting"), "Ann")
+        .expect("sent");
+    assert_eq!(logged_in_as(&mut p, id), player);
+    p.wait_listed();
+    assert_eq!(
+        world.count(&format!(
+            "SELECT COUNT(*) FROM listings WHERE seller_id = {player}"
+        )),
+        1
+    );
+    // A device login later clears the mark.
+    p.login();
+    assert!(!p.store.state().identity_login);
+}
