@@ -188,6 +188,8 @@ pub enum Mode {
     Hang = 1,
     /// Answers 200 with HTML.
     Garbage = 2,
+    /// Serves the keys after 300 ms.
+    Slow = 3,
 }
 
 /// A key set served on loopback.
@@ -228,7 +230,10 @@ impl JwksServer {
                             String::new()
                         }
                         2 => "<html><body>502 Bad Gateway</body></html>".to_string(),
-                        _ => {
+                        mode => {
+                            if mode == 3 {
+                                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                            }
                             let keys = state.keys.lock().map(|k| k.clone()).unwrap_or_default();
                             json!({ "keys": keys }).to_string()
                         }

@@ -473,7 +473,8 @@ impl TradingMarketplace {
     /// characters): shown to a player without an account, it moves them to
     /// a new device with `login_with_recovery_code`. Whoever has it *is*
     /// the player: show it only on the player's request. Empty when the
-    /// game chose the device id itself.
+    /// game chose the device id itself, and after a login by account
+    /// (`login_with_token`): then the device is not the player.
     #[func]
     fn get_recovery_code(&mut self) -> GString {
         let code = self.attach().ok().and_then(|slot| {

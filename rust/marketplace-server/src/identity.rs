@@ -135,20 +135,25 @@ struct Provider {
 
 enum KeySource {
     Secret(DecodingKey),
-    Set {
-        from: SetLocation,
-        timeout: Duration,
-        min_refetch: Duration,
-        max_age: Duration,
-        cache: tokio::sync::Mutex<KeyCache>,
-    },
+    Set(std::sync::Arc<KeySet>),
+}
+
+/// A provider's published keys, as last read.
+struct KeySet {
+    from: SetLocation,
+    timeout: Duration,
+    min_refetch: Duration,
+    max_age: Duration,
+    cache: std::sync::Mutex<KeyCache>,
+    /// Told when a read finishes.
+    done: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for KeySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KeySource::Secret(_) => f.write_str("Secret(..)"),
-            KeySource::Set { from, .. } => write!(f, "Set({from:?})"),
+            KeySource::Set(set) => write!(f, "Set({:?})", set.from),
         }
     }
 }
@@ -164,8 +169,10 @@ struct KeyCache {
     keys: Vec<CachedKey>,
     /// When the keys above were read.
     fetched: Option<Instant>,
-    /// When a read was last tried, succeeded or not.
+    /// When a read was last started, succeeded or not.
     tried: Option<Instant>,
+    /// A read is under way.
+    reading: bool,
 }
 
 struct CachedKey {
@@ -283,10 +290,13 @@ impl Providers {
                 };
                 let from = match (&p.jwks_url, &p.jwks_file) {
                     (Some(url), _) => {
-                        let loopback = ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"]
-                            .iter()
-                            .any(|l| url.starts_with(l));
-                        if !(url.starts_with("https://") || loopback) {
+                        let parsed = reqwest::Url::parse(url)
+                            .map_err(|e| named(&format!("jwks_url: {e}")))?;
+                        let loopback =
+                            matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+                        let secure =
+                            parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback);
+                        if !secure || !parsed.username().is_empty() || parsed.password().is_some() {
                             return Err(named(
                                 "jwks_url must be https:// (http:// only on loopback): keys read in clear could be swapped",
                             ));
@@ -307,13 +317,14 @@ impl Providers {
                     (None, None) => unreachable!("one source was checked above"),
                 };
                 (
-                    KeySource::Set {
+                    KeySource::Set(std::sync::Arc::new(KeySet {
                         from,
                         timeout: Duration::from_millis(p.jwks_timeout_ms),
                         min_refetch: Duration::from_secs(p.jwks_min_refetch_secs),
                         max_age: Duration::from_secs(p.jwks_max_age_secs),
-                        cache: tokio::sync::Mutex::new(KeyCache::default()),
-                    },
+                        cache: std::sync::Mutex::new(KeyCache::default()),
+                        done: tokio::sync::Notify::new(),
+                    })),
                     algorithms,
                 )
             };
@@ -407,56 +418,92 @@ impl Providers {
 impl Provider {
     /// The key a token names, reading the key set again when it does not
     /// hold it (at most once per `min_refetch`) or is older than `max_age`.
+    ///
+    /// The read runs in a task of its own and stores what it read whatever
+    /// happens to the login that started it (a client that goes away
+    /// mid-read neither loses the read nor buys another one); logins that
+    /// arrive meanwhile wait for it.
     async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, AppError> {
-        let (from, timeout, min_refetch, max_age, cache) = match &self.keys {
+        let set = match &self.keys {
             KeySource::Secret(key) => return Ok(key.clone()),
-            KeySource::Set {
-                from,
-                timeout,
-                min_refetch,
-                max_age,
-                cache,
-            } => (from, *timeout, *min_refetch, *max_age, cache),
+            KeySource::Set(set) => set,
         };
-        let mut cache = cache.lock().await;
-        let now = Instant::now();
-        let stale = cache.fetched.is_none_or(|at| now - at >= max_age);
-        let found = cache.find(kid, alg);
-        let may_read = cache.tried.is_none_or(|at| now - at >= min_refetch);
-        let mut held_back = false;
-        if (found.is_none() || stale) && !may_read {
-            held_back = true;
+        let mut waited_for_a_read = false;
+        let deadline = Instant::now() + set.timeout + Duration::from_secs(1);
+        loop {
+            let notified = set.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let start_read = {
+                let mut cache = set.cache.lock().map_err(|_| AppError::Unavailable)?;
+                let now = Instant::now();
+                if !cache.reading {
+                    let found = cache.find(kid, alg);
+                    let stale = cache.fetched.is_none_or(|at| now - at >= set.max_age);
+                    let may_read = cache.tried.is_none_or(|at| now - at >= set.min_refetch);
+                    match found {
+                        Some(key) if !stale || !may_read => return Ok(key),
+                        None if waited_for_a_read || !may_read => {
+                            return Err(if cache.fetched.is_none() || !waited_for_a_read {
+                                // Never read, or not read again yet for this
+                                // key id (the provider may have just rotated
+                                // to it): nothing final can be told; the
+                                // client retries.
+                                AppError::Unavailable
+                            } else {
+                                AppError::IdentityRefused(
+                                    "The identity token's key is not one its provider publishes",
+                                )
+                            });
+                        }
+                        _ => {
+                            cache.tried = Some(now);
+                            cache.reading = true;
+                            true
+                        }
+                    }
+                } else {
+                    false
+                }
+            };
+            if start_read {
+                let (set, name) = (set.clone(), self.name.clone());
+                tokio::spawn(async move { set.read(&name).await });
+            }
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
+                return Err(AppError::Unavailable);
+            }
+            waited_for_a_read = true;
         }
-        if (found.is_none() || stale) && may_read {
-            let result = tokio::time::timeout(timeout, read_key_set(from)).await;
-            // Marked once the read finished: a login that gives up in the
-            // middle (its client went away) does not use up the interval.
-            cache.tried = Some(Instant::now());
+    }
+}
+
+impl KeySet {
+    /// Reads the key set and keeps it (or, failing, the last good keys).
+    async fn read(&self, provider: &str) {
+        let result = tokio::time::timeout(self.timeout, read_key_set(&self.from)).await;
+        if let Ok(mut cache) = self.cache.lock() {
             match result {
                 Ok(Ok(keys)) => {
                     cache.keys = keys;
-                    cache.fetched = Some(now);
+                    cache.fetched = Some(Instant::now());
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(provider = %self.name, error = %e, "identity key set unreadable; the last good keys stay");
+                    tracing::warn!(provider, error = %e, "identity key set unreadable; the last good keys stay");
                 }
                 Err(_) => {
-                    tracing::warn!(provider = %self.name, "identity key set: no answer in time; the last good keys stay");
+                    tracing::warn!(
+                        provider,
+                        "identity key set: no answer in time; the last good keys stay"
+                    );
                 }
             }
+            cache.reading = false;
         }
-        if let Some(key) = cache.find(kid, alg) {
-            return Ok(key);
-        }
-        if cache.fetched.is_none() || held_back {
-            // Never read, or not read again yet for this key id (the
-            // provider may have just rotated to it): nothing final can be
-            // told about the token yet; the client retries.
-            return Err(AppError::Unavailable);
-        }
-        Err(AppError::IdentityRefused(
-            "The identity token's key is not one its provider publishes",
-        ))
+        self.done.notify_waiters();
     }
 }
 
@@ -545,6 +592,9 @@ fn parse_key_set(bytes: &[u8]) -> Result<Vec<CachedKey>, String> {
             alg,
             key,
         });
+    }
+    if keys.is_empty() {
+        return Err("the key set holds no signing key this server can use".into());
     }
     Ok(keys)
 }

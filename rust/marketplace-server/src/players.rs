@@ -90,7 +90,7 @@ pub async fn log_in_identity(
                 player_id
             }
             None => {
-                let player_id = match device_player(&mut tx, device, &identity.provider).await? {
+                let player_id = match device_player(&mut tx, device).await? {
                     Some(player_id) => {
                         lock_player(&mut tx, player_id).await?;
                         player_id
@@ -227,21 +227,25 @@ async fn identities_in(
 }
 
 /// The player `device` logs in as, if it has one and that player has no
-/// identity of `provider` yet.
+/// identity yet: a device links to one account once. (A device player that
+/// already moved to an account is that account's now: its device id, which
+/// may have been shown as a recovery code or copied with a save, must not
+/// hand the player to a second account.) A row still holding its id in
+/// clear (a rolling upgrade) is found too.
 async fn device_player(
     conn: &mut sqlx::AnyConnection,
     device: Option<&str>,
-    provider: &str,
 ) -> Result<Option<i64>, AppError> {
     let Some(device) = device else {
         return Ok(None);
     };
     let row: Option<(i64,)> = sqlx::query_as(
-        "SELECT p.id FROM players p WHERE p.device_id = $1 AND NOT EXISTS \
-         (SELECT 1 FROM identities i WHERE i.player_id = p.id AND i.provider = $2)",
+        "SELECT p.id FROM players p WHERE (p.device_id = $1 OR (p.device_id = $2 \
+         AND p.device_id NOT LIKE 'identity:%' AND p.device_id NOT LIKE 'sha256:%')) \
+         AND NOT EXISTS (SELECT 1 FROM identities i WHERE i.player_id = p.id)",
     )
     .bind(crate::auth::device_hash(device))
-    .bind(provider)
+    .bind(device)
     .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(|(id,)| id))

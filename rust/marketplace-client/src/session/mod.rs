@@ -556,6 +556,8 @@ impl TradingSession {
         store
             .set_identity(device_id, name)
             .map_err(|e| invalid(e.to_string()))?;
+        // The game chose a device: the session may log in by it on its own.
+        store.set_identity_login(false);
         self.client.set_credentials(device_id, name);
         Ok(())
     }
@@ -593,7 +595,7 @@ impl TradingSession {
             identity_token: Some(identity_token.to_string()),
         };
         self.client.remember(credentials.clone());
-        store.set_identity_login(true);
+        // `identity_login` is saved once the login succeeds (answers.rs).
         self.send_now(Command::Login(credentials), Tracked::Login(device_id, true))
     }
 

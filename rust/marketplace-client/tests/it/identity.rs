@@ -169,6 +169,10 @@ fn a_refused_token_fails_the_login_once_and_changes_nothing() {
     assert_eq!(error.code, ErrorCode::IdentityRefused, "{error}");
     assert!(error.is_definitive());
     assert_eq!(world.count("SELECT COUNT(*) FROM players"), 0);
+    assert!(
+        !p.store.state().identity_login,
+        "a refused token login leaves the save logging in by device"
+    );
     // Nothing to send it with: reads say so rather than logging in by device.
     assert_eq!(p.store.state().player_id, None);
     let bad = p.session().link_identity("");

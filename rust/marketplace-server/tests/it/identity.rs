@@ -24,6 +24,7 @@ backend_tests!(
     two_devices_racing_to_link_one_identity_end_with_one_owner,
     unlinking_never_orphans_an_account,
     an_operator_can_turn_device_logins_off,
+    a_login_that_goes_away_mid_read_neither_loses_the_read_nor_buys_another,
     a_first_token_login_on_a_device_save_links_the_two,
     device_logins_off_still_let_a_device_player_move_to_an_account,
 );
@@ -219,11 +220,18 @@ async fn a_first_token_login_on_a_device_save_links_the_two(db: TestDb) {
     let r = with_device(&m.t, "dev-other-save", &backend("acct-9")).await;
     assert_eq!(r.body["player_id"].as_i64(), Some(old.id), "{}", r.text);
     assert_eq!(m.t.login("dev-other-save").await.id, other.id);
-    // A device whose player has an account of this provider already is not
-    // linked to a second one: the new account gets a player of its own.
+    // A device whose player has an account already is not linked to a
+    // second one (of any provider): the new account gets a player of its own.
     let r = with_device(&m.t, "dev-before-accounts", &backend("acct-10")).await;
     let second = r.body["player_id"].as_i64().expect("logged in");
     assert_ne!(second, old.id, "{}", r.text);
+    let r = with_device(&m.t, "dev-before-accounts", &m.es.sign(&eos("epic-9"))).await;
+    assert_ne!(
+        r.body["player_id"].as_i64(),
+        Some(old.id),
+        "nor to another provider's: {}",
+        r.text
+    );
     // A device id nobody has: a new token player, no device player made.
     let before = crate::support::count(&db, "players").await;
     let r = with_device(&m.t, "dev-never-seen", &backend("acct-11")).await;
@@ -665,6 +673,28 @@ async fn unlinking_never_orphans_an_account(db: TestDb) {
     assert_eq!(unlink(&m.t, &d, "backend").await.status, StatusCode::OK);
     assert_eq!(unlink(&m.t, &d, "backend").await.code(), "not_found");
     assert_eq!(m.t.login("unlinker").await.id, d.id);
+}
+
+async fn a_login_that_goes_away_mid_read_neither_loses_the_read_nor_buys_another(db: TestDb) {
+    let m = market(&db, |_, _| {}).await;
+    m.jwks.set_mode(Mode::Slow);
+    // A client that gives up after 50 ms, while the key set takes 300.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(format!("{}/v1/sessions", m.t.base))
+        .header("content-type", "application/json")
+        .body(json!({"identity_token": m.rs.sign(&eos("patient")), "name": "p"}).to_string())
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client went away");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(m.jwks.hits(), 1);
+    // The read finished and was kept: the next login needs no other.
+    logged_in(&m.t, &m.rs.sign(&eos("patient"))).await;
+    assert_eq!(m.jwks.hits(), 1, "no second read");
 }
 
 async fn unlink(t: &TestServer, who: &Player, provider: &str) -> Reply {
