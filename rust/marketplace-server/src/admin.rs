@@ -103,7 +103,7 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -117,7 +117,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/v1/players/{id}/ban", post(ban).delete(unban))
 }
 
-async fn player_exists(state: &AppState, player_id: i64) -> Result<(), AppError> {
+pub(crate) async fn player_exists(state: &AppState, player_id: i64) -> Result<(), AppError> {
     let found: Option<(i64,)> = sqlx::query_as("SELECT id FROM players WHERE id = $1")
         .bind(player_id)
         .fetch_optional(state.0.db.reader())
@@ -135,19 +135,32 @@ async fn grant(
     PathId(player_id): PathId,
     ApiJson(req): ApiJson<MoveRequest>,
 ) -> Result<Answer, AppError> {
+    let moved = grant_to(&state, player_id, req, &key, &request_id).await?;
+    Answer::json(StatusCode::OK, &moved)
+}
+
+/// Credits an account once per key (the admin API's and the console's
+/// grants alike).
+pub(crate) async fn grant_to(
+    state: &AppState,
+    player_id: i64,
+    req: MoveRequest,
+    key: &str,
+    request_id: &str,
+) -> Result<Moved, AppError> {
     check_move(&req)?;
     if let Some(item) = &req.item_id {
         check_id("item_id", item).map_err(AppError::InvalidRequest)?;
         state.0.policy.check_item(item)?;
     }
-    player_exists(&state, player_id).await?;
+    player_exists(state, player_id).await?;
     let now = state.0.clock.now();
     let mut tx = state.0.db.begin_write().await?;
     let inserted: Option<(i64,)> = sqlx::query_as(
         "INSERT INTO grants (idem_key, player_id, item_id, quantity, at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (idem_key) DO NOTHING RETURNING id",
     )
-    .bind(&key)
+    .bind(key)
     .bind(player_id)
     .bind(&req.item_id)
     .bind(req.quantity)
@@ -158,8 +171,8 @@ async fn grant(
         Some((id,)) => {
             let ctx = OpContext {
                 player_id,
-                request_id: &request_id,
-                idem_key: &key,
+                request_id,
+                idem_key: key,
                 now,
                 policy: &state.0.policy,
                 outbox: Default::default(),
@@ -187,7 +200,7 @@ async fn grant(
                 sqlx::query_as(
                     "SELECT id, player_id, item_id, quantity FROM grants WHERE idem_key = $1",
                 )
-                .bind(&key)
+                .bind(key)
                 .fetch_one(&mut *tx)
                 .await?;
             if was_player != player_id || was_item != req.item_id || was_quantity != req.quantity {
@@ -198,15 +211,12 @@ async fn grant(
     };
     let account = books::account(&mut tx, player_id).await?;
     tx.commit().await?;
-    Answer::json(
-        StatusCode::OK,
-        &Moved {
-            id,
-            item_id: req.item_id,
-            quantity: req.quantity,
-            account,
-        },
-    )
+    Ok(Moved {
+        id,
+        item_id: req.item_id,
+        quantity: req.quantity,
+        account,
+    })
 }
 
 async fn account(
@@ -231,17 +241,7 @@ async fn ban(
     _: Admin,
     PathId(player_id): PathId,
 ) -> Result<Answer, AppError> {
-    player_exists(&state, player_id).await?;
-    let mut tx = state.0.db.begin_write().await?;
-    sqlx::query(
-        "INSERT INTO bans (player_id, at) VALUES ($1, $2) ON CONFLICT (player_id) DO NOTHING",
-    )
-    .bind(player_id)
-    .bind(state.0.clock.now())
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    state.0.bans.set(player_id, true);
+    set_ban(&state, player_id, true).await?;
     Answer::json(
         StatusCode::OK,
         &serde_json::json!({ "player_id": player_id, "banned": true }),
@@ -253,15 +253,37 @@ async fn unban(
     _: Admin,
     PathId(player_id): PathId,
 ) -> Result<Answer, AppError> {
-    let mut tx = state.0.db.begin_write().await?;
-    sqlx::query("DELETE FROM bans WHERE player_id = $1")
-        .bind(player_id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    state.0.bans.set(player_id, false);
+    set_ban(&state, player_id, false).await?;
     Answer::json(
         StatusCode::OK,
         &serde_json::json!({ "player_id": player_id, "banned": false }),
     )
+}
+
+/// Bans or unbans a player: its tokens stop (or start) working at once on
+/// this replica, within seconds on the others.
+pub(crate) async fn set_ban(
+    state: &AppState,
+    player_id: i64,
+    banned: bool,
+) -> Result<(), AppError> {
+    player_exists(state, player_id).await?;
+    let mut tx = state.0.db.begin_write().await?;
+    if banned {
+        sqlx::query(
+            "INSERT INTO bans (player_id, at) VALUES ($1, $2) ON CONFLICT (player_id) DO NOTHING",
+        )
+        .bind(player_id)
+        .bind(state.0.clock.now())
+        .execute(&mut *tx)
+        .await?;
+    } else {
+        sqlx::query("DELETE FROM bans WHERE player_id = $1")
+            .bind(player_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    state.0.bans.set(player_id, banned);
+    Ok(())
 }

@@ -624,7 +624,7 @@ pub async fn totals(conn: &mut AnyConnection) -> Result<Totals, sqlx::Error> {
 }
 
 /// What the audit found.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct AuditReport {
     pub lines: Vec<String>,
     /// The mismatches, first one first; empty when the books balance.

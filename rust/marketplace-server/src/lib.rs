@@ -42,6 +42,7 @@ mod admin;
 mod auth;
 mod books;
 pub mod config;
+mod console;
 mod db;
 mod economy;
 mod error;
@@ -80,6 +81,8 @@ pub(crate) struct Inner {
     pub(crate) bans: admin::Bans,
     /// The game's identity providers (`--identity-providers`).
     pub(crate) identities: identity::Providers,
+    /// The operator console's sign-in limits and last audit on this replica.
+    pub(crate) console: console::Console,
     pub(crate) clock: Arc<Clock>,
     pub(crate) db: Db,
     pub(crate) signer: auth::TokenSigner,
@@ -191,6 +194,7 @@ impl BoundServer {
             policy,
             bans,
             identities,
+            console: console::Console::default(),
             limiter: rate_limit::RateLimiter::new(
                 config.rate_limit_per_sec,
                 config.rate_limit_burst,

@@ -24,6 +24,37 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
     purchases: BTreeMap<&'static str, u64>,
     replays: u64,
+    /// The last hour by minute, for the console's charts.
+    minutes: std::collections::VecDeque<Minute>,
+}
+
+/// One minute of this replica's traffic.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct Minute {
+    /// Unix minute.
+    pub minute: i64,
+    pub requests: u64,
+    /// Answers 500 and above.
+    pub errors: u64,
+    pub purchases: u64,
+    pub latency_sum: f64,
+}
+
+impl Inner {
+    fn minute(&mut self) -> &mut Minute {
+        let now = crate::now_secs() / 60;
+        if self.minutes.back().is_none_or(|m| m.minute != now) {
+            self.minutes.push_back(Minute {
+                minute: now,
+                ..Minute::default()
+            });
+            while self.minutes.len() > 60 {
+                self.minutes.pop_front();
+            }
+        }
+        // Pushed above when missing.
+        self.minutes.back_mut().unwrap_or_else(|| unreachable!())
+    }
 }
 
 #[derive(Default)]
@@ -73,12 +104,19 @@ impl Metrics {
         }
         h.sum += secs;
         h.count += 1;
+        let m = inner.minute();
+        m.requests += 1;
+        m.errors += u64::from(status >= 500);
+        m.latency_sum += secs;
     }
 
     /// `outcome` is `"success"` or an error code.
     pub fn record_purchase(&self, outcome: &'static str) {
         if let Ok(mut inner) = self.inner.lock() {
             *inner.purchases.entry(outcome).or_default() += 1;
+            if outcome == "success" {
+                inner.minute().purchases += 1;
+            }
         }
     }
 
@@ -86,6 +124,28 @@ impl Metrics {
         if let Ok(mut inner) = self.inner.lock() {
             inner.replays += 1;
         }
+    }
+
+    /// The last 60 minutes, oldest first, a zero for a minute without
+    /// traffic.
+    pub fn last_hour(&self) -> Vec<Minute> {
+        let Ok(inner) = self.inner.lock() else {
+            return Vec::new();
+        };
+        let now = crate::now_secs() / 60;
+        (now - 59..=now)
+            .map(|minute| {
+                inner
+                    .minutes
+                    .iter()
+                    .find(|m| m.minute == minute)
+                    .copied()
+                    .unwrap_or(Minute {
+                        minute,
+                        ..Minute::default()
+                    })
+            })
+            .collect()
     }
 
     /// The Prometheus text exposition format.

@@ -52,6 +52,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .merge(crate::market_data::router())
         .merge(crate::stream::router())
         .merge(crate::admin::router())
+        .merge(crate::console::router(state.clone()))
         .route("/healthz", get(healthz));
     if with_metrics {
         router = router.route("/metrics", get(metrics));

@@ -150,6 +150,13 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0010_identities.postgres.sql"),
         step: None,
     },
+    Migration {
+        version: 11,
+        name: "console",
+        sqlite: include_str!("migrations/0011_console.sqlite.sql"),
+        postgres: include_str!("migrations/0011_console.postgres.sql"),
+        step: None,
+    },
 ];
 
 /// Arbitrary constant: the PostgreSQL advisory lock that serialises migrations

@@ -43,50 +43,9 @@ pub async fn sweep(
     .fetch_all(&mut *conn)
     .await?;
     for (id,) in listings {
-        let row: Option<(i64, String, i64)> = sqlx::query_as(
-            "UPDATE listings SET status = 'cancelled', closed_by = 'expiry', returned = remaining, \
-             remaining = 0, updated_at = $1 \
-             WHERE id = $2 AND status = 'active' AND expires_at <= $1 \
-             RETURNING seller_id, item_id, returned",
-        )
-        .bind(now)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some((seller, item, returned)) = row else {
-            continue;
-        };
-        ctx.outbox.listing(id);
-        swept += 1;
-        if returned == 0 {
-            continue;
+        if send_back(conn, &ctx, id, Closer::Expiry).await?.is_some() {
+            swept += 1;
         }
-        let to = owe(
-            conn,
-            &ctx,
-            seller,
-            "listing_expired",
-            Some(&item),
-            returned,
-            Some(id),
-            None,
-            None,
-        )
-        .await?;
-        books::movements(
-            conn,
-            &ctx,
-            &[Move {
-                player_id: seller,
-                action: "listing_return",
-                item_id: Some(&item),
-                quantity: returned,
-                listing_id: Some(id),
-                delivery_id: to,
-                ..Default::default()
-            }],
-        )
-        .await?;
     }
     let orders: Vec<(i64,)> = sqlx::query_as(
         "SELECT id FROM orders WHERE status = 'active' AND expires_at <= $1 ORDER BY expires_at, id LIMIT $2",
@@ -140,4 +99,96 @@ pub async fn sweep(
     }
     crate::stream::publish(conn, &ctx).await?;
     Ok(swept)
+}
+
+/// Who closes a listing that is not its seller's doing.
+#[derive(Clone, Copy)]
+enum Closer {
+    Expiry,
+    Operator,
+}
+
+/// Closes an active listing (for `Expiry`: only once its time ran out) and
+/// sends what remains back to its seller — a delivery under client
+/// deposits, the account under server grants. `None` when it was not
+/// active (sold, cancelled or closed meanwhile: nothing to send back).
+async fn send_back(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    id: i64,
+    closer: Closer,
+) -> Result<Option<(i64, i64)>, AppError> {
+    let (closed_by, kind, expired_only) = match closer {
+        Closer::Expiry => ("expiry", "listing_expired", true),
+        Closer::Operator => ("operator", "listing_returned", false),
+    };
+    let row: Option<(i64, String, i64)> = sqlx::query_as(
+        "UPDATE listings SET status = 'cancelled', closed_by = $3, returned = remaining, \
+         remaining = 0, updated_at = $1 \
+         WHERE id = $2 AND status = 'active' AND (expires_at <= $1 OR $4 = 0) \
+         RETURNING seller_id, item_id, returned",
+    )
+    .bind(ctx.now)
+    .bind(id)
+    .bind(closed_by)
+    .bind(i64::from(expired_only))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((seller, item, returned)) = row else {
+        return Ok(None);
+    };
+    ctx.outbox.listing(id);
+    if returned > 0 {
+        let to = owe(
+            conn,
+            ctx,
+            seller,
+            kind,
+            Some(&item),
+            returned,
+            Some(id),
+            None,
+            None,
+        )
+        .await?;
+        books::movements(
+            conn,
+            ctx,
+            &[Move {
+                player_id: seller,
+                action: "listing_return",
+                item_id: Some(&item),
+                quantity: returned,
+                listing_id: Some(id),
+                delivery_id: to,
+                ..Default::default()
+            }],
+        )
+        .await?;
+    }
+    Ok(Some((seller, returned)))
+}
+
+/// The market's operator withdraws an active listing (the console): what
+/// remains goes back to its seller as the expiry sweep sends it, so the
+/// seller's game collects it whenever it comes back. Returns the seller and
+/// the units sent back; `None` when the listing was not active.
+pub async fn withdraw_by_operator(
+    conn: &mut AnyConnection,
+    policy: &Policy,
+    now: i64,
+    listing_id: i64,
+    request_id: &str,
+) -> Result<Option<(i64, i64)>, AppError> {
+    let ctx = OpContext {
+        player_id: 0,
+        request_id,
+        idem_key: "",
+        now,
+        policy,
+        outbox: Default::default(),
+    };
+    let done = send_back(conn, &ctx, listing_id, Closer::Operator).await?;
+    crate::stream::publish(conn, &ctx).await?;
+    Ok(done)
 }

@@ -9,6 +9,7 @@ mod support;
 mod api;
 mod books;
 mod concurrency;
+mod console;
 mod forever;
 mod hardening;
 mod identity;
