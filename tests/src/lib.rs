@@ -7,6 +7,7 @@
 //! `MARKET_TEST_POSTGRES_URL` (set by `cargo xtask test`).
 
 pub mod godot;
+pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

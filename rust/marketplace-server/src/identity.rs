@@ -439,6 +439,16 @@ impl Provider {
                 let now = Instant::now();
                 if !cache.reading {
                     let found = cache.find(kid, alg);
+                    if found.is_none()
+                        && kid
+                            .is_some_and(|k| cache.keys.iter().any(|c| c.kid.as_deref() == Some(k)))
+                    {
+                        // The key is known, for another algorithm: no
+                        // read can change that.
+                        return Err(AppError::IdentityRefused(
+                            "The identity token's algorithm is not its key's",
+                        ));
+                    }
                     let stale = cache.fetched.is_none_or(|at| now - at >= set.max_age);
                     let may_read = cache.tried.is_none_or(|at| now - at >= set.min_refetch);
                     match found {

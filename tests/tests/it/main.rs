@@ -4,6 +4,7 @@
 //! when `GDRUST_GODOT_BIN` is set; it says SKIPPED otherwise).
 
 mod black_box;
+mod console_browser;
 mod godot_headless;
 mod identity;
 mod replicas;
