@@ -109,6 +109,18 @@ pub struct Operator {
     pub csrf: String,
 }
 
+/// A change whose form lacks the session's CSRF token: 403.
+pub struct CsrfRefused;
+
+impl IntoResponse for CsrfRefused {
+    fn into_response(self) -> Response {
+        html::error_page(
+            StatusCode::FORBIDDEN,
+            "This form is stale or did not come from the console (CSRF token). Reload the page and try again.",
+        )
+    }
+}
+
 /// What an extractor answers a request without a session: the sign-in page.
 pub struct SignIn;
 
@@ -142,14 +154,11 @@ impl FromRequestParts<AppState> for Operator {
 
 impl Operator {
     /// Refuses a change whose form lacks this session's CSRF token.
-    pub fn check(&self, given: &str) -> Result<(), Response> {
+    pub fn check(&self, given: &str) -> Result<(), CsrfRefused> {
         if crate::admin::constant_time_eq(given.as_bytes(), self.csrf.as_bytes()) {
             Ok(())
         } else {
-            Err(html::error_page(
-                StatusCode::FORBIDDEN,
-                "This form is stale or did not come from the console (CSRF token). Reload the page and try again.",
-            ))
+            Err(CsrfRefused)
         }
     }
 
@@ -310,7 +319,7 @@ async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Err(refused) = operator.check(&form.csrf) {
-        return refused;
+        return refused.into_response();
     }
     if let Some(cookie) = cookie(&headers) {
         if let Ok(mut tx) = state.0.db.begin_write().await {

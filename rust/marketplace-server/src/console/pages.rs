@@ -214,7 +214,7 @@ pub async fn run_audit(
     Form(f): Form<CsrfForm>,
 ) -> Response {
     if let Err(refused) = op.check(&f.csrf) {
-        return refused;
+        return refused.into_response();
     }
     let report = async {
         let mut conn = state.0.db.reader().acquire().await?;
@@ -698,7 +698,7 @@ pub async fn unban(
 
 async fn set_ban(state: AppState, op: Operator, id: i64, f: CsrfForm, banned: bool) -> Response {
     if let Err(refused) = op.check(&f.csrf) {
-        return refused;
+        return refused.into_response();
     }
     if let Err(e) = crate::admin::set_ban(&state, id, banned).await {
         return failed(e);
@@ -732,7 +732,7 @@ pub async fn grant(
     Form(f): Form<GrantForm>,
 ) -> Response {
     if let Err(refused) = op.check(&f.csrf) {
-        return refused;
+        return refused.into_response();
     }
     let reason = f.reason.trim();
     if reason.is_empty() || reason.chars().count() > 500 {
@@ -868,7 +868,7 @@ pub async fn cancel_listing(
     Form(f): Form<CsrfForm>,
 ) -> Response {
     if let Err(refused) = op.check(&f.csrf) {
-        return refused;
+        return refused.into_response();
     }
     let done = async {
         let mut tx = state.0.db.begin_write().await?;
