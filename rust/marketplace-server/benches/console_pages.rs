@@ -45,11 +45,7 @@ async fn seed(url: &str, postgres: bool) {
             .unwrap();
         at = to + 1;
     }
-    if postgres {
-        sqlx::query("ANALYZE").execute(&mut conn).await.unwrap();
-    } else {
-        sqlx::query("ANALYZE").execute(&mut conn).await.unwrap();
-    }
+    sqlx::query("ANALYZE").execute(&mut conn).await.unwrap();
 }
 
 fn main() {

@@ -33,6 +33,11 @@ fn listing_link(id: Option<i64>) -> String {
         .unwrap_or_default()
 }
 
+fn order_link(id: Option<i64>) -> String {
+    id.map(|id| format!("<a href=\"/console/orders?id={id}&amp;status=all\">{id}</a>"))
+        .unwrap_or_default()
+}
+
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map(|v| esc(&v.to_string())).unwrap_or_default()
 }
@@ -319,20 +324,36 @@ async fn ledger_rows(
     before: i64,
     limit: i64,
 ) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
-    // One filter leads (an index per kind of filter), the others narrow.
-    sqlx::query(
+    // Only the filters given, as plain equalities: each has an index that
+    // leads with it and ends with `id` (`ledger_by_player`, `ledger_by_item`,
+    // `ledger_by_action_id`), which a `$n IS NULL OR …` form would hide
+    // from the planner.
+    let mut sql = String::from(
         "SELECT id, at, player_id, action, listing_id, purchase_id, order_id, delivery_id, item_id, quantity, \
-         amount, idempotency_key, request_id FROM ledger \
-         WHERE id < $1 AND ($2 IS NULL OR player_id = $2) AND ($3 IS NULL OR item_id = $3) \
-         AND ($4 IS NULL OR action = $4) ORDER BY id DESC LIMIT $5",
-    )
-    .bind(before)
-    .bind(player)
-    .bind(item)
-    .bind(action)
-    .bind(limit)
-    .fetch_all(state.0.db.reader())
-    .await
+         amount, idempotency_key, request_id FROM ledger WHERE id < $1",
+    );
+    let mut n = 1;
+    let mut clause = |column: &str, given: bool| {
+        if given {
+            n += 1;
+            sql.push_str(&format!(" AND {column} = ${n}"));
+        }
+    };
+    clause("player_id", player.is_some());
+    clause("item_id", item.is_some());
+    clause("action", action.is_some());
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
+    let mut q = sqlx::query(&sql).bind(before);
+    if let Some(player) = player {
+        q = q.bind(player);
+    }
+    if let Some(item) = item {
+        q = q.bind(item.to_string());
+    }
+    if let Some(action) = action {
+        q = q.bind(action.to_string());
+    }
+    q.bind(limit).fetch_all(state.0.db.reader()).await
 }
 
 fn ledger_table(rows: &[sqlx::any::AnyRow]) -> String {
@@ -349,7 +370,7 @@ fn ledger_table(rows: &[sqlx::any::AnyRow]) -> String {
                 opt(s("item_id")),
                 opt(g("quantity").or(g("amount"))),
                 listing_link(g("listing_id")),
-                opt(g("order_id")),
+                order_link(g("order_id")),
                 opt(g("purchase_id")),
                 opt(g("delivery_id")),
                 opt(s("idempotency_key")),
@@ -456,7 +477,7 @@ pub async fn player(
             }
         };
         let listings = held(
-            "SELECT id, item_id, quantity, remaining, price, status, created_at FROM listings WHERE seller_id = $1 ORDER BY id DESC LIMIT 20",
+            "SELECT id, seller_id, item_id, quantity, remaining, price, status, created_at FROM listings WHERE seller_id = $1 ORDER BY id DESC LIMIT 20",
         )
         .await?;
         out.push_str("<h2>Listings (latest 20)</h2>");
@@ -466,7 +487,7 @@ pub async fn player(
         )
         .await?;
         out.push_str("<h2>Buy orders (latest 20)</h2>");
-        out.push_str(&order_rows(&orders));
+        out.push_str(&order_rows(&orders, &op));
         let deliveries = held(
             "SELECT id, kind, item_id, quantity, listing_id, order_id, created_at FROM deliveries WHERE player_id = $1 AND collected_at IS NULL ORDER BY id LIMIT 50",
         )
@@ -481,7 +502,7 @@ pub async fn player(
                     opt(r.try_get::<Option<String>, _>("item_id").ok().flatten()),
                     opt(g("quantity")),
                     listing_link(g("listing_id")),
-                    opt(g("order_id")),
+                    order_link(g("order_id")),
                     time(g("created_at").unwrap_or(0)),
                 ]
             })
@@ -566,19 +587,32 @@ fn listing_rows(rows: &[sqlx::any::AnyRow], op: &Operator, with_cancel: bool) ->
     )
 }
 
-fn order_rows(rows: &[sqlx::any::AnyRow]) -> String {
+fn order_rows(rows: &[sqlx::any::AnyRow], op: &Operator) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             let g = |c: &str| r.try_get::<Option<i64>, _>(c).ok().flatten();
+            let id = g("id").unwrap_or(0);
+            let status = r.try_get::<String, _>("status").unwrap_or_default();
+            let cancel = if status == "active" {
+                form(
+                    &format!("/console/orders/{id}/cancel"),
+                    &op.csrf,
+                    "",
+                    "Cancel",
+                )
+            } else {
+                String::new()
+            };
             vec![
-                opt(g("id")),
+                order_link(Some(id)),
                 g("buyer_id").map(player_link).unwrap_or_default(),
                 esc(&r.try_get::<String, _>("item_id").unwrap_or_default()),
                 format!("{} of {}", opt(g("remaining")), opt(g("quantity"))),
                 opt(g("max_price")),
                 opt(g("escrow")),
-                esc(&r.try_get::<String, _>("status").unwrap_or_default()),
+                esc(&status),
+                cancel,
             ]
         })
         .collect();
@@ -591,6 +625,7 @@ fn order_rows(rows: &[sqlx::any::AnyRow]) -> String {
             "max price",
             "escrow",
             "status",
+            "",
         ],
         &cells,
     )
@@ -903,6 +938,48 @@ pub async fn cancel_listing(
     }
 }
 
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Err(refused) = op.check(&f.csrf) {
+        return refused.into_response();
+    }
+    let done = async {
+        let mut tx = state.0.db.begin_write().await?;
+        let done = crate::market::expiry::cancel_order_by_operator(
+            &mut tx,
+            &state.0.policy,
+            state.0.clock.now(),
+            id,
+            &op.request_id(),
+        )
+        .await?;
+        tx.commit().await?;
+        state.0.stream.wake();
+        Ok::<_, AppError>(done)
+    };
+    match done.await {
+        Ok(Some((buyer, returned))) => {
+            let detail = format!("cancelled order {id}: {returned} credits back to its buyer");
+            if let Err(e) = op
+                .record(&state, "cancel_order", Some(buyer), None, &detail)
+                .await
+            {
+                return failed(e);
+            }
+            Redirect::to(&format!("/console/orders?id={id}&status=all")).into_response()
+        }
+        Ok(None) => html::error_page(
+            StatusCode::CONFLICT,
+            "That order is no longer active: nothing to cancel.",
+        ),
+        Err(e) => failed(e),
+    }
+}
+
 pub async fn orders(
     State(state): State<AppState>,
     op: Operator,
@@ -913,12 +990,13 @@ pub async fn orders(
     let rows = sqlx::query(
         "SELECT id, buyer_id, item_id, quantity, remaining, max_price, escrow, status FROM orders \
          WHERE id < $1 AND ($2 IS NULL OR item_id = $2) AND ($3 IS NULL OR buyer_id = $3) AND ($4 IS NULL OR status = $4) \
-         ORDER BY id DESC LIMIT $5",
+         AND ($5 IS NULL OR id = $5) ORDER BY id DESC LIMIT $6",
     )
     .bind(f.before.unwrap_or(i64::MAX))
     .bind(text(&f.item))
     .bind(num(&f.seller))
     .bind(&status)
+    .bind(num(&f.id))
     .bind(PAGE)
     .fetch_all(state.0.db.reader())
     .await;
@@ -930,7 +1008,7 @@ pub async fn orders(
                 esc(f.item.as_deref().unwrap_or("")),
                 esc(f.seller.as_deref().unwrap_or("")),
                 esc(status.as_deref().unwrap_or("all")),
-                order_rows(&rows)
+                order_rows(&rows, &op)
             );
             page("Buy orders", &op.csrf, &body)
         }

@@ -55,47 +55,12 @@ pub async fn sweep(
     .fetch_all(&mut *conn)
     .await?;
     for (id,) in orders {
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "UPDATE orders SET status = 'expired', returned = escrow, escrow = 0, updated_at = $1 \
-             WHERE id = $2 AND status = 'active' AND expires_at <= $1 RETURNING buyer_id, returned",
-        )
-        .bind(now)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some((buyer, returned)) = row else {
-            continue;
-        };
-        ctx.outbox.order(id);
-        swept += 1;
-        if returned == 0 {
-            continue;
+        if refund_order(conn, &ctx, id, Closer::Expiry)
+            .await?
+            .is_some()
+        {
+            swept += 1;
         }
-        let to = owe(
-            conn,
-            &ctx,
-            buyer,
-            "order_expired",
-            None,
-            returned,
-            None,
-            Some(id),
-            None,
-        )
-        .await?;
-        books::movements(
-            conn,
-            &ctx,
-            &[Move {
-                player_id: buyer,
-                action: "order_return",
-                quantity: returned,
-                order_id: Some(id),
-                delivery_id: to,
-                ..Default::default()
-            }],
-        )
-        .await?;
     }
     crate::stream::publish(conn, &ctx).await?;
     Ok(swept)
@@ -167,6 +132,75 @@ async fn send_back(
         .await?;
     }
     Ok(Some((seller, returned)))
+}
+
+/// Closes an active buy order (for `Expiry`: only once its time ran out)
+/// and sends its escrow back to its buyer, as [`send_back`] does a
+/// listing's. `None` when it was not active.
+async fn refund_order(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    id: i64,
+    closer: Closer,
+) -> Result<Option<(i64, i64)>, AppError> {
+    let (status, kind, expired_only) = match closer {
+        Closer::Expiry => ("expired", "order_expired", true),
+        Closer::Operator => ("cancelled", "order_refund", false),
+    };
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "UPDATE orders SET status = $3, returned = escrow, escrow = 0, updated_at = $1 \
+         WHERE id = $2 AND status = 'active' AND (expires_at <= $1 OR $4 = 0) RETURNING buyer_id, returned",
+    )
+    .bind(ctx.now)
+    .bind(id)
+    .bind(status)
+    .bind(i64::from(expired_only))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((buyer, returned)) = row else {
+        return Ok(None);
+    };
+    ctx.outbox.order(id);
+    if returned > 0 {
+        let to = owe(conn, ctx, buyer, kind, None, returned, None, Some(id), None).await?;
+        books::movements(
+            conn,
+            ctx,
+            &[Move {
+                player_id: buyer,
+                action: "order_return",
+                quantity: returned,
+                order_id: Some(id),
+                delivery_id: to,
+                ..Default::default()
+            }],
+        )
+        .await?;
+    }
+    Ok(Some((buyer, returned)))
+}
+
+/// The market's operator cancels an active buy order (the console): its
+/// escrow goes back to the buyer as an expiry's does. Returns the buyer
+/// and the credits sent back; `None` when the order was not active.
+pub async fn cancel_order_by_operator(
+    conn: &mut AnyConnection,
+    policy: &Policy,
+    now: i64,
+    order_id: i64,
+    request_id: &str,
+) -> Result<Option<(i64, i64)>, AppError> {
+    let ctx = OpContext {
+        player_id: 0,
+        request_id,
+        idem_key: "",
+        now,
+        policy,
+        outbox: Default::default(),
+    };
+    let done = refund_order(conn, &ctx, order_id, Closer::Operator).await?;
+    crate::stream::publish(conn, &ctx).await?;
+    Ok(done)
 }
 
 /// The market's operator withdraws an active listing (the console): what
