@@ -183,6 +183,25 @@ pub fn time(at: i64) -> String {
     )
 }
 
+/// Unix seconds at the start of a UTC day given as `YYYY-MM-DD`.
+pub fn day_start(date: &str) -> Option<i64> {
+    let mut parts = date.trim().splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let d: i64 = parts.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(1970..=9999).contains(&y) {
+        return None;
+    }
+    // Days from civil (proleptic Gregorian).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) * 86_400)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +219,13 @@ mod tests {
     fn times_are_utc() {
         assert_eq!(time(0), "1970-01-01 00:00:00");
         assert_eq!(time(1_764_633_600), "2025-12-02 00:00:00");
+        assert_eq!(day_start("2025-12-02"), Some(1_764_633_600));
+        assert_eq!(day_start("1970-01-01"), Some(0));
+        assert_eq!(
+            day_start("2024-02-29").map(time).as_deref(),
+            Some("2024-02-29 00:00:00")
+        );
+        assert_eq!(day_start("2025-13-01"), None);
+        assert_eq!(day_start("yesterday"), None);
     }
 }

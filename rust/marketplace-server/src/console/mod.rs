@@ -57,8 +57,6 @@ const MAX_TRACKED: usize = 10_000;
 #[derive(Default)]
 pub struct Console {
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-    /// The last audit run from the console here: when, and its report.
-    pub(crate) last_audit: Mutex<Option<(i64, crate::AuditReport)>>,
 }
 
 pub fn router(state: AppState) -> Router<AppState> {

@@ -124,7 +124,7 @@ pub async fn overview(State(state): State<AppState>, op: Operator) -> Response {
             }),
         ));
         out.push_str("</div>");
-        out.push_str(&audit_summary(&state, &op));
+        out.push_str(&audit_summary(&last_audit(&state).await?, &op));
         let actions = sqlx::query(
             "SELECT at, session_label, action, player_id, listing_id, detail FROM console_actions ORDER BY id DESC LIMIT 20",
         )
@@ -162,23 +162,38 @@ pub async fn overview(State(state): State<AppState>, op: Operator) -> Response {
     }
 }
 
-fn audit_summary(state: &AppState, op: &Operator) -> String {
-    let last = state
-        .0
-        .console
-        .last_audit
-        .lock()
-        .ok()
-        .and_then(|a| a.clone());
+/// The last audit run from the console (any replica): when, and what it
+/// said.
+async fn last_audit(state: &AppState) -> Result<Option<(i64, Vec<String>, Vec<String>)>, AppError> {
+    let row: Option<(i64, String)> =
+        sqlx::query_as("SELECT at, report FROM console_audits ORDER BY id DESC LIMIT 1")
+            .fetch_optional(state.0.db.reader())
+            .await?;
+    Ok(row.map(|(at, report)| {
+        let v: serde_json::Value = serde_json::from_str(&report).unwrap_or_default();
+        let list = |k: &str| -> Vec<String> {
+            v[k].as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|l| l.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        (at, list("lines"), list("mismatches"))
+    }))
+}
+
+fn audit_summary(last: &Option<(i64, Vec<String>, Vec<String>)>, op: &Operator) -> String {
     let said = match last {
-        None => "<p class=muted>No audit run from the console on this replica yet.</p>".to_string(),
-        Some((at, report)) if report.ok() => {
-            format!("<p class=ok>The books balanced at {} UTC.</p>", time(at))
+        None => "<p class=muted>No audit run from the console yet.</p>".to_string(),
+        Some((at, _, mismatches)) if mismatches.is_empty() => {
+            format!("<p class=ok>The books balanced at {} UTC.</p>", time(*at))
         }
-        Some((at, report)) => format!(
+        Some((at, _, mismatches)) => format!(
             "<p class=bad>The books did not balance at {} UTC: {}</p>",
-            time(at),
-            esc(report.mismatches.first().map(String::as_str).unwrap_or(""))
+            time(*at),
+            linked(&mismatches[0])
         ),
     };
     format!(
@@ -187,25 +202,61 @@ fn audit_summary(state: &AppState, op: &Operator) -> String {
     )
 }
 
+/// An audit line, escaped, with the rows it names linked: players (their
+/// account, stash, deliveries), listings (their escrow), orders.
+fn linked(line: &str) -> String {
+    const NAMES: [(&str, &str); 7] = [
+        ("Account(", "player"),
+        ("Stash(", "player"),
+        ("Delivery(", "player"),
+        ("OrderEscrow(", "order"),
+        ("Escrow(", "listing"),
+        ("listing ", "listing"),
+        ("order ", "order"),
+    ];
+    let escaped = esc(line);
+    let mut out = String::new();
+    let mut rest = escaped.as_str();
+    loop {
+        let next = NAMES
+            .iter()
+            .filter_map(|(p, kind)| rest.find(p).map(|i| (i, *p, *kind)))
+            .min_by_key(|(i, _, _)| *i);
+        let Some((i, p, kind)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..i + p.len()]);
+        let after = &rest[i + p.len()..];
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        if !digits.is_empty() {
+            let href = match kind {
+                "player" => format!("/console/players/{digits}"),
+                "listing" => format!("/console/listings?id={digits}&amp;status=all"),
+                _ => format!("/console/orders?id={digits}&amp;status=all"),
+            };
+            let _ = write!(out, "<a href=\"{href}\">{digits}</a>");
+        }
+        rest = &after[digits.len()..];
+    }
+}
+
 pub async fn audit(State(state): State<AppState>, op: Operator) -> Response {
-    let last = state
-        .0
-        .console
-        .last_audit
-        .lock()
-        .ok()
-        .and_then(|a| a.clone());
-    let mut body = audit_summary(&state, &op);
-    if let Some((_, report)) = last {
-        if !report.ok() {
+    let last = match last_audit(&state).await {
+        Ok(last) => last,
+        Err(e) => return failed(e),
+    };
+    let mut body = audit_summary(&last, &op);
+    if let Some((_, lines, mismatches)) = last {
+        if !mismatches.is_empty() {
             body.push_str("<h2>Mismatches (first first)</h2><ol>");
-            for m in &report.mismatches {
-                let _ = write!(body, "<li>{}</li>", esc(m));
+            for m in &mismatches {
+                let _ = write!(body, "<li>{}</li>", linked(m));
             }
             body.push_str("</ol>");
         }
         body.push_str("<h2>What it checked</h2><ul>");
-        for l in &report.lines {
+        for l in &lines {
             let _ = write!(body, "<li>{}</li>", esc(l));
         }
         body.push_str("</ul>");
@@ -232,8 +283,24 @@ pub async fn run_audit(
             } else {
                 format!("{} mismatches", report.mismatches.len())
             };
-            if let Ok(mut last) = state.0.console.last_audit.lock() {
-                *last = Some((state.0.clock.now(), report));
+            let stored = async {
+                let mut tx = state.0.db.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO console_audits (at, session_label, ok, report) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(state.0.clock.now())
+                .bind(&op.label)
+                .bind(i64::from(report.ok()))
+                .bind(
+                    serde_json::json!({"lines": report.lines, "mismatches": report.mismatches})
+                        .to_string(),
+                )
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await
+            };
+            if let Err(e) = stored.await {
+                return failed(e);
             }
             if let Err(e) = op.record(&state, "audit", None, None, &detail).await {
                 return failed(e);
@@ -313,6 +380,9 @@ pub struct LedgerQuery {
     player: Option<String>,
     item: Option<String>,
     action: Option<String>,
+    /// UTC dates, `YYYY-MM-DD`, both inclusive.
+    from: Option<String>,
+    to: Option<String>,
 }
 
 /// A page of ledger rows, newest first; the id to continue before.
@@ -321,6 +391,7 @@ async fn ledger_rows(
     player: Option<i64>,
     item: Option<&str>,
     action: Option<&str>,
+    span: (Option<i64>, Option<i64>),
     before: i64,
     limit: i64,
 ) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
@@ -342,6 +413,15 @@ async fn ledger_rows(
     clause("player_id", player.is_some());
     clause("item_id", item.is_some());
     clause("action", action.is_some());
+    // A time span narrows (ids grow with time, so paging stays by id).
+    if span.0.is_some() {
+        n += 1;
+        sql.push_str(&format!(" AND at >= ${n}"));
+    }
+    if span.1.is_some() {
+        n += 1;
+        sql.push_str(&format!(" AND at < ${n}"));
+    }
     sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
     let mut q = sqlx::query(&sql).bind(before);
     if let Some(player) = player {
@@ -352,6 +432,9 @@ async fn ledger_rows(
     }
     if let Some(action) = action {
         q = q.bind(action.to_string());
+    }
+    for bound in [span.0, span.1].into_iter().flatten() {
+        q = q.bind(bound);
     }
     q.bind(limit).fetch_all(state.0.db.reader()).await
 }
@@ -521,7 +604,7 @@ pub async fn player(
             &cells,
         ));
         let before = q.before.unwrap_or(i64::MAX);
-        let rows = ledger_rows(&state, Some(id), None, None, before, PAGE).await?;
+        let rows = ledger_rows(&state, Some(id), None, None, (None, None), before, PAGE).await?;
         let _ = write!(
             out,
             "<h2>Ledger</h2><p><a href=/console/players/{id}/ledger.csv>Export all as CSV</a></p>{}",
@@ -642,7 +725,8 @@ pub async fn ledger_csv(
     let mut before = i64::MAX;
     // Page by page, as the screen does; capped so one export stays small.
     for _ in 0..200 {
-        let rows = match ledger_rows(&state, Some(id), None, None, before, 500).await {
+        let rows = match ledger_rows(&state, Some(id), None, None, (None, None), before, 500).await
+        {
             Ok(rows) => rows,
             Err(e) => return failed(e),
         };
@@ -1023,11 +1107,18 @@ pub async fn ledger(
 ) -> Response {
     let player = num(&q.player);
     let (item, action) = (text(&q.item), text(&q.action));
+    let (from, to) = (text(&q.from), text(&q.to));
+    let day = |d: &Option<String>| d.as_deref().and_then(html::day_start);
+    if (from.is_some() && day(&from).is_none()) || (to.is_some() && day(&to).is_none()) {
+        return html::error_page(StatusCode::BAD_REQUEST, "Dates are YYYY-MM-DD (UTC).");
+    }
+    let span = (day(&from), day(&to).map(|t| t + 86_400));
     let rows = ledger_rows(
         &state,
         player,
         item.as_deref(),
         action.as_deref(),
+        span,
         q.before.unwrap_or(i64::MAX),
         PAGE,
     )
@@ -1036,20 +1127,25 @@ pub async fn ledger(
         Ok(rows) => {
             let mut body = format!(
                 "<form method=get action=/console/ledger>player <input name=player size=6 value=\"{}\"> item <input name=item value=\"{}\"> \
-                 action <input name=action value=\"{}\"> <button type=submit>Filter</button></form>{}",
+                 action <input name=action value=\"{}\"> from <input name=from type=date value=\"{}\"> \
+                 to <input name=to type=date value=\"{}\"> <button type=submit>Filter</button></form>{}",
                 esc(q.player.as_deref().unwrap_or("")),
                 esc(item.as_deref().unwrap_or("")),
                 esc(action.as_deref().unwrap_or("")),
+                esc(from.as_deref().unwrap_or("")),
+                esc(to.as_deref().unwrap_or("")),
                 ledger_table(&rows)
             );
             if rows.len() as i64 == PAGE {
                 if let Some(last) = rows.last().and_then(|r| r.try_get::<i64, _>("id").ok()) {
                     let _ = write!(
                         body,
-                        "<p><a href=\"/console/ledger?before={last}&player={}&item={}&action={}\">Older</a></p>",
+                        "<p><a href=\"/console/ledger?before={last}&amp;player={}&amp;item={}&amp;action={}&amp;from={}&amp;to={}\">Older</a></p>",
                         url(q.player.as_deref().unwrap_or("")),
                         url(item.as_deref().unwrap_or("")),
-                        url(action.as_deref().unwrap_or(""))
+                        url(action.as_deref().unwrap_or("")),
+                        url(from.as_deref().unwrap_or("")),
+                        url(to.as_deref().unwrap_or(""))
                     );
                 }
             }

@@ -247,6 +247,59 @@ async fn an_operator_signs_in_and_acts_on_a_player(db: TestDb) {
         .text
         .contains("The books balanced"));
 
+    // The ledger by time: today holds the grant, a day long ago nothing.
+    let today = &crate::support::today();
+    let now = b
+        .get(&format!(
+            "/console/ledger?player={}&from={today}&to={today}",
+            cheater.id
+        ))
+        .await;
+    assert!(now.text.contains(&grant_key), "{}", now.text);
+    let then = b
+        .get(&format!(
+            "/console/ledger?player={}&from=2001-01-01&to=2001-01-02",
+            cheater.id
+        ))
+        .await;
+    assert!(!then.text.contains(&grant_key) && then.text.contains("none"));
+    assert_eq!(
+        b.get("/console/ledger?from=yesterday").await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Books changed behind the server's back: the audit names the player,
+    // linked, on every replica's console (it is kept in the database).
+    let pool = db.pool().await;
+    sqlx::query(&format!(
+        "UPDATE accounts SET credits = credits + 1 WHERE player_id = {}",
+        cheater.id
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    b.post("/console/audit", &[("csrf", &csrf)]).await;
+    let audit = b.get("/console/audit").await;
+    assert!(audit.text.contains("did not balance"), "{}", audit.text);
+    assert!(
+        audit
+            .text
+            .contains(&format!("<a href=\"/console/players/{}\">", cheater.id)),
+        "{}",
+        audit.text
+    );
+    let other_replica = TestServer::start(&db).await;
+    let mut b2 = Browser::new(&other_replica);
+    b2.sign_in(ADMIN).await;
+    assert!(b2.get("/console/").await.text.contains("did not balance"));
+    sqlx::query(&format!(
+        "UPDATE accounts SET credits = credits - 1 WHERE player_id = {}",
+        cheater.id
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+
     // Signing out ends the session.
     let out = b.post("/console/logout", &[("csrf", &csrf)]).await;
     assert_eq!(out.status, StatusCode::SEE_OTHER);

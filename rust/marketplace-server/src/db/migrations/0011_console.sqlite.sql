@@ -27,3 +27,11 @@ CREATE INDEX players_by_name ON players (name, id)
 CREATE INDEX ledger_by_item ON ledger (item_id, id)
 
 CREATE INDEX ledger_by_action_id ON ledger (action, id)
+
+CREATE TABLE console_audits (
+    id INTEGER PRIMARY KEY,
+    at BIGINT NOT NULL,
+    session_label TEXT NOT NULL,
+    ok BIGINT NOT NULL,
+    report TEXT NOT NULL
+)
