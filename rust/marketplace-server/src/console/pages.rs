@@ -881,6 +881,17 @@ pub async fn grant(
     // the same grant.
     match crate::admin::grant_to(&state, id, req, &f.key, &op.request_id()).await {
         Ok(moved) => {
+            // A replayed form is the same grant: recorded once.
+            let seen: Result<(i64,), _> = sqlx::query_as(
+                "SELECT COUNT(*) FROM console_actions WHERE action = 'grant' AND player_id = $1 AND detail LIKE $2",
+            )
+            .bind(id)
+            .bind(format!("grant #{}:%", moved.id))
+            .fetch_one(state.0.db.reader())
+            .await;
+            if matches!(seen, Ok((n,)) if n > 0) {
+                return Redirect::to(&format!("/console/players/{id}")).into_response();
+            }
             let detail = format!(
                 "grant #{}: {} {} — {}",
                 moved.id,
