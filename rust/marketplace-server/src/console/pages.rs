@@ -919,6 +919,23 @@ pub struct ListingFilter {
     before: Option<i64>,
 }
 
+impl ListingFilter {
+    /// The filters as a query string (for the "Older" link), escaped for
+    /// an attribute.
+    fn query(&self, status: Option<&str>) -> String {
+        let v = |o: &Option<String>| url(o.as_deref().unwrap_or(""));
+        format!(
+            "id={}&amp;item={}&amp;seller={}&amp;status={}&amp;min_price={}&amp;max_price={}",
+            v(&self.id),
+            v(&self.item),
+            v(&self.seller),
+            url(status.unwrap_or("all")),
+            v(&self.min_price),
+            v(&self.max_price)
+        )
+    }
+}
+
 fn num(v: &Option<String>) -> Option<i64> {
     v.as_deref()
         .map(str::trim)
@@ -981,10 +998,8 @@ pub async fn listings(
         if let Some(last) = rows.last().and_then(|r| r.try_get::<i64, _>("id").ok()) {
             let _ = write!(
                 body,
-                "<p><a href=\"/console/listings?before={last}&item={}&seller={}&status={}\">Older</a></p>",
-                url(f.item.as_deref().unwrap_or("")),
-                url(f.seller.as_deref().unwrap_or("")),
-                url(status.as_deref().unwrap_or("all"))
+                "<p><a href=\"/console/listings?before={last}&amp;{}\">Older</a></p>",
+                f.query(status.as_deref())
             );
         }
     }
@@ -1085,26 +1100,41 @@ pub async fn orders(
     let rows = sqlx::query(
         "SELECT id, buyer_id, item_id, quantity, remaining, max_price, escrow, status FROM orders \
          WHERE id < $1 AND ($2 IS NULL OR item_id = $2) AND ($3 IS NULL OR buyer_id = $3) AND ($4 IS NULL OR status = $4) \
-         AND ($5 IS NULL OR id = $5) ORDER BY id DESC LIMIT $6",
+         AND ($5 IS NULL OR id = $5) AND ($6 IS NULL OR max_price >= $6) AND ($7 IS NULL OR max_price <= $7) \
+         ORDER BY id DESC LIMIT $8",
     )
     .bind(f.before.unwrap_or(i64::MAX))
     .bind(text(&f.item))
     .bind(num(&f.seller))
     .bind(&status)
     .bind(num(&f.id))
+    .bind(num(&f.min_price))
+    .bind(num(&f.max_price))
     .bind(PAGE)
     .fetch_all(state.0.db.reader())
     .await;
     match rows {
         Ok(rows) => {
-            let body = format!(
+            let mut body = format!(
                 "<form method=get action=/console/orders>item <input name=item value=\"{}\"> buyer <input name=seller size=6 value=\"{}\"> \
-                 status <input name=status size=8 value=\"{}\"> <button type=submit>Filter</button></form>{}",
+                 status <input name=status size=8 value=\"{}\"> max price <input name=min_price size=6 value=\"{}\">–<input name=max_price size=6 value=\"{}\"> \
+                 <button type=submit>Filter</button></form>{}",
                 esc(f.item.as_deref().unwrap_or("")),
                 esc(f.seller.as_deref().unwrap_or("")),
                 esc(status.as_deref().unwrap_or("all")),
+                esc(f.min_price.as_deref().unwrap_or("")),
+                esc(f.max_price.as_deref().unwrap_or("")),
                 order_rows(&rows, &op)
             );
+            if rows.len() as i64 == PAGE {
+                if let Some(last) = rows.last().and_then(|r| r.try_get::<i64, _>("id").ok()) {
+                    let _ = write!(
+                        body,
+                        "<p><a href=\"/console/orders?before={last}&amp;{}\">Older</a></p>",
+                        f.query(status.as_deref())
+                    );
+                }
+            }
             page("Buy orders", &op.csrf, &body)
         }
         Err(e) => failed(e),

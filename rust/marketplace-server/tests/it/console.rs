@@ -407,6 +407,29 @@ async fn a_withdrawn_listing_goes_back_to_its_seller_and_the_books_balance(db: T
         d.text
     );
     assert_eq!(d.body["deliveries"][0]["quantity"], json!(1));
+    // Paging keeps the filter: 52 listings of one item, 50 a page.
+    for _ in 0..52 {
+        t.create_listing(&seller, "paged-ore", 3).await;
+    }
+    let first = b.get("/console/listings?item=paged-ore&min_price=2").await;
+    assert_eq!(first.text.matches("/cancel\"").count(), 50, "a page of 50");
+    let at = first.text.find("Older").expect("an Older link");
+    let href = first.text[..at]
+        .rsplit("href=\"")
+        .next()
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(
+        href.contains("item=paged-ore") && href.contains("min_price=2"),
+        "{href}"
+    );
+    let rest = b.get(&href).await;
+    assert_eq!(rest.text.matches("/cancel\"").count(), 2, "{}", rest.text);
+    assert!(!rest.text.contains("console-ore"), "the filter held");
+
     // A buy order cancelled by the operator: its escrow waits for the buyer.
     let buyer = t.login("console-order-buyer").await;
     let r = t
