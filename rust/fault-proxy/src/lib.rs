@@ -24,6 +24,9 @@ pub enum Fault {
     LoseResponse,
     /// Wait this long before forwarding.
     Delay(Duration),
+    /// Forward (the server commits), then hold the answer this long: the
+    /// window in which the change is done but the client has not heard.
+    DelayAnswer(Duration),
     /// Reset the connection before forwarding anything.
     Reset,
     /// Answer 500 without forwarding.
@@ -258,6 +261,10 @@ async fn serve_connection(
             Some(Fault::Stall) => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return Ok(());
+            }
+            Some(Fault::DelayAnswer(d)) => {
+                tokio::time::sleep(d).await;
+                client.write_all(&answer).await?;
             }
             Some(Fault::ProxyPage(status)) => {
                 let body = format!(

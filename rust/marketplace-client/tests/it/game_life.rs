@@ -697,12 +697,15 @@ fn a_success_whose_save_fails_at_close_is_not_told_and_settles_on_the_next_open(
     buyer.settle(Duration::from_secs(5));
     // The purchase's journal entry reaches the disk, then the disk is full
     // by the time its answer settles.
-    world
-        .proxy
-        .fault("/purchase", Fault::Delay(Duration::from_millis(300)), 1);
+    world.proxy.fault(
+        "/purchase",
+        Fault::DelayAnswer(Duration::from_millis(700)),
+        1,
+    );
     buyer.buy(listings[0], 30).unwrap();
     // Frames send it once its journal entry is on disk; once the server
-    // has it, no more frames: its answer waits unsettled.
+    // has it, no more frames: its answer (held back by the proxy after the
+    // commit) waits unsettled.
     let deadline = Instant::now() + Duration::from_secs(5);
     while world.count("SELECT COUNT(*) FROM purchases") == 0 {
         assert!(Instant::now() < deadline, "the purchase reached the server");

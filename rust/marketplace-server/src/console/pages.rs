@@ -15,6 +15,7 @@ use sqlx::Row;
 use super::html::{self, esc, form, page, table, time, url};
 use super::{CsrfForm, Operator};
 use crate::error::AppError;
+use crate::market::expiry::Closing;
 use crate::AppState;
 
 const PAGE: i64 = 50;
@@ -1012,40 +1013,7 @@ pub async fn cancel_listing(
     Path(id): Path<i64>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Err(refused) = op.check(&f.csrf) {
-        return refused.into_response();
-    }
-    let done = async {
-        let mut tx = state.0.db.begin_write().await?;
-        let done = crate::market::expiry::withdraw_by_operator(
-            &mut tx,
-            &state.0.policy,
-            state.0.clock.now(),
-            id,
-            &op.request_id(),
-        )
-        .await?;
-        tx.commit().await?;
-        state.0.stream.wake();
-        Ok::<_, AppError>(done)
-    };
-    match done.await {
-        Ok(Some((seller, returned))) => {
-            let detail = format!("withdrew listing {id}: {returned} back to its seller");
-            if let Err(e) = op
-                .record(&state, "withdraw_listing", Some(seller), Some(id), &detail)
-                .await
-            {
-                return failed(e);
-            }
-            Redirect::to(&format!("/console/listings?id={id}&status=all")).into_response()
-        }
-        Ok(None) => html::error_page(
-            StatusCode::CONFLICT,
-            "That listing is no longer active: nothing to withdraw.",
-        ),
-        Err(e) => failed(e),
-    }
+    close(state, op, Closing::Listing(id), f).await
 }
 
 pub async fn cancel_order(
@@ -1054,16 +1022,21 @@ pub async fn cancel_order(
     Path(id): Path<i64>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
+    close(state, op, Closing::Order(id), f).await
+}
+
+/// Withdraws a listing or cancels a buy order as operator, and records it.
+async fn close(state: AppState, op: Operator, closing: Closing, f: CsrfForm) -> Response {
     if let Err(refused) = op.check(&f.csrf) {
         return refused.into_response();
     }
     let done = async {
         let mut tx = state.0.db.begin_write().await?;
-        let done = crate::market::expiry::cancel_order_by_operator(
+        let done = crate::market::expiry::close_by_operator(
             &mut tx,
             &state.0.policy,
             state.0.clock.now(),
-            id,
+            closing,
             &op.request_id(),
         )
         .await?;
@@ -1071,20 +1044,34 @@ pub async fn cancel_order(
         state.0.stream.wake();
         Ok::<_, AppError>(done)
     };
+    let (action, listing, detail, back) = match closing {
+        Closing::Listing(id) => (
+            "withdraw_listing",
+            Some(id),
+            format!("withdrew listing {id}:"),
+            format!("/console/listings?id={id}&status=all"),
+        ),
+        Closing::Order(id) => (
+            "cancel_order",
+            None,
+            format!("cancelled order {id}:"),
+            format!("/console/orders?id={id}&status=all"),
+        ),
+    };
     match done.await {
-        Ok(Some((buyer, returned))) => {
-            let detail = format!("cancelled order {id}: {returned} credits back to its buyer");
+        Ok(Some((owner, returned))) => {
+            let detail = format!("{detail} {returned} back to its owner");
             if let Err(e) = op
-                .record(&state, "cancel_order", Some(buyer), None, &detail)
+                .record(&state, action, Some(owner), listing, &detail)
                 .await
             {
                 return failed(e);
             }
-            Redirect::to(&format!("/console/orders?id={id}&status=all")).into_response()
+            Redirect::to(&back).into_response()
         }
         Ok(None) => html::error_page(
             StatusCode::CONFLICT,
-            "That order is no longer active: nothing to cancel.",
+            "That is no longer active: nothing to send back.",
         ),
         Err(e) => failed(e),
     }

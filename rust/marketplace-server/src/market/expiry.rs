@@ -180,38 +180,24 @@ async fn refund_order(
     Ok(Some((buyer, returned)))
 }
 
-/// The market's operator cancels an active buy order (the console): its
-/// escrow goes back to the buyer as an expiry's does. Returns the buyer
-/// and the credits sent back; `None` when the order was not active.
-pub async fn cancel_order_by_operator(
-    conn: &mut AnyConnection,
-    policy: &Policy,
-    now: i64,
-    order_id: i64,
-    request_id: &str,
-) -> Result<Option<(i64, i64)>, AppError> {
-    let ctx = OpContext {
-        player_id: 0,
-        request_id,
-        idem_key: "",
-        now,
-        policy,
-        outbox: Default::default(),
-    };
-    let done = refund_order(conn, &ctx, order_id, Closer::Operator).await?;
-    crate::stream::publish(conn, &ctx).await?;
-    Ok(done)
+/// What the market's operator closes from the console.
+#[derive(Debug, Clone, Copy)]
+pub enum Closing {
+    /// An active listing: what remains goes back to its seller.
+    Listing(i64),
+    /// An active buy order: its escrow goes back to its buyer.
+    Order(i64),
 }
 
-/// The market's operator withdraws an active listing (the console): what
-/// remains goes back to its seller as the expiry sweep sends it, so the
-/// seller's game collects it whenever it comes back. Returns the seller and
-/// the units sent back; `None` when the listing was not active.
-pub async fn withdraw_by_operator(
+/// The market's operator closes an active listing or buy order (the
+/// console): what it holds goes back to its owner as the expiry sweep sends
+/// it, so the owner's game collects it whenever it comes back. Returns the
+/// owner and what was sent back; `None` when it was not active.
+pub async fn close_by_operator(
     conn: &mut AnyConnection,
     policy: &Policy,
     now: i64,
-    listing_id: i64,
+    closing: Closing,
     request_id: &str,
 ) -> Result<Option<(i64, i64)>, AppError> {
     let ctx = OpContext {
@@ -222,7 +208,10 @@ pub async fn withdraw_by_operator(
         policy,
         outbox: Default::default(),
     };
-    let done = send_back(conn, &ctx, listing_id, Closer::Operator).await?;
+    let done = match closing {
+        Closing::Listing(id) => send_back(conn, &ctx, id, Closer::Operator).await?,
+        Closing::Order(id) => refund_order(conn, &ctx, id, Closer::Operator).await?,
+    };
     crate::stream::publish(conn, &ctx).await?;
     Ok(done)
 }
