@@ -77,9 +77,17 @@ impl TokenSigner {
 /// makes are 128 random bits, which a plain hash protects; a game that
 /// makes its own must keep them as unguessable (see the README).
 pub fn device_hash(device_id: &str) -> String {
-    let digest = Sha256::digest(device_id.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", sha256_hex(device_id.as_bytes()))
+}
+
+/// SHA-256 of `bytes`, in lowercase hex: how the server keeps what it must
+/// recognise but never needs back (device ids, console cookies, request
+/// bodies, migration texts).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A fresh random secret: 32 bytes, base64url.

@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use marketplace_protocol::{EconomyMode, ErrorCode, MarketChange};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Answer, AppError};
 use crate::market::{self, Done, OpContext};
@@ -37,8 +36,7 @@ use crate::AppState;
 /// The canonical JSON of a change, hashed: what a replayed key is compared against.
 fn request_hash(change: &MarketChange) -> String {
     let canonical = serde_json::to_vec(change).unwrap_or_default();
-    let digest = Sha256::digest(&canonical);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    crate::auth::sha256_hex(&canonical)
 }
 
 /// The answer to a mutation and how it came about.

@@ -38,7 +38,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::AppState;
 
@@ -210,10 +209,7 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 fn hash(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::auth::sha256_hex(secret.as_bytes())
 }
 
 async fn login_page() -> Response {

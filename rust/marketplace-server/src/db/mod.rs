@@ -55,7 +55,6 @@ impl Migration {
     /// cannot be edited silently (the database would not be what the file
     /// now says).
     fn checksum(&self, backend: Backend) -> String {
-        use sha2::{Digest, Sha256};
         let sql = match backend {
             Backend::Sqlite => self.sqlite,
             Backend::Postgres => self.postgres,
@@ -67,8 +66,7 @@ impl Migration {
         // Line endings do not count: a checkout that turns the files into
         // CRLF must not make a server refuse its own database.
         let sql = sql.replace("\r\n", "\n");
-        let digest = Sha256::digest(format!("{sql}\n-- step: {step}").as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        crate::auth::sha256_hex(format!("{sql}\n-- step: {step}").as_bytes())
     }
 }
 
