@@ -35,22 +35,27 @@ fn token(subject: &str) -> String {
     idp::hs256(SECRET.as_bytes(), &idp::claims(ISSUER, "market", subject))
 }
 
-fn logged_in_as(p: &mut Player, id: marketplace_client::RequestId) -> i64 {
+/// Pumps until request `id` is answered; the answer `pick` finds (panics
+/// on the request's failure).
+fn answer<T>(
+    p: &mut Player,
+    id: marketplace_client::RequestId,
+    pick: impl Fn(&SessionEvent) -> Option<T>,
+) -> T {
     p.pump_until(Duration::from_secs(10), |e| {
         e.iter().any(|e| match e {
-            SessionEvent::LoggedIn { request_id, .. } => *request_id == id,
             SessionEvent::RequestFailed { request_id, error } if *request_id == id => {
-                panic!("login failed: {error}")
+                panic!("request failed: {error}")
             }
-            _ => false,
+            e => e.request_id() == Some(id) && pick(e).is_some(),
         })
     });
-    p.find(|e| match e {
-        SessionEvent::LoggedIn {
-            request_id,
-            player_id,
-            ..
-        } if *request_id == id => Some(*player_id),
+    p.find(|e| pick(e).filter(|_| e.request_id() == Some(id)))
+}
+
+fn logged_in_as(p: &mut Player, id: marketplace_client::RequestId) -> i64 {
+    answer(p, id, |e| match e {
+        SessionEvent::LoggedIn { player_id, .. } => Some(*player_id),
         _ => None,
     })
 }
@@ -59,20 +64,8 @@ fn identities(
     p: &mut Player,
     id: marketplace_client::RequestId,
 ) -> marketplace_client::protocol::Identities {
-    p.pump_until(Duration::from_secs(10), |e| {
-        e.iter().any(|e| match e {
-            SessionEvent::IdentitiesListed { request_id, .. } => *request_id == id,
-            SessionEvent::RequestFailed { request_id, error } if *request_id == id => {
-                panic!("failed: {error}")
-            }
-            _ => false,
-        })
-    });
-    p.find(|e| match e {
-        SessionEvent::IdentitiesListed {
-            request_id,
-            identities,
-        } if *request_id == id => Some(identities.clone()),
+    answer(p, id, |e| match e {
+        SessionEvent::IdentitiesListed { identities, .. } => Some(identities.clone()),
         _ => None,
     })
 }
