@@ -255,3 +255,31 @@ fn after_a_restart_a_token_player_waits_for_the_games_login_instead_of_logging_i
     p.login();
     assert!(!p.store.state().identity_login);
 }
+
+/// Game life: a CDN's HTML error page answers the token login (after or
+/// instead of the server): not a refusal — the login is retried and the
+/// player is logged in, the save still logging in by token.
+#[test]
+fn a_proxys_error_page_on_a_token_login_is_retried_not_taken_as_a_refusal() {
+    let world = world(3600);
+    world.proxy.fault(
+        "/v1/sessions",
+        crate::support::proxy::Fault::ProxyPage(502),
+        2,
+    );
+    let mut p = Player::in_memory(&world, "behind-a-cdn", 0);
+    let id = p
+        .session
+        .as_mut()
+        .expect("session")
+        .login_with_token(&mut p.store, &token("cdn-player"), "Ann")
+        .expect("sent");
+    let player = logged_in_as(&mut p, id);
+    assert!(player > 0);
+    assert!(p.store.state().identity_login);
+    assert_eq!(
+        world.count("SELECT COUNT(*) FROM players"),
+        1,
+        "one player, however often retried"
+    );
+}
