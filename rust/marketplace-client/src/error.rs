@@ -67,6 +67,8 @@ impl From<crate::state::StateError> for ClientError {
             StateError::InsufficientItems { .. } => ErrorCode::InsufficientItems,
             StateError::InsufficientMarketCredits { .. } => ErrorCode::InsufficientFunds,
             StateError::InsufficientMarketItems { .. } => ErrorCode::InsufficientItems,
+            // The hold belongs to a trade waiting for its answer.
+            StateError::HoldInUse(_) => ErrorCode::TradesPending,
             _ => ErrorCode::InvalidArgument,
         };
         ClientError::new(code, e.to_string())

@@ -10,8 +10,11 @@
 //! # Layout
 //! - [`player_data`]: the `LocalPlayerData` node (credits, inventory, holds, saves).
 //! - [`marketplace`]: the `TradingMarketplace` node (requests, trades, signals).
-//! - [`convert`]: listings, purchases and errors as `Dictionary`s and codes —
-//!   the only place that knows both the wire types and Godot's.
+//! - [`data`]: the typed values GDScript receives (`MarketListing`,
+//!   `MarketResult`, …) — with [`convert`] (what GDScript passes in), the
+//!   only places that know both the wire types and Godot's.
+//! - [`request`]: `MarketRequest`, the awaitable handle of one request;
+//!   cancelling and giving up.
 //! - [`save_slot`]: one save file's store and trading session, which outlive
 //!   the nodes attached to them (scene changes never wait).
 //!
@@ -24,6 +27,7 @@ use godot::init::InitStage;
 use godot::prelude::*;
 
 pub mod convert;
+pub mod data;
 pub mod marketplace;
 pub mod player_data;
 pub mod request;

@@ -12,6 +12,11 @@ use marketplace_client::{
 };
 
 use crate::convert;
+use crate::data::{
+    self, MarketAccount, MarketDelivery, MarketDepth, MarketFeeQuote, MarketFill, MarketIdentities,
+    MarketItemMatch, MarketItemSummary, MarketListing, MarketNotification, MarketOrder,
+    MarketPendingTrade, MarketPriceHistory, MarketPurchase, MarketResult,
+};
 use crate::player_data::{tick_slots, LocalPlayerData};
 use crate::request::{self, MarketRequest};
 use crate::save_slot::{self, SlotRef};
@@ -139,6 +144,8 @@ pub struct TradingMarketplace {
     /// Requests refused before any save was reachable, for the next frame.
     local_failures: VecDeque<(i64, Option<i64>, ClientError)>,
     next_cursor: Option<String>,
+    /// Running inside the editor (asked once: the answer never changes).
+    in_editor: bool,
     base: Base<Node>,
 }
 
@@ -164,6 +171,7 @@ impl INode for TradingMarketplace {
             config_dirty: true,
             local_failures: VecDeque::new(),
             next_cursor: None,
+            in_editor: Engine::singleton().is_editor_hint(),
             base,
         }
     }
@@ -238,19 +246,23 @@ impl TradingMarketplace {
     /// `request_id` (compare it with the latest request's id to drop a
     /// stale page); `next_cursor` asks for the next page (`""`: the last).
     #[signal]
-    fn listings_updated(request_id: i64, listings: VarArray, next_cursor: GString);
+    fn listings_updated(
+        request_id: i64,
+        listings: Array<Gd<MarketListing>>,
+        next_cursor: GString,
+    );
     /// The listing is on the market; its items left the inventory for good.
     #[signal]
-    fn listing_created(request_id: i64, listing: VarDictionary);
+    fn listing_created(request_id: i64, listing: Gd<MarketListing>);
     /// The listing's price changed.
     #[signal]
-    fn listing_repriced(request_id: i64, listing: VarDictionary);
+    fn listing_repriced(request_id: i64, listing: Gd<MarketListing>);
     /// The listing was withdrawn; its items are back in the inventory.
     #[signal]
     fn listing_cancelled(request_id: i64, listing_id: i64);
     /// The purchase is done: credits spent, item in the inventory.
     #[signal]
-    fn purchase_succeeded(request_id: i64, purchase: VarDictionary);
+    fn purchase_succeeded(request_id: i64, purchase: Gd<MarketPurchase>);
     /// The purchase was refused and the held credits are back. `code`:
     /// `"already_sold"` (another player won), `"price_changed"` (then
     /// `current_price` is the listing's price now; otherwise 0),
@@ -281,18 +293,18 @@ impl TradingMarketplace {
     fn request_retrying(request_id: i64, attempt: i64, reason: GString);
     /// A trade has gone `stall_after_sec` without a definitive answer and is
     /// still being retried; its hold stays (the server may have applied it).
-    /// `trade` is as in `get_pending_trades()`. Reported once per trade.
+    /// Reported once per trade.
     #[signal]
-    fn trade_stalled(request_id: i64, trade: VarDictionary);
+    fn trade_stalled(request_id: i64, trade: Gd<MarketPendingTrade>);
     /// Credits (`item_id` "") or items arrived in the save from the market
     /// account (`withdraw_credits`, `withdraw_items`).
     #[signal]
     fn withdrawn(request_id: i64, item_id: GString, quantity: i64);
     /// The market account as the server sees it (`refresh_market_account`,
-    /// and after logging in to a server-grants market): `credits`, `stash`,
-    /// `version`. `LocalPlayerData.get_market_account()` has it too.
+    /// and after logging in to a server-grants market).
+    /// `LocalPlayerData.get_market_account()` has it too.
     #[signal]
-    fn market_account_updated(request_id: i64, account: VarDictionary);
+    fn market_account_updated(request_id: i64, account: Gd<MarketAccount>);
     /// Requests went from none to some in flight, or back.
     #[signal]
     fn busy_changed(busy: bool);
@@ -305,53 +317,43 @@ impl TradingMarketplace {
     #[signal]
     fn trade_recovered(kind: GString, credits: i64, items: VarDictionary, shortfall: i64);
     /// A buy order is placed: its credits are in escrow on the server (the
-    /// hold is spent). `fills` are what it bought at once (each: `id`,
-    /// `listing_id`, `quantity`, `unit_price`, `price`, `fee`, …); their
+    /// hold is spent). `fills` are what it bought at once; their
     /// items, and credits it paid below `max_price`, wait as deliveries
     /// (`collect_deliveries`) — or are in the market account under server
     /// grants.
     #[signal]
-    fn order_placed(request_id: i64, order: VarDictionary, fills: VarArray);
+    fn order_placed(request_id: i64, order: Gd<MarketOrder>, fills: Array<Gd<MarketFill>>);
     /// A buy order is cancelled; `returned` credits of its escrow are back.
     #[signal]
-    fn order_cancelled(request_id: i64, order: VarDictionary, returned: i64);
+    fn order_cancelled(request_id: i64, order: Gd<MarketOrder>, returned: i64);
     /// A page of the player's buy orders (`get_orders`).
     #[signal]
-    fn orders_updated(request_id: i64, orders: VarArray, next_cursor: GString);
-    /// A `collect_deliveries` request is over: `deliveries` (each: `id`,
-    /// `kind` — `"order_items"`, `"order_refund"`, `"order_expired"`,
-    /// `"listing_expired"`, `"listing_returned"` —, `item_id` ("" for
-    /// credits), `quantity`, …) are in the save (or the market account
-    /// under server grants), saved before this signal.
+    fn orders_updated(request_id: i64, orders: Array<Gd<MarketOrder>>, next_cursor: GString);
+    /// A `collect_deliveries` request is over: `deliveries` are in the
+    /// save (or the market account under server grants), saved before
+    /// this signal.
     #[signal]
-    fn deliveries_collected(request_id: i64, deliveries: VarArray);
-    /// What a sale would cost in fees (`quote_fees`): `buyer_pays`,
-    /// `listing_fee`, `sales_tax`, `seller_receives`, …
+    fn deliveries_collected(request_id: i64, deliveries: Array<Gd<MarketDelivery>>);
+    /// What a sale would cost in fees (`quote_fees`).
     #[signal]
-    fn fees_quoted(request_id: i64, quote: VarDictionary);
-    /// An item's market summary (`get_market_summary`): `best_ask`,
-    /// `best_bid` (0: none), `last_price` (0: never traded), `volume_24h`,
-    /// `trades_24h`, `ask_quantity`, `bid_quantity`.
+    fn fees_quoted(request_id: i64, quote: Gd<MarketFeeQuote>);
+    /// An item's market summary (`get_market_summary`).
     #[signal]
-    fn market_summary_updated(request_id: i64, summary: VarDictionary);
-    /// Items found by `search_items`, best first: each `{item_id, name}`
-    /// (`name` empty when the catalog gives none); `catalog`: the server
+    fn market_summary_updated(request_id: i64, summary: Gd<MarketItemSummary>);
+    /// Items found by `search_items`, best first; `catalog`: the server
     /// has a catalog, so names were searched too.
     #[signal]
-    fn items_found(request_id: i64, items: VarArray, catalog: bool);
-    /// An item's book by price level (`get_depth`): `asks` and `bids`, each
-    /// an array of `{price, quantity, count}`, the best level first.
+    fn items_found(request_id: i64, items: Array<Gd<MarketItemMatch>>, catalog: bool);
+    /// An item's book by price level (`get_depth`), the best level first.
     #[signal]
-    fn depth_updated(request_id: i64, depth: VarDictionary);
-    /// An item's price history (`get_price_history`): `candles`, each
-    /// `{start, open, high, low, close, volume, trades}`, oldest first.
+    fn depth_updated(request_id: i64, depth: Gd<MarketDepth>);
+    /// An item's price history (`get_price_history`), oldest candle first.
     #[signal]
-    fn price_history_updated(request_id: i64, history: VarDictionary);
+    fn price_history_updated(request_id: i64, history: Gd<MarketPriceHistory>);
     /// The player's ways in (`get_identities`, `link_identity`,
-    /// `unlink_identity`): `identities`, each `{provider, subject,
-    /// linked_at}`, and `device` (whether the device id logs this player in).
+    /// `unlink_identity`).
     #[signal]
-    fn identities_updated(request_id: i64, identities: VarDictionary);
+    fn identities_updated(request_id: i64, identities: Gd<MarketIdentities>);
 
     // The live market (`live`): pushed changes are hints for the screen —
     // none of them settles a trade; the request signals above do. Others'
@@ -363,22 +365,22 @@ impl TradingMarketplace {
     /// `"expired"`; `listing` is how it is now (as in `listings_updated`).
     /// A listing whose `status` is not `"active"` leaves the shop.
     #[signal]
-    fn market_listing_changed(change: GString, listing: VarDictionary);
+    fn market_listing_changed(change: GString, listing: Gd<MarketListing>);
     /// A buy order changed: `"placed"`, `"updated"`, `"filled"`,
     /// `"cancelled"`, `"expired"`; `order` as in `orders_updated`.
     #[signal]
-    fn market_order_changed(change: GString, order: VarDictionary);
+    fn market_order_changed(change: GString, order: Gd<MarketOrder>);
     /// Units changed hands (the ticker).
     #[signal]
     fn market_trade(item_id: GString, quantity: i64, unit_price: i64);
     /// Something waits for the player to collect (`collect_deliveries`).
     #[signal]
-    fn delivery_waiting(delivery: VarDictionary);
+    fn delivery_waiting(delivery: Gd<MarketDelivery>);
     /// What happened while the player was away, or by others just now:
-    /// one summary per listing or order (see `convert::notification`),
+    /// one summary per listing or order (`MarketNotification`),
     /// emitted once, after it is saved.
     #[signal]
-    fn notification_received(notification: VarDictionary);
+    fn notification_received(notification: Gd<MarketNotification>);
     /// At login: `count` deliveries wait to be collected.
     #[signal]
     fn deliveries_waiting(count: i64);
@@ -435,7 +437,7 @@ impl TradingMarketplace {
         #[opt(default = "")] player_name: GString,
     ) -> Gd<MarketRequest> {
         let (token, name) = (identity_token.to_string(), player_name.to_string());
-        self.request("login", None, |session, store| {
+        self.request("login_with_token", None, |session, store| {
             session.login_with_token(store, &token, &name)
         })
     }
@@ -501,7 +503,7 @@ impl TradingMarketplace {
         #[opt(default = "")] player_name: GString,
     ) -> Gd<MarketRequest> {
         let (code, name) = (code.to_string(), player_name.to_string());
-        self.request("login", None, |session, store| {
+        self.request("login_with_recovery_code", None, |session, store| {
             let device = marketplace_client::recovery::device_id_of(&code).map_err(|why| {
                 ClientError::new(
                     ErrorCode::InvalidArgument,
@@ -525,7 +527,7 @@ impl TradingMarketplace {
     #[func]
     fn refresh_listings(&mut self, filter: VarDictionary) -> Gd<MarketRequest> {
         let query = convert::browse_query(&filter);
-        self.request("listings", None, |session, _| session.browse(query?))
+        self.request("refresh_listings", None, |session, _| session.browse(query?))
     }
 
     /// Lists `quantity` items at `price` credits each; they leave the
@@ -551,7 +553,7 @@ impl TradingMarketplace {
     /// Changes a listing's price (`listing_repriced`).
     #[func]
     fn reprice_listing(&mut self, listing_id: i64, price: i64) -> Gd<MarketRequest> {
-        self.request("reprice", None, |session, store| {
+        self.request("reprice_listing", None, |session, store| {
             session.reprice_listing(store, listing_id, price)
         })
     }
@@ -559,7 +561,7 @@ impl TradingMarketplace {
     /// Withdraws a listing; its items come back (`listing_cancelled`).
     #[func]
     fn cancel_listing(&mut self, listing_id: i64) -> Gd<MarketRequest> {
-        self.request("cancel", None, |session, store| {
+        self.request("cancel_listing", None, |session, store| {
             session.cancel_listing(store, listing_id)
         })
     }
@@ -575,7 +577,7 @@ impl TradingMarketplace {
         expected_price: i64,
         #[opt(default = 0)] quantity: i64,
     ) -> Gd<MarketRequest> {
-        self.request("purchase", Some(listing_id), |session, store| {
+        self.request("buy_listing", Some(listing_id), |session, store| {
             if quantity > 0 {
                 session.buy_units(store, listing_id, expected_price, quantity)
             } else {
@@ -603,7 +605,7 @@ impl TradingMarketplace {
         let item_id = item_id.to_string();
         let min_fill = (min_fill > 0).then_some(min_fill);
         let duration = (duration_sec > 0).then_some(duration_sec);
-        self.request("place_order", None, |session, store| {
+        self.request("place_buy_order", None, |session, store| {
             session.place_buy_order(store, &item_id, quantity, max_price, min_fill, duration)
         })
     }
@@ -628,7 +630,7 @@ impl TradingMarketplace {
     ) -> Gd<MarketRequest> {
         let status = status.to_string();
         let cursor = cursor.to_string();
-        self.request("orders", None, |session, _| {
+        self.request("get_orders", None, |session, _| {
             session.list_orders(
                 (!status.is_empty()).then_some(status.as_str()),
                 (!cursor.is_empty()).then_some(cursor),
@@ -641,7 +643,7 @@ impl TradingMarketplace {
     /// (`deliveries_collected`, after saving).
     #[func]
     fn collect_deliveries(&mut self) -> Gd<MarketRequest> {
-        self.request("collect", None, |session, _| session.collect_deliveries())
+        self.request("collect_deliveries", None, |session, _| session.collect_deliveries())
     }
 
     /// An item's market summary: best ask and bid, last price, 24 h volume
@@ -649,7 +651,7 @@ impl TradingMarketplace {
     #[func]
     fn get_market_summary(&mut self, item_id: GString) -> Gd<MarketRequest> {
         let item_id = item_id.to_string();
-        self.request("market_summary", None, |session, _| {
+        self.request("get_market_summary", None, |session, _| {
             session.market_summary(&item_id)
         })
     }
@@ -681,7 +683,7 @@ impl TradingMarketplace {
     ) -> Gd<MarketRequest> {
         let item_id = item_id.to_string();
         let levels = u32::try_from(levels).unwrap_or(0);
-        self.request("depth", None, |session, _| session.depth(&item_id, levels))
+        self.request("get_depth", None, |session, _| session.depth(&item_id, levels))
     }
 
     /// An item's price history as candles per `"hour"` or `"day"`, between
@@ -696,7 +698,7 @@ impl TradingMarketplace {
         #[opt(default = 0)] to: i64,
     ) -> Gd<MarketRequest> {
         let (item_id, interval) = (item_id.to_string(), interval.to_string());
-        self.request("price_history", None, |session, _| {
+        self.request("get_price_history", None, |session, _| {
             session.price_history(
                 &item_id,
                 &interval,
@@ -711,7 +713,7 @@ impl TradingMarketplace {
     /// the player confirms.
     #[func]
     fn quote_fees(&mut self, quantity: i64, price: i64) -> Gd<MarketRequest> {
-        self.request("fee_quote", None, |session, _| {
+        self.request("quote_fees", None, |session, _| {
             session.quote_fees(quantity, price)
         })
     }
@@ -720,7 +722,7 @@ impl TradingMarketplace {
     /// sale, then `claim_finished`).
     #[func]
     fn claim_proceeds(&mut self) -> Gd<MarketRequest> {
-        self.request("claim", None, |session, _| session.claim_proceeds())
+        self.request("claim_proceeds", None, |session, _| session.claim_proceeds())
     }
 
     /// Moves `amount` credits from the market account into the save (server
@@ -729,7 +731,7 @@ impl TradingMarketplace {
     /// `"insufficient_funds"` if the server has less.
     #[func]
     fn withdraw_credits(&mut self, amount: i64) -> Gd<MarketRequest> {
-        self.request("withdraw", None, |session, store| {
+        self.request("withdraw_credits", None, |session, store| {
             session.withdraw(store, None, amount)
         })
     }
@@ -738,7 +740,7 @@ impl TradingMarketplace {
     #[func]
     fn withdraw_items(&mut self, item_id: GString, quantity: i64) -> Gd<MarketRequest> {
         let item_id = item_id.to_string();
-        self.request("withdraw", None, |session, store| {
+        self.request("withdraw_items", None, |session, store| {
             session.withdraw(store, Some(&item_id), quantity)
         })
     }
@@ -746,7 +748,7 @@ impl TradingMarketplace {
     /// Asks the server for the market account (`market_account_updated`).
     #[func]
     fn refresh_market_account(&mut self) -> Gd<MarketRequest> {
-        self.request("account", None, |session, _| session.refresh_account())
+        self.request("refresh_market_account", None, |session, _| session.refresh_account())
     }
 
     /// True while a purchase of this listing waits for its definitive answer.
@@ -765,9 +767,15 @@ impl TradingMarketplace {
     /// (why it waits, or "": the trade belongs to another market or player
     /// than the one `server_url` points at now; it goes when it points back).
     #[func]
-    fn get_pending_trades(&mut self) -> VarArray {
-        self.with_slot(|session, store| Ok(convert::pending_trades(&session.pending_trades(store))))
-            .unwrap_or_default()
+    fn get_pending_trades(&mut self) -> Array<Gd<MarketPendingTrade>> {
+        self.with_slot(|session, store| {
+            Ok(session
+                .pending_trades(store)
+                .iter()
+                .map(data::pending_trade)
+                .collect())
+        })
+        .unwrap_or_default()
     }
 
     /// Requests not finished yet.
@@ -1030,7 +1038,7 @@ impl TradingMarketplace {
         &mut self,
         f: impl FnOnce(&mut TradingSession, &mut PlayerStore) -> Result<R, ClientError>,
     ) -> Result<R, ClientError> {
-        if Engine::singleton().is_editor_hint() {
+        if self.in_editor {
             return Err(ClientError::new(
                 ErrorCode::InvalidArgument,
                 "TradingMarketplace does not trade inside the editor",
@@ -1049,11 +1057,11 @@ impl TradingMarketplace {
     /// is reported (signal, then `completed`) on the next frame.
     fn request(
         &mut self,
-        kind: &str,
+        kind: &'static str,
         listing_id: Option<i64>,
         f: impl FnOnce(&mut TradingSession, &mut PlayerStore) -> Result<RequestId, ClientError>,
     ) -> Gd<MarketRequest> {
-        let error = if Engine::singleton().is_editor_hint() {
+        let error = if self.in_editor {
             ClientError::new(
                 ErrorCode::InvalidArgument,
                 "TradingMarketplace does not trade inside the editor",
@@ -1069,9 +1077,9 @@ impl TradingMarketplace {
                                 Ok(RequestId(id)) => (id as i64, false),
                                 Err(error) => (session.refuse(listing_id, error).0 as i64, true),
                             };
-                            let path = s.path().to_path_buf();
+                            let serial = s.serial();
                             drop(guard);
-                            return request::track(id, kind, refused, Some(&path));
+                            return request::track(id, kind, refused, Some(serial));
                         }
                         None => ClientError::new(ErrorCode::Internal, "no session"),
                     }
@@ -1101,9 +1109,24 @@ impl TradingMarketplace {
             let Some(event) = slot.borrow_mut().next_for(listener) else {
                 return;
             };
-            self.emit(&event);
-            self.complete(&event);
+            self.emit_event(&event);
         }
+    }
+
+    /// One event: its typed result (made once), the node's signal, then the
+    /// request's `completed` with the same objects. A read the game
+    /// cancelled is dropped whole.
+    fn emit_event(&mut self, event: &SessionEvent) {
+        let id = event.request_id().map(|r| r.0 as i64);
+        let result = id.and_then(|id| data::result_of(event, request::method_of(id)));
+        if let Some(id) = id {
+            if request::is_dropped(id, result.is_some()) {
+                return;
+            }
+        }
+        self.emit(event, result.as_ref());
+        let _reentrant = self.base_mut();
+        request::complete(event, result);
     }
 
     /// Requests refused before reaching a session: their signal, then their
@@ -1111,20 +1134,13 @@ impl TradingMarketplace {
     fn emit_refusals(&mut self) {
         let refused: Vec<_> = self.local_failures.drain(..).collect();
         for (id, listing_id, error) in refused {
-            self.emit_failure(id, listing_id, &error);
-            self.complete(&refusal_event(id, listing_id, error));
+            self.emit_event(&refusal_event(id, listing_id, error));
         }
     }
 
-    /// Completes the request `event` ends; the resumed script may call
-    /// this node.
-    fn complete(&mut self, event: &SessionEvent) {
-        let _reentrant = self.base_mut();
-        request::complete(event);
-    }
-
     fn emit_failure(&mut self, id: i64, listing_id: Option<i64>, error: &ClientError) {
-        let (code, message) = convert::error(error);
+        let code = GString::from(error.code.as_str());
+        let message = GString::from(error.message.as_str());
         match listing_id {
             Some(listing_id) => self.signals().purchase_failed().emit(
                 id,
@@ -1143,11 +1159,11 @@ impl TradingMarketplace {
             StreamChange::Listing { change, listing } => self
                 .signals()
                 .market_listing_changed()
-                .emit(change.as_str(), &convert::listing(listing)),
+                .emit(change.as_str(), &data::listing(listing)),
             StreamChange::Order { change, order } => self
                 .signals()
                 .market_order_changed()
-                .emit(change.as_str(), &convert::order(order)),
+                .emit(change.as_str(), &data::order(order)),
             StreamChange::Trade {
                 item_id,
                 quantity,
@@ -1160,25 +1176,51 @@ impl TradingMarketplace {
             StreamChange::Delivery { delivery } => self
                 .signals()
                 .delivery_waiting()
-                .emit(&convert::delivery(delivery)),
+                .emit(&data::delivery(delivery)),
             // Told by the session once saved (`notification_received`).
             StreamChange::Notification { .. } => {}
         }
     }
 
-    fn emit(&mut self, event: &SessionEvent) {
+    /// The node's signal for `event`; `result` is its request's typed
+    /// result when it answers one (the signal carries the same objects).
+    fn emit(&mut self, event: &SessionEvent, result: Option<&Gd<MarketResult>>) {
         let id = |r: &RequestId| r.0 as i64;
+        // The object the result holds, or a fresh one.
+        let r = result.map(|r| r.bind());
+        macro_rules! from_result {
+            ($field:ident, $make:expr) => {
+                r.as_ref()
+                    .and_then(|r| r.$field.clone())
+                    .unwrap_or_else(|| $make)
+            };
+        }
+        macro_rules! list_from_result {
+            ($field:ident, $make:expr) => {
+                r.as_ref()
+                    .map(|r| r.$field.clone())
+                    .unwrap_or_else(|| $make)
+            };
+        }
         match event {
             SessionEvent::LoggedIn {
                 request_id,
                 player_id,
                 ..
-            } => self.signals().logged_in().emit(id(request_id), *player_id),
+            } => {
+                drop(r);
+                self.signals().logged_in().emit(id(request_id), *player_id)
+            }
             SessionEvent::ListingsUpdated { request_id, page } => {
+                let listings = list_from_result!(
+                    listings,
+                    page.listings.iter().map(data::listing).collect()
+                );
+                drop(r);
                 self.next_cursor = page.next_cursor.clone();
                 self.signals().listings_updated().emit(
                     id(request_id),
-                    &convert::listings(&page.listings),
+                    &listings,
                     page.next_cursor.as_deref().unwrap_or(""),
                 );
             }
@@ -1186,174 +1228,245 @@ impl TradingMarketplace {
             SessionEvent::ListingCreated {
                 request_id,
                 listing,
-            } => self
-                .signals()
-                .listing_created()
-                .emit(id(request_id), &convert::listing(listing)),
+            } => {
+                let listing = from_result!(listing, data::listing(listing));
+                drop(r);
+                self.signals()
+                    .listing_created()
+                    .emit(id(request_id), &listing)
+            }
             SessionEvent::ListingRepriced {
                 request_id,
                 listing,
-            } => self
-                .signals()
-                .listing_repriced()
-                .emit(id(request_id), &convert::listing(listing)),
+            } => {
+                let listing = from_result!(listing, data::listing(listing));
+                drop(r);
+                self.signals()
+                    .listing_repriced()
+                    .emit(id(request_id), &listing)
+            }
             SessionEvent::ListingCancelled {
                 request_id,
                 listing,
-            } => self
-                .signals()
-                .listing_cancelled()
-                .emit(id(request_id), listing.id),
+            } => {
+                drop(r);
+                self.signals()
+                    .listing_cancelled()
+                    .emit(id(request_id), listing.id)
+            }
             SessionEvent::PurchaseSucceeded {
                 request_id,
                 purchase,
-            } => self
-                .signals()
-                .purchase_succeeded()
-                .emit(id(request_id), &convert::purchase(purchase)),
+            } => {
+                let purchase = from_result!(purchase, data::purchase(purchase));
+                drop(r);
+                self.signals()
+                    .purchase_succeeded()
+                    .emit(id(request_id), &purchase)
+            }
             SessionEvent::PurchaseFailed {
                 request_id,
                 listing_id,
                 error,
-            } => self.emit_failure(id(request_id), Some(*listing_id), error),
+            } => {
+                drop(r);
+                self.emit_failure(id(request_id), Some(*listing_id), error)
+            }
             SessionEvent::ProceedsClaimed {
                 request_id, amount, ..
-            } => self
-                .signals()
-                .proceeds_claimed()
-                .emit(id(request_id), *amount),
+            } => {
+                drop(r);
+                self.signals()
+                    .proceeds_claimed()
+                    .emit(id(request_id), *amount)
+            }
             SessionEvent::ClaimsDone {
                 request_id,
                 sales,
                 amount,
                 ..
-            } => self
-                .signals()
-                .claim_finished()
-                .emit(id(request_id), *sales as i64, *amount),
+            } => {
+                drop(r);
+                self.signals()
+                    .claim_finished()
+                    .emit(id(request_id), *sales as i64, *amount)
+            }
             SessionEvent::RequestFailed { request_id, error } => {
+                drop(r);
                 self.emit_failure(id(request_id), None, error)
             }
             SessionEvent::RequestRetrying {
                 request_id,
                 attempt,
                 error,
-            } => self.signals().request_retrying().emit(
-                id(request_id),
-                i64::from(*attempt),
-                error.code.as_str(),
-            ),
+            } => {
+                drop(r);
+                self.signals().request_retrying().emit(
+                    id(request_id),
+                    i64::from(*attempt),
+                    error.code.as_str(),
+                )
+            }
             SessionEvent::TradeStalled {
                 request_id, trade, ..
-            } => self
-                .signals()
-                .trade_stalled()
-                .emit(id(request_id), &convert::pending_trade(trade)),
+            } => {
+                drop(r);
+                self.signals()
+                    .trade_stalled()
+                    .emit(id(request_id), &data::pending_trade(trade))
+            }
             SessionEvent::Withdrawn {
                 request_id,
                 item_id,
                 quantity,
-            } => self.signals().withdrawn().emit(
-                id(request_id),
-                item_id.as_deref().unwrap_or(""),
-                *quantity,
-            ),
+            } => {
+                drop(r);
+                self.signals().withdrawn().emit(
+                    id(request_id),
+                    item_id.as_deref().unwrap_or(""),
+                    *quantity,
+                )
+            }
             SessionEvent::AccountUpdated {
                 request_id,
                 account,
-            } => self
-                .signals()
-                .market_account_updated()
-                .emit(id(request_id), &convert::account(account)),
-            SessionEvent::BusyChanged { busy } => self.signals().busy_changed().emit(*busy),
+            } => {
+                let account = from_result!(account, data::account(account));
+                drop(r);
+                self.signals()
+                    .market_account_updated()
+                    .emit(id(request_id), &account)
+            }
+            SessionEvent::BusyChanged { busy } => {
+                drop(r);
+                self.signals().busy_changed().emit(*busy)
+            }
             SessionEvent::OrderPlaced {
                 request_id,
                 order,
                 fills,
-            } => self.signals().order_placed().emit(
-                id(request_id),
-                &convert::order(order),
-                &convert::fills(fills),
-            ),
+            } => {
+                let order = from_result!(order, data::order(order));
+                let fills = list_from_result!(fills, fills.iter().map(data::fill).collect());
+                drop(r);
+                self.signals()
+                    .order_placed()
+                    .emit(id(request_id), &order, &fills)
+            }
             SessionEvent::OrderCancelled {
                 request_id,
                 order,
                 returned,
-            } => self.signals().order_cancelled().emit(
-                id(request_id),
-                &convert::order(order),
-                *returned,
-            ),
+            } => {
+                let order = from_result!(order, data::order(order));
+                drop(r);
+                self.signals()
+                    .order_cancelled()
+                    .emit(id(request_id), &order, *returned)
+            }
             SessionEvent::OrdersListed {
                 request_id,
                 orders,
                 next_cursor,
-            } => self.signals().orders_updated().emit(
-                id(request_id),
-                &convert::orders(orders),
-                next_cursor.as_deref().unwrap_or(""),
-            ),
+            } => {
+                let orders = list_from_result!(orders, orders.iter().map(data::order).collect());
+                drop(r);
+                self.signals().orders_updated().emit(
+                    id(request_id),
+                    &orders,
+                    next_cursor.as_deref().unwrap_or(""),
+                )
+            }
             SessionEvent::DeliveriesCollected {
                 request_id,
                 deliveries,
                 error,
             } => {
+                let deliveries = list_from_result!(
+                    deliveries,
+                    deliveries.iter().map(data::delivery).collect()
+                );
+                drop(r);
                 if let Some(error) = error {
                     self.emit_failure(id(request_id), None, error);
                 }
                 self.signals()
                     .deliveries_collected()
-                    .emit(id(request_id), &convert::deliveries(deliveries))
+                    .emit(id(request_id), &deliveries)
             }
-            SessionEvent::FeesQuoted { request_id, quote } => self
-                .signals()
-                .fees_quoted()
-                .emit(id(request_id), &convert::fee_quote(quote)),
+            SessionEvent::FeesQuoted { request_id, quote } => {
+                let quote = from_result!(quote, data::fee_quote(quote));
+                drop(r);
+                self.signals().fees_quoted().emit(id(request_id), &quote)
+            }
             SessionEvent::MarketSummary {
                 request_id,
                 summary,
-            } => self
-                .signals()
-                .market_summary_updated()
-                .emit(id(request_id), &convert::market_summary(summary)),
+            } => {
+                let summary = from_result!(summary, data::market_summary(summary));
+                drop(r);
+                self.signals()
+                    .market_summary_updated()
+                    .emit(id(request_id), &summary)
+            }
             SessionEvent::ItemsFound {
                 request_id,
                 items,
                 catalog,
-            } => self.signals().items_found().emit(
-                id(request_id),
-                &convert::item_matches(items),
-                *catalog,
-            ),
+            } => {
+                let items = list_from_result!(items, items.iter().map(data::item_match).collect());
+                drop(r);
+                self.signals()
+                    .items_found()
+                    .emit(id(request_id), &items, *catalog)
+            }
             SessionEvent::IdentitiesListed {
                 request_id,
                 identities,
-            } => self
-                .signals()
-                .identities_updated()
-                .emit(id(request_id), &convert::identities(identities)),
-            SessionEvent::DepthListed { request_id, depth } => self
-                .signals()
-                .depth_updated()
-                .emit(id(request_id), &convert::depth(depth)),
+            } => {
+                let identities = from_result!(identities, data::identities(identities));
+                drop(r);
+                self.signals()
+                    .identities_updated()
+                    .emit(id(request_id), &identities)
+            }
+            SessionEvent::DepthListed { request_id, depth } => {
+                let depth = from_result!(depth, data::depth(depth));
+                drop(r);
+                self.signals().depth_updated().emit(id(request_id), &depth)
+            }
             SessionEvent::PriceHistory {
                 request_id,
                 history,
-            } => self
-                .signals()
-                .price_history_updated()
-                .emit(id(request_id), &convert::price_history(history)),
-            SessionEvent::MarketChanged { event } => self.emit_market(event),
-            SessionEvent::MarketLive { live, error } => self
-                .signals()
-                .market_live_changed()
-                .emit(*live, error.as_ref().map(|e| e.code.as_str()).unwrap_or("")),
-            SessionEvent::MarketReload => self.signals().market_reload_needed().emit(),
-            SessionEvent::Notification { notification } => self
-                .signals()
-                .notification_received()
-                .emit(&convert::notification(notification)),
+            } => {
+                let history = from_result!(history, data::price_history(history));
+                drop(r);
+                self.signals()
+                    .price_history_updated()
+                    .emit(id(request_id), &history)
+            }
+            SessionEvent::MarketChanged { event } => {
+                drop(r);
+                self.emit_market(event)
+            }
+            SessionEvent::MarketLive { live, error } => {
+                drop(r);
+                self.signals()
+                    .market_live_changed()
+                    .emit(*live, error.as_ref().map(|e| e.code.as_str()).unwrap_or(""))
+            }
+            SessionEvent::MarketReload => {
+                drop(r);
+                self.signals().market_reload_needed().emit()
+            }
+            SessionEvent::Notification { notification } => {
+                drop(r);
+                self.signals()
+                    .notification_received()
+                    .emit(&data::notification(notification))
+            }
             SessionEvent::DeliveriesWaiting { count } => {
+                drop(r);
                 self.signals().deliveries_waiting().emit(*count)
             }
             SessionEvent::TradeRecovered {
@@ -1363,10 +1476,8 @@ impl TradingMarketplace {
                 shortfall,
                 ..
             } => {
-                let mut counts = VarDictionary::new();
-                for (item, n) in items {
-                    counts.set(item.as_str(), *n);
-                }
+                drop(r);
+                let counts = data::counts(items.iter().map(|(k, v)| (k, v)));
                 self.signals()
                     .trade_recovered()
                     .emit(kind.as_str(), *credits, &counts, *shortfall)

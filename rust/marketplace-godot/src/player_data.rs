@@ -8,8 +8,9 @@ use godot::classes::node::ProcessMode;
 use godot::classes::{Engine, INode, Node, ProjectSettings};
 use godot::prelude::*;
 use marketplace_client::paths::resolve_save_path;
-use marketplace_client::{PlayerStore, StoreEvent};
+use marketplace_client::{ClientError, ErrorCode, PlayerStore, StoreEvent};
 
+use crate::data::{self, MarketAccount, MarketHold};
 use crate::save_slot::{self, SlotRef};
 
 /// Store events turned into signals per frame, at most; the rest wait.
@@ -43,7 +44,7 @@ const SIGNALS_PER_FRAME: usize = 1024;
 ///     data.recovered_from_backup.connect(func(message): toast("Your save was damaged; the previous one was loaded"))
 /// ```
 #[derive(GodotClass)]
-#[class(base=Node)]
+#[class(tool, base=Node)]
 pub struct LocalPlayerData {
     /// Where the save file lives: `user://…` (the default,
     /// `user://player_data.json`), a path relative to `user://`, or an
@@ -69,6 +70,9 @@ pub struct LocalPlayerData {
     load_error: Option<(String, std::time::Instant)>,
     /// `load_failed` messages for the next frame.
     unsent_load_failures: VecDeque<String>,
+    /// Running inside the editor: the node is only edited there — no file
+    /// is opened, nothing ticks; the scene dock shows its warnings.
+    in_editor: bool,
     base: Base<Node>,
 }
 
@@ -85,16 +89,37 @@ impl INode for LocalPlayerData {
             slot: None,
             load_error: None,
             unsent_load_failures: VecDeque::new(),
+            in_editor: Engine::singleton().is_editor_hint(),
             base,
         }
     }
 
+    /// What the editor's scene dock shows next to the node: a `save_path`
+    /// that cannot work (`res://`, empty, a folder, another scheme).
+    fn get_configuration_warnings(&self) -> PackedStringArray {
+        let mut warnings = PackedStringArray::new();
+        if let Err(why) = resolve_save_path(&self.save_path.to_string(), std::path::Path::new("/"))
+        {
+            warnings.push(&GString::from(why.as_str()));
+        }
+        if self.default_player_name.to_string().trim().is_empty() {
+            warnings.push("default_player_name is empty: a brand-new player gets no name.");
+        }
+        warnings
+    }
+
     fn ready(&mut self) {
+        if self.in_editor {
+            return;
+        }
         // After every `_ready` of this frame, the parent's included.
         self.base_mut().call_deferred("_open_if_unused", &[]);
     }
 
     fn process(&mut self, _delta: f64) {
+        if self.in_editor {
+            return;
+        }
         {
             // Ticking may complete a `MarketRequest`: the awaiting script
             // may call this node meanwhile.
@@ -192,10 +217,12 @@ impl LocalPlayerData {
         self.read(0, |s| s.state().held_credits())
     }
 
-    /// Adds (or with a negative `n`, removes) credits. Returns false, changing
-    /// nothing, if the balance would go below zero or beyond 10^15.
+    /// Adds (or with a negative `n`, removes) credits. Returns `""` when
+    /// done; otherwise a code, changing nothing: `"insufficient_credits"`
+    /// (the balance would go below zero), `"invalid_argument"` (beyond
+    /// 10^15), `"save_unavailable"` (the save is not loaded).
     #[func]
-    fn add_credits(&mut self, n: i64) -> bool {
+    fn add_credits(&mut self, n: i64) -> GString {
         self.mutate("add_credits", |s| s.add_credits(n).map(drop))
     }
 
@@ -216,49 +243,61 @@ impl LocalPlayerData {
         })
     }
 
-    /// Adds `n` ≥ 1 items. Returns false on a bad id, count or overflow.
+    /// Adds `n` ≥ 1 items. Returns `""` when done; otherwise a code,
+    /// changing nothing: `"invalid_argument"` (a bad id, count or
+    /// overflow), `"save_unavailable"`.
     #[func]
-    fn add_item(&mut self, item_id: GString, n: i64) -> bool {
+    fn add_item(&mut self, item_id: GString, n: i64) -> GString {
         self.mutate("add_item", |s| {
             s.add_item(&item_id.to_string(), n).map(drop)
         })
     }
 
-    /// Removes `n` items; false (and nothing changes) if fewer are owned.
+    /// Removes `n` items. Returns `""` when done; otherwise a code,
+    /// changing nothing: `"insufficient_items"` (fewer are owned),
+    /// `"invalid_argument"`, `"save_unavailable"`.
     #[func]
-    fn remove_item(&mut self, item_id: GString, n: i64) -> bool {
+    fn remove_item(&mut self, item_id: GString, n: i64) -> GString {
         self.mutate("remove_item", |s| {
             s.remove_item(&item_id.to_string(), n).map(drop)
         })
     }
 
-    /// Reserves `amount` available credits; returns the hold id, or -1 if not
-    /// enough are available.
+    /// Reserves `amount` available credits: the hold's `code` is `""` and
+    /// its `id` names it; otherwise `code` says why not
+    /// (`"insufficient_credits"`, `"invalid_argument"`,
+    /// `"save_unavailable"`) and nothing changed.
     #[func]
-    fn reserve_credits(&mut self, amount: i64) -> i64 {
-        self.read(-1, |s| {
+    fn reserve_credits(&mut self, amount: i64) -> Gd<MarketHold> {
+        let made = self.read(Err(ErrorCode::SaveUnavailable), |s| {
             s.reserve_credits(amount)
-                .ok()
-                .and_then(|id| i64::try_from(id).ok())
-                .unwrap_or(-1)
-        })
+                .map_err(|e| ClientError::from(e).code)
+                .and_then(|id| i64::try_from(id).map_err(|_| ErrorCode::InvalidArgument))
+        });
+        match made {
+            Ok(id) => data::hold(id, amount, ""),
+            Err(code) => data::hold(0, amount, code.as_str()),
+        }
     }
 
-    /// Gives a hold's credits back. Holds of marketplace trades in progress
-    /// are refused: only the server's answer settles those.
+    /// Gives a hold's credits back. Returns `""` when done; otherwise a
+    /// code, changing nothing: `"trades_pending"` (the hold is a
+    /// marketplace trade's: only the server's answer settles it),
+    /// `"invalid_argument"` (no such hold), `"save_unavailable"`.
     #[func]
-    fn release_credits_hold(&mut self, hold_id: i64) -> bool {
+    fn release_credits_hold(&mut self, hold_id: i64) -> GString {
         let Ok(id) = u64::try_from(hold_id) else {
-            return false;
+            return ErrorCode::InvalidArgument.as_str().into();
         };
         self.mutate("release_credits_hold", |s| s.release_hold(id, "released"))
     }
 
-    /// Spends a hold for good. Holds of trades in progress are refused.
+    /// Spends a hold for good. Returns `""` when done; otherwise a code
+    /// as for `release_credits_hold`.
     #[func]
-    fn commit_credits_hold(&mut self, hold_id: i64) -> bool {
+    fn commit_credits_hold(&mut self, hold_id: i64) -> GString {
         let Ok(id) = u64::try_from(hold_id) else {
-            return false;
+            return ErrorCode::InvalidArgument.as_str().into();
         };
         self.mutate("commit_credits_hold", |s| s.commit_hold(id))
     }
@@ -272,35 +311,38 @@ impl LocalPlayerData {
 
     /// Writes now and waits (up to 5 s) until it is on disk. For quitting
     /// with `OS.kill()`-style exits; `get_tree().quit()` saves by itself.
+    /// Returns `""` when on disk; otherwise `"save_failed"` (nothing in
+    /// memory was lost; the write is retried) or `"save_unavailable"`.
     #[func]
-    fn flush(&mut self) -> bool {
-        let result = self.read(Err("player data is not loaded".to_string()), |s| {
-            s.flush(Duration::from_secs(5))
-        });
+    fn flush(&mut self) -> GString {
+        let Some(slot) = self.slot() else {
+            return ErrorCode::SaveUnavailable.as_str().into();
+        };
+        let result = slot.borrow_mut().store.flush(Duration::from_secs(5));
         match result {
-            Ok(()) => true,
+            Ok(()) => GString::new(),
             Err(message) => {
                 godot_error!("LocalPlayerData.flush: {message}");
-                false
+                ErrorCode::SaveFailed.as_str().into()
             }
         }
     }
 
-    /// Checks the data's internal consistency (no negative counts or credits,
-    /// every trade's hold present, …); problems are printed as errors.
+    /// Checks the data's internal consistency (no negative counts or
+    /// credits, every trade's hold present, …): the problems found, empty
+    /// when there are none (each is also printed as an error).
     #[func]
-    fn validate_inventory(&mut self) -> bool {
-        match self.read(Err(vec!["player data is not loaded".to_string()]), |s| {
+    fn validate_inventory(&mut self) -> PackedStringArray {
+        let mut found = PackedStringArray::new();
+        if let Err(problems) = self.read(Err(vec!["player data is not loaded".to_string()]), |s| {
             s.state().validate()
         }) {
-            Ok(()) => true,
-            Err(problems) => {
-                for p in problems {
-                    godot_error!("LocalPlayerData: {p}");
-                }
-                false
+            for p in problems {
+                godot_error!("LocalPlayerData: {p}");
+                found.push(&GString::from(p.as_str()));
             }
         }
+        found
     }
 
     /// True once the save file was loaded (or a new player created).
@@ -327,33 +369,14 @@ impl LocalPlayerData {
         }
     }
 
-    /// The market account as last seen from the server: `mode`
-    /// (`"client_deposits"` or `"server_grants"`), `credits`,
-    /// `held_credits` (reserved by pending trades), `available_credits`,
-    /// `stash` (item id → count) and `version`. Under client deposits it is
-    /// normally empty: trades take what they need from the save and give
-    /// everything back to it.
+    /// The market account as last seen from the server, with the
+    /// client's view (`mode`, `held_credits`, `available_credits`); `null`
+    /// while the save is not loaded. Under client deposits it is normally
+    /// empty: trades take what they need from the save and give everything
+    /// back to it.
     #[func]
-    fn get_market_account(&mut self) -> VarDictionary {
-        self.read(VarDictionary::new(), |s| {
-            let st = s.state();
-            let mut stash = VarDictionary::new();
-            for (item, n) in &st.market.stash {
-                stash.set(item.as_str(), *n);
-            }
-            let mut d = VarDictionary::new();
-            let mode = match st.market.mode {
-                marketplace_client::protocol::EconomyMode::ClientDeposits => "client_deposits",
-                marketplace_client::protocol::EconomyMode::ServerGrants => "server_grants",
-            };
-            d.set("mode", mode);
-            d.set("credits", st.market.credits);
-            d.set("held_credits", st.market_held_credits());
-            d.set("available_credits", st.market_available_credits());
-            d.set("stash", &stash.to_variant());
-            d.set("version", st.market.version);
-            d
-        })
+    fn get_market_account(&mut self) -> Option<Gd<MarketAccount>> {
+        self.read(None, |s| Some(data::account_view(s.state())))
     }
 
     /// Trades of this save waiting for the marketplace's answer.
@@ -369,6 +392,16 @@ impl LocalPlayerData {
     /// The new file opens on first use. Setting `save_path` does the same.
     #[func]
     fn change_save_path(&mut self, path: GString) -> GString {
+        if self.in_editor {
+            // Edited, not used: the dock's warnings say what is wrong.
+            let code = match resolve_save_path(&path.to_string(), std::path::Path::new("/")) {
+                Ok(_) => GString::new(),
+                Err(_) => ErrorCode::InvalidArgument.as_str().into(),
+            };
+            self.save_path = path;
+            self.base_mut().update_configuration_warnings();
+            return code;
+        }
         let resolved = match resolve_save_path(&path.to_string(), &user_dir()) {
             Ok(p) => p,
             Err(message) => {
@@ -439,6 +472,9 @@ impl LocalPlayerData {
     /// The open save, opening it on first use. `None` (with `load_error`
     /// set and `load_failed` queued for the next frame) when it cannot be.
     pub fn slot(&mut self) -> Option<SlotRef> {
+        if self.in_editor {
+            return None;
+        }
         if let Some(slot) = &self.slot {
             return Some(slot.clone());
         }
@@ -496,18 +532,19 @@ impl LocalPlayerData {
         }
     }
 
-    fn mutate<E: std::fmt::Display>(
+    /// A change to the save: `""` when done, or the code of why not.
+    fn mutate<E: Into<ClientError>>(
         &mut self,
         what: &str,
         f: impl FnOnce(&mut PlayerStore) -> Result<(), E>,
-    ) -> bool {
-        match self.read(None, |s| Some(f(s).map_err(|e| e.to_string()))) {
-            Some(Ok(())) => true,
-            Some(Err(message)) => {
-                godot_warn!("LocalPlayerData.{what}: {message}");
-                false
+    ) -> GString {
+        match self.read(None, |s| Some(f(s).map_err(Into::into))) {
+            Some(Ok(())) => GString::new(),
+            Some(Err(error)) => {
+                godot_warn!("LocalPlayerData.{what}: {}", error.message);
+                error.code.as_str().into()
             }
-            None => false,
+            None => ErrorCode::SaveUnavailable.as_str().into(),
         }
     }
 

@@ -4,12 +4,12 @@
 //! either await it —
 //!
 //! ```gdscript
-//! var result: Dictionary = await market.buy_listing(id, price).completed
+//! var result: MarketResult = await market.buy_listing(id, price).completed
 //! ```
 //!
 //! — or keep connecting the node's signals, matching `request.id` against
-//! their `request_id`. Both see the same answers: for each request the
-//! node's signal comes first, then `completed`.
+//! their `request_id`. Both see the same answers (the very same objects):
+//! for each request the node's signal comes first, then `completed`.
 //!
 //! # Where requests live
 //! A request outlives the node that made it, like the trade behind it (see
@@ -17,81 +17,155 @@
 //! and completed by whichever of our nodes turns the answer into a signal —
 //! or, when no `TradingMarketplace` listens to the save any more, by the
 //! save's own frame tick. `completed` is never emitted inside the call that
-//! made the request (an `await` on it always gets there first).
+//! made the request (an `await` on it always gets there first), and at most
+//! once.
+//!
+//! # Giving up
+//! `cancel()` ends a read at once (`"cancelled"`: nothing changed, its
+//! answer is dropped); a trade cannot be cancelled — once asked for it is
+//! journaled and goes to the server (I4), so `cancel()` on it returns false
+//! and changes nothing. `give_up_after(seconds)` ends the *wait* on any
+//! request: when no answer came in time, `completed` carries
+//! `"still_pending"` (a read: `"cancelled"`), and the trade's real outcome
+//! still comes through the node's signals and `LocalPlayerData`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use godot::prelude::*;
 use marketplace_client::{ClientError, ErrorCode, SessionEvent};
 
-use crate::convert;
+use crate::data::{self, MarketResult};
 
 /// One request to the marketplace and, once known, its result.
 ///
-/// `result` (also the argument of `completed`) always has `ok` (bool),
-/// `code` (a stable error code, `""` when ok), `message` (for the player,
-/// `""` when ok) and `request_id`, plus what the request produced:
-///
-/// | request | on success |
-/// |---|---|
-/// | `login` | `player_id`, `player_name` |
-/// | `refresh_listings` | `listings`, `next_cursor` (`""` after the last page) |
-/// | `create_listing`, `reprice_listing` | `listing` |
-/// | `cancel_listing` | `listing_id`, `listing` |
-/// | `buy_listing` | `purchase` (failure: `listing_id`, and `current_price` with `"price_changed"`) |
-/// | `claim_proceeds` | `sales` (how many were claimed), `amount` (credits in all) |
-/// | `withdraw_credits`, `withdraw_items` | `item_id` (`""` for credits), `quantity` |
-/// | `refresh_market_account` | `account` |
-///
+/// `result` (also the argument of `completed`) is a `MarketResult`: `ok`,
+/// `code`, `message`, and what the request produced (see `MarketResult`).
 /// A trade without a definitive answer is retried and its request stays
-/// pending (see `TradingMarketplace.trade_stalled`); an await on it waits as
-/// long as the trade does.
+/// pending (see `TradingMarketplace.trade_stalled`); to stop waiting for
+/// it, `give_up_after(seconds)`.
 #[derive(GodotClass)]
 #[class(no_init, base=RefCounted)]
 pub struct MarketRequest {
     /// The id the node's signals carry as `request_id`.
     #[var(no_set)]
     id: i64,
-    /// `"login"`, `"listings"`, `"create_listing"`, `"reprice"`, `"cancel"`,
-    /// `"purchase"`, `"claim"`, `"withdraw"` or `"account"`.
-    #[var(no_set)]
+    /// The method that made it: `"buy_listing"`, `"refresh_listings"`, …
+    #[var(get = get_kind, no_set)]
+    #[allow(dead_code)] // The property's slot; `get_kind` reads `method`.
     kind: GString,
     /// Whether `result` is in.
     #[var(no_set)]
     done: bool,
-    /// The result (empty until `done`).
+    /// The result (`null` until `done`).
     #[var(no_set)]
-    result: VarDictionary,
+    result: Option<Gd<MarketResult>>,
+    /// The method's name, made a `String` only when asked for.
+    method: &'static str,
     /// Only `ClaimsDone` ends a claim that reached the session; a refusal
     /// before it did ends it too.
     ends_on_failure: bool,
-    /// The save whose session carries it (none: refused before any did).
-    slot: Option<PathBuf>,
+    /// The save (its serial) whose session carries it (none: refused
+    /// before any did).
+    slot: Option<u64>,
     base: Base<RefCounted>,
 }
 
 #[godot_api]
 impl MarketRequest {
-    /// The answer is in: `result` as described above.
+    /// The answer is in: the same object as `result`. Emitted once.
     #[signal]
-    fn completed(result: VarDictionary);
+    fn completed(result: Gd<MarketResult>);
+
+    /// The method that made the request.
+    #[func]
+    fn get_kind(&self) -> GString {
+        self.method.into()
+    }
 
     /// True once done and successful.
     #[func]
     fn is_ok(&self) -> bool {
-        self.done && self.result.get("ok").is_some_and(|v| v.booleanize())
+        self.result.as_ref().is_some_and(|r| r.bind().ok)
     }
 
     /// The error code once done (`""` when ok or not done).
     #[func]
     fn get_code(&self) -> GString {
         self.result
-            .get("code")
-            .and_then(|v| v.try_to::<GString>().ok())
+            .as_ref()
+            .map(|r| r.bind().code.clone())
             .unwrap_or_default()
     }
+
+    /// True for a trade: something that changes the player's credits,
+    /// items or market (it cannot be cancelled once asked for).
+    #[func]
+    fn is_trade(&self) -> bool {
+        !is_read(self.method)
+    }
+
+    /// Cancels a read (browsing, quotes, summaries, the account, …): it
+    /// ends at once with `"cancelled"` and its answer, when it comes, is
+    /// dropped (no signal either). Returns false, changing nothing, for a
+    /// trade (see `is_trade`) or a request already done: a trade asked for
+    /// is journaled and reaches the server whatever the game does —
+    /// `give_up_after` stops waiting for it instead.
+    #[func]
+    fn cancel(&mut self) -> bool {
+        if self.done || !is_read(self.method) {
+            return false;
+        }
+        let id = self.id;
+        if PENDING.with(|p| p.borrow_mut().remove(&id)).is_none() {
+            return false;
+        }
+        DROPPED.with(|d| d.borrow_mut().insert(id));
+        let error = ClientError::new(ErrorCode::Cancelled, "Cancelled by the game");
+        let result = data::failure(id, self.method, &error);
+        // Never inside the call: an await after `cancel()` still hears it.
+        FINISHED.with(|f| f.borrow_mut().push_back((self.to_gd(), result)));
+        true
+    }
+
+    /// Stops waiting after `seconds` (from now) if no answer came:
+    /// `completed` then carries `"still_pending"` for a trade — its real
+    /// outcome still comes, through the node's signals (`purchase_succeeded`,
+    /// `purchase_failed`, …) and `LocalPlayerData`, and
+    /// `get_pending_trades()` shows it meanwhile — or `"cancelled"` for a
+    /// read (its answer is dropped). Nothing is undone. Returns this
+    /// request, to await in one line:
+    /// `var r: MarketResult = await market.buy_listing(id, price).give_up_after(5.0).completed`.
+    #[func]
+    fn give_up_after(&mut self, seconds: f64) -> Gd<MarketRequest> {
+        if !self.done {
+            let seconds = if seconds.is_finite() {
+                seconds.clamp(0.0, 1e7)
+            } else {
+                0.0
+            };
+            let at = Instant::now() + Duration::from_secs_f64(seconds);
+            DEADLINES.with(|d| d.borrow_mut().push((at, self.id)));
+        }
+        self.to_gd()
+    }
+}
+
+/// Kinds that only read: cancelling them changes nothing.
+fn is_read(method: &str) -> bool {
+    matches!(
+        method,
+        "refresh_listings"
+            | "get_orders"
+            | "get_market_summary"
+            | "search_items"
+            | "get_depth"
+            | "get_price_history"
+            | "quote_fees"
+            | "refresh_market_account"
+            | "get_identities"
+    )
 }
 
 thread_local! {
@@ -103,13 +177,20 @@ thread_local! {
     /// Completions to run at the next frame tick, when no node is bound:
     /// answers left over when a save closed or a node went away.
     static DEFERRED: RefCell<VecDeque<Deferred>> = const { RefCell::new(VecDeque::new()) };
+    /// Requests ended by the game (cancel, give up): `completed` at the
+    /// next tick.
+    static FINISHED: RefCell<VecDeque<(Gd<MarketRequest>, Gd<MarketResult>)>> = const { RefCell::new(VecDeque::new()) };
+    /// When to stop waiting for a request (`give_up_after`).
+    static DEADLINES: RefCell<Vec<(Instant, i64)>> = const { RefCell::new(Vec::new()) };
+    /// Reads the game cancelled: their answers are dropped, signals too.
+    static DROPPED: RefCell<HashSet<i64>> = RefCell::new(HashSet::new());
 }
 
 enum Deferred {
     Event(Box<SessionEvent>),
     /// The save closed: whatever of its requests still waits ends with
     /// `shutting_down`.
-    CloseSlot(PathBuf),
+    CloseSlot(u64),
 }
 
 /// A fresh id for a request refused before it reached a session.
@@ -121,37 +202,80 @@ pub fn local_id() -> i64 {
     })
 }
 
-/// A new pending request on the save at `slot`; `refused`: it failed
-/// before reaching the session, so its failure (reported next frame) ends it.
-pub fn track(id: i64, kind: &str, refused: bool, slot: Option<&Path>) -> Gd<MarketRequest> {
+/// A new pending request made by `method` on the save `slot` (its
+/// serial); `refused`: it failed before reaching the session, so its
+/// failure (reported next frame) ends it.
+pub fn track(id: i64, method: &'static str, refused: bool, slot: Option<u64>) -> Gd<MarketRequest> {
     let request = Gd::from_init_fn(|base| MarketRequest {
         id,
-        kind: kind.into(),
+        kind: GString::new(),
         done: false,
-        result: VarDictionary::new(),
-        ends_on_failure: kind != "claim" || refused,
-        slot: slot.map(Path::to_path_buf),
+        result: None,
+        method,
+        ends_on_failure: method != "claim_proceeds" || refused,
+        slot,
         base,
     });
     PENDING.with(|p| p.borrow_mut().insert(id, request.clone()));
     request
 }
 
-/// Completes the request `event` ends, if one waits: emits `completed`.
-/// Call with nothing borrowed (the handler may call anything).
-pub fn complete(event: &SessionEvent) {
-    if let Some((request, result)) = take_completion(event) {
-        finish(request, result);
+/// The method that made the waiting request `id` ("" when none waits).
+pub fn method_of(id: i64) -> &'static str {
+    PENDING.with(|p| p.borrow().get(&id).map(|r| r.bind().method).unwrap_or(""))
+}
+
+/// True when the game cancelled request `id`: its answer and signals are
+/// dropped. The answer (`ends`: the event ends a request) forgets it.
+pub fn is_dropped(id: i64, ends: bool) -> bool {
+    DROPPED.with(|d| {
+        let mut d = d.borrow_mut();
+        if ends {
+            d.remove(&id)
+        } else {
+            d.contains(&id)
+        }
+    })
+}
+
+/// Completes the request `event` ends, if one waits, with `result` (built
+/// here when not given): emits `completed`. Call with nothing borrowed
+/// (the handler may call anything).
+pub fn complete(event: &SessionEvent, result: Option<Gd<MarketResult>>) {
+    let Some(id) = event.request_id().map(|r| r.0 as i64) else {
+        return;
+    };
+    let Some(request) = PENDING.with(|p| p.borrow().get(&id).cloned()) else {
+        if result.is_some() {
+            // A cancelled read's answer: forget it.
+            DROPPED.with(|d| d.borrow_mut().remove(&id));
+        }
+        return;
+    };
+    let (method, ends_on_failure) = {
+        let r = request.bind();
+        (r.method, r.ends_on_failure)
+    };
+    if matches!(event, SessionEvent::RequestFailed { .. }) && !ends_on_failure {
+        return;
     }
+    let Some(result) = result.or_else(|| data::result_of(event, method)) else {
+        return;
+    };
+    PENDING.with(|p| p.borrow_mut().remove(&id));
+    finish(request, result);
 }
 
 /// Stores the result and emits `completed` (the request is already out of
 /// the registry).
-fn finish(mut request: Gd<MarketRequest>, result: VarDictionary) {
+fn finish(mut request: Gd<MarketRequest>, result: Gd<MarketResult>) {
     {
         let mut r = request.bind_mut();
+        if r.done {
+            return;
+        }
         r.done = true;
-        r.result = result.clone();
+        r.result = Some(result.clone());
     }
     request.signals().completed().emit(&result);
 }
@@ -163,24 +287,22 @@ pub fn complete_later(event: SessionEvent) {
 }
 
 /// Ends, at the next frame tick, every request still waiting on the save
-/// at `slot` (it closed: their answers can no longer come).
-pub fn close_slot_later(slot: &Path) {
-    DEFERRED.with(|d| {
-        d.borrow_mut()
-            .push_back(Deferred::CloseSlot(slot.to_path_buf()))
-    });
+/// `serial` (it closed: their answers can no longer come).
+pub fn close_slot_later(serial: u64) {
+    DEFERRED.with(|d| d.borrow_mut().push_back(Deferred::CloseSlot(serial)));
 }
 
-/// Runs the deferred completions. Call with nothing borrowed.
+/// Runs the deferred completions and the waits given up on. Call with
+/// nothing borrowed.
 pub fn run_deferred() {
     while let Some(next) = DEFERRED.with(|d| d.borrow_mut().pop_front()) {
         match next {
-            Deferred::Event(event) => complete(&event),
-            Deferred::CloseSlot(path) => {
+            Deferred::Event(event) => complete(&event, None),
+            Deferred::CloseSlot(serial) => {
                 let ids: Vec<i64> = PENDING.with(|p| {
                     p.borrow()
                         .iter()
-                        .filter(|(_, r)| r.bind().slot.as_deref() == Some(path.as_path()))
+                        .filter(|(_, r)| r.bind().slot == Some(serial))
                         .map(|(id, _)| *id)
                         .collect()
                 });
@@ -190,182 +312,62 @@ pub fn run_deferred() {
                         "The save file this request belonged to was closed before its answer came",
                     );
                     if let Some(request) = PENDING.with(|p| p.borrow_mut().remove(&id)) {
-                        finish(request, failure(id, &error));
+                        let method = request.bind().method;
+                        finish(request, data::failure(id, method, &error));
                     }
                 }
             }
         }
     }
-}
-
-/// The waiting request `event` ends, and its result.
-fn take_completion(event: &SessionEvent) -> Option<(Gd<MarketRequest>, VarDictionary)> {
-    let id = event_request_id(event)?;
-    let request = PENDING.with(|p| p.borrow().get(&id).cloned())?;
-    let ends_on_failure = request.bind().ends_on_failure;
-    let result = result_of(event, ends_on_failure)?;
-    PENDING.with(|p| p.borrow_mut().remove(&id));
-    Some((request, result))
-}
-
-fn event_request_id(event: &SessionEvent) -> Option<i64> {
-    event.request_id().map(|id| id.0 as i64)
-}
-
-fn put(d: &mut VarDictionary, key: &str, value: impl ToGodot) {
-    d.set(key, &value.to_variant());
-}
-
-fn success(request_id: i64) -> VarDictionary {
-    let mut d = VarDictionary::new();
-    put(&mut d, "ok", true);
-    put(&mut d, "code", GString::new());
-    put(&mut d, "message", GString::new());
-    put(&mut d, "request_id", request_id);
-    d
-}
-
-/// A failure's result: `ok` false, its code and message, `current_price`
-/// when the server gave one.
-pub fn failure(request_id: i64, error: &ClientError) -> VarDictionary {
-    let (code, message) = convert::error(error);
-    let mut d = VarDictionary::new();
-    put(&mut d, "ok", false);
-    put(&mut d, "code", code);
-    put(&mut d, "message", message);
-    put(&mut d, "request_id", request_id);
-    if let Some(price) = error.current_price {
-        put(&mut d, "current_price", price);
+    give_up_due();
+    while let Some((request, result)) = FINISHED.with(|f| f.borrow_mut().pop_front()) {
+        finish(request, result);
     }
-    if let Some(available) = error.available {
-        put(&mut d, "available", available);
-    }
-    d
 }
 
-/// The result `event` gives its request, if it ends it.
-fn result_of(event: &SessionEvent, ends_on_failure: bool) -> Option<VarDictionary> {
-    use SessionEvent::*;
-    let id = event_request_id(event)?;
-    let mut d = success(id);
-    match event {
-        LoggedIn {
-            player_id, name, ..
-        } => {
-            put(&mut d, "player_id", *player_id);
-            put(&mut d, "player_name", GString::from(name.as_str()));
+/// Ends the waits whose `give_up_after` time has come.
+fn give_up_due() {
+    let due: Vec<i64> = DEADLINES.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_empty() {
+            return Vec::new();
         }
-        ListingsUpdated { page, .. } => {
-            put(&mut d, "listings", convert::listings(&page.listings));
-            put(
-                &mut d,
-                "next_cursor",
-                GString::from(page.next_cursor.as_deref().unwrap_or("")),
-            );
-        }
-        ListingFetched { listing, .. }
-        | ListingCreated { listing, .. }
-        | ListingRepriced { listing, .. } => {
-            put(&mut d, "listing", convert::listing(listing));
-        }
-        ListingCancelled { listing, .. } => {
-            put(&mut d, "listing_id", listing.id);
-            put(&mut d, "listing", convert::listing(listing));
-        }
-        PurchaseSucceeded { purchase, .. } => {
-            put(&mut d, "purchase", convert::purchase(purchase));
-        }
-        PurchaseFailed {
-            listing_id, error, ..
-        } => {
-            d = failure(id, error);
-            put(&mut d, "listing_id", *listing_id);
-        }
-        SalesListed { sales, .. } => put(&mut d, "sales", convert::sales(sales)),
-        ClaimsDone {
-            sales,
-            amount,
-            error,
-            ..
-        } => {
-            if let Some(error) = error {
-                d = failure(id, error);
-            }
-            put(&mut d, "sales", *sales as i64);
-            put(&mut d, "amount", *amount);
-        }
-        Withdrawn {
-            item_id, quantity, ..
-        } => {
-            put(
-                &mut d,
-                "item_id",
-                GString::from(item_id.as_deref().unwrap_or("")),
-            );
-            put(&mut d, "quantity", *quantity);
-        }
-        AccountUpdated { account, .. } => put(&mut d, "account", convert::account(account)),
-        OrderPlaced { order, fills, .. } => {
-            put(&mut d, "order", convert::order(order));
-            put(&mut d, "fills", convert::fills(fills));
-        }
-        OrderCancelled {
-            order, returned, ..
-        } => {
-            put(&mut d, "order", convert::order(order));
-            put(&mut d, "returned", *returned);
-        }
-        OrdersListed {
-            orders,
-            next_cursor,
-            ..
-        } => {
-            put(&mut d, "orders", convert::orders(orders));
-            put(
-                &mut d,
-                "next_cursor",
-                GString::from(next_cursor.as_deref().unwrap_or("")),
-            );
-        }
-        DeliveriesCollected {
-            deliveries, error, ..
-        } => {
-            if let Some(error) = error {
-                d = failure(id, error);
-            }
-            put(&mut d, "deliveries", convert::deliveries(deliveries));
-        }
-        FeesQuoted { quote, .. } => put(&mut d, "quote", convert::fee_quote(quote)),
-        MarketSummary { summary, .. } => put(&mut d, "summary", convert::market_summary(summary)),
-        DepthListed { depth, .. } => put(&mut d, "depth", convert::depth(depth)),
-        IdentitiesListed { identities, .. } => {
-            put(&mut d, "identities", convert::identities(identities))
-        }
-        ItemsFound { items, catalog, .. } => {
-            put(&mut d, "items", convert::item_matches(items));
-            put(&mut d, "catalog", *catalog);
-        }
-        PriceHistory { history, .. } => put(&mut d, "history", convert::price_history(history)),
-        RequestFailed { error, .. } if ends_on_failure => d = failure(id, error),
-        RequestFailed { .. }
-        | ProceedsClaimed { .. }
-        | RequestRetrying { .. }
-        | TradeStalled { .. }
-        | BusyChanged { .. }
-        | TradeRecovered { .. }
-        | MarketChanged { .. }
-        | MarketLive { .. }
-        | MarketReload
-        | Notification { .. }
-        | DeliveriesWaiting { .. } => return None,
+        let now = Instant::now();
+        let due = d.iter().filter(|(at, _)| *at <= now).map(|(_, id)| *id).collect();
+        d.retain(|(at, _)| *at > now);
+        due
+    });
+    for id in due {
+        let Some(request) = PENDING.with(|p| p.borrow_mut().remove(&id)) else {
+            continue;
+        };
+        let method = request.bind().method;
+        let error = if is_read(method) {
+            DROPPED.with(|d| d.borrow_mut().insert(id));
+            ClientError::new(
+                ErrorCode::Cancelled,
+                "No answer in the time the game waits (give_up_after); the read was dropped",
+            )
+        } else {
+            ClientError::new(
+                ErrorCode::StillPending,
+                "No answer in the time the game waits (give_up_after); the trade goes on and its outcome comes through the node's signals",
+            )
+        };
+        FINISHED.with(|f| {
+            f.borrow_mut()
+                .push_back((request, data::failure(id, method, &error)))
+        });
     }
-    Some(d)
 }
 
 /// Lets go of every waiting request (the extension unloads: the engine's
 /// objects must be released while it is still there).
 pub fn forget_all() {
     DEFERRED.with(|d| d.borrow_mut().clear());
+    DEADLINES.with(|d| d.borrow_mut().clear());
+    let finished = FINISHED.with(|f| std::mem::take(&mut *f.borrow_mut()));
+    drop(finished);
     let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
     drop(pending);
 }

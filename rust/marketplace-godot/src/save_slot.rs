@@ -39,6 +39,9 @@ const MAX_QUEUED: usize = 10_000;
 
 pub struct SaveSlot {
     path: PathBuf,
+    /// This opening's number (requests name their save by it; a file
+    /// opened again is a new serial).
+    serial: u64,
     pub store: PlayerStore,
     pub session: Option<TradingSession>,
     /// Grace for requests in flight when the game quits.
@@ -66,6 +69,7 @@ thread_local! {
     /// The save each live `LocalPlayerData` node (by instance id) has open.
     static DATA: RefCell<HashMap<i64, SlotRef>> = RefCell::new(HashMap::new());
     static NEXT_LISTENER: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
+    static NEXT_SERIAL: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
 }
 
 /// Opens the save at `path`, or returns the slot already open for it.
@@ -83,6 +87,11 @@ pub fn open(path: &Path, default_name: &str, autosave: bool) -> Result<(SlotRef,
     )?;
     let slot = Rc::new(RefCell::new(SaveSlot {
         path: path.to_path_buf(),
+        serial: NEXT_SERIAL.with(|n| {
+            let id = n.get();
+            n.set(id + 1);
+            id
+        }),
         store,
         session: None,
         shutdown_grace: Duration::from_secs(1),
@@ -117,7 +126,10 @@ pub fn slot_of(instance_id: godot::prelude::InstanceId) -> Option<SlotRef> {
 /// finds it `closed` and lets go. Blocks briefly (one write, and up to
 /// about 0.1 s for reads still in flight).
 pub fn close(slot: &SlotRef) {
-    let path = slot.borrow().path.clone();
+    let (path, serial) = {
+        let s = slot.borrow();
+        (s.path.clone(), s.serial)
+    };
     SLOTS.with(|s| s.borrow_mut().remove(&path));
     let (session, store) = {
         let mut s = slot.borrow_mut();
@@ -165,7 +177,7 @@ pub fn close(slot: &SlotRef) {
         }
         None => store.flush_wanted(Duration::from_secs(5)),
     };
-    crate::request::close_slot_later(&path);
+    crate::request::close_slot_later(serial);
     drop(store);
     if let Err(e) = result {
         godot::global::godot_warn!("LocalPlayerData: saving {} failed: {e}", path.display());
@@ -186,7 +198,7 @@ pub fn tick_all(frame: u64, max_events: usize, budget: Duration) {
         };
         // Nothing borrowed: an awaiting script may call anything.
         for event in &orphans {
-            crate::request::complete(event);
+            crate::request::complete(event, None);
         }
     }
     crate::request::run_deferred();
@@ -229,6 +241,11 @@ pub fn shutdown_all() {
 impl SaveSlot {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This opening of the file (see `serial`).
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     /// How many trades wait for their answer (or to be sent).

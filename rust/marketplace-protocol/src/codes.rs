@@ -42,6 +42,10 @@ use std::fmt;
 /// | `save_restoring` | – | client: the save was restored from its backup; new trades wait until the market has told it what it lost | yes (nothing sent) |
 /// | `identity_refused` | 401 | server: the identity token failed a check (signature, issuer, audience, expiry, key); get a fresh token | yes |
 /// | `identity_linked` | 409 | server: the identity belongs to another player, or this player already has one from that provider | yes |
+/// | `cancelled` | – | client: the game cancelled the request (`MarketRequest.cancel()`) before it changed anything | yes (nothing changed) |
+/// | `still_pending` | – | client: the game stopped waiting (`MarketRequest.give_up_after`); a trade may still happen and is told by the node's signals | no |
+/// | `save_unavailable` | – | client: the save file is not loaded (see `load_failed`) | yes (nothing changed) |
+/// | `save_failed` | – | client: writing the save failed (disk full, read-only); nothing in memory was lost, the write is retried | no |
 /// | `wrong_server` | 421 | server: the request was bound to another server or player (`X-Market-Server`, `X-Market-Player`); client: a journaled trade waits while the game points at another server or player | no (it goes once the game points back) |
 ///
 /// *Definitive* means the server decided and will decide the same on a retry:
@@ -86,11 +90,15 @@ pub enum ErrorCode {
     SaveRestoring,
     IdentityRefused,
     IdentityLinked,
+    Cancelled,
+    StillPending,
+    SaveUnavailable,
+    SaveFailed,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 40] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -127,6 +135,10 @@ impl ErrorCode {
         ErrorCode::SaveRestoring,
         ErrorCode::IdentityRefused,
         ErrorCode::IdentityLinked,
+        ErrorCode::Cancelled,
+        ErrorCode::StillPending,
+        ErrorCode::SaveUnavailable,
+        ErrorCode::SaveFailed,
     ];
 
     /// The stable string GDScript matches on.
@@ -168,6 +180,10 @@ impl ErrorCode {
             ErrorCode::SaveRestoring => "save_restoring",
             ErrorCode::IdentityRefused => "identity_refused",
             ErrorCode::IdentityLinked => "identity_linked",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::StillPending => "still_pending",
+            ErrorCode::SaveUnavailable => "save_unavailable",
+            ErrorCode::SaveFailed => "save_failed",
         }
     }
 
@@ -211,7 +227,11 @@ impl ErrorCode {
             | ErrorCode::InvalidArgument
             | ErrorCode::ShuttingDown
             | ErrorCode::TradesPending
-            | ErrorCode::SaveRestoring => return None,
+            | ErrorCode::SaveRestoring
+            | ErrorCode::Cancelled
+            | ErrorCode::StillPending
+            | ErrorCode::SaveUnavailable
+            | ErrorCode::SaveFailed => return None,
         })
     }
 
@@ -244,7 +264,9 @@ impl ErrorCode {
             | ErrorCode::OrderClosed
             | ErrorCode::SaveRestoring
             | ErrorCode::IdentityRefused
-            | ErrorCode::IdentityLinked => true,
+            | ErrorCode::IdentityLinked
+            | ErrorCode::Cancelled
+            | ErrorCode::SaveUnavailable => true,
             ErrorCode::Unauthorized
             | ErrorCode::RequestInProgress
             | ErrorCode::RateLimited
@@ -254,7 +276,9 @@ impl ErrorCode {
             | ErrorCode::Timeout
             | ErrorCode::BadResponse
             | ErrorCode::ShuttingDown
-            | ErrorCode::WrongServer => false,
+            | ErrorCode::WrongServer
+            | ErrorCode::StillPending
+            | ErrorCode::SaveFailed => false,
         }
     }
 }
