@@ -1,30 +1,44 @@
 @tool
 extends EditorPlugin
 ## The classes come from the GDExtension and register themselves. Enabling
-## the plugin adds one project setting, `trading_marketplace/server_url`,
-## the default of every TradingMarketplace's `server_url` (add
-## `server_url.debug` / `server_url.release` overrides with the settings
-## dialog's feature tags). Disabling it leaves the setting: it is the
-## project's configuration, not the plugin's.
+## the plugin sets the project up:
+## - the autoload `Market` (`autoload/market.tscn`: a LocalPlayerData and a
+##   TradingMarketplace that live for the whole game), unless the project
+##   already has an autoload of that name;
+## - the project setting `trading_marketplace/server_url`, the default of
+##   every TradingMarketplace's `server_url` (add `server_url.debug` /
+##   `server_url.release` overrides with the settings dialog's feature tags);
+## The autoload installs the addon's translations of every error code
+## (`ERR_<CODE>`, English and German; see `translations/messages.gd`).
+## Disabling it removes the autoload it added; the server address stays: it
+## is the project's configuration, not the plugin's.
 
 const SERVER_URL := "trading_marketplace/server_url"
 const DEFAULT_URL := "http://127.0.0.1:8080"
+const AUTOLOAD := "Market"
+const AUTOLOAD_SCENE := "res://addons/trading_marketplace/autoload/market.tscn"
 
 
 func _enable_plugin() -> void:
 	if not ProjectSettings.has_setting(SERVER_URL):
 		ProjectSettings.set_setting(SERVER_URL, DEFAULT_URL)
-		ProjectSettings.save()
 	_describe_setting()
+	if ProjectSettings.has_setting("autoload/" + AUTOLOAD):
+		print("Trading Marketplace: the project already has an autoload named %s; left as it is." % AUTOLOAD)
+	else:
+		add_autoload_singleton(AUTOLOAD, AUTOLOAD_SCENE)
+	ProjectSettings.save()
+
+
+func _disable_plugin() -> void:
+	# Only the autoload this plugin added (same scene), never the game's own.
+	if str(ProjectSettings.get_setting("autoload/" + AUTOLOAD, "")).trim_prefix("*") == AUTOLOAD_SCENE:
+		remove_autoload_singleton(AUTOLOAD)
+	ProjectSettings.save()
 
 
 func _enter_tree() -> void:
 	_describe_setting()
-	print_verbose("Trading Marketplace: add a LocalPlayerData and a TradingMarketplace node, then set player_data.")
-
-
-func _exit_tree() -> void:
-	pass
 
 
 ## How the setting shows in Project Settings (not saved in project.godot).

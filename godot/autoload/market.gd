@@ -11,6 +11,11 @@ extends Node
 @onready var market: TradingMarketplace = $Marketplace
 
 
+func _enter_tree() -> void:
+	# Every error code's message, in English and German (tr("ERR_<CODE>")).
+	preload("res://addons/trading_marketplace/translations/messages.gd").install()
+
+
 func _ready() -> void:
 	# A server address from the environment wins (the demo server may be on
 	# another port); otherwise the project's `trading_marketplace/server_url`
@@ -24,3 +29,10 @@ func _ready() -> void:
 		var refused := data.change_save_path(save)
 		if refused != "":
 			push_error("MARKET_DEMO_SAVE: " + refused)
+
+
+## What to tell the player about a result: the translation of its code
+## (`ERR_<CODE>` in the addon's translations; English and German ship
+## with it, add a locale by adding a Translation with the same keys).
+func message_for(result: MarketResult) -> String:
+	return tr("ERR_" + result.code.to_upper()) if not result.ok else ""

@@ -131,7 +131,7 @@ func run_case(case: Dictionary) -> Dictionary:
 			data.add_credits(total)
 			for i in inventory:
 				data.add_item("cargo_%d" % i, 1)
-			var login: Dictionary = await market.login(buyer, buyer).completed
+			var login: MarketResult = await market.login(buyer, buyer).completed
 			if not login.ok:
 				return {"name": case.name, "error": "login: %s" % login.message}
 			await settle(10)

@@ -40,7 +40,7 @@ func _draw() -> void:
 	var chart_h := h - top - 4.0
 	var points := PackedVector2Array()
 	for i in n:
-		var c: Dictionary = candles[i]
+		var c: MarketCandle = candles[i]
 		var x: float = step * (i + 0.5)
 		var bar: float = chart_h * 0.3 * float(c.volume) / float(most)
 		draw_rect(Rect2(x - step * 0.35, h - bar, step * 0.7, bar), BARS)

@@ -92,9 +92,9 @@ func _ready() -> void:
 	show_cargo()
 	show_notice()
 	status_label.text = "Connecting to %s …" % market.server_url
-	var login: Dictionary = await market.login().completed
+	var login: MarketResult = await market.login().completed
 	if not login.ok:
-		status_label.text = "Offline — %s" % login.message
+		status_label.text = "Offline — %s" % Market.message_for(login)
 		return
 	status_label.text = "Online as %s" % login.player_name
 	# While you were away: what buy orders bought, what expired listings
@@ -423,11 +423,11 @@ func swatch(item_id: String) -> ColorRect:
 func refresh() -> void:
 	var request: MarketRequest = market.refresh_listings({})
 	latest_page = request.id
-	var page: Dictionary = await request.completed
+	var page: MarketResult = await request.completed
 	if request.id != latest_page:
 		return  # a newer refresh is on its way
 	if not page.ok:
-		say("Could not load the market: " + page.message, HOLD)
+		say("Could not load the market: " + Market.message_for(page), HOLD)
 		return
 	shown.clear()
 	for listing in page.listings:
@@ -437,7 +437,7 @@ func refresh() -> void:
 
 ## A listing changed on the market (another pilot bought or repriced it,
 ## or a new one was listed): the list follows without a refresh.
-func _on_listing_changed(change: String, listing: Dictionary) -> void:
+func _on_listing_changed(change: String, listing: MarketListing) -> void:
 	if listing.status != "active":
 		if not shown.erase(listing.id):
 			return
@@ -454,7 +454,7 @@ func _on_live_changed(live: bool, reason: String) -> void:
 
 
 ## One line of the "While you were away" panel per notification.
-func _on_notification(n: Dictionary) -> void:
+func _on_notification(n: MarketNotification) -> void:
 	var what := item_name(n.item_id)
 	# The same id again carries larger totals (more of it filled): its line
 	# is replaced, not added to.
@@ -490,7 +490,7 @@ func away_line(id: int, text: String) -> void:
 ## The price chart of `item_id`: its hourly candles.
 func show_chart(item_id: String) -> void:
 	chart_item = item_id
-	var result: Dictionary = await market.get_price_history(item_id, "hour").completed
+	var result: MarketResult = await market.get_price_history(item_id, "hour").completed
 	if result.ok and item_id == chart_item and is_instance_valid(chart):
 		chart.show_history(item_name(item_id), result.history.candles)
 
@@ -551,14 +551,14 @@ func showcase() -> void:
 			_on_mission_reward()
 		data.add_item("scrap_metal", 2)
 		data.add_item("nav_chip", 1)
-	var listed: Dictionary = await market.create_listing("scrap_metal", 1, 30).completed
+	var listed: MarketResult = await market.create_listing("scrap_metal", 1, 30).completed
 	await refresh()
 	for row in listings_box.get_children():
 		var buttons := row.find_children("*", "Button", true, false)
 		if not buttons.is_empty() and buttons[0].text == "Buy":
 			buttons[0].emit_signal("pressed")
 			break
-	say("Listed %s for %s" % [item_name("scrap_metal"), cr(30)] if listed.ok else listed.message, GOOD)
+	say("Listed %s for %s" % [item_name("scrap_metal"), cr(30)] if listed.ok else Market.message_for(listed), GOOD)
 	# A buy order on the panel, and what it bought collected.
 	order_quantity.value = 3
 	order_price.value = 40
@@ -570,13 +570,13 @@ func showcase() -> void:
 		get_tree().quit()
 
 
-func _on_buy(listing: Dictionary, button: Button) -> void:
+func _on_buy(listing: MarketListing, button: Button) -> void:
 	# The price is held at once; the button shows the purchase pending until
 	# the server's definitive answer.
 	button.disabled = true
 	button.text = "Buying…"
 	# All that remains of the lot, at the unit price shown.
-	var result: Dictionary = await market.buy_listing(listing.id, listing.price, listing.quantity_remaining).completed
+	var result: MarketResult = await market.buy_listing(listing.id, listing.price, listing.quantity_remaining).completed
 	if result.ok:
 		say("Bought %d %s for %s" % [result.purchase.quantity, item_name(listing.item_id), cr(result.purchase.price)], GOOD)
 	else:
@@ -584,7 +584,7 @@ func _on_buy(listing: Dictionary, button: Button) -> void:
 			"already_sold":
 				say("Item sold to another player — refresh and try again", HOLD)
 			"price_changed":
-				say("The seller changed the price to %s — refresh and try again" % cr(result.get("current_price", 0)), HOLD)
+				say("The seller changed the price to %s — refresh and try again" % cr(result.current_price), HOLD)
 			"insufficient_credits":
 				say("Not enough credits for that", HOLD)
 			"quantity_unavailable":
@@ -592,36 +592,36 @@ func _on_buy(listing: Dictionary, button: Button) -> void:
 			"listing_expired":
 				say("That listing has expired", HOLD)
 			_:
-				say(result.message, HOLD)
+				say(Market.message_for(result), HOLD)
 	refresh()
 
 
-func _on_withdraw(listing: Dictionary, button: Button) -> void:
+func _on_withdraw(listing: MarketListing, button: Button) -> void:
 	button.disabled = true
 	button.text = "Withdrawing…"
-	var result: Dictionary = await market.cancel_listing(listing.id).completed
-	say("%s is back in your cargo" % item_name(listing.item_id) if result.ok else result.message)
+	var result: MarketResult = await market.cancel_listing(listing.id).completed
+	say("%s is back in your cargo" % item_name(listing.item_id) if result.ok else Market.message_for(result))
 	refresh()
 
 
 func _on_sell(item_id: String, price: SpinBox, button: Button) -> void:
 	button.disabled = true
-	var result: Dictionary = await market.create_listing(item_id, 1, int(price.value)).completed
+	var result: MarketResult = await market.create_listing(item_id, 1, int(price.value)).completed
 	if result.ok:
 		say("Listed %s for %s" % [item_name(item_id), cr(int(price.value))], GOOD)
 		refresh()
 	else:
-		say(result.message, HOLD)
+		say(Market.message_for(result), HOLD)
 	if is_instance_valid(button):
 		button.disabled = false
 
 
 func _on_collect(button: Button) -> void:
 	button.disabled = true
-	var result: Dictionary = await market.claim_proceeds().completed
+	var result: MarketResult = await market.claim_proceeds().completed
 	button.disabled = false
 	if not result.ok:
-		say(result.message, HOLD)
+		say(Market.message_for(result), HOLD)
 	elif result.sales == 0:
 		say("No sales to collect yet")
 	else:
@@ -630,9 +630,9 @@ func _on_collect(button: Button) -> void:
 
 ## "Sell 1 at P: the buyer pays P, you receive R" — from the server's fees.
 func quote(price: int) -> void:
-	var result: Dictionary = await market.quote_fees(1, price).completed
+	var result: MarketResult = await market.quote_fees(1, price).completed
 	if result.ok:
-		var q: Dictionary = result.quote
+		var q: MarketFeeQuote = result.quote
 		var kept: int = q.listing_fee + q.sales_tax
 		fee_label.text = "Selling 1 at %s: you receive %s%s" % [cr(q.buyer_pays), cr(q.seller_receives), " (the market keeps %s)" % cr(kept) if kept > 0 else " (no fees)"]
 
@@ -642,11 +642,11 @@ func _on_place_order(button: Button) -> void:
 	var quantity := int(order_quantity.value)
 	var price := int(order_price.value)
 	button.disabled = true
-	var result: Dictionary = await market.place_buy_order(item_id, quantity, price).completed
+	var result: MarketResult = await market.place_buy_order(item_id, quantity, price).completed
 	if is_instance_valid(button):
 		button.disabled = false
 	if not result.ok:
-		say("Insufficient credits for that order" if result.code == "insufficient_credits" else result.message, HOLD)
+		say("Insufficient credits for that order" if result.code == "insufficient_credits" else Market.message_for(result), HOLD)
 		return
 	var bought := 0
 	for fill in result.fills:
@@ -661,7 +661,7 @@ func _on_place_order(button: Button) -> void:
 
 
 func show_orders() -> void:
-	var result: Dictionary = await market.get_orders("active").completed
+	var result: MarketResult = await market.get_orders("active").completed
 	if not result.ok or not is_instance_valid(orders_box):
 		return
 	for child in orders_box.get_children():
@@ -679,10 +679,10 @@ func show_orders() -> void:
 		orders_box.add_child(row)
 
 
-func _on_cancel_order(order: Dictionary, button: Button) -> void:
+func _on_cancel_order(order: MarketOrder, button: Button) -> void:
 	button.disabled = true
-	var result: Dictionary = await market.cancel_order(order.id).completed
-	say("Order cancelled: %s back" % cr(result.returned) if result.ok else result.message, GOOD if result.ok else HOLD)
+	var result: MarketResult = await market.cancel_order(order.id).completed
+	say("Order cancelled: %s back" % cr(result.returned) if result.ok else Market.message_for(result), GOOD if result.ok else HOLD)
 	collect_deliveries(false)
 	show_orders()
 
@@ -691,10 +691,10 @@ func _on_cancel_order(order: Dictionary, button: Button) -> void:
 ## orders, unsold items of expired listings. `quiet`: say nothing when
 ## there was nothing (at login).
 func collect_deliveries(quiet: bool) -> void:
-	var result: Dictionary = await market.collect_deliveries().completed
+	var result: MarketResult = await market.collect_deliveries().completed
 	if not result.ok:
 		if not quiet:
-			say(result.message, HOLD)
+			say(Market.message_for(result), HOLD)
 		return
 	if result.deliveries.is_empty():
 		if not quiet:

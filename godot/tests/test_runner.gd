@@ -130,7 +130,7 @@ func run_all() -> void:
 	check(created.size() == 1 and created[0][0] == listing_request, "listing_created carries the request id")
 	if created.size() != 1:
 		return
-	var listing: Dictionary = created[0][1]
+	var listing: MarketListing = created[0][1]
 	check(listing["item_id"] == "relic" and listing["price"] == 100 and listing["status"] == "active", "the listing has the server's fields")
 
 	# Browse
@@ -159,7 +159,7 @@ func run_all() -> void:
 	# The race: two buyers, one listing, the same frame
 	seller.market.create_listing("relic", 1, 150)
 	await until(func(): return events("seller", "listing_created").size() == 2)
-	var contested: Dictionary = events("seller", "listing_created")[1][1]
+	var contested: MarketListing = events("seller", "listing_created")[1][1]
 	alice.market.buy_listing(contested["id"], 150)
 	bob.market.buy_listing(contested["id"], 150)
 	await until(func(): return events("alice", "purchase_succeeded").size() + events("bob", "purchase_succeeded").size() + events("alice", "purchase_failed").size() + events("bob", "purchase_failed").size() >= 4)
@@ -187,7 +187,7 @@ func run_all() -> void:
 	check(events("bob", "request_failed").any(func(f): return f[0] == bad and f[1] == "invalid_argument"), "a bad filter is refused with invalid_argument")
 
 	# Claim proceeds
-	var claim: Dictionary = await seller.market.claim_proceeds().completed
+	var claim: MarketResult = await seller.market.claim_proceeds().completed
 	var total := 0
 	for c in events("seller", "proceeds_claimed"):
 		total += c[1]
@@ -228,6 +228,10 @@ func run_all() -> void:
 	alice.market.max_concurrent_requests = 16
 
 	await check_awaitable_requests(seller, alice)
+	await check_typed_surface(seller, alice)
+	await check_giving_up(seller, alice)
+	check_player_data_codes_and_warnings()
+	await check_sample_shop(seller)
 	check_inspector(alice)
 	await check_paused_tree(seller, alice)
 	await check_reentrant_handlers(seller, alice)
@@ -246,7 +250,7 @@ func run_all() -> void:
 	var alice_credits: int = alice.data.get_credits()
 	var alice_relics: int = alice.data.get_item_count("relic")
 	var alice_id: int = alice.data.get_player_id()
-	check(alice.data.flush(), "flush writes the save")
+	check(alice.data.flush() == "", "flush writes the save")
 	alice.market.queue_free()
 	alice.data.queue_free()
 	await get_tree().process_frame
@@ -257,50 +261,169 @@ func run_all() -> void:
 	check(reloaded.get_credits() == alice_credits, "with the same credits")
 	check(reloaded.get_item_count("relic") == alice_relics, "and the same items")
 	check(reloaded.get_player_id() == alice_id, "and the same player id")
-	check(reloaded.validate_inventory(), "alice's data validates")
+	check(reloaded.validate_inventory().is_empty(), "alice's data validates")
 	for p in [seller, bob]:
-		check(p.data.validate_inventory(), "%s's data validates" % p.label)
+		check(p.data.validate_inventory().is_empty(), "%s's data validates" % p.label)
 	reloaded.queue_free()
 
 
 func check_awaitable_requests(seller: Dictionary, alice: Dictionary) -> void:
 	# login() with no arguments: the identity in the save.
-	var again: Dictionary = await alice.market.login().completed
+	var again: MarketResult = await alice.market.login().completed
 	check(again.ok and again.player_id == alice.data.get_player_id(), "login() without arguments logs in as the saved player")
 	# Two listings to page through and buy.
 	seller.data.add_item("await_token", 2)
-	var made: Dictionary = await seller.market.create_listing("await_token", 1, 20).completed
+	var made: MarketResult = await seller.market.create_listing("await_token", 1, 20).completed
 	check(made.ok and made.listing.item_id == "await_token", "an awaited create_listing gives the listing")
-	var made2: Dictionary = await seller.market.create_listing("await_token", 1, 50).completed
+	var made2: MarketResult = await seller.market.create_listing("await_token", 1, 50).completed
 	# A page, awaited; the node's signal carries the same request id and cursor.
 	var page_request: MarketRequest = alice.market.refresh_listings({"item_id": "await_token", "limit": 1})
 	check(not page_request.done, "a request is not done when it is made")
-	var page: Dictionary = await page_request.completed
+	var page: MarketResult = await page_request.completed
 	check(page.ok and page.listings.size() == 1 and page.next_cursor != "", "an awaited page has its listings and next cursor")
 	check(page_request.done and page_request.is_ok() and page_request.result == page, "the request keeps its result")
 	var signalled := events("alice", "listings_updated").filter(func(e): return e[0] == page_request.id)
 	check(signalled.size() == 1 and signalled[0][2] == page.next_cursor, "listings_updated carries the request id and the cursor")
-	var rest: Dictionary = await alice.market.refresh_listings({"item_id": "await_token", "cursor": page.next_cursor}).completed
+	var rest: MarketResult = await alice.market.refresh_listings({"item_id": "await_token", "cursor": page.next_cursor}).completed
 	check(rest.ok and rest.listings.size() == 1 and rest.listings[0].id == made2.listing.id, "the next cursor gives the next page")
 	check(page.listings[0].seller_name == "seller", "browsing gives the seller's name")
 	# A purchase, awaited.
-	var bought: Dictionary = await alice.market.buy_listing(made.listing.id, 20).completed
+	var bought: MarketResult = await alice.market.buy_listing(made.listing.id, 20).completed
 	check(bought.ok and bought.purchase.listing_id == made.listing.id, "an awaited purchase gives the purchase")
 	# A price that changed: the current price is data.
-	var stale: Dictionary = await alice.market.buy_listing(made2.listing.id, 40).completed
+	var stale: MarketResult = await alice.market.buy_listing(made2.listing.id, 40).completed
 	check(not stale.ok and stale.code == "price_changed" and stale.current_price == 50, "price_changed gives the current price (%s)" % stale)
 	var failed := events("alice", "purchase_failed").filter(func(e): return e[1] == made2.listing.id)
 	check(failed.size() == 1 and failed[0][4] == 50, "purchase_failed carries current_price too")
 	check(alice.data.get_held_credits() == 0, "and the hold is back")
 	# A local refusal completes on a later frame, so an await gets there first.
-	var broke: Dictionary = await alice.market.buy_listing(made2.listing.id, 100000000).completed
+	var broke: MarketResult = await alice.market.buy_listing(made2.listing.id, 100000000).completed
 	check(not broke.ok and broke.code == "insufficient_credits", "an awaited local refusal completes with its code")
 	var nowhere := TradingMarketplace.new()
 	add_child(nowhere)
-	var orphan: Dictionary = await nowhere.refresh_listings({}).completed
+	var orphan: MarketResult = await nowhere.refresh_listings({}).completed
 	check(not orphan.ok and orphan.code == "invalid_argument", "a node without player_data completes its requests with an error")
 	check(nowhere.get_setup_warnings().size() == 1, "and reports the missing player_data as a set-up warning")
 	nowhere.queue_free()
+
+
+## Every answer is a typed object: a typed variable catches a misspelt
+## property when the script is parsed, and arrays say what they hold.
+func check_typed_surface(seller: Dictionary, alice: Dictionary) -> void:
+	seller.data.add_item("typed_token", 2)
+	var made: MarketResult = await seller.market.create_listing("typed_token", 2, 30).completed
+	check(made is MarketResult and made.listing is MarketListing and made.kind == "create_listing", "create_listing completes with a MarketResult holding a MarketListing")
+	var page: MarketResult = await alice.market.refresh_listings({"item_id": "typed_token"}).completed
+	check(page.listings.is_typed() and page.listings.get_typed_class_name() == &"MarketListing", "a page is an Array[MarketListing] (%s)" % page.listings.get_typed_class_name())
+	check(page.listings.size() == 1 and page.listings[0].quantity_remaining == 2 and page.listings[0].expires_at >= 0, "with typed fields")
+	check(not page.has_next_page() and page.purchase == null and page.order == null, "what a result does not carry is null, and the last page has no next")
+	var typed_signal := events("alice", "listings_updated").filter(func(e): return e[0] == page.request_id)
+	check(typed_signal.size() == 1 and typed_signal[0][1] == page.listings, "the node's signal carries the very same objects")
+	var bought: MarketResult = await alice.market.buy_listing(made.listing.id, 30, 1).completed
+	check(bought.ok and bought.purchase is MarketPurchase and bought.purchase.quantity == 1 and bought.purchase.unit_price == 30 and bought.is_definitive(), "a purchase is a MarketPurchase")
+	var account: MarketAccount = alice.data.get_market_account()
+	check(account is MarketAccount and account.mode != "", "get_market_account() is a MarketAccount")
+	var trades: Array[MarketPendingTrade] = alice.market.get_pending_trades()
+	check(trades.is_typed() and trades.get_typed_class_name() == &"MarketPendingTrade", "get_pending_trades() is an Array[MarketPendingTrade]")
+	var method_types := {}
+	var probe := TradingMarketplace.new()
+	for m in probe.get_method_list():
+		method_types[m.name] = m.return
+	probe.free()
+	check(method_types.get_pending_trades.hint_string == "MarketPendingTrade" and method_types.buy_listing.class_name == &"MarketRequest", "the editor knows the return types (%s)" % method_types.get_pending_trades)
+	# The script editor's checks: a typed variable knows its properties.
+	var good := GDScript.new()
+	good.source_code = "extends RefCounted\nfunc f(r: MarketResult) -> String:\n\treturn r.purchase.item_id + str(r.listings[0].price)\n"
+	check(good.reload() == OK, "a script reading typed results parses")
+	# What the script editor completes from: typed properties in ClassDB.
+	var props := {}
+	for prop in ClassDB.class_get_property_list("MarketResult", true):
+		props[prop.name] = prop
+	check(props.has("purchase") and props.purchase.class_name == &"MarketPurchase" and props.listings.hint_string == "MarketListing" and props.current_price.type == TYPE_INT, "MarketResult's properties are typed for completion (%s)" % props.get("purchase", {}))
+	var read_only := GDScript.new()
+	read_only.source_code = "extends RefCounted\nfunc f(l: MarketListing) -> void:\n\tl.price = 1\n"
+	check(read_only.reload() != OK, "results are read-only")
+
+
+## Giving up on a wait never undoes a trade (I4); cancelling a read drops it.
+func check_giving_up(seller: Dictionary, alice: Dictionary) -> void:
+	# A read, cancelled: "cancelled" at once, and no signal for it later.
+	var listed_before := events("alice", "listings_updated").size()
+	var read: MarketRequest = alice.market.refresh_listings({})
+	check(not read.is_trade() and read.cancel(), "a read can be cancelled")
+	check(not read.cancel(), "once")
+	var cancelled: MarketResult = await read.completed
+	check(cancelled.code == "cancelled" and cancelled.is_definitive(), "a cancelled read completes with cancelled")
+	for i in 30:
+		await get_tree().process_frame
+	check(events("alice", "listings_updated").size() == listed_before, "and its answer is dropped (no listings_updated)")
+	# A trade cannot be cancelled; giving up on its wait leaves it going.
+	seller.data.add_item("patience_token", 1)
+	var made: MarketResult = await seller.market.create_listing("patience_token", 1, 11).completed
+	var credits_before: int = alice.data.get_credits()
+	var buy: MarketRequest = alice.market.buy_listing(made.listing.id, 11)
+	check(buy.is_trade() and not buy.cancel(), "a trade cannot be cancelled")
+	var gave_up: MarketResult = await buy.give_up_after(0.0).completed
+	check(gave_up.code == "still_pending" and not gave_up.is_definitive(), "giving up on a trade's wait completes with still_pending, not definitive")
+	check(buy.done and buy.result == gave_up, "the request is done for the game")
+	check(await until(func(): return events("alice", "purchase_succeeded").any(func(e): return e[0] == buy.id)), "the trade still happened: purchase_succeeded carries its id")
+	check(alice.data.get_credits() == credits_before - 11 and alice.data.get_held_credits() == 0 and alice.data.get_item_count("patience_token") == 1, "credits spent once, item in the save, nothing held")
+	# A wait given up on after its answer came changes nothing.
+	var quick: MarketRequest = alice.market.refresh_market_account()
+	var quick_result: MarketResult = await quick.completed
+	quick.give_up_after(0.0)
+	for i in 3:
+		await get_tree().process_frame
+	check(quick.result == quick_result and quick_result.code != "cancelled", "giving up after the answer came changes nothing")
+
+
+## LocalPlayerData: every method that can fail returns a code ("" = done).
+func check_player_data_codes_and_warnings() -> void:
+	var data := LocalPlayerData.new()
+	data.save_path = save_file("codes")
+	add_child(data)
+	check(data.add_credits(10) == "" and data.add_credits(-11) == "insufficient_credits", "add_credits returns \"\" or a code")
+	check(data.add_item("ore", 1) == "" and data.add_item("", 1) == "invalid_argument" and data.remove_item("ore", 2) == "insufficient_items", "add_item and remove_item return codes")
+	var hold := data.reserve_credits(4)
+	check(hold is MarketHold and hold.code == "" and hold.id > 0 and data.get_held_credits() == 4, "reserve_credits gives a MarketHold")
+	var refused := data.reserve_credits(1000)
+	check(refused.code == "insufficient_credits" and refused.id == 0, "a refused hold carries its code")
+	check(data.commit_credits_hold(hold.id) == "" and data.commit_credits_hold(hold.id) == "invalid_argument", "commit_credits_hold returns codes")
+	check(data.release_credits_hold(-5) == "invalid_argument", "release_credits_hold refuses a bad id with a code")
+	check(data.flush() == "" and data.validate_inventory().is_empty(), "flush returns \"\" and validate_inventory no problems")
+	check(data.get_setup_warnings().is_empty(), "a good save_path has no warnings")
+	var bad := LocalPlayerData.new()
+	bad.save_path = "res://save.json"
+	check(bad.get_setup_warnings().size() == 1 and bad.get_setup_warnings()[0].contains("read-only"), "a res:// save_path is warned about in the editor (%s)" % bad.get_setup_warnings())
+	check(bad.add_credits(1) == "save_unavailable" and bad.get_market_account() == null, "a save that cannot load answers save_unavailable")
+	bad.free()
+	data.queue_free()
+
+
+## The sample shop shipped in the addon runs against the server.
+func check_sample_shop(seller: Dictionary) -> void:
+	var scene: PackedScene = load("res://addons/trading_marketplace/samples/minimal_shop/minimal_shop.tscn")
+	check(scene != null, "the sample shop scene loads")
+	if scene == null:
+		return
+	var item := "sample_%s" % run_id
+	seller.data.add_item(item, 1)
+	var made: MarketResult = await seller.market.create_listing(item, 1, 5).completed
+	var shop := scene.instantiate()
+	shop.server_url = server_url
+	shop.save_path = save_file("sample_shop")
+	shop.starting_credits = 50
+	shop.search = item
+	add_child(shop)
+	check(await until(func(): return shop.rows.has(made.listing.id)), "the sample shop lists what is for sale")
+	var shown: MarketListing = shop.rows[made.listing.id].listing
+	shop.buy(shown)
+	check(await until(func(): return shop.status_key == "PURCHASE_DONE"), "and buys through it (%s)" % shop.status_key)
+	check(shop.data.get_item_count(item) == 1 and shop.data.get_credits() == 45, "the item is in the sample's save")
+	shop.buy(shown)
+	check(await until(func(): return shop.status_key == "ERR_ALREADY_SOLD"), "a second buy shows the already_sold message key (%s)" % shop.status_key)
+	check(TranslationServer.get_loaded_locales().has("de") and tr("ERR_ALREADY_SOLD") != "ERR_ALREADY_SOLD", "the addon's translations are loaded: every code has a message (%s)" % tr("ERR_ALREADY_SOLD"))
+	shop.queue_free()
 
 
 func check_inspector(alice: Dictionary) -> void:
@@ -329,7 +452,7 @@ func check_paused_tree(seller: Dictionary, alice: Dictionary) -> void:
 	var created_before := events("seller", "listing_created").size()
 	seller.market.create_listing("pause_token", 1, 5)
 	await until(func(): return events("seller", "listing_created").size() > created_before)
-	var listing: Dictionary = events("seller", "listing_created")[-1][1]
+	var listing: MarketListing = events("seller", "listing_created")[-1][1]
 	get_tree().paused = true
 	var bought_before := events("alice", "purchase_succeeded").size()
 	alice.market.buy_listing(listing["id"], 5)
@@ -338,12 +461,12 @@ func check_paused_tree(seller: Dictionary, alice: Dictionary) -> void:
 	check(alice.data.get_item_count("pause_token") == 1, "and the item arrives while paused")
 	# A buy order placed in a pause menu, filled by a listing, its items
 	# collected — all while paused.
-	var order: Dictionary = await alice.market.place_buy_order("pause_ore", 1, 9).completed
+	var order: MarketResult = await alice.market.place_buy_order("pause_ore", 1, 9).completed
 	check(order.ok and order.order.status == "active", "a buy order is placed while paused")
 	seller.data.add_item("pause_ore", 1)
-	var sold: Dictionary = await seller.market.create_listing("pause_ore", 1, 9).completed
+	var sold: MarketResult = await seller.market.create_listing("pause_ore", 1, 9).completed
 	check(sold.ok and sold.listing.status == "sold", "a listing sells into it while paused")
-	var got: Dictionary = await alice.market.collect_deliveries().completed
+	var got: MarketResult = await alice.market.collect_deliveries().completed
 	check(got.ok and alice.data.get_item_count("pause_ore") == 1, "and its delivery is collected while paused")
 	get_tree().paused = false
 
@@ -368,7 +491,7 @@ func check_reentrant_handlers(seller: Dictionary, alice: Dictionary) -> void:
 	var created_before := events("seller", "listing_created").size()
 	seller.market.create_listing("bonus_token", 1, 7)
 	await until(func(): return events("seller", "listing_created").size() > created_before)
-	var listing: Dictionary = events("seller", "listing_created")[-1][1]
+	var listing: MarketListing = events("seller", "listing_created")[-1][1]
 	var bought_before := events("alice", "purchase_succeeded").size()
 	alice.market.buy_listing(listing["id"], 7)
 	await until(func(): return events("alice", "purchase_succeeded").size() > bought_before)
@@ -388,7 +511,7 @@ func check_second_node_on_one_save(alice: Dictionary) -> void:
 	await get_tree().process_frame
 	check(not twin.is_loaded(), "a second LocalPlayerData on the same save is refused")
 	check(failures.size() == 1, "and told with load_failed")
-	check(alice.data.is_loaded() and alice.data.validate_inventory(), "the first one is untouched")
+	check(alice.data.is_loaded() and alice.data.validate_inventory().is_empty(), "the first one is untouched")
 	twin.queue_free()
 
 
@@ -409,7 +532,7 @@ func check_save_slot_chosen_in_parent_ready() -> void:
 	var data: LocalPlayerData = parent.get_node("Data")
 	check(data.get_save_file_path().ends_with("slot_2.json"), "save_path set in the parent's _ready is the file used")
 	data.add_credits(42)
-	check(data.flush(), "the slot saves")
+	check(data.flush() == "", "the slot saves")
 	check(FileAccess.file_exists(save_file("slot_2")), "to the slot's file")
 	check(not FileAccess.file_exists("user://player_data.json") or FileAccess.get_file_as_string("user://player_data.json").find("42") == -1, "not to the default file")
 	# Switching slots later, with nothing pending
@@ -422,7 +545,7 @@ func check_save_slot_chosen_in_parent_ready() -> void:
 
 func check_request_survives_slot_switch() -> void:
 	var p := make_player("switcher", 0)
-	var login: Dictionary = await p.market.login("dev-switcher-%s" % run_id, "switcher").completed
+	var login: MarketResult = await p.market.login("dev-switcher-%s" % run_id, "switcher").completed
 	check(login.ok, "a player logs in before switching slots")
 	var pending: MarketRequest = p.market.refresh_listings({})
 	check(p.data.change_save_path(save_file("switcher_2")) == "", "the save can switch with only a read in flight")
@@ -480,7 +603,7 @@ func check_trade_waits_for_its_market() -> void:
 	ab_seller.data.add_item("map", 1)
 	ab_seller.market.create_listing("map", 1, 30)
 	await until(func(): return events("ab_seller", "listing_created").size() == 1)
-	var listing: Dictionary = events("ab_seller", "listing_created")[0][1]
+	var listing: MarketListing = events("ab_seller", "listing_created")[0][1]
 	var ab_buyer := make_player("ab_buyer", 100, self, lossy)
 	ab_buyer.market.login("dev-ab_buyer-%s" % run_id, "ab_buyer")
 	await until(func(): return events("ab_buyer", "logged_in").size() == 1)
@@ -519,13 +642,13 @@ func check_server_grants() -> void:
 	ga.market.login("ga-" + run, "ga")
 	gb.market.login("gb-" + run, "gb")
 	# Logging in to a server-grants market mirrors the account at once.
-	await until(func(): return ga.data.get_market_account().get("credits", 0) == 100 and gb.data.get_market_account().get("credits", 0) == 100 and gs.data.get_market_account().get("stash", {}).get("relic", 0) == 1)
+	await until(func(): return ga.data.get_market_account().credits == 100 and gb.data.get_market_account().credits == 100 and gs.data.get_market_account().stash.get("relic", 0) == 1)
 	check(ga.data.get_market_account()["mode"] == "server_grants", "the market's policy is known after login")
 	check(ga.data.get_market_account()["credits"] == 100, "granted credits show in get_market_account()")
 	gs.market.create_listing("relic", 1, 60)
 	await until(func(): return events("g_seller", "listing_created").size() == 1)
 	check(events("g_seller", "listing_created").size() == 1, "a granted item is listed from the market account")
-	var listing: Dictionary = events("g_seller", "listing_created")[0][1]
+	var listing: MarketListing = events("g_seller", "listing_created")[0][1]
 	ga.market.buy_listing(listing["id"], 60)
 	gb.market.buy_listing(listing["id"], 60)
 	check(ga.data.get_market_account()["held_credits"] == 60 and ga.data.get_credits() == 0, "the purchase holds account credits, not the save's")
@@ -536,8 +659,8 @@ func check_server_grants() -> void:
 	check(loser.data.get_market_account()["held_credits"] == 0 and loser.data.get_market_account()["available_credits"] == 100, "the loser's hold is released")
 	winner.market.refresh_market_account()
 	await until(func(): return events(winner.label, "market_account_updated").size() >= 2)
-	var server_view: Dictionary = events(winner.label, "market_account_updated")[-1][1]
-	var mirror: Dictionary = winner.data.get_market_account()
+	var server_view: MarketAccount = events(winner.label, "market_account_updated")[-1][1]
+	var mirror: MarketAccount = winner.data.get_market_account()
 	check(server_view["credits"] == 40 and mirror["credits"] == 40, "get_market_account() matches the server (40 left)")
 	check(server_view["stash"].get("relic", 0) == 1 and mirror["stash"].get("relic", 0) == 1, "and the item is in the account")
 	for p in [gs, ga, gb]:
@@ -554,7 +677,7 @@ func check_scene_change_with_trade_in_flight(seller: Dictionary) -> void:
 	var created_before := events("seller", "listing_created").size()
 	seller.market.create_listing("voyage_token", 1, 30)
 	await until(func(): return events("seller", "listing_created").size() > created_before)
-	var listing: Dictionary = events("seller", "listing_created")[-1][1]
+	var listing: MarketListing = events("seller", "listing_created")[-1][1]
 	var shop := Node.new()
 	add_child(shop)
 	var carol := make_player("carol", 100, shop, slow_url)
@@ -599,80 +722,80 @@ func check_orders_partial_fills_expiry_and_deliveries() -> void:
 
 	var order_request: MarketRequest = ob.market.place_buy_order(item, 4, 30)
 	check(ob.data.get_held_credits() == 120 and ob.data.get_credits() == 880, "place_buy_order holds quantity × max_price at once")
-	var placed: Dictionary = await order_request.completed
+	var placed: MarketResult = await order_request.completed
 	check(placed.ok and placed.order.status == "active" and placed.order.quantity_remaining == 4, "the order rests (%s)" % placed)
 	check(ob.data.get_held_credits() == 0 and ob.data.get_credits() == 880, "its credits are the order's escrow now")
 
-	var sold: Dictionary = await sel.market.create_listing(item, 3, 25).completed
+	var sold: MarketResult = await sel.market.create_listing(item, 3, 25).completed
 	check(sold.ok and sold.listing.status == "sold" and sold.listing.quantity_remaining == 0, "a listing below the bid sells into it at once (%s)" % sold)
-	var got: Dictionary = await ob.market.collect_deliveries().completed
+	var got: MarketResult = await ob.market.collect_deliveries().completed
 	check(got.ok and got.deliveries.size() == 1 and ob.data.get_item_count(item) == 3, "the order's items arrive once collected (%s)" % got)
-	var again: Dictionary = await ob.market.collect_deliveries().completed
+	var again: MarketResult = await ob.market.collect_deliveries().completed
 	check(again.ok and again.deliveries.is_empty() and ob.data.get_item_count(item) == 3, "a second collect brings nothing")
 
 	# One unit left on the order at 30; two listed at 20: one fills the
 	# order, one rests and is bought directly, in part of a lot.
-	var lot: Dictionary = await sel.market.create_listing(item, 2, 20).completed
+	var lot: MarketResult = await sel.market.create_listing(item, 2, 20).completed
 	check(lot.ok and lot.listing.quantity_remaining == 1, "the rest of the order took one unit of the lot")
-	var part: Dictionary = await ob.market.buy_listing(lot.listing.id, 20, 1).completed
+	var part: MarketResult = await ob.market.buy_listing(lot.listing.id, 20, 1).completed
 	check(part.ok and part.purchase.quantity == 1 and part.purchase.price == 20, "buy_listing with a quantity buys part of a lot (%s)" % part)
-	var more: Dictionary = await ob.market.buy_listing(lot.listing.id, 20, 1).completed
+	var more: MarketResult = await ob.market.buy_listing(lot.listing.id, 20, 1).completed
 	check(not more.ok and more.code == "already_sold", "nothing left to buy: already_sold")
 	got = await ob.market.collect_deliveries().completed
 	check(got.ok and ob.data.get_item_count(item) == 5, "the order's last unit arrives")
-	var orders: Dictionary = await ob.market.get_orders("closed").completed
+	var orders: MarketResult = await ob.market.get_orders("closed").completed
 	check(orders.ok and orders.orders.any(func(o): return o.id == placed.order.id and o.status == "filled"), "get_orders shows the filled order")
 
 	# An order nobody sells into: cancelled, its escrow comes back.
-	var idle: Dictionary = await ob.market.place_buy_order(item, 2, 5).completed
+	var idle: MarketResult = await ob.market.place_buy_order(item, 2, 5).completed
 	var before: int = ob.data.get_credits()
-	var cancelled: Dictionary = await ob.market.cancel_order(idle.order.id).completed
+	var cancelled: MarketResult = await ob.market.cancel_order(idle.order.id).completed
 	check(cancelled.ok and cancelled.returned == 10 and ob.data.get_credits() == before + 10, "cancel_order returns the escrow (%s)" % cancelled)
 
 	# A listing past its time: nothing fills it; the seller takes it back.
-	var short: Dictionary = await sel.market.create_listing(item, 1, 40, 1).completed
+	var short: MarketResult = await sel.market.create_listing(item, 1, 40, 1).completed
 	check(short.ok and short.listing.expires_at > 0, "a listing can ask for a short life")
 	await get_tree().create_timer(2.2).timeout
-	var late: Dictionary = await ob.market.buy_listing(short.listing.id, 40, 1).completed
+	var late: MarketResult = await ob.market.buy_listing(short.listing.id, 40, 1).completed
 	check(not late.ok and late.code == "listing_expired", "an expired listing is refused (%s)" % late)
-	var back: Dictionary = await sel.market.cancel_listing(short.listing.id).completed
+	var back: MarketResult = await sel.market.cancel_listing(short.listing.id).completed
 	check(back.ok and sel.data.get_item_count(item) == 0 + 1, "its seller takes the unsold item back")
 
-	var quote: Dictionary = await sel.market.quote_fees(2, 50).completed
+	var quote: MarketResult = await sel.market.quote_fees(2, 50).completed
 	check(quote.ok and quote.quote.buyer_pays == 100 and quote.quote.seller_receives == 100 - quote.quote.listing_fee - quote.quote.sales_tax, "quote_fees says what the buyer pays and the seller receives")
 
 	# Browsing by price and prefix.
 	sel.data.add_item(item, 2)
 	await sel.market.create_listing(item, 1, 70).completed
 	await sel.market.create_listing(item, 1, 60).completed
-	var cheap: Dictionary = await ob.market.refresh_listings({"item_prefix": "ore_" + run_id.left(4), "sort": "price", "max_price": 65}).completed
-	check(cheap.ok and cheap.listings.size() >= 1 and cheap.listings.all(func(l): return l.price <= 65), "refresh_listings sorts and filters by price and prefix (%s)" % cheap.get("message", ""))
-	var bad_sort: Dictionary = await ob.market.refresh_listings({"sort": "random"}).completed
+	var cheap: MarketResult = await ob.market.refresh_listings({"item_prefix": "ore_" + run_id.left(4), "sort": "price", "max_price": 65}).completed
+	check(cheap.ok and cheap.listings.size() >= 1 and cheap.listings.all(func(l): return l.price <= 65), "refresh_listings sorts and filters by price and prefix (%s)" % cheap.message)
+	var bad_sort: MarketResult = await ob.market.refresh_listings({"sort": "random"}).completed
 	check(not bad_sort.ok and bad_sort.code == "invalid_request", "an unknown sort is refused")
 	# A search box: items by id prefix (this server has no catalog, so no names).
-	var found: Dictionary = await ob.market.search_items(item.left(item.length() - 1)).completed
+	var found: MarketResult = await ob.market.search_items(item.left(item.length() - 1)).completed
 	check(found.ok and not found.catalog and found.items.any(func(i): return i.item_id == item and i.name == ""), "search_items finds the item by its id's start (%s)" % found)
-	var searched: Dictionary = await ob.market.refresh_listings({"search": item, "sort": "price"}).completed
+	var searched: MarketResult = await ob.market.refresh_listings({"search": item, "sort": "price"}).completed
 	check(searched.ok and searched.listings.size() >= 2 and searched.listings.all(func(l): return l.item_id == item), "refresh_listings by search")
-	var empty_search: Dictionary = await ob.market.search_items("").completed
+	var empty_search: MarketResult = await ob.market.search_items("").completed
 	check(not empty_search.ok and empty_search.code == "invalid_argument", "an empty search is refused before it is sent")
 	for l in (await sel.market.refresh_listings({"item_id": item}).completed).listings:
 		await sel.market.cancel_listing(l.id).completed
 
 	# Market data for the item: the summary, the book's depth, the history.
-	var summary: Dictionary = await ob.market.get_market_summary(item).completed
+	var summary: MarketResult = await ob.market.get_market_summary(item).completed
 	check(summary.ok and summary.summary.last_price == 20 and summary.summary.trades_24h == 3, "get_market_summary (%s)" % summary)
-	var depth: Dictionary = await ob.market.get_depth(item).completed
+	var depth: MarketResult = await ob.market.get_depth(item).completed
 	check(depth.ok and depth.depth.asks.is_empty() and depth.depth.bids.is_empty(), "get_depth of an empty book")
-	var history: Dictionary = await ob.market.get_price_history(item, "hour").completed
+	var history: MarketResult = await ob.market.get_price_history(item, "hour").completed
 	check(history.ok and history.history.candles.size() >= 1 and history.history.candles[-1].volume >= 1, "get_price_history has candles (%s)" % history)
 
-	var claimed: Dictionary = await sel.market.claim_proceeds().completed
+	var claimed: MarketResult = await sel.market.claim_proceeds().completed
 	check(claimed.ok, "the seller claims the fills' proceeds")
 	var credits: int = ob.data.get_credits() + ob.data.get_held_credits() + sel.data.get_credits() + sel.data.get_held_credits()
 	check(credits == 1000, "credits conserved through orders, fills and deliveries (%d)" % credits)
 	check(ob.data.get_item_count(item) + sel.data.get_item_count(item) == 6 + 2, "items conserved (6, and 2 listed and taken back while browsing)")
-	check(ob.data.validate_inventory() and sel.data.validate_inventory(), "both saves validate")
+	check(ob.data.validate_inventory().is_empty() and sel.data.validate_inventory().is_empty(), "both saves validate")
 
 
 ## The live market: a second client's purchase removes the row from the
@@ -697,12 +820,12 @@ func check_live_market() -> void:
 	var logins := [await shop.market.login("dev-live-shop-" + run_id, "shop").completed, await buyer.market.login("dev-live-buyer-" + run_id, "buyer").completed]
 	check(logins[0].ok and logins[1].ok, "live players log in")
 	check(await until(func(): return live.has(true), 10.0), "the shop goes live after login (market_live_changed)")
-	var listed: Dictionary = await shop.market.create_listing(item, 1, 10).completed
-	var page: Dictionary = await shop.market.refresh_listings({"item_id": item}).completed
+	var listed: MarketResult = await shop.market.create_listing(item, 1, 10).completed
+	var page: MarketResult = await shop.market.refresh_listings({"item_id": item}).completed
 	for l in page.listings:
 		rows[l.id] = l
 	check(listed.ok and rows.has(listed.listing.id), "the shop shows its listing")
-	var bought: Dictionary = await buyer.market.buy_listing(listed.listing.id, 10).completed
+	var bought: MarketResult = await buyer.market.buy_listing(listed.listing.id, 10).completed
 	check(bought.ok, "another client buys it (%s)" % bought)
 	check(await until(func(): return not rows.has(listed.listing.id), 10.0), "the row leaves the first client's shop without a refresh")
 
@@ -712,13 +835,13 @@ func check_live_market() -> void:
 	var notes := []
 	seller.market.notification_received.connect(func(n): notes.append(n))
 	seller.data.add_item(item, 3)
-	var in_: Dictionary = await seller.market.login("dev-live-away-" + run_id, "away").completed
-	var lot: Dictionary = await seller.market.create_listing(item, 3, 5).completed
+	var in_: MarketResult = await seller.market.login("dev-live-away-" + run_id, "away").completed
+	var lot: MarketResult = await seller.market.create_listing(item, 3, 5).completed
 	check(in_.ok and lot.ok, "the seller lists three units")
 	var home: String = seller.data.save_path
 	check(seller.data.change_save_path(save_file("live_elsewhere")) == "", "the seller leaves (another save)")
 	for i in 2:
-		var part: Dictionary = await buyer.market.buy_listing(lot.listing.id, 5, 1).completed
+		var part: MarketResult = await buyer.market.buy_listing(lot.listing.id, 5, 1).completed
 		check(part.ok, "a unit sells while the seller is away (%s)" % part)
 	check(seller.data.change_save_path(home) == "", "the seller comes back")
 	await seller.market.login().completed
@@ -745,27 +868,27 @@ func check_identity() -> void:
 	# A player without an account plays on one device, then links the
 	# game's account (a token its backend minted).
 	var first := make_player("id_first", 0)
-	var in_: Dictionary = await first.market.login("dev-" + "%032x" % [randi()], "pilot").completed
+	var in_: MarketResult = await first.market.login("dev-" + "%032x" % [randi()], "pilot").completed
 	check(in_.ok, "the device player logs in")
 	var code: String = first.market.get_recovery_code()
 	check(code.length() == 34 and code.count("-") == 6, "a device id the addon made has a recovery code (%s)" % code)
-	var linked: Dictionary = await first.market.link_identity(token).completed
+	var linked: MarketResult = await first.market.link_identity(token).completed
 	check(linked.ok and linked.identities.identities.size() == 1 and linked.identities.device, "link_identity links the account (%s)" % [linked])
-	var listed: Dictionary = await first.market.get_identities().completed
+	var listed: MarketResult = await first.market.get_identities().completed
 	check(listed.ok and listed.identities.identities[0].subject == OS.get_environment("MARKET_IDENTITY_SUBJECT"), "get_identities names it")
 	# A second device logs in by token: the same player.
 	var second := make_player("id_second", 0)
-	var by_token: Dictionary = await second.market.login_with_token(OS.get_environment("MARKET_IDENTITY_TOKEN_2"), "pilot").completed
+	var by_token: MarketResult = await second.market.login_with_token(OS.get_environment("MARKET_IDENTITY_TOKEN_2"), "pilot").completed
 	check(by_token.ok and by_token.player_id == in_.player_id, "login_with_token on another device is the same player (%s)" % [by_token])
 	check(second.data.get_player_id() == in_.player_id, "and the save knows it")
 	# A forged token is refused with a stable code.
-	var forged: Dictionary = await second.market.login_with_token(OS.get_environment("MARKET_FORGED_TOKEN")).completed
+	var forged: MarketResult = await second.market.login_with_token(OS.get_environment("MARKET_FORGED_TOKEN")).completed
 	check(not forged.ok and forged.code == "identity_refused", "a forged token is refused (%s)" % [forged])
 	# A third device types the recovery code.
 	var third := make_player("id_third", 0)
-	var typo: Dictionary = await third.market.login_with_recovery_code("0000-0000-0000-0000-0000-0000-0001").completed
+	var typo: MarketResult = await third.market.login_with_recovery_code("0000-0000-0000-0000-0000-0000-0001").completed
 	check(not typo.ok and typo.code == "invalid_argument", "a mistyped recovery code is refused (%s)" % [typo])
-	var recovered: Dictionary = await third.market.login_with_recovery_code(code.to_lower().replace("-", " ")).completed
+	var recovered: MarketResult = await third.market.login_with_recovery_code(code.to_lower().replace("-", " ")).completed
 	check(recovered.ok and recovered.player_id == in_.player_id, "the recovery code logs in as the player (%s)" % [recovered])
 	for p in [first, second, third]:
 		p.market.queue_free()

@@ -22,12 +22,12 @@ use marketplace_client::{ClientError, PendingTrade, SessionEvent};
 /// getter and no setter.
 macro_rules! data_class {
     (
-        $(#[$doc:meta])*
+        $(#[doc = $doc:literal])*
         $name:ident {
             $( $(#[$fdoc:meta])* $field:ident : $ty:ty ),* $(,)?
         }
     ) => {
-        $(#[$doc])*
+        $(#[doc = $doc])*
         #[derive(GodotClass)]
         #[class(no_init, base=RefCounted)]
         pub struct $name {
@@ -651,9 +651,7 @@ pub fn result_of(event: &SessionEvent, kind: &str) -> Option<Gd<MarketResult>> {
         }
         AccountUpdated { account: a, .. } => r.account = Some(account(a)),
         OrderPlaced {
-            order: o,
-            fills: f,
-            ..
+            order: o, fills: f, ..
         } => {
             r.order = Some(order(o));
             r.fills = f.iter().map(fill).collect();

@@ -48,3 +48,6 @@ unsafe impl ExtensionLibrary for TradingMarketplaceExtension {
         }
     }
 }
+
+#[cfg(test)]
+mod editor_help;

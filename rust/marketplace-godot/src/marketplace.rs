@@ -246,11 +246,7 @@ impl TradingMarketplace {
     /// `request_id` (compare it with the latest request's id to drop a
     /// stale page); `next_cursor` asks for the next page (`""`: the last).
     #[signal]
-    fn listings_updated(
-        request_id: i64,
-        listings: Array<Gd<MarketListing>>,
-        next_cursor: GString,
-    );
+    fn listings_updated(request_id: i64, listings: Array<Gd<MarketListing>>, next_cursor: GString);
     /// The listing is on the market; its items left the inventory for good.
     #[signal]
     fn listing_created(request_id: i64, listing: Gd<MarketListing>);
@@ -527,7 +523,9 @@ impl TradingMarketplace {
     #[func]
     fn refresh_listings(&mut self, filter: VarDictionary) -> Gd<MarketRequest> {
         let query = convert::browse_query(&filter);
-        self.request("refresh_listings", None, |session, _| session.browse(query?))
+        self.request("refresh_listings", None, |session, _| {
+            session.browse(query?)
+        })
     }
 
     /// Lists `quantity` items at `price` credits each; they leave the
@@ -643,7 +641,9 @@ impl TradingMarketplace {
     /// (`deliveries_collected`, after saving).
     #[func]
     fn collect_deliveries(&mut self) -> Gd<MarketRequest> {
-        self.request("collect_deliveries", None, |session, _| session.collect_deliveries())
+        self.request("collect_deliveries", None, |session, _| {
+            session.collect_deliveries()
+        })
     }
 
     /// An item's market summary: best ask and bid, last price, 24 h volume
@@ -683,7 +683,9 @@ impl TradingMarketplace {
     ) -> Gd<MarketRequest> {
         let item_id = item_id.to_string();
         let levels = u32::try_from(levels).unwrap_or(0);
-        self.request("get_depth", None, |session, _| session.depth(&item_id, levels))
+        self.request("get_depth", None, |session, _| {
+            session.depth(&item_id, levels)
+        })
     }
 
     /// An item's price history as candles per `"hour"` or `"day"`, between
@@ -722,7 +724,9 @@ impl TradingMarketplace {
     /// sale, then `claim_finished`).
     #[func]
     fn claim_proceeds(&mut self) -> Gd<MarketRequest> {
-        self.request("claim_proceeds", None, |session, _| session.claim_proceeds())
+        self.request("claim_proceeds", None, |session, _| {
+            session.claim_proceeds()
+        })
     }
 
     /// Moves `amount` credits from the market account into the save (server
@@ -748,7 +752,9 @@ impl TradingMarketplace {
     /// Asks the server for the market account (`market_account_updated`).
     #[func]
     fn refresh_market_account(&mut self) -> Gd<MarketRequest> {
-        self.request("refresh_market_account", None, |session, _| session.refresh_account())
+        self.request("refresh_market_account", None, |session, _| {
+            session.refresh_account()
+        })
     }
 
     /// True while a purchase of this listing waits for its definitive answer.
@@ -1212,10 +1218,8 @@ impl TradingMarketplace {
                 self.signals().logged_in().emit(id(request_id), *player_id)
             }
             SessionEvent::ListingsUpdated { request_id, page } => {
-                let listings = list_from_result!(
-                    listings,
-                    page.listings.iter().map(data::listing).collect()
-                );
+                let listings =
+                    list_from_result!(listings, page.listings.iter().map(data::listing).collect());
                 drop(r);
                 self.next_cursor = page.next_cursor.clone();
                 self.signals().listings_updated().emit(
@@ -1382,10 +1386,8 @@ impl TradingMarketplace {
                 deliveries,
                 error,
             } => {
-                let deliveries = list_from_result!(
-                    deliveries,
-                    deliveries.iter().map(data::delivery).collect()
-                );
+                let deliveries =
+                    list_from_result!(deliveries, deliveries.iter().map(data::delivery).collect());
                 drop(r);
                 if let Some(error) = error {
                     self.emit_failure(id(request_id), None, error);

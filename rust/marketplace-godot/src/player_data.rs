@@ -48,9 +48,11 @@ const SIGNALS_PER_FRAME: usize = 1024;
 pub struct LocalPlayerData {
     /// Where the save file lives: `user://…` (the default,
     /// `user://player_data.json`), a path relative to `user://`, or an
-    /// absolute path. `res://` is refused: it is read-only in an exported
-    /// game. Changing it switches files — refused (the old value stays)
-    /// while trades wait for their answer.
+    /// absolute path. `res://` cannot work (it is read-only in an exported
+    /// game): such a path is kept, the editor warns, and at run time the
+    /// node loads nothing (`load_failed`) rather than save anywhere else.
+    /// Changing it switches files — refused (the old value stays) while
+    /// trades wait for their answer.
     #[var(set = set_save_path)]
     #[export]
     save_path: GString,
@@ -94,18 +96,9 @@ impl INode for LocalPlayerData {
         }
     }
 
-    /// What the editor's scene dock shows next to the node: a `save_path`
-    /// that cannot work (`res://`, empty, a folder, another scheme).
+    /// What the editor's scene dock shows next to the node.
     fn get_configuration_warnings(&self) -> PackedStringArray {
-        let mut warnings = PackedStringArray::new();
-        if let Err(why) = resolve_save_path(&self.save_path.to_string(), std::path::Path::new("/"))
-        {
-            warnings.push(&GString::from(why.as_str()));
-        }
-        if self.default_player_name.to_string().trim().is_empty() {
-            warnings.push("default_player_name is empty: a brand-new player gets no name.");
-        }
-        warnings
+        self.get_setup_warnings()
     }
 
     fn ready(&mut self) {
@@ -302,6 +295,23 @@ impl LocalPlayerData {
         self.mutate("commit_credits_hold", |s| s.commit_hold(id))
     }
 
+    /// Set-up problems, as the editor's scene dock shows them: a
+    /// `save_path` that cannot work (`res://`, empty, a folder, another
+    /// scheme), an empty `default_player_name`. Empty when the node is
+    /// ready.
+    #[func]
+    fn get_setup_warnings(&self) -> PackedStringArray {
+        let mut warnings = PackedStringArray::new();
+        if let Err(why) = resolve_save_path(&self.save_path.to_string(), std::path::Path::new("/"))
+        {
+            warnings.push(&GString::from(why.as_str()));
+        }
+        if self.default_player_name.to_string().trim().is_empty() {
+            warnings.push("default_player_name is empty: a brand-new player gets no name.");
+        }
+        warnings
+    }
+
     /// Asks for a save of the game's own changes (with `autosave` off).
     /// Never blocks; the write happens after this frame.
     #[func]
@@ -402,17 +412,13 @@ impl LocalPlayerData {
             self.base_mut().update_configuration_warnings();
             return code;
         }
-        let resolved = match resolve_save_path(&path.to_string(), &user_dir()) {
-            Ok(p) => p,
-            Err(message) => {
-                godot_error!("LocalPlayerData: {message}");
-                return "invalid_argument".into();
+        let resolved = resolve_save_path(&path.to_string(), &user_dir());
+        if let Ok(resolved) = &resolved {
+            if self.resolved_path().ok().as_ref() == Some(resolved) {
+                // The same file, however it is spelled.
+                self.save_path = path;
+                return GString::new();
             }
-        };
-        if self.resolved_path().ok().as_ref() == Some(&resolved) {
-            // The same file, however it is spelled.
-            self.save_path = path;
-            return GString::new();
         }
         if let Some(slot) = &self.slot {
             let pending = slot.borrow().pending_trades();
@@ -431,7 +437,15 @@ impl LocalPlayerData {
         }
         self.save_path = path;
         self.load_error = None;
-        GString::new()
+        match resolved {
+            Ok(_) => GString::new(),
+            Err(message) => {
+                // Kept, so the node holds no data and says why (load_failed
+                // at first use) instead of quietly saving somewhere else.
+                godot_error!("LocalPlayerData: {message}");
+                ErrorCode::InvalidArgument.as_str().into()
+            }
+        }
     }
 
     #[func]

@@ -333,7 +333,11 @@ fn give_up_due() {
             return Vec::new();
         }
         let now = Instant::now();
-        let due = d.iter().filter(|(at, _)| *at <= now).map(|(_, id)| *id).collect();
+        let due = d
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
+            .collect();
         d.retain(|(at, _)| *at > now);
         due
     });
