@@ -401,9 +401,9 @@ struct Index {
     market_held_credits: i64,
     market_escrow: HashMap<String, i64>,
     /// Hold → the journaled operation that owns it.
-    hold_owner: HashMap<HoldId, OpId>,
+    hold_owner: rustc_hash::FxHashMap<HoldId, OpId>,
     /// Listing → journaled purchases of it.
-    purchases: HashMap<i64, u32>,
+    purchases: rustc_hash::FxHashMap<i64, u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -927,11 +927,34 @@ impl PlayerStore {
         hold: Option<HoldKind>,
         created_at: i64,
     ) -> Result<OpId, StateError> {
+        self.begin_bound_trade(key, op, hold, created_at, None)
+    }
+
+    /// [`PlayerStore::begin_trade`] already bound to its market and player
+    /// (`owner`), in one journal change.
+    pub fn begin_bound_trade(
+        &mut self,
+        key: String,
+        op: MarketChange,
+        hold: Option<HoldKind>,
+        created_at: i64,
+        owner: Option<crate::state::Owner>,
+    ) -> Result<OpId, StateError> {
         let hold_id = match hold {
             Some(kind) => Some(self.hold(kind, Origin::Trade)?),
             None => None,
         };
-        Ok(self.begin_op(key, op, hold_id, created_at))
+        let id = self.state.journal_op(key, op, hold_id, created_at);
+        if let Some(owner) = owner {
+            if let Some(pending) = self.state.journal.get_mut(&id) {
+                pending.owner = Some(owner);
+            }
+        }
+        self.deltas
+            .push(Delta::Op(id, self.state.journal.get(&id).cloned()));
+        self.counters_changed();
+        self.changed(Origin::Trade);
+        Ok(id)
     }
 
     /// Journals a marketplace operation (with the hold it settles).

@@ -30,7 +30,7 @@
 //! still comes through the node's signals and `LocalPlayerData`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use godot::prelude::*;
@@ -170,7 +170,7 @@ fn is_read(method: &str) -> bool {
 
 thread_local! {
     /// Requests waiting for their answer, by id. Main thread only.
-    static PENDING: RefCell<HashMap<i64, Gd<MarketRequest>>> = RefCell::new(HashMap::new());
+    static PENDING: RefCell<rustc_hash::FxHashMap<i64, Gd<MarketRequest>>> = RefCell::new(rustc_hash::FxHashMap::default());
     /// Ids of requests refused before any session existed (far above the
     /// sessions' own, which count from 1 per process).
     static NEXT_LOCAL_ID: Cell<i64> = const { Cell::new(1 << 40) };

@@ -344,8 +344,8 @@ struct Progress {
 
 pub struct TradingSession {
     client: MarketClient,
-    tracked: HashMap<RequestId, Tracked>,
-    progress: HashMap<OpId, Progress>,
+    tracked: rustc_hash::FxHashMap<RequestId, Tracked>,
+    progress: rustc_hash::FxHashMap<OpId, Progress>,
     unsent: VecDeque<Unsent>,
     /// Client events taken but not handled yet (a frame's time ran out).
     backlog: VecDeque<Event>,
@@ -359,7 +359,7 @@ pub struct TradingSession {
     collects: HashMap<RequestId, orders::CollectProgress>,
     /// Listing → units remaining, as the last page or listing read showed
     /// them: what "buy the whole lot" means for a listing.
-    lots: HashMap<i64, i64>,
+    lots: rustc_hash::FxHashMap<i64, i64>,
     /// Durable trades never sent and not bound to a market yet: they wait
     /// for a login to say where they belong.
     unbound: Vec<Unsent>,
@@ -424,8 +424,8 @@ impl TradingSession {
         let client = MarketClient::start(config)?;
         let mut session = TradingSession {
             client,
-            tracked: HashMap::new(),
-            progress: HashMap::new(),
+            tracked: Default::default(),
+            progress: Default::default(),
             unsent: VecDeque::new(),
             backlog: VecDeque::new(),
             ready: VecDeque::new(),
@@ -433,7 +433,7 @@ impl TradingSession {
             refusals: VecDeque::new(),
             claims: HashMap::new(),
             collects: HashMap::new(),
-            lots: HashMap::new(),
+            lots: Default::default(),
             unbound: Vec::new(),
             quiet_login: None,
             next_quiet_login: Instant::now(),
@@ -922,12 +922,9 @@ impl TradingSession {
             ));
         }
         let key = store.state().new_key();
-        let op_id = store.begin_trade(key, op, hold, unix_now())?;
-        if let Some(owner) = self.client.owner() {
-            // Logged in: the trade belongs to this market and player, on
-            // disk with the entry itself.
-            store.bind_op(op_id, &owner);
-        }
+        // Logged in: the trade belongs to this market and player, on disk
+        // with the entry itself.
+        let op_id = store.begin_bound_trade(key, op, hold, unix_now(), self.client.owner())?;
         let id = self.client.next_request_id();
         self.track_op(id, op_id, origin.unwrap_or(id), store.generation());
         Ok(id)
