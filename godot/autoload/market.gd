@@ -23,6 +23,11 @@ func _ready() -> void:
 	var url := OS.get_environment("MARKET_SERVER_URL")
 	if url != "":
 		market.server_url = url
+	# The player's language is the system's; MARKET_DEMO_LOCALE=de shows
+	# the German messages that ship with the addon.
+	var locale := OS.get_environment("MARKET_DEMO_LOCALE")
+	if locale != "":
+		TranslationServer.set_locale(locale)
 	# A second pilot on the same machine (two windows side by side).
 	var save := OS.get_environment("MARKET_DEMO_SAVE")
 	if save != "":
@@ -36,3 +41,13 @@ func _ready() -> void:
 ## with it, add a locale by adding a Translation with the same keys).
 func message_for(result: MarketResult) -> String:
 	return tr("ERR_" + result.code.to_upper()) if not result.ok else ""
+
+
+## Calls `callback(result)` once `request` completes — unless the object
+## the callback belongs to was freed meanwhile (a shop scene the player
+## closed). The wait lives here, in the autoload, which outlives every
+## scene: a scene never awaits, and its trade settles all the same.
+func on_done(request: MarketRequest, callback: Callable) -> void:
+	var result: MarketResult = request.result if request.done else await request.completed
+	if callback.is_valid():
+		callback.call(result)

@@ -30,6 +30,8 @@ const ITEMS := {
 }
 const SALVAGE := ["scrap_metal", "nav_chip", "shield_cell", "fuel_rod"]
 const MISSION_REWARD := 250
+## Listings per page ("More" asks for the next).
+const PAGE_SIZE := 12
 
 const BG := Color("#0b0f17")
 const PANEL := Color("#141a26")
@@ -50,6 +52,9 @@ var message_label: Label
 var notice: PanelContainer
 var notice_label: Label
 var listings_box: VBoxContainer
+var more_button: Button
+## The cursor of the next page ("": the last page is shown).
+var next_cursor := ""
 var cargo_box: VBoxContainer
 var orders_box: VBoxContainer
 var order_item: OptionButton
@@ -92,19 +97,25 @@ func _ready() -> void:
 	show_cargo()
 	show_notice()
 	status_label.text = "Connecting to %s …" % market.server_url
-	var login: MarketResult = await market.login().completed
+	# No `await` in this scene: the autoload waits (Market.on_done) and
+	# calls back only while this scene still exists — leaving the shop
+	# mid-trade is safe, and the trade settles all the same.
+	Market.on_done(market.login(), _on_logged_in)
+
+
+func _on_logged_in(login: MarketResult) -> void:
 	if not login.ok:
 		status_label.text = "Offline — %s" % Market.message_for(login)
 		return
 	status_label.text = "Online as %s" % login.player_name
 	# While you were away: what buy orders bought, what expired listings
 	# brought back — into the save, once.
-	await collect_deliveries(true)
-	await refresh()
-	show_chart("scrap_metal")
-	show_orders()
-	if OS.get_environment("MARKET_DEMO_SHOWCASE") == "1":
-		showcase()
+	collect_deliveries(true, func() -> void:
+		refresh(func() -> void:
+			show_chart("scrap_metal")
+			show_orders()
+			if OS.get_environment("MARKET_DEMO_SHOWCASE") == "1":
+				showcase()))
 
 
 # --- Look -------------------------------------------------------------------
@@ -243,6 +254,11 @@ func build_ui() -> void:
 	listings_box.size_flags_horizontal = Control.SIZE_EXPAND_FILL
 	listings_box.add_theme_constant_override("separation", 6)
 	scroll.add_child(listings_box)
+	more_button = Button.new()
+	more_button.text = "More"
+	more_button.visible = false
+	more_button.pressed.connect(more)
+	market_col.add_child(more_button)
 	chart = Control.new()
 	chart.set_script(preload("res://scenes/price_chart.gd"))
 	chart.custom_minimum_size = Vector2(0, 110)
@@ -420,19 +436,38 @@ func swatch(item_id: String) -> ColorRect:
 	return s
 
 
-func refresh() -> void:
-	var request: MarketRequest = market.refresh_listings({})
+## The first page of the market again; `then` runs once it is shown.
+func refresh(then := Callable()) -> void:
+	_load_page("", then)
+
+
+## The next page, added below what is shown.
+func more() -> void:
+	if next_cursor != "":
+		_load_page(next_cursor, Callable())
+
+
+func _load_page(cursor: String, then: Callable) -> void:
+	var filter := {"limit": PAGE_SIZE}
+	if cursor != "":
+		filter.cursor = cursor
+	var request: MarketRequest = market.refresh_listings(filter)
 	latest_page = request.id
-	var page: MarketResult = await request.completed
-	if request.id != latest_page:
-		return  # a newer refresh is on its way
-	if not page.ok:
-		say("Could not load the market: " + Market.message_for(page), HOLD)
-		return
-	shown.clear()
-	for listing in page.listings:
-		shown[listing.id] = listing
-	show_listings(page.listings)
+	Market.on_done(request, func(page: MarketResult) -> void:
+		if page.request_id != latest_page:
+			return  # a newer page is on its way
+		if not page.ok:
+			say("Could not load the market: " + Market.message_for(page), HOLD)
+			return
+		if cursor == "":
+			shown.clear()
+		for listing in page.listings:
+			shown[listing.id] = listing
+		next_cursor = page.next_cursor
+		more_button.visible = page.has_next_page()
+		show_listings(shown.values())
+		if then.is_valid():
+			then.call())
 
 
 ## A listing changed on the market (another pilot bought or repriced it,
@@ -490,9 +525,9 @@ func away_line(id: int, text: String) -> void:
 ## The price chart of `item_id`: its hourly candles.
 func show_chart(item_id: String) -> void:
 	chart_item = item_id
-	var result: MarketResult = await market.get_price_history(item_id, "hour").completed
-	if result.ok and item_id == chart_item and is_instance_valid(chart):
-		chart.show_history(item_name(item_id), result.history.candles)
+	Market.on_done(market.get_price_history(item_id, "hour"), func(result: MarketResult) -> void:
+		if result.ok and item_id == chart_item and is_instance_valid(chart):
+			chart.show_history(item_name(item_id), result.history.candles))
 
 
 func show_listings(listings: Array) -> void:
@@ -551,23 +586,23 @@ func showcase() -> void:
 			_on_mission_reward()
 		data.add_item("scrap_metal", 2)
 		data.add_item("nav_chip", 1)
-	var listed: MarketResult = await market.create_listing("scrap_metal", 1, 30).completed
-	await refresh()
-	for row in listings_box.get_children():
-		var buttons := row.find_children("*", "Button", true, false)
-		if not buttons.is_empty() and buttons[0].text == "Buy":
-			buttons[0].emit_signal("pressed")
-			break
-	say("Listed %s for %s" % [item_name("scrap_metal"), cr(30)] if listed.ok else Market.message_for(listed), GOOD)
-	# A buy order on the panel, and what it bought collected.
-	order_quantity.value = 3
-	order_price.value = 40
-	await _on_place_order(Button.new())
-	await collect_deliveries(false)
-	await quote(30)
-	if OS.get_environment("MARKET_DEMO_QUIT") == "1":
-		print("showcase done: ", message_label.text, " | ", fee_label.text)
-		get_tree().quit()
+	Market.on_done(market.create_listing("scrap_metal", 1, 30), func(listed: MarketResult) -> void:
+		refresh(func() -> void:
+			for row in listings_box.get_children():
+				var buttons := row.find_children("*", "Button", true, false)
+				if not buttons.is_empty() and buttons[0].text == "Buy":
+					buttons[0].emit_signal("pressed")
+					break
+			say("Listed %s for %s" % [item_name("scrap_metal"), cr(30)] if listed.ok else Market.message_for(listed), GOOD)
+			# A buy order on the panel, and what it bought collected.
+			order_quantity.value = 3
+			order_price.value = 40
+			_on_place_order(Button.new(), func() -> void:
+				collect_deliveries(false, func() -> void:
+					quote(30, func() -> void:
+						if OS.get_environment("MARKET_DEMO_QUIT") == "1":
+							print("showcase done: ", message_label.text, " | ", fee_label.text)
+							get_tree().quit())))))
 
 
 func _on_buy(listing: MarketListing, button: Button) -> void:
@@ -576,92 +611,89 @@ func _on_buy(listing: MarketListing, button: Button) -> void:
 	button.disabled = true
 	button.text = "Buying…"
 	# All that remains of the lot, at the unit price shown.
-	var result: MarketResult = await market.buy_listing(listing.id, listing.price, listing.quantity_remaining).completed
-	if result.ok:
-		say("Bought %d %s for %s" % [result.purchase.quantity, item_name(listing.item_id), cr(result.purchase.price)], GOOD)
-	else:
-		match result.code:
-			"already_sold":
-				say("Item sold to another player — refresh and try again", HOLD)
-			"price_changed":
-				say("The seller changed the price to %s — refresh and try again" % cr(result.current_price), HOLD)
-			"insufficient_credits":
-				say("Not enough credits for that", HOLD)
-			"quantity_unavailable":
-				say("Part of that lot was sold meanwhile — refresh and try again", HOLD)
-			"listing_expired":
-				say("That listing has expired", HOLD)
-			_:
-				say(Market.message_for(result), HOLD)
-	refresh()
+	Market.on_done(market.buy_listing(listing.id, listing.price, listing.quantity_remaining), func(result: MarketResult) -> void:
+		if result.ok:
+			say("Bought %d %s for %s" % [result.purchase.quantity, item_name(listing.item_id), cr(result.purchase.price)], GOOD)
+		elif result.code == "price_changed":
+			say("%s (%s)" % [Market.message_for(result), cr(result.current_price)], HOLD)
+		else:
+			say(Market.message_for(result), HOLD)  # in the player's language
+		refresh())
 
 
 func _on_withdraw(listing: MarketListing, button: Button) -> void:
 	button.disabled = true
 	button.text = "Withdrawing…"
-	var result: MarketResult = await market.cancel_listing(listing.id).completed
-	say("%s is back in your cargo" % item_name(listing.item_id) if result.ok else Market.message_for(result))
-	refresh()
+	Market.on_done(market.cancel_listing(listing.id), func(result: MarketResult) -> void:
+		say("%s is back in your cargo" % item_name(listing.item_id) if result.ok else Market.message_for(result))
+		refresh())
 
 
 func _on_sell(item_id: String, price: SpinBox, button: Button) -> void:
 	button.disabled = true
-	var result: MarketResult = await market.create_listing(item_id, 1, int(price.value)).completed
-	if result.ok:
-		say("Listed %s for %s" % [item_name(item_id), cr(int(price.value))], GOOD)
-		refresh()
-	else:
-		say(Market.message_for(result), HOLD)
-	if is_instance_valid(button):
-		button.disabled = false
+	Market.on_done(market.create_listing(item_id, 1, int(price.value)), func(result: MarketResult) -> void:
+		if result.ok:
+			say("Listed %s for %s" % [item_name(item_id), cr(int(price.value))], GOOD)
+			refresh()
+		else:
+			say(Market.message_for(result), HOLD)
+		if is_instance_valid(button):
+			button.disabled = false)
 
 
 func _on_collect(button: Button) -> void:
 	button.disabled = true
-	var result: MarketResult = await market.claim_proceeds().completed
-	button.disabled = false
-	if not result.ok:
-		say(Market.message_for(result), HOLD)
-	elif result.sales == 0:
-		say("No sales to collect yet")
-	else:
-		say("Collected %s from %d sale(s)" % [cr(result.amount), result.sales], GOOD)
+	Market.on_done(market.claim_proceeds(), func(result: MarketResult) -> void:
+		button.disabled = false
+		if not result.ok:
+			say(Market.message_for(result), HOLD)
+		elif result.sales == 0:
+			say("No sales to collect yet")
+		else:
+			say("Collected %s from %d sale(s)" % [cr(result.amount), result.sales], GOOD))
 
 
 ## "Sell 1 at P: the buyer pays P, you receive R" — from the server's fees.
-func quote(price: int) -> void:
-	var result: MarketResult = await market.quote_fees(1, price).completed
-	if result.ok:
-		var q: MarketFeeQuote = result.quote
-		var kept: int = q.listing_fee + q.sales_tax
-		fee_label.text = "Selling 1 at %s: you receive %s%s" % [cr(q.buyer_pays), cr(q.seller_receives), " (the market keeps %s)" % cr(kept) if kept > 0 else " (no fees)"]
+func quote(price: int, then := Callable()) -> void:
+	Market.on_done(market.quote_fees(1, price), func(result: MarketResult) -> void:
+		if result.ok:
+			var q: MarketFeeQuote = result.quote
+			var kept: int = q.listing_fee + q.sales_tax
+			fee_label.text = "Selling 1 at %s: you receive %s%s" % [cr(q.buyer_pays), cr(q.seller_receives), " (the market keeps %s)" % cr(kept) if kept > 0 else " (no fees)"]
+		if then.is_valid():
+			then.call())
 
 
-func _on_place_order(button: Button) -> void:
+func _on_place_order(button: Button, then := Callable()) -> void:
 	var item_id: String = order_item.get_item_metadata(order_item.selected)
 	var quantity := int(order_quantity.value)
 	var price := int(order_price.value)
 	button.disabled = true
-	var result: MarketResult = await market.place_buy_order(item_id, quantity, price).completed
-	if is_instance_valid(button):
-		button.disabled = false
-	if not result.ok:
-		say("Insufficient credits for that order" if result.code == "insufficient_credits" else Market.message_for(result), HOLD)
-		return
-	var bought := 0
-	for fill in result.fills:
-		bought += fill.quantity
-	if bought > 0:
-		say("Order placed: %d %s bought at once, %d waiting" % [bought, item_name(item_id), result.order.quantity_remaining], GOOD)
-		collect_deliveries(false)
-	else:
-		say("Order placed: up to %d %s at %s each" % [quantity, item_name(item_id), cr(price)], GOOD)
-	show_orders()
-	refresh()
+	Market.on_done(market.place_buy_order(item_id, quantity, price), func(result: MarketResult) -> void:
+		if is_instance_valid(button):
+			button.disabled = false
+		if not result.ok:
+			say(Market.message_for(result), HOLD)
+		else:
+			var bought := 0
+			for fill in result.fills:
+				bought += fill.quantity
+			if bought > 0:
+				say("Order placed: %d %s bought at once, %d waiting" % [bought, item_name(item_id), result.order.quantity_remaining], GOOD)
+				collect_deliveries(false)
+			else:
+				say("Order placed: up to %d %s at %s each" % [quantity, item_name(item_id), cr(price)], GOOD)
+			show_orders()
+			refresh()
+		if then.is_valid():
+			then.call())
 
 
 func show_orders() -> void:
-	var result: MarketResult = await market.get_orders("active").completed
+	Market.on_done(market.get_orders("active"), _show_orders)
+
+
+func _show_orders(result: MarketResult) -> void:
 	if not result.ok or not is_instance_valid(orders_box):
 		return
 	for child in orders_box.get_children():
@@ -681,17 +713,23 @@ func show_orders() -> void:
 
 func _on_cancel_order(order: MarketOrder, button: Button) -> void:
 	button.disabled = true
-	var result: MarketResult = await market.cancel_order(order.id).completed
-	say("Order cancelled: %s back" % cr(result.returned) if result.ok else Market.message_for(result), GOOD if result.ok else HOLD)
-	collect_deliveries(false)
-	show_orders()
+	Market.on_done(market.cancel_order(order.id), func(result: MarketResult) -> void:
+		say("Order cancelled: %s back" % cr(result.returned) if result.ok else Market.message_for(result), GOOD if result.ok else HOLD)
+		collect_deliveries(false)
+		show_orders())
 
 
 ## Brings in what the market kept for the player: items and refunds of buy
 ## orders, unsold items of expired listings. `quiet`: say nothing when
 ## there was nothing (at login).
-func collect_deliveries(quiet: bool) -> void:
-	var result: MarketResult = await market.collect_deliveries().completed
+func collect_deliveries(quiet: bool, then := Callable()) -> void:
+	Market.on_done(market.collect_deliveries(), func(result: MarketResult) -> void:
+		_show_deliveries(result, quiet)
+		if then.is_valid():
+			then.call())
+
+
+func _show_deliveries(result: MarketResult, quiet: bool) -> void:
 	if not result.ok:
 		if not quiet:
 			say(Market.message_for(result), HOLD)

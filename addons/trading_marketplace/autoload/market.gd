@@ -25,3 +25,13 @@ func _enter_tree() -> void:
 ## code (`ERR_<CODE>`; English and German ship with the addon). `""` when ok.
 func message_for(result: MarketResult) -> String:
 	return "" if result.ok else tr("ERR_" + result.code.to_upper())
+
+
+## Calls `callback(result)` once `request` completes — unless the object
+## the callback belongs to was freed meanwhile (a shop scene the player
+## closed). The wait lives here, in the autoload, which outlives every
+## scene: a scene never awaits, and its trade settles all the same.
+func on_done(request: MarketRequest, callback: Callable) -> void:
+	var result: MarketResult = request.result if request.done else await request.completed
+	if callback.is_valid():
+		callback.call(result)

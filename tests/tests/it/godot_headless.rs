@@ -225,4 +225,8 @@ fn demo_shop_runs_without_script_errors() {
     for bad in ["SCRIPT ERROR", "Parse Error", "[panic"] {
         assert!(!stderr.contains(bad), "{bad} in the demo shop:\n{stderr}");
     }
+    assert!(
+        stdout.contains("showcase done:"),
+        "the showcase did not reach its end (each step is a callback from the autoload):\n{stdout}"
+    );
 }

@@ -5,6 +5,7 @@
 
 mod black_box;
 mod console_browser;
+mod godot_editor;
 mod godot_headless;
 mod identity;
 mod replicas;
