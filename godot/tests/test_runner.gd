@@ -350,8 +350,8 @@ func check_giving_up(seller: Dictionary, alice: Dictionary) -> void:
 	# A read, cancelled: "cancelled" at once, and no signal for it later.
 	var listed_before := events("alice", "listings_updated").size()
 	var read: MarketRequest = alice.market.refresh_listings({})
-	check(not read.is_trade() and read.cancel(), "a read can be cancelled")
-	check(not read.cancel(), "once")
+	check(read.can_cancel() and read.cancel(), "a read can be cancelled")
+	check(not read.can_cancel() and not read.cancel(), "once")
 	var cancelled: MarketResult = await read.completed
 	check(cancelled.code == "cancelled" and cancelled.is_definitive(), "a cancelled read completes with cancelled")
 	for i in 30:
@@ -362,12 +362,22 @@ func check_giving_up(seller: Dictionary, alice: Dictionary) -> void:
 	var made: MarketResult = await seller.market.create_listing("patience_token", 1, 11).completed
 	var credits_before: int = alice.data.get_credits()
 	var buy: MarketRequest = alice.market.buy_listing(made.listing.id, 11)
-	check(buy.is_trade() and not buy.cancel(), "a trade cannot be cancelled")
+	check(not buy.can_cancel() and not buy.cancel(), "a trade cannot be cancelled")
 	var gave_up: MarketResult = await buy.give_up_after(0.0).completed
 	check(gave_up.code == "still_pending" and not gave_up.is_definitive(), "giving up on a trade's wait completes with still_pending, not definitive")
 	check(buy.done and buy.result == gave_up, "the request is done for the game")
 	check(await until(func(): return events("alice", "purchase_succeeded").any(func(e): return e[0] == buy.id)), "the trade still happened: purchase_succeeded carries its id")
 	check(alice.data.get_credits() == credits_before - 11 and alice.data.get_held_credits() == 0 and alice.data.get_item_count("patience_token") == 1, "credits spent once, item in the save, nothing held")
+	# A request refused before it was sent keeps its refusal.
+	var refused: MarketResult = await alice.market.buy_listing(made.listing.id, 100000000).give_up_after(0.0).completed
+	check(refused.code == "insufficient_credits", "giving up on a refused request keeps its refusal (%s)" % refused.code)
+	# A login cannot be cancelled either, and giving up on it leaves it going.
+	var relogin: MarketRequest = alice.market.login()
+	check(not relogin.can_cancel(), "a login cannot be cancelled")
+	var logins_before := events("alice", "logged_in").size()
+	var login_wait: MarketResult = await relogin.give_up_after(0.0).completed
+	check(login_wait.code == "still_pending", "giving up on a login's wait: still_pending")
+	check(await until(func(): return events("alice", "logged_in").size() > logins_before), "and the login still happens (logged_in)")
 	# A wait given up on after its answer came changes nothing.
 	var quick: MarketRequest = alice.market.refresh_market_account()
 	var quick_result: MarketResult = await quick.completed

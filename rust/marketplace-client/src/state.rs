@@ -401,9 +401,11 @@ struct Index {
     market_held_credits: i64,
     market_escrow: HashMap<String, i64>,
     /// Hold → the journaled operation that owns it.
+    /// Ids this save numbers itself: a fast unkeyed hasher is safe.
     hold_owner: rustc_hash::FxHashMap<HoldId, OpId>,
     /// Listing → journaled purchases of it.
-    purchases: rustc_hash::FxHashMap<i64, u32>,
+    /// Keyed by the server's listing ids: the default (keyed) hasher.
+    purchases: HashMap<i64, u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

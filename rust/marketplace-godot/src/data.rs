@@ -601,6 +601,9 @@ pub fn failure(request_id: i64, kind: &str, error: &ClientError) -> Gd<MarketRes
 /// session). Built once: the node's signal and `completed` share it.
 pub fn result_of(event: &SessionEvent, kind: &str) -> Option<Gd<MarketResult>> {
     use SessionEvent::*;
+    if !ends_request(event) {
+        return None;
+    }
     let id = event.request_id()?.0 as i64;
     let mut r = MarketResult::blank(id, kind);
     match event {
@@ -611,7 +614,7 @@ pub fn result_of(event: &SessionEvent, kind: &str) -> Option<Gd<MarketResult>> {
             r.player_name = name.as_str().into();
         }
         ListingsUpdated { page, .. } => {
-            r.listings = page.listings.iter().map(listing).collect();
+            r.listings = read_only(page.listings.iter().map(listing).collect());
             r.next_cursor = page.next_cursor.as_deref().unwrap_or("").into();
         }
         ListingFetched { listing: l, .. }
@@ -654,7 +657,7 @@ pub fn result_of(event: &SessionEvent, kind: &str) -> Option<Gd<MarketResult>> {
             order: o, fills: f, ..
         } => {
             r.order = Some(order(o));
-            r.fills = f.iter().map(fill).collect();
+            r.fills = read_only(f.iter().map(fill).collect());
         }
         OrderCancelled {
             order: o, returned, ..
@@ -667,7 +670,7 @@ pub fn result_of(event: &SessionEvent, kind: &str) -> Option<Gd<MarketResult>> {
             next_cursor,
             ..
         } => {
-            r.orders = orders.iter().map(order).collect();
+            r.orders = read_only(orders.iter().map(order).collect());
             r.next_cursor = next_cursor.as_deref().unwrap_or("").into();
         }
         DeliveriesCollected {
@@ -676,18 +679,53 @@ pub fn result_of(event: &SessionEvent, kind: &str) -> Option<Gd<MarketResult>> {
             if let Some(error) = error {
                 r.fail(error);
             }
-            r.deliveries = deliveries.iter().map(delivery).collect();
+            r.deliveries = read_only(deliveries.iter().map(delivery).collect());
         }
         FeesQuoted { quote, .. } => r.quote = Some(fee_quote(quote)),
         MarketSummary { summary, .. } => r.summary = Some(market_summary(summary)),
         DepthListed { depth: d, .. } => r.depth = Some(depth(d)),
         IdentitiesListed { identities: i, .. } => r.identities = Some(identities(i)),
         ItemsFound { items, catalog, .. } => {
-            r.items = items.iter().map(item_match).collect();
+            r.items = read_only(items.iter().map(item_match).collect());
             r.catalog = *catalog;
         }
         PriceHistory { history, .. } => r.history = Some(price_history(history)),
         RequestFailed { error, .. } => r.fail(error),
+        // Not answers (see `ends_request`).
+        _ => return None,
+    }
+    Some(Gd::from_object(r))
+}
+
+/// True when `event` is the answer to a request: it has a result (a
+/// `RequestFailed` too — it ends every request but a claim that reached
+/// the session). Progress (`RequestRetrying`, `TradeStalled`, a claim's
+/// per-sale `ProceedsClaimed`) and pushed changes are not.
+pub fn ends_request(event: &SessionEvent) -> bool {
+    use SessionEvent::*;
+    match event {
+        LoggedIn { .. }
+        | ListingsUpdated { .. }
+        | ListingFetched { .. }
+        | ListingCreated { .. }
+        | ListingRepriced { .. }
+        | ListingCancelled { .. }
+        | PurchaseSucceeded { .. }
+        | PurchaseFailed { .. }
+        | ClaimsDone { .. }
+        | Withdrawn { .. }
+        | AccountUpdated { .. }
+        | OrderPlaced { .. }
+        | OrderCancelled { .. }
+        | OrdersListed { .. }
+        | DeliveriesCollected { .. }
+        | FeesQuoted { .. }
+        | MarketSummary { .. }
+        | DepthListed { .. }
+        | IdentitiesListed { .. }
+        | ItemsFound { .. }
+        | PriceHistory { .. }
+        | RequestFailed { .. } => true,
         SalesListed { .. }
         | ProceedsClaimed { .. }
         | RequestRetrying { .. }
@@ -698,9 +736,15 @@ pub fn result_of(event: &SessionEvent, kind: &str) -> Option<Gd<MarketResult>> {
         | MarketLive { .. }
         | MarketReload
         | Notification { .. }
-        | DeliveriesWaiting { .. } => return None,
+        | DeliveriesWaiting { .. } => false,
     }
-    Some(Gd::from_object(r))
+}
+
+/// A list a script cannot change: the same array reaches the node's signal
+/// and the awaiting code, so one handler's `sort()` must not reorder what
+/// another sees.
+pub fn read_only<T: godot::meta::Element>(a: Array<T>) -> Array<T> {
+    a.into_read_only()
 }
 
 fn s(text: &str) -> GString {
@@ -811,7 +855,7 @@ pub fn counts<'a>(items: impl IntoIterator<Item = (&'a String, &'a i64)>) -> Var
 pub fn account(a: &Account) -> Gd<MarketAccount> {
     Gd::from_object(MarketAccount {
         credits: a.credits,
-        stash: counts(&a.stash),
+        stash: counts(&a.stash).into_read_only(),
         version: a.version,
         mode: GString::new(),
         held_credits: 0,
@@ -827,7 +871,7 @@ pub fn account_view(st: &marketplace_client::PlayerState) -> Gd<MarketAccount> {
     };
     Gd::from_object(MarketAccount {
         credits: st.market.credits,
-        stash: counts(&st.market.stash),
+        stash: counts(&st.market.stash).into_read_only(),
         version: st.market.version,
         mode: mode.into(),
         held_credits: st.market_held_credits(),
@@ -871,8 +915,8 @@ fn depth_level(l: &DepthLevel) -> Gd<MarketDepthLevel> {
 pub fn depth(x: &Depth) -> Gd<MarketDepth> {
     Gd::from_object(MarketDepth {
         item_id: s(&x.item_id),
-        asks: x.asks.iter().map(depth_level).collect(),
-        bids: x.bids.iter().map(depth_level).collect(),
+        asks: read_only(x.asks.iter().map(depth_level).collect()),
+        bids: read_only(x.bids.iter().map(depth_level).collect()),
     })
 }
 
@@ -880,37 +924,39 @@ pub fn price_history(h: &PriceHistory) -> Gd<MarketPriceHistory> {
     Gd::from_object(MarketPriceHistory {
         item_id: s(&h.item_id),
         interval: s(h.interval.as_str()),
-        candles: h
-            .candles
-            .iter()
-            .map(|c| {
-                Gd::from_object(MarketCandle {
-                    start: c.start,
-                    open: c.open,
-                    high: c.high,
-                    low: c.low,
-                    close: c.close,
-                    volume: c.volume,
-                    trades: c.trades,
+        candles: read_only(
+            h.candles
+                .iter()
+                .map(|c| {
+                    Gd::from_object(MarketCandle {
+                        start: c.start,
+                        open: c.open,
+                        high: c.high,
+                        low: c.low,
+                        close: c.close,
+                        volume: c.volume,
+                        trades: c.trades,
+                    })
                 })
-            })
-            .collect(),
+                .collect(),
+        ),
     })
 }
 
 pub fn identities(x: &Identities) -> Gd<MarketIdentities> {
     Gd::from_object(MarketIdentities {
-        identities: x
-            .identities
-            .iter()
-            .map(|i| {
-                Gd::from_object(MarketIdentity {
-                    provider: s(&i.provider),
-                    subject: s(&i.subject),
-                    linked_at: i.linked_at,
+        identities: read_only(
+            x.identities
+                .iter()
+                .map(|i| {
+                    Gd::from_object(MarketIdentity {
+                        provider: s(&i.provider),
+                        subject: s(&i.subject),
+                        linked_at: i.linked_at,
+                    })
                 })
-            })
-            .collect(),
+                .collect(),
+        ),
         device: x.device,
     })
 }

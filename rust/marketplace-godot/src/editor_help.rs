@@ -1,7 +1,8 @@
-//! Every class, method, property and signal the addon registers has editor
-//! help (what F1 shows): the test reads the very XML the extension hands
-//! the editor at start-up (`register-docs`), and fails naming what has
-//! none. No Godot is needed: the XML is made from the doc comments.
+//! The addon's words for people, checked without Godot: every class,
+//! method, property and signal it registers has editor help (what F1
+//! shows; the test reads the very XML the extension hands the editor at
+//! start-up, made from the doc comments by `register-docs`), and every
+//! error code has a message in every language the addon ships.
 
 /// The text between `open` and `close` after `from`, and where it ended.
 fn between<'a>(xml: &'a str, from: usize, open: &str, close: &str) -> Option<(&'a str, usize)> {
@@ -91,4 +92,37 @@ fn every_class_method_property_and_signal_has_editor_help() {
         "no editor help (add a /// comment) for:\n  {}",
         missing.join("\n  ")
     );
+}
+
+/// Every error code has a message for the player in every language the
+/// addon ships (`ERR_<CODE>` keys), and the languages have the same keys.
+#[test]
+fn every_error_code_has_a_message_in_every_shipped_language() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../addons/trading_marketplace/translations");
+    let mut key_sets = Vec::new();
+    for locale in ["en", "de"] {
+        let path = dir.join(format!("market_messages.{locale}.tres"));
+        let text = std::fs::read_to_string(&path).expect("the translation file reads");
+        assert!(text.contains(&format!("locale = \"{locale}\"")), "{path:?}");
+        let mut keys = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once("\": &\"") else {
+                continue;
+            };
+            let key = key.trim_start_matches("&\"").to_string();
+            let value = value.trim_end_matches(',').trim_end_matches('"');
+            assert!(!value.trim().is_empty(), "{key} is empty in {locale}");
+            keys.insert(key);
+        }
+        for code in marketplace_client::ErrorCode::ALL {
+            let key = format!("ERR_{}", code.as_str().to_uppercase());
+            assert!(
+                keys.contains(&key),
+                "{key} has no {locale} message in {path:?}"
+            );
+        }
+        key_sets.push(keys);
+    }
+    assert_eq!(key_sets[0], key_sets[1], "en and de have different keys");
 }

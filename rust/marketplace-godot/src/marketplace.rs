@@ -1120,16 +1120,11 @@ impl TradingMarketplace {
     }
 
     /// One event: its typed result (made once), the node's signal, then the
-    /// request's `completed` with the same objects. A read the game
-    /// cancelled is dropped whole.
+    /// request's `completed` with the same objects. (A read the game
+    /// cancelled never gets here: the save drops its events.)
     fn emit_event(&mut self, event: &SessionEvent) {
         let id = event.request_id().map(|r| r.0 as i64);
         let result = id.and_then(|id| data::result_of(event, request::method_of(id)));
-        if let Some(id) = id {
-            if request::is_dropped(id, result.is_some()) {
-                return;
-            }
-        }
         self.emit(event, result.as_ref());
         let _reentrant = self.base_mut();
         request::complete(event, result);
@@ -1140,7 +1135,10 @@ impl TradingMarketplace {
     fn emit_refusals(&mut self) {
         let refused: Vec<_> = self.local_failures.drain(..).collect();
         for (id, listing_id, error) in refused {
-            self.emit_event(&refusal_event(id, listing_id, error));
+            let event = refusal_event(id, listing_id, error);
+            if !request::drop_if_cancelled(&event) {
+                self.emit_event(&event);
+            }
         }
     }
 

@@ -22,15 +22,19 @@
 //!
 //! # Giving up
 //! `cancel()` ends a read at once (`"cancelled"`: nothing changed, its
-//! answer is dropped); a trade cannot be cancelled — once asked for it is
-//! journaled and goes to the server (I4), so `cancel()` on it returns false
+//! answer and its signal are dropped — taken out of the save's queues if
+//! already there, or when they come); a request that changes something (a
+//! trade, a login, linking) cannot be cancelled — once asked for it goes to
+//! the server (a trade is journaled: I4), so `cancel()` on it returns false
 //! and changes nothing. `give_up_after(seconds)` ends the *wait* on any
 //! request: when no answer came in time, `completed` carries
-//! `"still_pending"` (a read: `"cancelled"`), and the trade's real outcome
-//! still comes through the node's signals and `LocalPlayerData`.
+//! `"still_pending"` (a read: `"cancelled"`), and the real outcome still
+//! comes through the node's signals and `LocalPlayerData`. Deadlines are
+//! checked at the start of a frame's tick, so an answer emitted in an
+//! earlier frame always wins.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use godot::prelude::*;
@@ -66,6 +70,9 @@ pub struct MarketRequest {
     /// Only `ClaimsDone` ends a claim that reached the session; a refusal
     /// before it did ends it too.
     ends_on_failure: bool,
+    /// Refused before reaching the server: its answer is decided (it comes
+    /// next frame), so there is no wait to give up.
+    refused: bool,
     /// The save (its serial) whose session carries it (none: refused
     /// before any did).
     slot: Option<u64>,
@@ -99,29 +106,30 @@ impl MarketRequest {
             .unwrap_or_default()
     }
 
-    /// True for a trade: something that changes the player's credits,
-    /// items or market (it cannot be cancelled once asked for).
+    /// True while `cancel()` would cancel it: a read (browsing, quotes,
+    /// summaries, the account, identities) not done yet. A request that
+    /// changes something — a trade, a login, linking — never can.
     #[func]
-    fn is_trade(&self) -> bool {
-        !is_read(self.method)
+    fn can_cancel(&self) -> bool {
+        !self.done && is_read(self.method) && PENDING.with(|p| p.borrow().contains_key(&self.id))
     }
 
-    /// Cancels a read (browsing, quotes, summaries, the account, …): it
-    /// ends at once with `"cancelled"` and its answer, when it comes, is
-    /// dropped (no signal either). Returns false, changing nothing, for a
-    /// trade (see `is_trade`) or a request already done: a trade asked for
-    /// is journaled and reaches the server whatever the game does —
-    /// `give_up_after` stops waiting for it instead.
+    /// Cancels a read (see `can_cancel`): it ends at once with
+    /// `"cancelled"` and its answer, also one already arrived but not
+    /// signalled yet, is dropped with its signal. Returns false, changing
+    /// nothing, for a request that changes something or one already done:
+    /// a trade asked for is journaled and reaches the server whatever the
+    /// game does — `give_up_after` stops waiting for it instead.
     #[func]
     fn cancel(&mut self) -> bool {
-        if self.done || !is_read(self.method) {
+        if !self.can_cancel() {
             return false;
         }
         let id = self.id;
         if PENDING.with(|p| p.borrow_mut().remove(&id)).is_none() {
             return false;
         }
-        DROPPED.with(|d| d.borrow_mut().insert(id));
+        drop_read(id, self.slot);
         let error = ClientError::new(ErrorCode::Cancelled, "Cancelled by the game");
         let result = data::failure(id, self.method, &error);
         // Never inside the call: an await after `cancel()` still hears it.
@@ -130,16 +138,18 @@ impl MarketRequest {
     }
 
     /// Stops waiting after `seconds` (from now) if no answer came:
-    /// `completed` then carries `"still_pending"` for a trade — its real
-    /// outcome still comes, through the node's signals (`purchase_succeeded`,
-    /// `purchase_failed`, …) and `LocalPlayerData`, and
-    /// `get_pending_trades()` shows it meanwhile — or `"cancelled"` for a
-    /// read (its answer is dropped). Nothing is undone. Returns this
-    /// request, to await in one line:
+    /// `completed` then carries `"still_pending"` for a request that
+    /// changes something — its real outcome still comes, through the node's
+    /// signals (`purchase_succeeded`, `purchase_failed`, `logged_in`, …) and
+    /// `LocalPlayerData`, and a trade shows in `get_pending_trades()`
+    /// meanwhile — or `"cancelled"` for a read (its answer is dropped).
+    /// Nothing is undone. A request refused before it was sent keeps its
+    /// refusal (it comes next frame). Returns this request, to await in one
+    /// line:
     /// `var r: MarketResult = await market.buy_listing(id, price).give_up_after(5.0).completed`.
     #[func]
     fn give_up_after(&mut self, seconds: f64) -> Gd<MarketRequest> {
-        if !self.done {
+        if !self.done && !self.refused {
             let seconds = if seconds.is_finite() {
                 seconds.clamp(0.0, 1e7)
             } else {
@@ -149,6 +159,15 @@ impl MarketRequest {
             DEADLINES.with(|d| d.borrow_mut().push((at, self.id)));
         }
         self.to_gd()
+    }
+}
+
+/// Drops the answer of read `id` on the save `slot`: now, if it is already
+/// in the save's queues; else when it comes.
+fn drop_read(id: i64, slot: Option<u64>) {
+    let answered = slot.is_some_and(|serial| crate::save_slot::purge_answer(serial, id));
+    if !answered {
+        DROPPED.with(|d| d.borrow_mut().insert(id, slot));
     }
 }
 
@@ -182,8 +201,9 @@ thread_local! {
     static FINISHED: RefCell<VecDeque<(Gd<MarketRequest>, Gd<MarketResult>)>> = const { RefCell::new(VecDeque::new()) };
     /// When to stop waiting for a request (`give_up_after`).
     static DEADLINES: RefCell<Vec<(Instant, i64)>> = const { RefCell::new(Vec::new()) };
-    /// Reads the game cancelled: their answers are dropped, signals too.
-    static DROPPED: RefCell<HashSet<i64>> = RefCell::new(HashSet::new());
+    /// Reads the game cancelled whose answer has not come yet (with the
+    /// save they wait on): their answers are dropped, signals too.
+    static DROPPED: RefCell<HashMap<i64, Option<u64>>> = RefCell::new(HashMap::new());
 }
 
 enum Deferred {
@@ -213,6 +233,7 @@ pub fn track(id: i64, method: &'static str, refused: bool, slot: Option<u64>) ->
         result: None,
         method,
         ends_on_failure: method != "claim_proceeds" || refused,
+        refused,
         slot,
         base,
     });
@@ -225,16 +246,22 @@ pub fn method_of(id: i64) -> &'static str {
     PENDING.with(|p| p.borrow().get(&id).map(|r| r.bind().method).unwrap_or(""))
 }
 
-/// True when the game cancelled request `id`: its answer and signals are
-/// dropped. The answer (`ends`: the event ends a request) forgets it.
-pub fn is_dropped(id: i64, ends: bool) -> bool {
+/// True when `event` belongs to a read the game cancelled: it is dropped
+/// (no signal, no result). Its answer forgets the cancellation. Called
+/// where the save hands events to its nodes, once per event.
+pub fn drop_if_cancelled(event: &SessionEvent) -> bool {
+    let Some(id) = event.request_id().map(|r| r.0 as i64) else {
+        return false;
+    };
     DROPPED.with(|d| {
         let mut d = d.borrow_mut();
-        if ends {
-            d.remove(&id)
-        } else {
-            d.contains(&id)
+        if d.is_empty() || !d.contains_key(&id) {
+            return false;
         }
+        if data::ends_request(event) {
+            d.remove(&id);
+        }
+        true
     })
 }
 
@@ -246,8 +273,8 @@ pub fn complete(event: &SessionEvent, result: Option<Gd<MarketResult>>) {
         return;
     };
     let Some(request) = PENDING.with(|p| p.borrow().get(&id).cloned()) else {
-        if result.is_some() {
-            // A cancelled read's answer: forget it.
+        if data::ends_request(event) {
+            // A cancelled read's answer that no queue filtered: forget it.
             DROPPED.with(|d| d.borrow_mut().remove(&id));
         }
         return;
@@ -269,14 +296,21 @@ pub fn complete(event: &SessionEvent, result: Option<Gd<MarketResult>>) {
 /// Stores the result and emits `completed` (the request is already out of
 /// the registry).
 fn finish(mut request: Gd<MarketRequest>, result: Gd<MarketResult>) {
-    {
+    let id = {
         let mut r = request.bind_mut();
         if r.done {
             return;
         }
         r.done = true;
         r.result = Some(result.clone());
-    }
+        r.id
+    };
+    DEADLINES.with(|d| {
+        let mut d = d.borrow_mut();
+        if !d.is_empty() {
+            d.retain(|(_, waiting)| *waiting != id);
+        }
+    });
     request.signals().completed().emit(&result);
 }
 
@@ -299,6 +333,8 @@ pub fn run_deferred() {
         match next {
             Deferred::Event(event) => complete(&event, None),
             Deferred::CloseSlot(serial) => {
+                // Cancelled reads of that save: their answers cannot come.
+                DROPPED.with(|d| d.borrow_mut().retain(|_, s| *s != Some(serial)));
                 let ids: Vec<i64> = PENDING.with(|p| {
                     p.borrow()
                         .iter()
@@ -319,14 +355,16 @@ pub fn run_deferred() {
             }
         }
     }
-    give_up_due();
     while let Some((request, result)) = FINISHED.with(|f| f.borrow_mut().pop_front()) {
         finish(request, result);
     }
 }
 
-/// Ends the waits whose `give_up_after` time has come.
-fn give_up_due() {
+/// Ends the waits whose `give_up_after` time has come (their `completed`
+/// at this tick's `run_deferred`). Called at the start of a frame's tick,
+/// before new answers come in: an answer signalled in an earlier frame
+/// always wins.
+pub fn give_up_due() {
     let due: Vec<i64> = DEADLINES.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_empty() {
@@ -345,9 +383,12 @@ fn give_up_due() {
         let Some(request) = PENDING.with(|p| p.borrow_mut().remove(&id)) else {
             continue;
         };
-        let method = request.bind().method;
+        let (method, slot) = {
+            let r = request.bind();
+            (r.method, r.slot)
+        };
         let error = if is_read(method) {
-            DROPPED.with(|d| d.borrow_mut().insert(id));
+            drop_read(id, slot);
             ClientError::new(
                 ErrorCode::Cancelled,
                 "No answer in the time the game waits (give_up_after); the read was dropped",
@@ -355,7 +396,7 @@ fn give_up_due() {
         } else {
             ClientError::new(
                 ErrorCode::StillPending,
-                "No answer in the time the game waits (give_up_after); the trade goes on and its outcome comes through the node's signals",
+                "No answer in the time the game waits (give_up_after); the request goes on and its outcome comes through the node's signals",
             )
         };
         FINISHED.with(|f| {
@@ -370,6 +411,7 @@ fn give_up_due() {
 pub fn forget_all() {
     DEFERRED.with(|d| d.borrow_mut().clear());
     DEADLINES.with(|d| d.borrow_mut().clear());
+    DROPPED.with(|d| d.borrow_mut().clear());
     let finished = FINISHED.with(|f| std::mem::take(&mut *f.borrow_mut()));
     drop(finished);
     let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));

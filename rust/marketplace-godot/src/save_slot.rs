@@ -70,6 +70,8 @@ thread_local! {
     static DATA: RefCell<HashMap<i64, SlotRef>> = RefCell::new(HashMap::new());
     static NEXT_LISTENER: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
     static NEXT_SERIAL: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
+    /// The frame `tick_all` last ran in.
+    static TICKED: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
 }
 
 /// Opens the save at `path`, or returns the slot already open for it.
@@ -187,6 +189,10 @@ pub fn close(slot: &SlotRef) {
 /// Ticks every open slot once for `frame` (the engine's process frame
 /// counter): what the first of our nodes to process each frame does.
 pub fn tick_all(frame: u64, max_events: usize, budget: Duration) {
+    if TICKED.with(|t| t.replace(frame)) != frame {
+        // Once a frame, before new answers come in.
+        crate::request::give_up_due();
+    }
     let slots: Vec<SlotRef> = SLOTS.with(|s| s.borrow().values().cloned().collect());
     for slot in slots {
         let orphans = match slot.try_borrow_mut() {
@@ -202,6 +208,19 @@ pub fn tick_all(frame: u64, max_events: usize, budget: Duration) {
         }
     }
     crate::request::run_deferred();
+}
+
+/// Takes a cancelled request's events out of the queues of the save
+/// `serial`; true when its answer was there (nothing more will come).
+pub fn purge_answer(serial: u64, id: i64) -> bool {
+    let slot = SLOTS.with(|s| {
+        s.borrow()
+            .values()
+            .find(|slot| slot.try_borrow().is_ok_and(|s| s.serial == serial))
+            .cloned()
+    });
+    slot.and_then(|slot| slot.try_borrow_mut().ok().map(|mut s| s.purge(id)))
+        .unwrap_or(false)
 }
 
 /// Shuts every slot down for good (the game quits): in-flight requests get
@@ -317,7 +336,9 @@ impl SaveSlot {
         }
     }
 
-    fn deliver(&mut self, events: Vec<SessionEvent>) {
+    fn deliver(&mut self, mut events: Vec<SessionEvent>) {
+        // Answers to reads the game cancelled go no further.
+        events.retain(|e| !crate::request::drop_if_cancelled(e));
         let n = self.listeners.len();
         if n == 0 {
             for event in events {
@@ -353,6 +374,22 @@ impl SaveSlot {
                 queue.push_back(event.clone());
             }
         }
+    }
+
+    /// Takes request `id`'s events out of every queue (the game cancelled
+    /// it); true when its answer was among them.
+    fn purge(&mut self, id: i64) -> bool {
+        let mut answered = false;
+        let mut keep = |e: &SessionEvent| {
+            let mine = e.request_id().is_some_and(|r| r.0 as i64 == id);
+            answered |= mine && crate::data::ends_request(e);
+            !mine
+        };
+        for (_, queue) in &mut self.listeners {
+            queue.retain(&mut keep);
+        }
+        self.orphans.retain(&mut keep);
+        answered
     }
 
     /// Local refusal, or a session-less one: reported to every listener.

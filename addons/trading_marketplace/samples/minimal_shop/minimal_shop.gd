@@ -2,10 +2,12 @@ extends Control
 ## A minimal shop: browse, page, buy. Copy this folder into your game.
 ##
 ## It owns a LocalPlayerData and a TradingMarketplace so that it runs on its
-## own (open the scene, press F6). In a game, move those two nodes into an
-## autoload (enabling the plugin offers one) and point `data` and `market`
-## at it, so trades outlive this scene. The scene only connects signals and
-## matches request ids — it never awaits — so leaving it mid-trade is safe.
+## own (open the scene, press F6). In a game, use the `Market` autoload's
+## nodes instead (enabling the plugin adds it): trades settle while some
+## TradingMarketplace exists, so with the sample's own nodes a trade left
+## when the scene closes waits (journaled, its credits held) until the
+## next one does. The scene only connects signals and matches request ids —
+## it never awaits, so nothing resumes on a freed scene.
 ## Messages are translation keys (`ERR_<CODE>` for every error code), so the
 ## player reads them in their language.
 

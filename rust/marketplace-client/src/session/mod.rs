@@ -344,6 +344,7 @@ struct Progress {
 
 pub struct TradingSession {
     client: MarketClient,
+    /// Keyed by ids this process numbers: a fast unkeyed hasher is safe.
     tracked: rustc_hash::FxHashMap<RequestId, Tracked>,
     progress: rustc_hash::FxHashMap<OpId, Progress>,
     unsent: VecDeque<Unsent>,
@@ -359,7 +360,7 @@ pub struct TradingSession {
     collects: HashMap<RequestId, orders::CollectProgress>,
     /// Listing → units remaining, as the last page or listing read showed
     /// them: what "buy the whole lot" means for a listing.
-    lots: rustc_hash::FxHashMap<i64, i64>,
+    lots: HashMap<i64, i64>,
     /// Durable trades never sent and not bound to a market yet: they wait
     /// for a login to say where they belong.
     unbound: Vec<Unsent>,
@@ -433,7 +434,7 @@ impl TradingSession {
             refusals: VecDeque::new(),
             claims: HashMap::new(),
             collects: HashMap::new(),
-            lots: Default::default(),
+            lots: HashMap::new(),
             unbound: Vec::new(),
             quiet_login: None,
             next_quiet_login: Instant::now(),
