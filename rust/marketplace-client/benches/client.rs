@@ -102,6 +102,22 @@ fn purchases(
     elapsed
 }
 
+/// A session on an in-memory save with `credits`, not logged in.
+fn offline_session(world: &World, name: &str, credits: i64) -> (PlayerStore, TradingSession) {
+    let mut state = PlayerState::new(name, name);
+    state.credits = credits;
+    let mut store = PlayerStore::in_memory(state);
+    let session = TradingSession::new(
+        ClientConfig {
+            server_url: world.proxy.url(),
+            ..ClientConfig::default()
+        },
+        &mut store,
+    )
+    .unwrap();
+    (store, session)
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -193,17 +209,7 @@ fn main() {
 
     // A TradingSession frame with nothing to do (what the Godot node pays
     // every frame while idle).
-    let mut state = PlayerState::new("idle", "idle");
-    state.credits = 10;
-    let mut store = PlayerStore::in_memory(state);
-    let mut session = TradingSession::new(
-        ClientConfig {
-            server_url: world.proxy.url(),
-            ..ClientConfig::default()
-        },
-        &mut store,
-    )
-    .unwrap();
+    let (mut store, mut session) = offline_session(&world, "idle", 10);
     let mut events = Vec::new();
     let started = Instant::now();
     let frames = 1_000_000;
@@ -223,17 +229,7 @@ fn main() {
     // `buy_listing` call pays before the adapter's own work): checks, the
     // credit hold, the journal entry. Nothing is sent within the loop.
     for calls in [200usize, 10_000] {
-        let mut state = PlayerState::new("buyer", "buyer");
-        state.credits = 1_000_000_000;
-        let mut store = PlayerStore::in_memory(state);
-        let mut session = TradingSession::new(
-            ClientConfig {
-                server_url: world.proxy.url(),
-                ..ClientConfig::default()
-            },
-            &mut store,
-        )
-        .unwrap();
+        let (mut store, mut session) = offline_session(&world, "buyer", 1_000_000_000);
         let started = Instant::now();
         for listing in 0..calls {
             session.buy(&mut store, listing as i64 + 1, 10).unwrap();
