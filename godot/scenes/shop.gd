@@ -33,38 +33,37 @@ const MISSION_REWARD := 250
 ## Listings per page ("More" asks for the next).
 const PAGE_SIZE := 12
 
-const BG := Color("#0b0f17")
-const PANEL := Color("#141a26")
 const ROW := Color("#1b2231")
 const TEXT := Color("#e6e9ef")
 const MUTED := Color("#8b95a7")
-const ACCENT := Color("#4fc3f7")
 const HOLD := Color("#ffb74d")
 const GOOD := Color("#81c784")
 
 var data: LocalPlayerData
 var market: TradingMarketplace
 
-var credits_label: Label
-var held_label: Label
-var status_label: Label
-var message_label: Label
-var notice: PanelContainer
-var notice_label: Label
-var listings_box: VBoxContainer
-var more_button: Button
+# The layout is the scene (shop.tscn, styled by shop_theme.tres): a designer
+# edits it in the editor; this script fills it in.
+@onready var credits_label: Label = %Credits
+@onready var held_label: Label = %Held
+@onready var status_label: Label = %Status
+@onready var message_label: Label = %Message
+@onready var notice: PanelContainer = %Notice
+@onready var notice_label: Label = %NoticeLabel
+@onready var listings_box: VBoxContainer = %Listings
+@onready var more_button: Button = %More
+@onready var cargo_box: VBoxContainer = %Cargo
+@onready var orders_box: VBoxContainer = %Orders
+@onready var order_item: OptionButton = %OrderItem
+@onready var order_quantity: SpinBox = %OrderQuantity
+@onready var order_price: SpinBox = %OrderPrice
+@onready var fee_label: Label = %Fees
+@onready var live_label: Label = %Live
+@onready var away_panel: PanelContainer = %AwayPanel
+@onready var away_box: VBoxContainer = %AwayBox
+@onready var chart: Control = %Chart
 ## The cursor of the next page ("": the last page is shown).
 var next_cursor := ""
-var cargo_box: VBoxContainer
-var orders_box: VBoxContainer
-var order_item: OptionButton
-var order_quantity: SpinBox
-var order_price: SpinBox
-var fee_label: Label
-var live_label: Label
-var away_panel: PanelContainer
-var away_box: VBoxContainer
-var chart: Control
 ## The item the chart shows ("" : none yet).
 var chart_item := ""
 ## What is on screen, by listing id: kept up to date by the live market.
@@ -76,8 +75,7 @@ var latest_page := -1
 func _ready() -> void:
 	data = Market.data
 	market = Market.market
-	theme = make_theme()
-	build_ui()
+	_wire_up()
 	data.credits_changed.connect(func(_available, _held): show_credits())
 	data.inventory_changed.connect(func(_item, _count): show_cargo())
 	data.save_failed.connect(func(message): say("Could not save the game: " + message, HOLD))
@@ -118,41 +116,22 @@ func _on_logged_in(login: MarketResult) -> void:
 				showcase()))
 
 
-# --- Look -------------------------------------------------------------------
+# --- The scene's controls ----------------------------------------------------
 
-func make_theme() -> Theme:
-	var t := Theme.new()
-	t.default_font_size = 15
-	t.set_color("font_color", "Label", TEXT)
-	var panel := StyleBoxFlat.new()
-	panel.bg_color = PANEL
-	panel.set_corner_radius_all(10)
-	panel.set_content_margin_all(18)
-	t.set_stylebox("panel", "PanelContainer", panel)
-	for state in ["normal", "hover", "pressed", "disabled", "focus"]:
-		var box := StyleBoxFlat.new()
-		box.set_corner_radius_all(6)
-		box.content_margin_left = 14
-		box.content_margin_right = 14
-		box.content_margin_top = 6
-		box.content_margin_bottom = 6
-		match state:
-			"normal":
-				box.bg_color = Color("#26324a")
-			"hover":
-				box.bg_color = Color("#2f3d5b")
-			"pressed":
-				box.bg_color = Color("#1f6f99")
-			"disabled":
-				box.bg_color = Color("#1a2030")
-			"focus":
-				box.draw_center = false
-				box.border_color = ACCENT
-				box.set_border_width_all(1)
-		t.set_stylebox(state, "Button", box)
-	t.set_color("font_color", "Button", TEXT)
-	t.set_color("font_disabled_color", "Button", MUTED)
-	return t
+## Connects the scene's buttons and fills what comes from the game's data.
+func _wire_up() -> void:
+	%Refresh.pressed.connect(refresh)
+	more_button.pressed.connect(more)
+	%CollectProceeds.pressed.connect(_on_collect.bind(%CollectProceeds))
+	%PlaceOrder.pressed.connect(_on_place_order.bind(%PlaceOrder))
+	%CollectDeliveries.pressed.connect(func(): collect_deliveries(false))
+	%Mission.text = "Mission reward: courier run  +%d cr" % MISSION_REWARD
+	%Mission.pressed.connect(_on_mission_reward)
+	%Salvage.pressed.connect(_on_salvage)
+	order_item.clear()
+	for item_id in ITEMS:
+		order_item.add_item(item_name(item_id))
+		order_item.set_item_metadata(order_item.item_count - 1, item_id)
 
 
 func label(text: String, size := 15, color := TEXT) -> Label:
@@ -161,185 +140,6 @@ func label(text: String, size := 15, color := TEXT) -> Label:
 	l.add_theme_font_size_override("font_size", size)
 	l.add_theme_color_override("font_color", color)
 	return l
-
-
-func panel_with(box: Control) -> PanelContainer:
-	var p := PanelContainer.new()
-	p.add_child(box)
-	return p
-
-
-func build_ui() -> void:
-	var bg := ColorRect.new()
-	bg.color = BG
-	bg.set_anchors_and_offsets_preset(Control.PRESET_FULL_RECT)
-	add_child(bg)
-	var margin := MarginContainer.new()
-	margin.set_anchors_and_offsets_preset(Control.PRESET_FULL_RECT)
-	for side in ["left", "right", "top", "bottom"]:
-		margin.add_theme_constant_override("margin_" + side, 28)
-	add_child(margin)
-	var page := VBoxContainer.new()
-	page.add_theme_constant_override("separation", 16)
-	margin.add_child(page)
-
-	# Header: the exchange's name, the player's credits and holds.
-	var header := HBoxContainer.new()
-	page.add_child(header)
-	var titles := VBoxContainer.new()
-	titles.add_child(label("ORBITAL EXCHANGE", 26, TEXT))
-	titles.add_child(label("Player market · every item sold once, every credit accounted for", 13, MUTED))
-	header.add_child(titles)
-	var spacer := Control.new()
-	spacer.size_flags_horizontal = Control.SIZE_EXPAND_FILL
-	header.add_child(spacer)
-	var wallet := VBoxContainer.new()
-	wallet.alignment = BoxContainer.ALIGNMENT_CENTER
-	credits_label = label("", 24, TEXT)
-	credits_label.horizontal_alignment = HORIZONTAL_ALIGNMENT_RIGHT
-	held_label = label("", 13, HOLD)
-	held_label.horizontal_alignment = HORIZONTAL_ALIGNMENT_RIGHT
-	wallet.add_child(credits_label)
-	wallet.add_child(held_label)
-	header.add_child(wallet)
-
-	# A trade the server has not answered for a while.
-	notice_label = label("", 14, Color("#1b1300"))
-	notice_label.autowrap_mode = TextServer.AUTOWRAP_WORD
-	notice = panel_with(notice_label)
-	var notice_style := StyleBoxFlat.new()
-	notice_style.bg_color = HOLD
-	notice_style.set_corner_radius_all(8)
-	notice_style.set_content_margin_all(12)
-	notice.add_theme_stylebox_override("panel", notice_style)
-	notice.visible = false
-	page.add_child(notice)
-
-	# While you were away: notifications, told once after login.
-	away_box = VBoxContainer.new()
-	away_box.add_child(label("While you were away", 15, GOOD))
-	away_panel = panel_with(away_box)
-	away_panel.visible = false
-	page.add_child(away_panel)
-
-	var body := HBoxContainer.new()
-	body.size_flags_vertical = Control.SIZE_EXPAND_FILL
-	body.add_theme_constant_override("separation", 16)
-	page.add_child(body)
-
-	# For sale.
-	var market_col := VBoxContainer.new()
-	market_col.add_theme_constant_override("separation", 10)
-	var market_panel := panel_with(market_col)
-	market_panel.size_flags_horizontal = Control.SIZE_EXPAND_FILL
-	market_panel.size_flags_stretch_ratio = 1.7
-	body.add_child(market_panel)
-	var market_head := HBoxContainer.new()
-	var for_sale := label("For sale", 18, TEXT)
-	for_sale.size_flags_horizontal = Control.SIZE_EXPAND_FILL
-	market_head.add_child(for_sale)
-	live_label = label("○ connecting", 12, MUTED)
-	market_head.add_child(live_label)
-	var refresh_button := Button.new()
-	refresh_button.text = "Refresh"
-	refresh_button.pressed.connect(refresh)
-	market_head.add_child(refresh_button)
-	market_col.add_child(market_head)
-	market_col.add_child(columns(["Item", "Seller", "Price", ""], MUTED, 12))
-	var scroll := ScrollContainer.new()
-	scroll.size_flags_vertical = Control.SIZE_EXPAND_FILL
-	scroll.horizontal_scroll_mode = ScrollContainer.SCROLL_MODE_DISABLED
-	market_col.add_child(scroll)
-	listings_box = VBoxContainer.new()
-	listings_box.size_flags_horizontal = Control.SIZE_EXPAND_FILL
-	listings_box.add_theme_constant_override("separation", 6)
-	scroll.add_child(listings_box)
-	more_button = Button.new()
-	more_button.text = "More"
-	more_button.visible = false
-	more_button.pressed.connect(more)
-	market_col.add_child(more_button)
-	chart = Control.new()
-	chart.set_script(preload("res://scenes/price_chart.gd"))
-	chart.custom_minimum_size = Vector2(0, 110)
-	market_col.add_child(chart)
-
-	# The player's side: cargo, proceeds, missions.
-	var side := VBoxContainer.new()
-	side.add_theme_constant_override("separation", 10)
-	var side_panel := panel_with(side)
-	side_panel.custom_minimum_size = Vector2(330, 0)
-	body.add_child(side_panel)
-	side.add_child(label("Your cargo", 18, TEXT))
-	cargo_box = VBoxContainer.new()
-	cargo_box.add_theme_constant_override("separation", 6)
-	side.add_child(cargo_box)
-	side.add_child(HSeparator.new())
-	var collect := Button.new()
-	collect.text = "Collect sales proceeds"
-	collect.pressed.connect(_on_collect.bind(collect))
-	side.add_child(collect)
-	fee_label = label("", 12, MUTED)
-	fee_label.autowrap_mode = TextServer.AUTOWRAP_WORD
-	side.add_child(fee_label)
-	side.add_child(HSeparator.new())
-
-	# Buy orders: "up to N of an item at up to P each", filled over time.
-	side.add_child(label("Buy order", 18, TEXT))
-	var order_row := HBoxContainer.new()
-	order_item = OptionButton.new()
-	for item_id in ITEMS:
-		order_item.add_item(item_name(item_id))
-		order_item.set_item_metadata(order_item.item_count - 1, item_id)
-	order_item.size_flags_horizontal = Control.SIZE_EXPAND_FILL
-	order_row.add_child(order_item)
-	order_quantity = SpinBox.new()
-	order_quantity.min_value = 1
-	order_quantity.max_value = 100
-	order_quantity.value = 10
-	order_quantity.prefix = "×"
-	order_row.add_child(order_quantity)
-	order_price = SpinBox.new()
-	order_price.min_value = 1
-	order_price.max_value = 100000
-	order_price.value = 25
-	order_price.suffix = "cr"
-	order_price.custom_minimum_size.x = 90
-	order_row.add_child(order_price)
-	side.add_child(order_row)
-	var place := Button.new()
-	place.text = "Place order"
-	place.tooltip_text = "Holds quantity × price at once; buys the cheapest listings now and the rest as they appear."
-	place.pressed.connect(_on_place_order.bind(place))
-	side.add_child(place)
-	orders_box = VBoxContainer.new()
-	orders_box.add_theme_constant_override("separation", 4)
-	side.add_child(orders_box)
-	var deliveries := Button.new()
-	deliveries.text = "Collect deliveries"
-	deliveries.pressed.connect(func(): collect_deliveries(false))
-	side.add_child(deliveries)
-	side.add_child(HSeparator.new())
-	side.add_child(label("Missions", 13, MUTED))
-	var mission := Button.new()
-	mission.text = "Mission reward: courier run  +%d cr" % MISSION_REWARD
-	mission.tooltip_text = "In a game, your mission system grants this when a mission is done."
-	mission.pressed.connect(_on_mission_reward)
-	side.add_child(mission)
-	var salvage := Button.new()
-	salvage.text = "Salvage run: +1 random part"
-	salvage.pressed.connect(_on_salvage)
-	side.add_child(salvage)
-
-	# Footer: connection and the latest message.
-	var footer := HBoxContainer.new()
-	status_label = label("", 13, MUTED)
-	status_label.size_flags_horizontal = Control.SIZE_EXPAND_FILL
-	footer.add_child(status_label)
-	message_label = label("", 14, TEXT)
-	message_label.horizontal_alignment = HORIZONTAL_ALIGNMENT_RIGHT
-	footer.add_child(message_label)
-	page.add_child(footer)
 
 
 ## A row of fixed-width columns: item (wide), seller, price (right), action.
