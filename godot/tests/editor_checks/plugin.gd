@@ -71,7 +71,7 @@ func _run() -> void:
 	check(market.get_setup_warnings().size() == 1, "TradingMarketplace warns while player_data is empty")
 	var refused: MarketResult = await market.refresh_listings({}).completed
 	check(not refused.ok and refused.code == "invalid_argument", "and trades nothing in the editor")
-	market.free()
+	market.queue_free()  # not free(): this coroutine resumed inside its frame
 	data.free()
 
 	print("%d editor checks, %d failed" % [checks, failures])
