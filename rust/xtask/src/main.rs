@@ -106,10 +106,15 @@ fn test(args: &[String]) -> Result<()> {
         eprintln!("xtask: SKIPPED PostgreSQL tests (--no-postgres)");
         None
     };
-    let godot_note = match std::env::var_os("GDRUST_GODOT_BIN") {
+    let mut godot_note = match std::env::var_os("GDRUST_GODOT_BIN") {
         Some(bin) => format!("xtask: Godot headless suite runs with {}", bin.to_string_lossy()),
         None => "xtask: SKIPPED Godot headless suite: GDRUST_GODOT_BIN is not set (point it at a Godot 4.3+ binary to run it)".into(),
     };
+    godot_note.push('\n');
+    godot_note.push_str(&match std::env::var_os("GDRUST_GODOT_EDITOR_BIN") {
+        Some(bin) => format!("xtask: Godot editor checks run with {}", bin.to_string_lossy()),
+        None => "xtask: SKIPPED Godot editor checks: GDRUST_GODOT_EDITOR_BIN is not set (point it at a Godot 4.3+ editor build to run them)".into(),
+    });
     eprintln!("{godot_note}");
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--release"]);
