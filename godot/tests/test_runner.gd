@@ -231,6 +231,7 @@ func run_all() -> void:
 	await check_typed_surface(seller, alice)
 	await check_giving_up(seller, alice)
 	check_player_data_codes_and_warnings()
+	await check_freeing_from_a_handler()
 	await check_sample_shop(seller)
 	check_inspector(alice)
 	await check_paused_tree(seller, alice)
@@ -385,6 +386,50 @@ func check_giving_up(seller: Dictionary, alice: Dictionary) -> void:
 	for i in 3:
 		await get_tree().process_frame
 	check(quick.result == quick_result and quick_result.code != "cancelled", "giving up after the answer came changes nothing")
+
+
+## A handler, or a script resuming from `await`, may free the node that
+## emitted without crashing the game: the nodes hold no borrow of
+## themselves while signals go out. (`free()` there is refused by debug
+## builds of Godot, as for its own nodes — "locked object" — so games use
+## `queue_free()`; release builds free it at once. Neither may crash.)
+func check_freeing_from_a_handler() -> void:
+	var p := make_player("freer", 100)
+	var refused: MarketResult = await p.market.cancel_listing(-1).completed
+	_free_now(p.market)  # refused or done: either way the game goes on
+	check(refused.code == "invalid_argument", "free() right where an await resumed does not crash the game")
+	if is_instance_valid(p.market):
+		p.market.queue_free()
+	var again := make_player("freer_1", 0)
+	var second: MarketResult = await again.market.cancel_listing(-1).completed
+	again.market.queue_free()
+	await get_tree().process_frame
+	check(second.code == "invalid_argument" and not is_instance_valid(again.market), "queue_free() right where an await resumed frees it")
+	var d := LocalPlayerData.new()
+	d.save_path = save_file("freer_data")
+	add_child(d)
+	d.credits_changed.connect(func(_available, _held): _free_now(d))
+	d.add_credits(5)
+	for i in 3:
+		await get_tree().process_frame
+	check(true, "free() of LocalPlayerData from its own signal does not crash the game")
+	if is_instance_valid(d):
+		d.queue_free()
+	var other := make_player("freer_2", 0)
+	other.market.request_failed.connect(func(_id, _code, _message): other.market.queue_free())
+	other.market.cancel_listing(-1)
+	other.market.cancel_listing(-2)
+	check(await until(func(): return not is_instance_valid(other.market)), "queue_free() of TradingMarketplace from its own signal, with more to tell, frees it")
+	for i in 3:
+		await get_tree().process_frame
+	for player in [p, again, other]:
+		player.data.queue_free()
+
+
+## Frees `node` now, in a function of its own: where Godot refuses (a
+## locked object), the error ends only this call.
+func _free_now(node: Object) -> void:
+	node.free()
 
 
 ## LocalPlayerData: every method that can fail returns a code ("" = done).

@@ -146,6 +146,8 @@ pub struct TradingMarketplace {
     next_cursor: Option<String>,
     /// Running inside the editor (asked once: the answer never changes).
     in_editor: bool,
+    /// `_frame` is queued for the end of this frame.
+    frame_queued: bool,
     base: Base<Node>,
 }
 
@@ -172,15 +174,22 @@ impl INode for TradingMarketplace {
             local_failures: VecDeque::new(),
             next_cursor: None,
             in_editor: Engine::singleton().is_editor_hint(),
+            frame_queued: false,
             base,
         }
     }
 
     fn process(&mut self, _delta: f64) {
-        if Engine::singleton().is_editor_hint() {
+        // The frame's signals go out from `_frame`, a deferred call that
+        // holds no borrow of this node while a handler runs: a handler (or
+        // an awaiting script) may even free the node.
+        if !self.frame_queued {
+            self.frame_queued = true;
+            self.base_mut().call_deferred("_frame", &[]);
+        }
+        if self.in_editor {
             // In the editor the node is only edited: no runtime, no thread,
             // no file. A script calling it there still hears its refusals.
-            self.emit_refusals();
             return;
         }
         // Starts the session in the first frame — after every `_ready`, so
@@ -193,13 +202,6 @@ impl INode for TradingMarketplace {
                 }
             }
         }
-        {
-            // Ticking may complete requests whose node is gone: an awaiting
-            // script may call this node meanwhile.
-            let _reentrant = self.base_mut();
-            tick_slots();
-        }
-        self.emit_pending();
     }
 
     /// What the editor's scene dock shows next to the node.
@@ -388,6 +390,22 @@ impl TradingMarketplace {
     /// `refresh_listings` (and re-read what else is on screen).
     #[signal]
     fn market_reload_needed();
+
+    /// The node's frame work, deferred from `_process` to the end of the
+    /// frame (called by the engine; not for scripts): ticks every open
+    /// save, then emits this node's signals and completes their requests
+    /// holding no borrow of the node — so a handler, or a script resuming
+    /// from `await`, may free the node safely.
+    #[func(gd_self)]
+    fn _frame(mut this: Gd<Self>) {
+        this.bind_mut().frame_queued = false;
+        if !this.bind().in_editor {
+            tick_slots();
+        }
+        if this.is_instance_valid() {
+            Self::emit_pending(&mut this);
+        }
+    }
 
     /// Logs in. Without arguments (or with empty ones) the identity saved
     /// in `LocalPlayerData` is used (a new player gets a random device id);
@@ -1098,73 +1116,86 @@ impl TradingMarketplace {
         request::track(id, kind, true, None)
     }
 
-    /// Turns waiting events into signals, one at a time, holding nothing
-    /// while a handler runs; bounded per frame by count and by time.
-    fn emit_pending(&mut self) {
+    /// Turns waiting events into signals, one at a time, holding no borrow
+    /// of the node or the save while a handler runs (a handler may call
+    /// anything, free the node too); bounded per frame by count and by time.
+    fn emit_pending(this: &mut Gd<Self>) {
+        let (budget, max, in_editor) = {
+            let node = this.bind();
+            (
+                Duration::from_secs_f64(node.max_frame_time_msec.clamp(0.1, 100.0) / 1e3),
+                node.max_events_per_frame.clamp(1, 10_000),
+                node.in_editor,
+            )
+        };
         let started = Instant::now();
-        let budget = Duration::from_secs_f64(self.max_frame_time_msec.clamp(0.1, 100.0) / 1e3);
-        let max = self.max_events_per_frame.clamp(1, 10_000);
-        self.emit_refusals();
+        // Requests refused before reaching a session: their signal, then
+        // their `completed` (only those made before this frame's began).
+        let refused: Vec<_> = this.bind_mut().local_failures.drain(..).collect();
+        for (id, listing_id, error) in refused {
+            let event = refusal_event(id, listing_id, error);
+            if !this.is_instance_valid() {
+                // Freed by a handler: the rest still complete their requests.
+                request::complete_later(event);
+                continue;
+            }
+            if !request::drop_if_cancelled(&event) {
+                Self::emit_event(this, &event);
+            }
+        }
+        if in_editor {
+            return;
+        }
         for n in 0..max {
             if n > 0 && started.elapsed() >= budget {
                 break;
             }
-            let Some((slot, listener)) = self.slot.clone() else {
+            if !this.is_instance_valid() {
+                return;
+            }
+            let Some((slot, listener)) = this.bind().slot.clone() else {
                 return;
             };
             let Some(event) = slot.borrow_mut().next_for(listener) else {
                 return;
             };
-            self.emit_event(&event);
+            Self::emit_event(this, &event);
         }
     }
 
     /// One event: its typed result (made once), the node's signal, then the
     /// request's `completed` with the same objects. (A read the game
     /// cancelled never gets here: the save drops its events.)
-    fn emit_event(&mut self, event: &SessionEvent) {
+    fn emit_event(this: &mut Gd<Self>, event: &SessionEvent) {
         let id = event.request_id().map(|r| r.0 as i64);
         let result = id.and_then(|id| data::result_of(event, request::method_of(id)));
-        self.emit(event, result.as_ref());
-        let _reentrant = self.base_mut();
+        Self::emit(this, event, result.as_ref());
         request::complete(event, result);
     }
 
-    /// Requests refused before reaching a session: their signal, then their
-    /// `completed` (only those made before this frame's signals began).
-    fn emit_refusals(&mut self) {
-        let refused: Vec<_> = self.local_failures.drain(..).collect();
-        for (id, listing_id, error) in refused {
-            let event = refusal_event(id, listing_id, error);
-            if !request::drop_if_cancelled(&event) {
-                self.emit_event(&event);
-            }
-        }
-    }
-
-    fn emit_failure(&mut self, id: i64, listing_id: Option<i64>, error: &ClientError) {
+    fn emit_failure(this: &mut Gd<Self>, id: i64, listing_id: Option<i64>, error: &ClientError) {
         let code = GString::from(error.code.as_str());
         let message = GString::from(error.message.as_str());
         match listing_id {
-            Some(listing_id) => self.signals().purchase_failed().emit(
+            Some(listing_id) => this.signals().purchase_failed().emit(
                 id,
                 listing_id,
                 &code,
                 &message,
                 error.current_price.unwrap_or(0),
             ),
-            None => self.signals().request_failed().emit(id, &code, &message),
+            None => this.signals().request_failed().emit(id, &code, &message),
         }
     }
 
-    fn emit_market(&mut self, event: &marketplace_client::protocol::StreamEvent) {
+    fn emit_market(this: &mut Gd<Self>, event: &marketplace_client::protocol::StreamEvent) {
         use marketplace_client::protocol::StreamChange;
         match &event.change {
-            StreamChange::Listing { change, listing } => self
+            StreamChange::Listing { change, listing } => this
                 .signals()
                 .market_listing_changed()
                 .emit(change.as_str(), &data::listing(listing)),
-            StreamChange::Order { change, order } => self
+            StreamChange::Order { change, order } => this
                 .signals()
                 .market_order_changed()
                 .emit(change.as_str(), &data::order(order)),
@@ -1173,11 +1204,11 @@ impl TradingMarketplace {
                 quantity,
                 unit_price,
                 ..
-            } => self
+            } => this
                 .signals()
                 .market_trade()
                 .emit(item_id.as_str(), *quantity, *unit_price),
-            StreamChange::Delivery { delivery } => self
+            StreamChange::Delivery { delivery } => this
                 .signals()
                 .delivery_waiting()
                 .emit(&data::delivery(delivery)),
@@ -1188,7 +1219,7 @@ impl TradingMarketplace {
 
     /// The node's signal for `event`; `result` is its request's typed
     /// result when it answers one (the signal carries the same objects).
-    fn emit(&mut self, event: &SessionEvent, result: Option<&Gd<MarketResult>>) {
+    fn emit(this: &mut Gd<Self>, event: &SessionEvent, result: Option<&Gd<MarketResult>>) {
         let id = |r: &RequestId| r.0 as i64;
         // The object the result holds, or a fresh one.
         let r = result.map(|r| r.bind());
@@ -1213,14 +1244,14 @@ impl TradingMarketplace {
                 ..
             } => {
                 drop(r);
-                self.signals().logged_in().emit(id(request_id), *player_id)
+                this.signals().logged_in().emit(id(request_id), *player_id)
             }
             SessionEvent::ListingsUpdated { request_id, page } => {
                 let listings =
                     list_from_result!(listings, page.listings.iter().map(data::listing).collect());
                 drop(r);
-                self.next_cursor = page.next_cursor.clone();
-                self.signals().listings_updated().emit(
+                this.bind_mut().next_cursor = page.next_cursor.clone();
+                this.signals().listings_updated().emit(
                     id(request_id),
                     &listings,
                     page.next_cursor.as_deref().unwrap_or(""),
@@ -1233,7 +1264,7 @@ impl TradingMarketplace {
             } => {
                 let listing = from_result!(listing, data::listing(listing));
                 drop(r);
-                self.signals()
+                this.signals()
                     .listing_created()
                     .emit(id(request_id), &listing)
             }
@@ -1243,7 +1274,7 @@ impl TradingMarketplace {
             } => {
                 let listing = from_result!(listing, data::listing(listing));
                 drop(r);
-                self.signals()
+                this.signals()
                     .listing_repriced()
                     .emit(id(request_id), &listing)
             }
@@ -1252,7 +1283,7 @@ impl TradingMarketplace {
                 listing,
             } => {
                 drop(r);
-                self.signals()
+                this.signals()
                     .listing_cancelled()
                     .emit(id(request_id), listing.id)
             }
@@ -1262,7 +1293,7 @@ impl TradingMarketplace {
             } => {
                 let purchase = from_result!(purchase, data::purchase(purchase));
                 drop(r);
-                self.signals()
+                this.signals()
                     .purchase_succeeded()
                     .emit(id(request_id), &purchase)
             }
@@ -1272,13 +1303,13 @@ impl TradingMarketplace {
                 error,
             } => {
                 drop(r);
-                self.emit_failure(id(request_id), Some(*listing_id), error)
+                Self::emit_failure(this, id(request_id), Some(*listing_id), error)
             }
             SessionEvent::ProceedsClaimed {
                 request_id, amount, ..
             } => {
                 drop(r);
-                self.signals()
+                this.signals()
                     .proceeds_claimed()
                     .emit(id(request_id), *amount)
             }
@@ -1289,13 +1320,13 @@ impl TradingMarketplace {
                 ..
             } => {
                 drop(r);
-                self.signals()
+                this.signals()
                     .claim_finished()
                     .emit(id(request_id), *sales as i64, *amount)
             }
             SessionEvent::RequestFailed { request_id, error } => {
                 drop(r);
-                self.emit_failure(id(request_id), None, error)
+                Self::emit_failure(this, id(request_id), None, error)
             }
             SessionEvent::RequestRetrying {
                 request_id,
@@ -1303,7 +1334,7 @@ impl TradingMarketplace {
                 error,
             } => {
                 drop(r);
-                self.signals().request_retrying().emit(
+                this.signals().request_retrying().emit(
                     id(request_id),
                     i64::from(*attempt),
                     error.code.as_str(),
@@ -1313,7 +1344,7 @@ impl TradingMarketplace {
                 request_id, trade, ..
             } => {
                 drop(r);
-                self.signals()
+                this.signals()
                     .trade_stalled()
                     .emit(id(request_id), &data::pending_trade(trade))
             }
@@ -1323,7 +1354,7 @@ impl TradingMarketplace {
                 quantity,
             } => {
                 drop(r);
-                self.signals().withdrawn().emit(
+                this.signals().withdrawn().emit(
                     id(request_id),
                     item_id.as_deref().unwrap_or(""),
                     *quantity,
@@ -1335,13 +1366,13 @@ impl TradingMarketplace {
             } => {
                 let account = from_result!(account, data::account(account));
                 drop(r);
-                self.signals()
+                this.signals()
                     .market_account_updated()
                     .emit(id(request_id), &account)
             }
             SessionEvent::BusyChanged { busy } => {
                 drop(r);
-                self.signals().busy_changed().emit(*busy)
+                this.signals().busy_changed().emit(*busy)
             }
             SessionEvent::OrderPlaced {
                 request_id,
@@ -1351,7 +1382,7 @@ impl TradingMarketplace {
                 let order = from_result!(order, data::order(order));
                 let fills = list_from_result!(fills, fills.iter().map(data::fill).collect());
                 drop(r);
-                self.signals()
+                this.signals()
                     .order_placed()
                     .emit(id(request_id), &order, &fills)
             }
@@ -1362,7 +1393,7 @@ impl TradingMarketplace {
             } => {
                 let order = from_result!(order, data::order(order));
                 drop(r);
-                self.signals()
+                this.signals()
                     .order_cancelled()
                     .emit(id(request_id), &order, *returned)
             }
@@ -1373,7 +1404,7 @@ impl TradingMarketplace {
             } => {
                 let orders = list_from_result!(orders, orders.iter().map(data::order).collect());
                 drop(r);
-                self.signals().orders_updated().emit(
+                this.signals().orders_updated().emit(
                     id(request_id),
                     &orders,
                     next_cursor.as_deref().unwrap_or(""),
@@ -1388,16 +1419,19 @@ impl TradingMarketplace {
                     list_from_result!(deliveries, deliveries.iter().map(data::delivery).collect());
                 drop(r);
                 if let Some(error) = error {
-                    self.emit_failure(id(request_id), None, error);
+                    Self::emit_failure(this, id(request_id), None, error);
+                    if !this.is_instance_valid() {
+                        return; // freed by that handler
+                    }
                 }
-                self.signals()
+                this.signals()
                     .deliveries_collected()
                     .emit(id(request_id), &deliveries)
             }
             SessionEvent::FeesQuoted { request_id, quote } => {
                 let quote = from_result!(quote, data::fee_quote(quote));
                 drop(r);
-                self.signals().fees_quoted().emit(id(request_id), &quote)
+                this.signals().fees_quoted().emit(id(request_id), &quote)
             }
             SessionEvent::MarketSummary {
                 request_id,
@@ -1405,7 +1439,7 @@ impl TradingMarketplace {
             } => {
                 let summary = from_result!(summary, data::market_summary(summary));
                 drop(r);
-                self.signals()
+                this.signals()
                     .market_summary_updated()
                     .emit(id(request_id), &summary)
             }
@@ -1416,7 +1450,7 @@ impl TradingMarketplace {
             } => {
                 let items = list_from_result!(items, items.iter().map(data::item_match).collect());
                 drop(r);
-                self.signals()
+                this.signals()
                     .items_found()
                     .emit(id(request_id), &items, *catalog)
             }
@@ -1426,14 +1460,14 @@ impl TradingMarketplace {
             } => {
                 let identities = from_result!(identities, data::identities(identities));
                 drop(r);
-                self.signals()
+                this.signals()
                     .identities_updated()
                     .emit(id(request_id), &identities)
             }
             SessionEvent::DepthListed { request_id, depth } => {
                 let depth = from_result!(depth, data::depth(depth));
                 drop(r);
-                self.signals().depth_updated().emit(id(request_id), &depth)
+                this.signals().depth_updated().emit(id(request_id), &depth)
             }
             SessionEvent::PriceHistory {
                 request_id,
@@ -1441,33 +1475,33 @@ impl TradingMarketplace {
             } => {
                 let history = from_result!(history, data::price_history(history));
                 drop(r);
-                self.signals()
+                this.signals()
                     .price_history_updated()
                     .emit(id(request_id), &history)
             }
             SessionEvent::MarketChanged { event } => {
                 drop(r);
-                self.emit_market(event)
+                Self::emit_market(this, event)
             }
             SessionEvent::MarketLive { live, error } => {
                 drop(r);
-                self.signals()
+                this.signals()
                     .market_live_changed()
                     .emit(*live, error.as_ref().map(|e| e.code.as_str()).unwrap_or(""))
             }
             SessionEvent::MarketReload => {
                 drop(r);
-                self.signals().market_reload_needed().emit()
+                this.signals().market_reload_needed().emit()
             }
             SessionEvent::Notification { notification } => {
                 drop(r);
-                self.signals()
+                this.signals()
                     .notification_received()
                     .emit(&data::notification(notification))
             }
             SessionEvent::DeliveriesWaiting { count } => {
                 drop(r);
-                self.signals().deliveries_waiting().emit(*count)
+                this.signals().deliveries_waiting().emit(*count)
             }
             SessionEvent::TradeRecovered {
                 kind,
@@ -1478,7 +1512,7 @@ impl TradingMarketplace {
             } => {
                 drop(r);
                 let counts = data::counts(items.iter().map(|(k, v)| (k, v)));
-                self.signals()
+                this.signals()
                     .trade_recovered()
                     .emit(kind.as_str(), *credits, &counts, *shortfall)
             }

@@ -75,6 +75,8 @@ pub struct LocalPlayerData {
     /// Running inside the editor: the node is only edited there — no file
     /// is opened, nothing ticks; the scene dock shows its warnings.
     in_editor: bool,
+    /// `_frame` is queued for the end of this frame.
+    frame_queued: bool,
     base: Base<Node>,
 }
 
@@ -92,6 +94,7 @@ impl INode for LocalPlayerData {
             load_error: None,
             unsent_load_failures: VecDeque::new(),
             in_editor: Engine::singleton().is_editor_hint(),
+            frame_queued: false,
             base,
         }
     }
@@ -110,16 +113,13 @@ impl INode for LocalPlayerData {
     }
 
     fn process(&mut self, _delta: f64) {
-        if self.in_editor {
-            return;
+        // The frame's signals go out from `_frame`, a deferred call that
+        // holds no borrow of this node while a handler runs: a handler (or
+        // a script resuming from `await`) may even free the node.
+        if !self.in_editor && !self.frame_queued {
+            self.frame_queued = true;
+            self.base_mut().call_deferred("_frame", &[]);
         }
-        {
-            // Ticking may complete a `MarketRequest`: the awaiting script
-            // may call this node meanwhile.
-            let _reentrant = self.base_mut();
-            tick_slots();
-        }
-        self.emit_pending();
     }
 }
 
@@ -461,6 +461,19 @@ impl LocalPlayerData {
         }
     }
 
+    /// The node's frame work, deferred from `_process` to the end of the
+    /// frame (called by the engine; not for scripts): ticks every open
+    /// save, then emits this node's signals holding no borrow of it — so a
+    /// handler may free the node safely.
+    #[func(gd_self)]
+    fn _frame(mut this: Gd<Self>) {
+        this.bind_mut().frame_queued = false;
+        tick_slots();
+        if this.is_instance_valid() {
+            Self::emit_pending(&mut this);
+        }
+    }
+
     /// Deferred from `_ready`: opens the file if nothing used it yet, so that
     /// problems with it are reported in the first frame.
     #[func]
@@ -565,53 +578,62 @@ impl LocalPlayerData {
     /// Turns waiting events into signals, one at a time and without holding
     /// the save while a handler runs: a handler may call anything, and what
     /// it changes is signalled after — so the newest state comes last.
-    fn emit_pending(&mut self) {
-        while let Some(message) = self.unsent_load_failures.pop_front() {
-            self.signals().load_failed().emit(message.as_str());
+    fn emit_pending(this: &mut Gd<Self>) {
+        loop {
+            if !this.is_instance_valid() {
+                return;
+            }
+            let Some(message) = this.bind_mut().unsent_load_failures.pop_front() else {
+                break;
+            };
+            this.signals().load_failed().emit(message.as_str());
         }
         for _ in 0..SIGNALS_PER_FRAME {
-            let Some(slot) = self.slot.clone() else {
+            if !this.is_instance_valid() {
+                return;
+            }
+            let Some(slot) = this.bind().slot.clone() else {
                 return;
             };
             let Some(event) = slot.borrow_mut().store.next_event() else {
                 return;
             };
-            self.emit(event);
+            Self::emit(this, event);
         }
     }
 
-    fn emit(&mut self, event: StoreEvent) {
+    fn emit(this: &mut Gd<Self>, event: StoreEvent) {
         let id = |h: u64| i64::try_from(h).unwrap_or(-1);
         match event {
-            StoreEvent::InventoryChanged { item_id, count } => self
+            StoreEvent::InventoryChanged { item_id, count } => this
                 .signals()
                 .inventory_changed()
                 .emit(item_id.as_str(), count),
             StoreEvent::CreditsChanged { available, held } => {
-                self.signals().credits_changed().emit(available, held)
+                this.signals().credits_changed().emit(available, held)
             }
-            StoreEvent::HoldPlaced { hold_id, kind } => self
+            StoreEvent::HoldPlaced { hold_id, kind } => this
                 .signals()
                 .hold_placed()
                 .emit(id(hold_id), kind.amount()),
             StoreEvent::MarketAccountChanged { credits, held, .. } => {
-                self.signals().market_account_changed().emit(credits, held)
+                this.signals().market_account_changed().emit(credits, held)
             }
-            StoreEvent::HoldReleased { hold_id, reason } => self
+            StoreEvent::HoldReleased { hold_id, reason } => this
                 .signals()
                 .hold_released()
                 .emit(id(hold_id), reason.as_str()),
             StoreEvent::HoldCommitted { hold_id } => {
-                self.signals().hold_committed().emit(id(hold_id))
+                this.signals().hold_committed().emit(id(hold_id))
             }
-            StoreEvent::Saved { .. } => self.signals().saved().emit(),
+            StoreEvent::Saved { .. } => this.signals().saved().emit(),
             StoreEvent::SaveFailed { message } => {
                 godot_warn!("LocalPlayerData: {message}");
-                self.signals().save_failed().emit(message.as_str())
+                this.signals().save_failed().emit(message.as_str())
             }
             StoreEvent::RecoveredFromBackup { message } => {
                 godot_warn!("LocalPlayerData: {message}");
-                self.signals()
+                this.signals()
                     .recovered_from_backup()
                     .emit(message.as_str())
             }
