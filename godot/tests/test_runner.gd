@@ -499,6 +499,7 @@ func check_inspector(alice: Dictionary) -> void:
 	# override first: this debug run gets server_url.debug, not the base.
 	var fresh := TradingMarketplace.new()
 	check(ProjectSettings.get_setting("trading_marketplace/server_url") == "https://market.example.com" and fresh.server_url == "http://127.0.0.1:8080", "server_url defaults to the project setting's .debug override (%s)" % fresh.server_url)
+	check(fresh.stall_after_sec == 90.0 and fresh.request_timeout_sec == 10.0, "the node's other defaults come from Project Settings too, overrides first (stall_after_sec %s)" % fresh.stall_after_sec)
 	fresh.free()
 
 

@@ -44,6 +44,8 @@ func _run() -> void:
 	check(ProjectSettings.get_setting(AUTOLOAD, "") == SCENE, "enabling it adds the Market autoload (%s)" % ProjectSettings.get_setting(AUTOLOAD, ""))
 	check(_on_disk().contains('Market="%s"' % SCENE), "saved in project.godot")
 	check(ProjectSettings.has_setting("trading_marketplace/server_url"), "and the server_url setting")
+	check(ProjectSettings.has_setting("trading_marketplace/request_timeout_sec") and ProjectSettings.get_setting("trading_marketplace/request_timeout_sec") == 10.0, "the node's defaults show in Project Settings")
+	check(not _on_disk().contains("request_timeout_sec"), "and are not written to project.godot until changed")
 
 	EditorInterface.set_plugin_enabled(ADDON, false)
 	check(not ProjectSettings.has_setting(AUTOLOAD), "disabling it removes the autoload")

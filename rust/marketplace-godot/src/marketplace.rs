@@ -86,6 +86,8 @@ pub struct TradingMarketplace {
     /// default is the project setting `trading_marketplace/server_url`,
     /// with feature-tag overrides (`server_url.debug`, `server_url.release`,
     /// …), so debug and release builds can point at different servers.
+    /// (Every number below and `live` take their default from a project
+    /// setting of the same name under `trading_marketplace/` too.)
     #[var(set = set_server_url)]
     #[export]
     server_url: GString,
@@ -156,17 +158,45 @@ impl INode for TradingMarketplace {
     fn init(base: Base<Node>) -> Self {
         base.to_init_gd().set_process_mode(ProcessMode::ALWAYS);
         let defaults = ClientConfig::default();
+        // The project's defaults (Project Settings → trading_marketplace/…,
+        // with feature-tag overrides), else the addon's.
+        let int = |name, default: i64, lo, hi| {
+            project_default(name).map_or(default, |v| sane_int(name, v as i64, lo, hi))
+        };
+        let float = |name, default: f64, lo, hi| {
+            project_default(name).map_or(default, |v| sane_f64(name, v, default, lo, hi))
+        };
         TradingMarketplace {
             server_url: project_server_url().unwrap_or_else(|| defaults.server_url.as_str().into()),
             player_data: None,
-            max_concurrent_requests: defaults.max_concurrent_requests as i64,
-            request_timeout_sec: defaults.request_timeout.as_secs_f64(),
-            max_requests_per_second: defaults.max_requests_per_second,
-            max_events_per_frame: 64,
-            max_frame_time_msec: 1.0,
-            shutdown_grace_sec: 1.0,
-            stall_after_sec: marketplace_client::session::DEFAULT_STALL_AFTER.as_secs_f64(),
-            live: true,
+            max_concurrent_requests: int(
+                "max_concurrent_requests",
+                defaults.max_concurrent_requests as i64,
+                1,
+                1024,
+            ),
+            request_timeout_sec: float(
+                "request_timeout_sec",
+                defaults.request_timeout.as_secs_f64(),
+                0.1,
+                600.0,
+            ),
+            max_requests_per_second: float(
+                "max_requests_per_second",
+                defaults.max_requests_per_second,
+                0.0,
+                1e6,
+            ),
+            max_events_per_frame: int("max_events_per_frame", 64, 1, 10_000),
+            max_frame_time_msec: float("max_frame_time_msec", 1.0, 0.1, 100.0),
+            shutdown_grace_sec: float("shutdown_grace_sec", 1.0, 0.0, 30.0),
+            stall_after_sec: float(
+                "stall_after_sec",
+                marketplace_client::session::DEFAULT_STALL_AFTER.as_secs_f64(),
+                1.0,
+                1e9,
+            ),
+            live: project_default("live").map_or(true, |v| v != 0.0),
             watched_items: PackedStringArray::new(),
             slot: None,
             data_id: None,
@@ -1522,6 +1552,27 @@ impl TradingMarketplace {
 
 /// The project setting naming the marketplace server.
 pub const SERVER_URL_SETTING: &str = "trading_marketplace/server_url";
+
+/// `trading_marketplace/<name>` with its feature-tag override for this
+/// build, as a number (a `bool` is 0 or 1), if the project sets one; a
+/// value of another type is warned about and ignored.
+fn project_default(name: &str) -> Option<f64> {
+    let key = format!("trading_marketplace/{name}");
+    let settings = ProjectSettings::singleton();
+    if !settings.has_setting(&key) {
+        return None;
+    }
+    let value = settings.get_setting_with_override(&key);
+    let number = value
+        .try_to::<f64>()
+        .ok()
+        .or_else(|| value.try_to::<i64>().ok().map(|v| v as f64))
+        .or_else(|| value.try_to::<bool>().ok().map(|v| f64::from(u8::from(v))));
+    if number.is_none() {
+        godot_warn!("Project setting {key} = {value} is not a number; the addon's default is used");
+    }
+    number
+}
 
 /// `trading_marketplace/server_url` with its feature-tag override for this
 /// build (`.debug`, `.release`, a custom tag), if the project sets one.
