@@ -143,13 +143,15 @@ pub struct TradingMarketplace {
     data_id: Option<InstanceId>,
     /// Settings changed since they were last applied.
     config_dirty: bool,
-    /// Requests refused before any save was reachable, for the next frame.
+    /// Requests refused before any save was reachable, for this frame's `_frame`.
     local_failures: VecDeque<(i64, Option<i64>, ClientError)>,
     next_cursor: Option<String>,
     /// Running inside the editor (asked once: the answer never changes).
     in_editor: bool,
-    /// `_frame` is queued for the end of this frame.
-    frame_queued: bool,
+    /// The process frame `_frame` was last queued for, and last ran in
+    /// (once a frame, whatever happens to a queued call).
+    frame_queued: u64,
+    frame_ran: u64,
     base: Base<Node>,
 }
 
@@ -204,7 +206,8 @@ impl INode for TradingMarketplace {
             local_failures: VecDeque::new(),
             next_cursor: None,
             in_editor: Engine::singleton().is_editor_hint(),
-            frame_queued: false,
+            frame_queued: u64::MAX,
+            frame_ran: u64::MAX,
             base,
         }
     }
@@ -213,8 +216,9 @@ impl INode for TradingMarketplace {
         // The frame's signals go out from `_frame`, a deferred call that
         // holds no borrow of this node while a handler runs: a handler (or
         // an awaiting script) may even free the node.
-        if !self.frame_queued {
-            self.frame_queued = true;
+        let frame = Engine::singleton().get_process_frames();
+        if self.frame_queued != frame {
+            self.frame_queued = frame;
             self.base_mut().call_deferred("_frame", &[]);
         }
         if self.in_editor {
@@ -256,7 +260,7 @@ fn refusal_event(id: i64, listing_id: Option<i64>, error: ClientError) -> Sessio
 impl Drop for TradingMarketplace {
     /// Freed: stop listening; the session stays with the save and keeps
     /// settling trades. Refusals not reported yet still complete their
-    /// requests (next frame).
+    /// requests (at the next tick).
     fn drop(&mut self) {
         for (id, listing_id, error) in self.local_failures.drain(..) {
             request::complete_later(refusal_event(id, listing_id, error));
@@ -428,7 +432,10 @@ impl TradingMarketplace {
     /// from `await`, may free the node safely.
     #[func(gd_self)]
     fn _frame(mut this: Gd<Self>) {
-        this.bind_mut().frame_queued = false;
+        let frame = Engine::singleton().get_process_frames();
+        if std::mem::replace(&mut this.bind_mut().frame_ran, frame) == frame {
+            return; // once a frame (a script calling it again changes nothing)
+        }
         if !this.bind().in_editor {
             tick_slots();
         }
@@ -1108,7 +1115,8 @@ impl TradingMarketplace {
     }
 
     /// Submits a request of `kind`; a local refusal is a request too, and
-    /// is reported (signal, then `completed`) on the next frame.
+    /// is reported (signal, then `completed`) at the end of the frame (`_frame`),
+    /// never inside the call.
     fn request(
         &mut self,
         kind: &'static str,
@@ -1165,8 +1173,9 @@ impl TradingMarketplace {
         for (id, listing_id, error) in refused {
             let event = refusal_event(id, listing_id, error);
             if !this.is_instance_valid() {
-                // Freed by a handler: the rest still complete their requests.
-                request::complete_later(event);
+                // Freed by a handler: the rest still complete their
+                // requests, now (no node may be left to tick).
+                request::complete(&event, None);
                 continue;
             }
             if !request::drop_if_cancelled(&event) {

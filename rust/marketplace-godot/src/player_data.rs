@@ -70,13 +70,15 @@ pub struct LocalPlayerData {
     /// and when: opening is tried again a second later (another instance
     /// may have closed it, the player may have fixed the disk).
     load_error: Option<(String, std::time::Instant)>,
-    /// `load_failed` messages for the next frame.
+    /// `load_failed` messages for the next `_frame`.
     unsent_load_failures: VecDeque<String>,
     /// Running inside the editor: the node is only edited there — no file
     /// is opened, nothing ticks; the scene dock shows its warnings.
     in_editor: bool,
-    /// `_frame` is queued for the end of this frame.
-    frame_queued: bool,
+    /// The process frame `_frame` was last queued for, and last ran in
+    /// (once a frame, whatever happens to a queued call).
+    frame_queued: u64,
+    frame_ran: u64,
     base: Base<Node>,
 }
 
@@ -94,7 +96,8 @@ impl INode for LocalPlayerData {
             load_error: None,
             unsent_load_failures: VecDeque::new(),
             in_editor: Engine::singleton().is_editor_hint(),
-            frame_queued: false,
+            frame_queued: u64::MAX,
+            frame_ran: u64::MAX,
             base,
         }
     }
@@ -116,14 +119,15 @@ impl INode for LocalPlayerData {
         // The frame's signals go out from `_frame`, a deferred call that
         // holds no borrow of this node while a handler runs: a handler (or
         // a script resuming from `await`) may even free the node.
-        if !self.in_editor && !self.frame_queued {
-            self.frame_queued = true;
+        let frame = Engine::singleton().get_process_frames();
+        if !self.in_editor && self.frame_queued != frame {
+            self.frame_queued = frame;
             self.base_mut().call_deferred("_frame", &[]);
         }
     }
 }
 
-/// Ticks every open save once this frame (whichever of our nodes comes first).
+/// Ticks every open save once this frame (whichever node's `_frame` comes first).
 pub fn tick_slots() {
     let frame = Engine::singleton().get_process_frames();
     save_slot::tick_all(
@@ -467,7 +471,10 @@ impl LocalPlayerData {
     /// handler may free the node safely.
     #[func(gd_self)]
     fn _frame(mut this: Gd<Self>) {
-        this.bind_mut().frame_queued = false;
+        let frame = Engine::singleton().get_process_frames();
+        if std::mem::replace(&mut this.bind_mut().frame_ran, frame) == frame {
+            return; // once a frame (a script calling it again changes nothing)
+        }
         tick_slots();
         if this.is_instance_valid() {
             Self::emit_pending(&mut this);
@@ -497,7 +504,7 @@ impl LocalPlayerData {
     }
 
     /// The open save, opening it on first use. `None` (with `load_error`
-    /// set and `load_failed` queued for the next frame) when it cannot be.
+    /// set and `load_failed` queued for the next `_frame`) when it cannot be.
     pub fn slot(&mut self) -> Option<SlotRef> {
         if self.in_editor {
             return None;

@@ -71,7 +71,7 @@ pub struct MarketRequest {
     /// before it did ends it too.
     ends_on_failure: bool,
     /// Refused before reaching the server: its answer is decided (it comes
-    /// next frame), so there is no wait to give up.
+    /// end of the frame), so there is no wait to give up.
     refused: bool,
     /// The save (its serial) whose session carries it (none: refused
     /// before any did).
@@ -144,7 +144,7 @@ impl MarketRequest {
     /// `LocalPlayerData`, and a trade shows in `get_pending_trades()`
     /// meanwhile — or `"cancelled"` for a read (its answer is dropped).
     /// Nothing is undone. A request refused before it was sent keeps its
-    /// refusal (it comes next frame). Returns this request, to await in one
+    /// refusal (it comes at the end of the frame). Returns this request, to await in one
     /// line:
     /// `var r: MarketResult = await market.buy_listing(id, price).give_up_after(5.0).completed`.
     #[func]
@@ -224,7 +224,7 @@ pub fn local_id() -> i64 {
 
 /// A new pending request made by `method` on the save `slot` (its
 /// serial); `refused`: it failed before reaching the session, so its
-/// failure (reported next frame) ends it.
+/// failure (reported at the end of the frame, never inside the call) ends it.
 pub fn track(id: i64, method: &'static str, refused: bool, slot: Option<u64>) -> Gd<MarketRequest> {
     let request = Gd::from_init_fn(|base| MarketRequest {
         id,

@@ -13,7 +13,7 @@
 //! - A freed node detaches and the slot stays (nothing blocks the frame): a
 //!   new scene's nodes on the same save pick it up where it was, trades in
 //!   flight included.
-//! - Every frame the first of our nodes to process ticks every slot once, so
+//! - Every frame the first of our nodes' `_frame` ticks every slot once, so
 //!   trades keep settling while *any* of our nodes exists, paused tree
 //!   included.
 //! - Quitting the game (the extension's deinitialisation) shuts every slot
@@ -187,7 +187,7 @@ pub fn close(slot: &SlotRef) {
 }
 
 /// Ticks every open slot once for `frame` (the engine's process frame
-/// counter): what the first of our nodes to process each frame does.
+/// counter): what the first of our nodes' `_frame` each frame does.
 pub fn tick_all(frame: u64, max_events: usize, budget: Duration) {
     if TICKED.with(|t| t.replace(frame)) != frame {
         // Once a frame, before new answers come in.
