@@ -198,7 +198,7 @@ impl INode for TradingMarketplace {
                 1.0,
                 1e9,
             ),
-            live: project_default("live").map_or(true, |v| v != 0.0),
+            live: project_default("live") != Some(0.0),
             watched_items: PackedStringArray::new(),
             slot: None,
             data_id: None,
