@@ -12,13 +12,14 @@
 //! they still name one; entries are sorted and dated with the commit's time.
 //! A rebuild in the same clone gives the same zip, and the Linux libraries
 //! are byte-identical from any clone with the same toolchain. The Windows
-//! DLL (no timestamp, no symbol table) is not yet: two builds of one commit
-//! into two target directories differ in the import table's order (the
-//! DLLs rustc's raw-dylib import libraries name — `kernel32.dll`,
-//! `ntdll.dll`, `ws2_32.dll`, `api-ms-win-core-synch-l1-2-0.dll` — come
-//! first in one and last in the other: those libraries are written under
-//! random temp names) *and* in `.text` (3,328 bytes on 2026-12-02, rustc
-//! 1.95), so code layout differs too; both still to be pinned down. `dist/…zip.sha256` is written next
+//! DLL (no timestamp, no symbol table) is not yet: two clones' builds of
+//! one source (measured 2026-12-02, rustc 1.95) have the same size and
+//! sections and differ only in the import table's order — the DLLs the
+//! raw-dylib imports name (`kernel32.dll`, `ntdll.dll`, `ws2_32.dll`,
+//! `api-ms-win-core-synch-l1-2-0.dll`) come first in one and last in the
+//! other (4,910 bytes differ). rustc writes those import libraries itself
+//! (no `dlltool`) under temp names; pinning that down is still to do.
+//! `dist/…zip.sha256` is written next
 //! to it.
 
 use std::collections::BTreeMap;
