@@ -17,7 +17,7 @@ use crate::data::{
     MarketItemMatch, MarketItemSummary, MarketListing, MarketNotification, MarketOrder,
     MarketPendingTrade, MarketPriceHistory, MarketPurchase, MarketResult,
 };
-use crate::player_data::{tick_slots, LocalPlayerData};
+use crate::player_data::{tick_slots, FrameGate, LocalPlayerData};
 use crate::request::{self, MarketRequest};
 use crate::save_slot::{self, SlotRef};
 
@@ -148,10 +148,8 @@ pub struct TradingMarketplace {
     next_cursor: Option<String>,
     /// Running inside the editor (asked once: the answer never changes).
     in_editor: bool,
-    /// The process frame `_frame` was last queued for, and last ran in
-    /// (once a frame, whatever happens to a queued call).
-    frame_queued: u64,
-    frame_ran: u64,
+    /// When `_frame` is queued and runs.
+    frame: FrameGate,
     base: Base<Node>,
 }
 
@@ -206,8 +204,7 @@ impl INode for TradingMarketplace {
             local_failures: VecDeque::new(),
             next_cursor: None,
             in_editor: Engine::singleton().is_editor_hint(),
-            frame_queued: u64::MAX,
-            frame_ran: u64::MAX,
+            frame: FrameGate::default(),
             base,
         }
     }
@@ -216,9 +213,7 @@ impl INode for TradingMarketplace {
         // The frame's signals go out from `_frame`, a deferred call that
         // holds no borrow of this node while a handler runs: a handler (or
         // an awaiting script) may even free the node.
-        let frame = Engine::singleton().get_process_frames();
-        if self.frame_queued != frame {
-            self.frame_queued = frame;
+        if self.frame.queue() {
             self.base_mut().call_deferred("_frame", &[]);
         }
         if self.in_editor {
@@ -432,9 +427,8 @@ impl TradingMarketplace {
     /// from `await`, may free the node safely.
     #[func(gd_self)]
     fn _frame(mut this: Gd<Self>) {
-        let frame = Engine::singleton().get_process_frames();
-        if std::mem::replace(&mut this.bind_mut().frame_ran, frame) == frame {
-            return; // once a frame (a script calling it again changes nothing)
+        if !this.bind_mut().frame.run() {
+            return;
         }
         if !this.bind().in_editor {
             tick_slots();
@@ -1559,19 +1553,22 @@ impl TradingMarketplace {
     }
 }
 
-/// The project setting naming the marketplace server.
-pub const SERVER_URL_SETTING: &str = "trading_marketplace/server_url";
-
 /// `trading_marketplace/<name>` with its feature-tag override for this
-/// build, as a number (a `bool` is 0 or 1), if the project sets one; a
-/// value of another type is warned about and ignored.
-fn project_default(name: &str) -> Option<f64> {
+/// build (`.debug`, `.release`, a custom tag), if the project sets it.
+fn project_setting(name: &str) -> Option<(String, Variant)> {
     let key = format!("trading_marketplace/{name}");
     let settings = ProjectSettings::singleton();
     if !settings.has_setting(&key) {
         return None;
     }
     let value = settings.get_setting_with_override(&key);
+    Some((key, value))
+}
+
+/// A node default from the project (see `project_setting`), as a number (a
+/// `bool` is 0 or 1); a value of another type is warned about and ignored.
+fn project_default(name: &str) -> Option<f64> {
+    let (key, value) = project_setting(name)?;
     let number = value
         .try_to::<f64>()
         .ok()
@@ -1583,16 +1580,9 @@ fn project_default(name: &str) -> Option<f64> {
     number
 }
 
-/// `trading_marketplace/server_url` with its feature-tag override for this
-/// build (`.debug`, `.release`, a custom tag), if the project sets one.
+/// The project's `server_url` (see `project_setting`), if set and not empty.
 fn project_server_url() -> Option<GString> {
-    let settings = ProjectSettings::singleton();
-    if !settings.has_setting(SERVER_URL_SETTING) {
-        return None;
-    }
-    settings
-        .get_setting_with_override(SERVER_URL_SETTING)
-        .try_to::<GString>()
-        .ok()
+    project_setting("server_url")
+        .and_then(|(_, url)| url.try_to::<GString>().ok())
         .filter(|url| !url.is_empty())
 }

@@ -75,10 +75,8 @@ pub struct LocalPlayerData {
     /// Running inside the editor: the node is only edited there — no file
     /// is opened, nothing ticks; the scene dock shows its warnings.
     in_editor: bool,
-    /// The process frame `_frame` was last queued for, and last ran in
-    /// (once a frame, whatever happens to a queued call).
-    frame_queued: u64,
-    frame_ran: u64,
+    /// When `_frame` is queued and runs.
+    frame: FrameGate,
     base: Base<Node>,
 }
 
@@ -96,8 +94,7 @@ impl INode for LocalPlayerData {
             load_error: None,
             unsent_load_failures: VecDeque::new(),
             in_editor: Engine::singleton().is_editor_hint(),
-            frame_queued: u64::MAX,
-            frame_ran: u64::MAX,
+            frame: FrameGate::default(),
             base,
         }
     }
@@ -119,11 +116,41 @@ impl INode for LocalPlayerData {
         // The frame's signals go out from `_frame`, a deferred call that
         // holds no borrow of this node while a handler runs: a handler (or
         // a script resuming from `await`) may even free the node.
-        let frame = Engine::singleton().get_process_frames();
-        if !self.in_editor && self.frame_queued != frame {
-            self.frame_queued = frame;
+        if !self.in_editor && self.frame.queue() {
             self.base_mut().call_deferred("_frame", &[]);
         }
+    }
+}
+
+/// When a node's deferred `_frame` runs: queued at most once a frame from
+/// `_process`, run at most once a frame (by the frame counter, not a flag,
+/// so a dropped deferred call cannot stall the node, and a script calling
+/// `_frame` again changes nothing).
+pub struct FrameGate {
+    queued: u64,
+    ran: u64,
+}
+
+impl Default for FrameGate {
+    fn default() -> FrameGate {
+        FrameGate {
+            queued: u64::MAX,
+            ran: u64::MAX,
+        }
+    }
+}
+
+impl FrameGate {
+    /// True the first time this frame: queue `_frame` now.
+    pub fn queue(&mut self) -> bool {
+        let frame = Engine::singleton().get_process_frames();
+        std::mem::replace(&mut self.queued, frame) != frame
+    }
+
+    /// True the first time this frame: run `_frame`'s work.
+    pub fn run(&mut self) -> bool {
+        let frame = Engine::singleton().get_process_frames();
+        std::mem::replace(&mut self.ran, frame) != frame
     }
 }
 
@@ -231,13 +258,7 @@ impl LocalPlayerData {
     /// Item id → count.
     #[func]
     fn get_inventory(&mut self) -> VarDictionary {
-        self.read(VarDictionary::new(), |s| {
-            let mut d = VarDictionary::new();
-            for (item, count) in &s.state().inventory {
-                d.set(item.as_str(), *count);
-            }
-            d
-        })
+        self.read(VarDictionary::new(), |s| data::counts(&s.state().inventory))
     }
 
     /// Adds `n` ≥ 1 items. Returns `""` when done; otherwise a code,
@@ -471,9 +492,8 @@ impl LocalPlayerData {
     /// handler may free the node safely.
     #[func(gd_self)]
     fn _frame(mut this: Gd<Self>) {
-        let frame = Engine::singleton().get_process_frames();
-        if std::mem::replace(&mut this.bind_mut().frame_ran, frame) == frame {
-            return; // once a frame (a script calling it again changes nothing)
+        if !this.bind_mut().frame.run() {
+            return;
         }
         tick_slots();
         if this.is_instance_valid() {
