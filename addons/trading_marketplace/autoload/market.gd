@@ -16,15 +16,18 @@ extends Node
 @onready var market: TradingMarketplace = $Marketplace
 
 
+const Messages := preload("res://addons/trading_marketplace/translations/messages.gd")
+
+
 func _enter_tree() -> void:
 	# Every error code's message, in English and German (tr("ERR_<CODE>")).
-	preload("res://addons/trading_marketplace/translations/messages.gd").install()
+	Messages.install()
 
 
 ## What to tell the player about a failed result: the translation of its
 ## code (`ERR_<CODE>`; English and German ship with the addon). `""` when ok.
 func message_for(result: MarketResult) -> String:
-	return "" if result.ok else tr("ERR_" + result.code.to_upper())
+	return "" if result.ok else tr(Messages.key_for(result.code))
 
 
 ## Calls `callback(result)` once `request` completes — unless the object

@@ -3,8 +3,7 @@ extends RefCounted
 ## sample's few words, in English and German.
 ##
 ## `install()` adds them to the TranslationServer (the addon's autoload
-## does it at start): `tr("ERR_" + result.code.to_upper())` then gives the
-## player's language. They are Translation resources (`.tres`) so they
+## does it at start): `tr(key_for(code))` then gives the player's language. They are Translation resources (`.tres`) so they
 ## load in every build without an import step; add a language by copying
 ## one, setting `locale` and translating the values, and listing it below.
 
@@ -15,6 +14,11 @@ const FILES: PackedStringArray = [
 
 
 static var _installed := false
+
+
+## The translation key of an error code: `"already_sold"` → `"ERR_ALREADY_SOLD"`.
+static func key_for(code: String) -> String:
+	return "ERR_" + code.to_upper()
 
 
 ## Adds the addon's translations once (later calls do nothing).

@@ -22,6 +22,7 @@ extends Control
 ## Listings per page.
 @export_range(1, 100) var page_size := 20
 
+const Messages := preload("res://addons/trading_marketplace/translations/messages.gd")
 const ROW := preload("res://addons/trading_marketplace/samples/minimal_shop/listing_row.tscn")
 
 @onready var data: LocalPlayerData = $Data
@@ -41,7 +42,7 @@ var _cursor := ""
 
 func _ready() -> void:
 	# The messages of every code (the addon's autoload does this too).
-	preload("res://addons/trading_marketplace/translations/messages.gd").install()
+	Messages.install()
 	data.save_path = save_path
 	if server_url != "":
 		market.server_url = server_url
@@ -50,7 +51,7 @@ func _ready() -> void:
 	market.listings_updated.connect(_on_listings_updated)
 	market.purchase_succeeded.connect(_on_purchase_succeeded)
 	market.purchase_failed.connect(_on_purchase_failed)
-	market.request_failed.connect(func(_request_id: int, code: String, _message: String) -> void: _show("ERR_" + code.to_upper()))
+	market.request_failed.connect(func(_request_id: int, code: String, _message: String) -> void: _show(Messages.key_for(code)))
 	market.market_listing_changed.connect(_on_listing_changed)
 	%Refresh.pressed.connect(refresh)
 	more_button.pressed.connect(next_page)
@@ -117,7 +118,7 @@ func _on_purchase_succeeded(_request_id: int, purchase: MarketPurchase) -> void:
 
 
 func _on_purchase_failed(_request_id: int, listing_id: int, code: String, _message: String, _current_price: int) -> void:
-	_show("ERR_" + code.to_upper())
+	_show(Messages.key_for(code))
 	var row = rows.get(listing_id)
 	if row != null:
 		row.set_busy(false)
