@@ -67,6 +67,7 @@ mod stream;
 pub use auth::TokenSigner;
 pub use books::{audit as audit_connection, AuditReport};
 pub use config::Config;
+pub use console::utc_time;
 pub use db::{audit, new_server_id, Backend, Db};
 
 /// Shared state of every handler; cheap to clone.

@@ -162,8 +162,8 @@ pub fn sparkline(label: &str, points: &[f64]) -> String {
     )
 }
 
+/// Unix seconds as UTC `YYYY-MM-DD HH:MM:SS` (civil from days).
 pub fn time(at: i64) -> String {
-    // Unix seconds as UTC "YYYY-MM-DD HH:MM:SS" (civil from days).
     let days = at.div_euclid(86_400);
     let secs = at.rem_euclid(86_400);
     let z = days + 719_468;

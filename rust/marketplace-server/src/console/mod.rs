@@ -23,6 +23,8 @@
 //!   rows (a grant, a listing's return) whose request id is the session's.
 
 mod html;
+
+pub use html::time as utc_time;
 mod pages;
 
 use std::collections::HashMap;

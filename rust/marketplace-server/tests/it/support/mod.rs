@@ -429,16 +429,6 @@ pub async fn count(db: &TestDb, table: &str) -> i64 {
 
 /// Today's UTC date, `YYYY-MM-DD`.
 pub fn today() -> String {
-    let days = marketplace_server::now_secs().div_euclid(86_400);
-    // Civil from days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    let at = marketplace_server::utc_time(marketplace_server::now_secs());
+    at[..10].to_string()
 }
