@@ -386,6 +386,41 @@ func check_giving_up(seller: Dictionary, alice: Dictionary) -> void:
 	for i in 3:
 		await get_tree().process_frame
 	check(quick.result == quick_result and quick_result.code != "cancelled", "giving up after the answer came changes nothing")
+	# Game life: a paused tree (a pause menu) still cancels and gives up.
+	get_tree().paused = true
+	var paused_read: MarketRequest = alice.market.refresh_listings({})
+	paused_read.cancel()
+	var paused_cancel: MarketResult = await paused_read.completed
+	var paused_wait: MarketResult = await alice.market.refresh_market_account().give_up_after(0.0).completed
+	get_tree().paused = false
+	check(paused_cancel.code == "cancelled" and paused_wait.code == "cancelled", "with the tree paused, cancel and give_up_after still end the wait")
+	# Game life: the scene that asked is gone before the answer (a scene
+	# change mid-trade): Market.on_done calls no freed object, the trade settles.
+	seller.data.add_item("leaving_token", 1)
+	var lot: MarketResult = await seller.market.create_listing("leaving_token", 1, 4).completed
+	var scene_script := GDScript.new()
+	scene_script.source_code = "extends Node\nsignal told\nfunc on_result(_r) -> void:\n\ttold.emit()\n"
+	scene_script.reload()
+	var scene := Node.new()
+	scene.set_script(scene_script)
+	add_child(scene)
+	var told := [0]
+	scene.told.connect(func(): told[0] += 1)
+	var stays := Node.new()
+	stays.set_script(scene_script)
+	add_child(stays)
+	var stays_told := [0]
+	stays.told.connect(func(): stays_told[0] += 1)
+	var market_autoload: Node = get_node("/root/Market")
+	var bought: MarketRequest = alice.market.buy_listing(lot.listing.id, 4)
+	market_autoload.on_done(bought, Callable(scene, "on_result"))
+	market_autoload.on_done(bought, Callable(stays, "on_result"))
+	scene.free()
+	check(await until(func(): return alice.data.get_item_count("leaving_token") == 1), "the scene left mid-trade: the purchase settles all the same")
+	for i in 3:
+		await get_tree().process_frame
+	check(told[0] == 0 and stays_told[0] == 1, "and on_done calls back the scene that stayed, nothing on the freed one")
+	stays.queue_free()
 
 
 ## A handler may queue_free() the node that emitted, and a script resuming
