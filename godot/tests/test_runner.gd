@@ -239,6 +239,8 @@ func run_all() -> void:
 	await check_second_node_on_one_save(alice)
 	await check_save_slot_chosen_in_parent_ready()
 	await check_request_survives_slot_switch()
+	await check_cancelled_read_across_slot_switch()
+	await check_save_folder_gone()
 	await check_damaged_save_reported_to_ready_connection()
 	await check_scene_change_with_trade_in_flight(seller)
 	await check_server_grants()
@@ -640,6 +642,56 @@ func check_request_survives_slot_switch() -> void:
 	check(pending.done, "the read's request still completes after the switch (%s)" % pending.result)
 	p.market.queue_free()
 	p.data.queue_free()
+	await get_tree().process_frame
+
+
+## A read cancelled, then its save closed: it completes once (cancelled),
+## and its answer never becomes a signal.
+func check_cancelled_read_across_slot_switch() -> void:
+	var p := make_player("canceller", 0)
+	var login: MarketResult = await p.market.login("dev-canceller-%s" % run_id, "canceller").completed
+	check(login.ok, "a player logs in before cancelling a read")
+	var completions := [0]
+	var pending: MarketRequest = p.market.refresh_listings({})
+	pending.completed.connect(func(_r): completions[0] += 1)
+	check(pending.cancel(), "the read is cancelled")
+	check(p.data.change_save_path(save_file("canceller_2")) == "", "the save switches with the cancelled read in flight")
+	await until(func(): return pending.done, 5.0)
+	for i in 30:
+		await get_tree().process_frame
+	check(pending.done and pending.result.code == "cancelled" and completions[0] == 1, "a cancelled read across a save switch completes once, cancelled (%s, %d)" % [pending.result, completions[0]])
+	var heard := events("canceller", "listings_updated").filter(func(e): return e[0] == pending.id)
+	check(heard.is_empty(), "its answer is not signalled after the switch")
+	p.market.queue_free()
+	p.data.queue_free()
+	await get_tree().process_frame
+
+
+## The save's folder disappears under a running game (a removed USB stick,
+## a cloud-sync client moving it): flush() says save_failed, nothing in
+## memory is lost, and the write goes through once the folder is back.
+func check_save_folder_gone() -> void:
+	var folder := "user://checks_%s/vanishing" % run_id
+	DirAccess.make_dir_recursive_absolute(folder)
+	var path := folder + "/save.json"
+	var data := LocalPlayerData.new()
+	data.save_path = path
+	add_child(data)
+	check(data.add_credits(10) == "" and data.flush() == "", "a save in its own folder is written")
+	var moved := folder + "_moved"
+	check(DirAccess.rename_absolute(folder, moved) == OK, "the save's folder is moved away")
+	check(data.add_credits(5) == "", "a change is taken while the folder is gone")
+	check(data.flush() == "save_failed", "flush() answers save_failed when the write cannot happen")
+	check(data.get_credits() == 15, "nothing in memory is lost (%d)" % data.get_credits())
+	check(DirAccess.rename_absolute(moved, folder) == OK, "the folder comes back")
+	check(data.flush() == "", "the next flush writes it")
+	data.queue_free()
+	await get_tree().process_frame
+	var again := LocalPlayerData.new()
+	again.save_path = path
+	add_child(again)
+	check(again.get_credits() == 15 and again.validate_inventory().is_empty(), "the save read back has every credit (%d)" % again.get_credits())
+	again.queue_free()
 	await get_tree().process_frame
 
 

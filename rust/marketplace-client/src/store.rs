@@ -1223,7 +1223,10 @@ impl PlayerStore {
             self.save_wanted = false;
             return;
         }
-        let deltas = std::mem::take(&mut self.deltas);
+        // The next frame's batch starts as large as this one was, so a burst
+        // of trades does not regrow it call by call on the main thread.
+        let room = self.deltas.len();
+        let deltas = std::mem::replace(&mut self.deltas, Vec::with_capacity(room));
         writer.hand_over(self.generation, deltas, retry || force);
         self.handed = self.generation;
         self.stats.snapshots += 1;

@@ -202,10 +202,14 @@ pub fn build(
             How::Cargo => {
                 cmd.arg("build");
                 if platform.dir == "windows-x86_64" {
+                    // This very binary links (see `link_relative`), so the
+                    // DLL does not depend on where the target directory is.
                     cmd.env(
                         "CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER",
-                        "x86_64-w64-mingw32-gcc",
+                        std::env::current_exe()?,
                     )
+                    .env(LINK_WITH, "x86_64-w64-mingw32-gcc")
+                    .env(LINK_FROM, target_dir)
                     .env("CC_x86_64_pc_windows_gnu", "x86_64-w64-mingw32-gcc")
                     .env("AR_x86_64_pc_windows_gnu", "x86_64-w64-mingw32-ar");
                 }
@@ -259,6 +263,57 @@ pub fn build(
         }
     }
     Ok(lib)
+}
+
+/// Set (to the real linker) when this binary is run as the Windows
+/// linker; [`LINK_FROM`] names the target directory.
+pub const LINK_WITH: &str = "XTASK_LINK_WITH";
+pub const LINK_FROM: &str = "XTASK_LINK_FROM";
+
+/// Runs the real linker from the target directory, with every path under
+/// it made relative to it.
+///
+/// Why: GNU ld lays out a DLL's import table in the order of the *names*
+/// of the files the imports come from (`SORT_BY_NAME(*)(.idata$2)` in its
+/// PE script). Some come from the toolchain (`~/.rustup/…/libstd-….rlib`,
+/// `/usr/…/mingw/lib/libkernel32.a`), and some from crates built in the
+/// target directory (rustc keeps a raw-dylib crate's import library in its
+/// rlib). So a target directory under `/tmp` put those imports first and
+/// one under `/work` last: two clones, two DLLs. Relative, they are
+/// `x86_64-pc-windows-gnu/…` wherever the clone is, and always sort after
+/// the toolchain's absolute paths.
+pub fn link_relative(real: &std::ffi::OsStr, base: &Path) -> std::process::ExitCode {
+    let prefix = format!("{}/", base.display());
+    let relative = |text: &str| text.replace(&prefix, "");
+    let mut args = Vec::new();
+    for arg in std::env::args_os().skip(1) {
+        let Some(text) = arg.to_str() else {
+            args.push(arg);
+            continue;
+        };
+        match text.strip_prefix('@') {
+            // A response file (long command lines): the same, inside it.
+            Some(file) => {
+                let rewritten = format!("{file}.relative");
+                let done = std::fs::read_to_string(file)
+                    .and_then(|body| std::fs::write(&rewritten, relative(&body)));
+                if let Err(e) = done {
+                    eprintln!("xtask link: cannot rewrite {file}: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+                args.push(format!("@{rewritten}").into());
+            }
+            None => args.push(relative(text).into()),
+        }
+    }
+    match Command::new(real).args(&args).current_dir(base).status() {
+        Ok(status) if status.success() => std::process::ExitCode::SUCCESS,
+        Ok(status) => std::process::ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8),
+        Err(e) => {
+            eprintln!("xtask link: cannot run {}: {e}", real.to_string_lossy());
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 pub fn cargo_home() -> PathBuf {

@@ -11,6 +11,9 @@
 //!   demo project (`godot/addons/`, which git ignores).
 //! - `cross <platform>`: build one platform's library from here (Linux
 //!   arm64, Windows, macOS…) and check it; CI checks the Windows DLL so.
+//! - `reproduce <platform>`: two release builds of that library whose target
+//!   directories sit in different places (as two clones' do) must be the
+//!   same bytes.
 //! - `package`: every platform's libraries and the release zip in `dist/`;
 //!   `--check` also runs the Godot suite on the unpacked zip.
 //! - `screenshot`: the demo in a real window (Xvfb, Mesa), recorded with
@@ -63,6 +66,8 @@ const USAGE: &str = "usage: cargo xtask <command> [options]
   test [--no-postgres]               run every test (starts a throwaway PostgreSQL cluster)
   build-addon                        build this machine's addon library (debug + release) and copy the addon into godot/addons/
   cross PLATFORM [--profile P]       build one platform's library (linux-x86_64, linux-arm64, windows-x86_64, macos) and check it
+  reproduce PLATFORM                 build one platform's release library in two target directories (one under the clone,
+                                     one under the system's temp dir) and check the two are the same bytes
   package [--only P1,P2] [--check]   build every platform (debug + release), write dist/trading_marketplace-<version>.zip + .sha256;
                                      --check: run the Godot suite on the unpacked zip (needs GDRUST_GODOT_BIN)
   screenshot                         record the demo under Xvfb (needs GDRUST_GODOT_BIN built with x11 and opengl3) into docs/demo.png
@@ -71,6 +76,13 @@ const USAGE: &str = "usage: cargo xtask <command> [options]
   postgres [--fsync]                 start a throwaway PostgreSQL cluster, print its URL, wait for Enter";
 
 fn main() -> ExitCode {
+    if let (Some(real), Some(base)) = (
+        std::env::var_os(cross::LINK_WITH),
+        std::env::var_os(cross::LINK_FROM),
+    ) {
+        // Run by rustc as the Windows linker (see `cross::link_relative`).
+        return cross::link_relative(&real, std::path::Path::new(&base));
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
@@ -78,6 +90,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("build-addon") => build_addon(),
         Some("cross") => cross_one(&args[1..]),
+        Some("reproduce") => reproduce(&args[1..]),
         Some("package") => package::package(&args[1..]),
         Some("screenshot") => screenshot::screenshot(),
         Some("bench") => bench(),
@@ -204,6 +217,37 @@ fn cross_one(args: &[String]) -> Result<()> {
         lib.display(),
         platform.dir
     );
+    Ok(())
+}
+
+/// Two release builds of one platform's library that differ in where
+/// their target directory is (as two clones' builds do): the same bytes,
+/// or an error naming both digests.
+fn reproduce(args: &[String]) -> Result<()> {
+    let platform = cross::platform(args.first().ok_or("reproduce needs a platform")?)?;
+    let dirs = [
+        workspace_root().join("target/reproduce"),
+        std::env::temp_dir().join(format!(
+            "trading-marketplace-reproduce-{}",
+            std::process::id()
+        )),
+    ];
+    let mut digests = Vec::new();
+    for dir in &dirs {
+        let lib = cross::build(platform, "release", dir, true)?;
+        let digest = package::sha256_hex(&std::fs::read(&lib)?);
+        eprintln!("xtask: {digest}  {}", lib.display());
+        digests.push(digest);
+    }
+    let _ = std::fs::remove_dir_all(&dirs[1]);
+    if digests[0] != digests[1] {
+        return Err(format!(
+            "{}: the two builds differ ({} and {})",
+            platform.dir, digests[0], digests[1]
+        )
+        .into());
+    }
+    eprintln!("xtask: {}: both builds are the same bytes", platform.dir);
     Ok(())
 }
 

@@ -10,15 +10,14 @@
 //! Reproducible: libraries are built with local paths remapped
 //! (`--remap-path-prefix`, the target directory included) and refused if
 //! they still name one; entries are sorted and dated with the commit's time.
-//! A rebuild in the same clone gives the same zip, and the Linux libraries
-//! are byte-identical from any clone with the same toolchain. The Windows
-//! DLL (no timestamp, no symbol table) is not yet: two clones' builds of
-//! one source (measured 2026-12-02, rustc 1.95) have the same size and
-//! sections and differ only in the import table's order — the DLLs the
-//! raw-dylib imports name (`kernel32.dll`, `ntdll.dll`, `ws2_32.dll`,
-//! `api-ms-win-core-synch-l1-2-0.dll`) come first in one and last in the
-//! other (4,910 bytes differ). rustc writes those import libraries itself
-//! (no `dlltool`) under temp names; pinning that down is still to do.
+//! A rebuild in the same clone gives the same zip, and the Linux and
+//! Windows libraries are byte-identical from any clone with the same
+//! toolchain (`cargo xtask reproduce <platform>` checks one; the macOS
+//! dylib has not been checked across clones). The Windows DLL takes
+//! one more step: GNU ld orders its import table by the names of the files
+//! the imports come from, so it is linked from inside the target directory
+//! with relative paths (`cross::link_relative`); before that, a target
+//! directory under `/tmp` and one under `/work` gave two import orders.
 //! `dist/…zip.sha256` is written next
 //! to it.
 
