@@ -18,6 +18,7 @@
 
 pub mod client;
 pub mod error;
+pub mod ids;
 pub mod paths;
 pub mod persist;
 pub mod recovery;

@@ -404,8 +404,8 @@ struct Index {
     /// Ids this save numbers itself: a fast unkeyed hasher is safe.
     hold_owner: rustc_hash::FxHashMap<HoldId, OpId>,
     /// Listing → journaled purchases of it.
-    /// Keyed by the server's listing ids: the default (keyed) hasher.
-    purchases: HashMap<i64, u32>,
+    /// Keyed by the server's listing ids: a keyed hasher.
+    purchases: crate::ids::IdMap<i64, u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1045,8 +1045,14 @@ impl TradingMarketplace {
     /// Attaches to the save of `player_data` (again, if it changed: another
     /// node, or the node switched files), with this node's settings.
     fn attach(&mut self) -> Result<SlotRef, ClientError> {
-        let node = self.player_data.clone().filter(|n| n.is_instance_valid());
-        let Some(mut node) = node else {
+        // Every trade call comes through here: no clone of the node (a
+        // reference count and a type check) unless its save must be opened.
+        let id = self
+            .player_data
+            .as_ref()
+            .filter(|n| n.is_instance_valid())
+            .map(|n| n.instance_id());
+        let Some(id) = id else {
             // The data node is gone (freed with its scene): keep trading on
             // the save last used until `player_data` names another node.
             if let Some((slot, _)) = &self.slot {
@@ -1059,8 +1065,11 @@ impl TradingMarketplace {
                 "TradingMarketplace.player_data must point to a LocalPlayerData node",
             ));
         };
-        let id = node.instance_id();
-        let current = save_slot::slot_of(id).or_else(|| node.bind_mut().slot());
+        let current = save_slot::slot_of(id).or_else(|| {
+            let mut node = self.player_data.clone()?;
+            let slot = node.bind_mut().slot();
+            slot
+        });
         let Some(current) = current else {
             return Err(ClientError::new(
                 ErrorCode::InvalidArgument,

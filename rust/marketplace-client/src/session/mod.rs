@@ -360,7 +360,7 @@ pub struct TradingSession {
     collects: HashMap<RequestId, orders::CollectProgress>,
     /// Listing → units remaining, as the last page or listing read showed
     /// them: what "buy the whole lot" means for a listing.
-    lots: HashMap<i64, i64>,
+    lots: crate::ids::IdMap<i64, i64>,
     /// Durable trades never sent and not bound to a market yet: they wait
     /// for a login to say where they belong.
     unbound: Vec<Unsent>,
@@ -434,7 +434,7 @@ impl TradingSession {
             refusals: VecDeque::new(),
             claims: HashMap::new(),
             collects: HashMap::new(),
-            lots: HashMap::new(),
+            lots: crate::ids::IdMap::default(),
             unbound: Vec::new(),
             quiet_login: None,
             next_quiet_login: Instant::now(),
