@@ -284,7 +284,8 @@ func _on_listing_changed(change: String, listing: MarketListing) -> void:
 
 
 func _on_live_changed(live: bool, reason: String) -> void:
-	live_label.text = "● live" if live else "○ reconnecting (%s)" % reason.replace("_", " ")
+	# Plain words: the default font has no ● or ○ (the picture showed a box).
+	live_label.text = "live" if live else "reconnecting (%s)" % reason.replace("_", " ")
 	live_label.add_theme_color_override("font_color", GOOD if live else HOLD)
 
 

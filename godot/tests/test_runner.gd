@@ -662,6 +662,10 @@ func check_cancelled_read_across_slot_switch() -> void:
 	check(pending.done and pending.result.code == "cancelled" and completions[0] == 1, "a cancelled read across a save switch completes once, cancelled (%s, %d)" % [pending.result, completions[0]])
 	var heard := events("canceller", "listings_updated").filter(func(e): return e[0] == pending.id)
 	check(heard.is_empty(), "its answer is not signalled after the switch")
+	var fresh: MarketRequest = p.market.refresh_listings({})
+	var fresh_result: MarketResult = await fresh.completed
+	var fresh_heard := events("canceller", "listings_updated").filter(func(e): return e[0] == fresh.id)
+	check(fresh_result.ok and fresh_heard.size() == 1 and completions[0] == 1, "a read on the new save is answered and signalled once; the cancelled one stays silent (%s)" % fresh_result.message)
 	p.market.queue_free()
 	p.data.queue_free()
 	await get_tree().process_frame
@@ -671,6 +675,10 @@ func check_cancelled_read_across_slot_switch() -> void:
 ## a cloud-sync client moving it): flush() says save_failed, nothing in
 ## memory is lost, and the write goes through once the folder is back.
 func check_save_folder_gone() -> void:
+	if OS.has_feature("windows"):
+		# Windows refuses to move a folder holding the save's open lock file.
+		print("  skip  the save folder check: a folder with an open file cannot be moved on Windows")
+		return
 	var folder := "user://checks_%s/vanishing" % run_id
 	DirAccess.make_dir_recursive_absolute(folder)
 	var path := folder + "/save.json"

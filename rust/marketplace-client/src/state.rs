@@ -949,14 +949,12 @@ impl PlayerState {
     pub fn new_key(&self) -> String {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let bits: u128 = rand::random();
-        let mut digits = [0u8; 32];
-        for (i, digit) in digits.iter_mut().enumerate() {
-            *digit = HEX[(bits >> (124 - 4 * i)) as usize & 0xf];
-        }
         let mut key = String::with_capacity(self.save_id.len() + 33);
         key.push_str(&self.save_id);
         key.push('.');
-        key.push_str(std::str::from_utf8(&digits).unwrap_or_default());
+        for i in 0..32 {
+            key.push(char::from(HEX[(bits >> (124 - 4 * i)) as usize & 0xf]));
+        }
         key
     }
 

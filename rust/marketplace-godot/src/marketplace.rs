@@ -1046,7 +1046,7 @@ impl TradingMarketplace {
     /// node, or the node switched files), with this node's settings.
     fn attach(&mut self) -> Result<SlotRef, ClientError> {
         // Every trade call comes through here: no clone of the node (a
-        // reference count and a type check) unless its save must be opened.
+        // type check in gdext) unless its save must be opened.
         let id = self
             .player_data
             .as_ref()

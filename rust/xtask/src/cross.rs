@@ -283,8 +283,33 @@ pub const LINK_FROM: &str = "XTASK_LINK_FROM";
 /// `x86_64-pc-windows-gnu/…` wherever the clone is, and always sort after
 /// the toolchain's absolute paths.
 pub fn link_relative(real: &std::ffi::OsStr, base: &Path) -> std::process::ExitCode {
-    let prefix = format!("{}/", base.display());
-    let relative = |text: &str| text.replace(&prefix, "");
+    let fail = |message: String| {
+        eprintln!("xtask link: {message}");
+        std::process::ExitCode::FAILURE
+    };
+    // `/build/target/` and `/build/target` name one directory.
+    let base_text = base.to_string_lossy();
+    let prefix = format!("{}/", base_text.trim_end_matches('/'));
+    let mut rewritten = 0usize;
+    // A path under the target directory, alone or as an option's value
+    // (`-L…`, `-o…`, `…=path`, `…,path`): made relative; nothing else is
+    // touched.
+    let mut relative = |arg: &str| -> String {
+        for lead in ["", "-L", "-o"] {
+            if let Some(rest) = arg.strip_prefix(lead).and_then(|a| a.strip_prefix(&prefix)) {
+                rewritten += 1;
+                return format!("{lead}{rest}");
+            }
+        }
+        for sep in ['=', ','] {
+            let needle = format!("{sep}{prefix}");
+            if arg.contains(&needle) {
+                rewritten += 1;
+                return arg.replace(&needle, &sep.to_string());
+            }
+        }
+        arg.to_string()
+    };
     let mut args = Vec::new();
     for arg in std::env::args_os().skip(1) {
         let Some(text) = arg.to_str() else {
@@ -292,27 +317,31 @@ pub fn link_relative(real: &std::ffi::OsStr, base: &Path) -> std::process::ExitC
             continue;
         };
         match text.strip_prefix('@') {
-            // A response file (long command lines): the same, inside it.
+            // A response file (long command lines), one argument a line.
             Some(file) => {
-                let rewritten = format!("{file}.relative");
-                let done = std::fs::read_to_string(file)
-                    .and_then(|body| std::fs::write(&rewritten, relative(&body)));
-                if let Err(e) = done {
-                    eprintln!("xtask link: cannot rewrite {file}: {e}");
-                    return std::process::ExitCode::FAILURE;
+                let body = match std::fs::read_to_string(file) {
+                    Ok(body) => body,
+                    Err(e) => return fail(format!("cannot read {file}: {e}")),
+                };
+                let lines: Vec<String> = body.lines().map(&mut relative).collect();
+                let copy = format!("{file}.relative");
+                if let Err(e) = std::fs::write(&copy, lines.join("\n")) {
+                    return fail(format!("cannot write {copy}: {e}"));
                 }
-                args.push(format!("@{rewritten}").into());
+                args.push(format!("@{copy}").into());
             }
             None => args.push(relative(text).into()),
         }
     }
+    if rewritten == 0 {
+        // Linking as given would quietly bring back the clone-dependent
+        // import order.
+        return fail(format!("nothing on the link line is under {prefix}"));
+    }
     match Command::new(real).args(&args).current_dir(base).status() {
         Ok(status) if status.success() => std::process::ExitCode::SUCCESS,
         Ok(status) => std::process::ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8),
-        Err(e) => {
-            eprintln!("xtask link: cannot run {}: {e}", real.to_string_lossy());
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => fail(format!("cannot run {}: {e}", real.to_string_lossy())),
     }
 }
 

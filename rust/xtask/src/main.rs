@@ -220,9 +220,11 @@ fn cross_one(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Two release builds of one platform's library that differ in where
-/// their target directory is (as two clones' builds do): the same bytes,
-/// or an error naming both digests.
+/// Two release builds of one platform's library whose target directories
+/// sit in different places (under the clone, under the system's temp
+/// dir): the same bytes, or an error naming both digests (both libraries
+/// are kept then, to compare). It moves only the target directory; a
+/// second clone elsewhere is what CI's zip against a local one shows.
 fn reproduce(args: &[String]) -> Result<()> {
     let platform = cross::platform(args.first().ok_or("reproduce needs a platform")?)?;
     let dirs = [
@@ -232,18 +234,27 @@ fn reproduce(args: &[String]) -> Result<()> {
             std::process::id()
         )),
     ];
-    let mut digests = Vec::new();
-    for dir in &dirs {
-        let lib = cross::build(platform, "release", dir, true)?;
-        let digest = package::sha256_hex(&std::fs::read(&lib)?);
-        eprintln!("xtask: {digest}  {}", lib.display());
-        digests.push(digest);
+    let built = (|| -> Result<Vec<(String, std::path::PathBuf)>> {
+        let mut out = Vec::new();
+        for dir in &dirs {
+            let lib = cross::build(platform, "release", dir, true)?;
+            let digest = package::sha256_hex(&std::fs::read(&lib)?);
+            eprintln!("xtask: {digest}  {}", lib.display());
+            out.push((digest, lib));
+        }
+        Ok(out)
+    })();
+    let same = matches!(&built, Ok(b) if b[0].0 == b[1].0);
+    if same || built.is_err() {
+        let _ = std::fs::remove_dir_all(&dirs[1]);
     }
-    let _ = std::fs::remove_dir_all(&dirs[1]);
-    if digests[0] != digests[1] {
+    let built = built?;
+    if !same {
         return Err(format!(
-            "{}: the two builds differ ({} and {})",
-            platform.dir, digests[0], digests[1]
+            "{}: the two builds differ: {} and {}",
+            platform.dir,
+            built[0].1.display(),
+            built[1].1.display()
         )
         .into());
     }
