@@ -12,8 +12,9 @@
 //! they still name one; entries are sorted and dated with the commit's time.
 //! A rebuild in the same clone gives the same zip, and the Linux and
 //! Windows libraries are byte-identical from any clone with the same
-//! toolchain (`cargo xtask reproduce <platform>` checks one; the macOS
-//! dylib has not been checked across clones). The Windows DLL takes
+//! toolchain: the clone's path is remapped, and `cargo xtask reproduce
+//! <platform>` checks that the target directory's place does not matter
+//! (the macOS dylib has not been checked). The Windows DLL takes
 //! one more step: GNU ld orders its import table by the names of the files
 //! the imports come from, so it is linked from inside the target directory
 //! with relative paths (`cross::link_relative`); before that, a target
