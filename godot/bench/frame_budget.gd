@@ -53,7 +53,7 @@ class LastProbe extends Node:
 			record.call_deferred(bench.frame_started)
 
 	func record(started: int) -> void:
-		var spent := Time.get_ticks_usec() - started + bench.unrecorded_usec
+		var spent: int = Time.get_ticks_usec() - started + bench.unrecorded_usec
 		bench.unrecorded_usec = 0
 		bench.samples.append(spent / 1e6)
 
