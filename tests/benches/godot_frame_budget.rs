@@ -128,13 +128,27 @@ fn main() {
     eprintln!("running the cases in Godot …");
     let mut command = Command::new(&godot);
     marketplace_e2e::godot::isolate_user_data(&mut command, work.path());
-    let output = command
+    let child = command
         .args(["--headless", "--path"])
         .arg(&project)
         .arg("res://bench/frame_budget.tscn")
         .env("MARKET_BENCH_PLAN", &plan)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("GDRUST_GODOT_BIN runs");
+    // A scene whose script does not load never quits: give up after 20
+    // minutes (every case together takes about one) instead of idling.
+    let pid = child.id().to_string();
+    let (finished, watchdog) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if watchdog.recv_timeout(Duration::from_secs(20 * 60)).is_err() {
+            eprintln!("the benchmark scene ran for 20 minutes: stopping it");
+            let _ = Command::new("kill").arg(&pid).status();
+        }
+    });
+    let output = child.wait_with_output().expect("Godot's output");
+    let _ = finished.send(());
     let stdout = String::from_utf8_lossy(&output.stdout);
     for line in String::from_utf8_lossy(&output.stderr).lines() {
         if line.contains("BENCH-") {
