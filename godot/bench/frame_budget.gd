@@ -28,8 +28,8 @@ var samples: Array[float] = []
 var measuring := false
 var frame_started := 0
 var cases_run := 0
-## Calls made outside the probes' window (before the frame's first
-## `_process`), added to the next frame recorded.
+## Work done outside the probes' window (starting requests, before the
+## frame's first `_process`), added to the next frame recorded.
 var unrecorded_usec := 0
 
 
@@ -116,6 +116,7 @@ func run_case(case: Dictionary) -> Dictionary:
 			for node in nodes:
 				http_worker(node, token, queue, done)
 			issue_usec = Time.get_ticks_usec() - started
+			unrecorded_usec += issue_usec
 			while done[0] < listings.size():
 				await get_tree().process_frame
 			finished = Time.get_ticks_usec()
@@ -146,10 +147,8 @@ func run_case(case: Dictionary) -> Dictionary:
 			market.purchase_failed.connect(func(_id, _l, _c, _m, _p): done[0] += 1)
 			# `rounds` > 1: the listings are bought in that many batches, one
 			# a frame, each timed (the cost of one call, less at the mercy of
-			# one noisy frame).
-			# Each batch's time is added to the frame it runs in (the first
-			# measured frame for the first, the frame the await resumed in
-			# for the others: both before that frame's probe starts).
+			# one noisy frame). Each batch's time goes to the frame it runs
+			# in, before that frame's probe starts.
 			var rounds: int = clampi(int(case.get("rounds", 1)), 1, maxi(1, listings.size()))
 			var per_round := listings.size() / rounds
 			start_measuring()
@@ -177,11 +176,6 @@ func run_case(case: Dictionary) -> Dictionary:
 			market.queue_free()
 			data.queue_free()
 	measuring = false
-	# The HTTPRequest clients start their requests in the first measured
-	# frame, before its process step (the addon's batches were added to
-	# their frames as they were recorded).
-	if client != "addon" and not samples.is_empty():
-		samples[0] += issue_usec / 1e6
 	var sorted := samples.duplicate()
 	sorted.sort()
 	var total_ms := 0.0

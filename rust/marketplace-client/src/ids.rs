@@ -71,10 +71,6 @@ impl Hasher for IdHasher {
         self.state = fold(self.state ^ n, self.key ^ 0x9e37_79b9_7f4a_7c15);
     }
 
-    fn write_i64(&mut self, n: i64) {
-        self.write_u64(n as u64);
-    }
-
     fn finish(&self) -> u64 {
         fold(self.state, self.key.rotate_left(32) | 1)
     }

@@ -222,9 +222,9 @@ fn cross_one(args: &[String]) -> Result<()> {
 
 /// Two release builds of one platform's library whose target directories
 /// sit in different places (under the clone, under the system's temp
-/// dir): the same bytes, or an error naming both digests (both libraries
-/// are kept then, to compare). It moves only the target directory; a
-/// second clone elsewhere is what CI's zip against a local one shows.
+/// dir): the same bytes, or an error naming both libraries (kept, to
+/// compare; their digests are printed as they are built). It moves only
+/// the target directory: the clone's own path is remapped out.
 fn reproduce(args: &[String]) -> Result<()> {
     let platform = cross::platform(args.first().ok_or("reproduce needs a platform")?)?;
     let dirs = [
